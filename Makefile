@@ -1,0 +1,53 @@
+# ranksweep: `make help` lists the targets. Every target that needs the environment installs it first,
+# so on a fresh clone `make sweep TASK=mrpc` and `make test` are all a user types.
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch is pinned here, before the project: the CPU wheel on CPU-only machines that carry it, the
+# regular (CUDA) build elsewhere; pyproject.toml then only asks for a range this satisfies.
+TORCH ?= torch==2.13.0
+TASK ?= mrpc
+SWEEP ?= progressive
+ARGS ?=
+# local GLUE TSV files: ../shared/data/glue when it exists (an exported GLUE_DIR wins); empty = the hub
+GLUE_DIR ?= $(if $(wildcard ../shared/data/glue/MRPC),$(abspath ../shared/data/glue),)
+export GLUE_DIR
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help install test test-slow trial sweep report bench clean
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv with the project and its test extras (idempotent)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: install ## run the tests (slow end-to-end ones excluded; see test-slow)
+	$(BIN)/python -m pytest
+
+test-slow: install ## run only the slow end-to-end tests
+	$(BIN)/python -m pytest -m slow
+
+trial: install ## one LoRA trial: make trial TASK=mrpc ARGS='lora.r=8 lora.targets=[q,v]'
+	$(BIN)/python -m sweep.trial task=$(TASK) $(ARGS)
+
+sweep: install ## the rank sweep, resumable by re-running: make sweep TASK=mrpc [SWEEP=grid] [ARGS=...]
+	$(BIN)/python -m sweep task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [SWEEP=grid]
+	$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+bench: install ## trial throughput against transformers.Trainer + peft: make bench
+	$(BIN)/python -m bench $(ARGS)
+
+clean: ## remove .venv and caches (results/ is kept)
+	rm -rf $(VENV) .pytest_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

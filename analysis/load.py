@@ -1,0 +1,166 @@
+"""Read a sweep's Optuna study (layout: ``sweep/study.py``) into plain tables: one row per trial, the
+study's settings and its decisions placed on the trial axis.
+
+Reading never writes to the study and accepts any state: trials still RUNNING while another process
+writes, FAIL trials with or without a stored ``status``, an interrupted or resumed sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import pandas as pd
+
+from sweep.cli import UserError
+from sweep.config import SweepSettings
+from sweep.decide import Config, Decision
+from sweep.study import settings_of
+
+#: trial states that hold a result (an objective or a failure); the others are still to come
+FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
+#: user attributes copied as they are into trials.csv (names and units of ``sweep/trial.py``)
+TRIAL_ATTRS = ("lora_alpha", "scaling", "lora_params", "trainable_params", "total_params", "trainable_pct",
+               "train_flops", "train_seconds", "eval_seconds", "peak_mem_mb")
+_COUNTS = ("r", "seed", "lora_params", "trainable_params", "total_params")
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a report needs to know about a sweep besides its trials.
+
+    Attributes:
+        name: the Optuna study name.
+        task, model: the GLUE task and the base model's short name.
+        objective: the metric the sweep maximises; metrics: every GLUE metric of the task.
+        settings: the sweep settings of the study's latest run (mode, seeds, min_delta, noise_z, …).
+        decisions: every decision stored so far, in the order they were taken.
+        recommendation: the stored (r, targets) of a finished sweep, else None.
+        stop_reason: why the sweep stopped; None while it runs or after an interruption.
+        running: trials in state RUNNING (training now, or orphaned by a killed process).
+        finished: the sweep reached its end and the stored recommendation belongs to the stored
+            decisions (a resumed sweep rewrites its decisions but keeps the old ``stop_reason``).
+        baseline: the objective of always predicting the majority class, in metric units; None when
+            no trial recorded it.
+    """
+
+    name: str
+    task: str
+    model: str
+    objective: str
+    metrics: List[str]
+    settings: SweepSettings
+    decisions: List[Decision]
+    recommendation: Optional[Config]
+    stop_reason: Optional[str]
+    running: int
+    finished: bool
+    baseline: Optional[float]
+
+
+def _layout_attr(study, key: str):
+    try:
+        return study.user_attrs[key]
+    except KeyError:
+        raise UserError(f"study '{study.study_name}' has no '{key}' attribute: it was not written by "
+                        "`python -m sweep`, so it cannot be reported") from None
+
+
+def _state(trial) -> str:
+    """complete, diverged or failed (FAIL, split by the stored status), pruned, running, waiting."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.FAIL:
+        return "diverged" if trial.user_attrs.get("status") == "diverged" else "failed"
+    return trial.state.name.lower()
+
+
+def trials_frame(study) -> pd.DataFrame:
+    """One row per trial of ``study``, in trial-number order.
+
+    Columns: ``number``; ``state`` (complete, diverged, failed, pruned, running); ``status`` (the stored
+    ``ok``/``diverged``/``failed``; ``failed`` for a FAIL trial without one, ``ok`` for a COMPLETE one,
+    empty while running); ``stage``; ``r``; ``targets`` (``targets_key`` such as ``q,v``); ``seed``;
+    ``lora_alpha``; ``scaling``; ``lora_params``, ``trainable_params``, ``total_params`` (counts);
+    ``trainable_pct`` (percent of ``total_params``); ``train_flops`` (executed training FLOPs);
+    ``train_seconds``, ``eval_seconds`` (measured seconds); ``peak_mem_mb`` (MiB); one column per GLUE
+    metric of the task at the best epoch (``accuracy``, ``f1``, ``mcc``: metric units); ``objective``
+    (the trial's value, metric units, COMPLETE trials only); ``reason`` (why a trial failed or diverged).
+    Values a trial has not stored (yet) are missing.
+
+    Raises:
+        UserError: the study lacks the ``metrics`` attribute every sweep study has.
+    """
+    from optuna.trial import TrialState
+
+    metrics = list(_layout_attr(study, "metrics"))
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        default_status = {TrialState.COMPLETE: "ok", TrialState.FAIL: "failed"}.get(t.state)
+        best = a.get("best") or {}
+        rows.append({
+            "number": t.number, "state": _state(t), "status": a.get("status", default_status),
+            "stage": a.get("stage"), "r": t.params.get("r"), "targets": a.get("targets_key"),
+            "seed": t.params.get("seed"), **{k: a.get(k) for k in TRIAL_ATTRS},
+            **{m: best.get(m) for m in metrics},
+            "objective": t.value if t.state == TrialState.COMPLETE else None, "reason": a.get("reason")})
+    columns = ["number", "state", "status", "stage", "r", "targets", "seed", *TRIAL_ATTRS, *metrics,
+               "objective", "reason"]
+    df = pd.DataFrame(rows, columns=columns).sort_values("number", ignore_index=True)
+    floats = ["lora_alpha", "trainable_pct", "train_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
+              *metrics, "objective"]
+    return df.astype({**{c: "Int64" for c in _COUNTS}, **{c: "float64" for c in floats}})
+
+
+def study_info(study) -> StudyInfo:
+    """The task, model, objective, settings, decisions and stopping state stored with ``study``.
+
+    Raises:
+        UserError: the study lacks an attribute every sweep study has (``task``, ``model``,
+            ``objective``, ``metrics``, ``settings``).
+    """
+    from optuna.trial import TrialState
+
+    for key in ("task", "model", "objective", "metrics", "settings"):
+        _layout_attr(study, key)
+    attrs = study.user_attrs
+    objective = attrs["objective"]
+    decisions = [Decision(**d) for d in attrs.get("decisions") or []]
+    stored = attrs.get("recommendation")
+    recommendation = (int(stored[0]), str(stored[1])) if stored else None
+    trials = study.get_trials(deepcopy=False)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    recommended_now = any(d.action == "recommend" and (d.r, d.targets) == recommendation for d in decisions)
+    finished = attrs.get("stop_reason") is not None and running == 0 and (recommendation is None or recommended_now)
+    baselines = [t.user_attrs["majority_baseline"].get(objective) for t in trials
+                 if isinstance(t.user_attrs.get("majority_baseline"), dict)]
+    baseline = next((b for b in baselines if b is not None), None)
+    return StudyInfo(name=study.study_name, task=attrs["task"], model=attrs["model"], objective=objective,
+                     metrics=list(attrs["metrics"]), settings=settings_of(study), decisions=decisions,
+                     recommendation=recommendation, stop_reason=attrs.get("stop_reason"), running=running,
+                     finished=finished, baseline=baseline)
+
+
+def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
+    """The stored decisions placed on the trial axis, one row per decision in order.
+
+    Columns: ``after_trial`` (the number of the last finished trial the decision had seen; −1 before
+    any), ``action``, ``stage``, ``r``, ``targets``, ``reason``. Decisions are replayed from finished
+    trials, so a decision about a configuration comes after that configuration's last finished trial
+    and never before the decision listed above it; a decision about the whole sweep (budget, grid)
+    comes after the last finished trial.
+    """
+    done = trials[trials["state"].isin(FINISHED_STATES)]
+    last_of = done.dropna(subset=["r", "targets"]).groupby(["r", "targets"])["number"].max()
+    last_trial = int(done["number"].max()) if len(done) else -1
+    rows, at = [], -1
+    for d in info.decisions:
+        if d.r is None or d.targets is None:
+            at = last_trial
+        else:
+            at = max(at, int(last_of.get((d.r, d.targets), at)))
+        rows.append({"after_trial": at, "action": d.action, "stage": d.stage, "r": d.r, "targets": d.targets,
+                     "reason": d.reason})
+    frame = pd.DataFrame(rows, columns=["after_trial", "action", "stage", "r", "targets", "reason"])
+    return frame.astype({"after_trial": "int64", "r": "Int64"})

@@ -1,0 +1,246 @@
+"""The sweep's figures as matplotlib ``Figure`` objects (Agg canvas, no pyplot state), so that tests
+can inspect their axes and a report can save them.
+
+Metric values are drawn in points (100 × metric, as the decisions state them: accuracy 82.35, MCC
+41.2); configurations show their mean over complete seeds with ±1 sample s.d. bars. Figures are
+6.4 in wide with text of 9 pt or more, saved at 200 dpi: legible at column width and on GitHub.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import matplotlib
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.container import ErrorbarContainer
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
+from matplotlib.transforms import blended_transform_factory
+
+from analysis.load import StudyInfo, decisions_frame
+
+DPI = 200
+WIDTH = 6.4  # inches
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11,
+         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+#: decisions that change the course of a sweep, marked on the progression plot
+MARKED_ACTIONS = ("plateau", "ranks-exhausted", "escalate", "no-escalation", "widen", "budget", "grid")
+#: how trials without an objective are marked on the progression plot: marker, colour
+FAILURE_MARKERS = {"diverged": ("x", "tab:red"), "failed": ("X", "black"), "pruned": ("v", "tab:gray"),
+                   "running": ("o", "tab:gray")}
+_GLUE_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B", "mnli": "MNLI",
+               "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+_METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC"}
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    # text sizes are fixed when artists are created, so the whole figure is built inside the context
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _figure(height: float) -> Figure:
+    fig = Figure(figsize=(WIDTH, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def metric_name(info: StudyInfo) -> str:
+    """The objective as written in labels: ``accuracy``, ``F1``, ``MCC``."""
+    return _METRIC_NAMES.get(info.objective, info.objective)
+
+
+def task_name(info: StudyInfo) -> str:
+    """The task as GLUE writes it: ``MRPC``, ``CoLA``."""
+    return _GLUE_NAMES.get(info.task, info.task)
+
+
+def _title(info: StudyInfo, what: str) -> str:
+    return f"{task_name(info)} · {info.model} · {metric_name(info)}: {what}"
+
+
+def _ylabel(info: StudyInfo) -> str:
+    return f"validation {metric_name(info)} (points, ×100)"
+
+
+def _colors(targets: pd.Series) -> Dict[str, tuple]:
+    """One colour per target set, in the order the sweep first used them, the same in every figure."""
+    palette = matplotlib.colormaps["tab10"].colors
+    return {t: palette[i % len(palette)] for i, t in enumerate(dict.fromkeys(targets.dropna()))}
+
+
+def _legend(ax, **kw) -> None:
+    """The legend with the target-set series first (matplotlib lists error-bar series last); none
+    when nothing is labelled yet (no complete trial)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        order = sorted(range(len(handles)), key=lambda i: not isinstance(handles[i], ErrorbarContainer))
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], **kw)
+
+
+def _log_x(ax, values: pd.Series) -> None:
+    """Log x axis. Within one decade (the usual range of a rank sweep's costs) the default log ticks
+    vanish or crowd into overlapping labels, so a few evenly spaced, engineering-formatted ticks
+    replace them."""
+    ax.set_xscale("log")
+    values = values.dropna().astype(float)
+    if not values.empty and values.max() < 10 * values.min():
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+def _baseline(ax, info: StudyInfo) -> None:
+    if info.baseline is not None:
+        ax.axhline(100 * info.baseline, color="tab:gray", linestyle="--", linewidth=1,
+                   label=f"majority class ({100 * info.baseline:.1f})")
+
+
+def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Optional[str],
+              colors: Dict[str, tuple]) -> None:
+    """Mean ± s.d. of each configuration against ``cost``, one series per target set, r labelled,
+    the Pareto front of column ``front`` as a staircase, the recommendation starred."""
+    done = summary[(summary["n_seeds"] > 0) & summary[cost].notna()]
+    if done.empty:
+        ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", va="center")
+        return
+    for i, (targets, g) in enumerate(done.groupby("targets", sort=False)):
+        g = g.sort_values(cost)
+        x, y = g[cost].astype(float), 100 * g["objective_mean"]
+        ax.errorbar(x, y, yerr=100 * g["objective_sd"].fillna(0), marker="o", markersize=5, capsize=3,
+                    linewidth=1.2, color=colors[targets], label=targets)
+        # configurations of different target sets often share a cost (r=4 on q,v and r=2 on q,k,v,o):
+        # labels in the series' colour, alternately right and left of their points
+        right = i % 2 == 0
+        for r, xi, yi in zip(g["r"], x, y):
+            ax.annotate(f"r={r}", (xi, yi), xytext=(4 if right else -4, 4), textcoords="offset points",
+                        ha="left" if right else "right", fontsize=9, color=colors[targets])
+    if front is not None:
+        f = done[done[front]].sort_values(cost)
+        # the best metric reachable at each cost: flat until the next front point
+        ax.step(f[cost].astype(float), 100 * f["objective_mean"], where="post", color="black", linewidth=1,
+                alpha=0.7, label="Pareto front", zorder=1)
+    rec = done[done["recommended"]]
+    if not rec.empty:
+        row = rec.iloc[0]
+        note = "" if info.finished else ", provisional"
+        ax.plot([float(row[cost])], [100 * row["objective_mean"]], linestyle="none", marker="*", markersize=16,
+                markerfacecolor="gold", markeredgecolor="black", zorder=5,
+                label=f"recommended: r={row['r']} {row['targets']}{note}")
+    _baseline(ax, info)
+
+
+def metric_vs_params(summary: pd.DataFrame, info: StudyInfo) -> Figure:
+    """The objective (points) of each configuration against its trainable parameters (log scale).
+
+    ``summary`` comes from ``summary_frame``. One series per target set with ±1 s.d. bars over seeds,
+    r labelled at each point, the Pareto front (``pareto_params``), the recommended configuration
+    starred, the majority-class baseline dashed. Returns the figure (not saved).
+    """
+    with _style():
+        fig = _figure(4.2)
+        ax = fig.add_subplot()
+        _tradeoff(ax, summary, info, "trainable_params", "pareto_params", _colors(summary["targets"]))
+        _log_x(ax, summary["trainable_params"])
+        ax.set_xlabel("trainable parameters (LoRA + head, log scale)")
+        ax.set_ylabel(_ylabel(info))
+        ax.set_title(_title(info, "metric vs parameters"))
+        _legend(ax, title="target matrices (bars: ±1 s.d.)", loc="best")
+    return fig
+
+
+def metric_vs_compute(summary: pd.DataFrame, info: StudyInfo) -> Figure:
+    """The objective (points) against mean training FLOPs per trial (left, log scale, with the
+    ``pareto_flops`` front) and mean training seconds per trial (right, measured wall time); otherwise
+    as ``metric_vs_params``. Returns the figure (not saved)."""
+    with _style():
+        fig = _figure(4.0)
+        flops_ax, time_ax = fig.subplots(1, 2, sharey=True)
+        colors = _colors(summary["targets"])
+        _tradeoff(flops_ax, summary, info, "mean_train_flops", "pareto_flops", colors)
+        _tradeoff(time_ax, summary, info, "mean_train_seconds", None, colors)
+        _log_x(flops_ax, summary["mean_train_flops"])
+        flops_ax.set_xlabel("training FLOPs per trial (log scale)")
+        time_ax.set_xlabel("training time per trial (s)")
+        flops_ax.set_ylabel(_ylabel(info))
+        fig.suptitle(_title(info, "metric vs compute"))
+        _legend(flops_ax, title="target matrices (bars: ±1 s.d.)", loc="best")
+    return fig
+
+
+def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
+    """The search in the order it ran, from ``trials`` of ``trials_frame``.
+
+    Top: each trial's objective (points) by trial number, coloured by target set, the first trial of
+    each configuration labelled with its r; diverged, failed, pruned and running trials marked along
+    the bottom edge; the best trial so far as a step line; a dotted vertical line after the trial at
+    which a course-changing decision was taken (``MARKED_ACTIONS``), named on a top axis. Bottom: the
+    cumulative training FLOPs of every trial (failed ones included: they were spent). Returns the
+    figure (not saved)."""
+    with _style():
+        fig = _figure(5.0)
+        ax, flops_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+        colors = _colors(trials["targets"])
+        ok = trials[trials["state"] == "complete"]
+        for targets, g in ok.groupby("targets", sort=False):
+            ax.plot(g["number"], 100 * g["objective"], linestyle="none", marker="o", markersize=5,
+                    color=colors[targets], label=targets)
+        first = ok.drop_duplicates(["r", "targets"])
+        for n, r, y in zip(first["number"], first["r"], 100 * first["objective"]):
+            ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
+        if not ok.empty:
+            ax.step(trials["number"], 100 * trials["objective"].cummax().ffill(), where="post", color="black",
+                    linewidth=1, alpha=0.6, label="best trial so far")
+        # trials without an objective sit on the bottom edge, below every point and the baseline
+        ax.margins(y=0.15)
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        for state, (marker, color) in FAILURE_MARKERS.items():
+            g = trials[trials["state"] == state]
+            if not g.empty:
+                ax.plot(g["number"], [0.04] * len(g), transform=bottom, linestyle="none", marker=marker,
+                        markersize=7, color=color, markerfacecolor="none" if state == "running" else color,
+                        clip_on=False, label=f"{state} ({len(g)})")
+        _baseline(ax, info)
+        marked = decisions_frame(trials, info)
+        marked = marked[marked["action"].isin(MARKED_ACTIONS)]
+        positions, names = [], []
+        for at, group in marked.groupby("after_trial"):
+            positions.append(at + 0.5)
+            names.append("\n".join(d.action + (f" r={d.r}" if pd.notna(d.r) else "") for d in group.itertuples()))
+            for a in (ax, flops_ax):
+                a.axvline(at + 0.5, color="tab:purple", linestyle=":", linewidth=1.2,
+                          label="decision" if len(positions) == 1 and a is ax else None)
+        if positions:
+            # named on a top axis rather than inside the plot, where they would cover trials
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(positions, names, rotation=90, fontsize=9, color="tab:purple")
+            top.tick_params(length=0)
+        ax.set_ylabel(_ylabel(info))
+        ax.set_title(_title(info, "search progression"))
+        _legend(ax, loc="best", ncols=2)
+        flops_ax.plot(trials["number"], trials["train_flops"].fillna(0).cumsum(), marker=".",
+                      drawstyle="steps-post", color="tab:blue")
+        flops_ax.set_ylabel("cumulative\ntraining FLOPs")
+        flops_ax.set_xlabel("trial number (order run)")
+        flops_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def figures(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> Dict[str, Figure]:
+    """Every figure of a report by file stem: ``metric_vs_params``, ``metric_vs_compute``,
+    ``progression``."""
+    return {"metric_vs_params": metric_vs_params(summary, info),
+            "metric_vs_compute": metric_vs_compute(summary, info),
+            "progression": progression(trials, info)}
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``DPI`` (parent folders created); returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path

@@ -1,0 +1,151 @@
+"""Write a sweep's reports into its folder: ``trials.csv``, ``summary.csv``, ``plots/*.png`` and
+``report.md`` (a short summary that embeds the plots, readable on GitHub).
+
+Works on a finished, running (another process still writing), interrupted, progressive or grid sweep;
+a running or interrupted sweep gets a provisional recommendation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import pandas as pd
+
+from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
+from analysis.plots import figures, metric_name, save_figure, task_name
+from analysis.summary import recommendation, summary_frame
+from sweep.cli import UserError
+from sweep.study import load_study
+
+#: what each plot shows, as its alt text in report.md
+CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
+            "metric_vs_compute": "objective vs training FLOPs and training time",
+            "progression": "search progression: trials in order, decisions, cumulative compute"}
+
+
+def _points(value: float) -> str:
+    return "—" if pd.isna(value) else f"{100 * value:.2f}"
+
+
+def _mean_sd(row) -> str:
+    sd = "" if pd.isna(row["objective_sd"]) else f" ± {_points(row['objective_sd'])}"
+    return f"{_points(row['objective_mean'])}{sd}"
+
+
+def _status_line(trials: pd.DataFrame, info: StudyInfo) -> str:
+    if info.finished:
+        return f"finished ({info.stop_reason})"
+    if info.running:
+        return (f"not finished: {info.running} trial(s) marked running (training now, or left by an "
+                "interrupted run; re-running the sweep resumes them); results so far")
+    return "not finished (interrupted, or between two trials); results so far"
+
+
+def _counts(trials: pd.DataFrame) -> str:
+    counts = trials["state"].value_counts()
+    known = (*FINISHED_STATES, "running")
+    order = [*known, *sorted(set(counts.index) - set(known))]
+    return ", ".join(f"{int(counts.get(s, 0))} {s}" for s in order if s == "complete" or s in counts.index)
+
+
+def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
+    sets = [f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {t}" for t, g in summary.groupby("targets", sort=False)]
+    return (f"{len(summary)} configuration(s): {'; '.join(sets) or 'none yet'}; "
+            f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration")
+
+
+def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> str:
+    pick, decision = recommendation(trials, info)
+    if pick is None:
+        return "No recommendation: no trial has completed" + ("." if info.finished else " yet.")
+    row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
+    ci = ("" if pd.isna(row["objective_ci95_low"]) else
+          f"; 95% CI {_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}")
+    pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
+    params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
+    head = "Provisional (the sweep has not finished): " if not info.finished else ""
+    why = f" Why: {decision.reason}." if decision is not None else ""
+    return (f"{head}**r={pick[0]} on {pick[1]}**: {metric_name(info)} {_mean_sd(row)} points "
+            f"(n={row['n_seeds']}{ci}), {params} trainable parameters{pct}.{why}")
+
+
+def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
+    lines = [f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI | trainable params "
+             "| train FLOPs | train s | Pareto | |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for _, row in summary.iterrows():
+        ci = "—" if pd.isna(row["objective_ci95_low"]) else \
+            f"{_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+        params = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
+        flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
+        seconds = "—" if pd.isna(row["mean_train_seconds"]) else f"{row['mean_train_seconds']:.1f}"
+        front = ", ".join(name for name, on in (("params", row["pareto_params"]), ("FLOPs", row["pareto_flops"]))
+                          if on) or "—"
+        mark = "**recommended**" if row["recommended"] else ""
+        lines.append(f"| {row['r']} | {row['targets']} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
+                     f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |")
+    return lines
+
+
+def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> str:
+    """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
+    the recommendation and why, every decision, failed and running trials, the summary table and the
+    three plots linked as ``plots/<name>.png``. Metric values are in points (100 × metric)."""
+    lines = [f"# LoRA rank sweep: {task_name(info)} on {info.model}", "",
+             f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
+             f"points (100 × {info.objective}); the CSVs hold metric units.",
+             f"- **Sweep**: {info.settings.mode}, study `{info.name}`; {_status_line(trials, info)}.",
+             f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
+             "and of the recommendation.",
+             f"- **Tried**: {_tried(summary, info)}."]
+    if info.baseline is not None:
+        lines.append(f"- **Majority-class baseline**: {_points(info.baseline)}.")
+    lines += ["", "## Recommendation", "", _recommendation_text(trials, summary, info), "", "## Decisions", ""]
+    timeline = decisions_frame(trials, info)
+    lines += [f"- after trial {at}: `{d.line()}`" if at >= 0 else f"- `{d.line()}`"
+              for at, d in zip(timeline["after_trial"], info.decisions)] or ["- none yet"]
+    unfinished = trials[trials["state"] != "complete"]
+    if not unfinished.empty:
+        lines += ["", "## Trials without a result", ""]
+        for row in unfinished.itertuples():
+            config = f"r={row.r} {row.targets} seed {row.seed}" if pd.notna(row.targets) else "no configuration stored"
+            reason = f": {row.reason}" if isinstance(row.reason, str) and row.reason else ""
+            lines.append(f"- trial {row.number} ({config}): {row.state}{reason}")
+    lines += ["", "## Configurations", "", *_table(summary, info), "",
+              "Per trial: [trials.csv](trials.csv); per configuration: [summary.csv](summary.csv).", "",
+              "## Plots", ""]
+    lines += [f"![{CAPTIONS[name]}](plots/{name}.png)\n" for name in CAPTIONS]
+    return "\n".join(lines)
+
+
+def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
+                  missing_hint: str = "run `make sweep TASK=<task>` first") -> List[Path]:
+    """Read the study ``study_name`` (the only one when None) at ``storage_url`` and write
+    ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
+    ``plots/progression.png`` and ``report.md`` into ``out_dir`` (created if needed).
+
+    Returns:
+        The paths written, in that order.
+
+    Raises:
+        UserError: no such storage or study (one line naming it and how to make it), a study with no
+            finished trial yet, or a study not written by the sweep.
+    """
+    study = load_study(storage_url, study_name, missing_hint)
+    trials = trials_frame(study)
+    if not trials["state"].isin(FINISHED_STATES).any():
+        running = int((trials["state"] == "running").sum())
+        raise UserError(f"study '{study.study_name}' has no finished trials yet ({running} running); "
+                        "wait for the first trial to finish, then run the report again")
+    info = study_info(study)
+    summary = summary_frame(trials, info)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "trials.csv", out_dir / "summary.csv"]
+    trials.to_csv(paths[0], index=False)
+    summary.to_csv(paths[1], index=False)
+    for name, fig in figures(trials, summary, info).items():
+        paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
+    paths.append(out_dir / "report.md")
+    paths[-1].write_text(report_markdown(trials, summary, info))
+    return paths

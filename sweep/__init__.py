@@ -1,0 +1,1 @@
+"""ranksweep: progressive LoRA rank sweeps (which rank r, on which weight matrices)."""

@@ -1,0 +1,162 @@
+"""Command-line plumbing: compose the Hydra config from overrides, check it, and turn every user mistake
+into one line on stderr with a non-zero exit (never a traceback).
+
+Hydra's compose API is used instead of ``@hydra.main`` so that Hydra neither changes the working
+directory nor prints its own multi-line errors: we check each override against the schema of
+``sweep/config.py`` before composing, then validate the composed values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Callable, List, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.config import Config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+#: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
+GROUPS = ("task", "model", "sweep", "debug")
+
+
+class UserError(Exception):
+    """A mistake in the user's input, reported as one line and exit status 2."""
+
+
+def _schema_keys(cls, prefix: str = "") -> List[str]:
+    keys = []
+    for f in fields(cls):
+        full = f"{prefix}{f.name}"
+        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            keys += _schema_keys(type(default), full + ".")
+        else:
+            keys.append(full)
+    return keys
+
+
+SCHEMA_KEYS = _schema_keys(Config)
+
+
+def group_options(group: str) -> List[str]:
+    """The options of a config group: the YAML files in ``conf/<group>/``."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def _unknown_key_message(key: str) -> str:
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    siblings = [k for k in SCHEMA_KEYS if parent and k.startswith(parent + ".")]
+    close = difflib.get_close_matches(key, SCHEMA_KEYS, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    if siblings:
+        valid = ", ".join(k[len(parent) + 1:] for k in siblings)
+        return f"unknown config key '{key}'{hint}; valid keys under '{parent}': {valid}"
+    tops = sorted({k.split(".")[0] for k in SCHEMA_KEYS} | set(GROUPS))
+    return f"unknown config key '{key}'{hint}; valid top-level keys: {', '.join(tops)}"
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    """Reject misspelt keys and unknown group options before Hydra composes anything."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (ov,) = parser.parse_overrides([text])
+        except OverrideParseException as e:
+            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}") from None
+        key = ov.key_or_group
+        if key in GROUPS:
+            options = group_options(key)
+            value = ov.value()
+            chosen = value if isinstance(value, list) else [value]
+            for v in chosen:
+                if v is not None and str(v) not in options:
+                    raise UserError(f"unknown {key} '{v}'; valid: {', '.join(options)}")
+            continue
+        if key not in SCHEMA_KEYS and not any(k.startswith(key + ".") for k in SCHEMA_KEYS):
+            if not key.startswith("model.roles."):
+                raise UserError(_unknown_key_message(key))
+
+
+def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
+    """Compose ``conf/config.yaml`` with command-line overrides and validate it.
+
+    Returns:
+        The typed config (dataclasses of ``sweep/config.py``) and the resolved ``DictConfig``, the one
+        saved next to every result.
+
+    Raises:
+        UserError: a misspelt key, an unknown group option, a value of the wrong type or out of range;
+            the message names the key, the bad value and what would be valid.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    overrides = list(overrides)
+    _check_overrides(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except Exception as e:  # Hydra wraps every composition problem; keep its first line
+        raise UserError(str(e).splitlines()[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    OmegaConf.set_struct(cfg, False)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        typed = OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        raise UserError(_unknown_key_message(getattr(e, "full_key", None) or str(e))) from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "?")
+        raise UserError(f"invalid value for '{key}': {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    # the checked values (targets normalised to lists) are what gets saved
+    resolved = OmegaConf.structured(typed)
+    return typed, resolved  # type: ignore[return-value]
+
+
+def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None) -> None:
+    """Run ``main(args)`` as a command: a ``UserError`` becomes ``ranksweep: error: …`` and exit 2;
+    Ctrl-C becomes a one-line note and exit 130 (finished work is already stored)."""
+    import warnings
+
+    # deprecation notes between our libraries (peft calling transformers) are not the user's business
+    for module in ("transformers", "peft", "torch", "datasets"):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print((sys.modules[main.__module__].__doc__ or "").strip())
+        sys.exit(0)
+    try:
+        code = main(args)
+    except UserError as e:
+        print(f"ranksweep: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def results_root(cfg: Config) -> Path:
+    """Absolute results folder: ``results_dir`` or ``<project>/results``."""
+    return Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
+
+
+def glue_dir(cfg: Config) -> str | None:
+    """The local GLUE directory from ``data.dir`` or ``$GLUE_DIR``; None means the hub."""
+    return cfg.data.dir or os.environ.get("GLUE_DIR") or None

@@ -1,0 +1,179 @@
+"""The sweep driver: an ask-and-tell loop over an Optuna study, with the decisions of ``sweep/decide.py``.
+
+    python -m sweep task=mrpc                 # the progressive procedure (make sweep TASK=mrpc)
+    python -m sweep task=mrpc sweep=grid      # every rank × target set × seed (make sweep SWEEP=grid)
+    python -m sweep debug=tiny                # a tiny sweep in a minute, on the CPU
+
+Re-running the same command resumes: finished trials are read from the study, a trial that was
+running when its process died continues from its last completed epoch, and the decisions are
+replayed from the history, so the sweep goes on exactly where it stopped. At the end the reports of
+``analysis/`` are written and the recommendation is printed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from omegaconf import OmegaConf
+
+from analysis.report import write_reports
+from sweep.cli import UserError, compose, run_cli
+from sweep.config import Config, targets_key
+from sweep.decide import Plan, TrialSpec, plan
+from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
+from sweep.trial import run_trial, trial_name
+
+
+def target_sets(cfg: Config) -> Dict[str, List[str]]:
+    """Every target set the sweep may use, by ``targets_key``."""
+    sets = [cfg.sweep.start_targets] + list(cfg.sweep.target_sets)
+    return {targets_key(t): list(t) for t in sets}
+
+
+def target_costs(cfg: Config) -> Dict[str, int]:
+    """Σ(d+k) over the matrices of each target set (LoRA parameters per unit of rank), from the base
+    model's module shapes. Also checks, before any training, that every target set resolves.
+
+    Raises:
+        UserError: a target set matches no module (lists the model's linear modules).
+    """
+    from sweep.modeling import load_base_model, lora_param_count
+
+    base = load_base_model(cfg.model, cfg.task.label_names)
+    return {key: lora_param_count(base, targets, cfg.model, 1) for key, targets in target_sets(cfg).items()}
+
+
+def trial_config(cfg: Config, spec: TrialSpec, sets: Dict[str, List[str]]):
+    """The typed and resolved config of one trial of the sweep."""
+    tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(sets[spec.targets])),
+                               train=dataclasses.replace(cfg.train, seed=spec.seed))
+    return tcfg, OmegaConf.structured(tcfg)
+
+
+def _execute(study, trial, spec: TrialSpec, cfg: Config, sets, progress: bool) -> dict:
+    """Run (or resume, or read back) one trial and tell the study its result."""
+    import json
+
+    from optuna.trial import TrialState
+
+    tcfg, tresolved = trial_config(cfg, spec, sets)
+    run_dir = sweep_dir(cfg) / "trials" / trial_name(tcfg)
+    metrics_file = run_dir / "metrics.json"
+    same_config = (run_dir / "config.yaml").is_file() and \
+        (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
+    if metrics_file.is_file() and same_config:
+        m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
+    else:
+        try:
+            m = run_trial(tcfg, tresolved, run_dir, progress=progress)
+        except UserError:
+            raise
+        except Exception as e:  # a crash of one trial is recorded; the sweep goes on
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.log").write_text(traceback.format_exc())
+            m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    for key in RESULT_ATTRS:
+        if key in m:
+            trial.set_user_attr(key, m[key])
+    if m["status"] == "ok" and m.get("objective_value") is not None:
+        study.tell(trial, m["objective_value"])
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+    return m
+
+
+def _ask(study, spec: TrialSpec, cfg: Config, sets) -> object:
+    trial = study.ask()
+    trial.suggest_int("r", spec.r, spec.r, log=True)
+    trial.suggest_int("seed", spec.seed, spec.seed)
+    trial.set_user_attr("targets", sets[spec.targets])
+    trial.set_user_attr("targets_key", spec.targets)
+    trial.set_user_attr("stage", spec.stage)
+    tcfg, _ = trial_config(cfg, spec, sets)
+    trial.set_user_attr("run_dir", str(sweep_dir(cfg) / "trials" / trial_name(tcfg)))
+    return trial
+
+
+def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
+    if m["status"] != "ok":
+        return f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {m['status']} ({m.get('reason')})"
+    return (f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {objective} {m['objective_value']:.4f} | "
+            f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
+            f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
+
+
+def _orphans(study):
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Plan:
+    """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
+
+    Returns the final ``Plan`` (decisions, recommendation, stop reason).
+
+    Raises:
+        UserError: incompatible resume, another driver on the same sweep, a target set that matches
+            no module; all before any training.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    sdir = sweep_dir(cfg)
+    with sweep_lock(sdir):
+        study = open_study(cfg, resolved)
+        (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        sets = target_sets(cfg)
+        costs = target_costs(cfg)
+        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
+        # a trial left RUNNING holds no lock any more: its process died; finish it first
+        for t in _orphans(study):
+            a = t.user_attrs
+            if "targets_key" not in a or a["targets_key"] not in sets:
+                study.tell(t.number, state=TrialState.FAIL)  # died before its configuration was stored
+                continue
+            spec = TrialSpec(int(t.params["r"]), a["targets_key"], int(t.params["seed"]), a.get("stage", "?"))
+            log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
+            trial = optuna.trial.Trial(study, t._trial_id)
+            log(_trial_line(t.number, spec, _execute(study, trial, spec, cfg, sets, progress), cfg.task.objective))
+        printed = 0
+        while True:
+            p = plan(cfg.sweep, outcomes(study), costs)
+            for d in p.decisions[printed:]:
+                log("decision " + d.line())
+            printed = len(p.decisions)
+            study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
+            if p.next is None:
+                break
+            trial = _ask(study, p.next, cfg, sets)
+            m = _execute(study, trial, p.next, cfg, sets, progress)
+            log(_trial_line(trial.number, p.next, m, cfg.task.objective))
+        study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
+        study.set_user_attr("stop_reason", p.stop_reason)
+    return p
+
+
+def main(args: List[str]) -> int:
+    cfg, resolved = compose(args)
+    p = run_sweep(cfg, resolved)
+    sdir = sweep_dir(cfg)
+    try:
+        files = write_reports(storage_url(cfg), study_name(cfg), sdir)
+        print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
+    except Exception as e:  # the results are safe in the study; `make report` can retry
+        print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
+              f"retry with `make report TASK={cfg.task.name}`")
+    if p.recommendation:
+        r, t = p.recommendation
+        print(f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}")
+    else:
+        print(f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

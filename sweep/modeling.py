@@ -1,0 +1,234 @@
+"""Base model and LoRA wiring: load the frozen model (embedded package, local directory or hub id),
+resolve target roles to module names, wrap with peft, count parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Dict, List, Sequence
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from sweep.cli import UserError
+from sweep.config import ALL_LINEAR, LoraSettings, ModelConfig
+
+
+def _quiet_transformers() -> None:
+    # the base checkpoint has no classifier: transformers' load report about it is expected noise
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout_s`` seconds
+    (False at once when ``HF_HUB_OFFLINE`` is set)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub(what: str, fix: str) -> None:
+    """Raise ``UserError`` naming ``what`` and ``fix`` when the hub cannot be reached, instead of
+    letting huggingface_hub retry for half a minute."""
+    if not hub_reachable():
+        raise UserError(f"{what} needs the Hugging Face hub, which cannot be reached (offline?); {fix}")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A loadable location for ``model.name_or_path``.
+
+    ``package:<module>`` -> the model folder inside that installed package (``get_model_path()`` when
+    the package has it, else ``<package>/model``); an existing path -> itself; anything else is taken
+    as a hub id and returned unchanged.
+
+    Raises:
+        UserError: the package is not installed.
+    """
+    if name_or_path.startswith("package:"):
+        module = name_or_path.split(":", 1)[1]
+        try:
+            pkg = importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"model package '{module}' is not installed; run `make install` "
+                            f"(it installs {module.replace('_', '-')})") from None
+        getter = getattr(pkg, "get_model_path", None)
+        return str(getter() if getter else Path(pkg.__file__).parent / "model")
+    return name_or_path
+
+
+def _from_pretrained(loader, name_or_path: str, **kwargs):
+    """``loader.from_pretrained`` for a package, a local directory or a hub id; hub ids come from the
+    local HF cache first and fail fast with a clear message when offline."""
+    path = resolve_model_path(name_or_path)
+    if Path(path).expanduser().exists():
+        return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
+    if "/" in path and (path.startswith((".", "/", "~")) or os.sep + os.sep in path):
+        raise UserError(f"model.name_or_path {path} does not exist")
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    require_hub(f"model '{path}' (not in the local Hugging Face cache)",
+                "use model=minilm (embedded) or model.name_or_path=<a local model directory>")
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise UserError(f"could not load model '{path}': {str(e).splitlines()[0]}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name_or_path: str):
+    """The model's (fast) tokenizer, cached per process."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    return _from_pretrained(AutoTokenizer, name_or_path)
+
+
+def load_base_model(model_cfg: ModelConfig, label_names: Sequence[str]) -> nn.Module:
+    """``AutoModelForSequenceClassification`` with a new head of ``len(label_names)`` classes (its
+    initialisation draws from torch's global RNG: seed before calling)."""
+    from transformers import AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    labels = list(label_names)
+    return _from_pretrained(
+        AutoModelForSequenceClassification, model_cfg.name_or_path, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )
+
+
+def _in_head(name: str, head: Sequence[str]) -> bool:
+    # the rule peft uses for modules_to_save: the name or one of its dotted parts
+    return any(re.match(rf"(^|.*\.){re.escape(h)}($|\..*)", name) for h in head)
+
+
+def linear_modules(model: nn.Module, head: Sequence[str]) -> Dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of ``model`` outside the head modules, by full module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _in_head(n, head)}
+
+
+def describe_modules(names: Sequence[str]) -> str:
+    """Module names folded over layer indices: ``bert.encoder.layer.<0-5>.attention.self.query, …``."""
+    folded: Dict[str, List[int]] = {}
+    for n in names:
+        idx = [int(x) for x in re.findall(r"\.(\d+)\.", n)]
+        key = re.sub(r"\.\d+\.", ".<i>.", n)
+        folded.setdefault(key, []).extend(idx[:1])
+    out = []
+    for key, idx in folded.items():
+        out.append(key.replace("<i>", f"<{min(idx)}-{max(idx)}>") if idx else key)
+    return ", ".join(out)
+
+
+def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig) -> Dict[str, List[str]]:
+    """Map each entry of ``lora.targets`` to the full names of the linear modules it adapts.
+
+    An entry is a role of ``model.roles`` (regex full match), ``all-linear`` (every linear module
+    outside the head), or a raw module name / regex (a name matches itself or as a dotted suffix, as
+    in peft; a regex must fully match).
+
+    Raises:
+        UserError: an entry matches no linear module; the message lists the roles and the model's
+            linear module names.
+    """
+    linear = list(linear_modules(model, model_cfg.head))
+    resolved = {}
+    for t in targets:
+        if t == ALL_LINEAR:
+            names = linear
+        elif t in model_cfg.roles:
+            names = [n for n in linear if re.fullmatch(model_cfg.roles[t], n)]
+        else:
+            try:
+                rx = re.compile(t)
+            except re.error:
+                rx = None
+            names = [n for n in linear if n == t or n.endswith("." + t) or (rx is not None and rx.fullmatch(n))]
+        if not names:
+            roles = ", ".join(list(model_cfg.roles) + [ALL_LINEAR])
+            raise UserError(f"lora target '{t}' matches no linear module of model '{model_cfg.name}'; "
+                            f"roles: {roles}; linear modules: {describe_modules(linear)}")
+        resolved[t] = names
+    return resolved
+
+
+def lora_param_count(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig, r: int) -> int:
+    """LoRA parameters from module shapes alone: r·(d+k) per adapted d×k matrix (LoRA, Hu et al. 2021,
+    §4.1: B is d×r, A is r×k). No peft involved: the sweep uses it to order target sets by cost."""
+    names = sorted({n for ns in resolve_targets(model, targets, model_cfg).values() for n in ns})
+    mods = dict(model.named_modules())
+    return sum(r * (mods[n].in_features + mods[n].out_features) for n in names)
+
+
+def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> nn.Module:
+    """Wrap ``model`` with peft LoRA on the resolved targets; the head is trained in full and saved
+    with the adapter (``modules_to_save``). A is drawn at random (kaiming-uniform, peft's default,
+    as in Microsoft's loralib) and B is zero, so the wrapped model computes exactly the base model
+    until the first step (LoRA, Hu et al. 2021, §4.1). Scaling: alpha/r, or alpha/sqrt(r) for rslora.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    names = sorted({n for ns in resolve_targets(model, lora.targets, model_cfg).values() for n in ns})
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=names, use_rslora=lora.scaling == "rslora", modules_to_save=list(model_cfg.head),
+    )
+    missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]
+    if missing:
+        raise UserError(f"model.head {missing} names no module of model '{model_cfg.name}'; "
+                        f"top-level modules: {', '.join(n for n, _ in model.named_children())}")
+    return get_peft_model(model, config)
+
+
+def set_backbone_dropout(model: nn.Module, p: float, head: Sequence[str]) -> int:
+    """Set every ``nn.Dropout`` outside the head to probability ``p`` (BERT reads ``dropout.p`` for
+    its attention dropout too); returns how many modules were changed."""
+    changed = 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Dropout) and not _in_head(name, head):
+            module.p = p
+            changed += 1
+    return changed
+
+
+def parameter_counts(peft_model: nn.Module, base_total: int) -> Dict[str, int]:
+    """Parameter counts of a peft LoRA model.
+
+    Returns:
+        ``lora_params`` (entries of every A and B), ``head_params`` (the trained head copies),
+        ``trainable_params`` (their sum, all with requires_grad) and ``total_params`` (the base model's
+        ``base_total`` plus the LoRA parameters; peft's extra copy of the head is not counted twice).
+    """
+    lora = head = trainable = 0
+    for name, p in peft_model.named_parameters():
+        if not p.requires_grad:
+            continue
+        trainable += p.numel()
+        if "lora_A" in name or "lora_B" in name:
+            lora += p.numel()
+        elif "modules_to_save" in name:
+            head += p.numel()
+    return {"lora_params": lora, "head_params": head, "trainable_params": trainable,
+            "total_params": base_total + lora}
+
+
+def trainable_state(peft_model: nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached copy of every trainable tensor (adapter and head), keyed by parameter name."""
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}

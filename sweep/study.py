@@ -1,0 +1,185 @@
+"""The Optuna study that is a sweep's single source of truth: where it lives, what a compatible resume
+is, how a trial's configuration and results are stored and read back.
+
+Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
+``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the trial's metrics
+(see ``RESULT_ATTRS``) with ``status`` and ``reason``. State COMPLETE (value = objective) for ``ok``
+trials, FAIL for ``diverged`` and ``failed`` ones. Study user attributes: ``fingerprint`` (the
+settings that give finished trials their meaning), ``settings`` (the sweep settings), ``task``,
+``model``, ``objective`` and ``decisions`` (every decision so far, with reasons and numbers).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+from omegaconf import OmegaConf
+
+from sweep.cli import UserError, results_root
+from sweep.config import Config, SweepSettings
+from sweep.decide import Outcome
+
+#: metrics.json keys copied onto the Optuna trial as user attributes
+RESULT_ATTRS = ("status", "reason", "objective", "objective_value", "best", "best_epoch", "lora_alpha", "scaling",
+                "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct",
+                "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
+                "majority_baseline", "train_tokens", "n_train", "n_eval")
+
+#: settings that do not change what a finished trial means, so a resume may change them
+#: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
+RESUMABLE_KEYS = ("sweep.", "lora.r", "lora.targets", "train.seed", "train.device", "train.threads",
+                  "train.eval_batch_size", "data.dir", "results_dir")
+
+
+def sweep_dir(cfg: Config) -> Path:
+    """``results/<task>/<sweep.name>/`` (absolute)."""
+    return results_root(cfg) / cfg.task.name / cfg.sweep.name
+
+
+def storage_url(cfg: Config) -> str:
+    """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path)."""
+    return cfg.sweep.storage or f"sqlite:///{sweep_dir(cfg) / 'study.db'}"
+
+
+def study_name(cfg: Config) -> str:
+    """The Optuna study name, derived from task and sweep name: ``ranksweep-mrpc-default``."""
+    return f"ranksweep-{cfg.task.name}-{cfg.sweep.name}"
+
+
+def fingerprint(resolved) -> Dict[str, str]:
+    """Flattened ``key -> value`` of every setting that gives a finished trial its meaning (model,
+    task, LoRA scaling and alpha, training and data settings); the keys of ``RESUMABLE_KEYS`` are left out."""
+    flat: Dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            elif not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+                flat[key] = repr(v)
+
+    walk(OmegaConf.to_container(resolved, resolve=True), "")
+    return flat
+
+
+@contextmanager
+def sweep_lock(directory: Path) -> Iterator[None]:
+    """Hold ``sweep.lock`` in the sweep folder for the whole run: a second driver on the same sweep is
+    refused, and the OS releases the lock when the holder dies (even by SIGKILL), so a trial still
+    RUNNING in the study when the lock is free is known to be orphaned.
+
+    Raises:
+        UserError: another process holds the lock.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sweep.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
+                            "or stop it, then re-run to resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def open_study(cfg: Config, resolved):
+    """Create or load the sweep's study and check that resuming it is meaningful.
+
+    A study made with other model, task, LoRA scaling/alpha/dropout, training or data settings is
+    refused: its finished trials would not be comparable with new ones. Changing only ``sweep.*``
+    (more ranks, more seeds, other caps) is allowed.
+
+    Raises:
+        UserError: incompatible settings (names the first differing key, old and new value).
+    """
+    import optuna
+
+    _quiet_optuna()
+    url, name = storage_url(cfg), study_name(cfg)
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    new = fingerprint(resolved)
+    old = study.user_attrs.get("fingerprint")
+    if old is None:
+        study.set_user_attr("fingerprint", new)
+    elif old != new:
+        diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        k = diffs[0]
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(
+            f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={old.get(k, '<unset>')}, "
+            f"this run has {k}={new.get(k, '<unset>')}{more}: its finished trials would not be comparable; "
+            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>")
+    # this run's decisions replace the stored ones; until it ends there is no final answer
+    study.set_user_attr("stop_reason", None)
+    study.set_user_attr("recommendation", None)
+    study.set_user_attr("settings", asdict(cfg.sweep))
+    study.set_user_attr("task", cfg.task.name)
+    study.set_user_attr("model", cfg.model.name)
+    study.set_user_attr("objective", cfg.task.objective)
+    study.set_user_attr("metrics", list(cfg.task.metrics))
+    return study
+
+
+def load_study(url: str, name: str | None = None, missing_hint: str = "run `make sweep TASK=<task>` first"):
+    """Load an existing study (the only one in the storage when ``name`` is None).
+
+    Raises:
+        UserError: no study at ``url`` (or no study named ``name``), with the names that exist.
+    """
+    import optuna
+
+    _quiet_optuna()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise UserError(f"no sweep study at {url[len('sqlite:///'):]}; {missing_hint} (or point sweep.storage at one)")
+    try:
+        names = optuna.get_all_study_names(storage=url)
+    except Exception as e:
+        raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+    if name is None and len(names) == 1:
+        name = names[0]
+    if name not in names:
+        raise UserError(f"no study '{name}' in {url}; studies there: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def settings_of(study) -> SweepSettings:
+    """The sweep settings stored with the study (those of its latest run)."""
+    return SweepSettings(**study.user_attrs["settings"])
+
+
+def outcomes(study) -> List[Outcome]:
+    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs."""
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        a = t.user_attrs
+        if "targets_key" not in a or "r" not in t.params:
+            continue
+        status = a.get("status", "ok" if t.state == TrialState.COMPLETE else "failed")
+        out.append(Outcome(
+            r=int(t.params["r"]), targets=a["targets_key"], seed=int(t.params["seed"]), status=status,
+            objective=t.value if t.state == TrialState.COMPLETE else None,
+            trainable_params=int(a.get("trainable_params") or 0), train_flops=float(a.get("train_flops") or 0),
+            seconds=float(a.get("train_seconds") or 0) + float(a.get("eval_seconds") or 0)))
+    return out

@@ -1,0 +1,329 @@
+"""One LoRA trial: fine-tune the adapter and the head on a GLUE task, evaluate on the validation split
+after every epoch, write ``metrics.json``, the peft adapter and the resolved config.
+
+    python -m sweep.trial task=mrpc lora.r=8 'lora.targets=[q,v]'     # full MRPC, embedded MiniLM
+    python -m sweep.trial task=cola lora.r=4 lora.targets=all-linear
+    python -m sweep.trial debug=tiny                                   # seconds, on the CPU
+
+Every key of conf/config.yaml can be overridden the same way. The run directory is printed at the end:
+``results/<task>/trials/<model>-r<r>-<targets>-seed<seed>-<hash>/``. A trial that is killed resumes
+from its last completed epoch when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from sweep.cli import compose, glue_dir, results_root, run_cli
+from sweep.config import Config
+from sweep.data import Batches, take, tokenized_glue
+from sweep.flops import FlopModel
+from sweep.metrics import compute_metrics
+from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, parameter_counts, set_backbone_dropout,
+                            trainable_state)
+
+CHECKPOINT = "checkpoint.pt"
+#: steps between two reads of the loss on the host (progress bar and the NaN/inf check)
+LOSS_CHECK_EVERY = 20
+
+
+def targets_slug(targets: List[str]) -> str:
+    """Folder-safe text of a target set: ``q-v``, ``all-linear``; regexes become a short hash."""
+    text = "-".join(targets)
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", text):
+        return text
+    return "t" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def trial_name(cfg: Config) -> str:
+    """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep)."""
+    return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}-seed{cfg.train.seed}"
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        from sweep.cli import UserError
+
+        raise UserError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.train.device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 matrix multiplies in hardware (CUDA Ampere+, or a CPU with
+    AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+def resolve_precision(cfg: Config, device: torch.device) -> str:
+    if cfg.train.precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return cfg.train.precision
+
+
+def library_versions() -> Dict[str, str]:
+    import datasets
+    import optuna
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__,
+            "datasets": datasets.__version__, "optuna": optuna.__version__}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MB: CUDA allocator peak on a GPU; on the CPU the process's peak resident set
+    (``ru_maxrss``), which includes the Python process and every trial it ran before."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
+    """Predicted class ids of every example of the split, in the split's order (shape (N,))."""
+    model.eval()
+    preds = np.empty(len(batches.lengths), dtype=np.int64)
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+        for batch in batches.epoch():
+            index = batch.pop("index")
+            batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            preds[index.numpy()] = logits.argmax(-1).cpu().numpy()
+    return preds
+
+
+def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) -> dict:
+    """Train and evaluate one LoRA configuration; returns the content of ``metrics.json``.
+
+    Args:
+        cfg, resolved: the typed config and its resolved ``DictConfig`` (saved as ``config.yaml``).
+        run_dir: the trial's folder; a ``checkpoint.pt`` left there by an interrupted run of the same
+            config is resumed from its last completed epoch (removed once the trial ends).
+        progress: show a tqdm bar per epoch and one line per finished epoch.
+
+    Returns:
+        A dict with the task, model, LoRA settings, parameter counts (``lora_params`` =
+        Σ r·(d+k) over adapted matrices), GLUE metrics per epoch and at the best epoch, FLOPs
+        (``train_flops``, ``eval_flops``: executed, see ``sweep/flops.py``), seconds, ``peak_mem_mb``,
+        library versions and ``status`` (``ok``, or ``diverged`` with a ``reason`` when the training
+        loss becomes NaN/inf; the trial then ends without raising).
+
+    Raises:
+        UserError: bad data directory, model or targets (before any training).
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    config_text = OmegaConf.to_yaml(resolved)
+    device = resolve_device(cfg)
+    precision = resolve_precision(cfg, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    # model: the seed fixes the new head and the random A matrices
+    torch.manual_seed(cfg.train.seed)
+    base = load_base_model(cfg.model, cfg.task.label_names)
+    base_total = sum(p.numel() for p in base.parameters())
+    if cfg.train.backbone_dropout is not None:
+        set_backbone_dropout(base, cfg.train.backbone_dropout, cfg.model.head)
+    model = apply_lora(base, cfg.lora, cfg.model).to(device)
+    counts = parameter_counts(model, base_total)
+    # data: tokenised once per process (cached), then cut to the requested sizes
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
+                          cfg.model.name_or_path, cfg.data.max_length)
+    train_split = take(data["train"], cfg.data.max_train_samples)
+    val_split = take(data["validation"], cfg.data.max_eval_samples)
+    pad_id = tokenizer.pad_token_id or 0
+    train_batches = Batches(train_split, cfg.train.batch_size, pad_id, shuffle=True, seed=cfg.train.seed,
+                            group_by_length=cfg.train.group_by_length)
+    val_batches = Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
+    val_labels = np.asarray(val_split["label"])
+    # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_text)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    total_steps = cfg.train.epochs * len(train_batches)
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
+
+    probe = next(train_batches.epoch(0))
+    flops_train = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=True)
+    flops_eval = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=False)
+    eval_flops_per_pass = sum(flops_eval(len(rows), max(val_batches.lengths[i] for i in rows))
+                              for rows in _chunks(val_batches.order(0), val_batches.batch_size))
+
+    state = {"epoch": 0, "history": [], "train_flops": 0, "eval_flops": 0, "train_seconds": 0.0,
+             "eval_seconds": 0.0, "best": None, "best_state": None, "best_preds": None,
+             "train_tokens": 0, "padded_tokens": 0, "status": "ok", "reason": None}
+    ckpt_path = run_dir / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt.get("config") == config_text:
+            model.load_state_dict(ckpt["trainable"], strict=False)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            torch.set_rng_state(ckpt["rng"])
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            state = ckpt["state"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    for epoch in range(state["epoch"], cfg.train.epochs):
+        model.train()
+        loss_sum, steps = torch.zeros((), device=device), 0
+        start = time.perf_counter()
+        bar = tqdm(total=len(train_batches), desc=f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}",
+                   leave=False, disable=not progress, dynamic_ncols=True)
+        for batch in train_batches.epoch(epoch):
+            batch.pop("index")
+            n, width = batch["input_ids"].shape
+            state["train_flops"] += flops_train(n, width)
+            state["padded_tokens"] += n * width
+            state["train_tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else n * width
+            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+                loss = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss
+            loss.backward()
+            if cfg.train.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            steps += 1
+            bar.update()
+            if steps % LOSS_CHECK_EVERY == 0 or steps == len(train_batches):
+                mean_loss = loss_sum.item() / steps  # one host sync every LOSS_CHECK_EVERY steps
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if not math.isfinite(mean_loss):
+                    state["status"] = "diverged"
+                    state["reason"] = f"training loss became {mean_loss} in epoch {epoch + 1} by step {steps}"
+                    break
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state["train_seconds"] += time.perf_counter() - start
+        if state["status"] != "ok":
+            break
+
+        start = time.perf_counter()
+        preds = evaluate(model, val_batches, device, precision)
+        state["eval_seconds"] += time.perf_counter() - start
+        state["eval_flops"] += eval_flops_per_pass
+        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps,
+                  **compute_metrics(cfg.task.metrics, preds, val_labels)}
+        state["history"].append(record)
+        if state["best"] is None or record[cfg.task.objective] > state["best"][cfg.task.objective]:
+            state["best"], state["best_state"], state["best_preds"] = record, trainable_state(model), preds
+        state["epoch"] = epoch + 1
+        if progress:
+            scores = ", ".join(f"{k} {record[k]:.4f}" for k in cfg.task.metrics)
+            tqdm.write(f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}: train loss {record['train_loss']:.4f}, "
+                       f"{scores} ({state['train_seconds']:.0f} s training so far)")
+        if state["epoch"] < cfg.train.epochs:
+            _save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config_text, device)
+
+    metrics = _metrics_record(cfg, counts, state, device, precision, train_split, val_labels)
+    if state["best_state"] is not None:
+        # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
+        model.load_state_dict(state["best_state"], strict=False)
+        model.save_pretrained(str(run_dir / "adapter"))
+        np.save(run_dir / "val_predictions.npy", state["best_preds"])
+    _atomic_json(run_dir / "metrics.json", metrics)
+    ckpt_path.unlink(missing_ok=True)
+    return metrics
+
+
+def _chunks(items: List[int], size: int):
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, config_text: str, device) -> None:
+    """Everything needed to continue after this epoch exactly as if never stopped (written atomically)."""
+    ckpt = {"config": config_text, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "state": state}
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[str, float]:
+    """GLUE metrics of always predicting the training split's majority class (MRPC: accuracy 0.684)."""
+    majority = int(np.bincount(np.asarray(train_split["label"])).argmax())
+    return compute_metrics(cfg.task.metrics, np.full_like(val_labels, majority), val_labels)
+
+
+def _metrics_record(cfg: Config, counts: dict, state: dict, device, precision: str, train_split,
+                    val_labels) -> dict:
+    best = state["best"] or {}
+    epochs_run = len(state["history"])
+    return {
+        "task": cfg.task.name, "model": cfg.model.name, "model_name_or_path": cfg.model.name_or_path,
+        "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
+        "scaling": cfg.lora.scaling, "targets": list(cfg.lora.targets), "seed": cfg.train.seed,
+        **counts, "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
+        "objective": cfg.task.objective, "objective_value": best.get(cfg.task.objective),
+        "best_epoch": best.get("epoch"), "best": {m: best.get(m) for m in cfg.task.metrics},
+        "epochs": state["history"], "majority_baseline": majority_baseline(cfg, train_split, val_labels),
+        "n_train": len(train_split), "n_eval": len(val_labels), "epochs_run": epochs_run,
+        "train_tokens": state["train_tokens"], "padded_tokens": state["padded_tokens"],
+        "train_flops": state["train_flops"], "eval_flops": state["eval_flops"],
+        "train_seconds": state["train_seconds"], "eval_seconds": state["eval_seconds"],
+        "train_examples_per_s": (len(train_split) * epochs_run / state["train_seconds"]
+                                 if state["train_seconds"] and epochs_run else None),
+        "peak_mem_mb": peak_memory_mb(device), "device": str(device), "precision": precision,
+        "threads": torch.get_num_threads(), "versions": library_versions(),
+        "status": state["status"], "reason": state["reason"],
+    }
+
+
+def trial_dir(cfg: Config, resolved) -> Path:
+    """``results/<task>/trials/<model>-r8-q-v-seed0-<hash>``: the hash covers the whole resolved config,
+    so two trials that differ in any setting never share a folder."""
+    digest = hashlib.sha1(OmegaConf.to_yaml(resolved).encode()).hexdigest()[:8]
+    return results_root(cfg) / cfg.task.name / "trials" / f"{cfg.model.name}-{trial_name(cfg)}-{digest}"
+
+
+def main(args: List[str]) -> int:
+    cfg, resolved = compose(args)
+    run_dir = trial_dir(cfg, resolved)
+    m = run_trial(cfg, resolved, run_dir)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in m["best"].items() if v is not None)
+    print(f"{m['task']} {m['model']} r={m['r']} targets={','.join(m['targets'])} seed={m['seed']}: "
+          f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; best epoch {m['best_epoch']}: {best}; "
+          f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
+          f"train {m['train_flops']:.3e} FLOPs in {m['train_seconds']:.1f} s; eval {m['eval_seconds']:.1f} s")
+    print(f"results: {run_dir}")
+    return 0 if m["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,354 @@
+"""Reports of synthetic sweep studies built with Optuna's API from known numbers: no training.
+
+Expected means, standard deviations, t-intervals, Pareto sets and recommendations are worked out by
+hand below (metric units in the CSVs; the sweep's rule compares points, 100 × metric, with
+min_delta = 0.5 points and noise_z = 2). The studies' decisions come from ``sweep.decide.plan``, as
+the driver stores them.
+"""
+
+import math
+from dataclasses import asdict
+
+import matplotlib.image
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from analysis import (decisions_frame, figures, study_info, summary_frame, trials_frame, write_reports)
+from analysis.__main__ import main as analysis_main
+from conftest import run_module
+from sweep.cli import UserError
+from sweep.config import SweepSettings
+from sweep.decide import plan
+from sweep.study import load_study, outcomes
+
+NAME = "ranksweep-mrpc-default"
+COSTS = {"q,v": 2_000, "q,k,v,o": 4_000}  # LoRA parameters per unit of rank
+HEAD, BASE = 10_000, 1_000_000  # head parameters; frozen base model parameters
+MAJORITY = 0.684  # majority-class accuracy
+T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freedom
+FILES = ["trials.csv", "summary.csv", "plots/metric_vs_params.png", "plots/metric_vs_compute.png",
+         "plots/progression.png", "report.md"]
+TRIAL_COLUMNS = ["number", "state", "status", "stage", "r", "targets", "seed", "lora_alpha", "scaling",
+                 "lora_params", "trainable_params", "total_params", "trainable_pct", "train_flops",
+                 "train_seconds", "eval_seconds", "peak_mem_mb", "accuracy", "f1", "objective", "reason"]
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def settings(**kw) -> SweepSettings:
+    base = dict(ranks=[1, 2, 4, 8], start_targets=["q", "v"], target_sets=[["q", "v"], ["q", "k", "v", "o"]],
+                seeds=[0, 1], min_delta=0.5, noise_z=2.0, patience=1, escalate_max_r=8, max_trials=None)
+    return SweepSettings(**{**base, **kw})
+
+
+def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0):
+    """A frozen trial in the layout of sweep/study.py. ``outcome``: the accuracy of an ok trial,
+    ``diverged``, ``failed``, ``running`` or ``orphan`` (FAIL with no configuration stored)."""
+    dists = {"r": IntDistribution(r, r, log=True), "seed": IntDistribution(seed, seed)}
+    params = {"r": r, "seed": seed}
+    if outcome == "orphan":
+        return create_trial(params=params, distributions=dists, state=TrialState.FAIL)
+    attrs = {"targets": targets.split(","), "targets_key": targets, "stage": stage, "run_dir": f"/runs/{r}-{seed}"}
+    if outcome == "running":
+        return create_trial(params=params, distributions=dists, user_attrs=attrs, state=TrialState.RUNNING)
+    ok = isinstance(outcome, float)
+    lora = r * COSTS[targets]
+    attrs.update({
+        "status": "ok" if ok else outcome,
+        "reason": None if ok else {"diverged": "training loss became nan in epoch 2 by step 40",
+                                   "failed": "RuntimeError: CUDA error: out of memory"}[outcome],
+        "objective": "accuracy", "objective_value": outcome if ok else None,
+        "best": {"accuracy": outcome if ok else None, "f1": outcome + 0.05 if ok else None},
+        "lora_alpha": 16.0, "scaling": "standard", "lora_params": lora, "head_params": HEAD,
+        "trainable_params": HEAD + lora, "total_params": BASE + lora,
+        "trainable_pct": 100.0 * (HEAD + lora) / (BASE + lora), "train_flops": flops, "eval_flops": flops / 10,
+        "train_seconds": seconds, "eval_seconds": 1.0, "peak_mem_mb": 900.0,
+        "majority_baseline": {"accuracy": MAJORITY, "f1": 0.812}})
+    if ok:
+        return create_trial(params=params, distributions=dists, value=outcome, user_attrs=attrs)
+    return create_trial(params=params, distributions=dists, user_attrs=attrs, state=TrialState.FAIL)
+
+
+def make_study(tmp_path, s: SweepSettings, trials, *, sweep_ended=True) -> str:
+    """A study at tmp_path/mrpc/default/study.db holding ``trials``, with the decisions the driver
+    would have stored; ``sweep_ended=False`` leaves out what it writes at the end (an interruption)."""
+    folder = tmp_path / "mrpc" / "default"
+    folder.mkdir(parents=True)
+    url = f"sqlite:///{folder / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name=NAME, direction="maximize")
+    for key, value in (("settings", asdict(s)), ("task", "mrpc"), ("model", "minilm"), ("objective", "accuracy"),
+                       ("metrics", ["accuracy", "f1"])):
+        study.set_user_attr(key, value)
+    for t in trials:
+        study.add_trial(t)
+    p = plan(s, outcomes(study), COSTS)
+    study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
+    if sweep_ended:
+        assert p.next is None, "the scripted sweep should be over"
+        study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
+        study.set_user_attr("stop_reason", p.stop_reason)
+    return url
+
+
+# A finished progressive sweep. In points: r=1 81.0, r=2 85.0 (+4.0), r=4 86.0 (+1.0), each ±1.414 (sd
+# of a pair 2 apart). Pooled sd over r=1,2 is 1.414, SE = 1.414·sqrt(1/2+1/2) = 1.414, threshold
+# max(0.5, 2.83) = 2.83: r=2 continues, r=4 is no gain, the rank plateaus at r=2 (patience 1). r=2 ≤ 8,
+# so q,k,v,o is tried at r=2: 86.5 on one seed (the other diverged); vs 85.0, SE = 1.414·sqrt(1/2+1/1)
+# = 1.732, threshold 3.46 > 1.5: no gain, plateau. Recommendation: the best is r=2 q,k,v,o (86.5);
+# r=1 trails by 5.5 > 3.46 (significantly worse); r=2 q,v (1.5) and r=4 q,v (0.5) are within the noise;
+# of those r=2 q,v has the fewest trainable parameters (14,000 vs 18,000).
+FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "rank", 1.03e11, 12.0),
+            (2, "q,v", 0, 0.84, "rank", 1.02e11, 11.0), (2, "q,v", 1, 0.86, "rank", 1.04e11, 13.0),
+            (4, "q,v", 0, 0.85, "rank", 1.04e11, 12.0), (4, "q,v", 1, 0.87, "rank", 1.06e11, 14.0),
+            (2, "q,k,v,o", 0, 0.865, "targets", 1.06e11, 15.0),
+            (2, "q,k,v,o", 1, "diverged", "targets", 0.5e11, 7.0)]
+
+# An interrupted progressive sweep with three seeds. r=1: 70, 72, 75 points, mean 72.333, sd² =
+# (0.0233² + 0.0033² + 0.0267²)/2 in metric units; r=2: seed 0 failed, 73.5 and 74.5, mean 74.0, sd
+# 0.707. Pooled sd² = (2·6.333 + 1·0.5)/3 = 4.389 → 2.095; SE = 2.095·sqrt(1/3+1/2) = 1.912, threshold
+# 3.82 > gain 1.67: r=2 is no gain, the rank plateaus at r=1 and q,k,v,o is escalated to. Trial 6 is an
+# orphan FAIL (no configuration stored), trial 7 is still running. Provisional recommendation: the
+# best, r=2, is not significantly better than r=1, which has fewer parameters: r=1 on q,v.
+PARTIAL = [(1, "q,v", 0, 0.70, "rank"), (1, "q,v", 1, 0.72, "rank"), (1, "q,v", 2, 0.75, "rank"),
+           (2, "q,v", 0, "failed", "rank"), (2, "q,v", 1, 0.735, "rank"), (2, "q,v", 2, 0.745, "rank"),
+           (4, "q,v", 0, "orphan", "rank"), (1, "q,k,v,o", 0, "running", "targets")]
+
+# A finished grid, one seed: no noise estimate, so only min_delta = 0.5 points applies. Best r=2
+# q,k,v,o at 84.0; r=2 q,v at 83.8 is within 0.5, r=1 q,v (82.0) and r=1 q,k,v,o (83.0) are not.
+GRID = [(1, "q,v", 0, 0.82, "grid"), (2, "q,v", 0, 0.838, "grid"), (1, "q,k,v,o", 0, 0.83, "grid"),
+        (2, "q,k,v,o", 0, 0.84, "grid")]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The finished study, its reports written by the command line into its sweep folder."""
+    root = tmp_path_factory.mktemp("finished")
+    url = make_study(root, settings(), [trial(*t) for t in FINISHED])
+    assert analysis_main([f"results_dir={root}"]) == 0
+    return url, root / "mrpc" / "default"
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory):
+    """The interrupted study and the paths of its reports."""
+    root = tmp_path_factory.mktemp("partial")
+    url = make_study(root, settings(seeds=[0, 1, 2]), [trial(*t) for t in PARTIAL], sweep_ended=False)
+    return url, write_reports(url, NAME, root / "out")
+
+
+def loaded(url):
+    study = load_study(url, NAME)
+    trials = trials_frame(study)
+    info = study_info(study)
+    return trials, summary_frame(trials, info), info
+
+
+def row(summary, r, targets):
+    (i,) = summary.index[(summary["r"] == r) & (summary["targets"] == targets)]
+    return summary.loc[i]
+
+
+def test_trials_csv_one_row_per_trial(finished):
+    df = pd.read_csv(finished[1] / "trials.csv")
+    assert list(df.columns) == TRIAL_COLUMNS
+    assert list(df["number"]) == list(range(8))
+    assert list(df["state"]) == ["complete"] * 7 + ["diverged"]
+    assert list(df["r"]) == [1, 1, 2, 2, 4, 4, 2, 2]
+    assert list(df["targets"]) == ["q,v"] * 6 + ["q,k,v,o"] * 2
+    assert list(df["objective"][:7]) == pytest.approx([0.80, 0.82, 0.84, 0.86, 0.85, 0.87, 0.865])
+    assert list(df["f1"][:7]) == pytest.approx([0.85, 0.87, 0.89, 0.91, 0.90, 0.92, 0.915])
+    assert math.isnan(df["objective"][7]) and math.isnan(df["accuracy"][7])
+    last = df.iloc[7]
+    assert (last["status"], last["reason"]) == ("diverged", "training loss became nan in epoch 2 by step 40")
+    assert last["trainable_params"] == HEAD + 2 * 4_000 and last["train_flops"] == 0.5e11
+    assert df["trainable_pct"][0] == pytest.approx(100 * 12_000 / 1_002_000)
+
+
+def test_summary_csv_matches_hand_arithmetic(finished):
+    s = pd.read_csv(finished[1] / "summary.csv")
+    assert list(zip(s["r"], s["targets"])) == [(1, "q,v"), (2, "q,v"), (4, "q,v"), (2, "q,k,v,o")]
+    sd = math.sqrt((0.01 ** 2 + 0.01 ** 2) / 1)  # every q,v pair is mean ± 0.01
+    half = T975[1] * sd / math.sqrt(2)
+    for r, mean in ((1, 0.81), (2, 0.85), (4, 0.86)):
+        got = row(s, r, "q,v")
+        assert (got["n_seeds"], got["n_failed"]) == (2, 0)
+        assert got["objective_mean"] == pytest.approx(mean)
+        assert got["objective_sd"] == pytest.approx(sd)
+        assert got["objective_ci95_low"] == pytest.approx(mean - half)
+        assert got["objective_ci95_high"] == pytest.approx(mean + half)
+    wide = row(s, 2, "q,k,v,o")
+    assert (wide["n_seeds"], wide["n_failed"], wide["objective_mean"]) == (1, 1, pytest.approx(0.865))
+    assert wide[["objective_sd", "objective_ci95_low", "objective_ci95_high"]].isna().all()
+    # the diverged seed's FLOPs and seconds are not part of the means
+    assert wide["mean_train_flops"] == pytest.approx(1.06e11) and wide["mean_train_seconds"] == pytest.approx(15.0)
+    assert list(s["mean_train_flops"]) == pytest.approx([1.02e11, 1.03e11, 1.05e11, 1.06e11])
+    assert list(s["mean_train_seconds"]) == pytest.approx([11.0, 12.0, 13.0, 15.0])
+    assert list(s["trainable_params"]) == [12_000, 14_000, 18_000, 18_000]
+    assert list(s["lora_params"]) == [2_000, 4_000, 8_000, 8_000]
+    # vs parameters: r=4 q,v (18,000; 86.0) is dominated by r=2 q,k,v,o (18,000; 86.5); vs FLOPs every
+    # configuration buys its accuracy with more FLOPs: 1.02e11 < 1.03e11 < 1.05e11 < 1.06e11, 81 < 85 < 86 < 86.5
+    assert list(s["pareto_params"]) == [True, True, False, True]
+    assert list(s["pareto_flops"]) == [True, True, True, True]
+    assert list(s["recommended"]) == [False, True, False, False]
+    assert row(s, 2, "q,v")["decision"] == "continue; plateau; escalate; plateau; recommend"
+    assert list(s["decision"]) == ["start", "continue; plateau; escalate; plateau; recommend", "no-gain", "no-gain"]
+
+
+def test_partial_study_reports_provisional_recommendation(partial):
+    paths = partial[1]
+    out = paths[0].parent
+    assert [str(p.relative_to(out)) for p in paths] == FILES
+    t = pd.read_csv(out / "trials.csv")
+    assert list(t["state"]) == ["complete"] * 3 + ["failed"] + ["complete"] * 2 + ["failed", "running"]
+    assert list(t["status"][3:7]) == ["failed", "ok", "ok", "failed"] and pd.isna(t["status"][7])
+    assert t["reason"][3] == "RuntimeError: CUDA error: out of memory"
+    assert (t["r"][6], t["seed"][6]) == (4, 0) and pd.isna(t["targets"][6])
+
+    s = pd.read_csv(out / "summary.csv")
+    assert list(zip(s["r"], s["targets"], s["n_seeds"], s["n_failed"], s["n_running"])) == [
+        (1, "q,v", 3, 0, 0), (2, "q,v", 2, 1, 0), (1, "q,k,v,o", 0, 0, 1)]
+    r1 = row(s, 1, "q,v")
+    mean1 = (0.70 + 0.72 + 0.75) / 3
+    sd1 = math.sqrt(((0.70 - mean1) ** 2 + (0.72 - mean1) ** 2 + (0.75 - mean1) ** 2) / 2)
+    assert (r1["objective_mean"], r1["objective_sd"]) == (pytest.approx(mean1), pytest.approx(sd1))
+    assert r1["objective_ci95_high"] == pytest.approx(mean1 + T975[2] * sd1 / math.sqrt(3))
+    r2 = row(s, 2, "q,v")
+    assert r2["objective_ci95_low"] == pytest.approx(0.74 - T975[1] * math.sqrt(0.005 ** 2 * 2) / math.sqrt(2))
+    assert list(s["recommended"]) == [True, False, False]
+    assert list(s["pareto_params"]) == [True, True, False]  # r=2 is dearer and better: both on the front
+
+    report = (out / "report.md").read_text()
+    assert "Provisional" in report and "**r=1 on q,v**" in report
+    # gain 74.0 − 72.33 = 1.67 points; 2·SE = 2 · 1.912 = 3.82
+    assert "is ahead by 1.67 points, not significant (threshold 3.82 = max(min_delta 0.5, 2·SE 3.82))" in report
+    assert "8 (5 complete, 2 failed, 1 running)" in report
+    assert "trial 3 (r=2 q,v seed 0): failed: RuntimeError: CUDA error: out of memory" in report
+    assert "1 trial(s) marked running" in report
+
+
+def test_report_md_finished(finished):
+    report = (finished[1] / "report.md").read_text()
+    assert report.startswith("# LoRA rank sweep: MRPC on minilm")
+    assert "finished (plateau)" in report and "Provisional" not in report
+    assert "8 (7 complete, 1 diverged)" in report
+    # r=2 q,v: 85.00 ± 1.41 points, CI 85 ± 12.71
+    assert "**r=2 on q,v**: accuracy 85.00 ± 1.41 points (n=2; 95% CI 72.29–97.71), 14,000 trainable" in report
+    assert "not significant" in report  # the recommend decision's reason
+    assert "- after trial 5: `[rank] plateau r=2 q,v:" in report
+    assert "- after trial 7: `[targets] plateau r=2 q,v:" in report
+    for name in ("metric_vs_params", "metric_vs_compute", "progression"):
+        assert f"](plots/{name}.png)" in report
+    assert "| 2 | q,v | 2 / 0 | 85.00 ± 1.41 | 72.29–97.71 | 14,000 |" in report
+
+
+def test_decisions_placed_after_the_trials_they_saw(finished):
+    trials, _, info = loaded(finished[0])
+    d = decisions_frame(trials, info)
+    assert list(zip(d["action"], d["after_trial"])) == [
+        ("start", 1), ("continue", 3), ("no-gain", 5), ("plateau", 5), ("escalate", 5), ("no-gain", 7),
+        ("plateau", 7), ("recommend", 7)]
+
+
+def test_grid_sweep_recommendation(tmp_path):
+    url = make_study(tmp_path, settings(mode="grid", ranks=[1, 2], seeds=[0]), [trial(*t) for t in GRID])
+    write_reports(url, NAME, tmp_path / "out")
+    s = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(zip(s["r"], s["targets"])) == [(1, "q,v"), (2, "q,v"), (1, "q,k,v,o"), (2, "q,k,v,o")]
+    assert s["objective_sd"].isna().all()
+    assert list(s["recommended"]) == [False, True, False, False]
+    # params 12,000 / 14,000 / 14,000 / 18,000: r=1 q,k,v,o is beaten by r=2 q,v at the same cost
+    assert list(s["pareto_params"]) == [True, True, False, True]
+    assert "finished (grid complete)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_study_with_only_failed_trials(tmp_path):
+    s = settings(ranks=[1], seeds=[0, 1], target_sets=[["q", "v"]])
+    url = make_study(tmp_path, s, [trial(1, "q,v", 0, "diverged", "rank"), trial(1, "q,v", 1, "failed", "rank")])
+    paths = write_reports(url, NAME, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "No recommendation: no trial has completed." in report
+    assert "2 (0 complete, 1 diverged, 1 failed)" in report
+    assert all(image_is_drawn(p) for p in paths if p.suffix == ".png")
+
+
+def labels(ax):
+    return ax.get_legend_handles_labels()[1]
+
+
+def test_metric_vs_params_figure(finished):
+    fig = figures(*loaded(finished[0]))["metric_vs_params"]
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log"
+    assert "trainable parameters" in ax.get_xlabel()
+    assert ax.get_ylabel() == "validation accuracy (points, ×100)"
+    assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
+    assert sorted(labels(ax)) == ["Pareto front", "majority class (68.4)", "q,k,v,o", "q,v", "recommended: r=2 q,v"]
+    series = {c.get_label(): c.lines[0].get_xydata().tolist() for c in ax.containers}
+    assert series == {"q,v": [[12_000, 81.0], [14_000, 85.0], [18_000, 86.0]], "q,k,v,o": [[18_000, 86.5]]}
+    assert sorted(t.get_text() for t in ax.texts) == ["r=1", "r=2", "r=2", "r=4"]
+    front = next(line for line in ax.lines if line.get_label() == "Pareto front")
+    assert front.get_xydata().tolist() == [[12_000, 81.0], [14_000, 85.0], [18_000, 86.5]]
+    baseline = next(line for line in ax.lines if line.get_label().startswith("majority"))
+    assert list(baseline.get_ydata()) == pytest.approx([68.4, 68.4]) and baseline.get_linestyle() == "--"
+
+
+def test_metric_vs_compute_figure(finished):
+    fig = figures(*loaded(finished[0]))["metric_vs_compute"]
+    flops_ax, time_ax = fig.axes
+    assert flops_ax.get_xscale() == "log" and "FLOPs" in flops_ax.get_xlabel()
+    assert time_ax.get_xlabel() == "training time per trial (s)"
+    assert all(word in fig.get_suptitle() for word in ("MRPC", "minilm", "accuracy"))
+    assert "Pareto front" in labels(flops_ax) and "recommended: r=2 q,v" in labels(flops_ax)
+    times = {c.get_label(): c.lines[0].get_xydata().tolist() for c in time_ax.containers}
+    assert times == {"q,v": [[11.0, 81.0], [12.0, 85.0], [13.0, 86.0]], "q,k,v,o": [[15.0, 86.5]]}
+
+
+def test_progression_figure(partial):
+    trials, summary, info = loaded(partial[0])
+    fig = figures(trials, summary, info)["progression"]
+    ax, flops_ax = fig.axes
+    assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
+    assert flops_ax.get_xlabel() == "trial number (order run)" and "FLOPs" in flops_ax.get_ylabel()
+    assert labels(ax) == ["q,v", "best trial so far", "failed (2)", "running (1)", "majority class (68.4)",
+                          "decision"]
+    points = next(line for line in ax.lines if line.get_label() == "q,v")
+    assert list(points.get_xdata()) == [0, 1, 2, 4, 5]
+    assert list(points.get_ydata()) == pytest.approx([70, 72, 75, 73.5, 74.5])
+    # the plateau at r=1 and the escalation were decided once trial 5 had finished
+    (top,) = ax.child_axes
+    assert [t.get_text() for t in top.get_xticklabels()] == ["plateau r=1\nescalate r=1"]
+    assert list(top.get_xticks()) == [5.5]
+    decision = next(line for line in ax.lines if line.get_label() == "decision")
+    assert list(decision.get_xdata()) == [5.5, 5.5]
+    # five ok trials and the failed one at 1e11 each; the orphan and the running trial have none
+    cumulative = next(line for line in flops_ax.lines if line.get_marker() == ".")
+    assert cumulative.get_ydata()[-1] == pytest.approx(6e11)
+
+
+def image_is_drawn(path) -> bool:
+    pixels = matplotlib.image.imread(path)
+    return pixels.shape[1] == 1280 and pixels[..., :3].std() > 0.05
+
+
+def test_png_files_are_drawn(finished, partial):
+    assert all(image_is_drawn(finished[1] / f) for f in FILES if f.endswith(".png"))
+    assert all(image_is_drawn(p) for p in partial[1] if p.suffix == ".png")
+
+
+def test_empty_study_message(tmp_path):
+    url = make_study(tmp_path, settings(), [trial(1, "q,v", 0, "running", "rank")], sweep_ended=False)
+    with pytest.raises(UserError, match=rf"^study '{NAME}' has no finished trials yet \(1 running\)"):
+        write_reports(url, NAME, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_study_message(tmp_path):
+    proc = run_module("analysis", f"results_dir={tmp_path}", timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep` first "
+        "(or give sweep.storage)"]
+    assert not (tmp_path / "mrpc").exists()

@@ -1,0 +1,32 @@
+"""Bad input: one line on stderr naming the bad value and what is valid, exit 2, no traceback,
+existing results untouched."""
+
+import pytest
+
+from conftest import run_module
+
+CASES = [
+    (["lora.rnak=16"], "unknown config key 'lora.rnak' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha"),
+    (["lora.r=0"], "lora.r=0 is invalid: it must be a positive integer"),
+    (["task=foo"], "unknown task 'foo'; valid: cola, mrpc"),
+    (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
+    (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
+    (["data.dir=/no/such/dir"], "data.dir /no/such/dir is not a directory"),
+    (["model.name_or_path=roberta-base"], "model 'roberta-base' (not in the local Hugging Face cache) needs the Hugging Face hub"),
+    (["sweep.ranks=[4,2]"], "sweep.ranks=[4, 2] is invalid: ranks must be distinct and increasing"),
+]
+
+
+@pytest.mark.parametrize("args, message", CASES)
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
+    keep = tmp_path / "mrpc" / "trials" / "earlier" / "metrics.json"
+    keep.parent.mkdir(parents=True)
+    keep.write_text('{"status": "ok"}')
+    # HF_HUB_OFFLINE makes the hub case instant wherever the tests run
+    proc = run_module("sweep.trial", *tiny, *args, env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert keep.read_text() == '{"status": "ok"}'

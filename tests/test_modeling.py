@@ -1,0 +1,91 @@
+"""LoRA wiring and parameter counts on the embedded model (6 layers, d_model 384, d_ff 1536)."""
+
+import copy
+
+import pytest
+import torch
+
+from sweep.cli import UserError, compose
+from sweep.config import LoraSettings
+from sweep.modeling import apply_lora, load_base_model, lora_param_count, parameter_counts, resolve_targets
+
+HEAD = 384 * 384 + 384 + 384 * 2 + 2  # BERT pooler (dense 384→384) + classifier (384→2)
+
+# (r, targets, LoRA parameters by hand: layers × matrices × r × (d + k))
+CASES = [
+    (8, ["q", "v"], 6 * 2 * 8 * (384 + 384)),                       # 73,728, the issue's example
+    (2, ["all-linear"], 6 * 2 * (4 * 768 + (384 + 1536) + (1536 + 384))),  # 82,944
+    (4, ["q", "k", "v", "o"], 6 * 4 * 4 * 768),                     # 73,728 again, by another route
+    (16, ["up"], 6 * 16 * (384 + 1536)),                            # 184,320
+    (1, [r"bert\.encoder\.layer\.0\.attention\.self\.query"], 1 * 768),  # a raw regex: one matrix
+]
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return compose([])[0]
+
+
+@pytest.fixture(scope="module")
+def base(cfg):
+    torch.manual_seed(0)
+    return load_base_model(cfg.model, cfg.task.label_names)
+
+
+@pytest.mark.parametrize("r, targets, expected", CASES)
+def test_lora_parameter_count_by_hand(cfg, base, r, targets, expected):
+    model = apply_lora(copy.deepcopy(base), LoraSettings(r=r, targets=targets), cfg.model)
+    base_total = sum(p.numel() for p in base.parameters())
+    counts = parameter_counts(model, base_total)
+    assert counts["lora_params"] == expected
+    assert counts["head_params"] == HEAD
+    assert counts["trainable_params"] == expected + HEAD
+    assert counts["total_params"] == base_total + expected
+    # the shape-only count the sweep uses to order target sets agrees with peft's real parameters
+    assert lora_param_count(base, targets, cfg.model, r) == expected
+
+
+def test_b_is_zero_a_is_random_and_logits_equal_the_base_model(cfg, base, glue_dir):
+    model = apply_lora(copy.deepcopy(base), LoraSettings(r=8, targets=["q", "v"]), cfg.model)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            assert torch.count_nonzero(p) == 0
+        if "lora_A" in name:
+            assert p.std() > 0
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102, 2178, 2028, 102]])
+    mask = torch.ones_like(ids)
+    base.eval()
+    model.eval()
+    with torch.no_grad():
+        lora_logits = model(input_ids=ids, attention_mask=mask).logits
+        with model.disable_adapter():  # the same weights in the same memory, without the LoRA path
+            assert torch.equal(lora_logits, model(input_ids=ids, attention_mask=mask).logits)
+        # a separate copy of the base model: equal up to the GEMM kernel's rounding
+        torch.testing.assert_close(lora_logits, base(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+
+
+def test_roles_resolve_to_the_right_modules(cfg, base):
+    got = resolve_targets(base, ["q", "down"], cfg.model)
+    assert got["q"] == [f"bert.encoder.layer.{i}.attention.self.query" for i in range(6)]
+    # down must not catch attention.output.dense, which also ends in output.dense
+    assert got["down"] == [f"bert.encoder.layer.{i}.output.dense" for i in range(6)]
+    everything = resolve_targets(base, ["all-linear"], cfg.model)["all-linear"]
+    assert len(everything) == 36 and not any("pooler" in n or "classifier" in n for n in everything)
+
+
+def test_unknown_target_lists_the_linear_modules(cfg, base):
+    with pytest.raises(UserError) as e:
+        resolve_targets(base, ["q", "gate_proj"], cfg.model)
+    msg = str(e.value)
+    assert "'gate_proj' matches no linear module" in msg
+    assert "bert.encoder.layer.<0-5>.attention.self.query" in msg and "\n" not in msg
+
+
+def test_seed_changes_the_initial_adapter(cfg):
+    def first_a(seed):
+        torch.manual_seed(seed)
+        m = apply_lora(load_base_model(cfg.model, cfg.task.label_names), LoraSettings(r=4), cfg.model)
+        return next(p for n, p in m.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(first_a(0), first_a(0))
+    assert not torch.equal(first_a(0), first_a(1))
