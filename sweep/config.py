@@ -173,14 +173,14 @@ class TrainSettings:
     """
 
     epochs: int = 3
-    lr: float = 1e-3
+    lr: float = 2e-3
     batch_size: int = 32
     eval_batch_size: int = 128
     seed: int = 0
     warmup_ratio: float = 0.06
     weight_decay: float = 0.01
     max_grad_norm: Optional[float] = 1.0
-    backbone_dropout: Optional[float] = None
+    backbone_dropout: Optional[float] = 0.0
     group_by_length: bool = True
     precision: str = "auto"
     device: str = "auto"

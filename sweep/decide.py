@@ -223,11 +223,11 @@ class _Replay:
         s = self.s
         why = None
         if s.max_trials is not None and n >= s.max_trials:
-            why = f"{n} trials run, sweep.max_trials={s.max_trials}"
+            why = f"trials: {n} ≥ sweep.max_trials={s.max_trials}"
         elif s.max_train_flops is not None and flops >= s.max_train_flops:
-            why = f"{flops:.3e} training FLOPs spent, sweep.max_train_flops={s.max_train_flops:.3e}"
+            why = f"training FLOPs: {flops:.3e} ≥ sweep.max_train_flops={s.max_train_flops:.3e}"
         elif s.max_hours is not None and seconds >= 3600 * s.max_hours:
-            why = f"{seconds / 3600:.2f} h of trials, sweep.max_hours={s.max_hours:g}"
+            why = f"trial hours: {seconds / 3600:.2f} ≥ sweep.max_hours={s.max_hours:g}"
         if why is None:
             return None
         return Decision("budget", "final", None, None, f"compute cap reached ({why}); stopping cleanly",

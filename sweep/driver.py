@@ -46,20 +46,20 @@ def target_costs(cfg: Config) -> Dict[str, int]:
     return {key: lora_param_count(base, targets, cfg.model, 1) for key, targets in target_sets(cfg).items()}
 
 
-def trial_config(cfg: Config, spec: TrialSpec, sets: Dict[str, List[str]]):
-    """The typed and resolved config of one trial of the sweep."""
-    tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(sets[spec.targets])),
+def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
+    """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
+    tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
                                train=dataclasses.replace(cfg.train, seed=spec.seed))
     return tcfg, OmegaConf.structured(tcfg)
 
 
-def _execute(study, trial, spec: TrialSpec, cfg: Config, sets, progress: bool) -> dict:
+def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
     """Run (or resume, or read back) one trial and tell the study its result."""
     import json
 
     from optuna.trial import TrialState
 
-    tcfg, tresolved = trial_config(cfg, spec, sets)
+    tcfg, tresolved = trial_config(cfg, spec, targets)
     run_dir = sweep_dir(cfg) / "trials" / trial_name(tcfg)
     metrics_file = run_dir / "metrics.json"
     same_config = (run_dir / "config.yaml").is_file() and \
@@ -85,16 +85,17 @@ def _execute(study, trial, spec: TrialSpec, cfg: Config, sets, progress: bool) -
     return m
 
 
-def _ask(study, spec: TrialSpec, cfg: Config, sets) -> object:
-    trial = study.ask()
-    trial.suggest_int("r", spec.r, spec.r, log=True)
-    trial.suggest_int("seed", spec.seed, spec.seed)
-    trial.set_user_attr("targets", sets[spec.targets])
+def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
+    """Store the configuration on a new trial: the ``spec`` attribute first (one write), so a trial
+    whose process dies at any point can be completed or adopted on resume, never left ambiguous."""
+    tcfg, _ = trial_config(cfg, spec, targets)
+    trial.set_user_attr("spec", dataclasses.asdict(spec))
+    trial.set_user_attr("targets", list(targets))
     trial.set_user_attr("targets_key", spec.targets)
     trial.set_user_attr("stage", spec.stage)
-    tcfg, _ = trial_config(cfg, spec, sets)
     trial.set_user_attr("run_dir", str(sweep_dir(cfg) / "trials" / trial_name(tcfg)))
-    return trial
+    trial.suggest_int("r", spec.r, spec.r, log=True)
+    trial.suggest_int("seed", spec.seed, spec.seed)
 
 
 def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
@@ -103,12 +104,6 @@ def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
     return (f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {objective} {m['objective_value']:.4f} | "
             f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
             f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
-
-
-def _orphans(study):
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Plan:
@@ -130,16 +125,20 @@ def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Pla
         sets = target_sets(cfg)
         costs = target_costs(cfg)
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
-        # a trial left RUNNING holds no lock any more: its process died; finish it first
-        for t in _orphans(study):
-            a = t.user_attrs
-            if "targets_key" not in a or a["targets_key"] not in sets:
-                study.tell(t.number, state=TrialState.FAIL)  # died before its configuration was stored
-                continue
-            spec = TrialSpec(int(t.params["r"]), a["targets_key"], int(t.params["seed"]), a.get("stage", "?"))
-            log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
+        # a trial still RUNNING holds no lock any more: its process died. One that knows its
+        # configuration is finished first (from its last epoch checkpoint); one that died before
+        # storing it is adopted by the next trial the plan asks for, so no empty record is left.
+        blank = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = optuna.trial.Trial(study, t._trial_id)
-            log(_trial_line(t.number, spec, _execute(study, trial, spec, cfg, sets, progress), cfg.task.objective))
+            if "spec" not in t.user_attrs:
+                blank.append(trial)
+                continue
+            spec = TrialSpec(**t.user_attrs["spec"])
+            _start(trial, spec, t.user_attrs["targets"], cfg)
+            log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
+            m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress)
+            log(_trial_line(t.number, spec, m, cfg.task.objective))
         printed = 0
         while True:
             p = plan(cfg.sweep, outcomes(study), costs)
@@ -149,9 +148,12 @@ def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Pla
             study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
             if p.next is None:
                 break
-            trial = _ask(study, p.next, cfg, sets)
-            m = _execute(study, trial, p.next, cfg, sets, progress)
+            trial = blank.pop(0) if blank else study.ask()
+            _start(trial, p.next, sets[p.next.targets], cfg)
+            m = _execute(study, trial, p.next, sets[p.next.targets], cfg, progress)
             log(_trial_line(trial.number, p.next, m, cfg.task.objective))
+        for trial in blank:  # only when the plan ended with blank trials left over
+            study.tell(trial, state=TrialState.FAIL)
         study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
         study.set_user_attr("stop_reason", p.stop_reason)
     return p

@@ -111,6 +111,7 @@ def test_divergence_ends_the_trial_cleanly(tiny):
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow  # tests/test_sweep.py kills trials mid-epoch too; this one isolates the trial
 def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     args = tiny + ["train.epochs=3", "data.max_train_samples=160"]
     cfg, resolved = compose(args)

@@ -1,0 +1,1 @@
+"""Throughput benchmark: our trial loop against transformers.Trainer + peft (python -m bench)."""
