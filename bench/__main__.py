@@ -26,7 +26,6 @@ import json
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
@@ -36,7 +35,8 @@ from sweep.cli import compose, glue_dir, results_root, run_cli
 from sweep.data import Batches, take, tokenized_glue
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
-from sweep.trial import evaluate, library_versions, native_bf16, resolve_device, run_trial
+from sweep.runtime import library_versions, native_bf16, resolve_device
+from sweep.trial import evaluate, run_trial
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:

@@ -273,6 +273,27 @@ class _Replay:
                                        f"{text} ≤ {_cmp_text(c, self.s.min_delta, self.s.noise_z)}", nums))
         return ref, False
 
+    def climb(self, configs: Sequence[Config], ref: Optional[Config], stage: str,
+              what: str) -> Tuple[Optional[Config], Optional[Plan], bool]:
+        """Evaluate ``configs`` in order, each against the best so far, until ``patience`` of them in a
+        row bring no significant gain. Returns (best so far, the plan when a trial is still missing,
+        whether a plateau was declared)."""
+        misses = 0
+        for cfg in configs:
+            spec = self.missing(cfg, stage)
+            if spec:
+                return ref, self.pending(spec), False
+            ref, improved = self.step(cfg, ref, stage)
+            misses = 0 if improved else misses + 1
+            if misses >= self.s.patience:
+                best = ref or cfg
+                self.decisions.append(Decision(
+                    "plateau", stage, best[0], best[1],
+                    f"{misses} {what} in a row without a significant gain (patience {self.s.patience}); "
+                    f"best so far: {_fmt(best)}"))
+                return ref, None, True
+        return ref, None, False
+
 
 def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
     """Replay the progressive procedure over ``outcomes`` and say what comes next.
@@ -289,22 +310,10 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs
     """
     rp = _Replay(settings, outcomes)
     start = targets_key(settings.start_targets)
-    ref: Optional[Config] = None
-    misses = 0
-    for r in settings.ranks:
-        cfg = (r, start)
-        spec = rp.missing(cfg, "rank")
-        if spec:
-            return rp.pending(spec)
-        ref, improved = rp.step(cfg, ref, "rank")
-        misses = 0 if improved else misses + 1
-        if misses >= settings.patience:
-            rp.decisions.append(Decision(
-                "plateau", "rank", ref[0] if ref else None, start,
-                f"{misses} rank(s) in a row without a significant gain (patience {settings.patience}); "
-                f"the rank plateaus at r={ref[0] if ref else '?'}"))
-            break
-    else:
+    ref, pending, plateaued = rp.climb([(r, start) for r in settings.ranks], None, "rank", "rank(s)")
+    if pending:
+        return pending
+    if not plateaued:
         rp.decisions.append(Decision("ranks-exhausted", "rank", ref[0] if ref else None, start,
                                      f"gains stayed significant up to the last rank of sweep.ranks ({settings.ranks[-1]})"))
     if ref is None:
@@ -314,9 +323,8 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs
                                      f"the plateau rank {ref[0]} is above sweep.escalate_max_r={settings.escalate_max_r}: "
                                      "not a low rank, so no wider target sets are tried"))
         return rp.finish("plateau")
-    wider = sorted((targets_key(t) for t in settings.target_sets
-                    if costs[targets_key(t)] > costs[start]), key=lambda t: costs[t])
-    wider = list(dict.fromkeys(wider))
+    wider = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets
+                                 if costs[targets_key(t)] > costs[start]), key=lambda t: costs[t])
     if not wider:
         rp.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
                                      "sweep.target_sets holds no set that adapts more than the start targets"))
@@ -326,20 +334,8 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs
                                  f"r={rank} is a low rank (≤ {settings.escalate_max_r}): trying more target matrices at "
                                  f"r={rank}, cheapest first: {' | '.join(wider)}",
                                  {f"lora_params[{t}]": rank * costs[t] for t in wider}))
-    misses = 0
-    for t in wider:
-        cfg = (rank, t)
-        spec = rp.missing(cfg, "targets")
-        if spec:
-            return rp.pending(spec)
-        ref, improved = rp.step(cfg, ref, "targets")
-        misses = 0 if improved else misses + 1
-        if misses >= settings.patience:
-            rp.decisions.append(Decision("plateau", "targets", ref[0], ref[1],
-                                         f"{misses} wider target set(s) in a row without a significant gain "
-                                         f"(patience {settings.patience})"))
-            break
-    return rp.finish("plateau")
+    _, pending, _ = rp.climb([(rank, t) for t in wider], ref, "targets", "wider target set(s)")
+    return pending or rp.finish("plateau")
 
 
 def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:

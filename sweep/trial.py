@@ -16,9 +16,7 @@ import hashlib
 import json
 import math
 import os
-import platform
 import re
-import resource
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -34,6 +32,7 @@ from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
 from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, parameter_counts, set_backbone_dropout,
                             trainable_state)
+from sweep.runtime import library_versions, peak_memory_mb, resolve_device, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 #: steps between two reads of the loss on the host (progress bar and the NaN/inf check)
@@ -51,51 +50,6 @@ def targets_slug(targets: List[str]) -> str:
 def trial_name(cfg: Config) -> str:
     """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep)."""
     return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}-seed{cfg.train.seed}"
-
-
-def resolve_device(cfg: Config) -> torch.device:
-    if cfg.train.device == "cuda" and not torch.cuda.is_available():
-        from sweep.cli import UserError
-
-        raise UserError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
-    if cfg.train.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.train.device)
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 matrix multiplies in hardware (CUDA Ampere+, or a CPU with
-    AVX512-BF16 / AMX); elsewhere bf16 is emulated and slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
-
-
-def resolve_precision(cfg: Config, device: torch.device) -> str:
-    if cfg.train.precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return cfg.train.precision
-
-
-def library_versions() -> Dict[str, str]:
-    import datasets
-    import optuna
-    import peft
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "datasets": datasets.__version__, "optuna": optuna.__version__}
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory in MB: CUDA allocator peak on a GPU; on the CPU the process's peak resident set
-    (``ru_maxrss``), which includes the Python process and every trial it ran before."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _atomic_json(path: Path, obj) -> None:
