@@ -65,7 +65,9 @@ def _title(info: StudyInfo, what: str) -> str:
 
 
 def _ylabel(info: StudyInfo) -> str:
-    return f"validation {metric_name(info)} (points, ×100)"
+    # accuracy and F1 read naturally as percentages; MCC in [-1, 1] is shown ×100
+    unit = "%" if info.objective in ("accuracy", "f1") else "×100"
+    return f"validation {metric_name(info)} ({unit})"
 
 
 def _colors(targets: pd.Series) -> Dict[str, tuple]:

@@ -66,12 +66,34 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
     head = "Provisional (the sweep has not finished): " if not info.finished else ""
     why = f" Why: {decision.reason}." if decision is not None else ""
+    split = ""
+    if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
+        split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
     return (f"{head}**r={pick[0]} on {pick[1]}**: {metric_name(info)} {_mean_sd(row)} points "
-            f"(n={row['n_seeds']}{ci}), {params} trainable parameters{pct}.{why}")
+            f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}")
+
+
+def _next_steps(info: StudyInfo) -> List[str]:
+    """What a user can run to make the answer firmer, as commands (re-running resumes the study)."""
+    s = info.settings
+    more_seeds = ",".join(str(x) for x in [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))])
+    base = f"make sweep TASK={info.task}" + (" SWEEP=grid" if s.mode == "grid" else "")
+    name = "" if s.name == ("grid" if s.mode == "grid" else "default") else f" sweep.name={s.name}"
+    return [
+        "Re-running a command below continues this study: finished trials are kept, only what is new is trained.",
+        "",
+        f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): `{base} ARGS='sweep.seeds=[{more_seeds}]{name}'`",
+        f"- Look further before calling a plateau: `{base} ARGS='sweep.patience={s.patience + 1}{name}'`",
+        f"- More ranks or a higher cap: `sweep.ranks=[…]`, `sweep.max_hours=…`, `sweep.max_trials=…`",
+        "- The noise on one run: with N validation examples, one example is 100/N points, and seeds differ by "
+        "about the s.d. shown above; `min_delta` and `noise_z` set how large a gain must be.",
+        "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
+        "`lora.scaling=rslora` (alpha/√r) is the other common choice (needs a new `sweep.name`).",
+    ]
 
 
 def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
-    lines = [f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI | trainable params "
+    lines = [f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI of the mean (t, n−1 d.f.) | trainable params "
              "| train FLOPs | train s | Pareto | |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for _, row in summary.iterrows():
         ci = "—" if pd.isna(row["objective_ci95_low"]) else \
@@ -93,14 +115,20 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
     three plots linked as ``plots/<name>.png``. Metric values are in points (100 × metric)."""
     lines = [f"# LoRA rank sweep: {task_name(info)} on {info.model}", "",
              f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
-             f"points (100 × {info.objective}); the CSVs hold metric units.",
+             f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
              f"- **Sweep**: {info.settings.mode}, study `{info.name}`; {_status_line(trials, info)}.",
              f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
              "and of the recommendation.",
              f"- **Tried**: {_tried(summary, info)}."]
     if info.baseline is not None:
         lines.append(f"- **Majority-class baseline**: {_points(info.baseline)}.")
-    lines += ["", "## Recommendation", "", _recommendation_text(trials, summary, info), "", "## Decisions", ""]
+    lines += ["", "## Recommendation", "",
+              "Rule: the configuration with the fewest trainable parameters whose mean is not significantly below "
+              f"the best one's; a gain is significant when it exceeds max(min_delta = {info.settings.min_delta:g} "
+              f"points, noise_z = {info.settings.noise_z:g} × the standard error of the difference of two means), "
+              "with the seed-to-seed s.d. pooled over the configurations evaluated.", "",
+              _recommendation_text(trials, summary, info), "", "## Next steps", "", *_next_steps(info), "",
+              "## Decisions", ""]
     timeline = decisions_frame(trials, info)
     lines += [f"- after trial {at}: `{d.line()}`" if at >= 0 else f"- `{d.line()}`"
               for at, d in zip(timeline["after_trial"], info.decisions)] or ["- none yet"]

@@ -76,12 +76,14 @@ class Stats:
 @dataclass(frozen=True)
 class Comparison:
     """B against A: gain = mean_B − mean_A (points), the standard error of that difference (None
-    without a noise estimate), the threshold max(min_delta, noise_z·SE), and whether gain > threshold."""
+    without a noise estimate), the threshold max(min_delta, noise_z·SE), whether gain > threshold,
+    and the pooled seed standard deviation the SE came from."""
 
     gain: float
     se: Optional[float]
     threshold: float
     significant: bool
+    sd: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,14 @@ def compare(a: Stats, b: Stats, sd: Optional[float], min_delta: float, noise_z: 
     gain = b.mean - a.mean
     se = sd * math.sqrt(1 / a.n + 1 / b.n) if sd is not None else None
     threshold = max(min_delta, noise_z * se) if se is not None else min_delta
-    return Comparison(gain, se, threshold, gain > threshold)
+    return Comparison(gain, se, threshold, gain > threshold, sd)
 
 
-def _cmp_text(c: Comparison, min_delta: float, noise_z: float) -> str:
-    noise = f"{noise_z:g}·SE {noise_z * c.se:.2f}" if c.se is not None else "no seed-noise estimate with one seed"
-    return f"threshold {c.threshold:.2f} = max(min_delta {min_delta:g}, {noise})"
+def _cmp_text(c: Comparison, min_delta: float, noise_z: float, pooled_over: int) -> str:
+    if c.se is None:
+        return f"threshold {c.threshold:.2f} = min_delta (no seed-noise estimate with one seed)"
+    return (f"threshold {c.threshold:.2f} = max(min_delta {min_delta:g}, {noise_z:g}·SE {noise_z * c.se:.2f}); "
+            f"SE of the difference from the seed s.d. {c.sd:.2f} pooled over {pooled_over} configuration(s)")
 
 
 def _cmp_numbers(c: Comparison) -> Dict[str, float]:
@@ -181,11 +185,13 @@ def recommend(evaluated: Sequence[Config], stats: Mapping[Config, Optional[Stats
     pick = min(ok, key=lambda c: (params.get(c, 0), flops.get(c, 0.0), -stats[c].mean))
     cmp = compare(stats[pick], stats[best], sd, min_delta, noise_z)
     if pick == best:
-        why = f"the best configuration ({_stats_text(stats[pick])}) is also the cheapest within the noise"
+        why = (f"the best configuration ({_stats_text(stats[pick])}) is also the cheapest of those not "
+               "significantly worse than it")
     else:
-        why = (f"{_stats_text(stats[pick])}, {params.get(pick, 0):,} trainable parameters; the best, {_fmt(best)} "
-               f"at {stats[best].mean:.2f} with {params.get(best, 0):,}, is ahead by {cmp.gain:.2f} points, "
-               f"not significant ({_cmp_text(cmp, min_delta, noise_z)})")
+        why = (f"the cheapest configuration not significantly worse than the best: {_fmt(best)} is ahead by "
+               f"{cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) with "
+               f"{params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and that gain is not "
+               f"significant ({_cmp_text(cmp, min_delta, noise_z, len(scored))})")
     numbers = {"mean": stats[pick].mean, "best_mean": stats[best].mean, "trainable_params": params.get(pick, 0),
                "best_trainable_params": params.get(best, 0), **_cmp_numbers(cmp)}
     return pick, Decision("recommend", "final", pick[0], pick[1], why, numbers)
@@ -260,17 +266,17 @@ class _Replay:
             self.decisions.append(Decision("start", stage, cfg[0], cfg[1], f"first result: {_stats_text(s)}",
                                            {"mean": s.mean, **({"sd": s.sd} if s.sd is not None else {})}))
             return cfg, True
-        sd = pooled_sd([self.stats[c] for c in self.evaluated if self.stats.get(c) is not None])
-        c = compare(self.stats[ref], s, sd, self.s.min_delta, self.s.noise_z)
+        pool = [self.stats[c] for c in self.evaluated if self.stats.get(c) is not None]
+        c = compare(self.stats[ref], s, pooled_sd(pool), self.s.min_delta, self.s.noise_z)
         nums = {"mean": s.mean, "ref_mean": self.stats[ref].mean, **_cmp_numbers(c)}
         text = f"{_stats_text(s)} vs {_fmt(ref)} {self.stats[ref].mean:.2f}: gain {c.gain:+.2f}"
         if c.significant:
             action = "continue" if stage == "rank" else "widen"
             self.decisions.append(Decision(action, stage, cfg[0], cfg[1],
-                                           f"{text} > {_cmp_text(c, self.s.min_delta, self.s.noise_z)}", nums))
+                                           f"{text} > {_cmp_text(c, self.s.min_delta, self.s.noise_z, len(pool))}", nums))
             return cfg, True
         self.decisions.append(Decision("no-gain", stage, cfg[0], cfg[1],
-                                       f"{text} ≤ {_cmp_text(c, self.s.min_delta, self.s.noise_z)}", nums))
+                                       f"{text} ≤ {_cmp_text(c, self.s.min_delta, self.s.noise_z, len(pool))}", nums))
         return ref, False
 
     def climb(self, configs: Sequence[Config], ref: Optional[Config], stage: str,

@@ -223,7 +223,8 @@ def test_partial_study_reports_provisional_recommendation(partial):
     report = (out / "report.md").read_text()
     assert "Provisional" in report and "**r=1 on q,v**" in report
     # gain 74.0 − 72.33 = 1.67 points; 2·SE = 2 · 1.912 = 3.82
-    assert "is ahead by 1.67 points, not significant (threshold 3.82 = max(min_delta 0.5, 2·SE 3.82))" in report
+    assert "is ahead by 1.67 points (74.00 vs 72.33)" in report
+    assert "not significant (threshold 3.82 = max(min_delta 0.5, 2·SE 3.82)" in report
     assert "8 (5 complete, 2 failed, 1 running)" in report
     assert "trial 3 (r=2 q,v seed 0): failed: RuntimeError: CUDA error: out of memory" in report
     assert "1 trial(s) marked running" in report
@@ -283,7 +284,7 @@ def test_metric_vs_params_figure(finished):
     (ax,) = fig.axes
     assert ax.get_xscale() == "log"
     assert "trainable parameters" in ax.get_xlabel()
-    assert ax.get_ylabel() == "validation accuracy (points, ×100)"
+    assert ax.get_ylabel() == "validation accuracy (%)"
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert sorted(labels(ax)) == ["Pareto front", "majority class (68.4)", "q,k,v,o", "q,v", "recommended: r=2 q,v"]
     series = {c.get_label(): c.lines[0].get_xydata().tolist() for c in ax.containers}
