@@ -180,7 +180,7 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
 
     Top: each trial's objective (points) by trial number, coloured by target set, the first trial of
     each configuration labelled with its r; diverged, failed, pruned and running trials marked along
-    the bottom edge; the best trial so far as a step line; a dotted vertical line after the trial at
+    the bottom edge; each configuration's mean as a bar across its trials; a dotted vertical line after the trial at
     which a course-changing decision was taken (``MARKED_ACTIONS``), named on a top axis. Bottom: the
     cumulative training FLOPs of every trial (failed ones included: they were spent). Returns the
     figure (not saved)."""
@@ -195,9 +195,12 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         first = ok.drop_duplicates(["r", "targets"])
         for n, r, y in zip(first["number"], first["r"], 100 * first["objective"]):
             ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
-        if not ok.empty:
-            ax.step(trials["number"], 100 * trials["objective"].cummax().ffill(), where="post", color="black",
-                    linewidth=1, alpha=0.6, label="best trial so far")
+        # decisions compare configuration means, not single seeds: draw the mean across each one's trials
+        groups = [g for _, g in ok.groupby(["r", "targets"], sort=False)]
+        if groups:
+            ax.hlines([100 * g["objective"].mean() for g in groups], [g["number"].min() - 0.35 for g in groups],
+                      [g["number"].max() + 0.35 for g in groups], colors=[colors[g["targets"].iloc[0]] for g in groups],
+                      linewidth=2, alpha=0.5, label="configuration mean")
         # trials without an objective sit on the bottom edge, below every point and the baseline
         ax.margins(y=0.15)
         bottom = blended_transform_factory(ax.transData, ax.transAxes)

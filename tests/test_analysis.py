@@ -313,8 +313,12 @@ def test_progression_figure(partial):
     ax, flops_ax = fig.axes
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert flops_ax.get_xlabel() == "trial number (order run)" and "FLOPs" in flops_ax.get_ylabel()
-    assert labels(ax) == ["q,v", "best trial so far", "failed (2)", "running (1)", "majority class (68.4)",
+    assert labels(ax) == ["q,v", "configuration mean", "failed (2)", "running (1)", "majority class (68.4)",
                           "decision"]
+    # means over the ok seeds: r=1 (70 + 72 + 75) / 3 across trials 0–2, r=2 (73.5 + 74.5) / 2 across 4–5
+    (means,) = [c for c in ax.collections if c.get_label() == "configuration mean"]
+    segments = [v for seg in means.get_segments() for v in (seg[0][0], seg[1][0], seg[0][1])]
+    assert segments == pytest.approx([-0.35, 2.35, 217 / 3, 3.65, 5.35, 74.0])
     points = next(line for line in ax.lines if line.get_label() == "q,v")
     assert list(points.get_xdata()) == [0, 1, 2, 4, 5]
     assert list(points.get_ydata()) == pytest.approx([70, 72, 75, 73.5, 74.5])
