@@ -20,9 +20,10 @@ from sweep.study import settings_of
 #: trial states that hold a result (an objective or a failure); the others are still to come
 FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
 #: user attributes copied as they are into trials.csv (names and units of ``sweep/trial.py``)
-TRIAL_ATTRS = ("lora_alpha", "scaling", "lora_params", "trainable_params", "total_params", "trainable_pct",
-               "train_flops", "train_seconds", "eval_seconds", "peak_mem_mb")
-_COUNTS = ("r", "seed", "lora_params", "trainable_params", "total_params")
+TRIAL_ATTRS = ("lora_alpha", "scaling", "lora_params", "head_params", "trainable_params", "total_params",
+               "trainable_pct", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
+               "best_epoch")
+_COUNTS = ("r", "seed", "lora_params", "head_params", "trainable_params", "total_params", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class StudyInfo:
             decisions (a resumed sweep rewrites its decisions but keeps the old ``stop_reason``).
         baseline: the objective of always predicting the majority class, in metric units; None when
             no trial recorded it.
+        overrides: the command-line overrides of the sweep's latest run (to print commands that
+            continue it).
     """
 
     name: str
@@ -56,6 +59,7 @@ class StudyInfo:
     running: int
     finished: bool
     baseline: Optional[float]
+    overrides: List[str]
 
 
 def _layout_attr(study, key: str):
@@ -81,9 +85,9 @@ def trials_frame(study) -> pd.DataFrame:
     Columns: ``number``; ``state`` (complete, diverged, failed, pruned, running); ``status`` (the stored
     ``ok``/``diverged``/``failed``; ``failed`` for a FAIL trial without one, ``ok`` for a COMPLETE one,
     empty while running); ``stage``; ``r``; ``targets`` (``targets_key`` such as ``q,v``); ``seed``;
-    ``lora_alpha``; ``scaling``; ``lora_params``, ``trainable_params``, ``total_params`` (counts);
-    ``trainable_pct`` (percent of ``total_params``); ``train_flops`` (executed training FLOPs);
-    ``train_seconds``, ``eval_seconds`` (measured seconds); ``peak_mem_mb`` (MiB); one column per GLUE
+    ``lora_alpha``; ``scaling``; ``lora_params``, ``head_params``, ``trainable_params``, ``total_params`` (counts);
+    ``trainable_pct`` (percent of ``total_params``); ``train_flops``, ``eval_flops`` (executed FLOPs);
+    ``train_seconds``, ``eval_seconds`` (measured seconds); ``peak_mem_mb`` (MiB); ``best_epoch``; one column per GLUE
     metric of the task at the best epoch (``accuracy``, ``f1``, ``mcc``: metric units); ``objective``
     (the trial's value, metric units, COMPLETE trials only); ``reason`` (why a trial failed or diverged).
     Values a trial has not stored (yet) are missing.
@@ -108,7 +112,7 @@ def trials_frame(study) -> pd.DataFrame:
     columns = ["number", "state", "status", "stage", "r", "targets", "seed", *TRIAL_ATTRS, *metrics,
                "objective", "reason"]
     df = pd.DataFrame(rows, columns=columns).sort_values("number", ignore_index=True)
-    floats = ["lora_alpha", "trainable_pct", "train_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
+    floats = ["lora_alpha", "trainable_pct", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
               *metrics, "objective"]
     return df.astype({**{c: "Int64" for c in _COUNTS}, **{c: "float64" for c in floats}})
 
@@ -139,7 +143,8 @@ def study_info(study) -> StudyInfo:
     return StudyInfo(name=study.study_name, task=attrs["task"], model=attrs["model"], objective=objective,
                      metrics=list(attrs["metrics"]), settings=settings_of(study), decisions=decisions,
                      recommendation=recommendation, stop_reason=attrs.get("stop_reason"), running=running,
-                     finished=finished, baseline=baseline)
+                     finished=finished, baseline=baseline,
+                     overrides=list(attrs.get("command_overrides") or []))
 
 
 def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:

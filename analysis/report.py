@@ -73,22 +73,30 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
             f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}")
 
 
+def _command(info: StudyInfo, **changes) -> str:
+    """The make command that continues this sweep, with the overrides of its latest run and ``changes``
+    (``sweep.seeds=[0,1,2]``) replacing theirs."""
+    keep = [o for o in info.overrides if not o.startswith(("task=", "sweep="))
+            and o.split("=", 1)[0] not in changes]
+    args = " ".join(keep + [f"{k}={v}" for k, v in changes.items()])
+    grid = " SWEEP=grid" if info.settings.mode == "grid" else ""
+    return f"make sweep TASK={info.task}{grid} ARGS='{args}'"
+
+
 def _next_steps(info: StudyInfo) -> List[str]:
     """What a user can run to make the answer firmer, as commands (re-running resumes the study)."""
     s = info.settings
-    more_seeds = ",".join(str(x) for x in [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))])
-    base = f"make sweep TASK={info.task}" + (" SWEEP=grid" if s.mode == "grid" else "")
-    name = "" if s.name == ("grid" if s.mode == "grid" else "default") else f" sweep.name={s.name}"
+    seeds = [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))]
     return [
-        "Re-running a command below continues this study: finished trials are kept, only what is new is trained.",
+        "Each command continues this study: finished trials are kept and only what is new is trained.",
         "",
-        f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): `{base} ARGS='sweep.seeds=[{more_seeds}]{name}'`",
-        f"- Look further before calling a plateau: `{base} ARGS='sweep.patience={s.patience + 1}{name}'`",
-        f"- More ranks or a higher cap: `sweep.ranks=[…]`, `sweep.max_hours=…`, `sweep.max_trials=…`",
-        "- The noise on one run: with N validation examples, one example is 100/N points, and seeds differ by "
-        "about the s.d. shown above; `min_delta` and `noise_z` set how large a gain must be.",
+        f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): "
+        f"`{_command(info, **{'sweep.seeds': '[' + ','.join(map(str, seeds)) + ']'})}`",
+        f"- Look further before calling a plateau: `{_command(info, **{'sweep.patience': s.patience + 1})}`",
+        "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
         "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
-        "`lora.scaling=rslora` (alpha/√r) is the other common choice (needs a new `sweep.name`).",
+        "`lora.scaling=rslora` (alpha/√r) is the other common choice (it changes what a trial means, so it "
+        "needs a new `sweep.name`).",
     ]
 
 

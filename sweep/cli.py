@@ -44,6 +44,24 @@ def _schema_keys(cls, prefix: str = "") -> List[str]:
 SCHEMA_KEYS = _schema_keys(Config)
 
 
+def _expected_type(key: str) -> str:
+    """The schema's type of ``key`` in words (``an integer``, ``a number or null``), '' if unknown."""
+    import typing
+
+    cls, hint = Config, None
+    for part in key.split("."):
+        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            return ""
+        hint = hints[part]
+        cls = hint
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if args and len(args) == 1 and args[0] in words:  # Optional[X]
+        return words[args[0]] + " or null"
+    return words.get(hint, "")
+
+
 def group_options(group: str) -> List[str]:
     """The options of a config group: the YAML files in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -120,7 +138,9 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
         raise UserError(_unknown_key_message(getattr(e, "full_key", None) or str(e))) from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "?")
-        raise UserError(f"invalid value for '{key}': {str(e).splitlines()[0]}") from None
+        expected = _expected_type(key)
+        raise UserError(f"invalid value for '{key}': {str(e).splitlines()[0]}"
+                        + (f"; {key} takes {expected}" if expected else "")) from None
     except ValueError as e:
         raise UserError(str(e)) from None
     # the checked values (targets normalised to lists) are what gets saved

@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 
 from sweep.cli import UserError
+from sweep.hub import from_hub
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,9 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     import datasets
 
     if data_dir is None:
-        try:
-            return datasets.load_dataset("nyu-mll/glue", task)
-        except Exception as e:
-            raise UserError(
-                f"could not load GLUE {task} from the hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                "offline, point data.dir or GLUE_DIR at a local GLUE TSV directory"
-            ) from None
+        return from_hub(lambda: datasets.load_dataset("nyu-mll/glue", task), f"GLUE {task} (nyu-mll/glue)",
+                        "point data.dir or GLUE_DIR at a local GLUE TSV directory (make uses ../shared/data/glue "
+                        "when it exists)")
     if task not in GLUE_TSV:
         raise UserError(f"no local TSV reader for GLUE task '{task}'; local readers: {', '.join(GLUE_TSV)}")
     root = Path(data_dir).expanduser()

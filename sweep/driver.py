@@ -20,8 +20,9 @@ from typing import Dict, List
 from omegaconf import OmegaConf
 
 from analysis.report import write_reports
-from sweep.cli import UserError, compose, run_cli
+from sweep.cli import UserError, compose, glue_dir, run_cli
 from sweep.config import Config, targets_key
+from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
 from sweep.trial import run_trial, trial_name
@@ -106,24 +107,29 @@ def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
             f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
 
 
-def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Plan:
+def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: bool = True, log=print) -> Plan:
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
+    ``overrides`` (the command line) are stored so that the report can show commands that continue it.
 
     Returns the final ``Plan`` (decisions, recommendation, stop reason).
 
     Raises:
         UserError: incompatible resume, another driver on the same sweep, a target set that matches
-            no module; all before any training.
+            no module, missing data; all before the study is changed.
     """
     import optuna
     from optuna.trial import TrialState
 
     sdir = sweep_dir(cfg)
+    # everything that can be wrong with the input is checked before the study is touched
+    sets = target_sets(cfg)
+    costs = target_costs(cfg)
+    tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
+                   cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
     with sweep_lock(sdir):
         study = open_study(cfg, resolved)
+        study.set_user_attr("command_overrides", list(overrides))
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        sets = target_sets(cfg)
-        costs = target_costs(cfg)
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
         # a trial still RUNNING holds no lock any more: its process died. One that knows its
         # configuration is finished first (from its last epoch checkpoint); one that died before
@@ -161,7 +167,7 @@ def run_sweep(cfg: Config, resolved, *, progress: bool = True, log=print) -> Pla
 
 def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
-    p = run_sweep(cfg, resolved)
+    p = run_sweep(cfg, resolved, overrides=args)
     sdir = sweep_dir(cfg)
     try:
         files = write_reports(storage_url(cfg), study_name(cfg), sdir)

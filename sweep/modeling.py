@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import re
-import socket
 from pathlib import Path
 from typing import Dict, List, Sequence
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from sweep.cli import UserError
 from sweep.config import ALL_LINEAR, LoraSettings, ModelConfig
+from sweep.hub import from_hub
 
 
 def _quiet_transformers() -> None:
@@ -26,28 +24,6 @@ def _quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection within ``timeout_s`` seconds
-    (False at once when ``HF_HUB_OFFLINE`` is set)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def require_hub(what: str, fix: str) -> None:
-    """Raise ``UserError`` naming ``what`` and ``fix`` when the hub cannot be reached, instead of
-    letting huggingface_hub retry for half a minute."""
-    if not hub_reachable():
-        raise UserError(f"{what} needs the Hugging Face hub, which cannot be reached (offline?); {fix}")
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -73,23 +49,15 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def _from_pretrained(loader, name_or_path: str, **kwargs):
-    """``loader.from_pretrained`` for a package, a local directory or a hub id; hub ids come from the
-    local HF cache first and fail fast with a clear message when offline."""
+    """``loader.from_pretrained`` for a package, a local directory or a hub id (offline: from the local
+    cache only, failing at once with a clear message when the model is not there)."""
     path = resolve_model_path(name_or_path)
     if Path(path).expanduser().exists():
         return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
-    if "/" in path and (path.startswith((".", "/", "~")) or os.sep + os.sep in path):
-        raise UserError(f"model.name_or_path {path} does not exist")
-    try:
-        return loader.from_pretrained(path, local_files_only=True, **kwargs)
-    except OSError:
-        pass
-    require_hub(f"model '{path}' (not in the local Hugging Face cache)",
-                "use model=minilm (embedded) or model.name_or_path=<a local model directory>")
-    try:
-        return loader.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise UserError(f"could not load model '{path}': {str(e).splitlines()[0]}") from None
+    if path.startswith((".", "/", "~")):
+        raise UserError(f"model.name_or_path {path} does not exist; give an existing model directory or a hub id")
+    return from_hub(lambda: loader.from_pretrained(path, **kwargs), f"model '{path}'",
+                    "use model=minilm (embedded, offline) or model.name_or_path=<a local model directory>")
 
 
 @functools.lru_cache(maxsize=4)

@@ -229,6 +229,11 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, confi
     os.replace(tmp, path)
 
 
+def _scaling_factor(cfg: Config) -> float:
+    """The factor ΔW = B·A is multiplied by: alpha/r (LoRA §4.1) or alpha/sqrt(r) (rsLoRA)."""
+    return cfg.lora.alpha / (math.sqrt(cfg.lora.r) if cfg.lora.scaling == "rslora" else cfg.lora.r)
+
+
 def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[str, float]:
     """GLUE metrics of always predicting the training split's majority class (MRPC: accuracy 0.684)."""
     majority = int(np.bincount(np.asarray(train_split["label"])).argmax())
@@ -242,7 +247,8 @@ def _metrics_record(cfg: Config, counts: dict, state: dict, device, precision: s
     return {
         "task": cfg.task.name, "model": cfg.model.name, "model_name_or_path": cfg.model.name_or_path,
         "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "scaling": cfg.lora.scaling, "targets": list(cfg.lora.targets), "seed": cfg.train.seed,
+        "scaling": cfg.lora.scaling, "scaling_factor": _scaling_factor(cfg),
+        "targets": list(cfg.lora.targets), "seed": cfg.train.seed,
         **counts, "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
         "objective": cfg.task.objective, "objective_value": best.get(cfg.task.objective),
         "best_epoch": best.get("epoch"), "best": {m: best.get(m) for m in cfg.task.metrics},

@@ -32,8 +32,9 @@ T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freed
 FILES = ["trials.csv", "summary.csv", "plots/metric_vs_params.png", "plots/metric_vs_compute.png",
          "plots/progression.png", "report.md"]
 TRIAL_COLUMNS = ["number", "state", "status", "stage", "r", "targets", "seed", "lora_alpha", "scaling",
-                 "lora_params", "trainable_params", "total_params", "trainable_pct", "train_flops",
-                 "train_seconds", "eval_seconds", "peak_mem_mb", "accuracy", "f1", "objective", "reason"]
+                 "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct", "train_flops",
+                 "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb", "best_epoch", "accuracy", "f1",
+                 "objective", "reason"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

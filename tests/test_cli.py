@@ -12,7 +12,10 @@ CASES = [
     (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
     (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
     (["data.dir=/no/such/dir"], "data.dir /no/such/dir is not a directory"),
-    (["model.name_or_path=roberta-base"], "model 'roberta-base' (not in the local Hugging Face cache) needs the Hugging Face hub"),
+    (["model=roberta-base"], "model 'roberta-base' is not in the local Hugging Face cache and the hub cannot be reached"),
+    (["data.dir=null"], "GLUE mrpc (nyu-mll/glue) is not in the local Hugging Face cache and the hub cannot be reached"),
+    (["lora.r=abc"], "invalid value for 'lora.r': Value 'abc' of type 'str' could not be converted to Integer; "
+                     "lora.r takes an integer"),
     (["sweep.ranks=[4,2]"], "sweep.ranks=[4, 2] is invalid: ranks must be distinct and increasing"),
 ]
 
@@ -22,8 +25,10 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
     keep = tmp_path / "mrpc" / "trials" / "earlier" / "metrics.json"
     keep.parent.mkdir(parents=True)
     keep.write_text('{"status": "ok"}')
-    # HF_HUB_OFFLINE makes the hub case instant wherever the tests run
-    proc = run_module("sweep.trial", *tiny, *args, env={"HF_HUB_OFFLINE": "1"}, timeout=120)
+    # a hub that refuses connections: offline behaviour wherever the tests run, without the offline
+    # flag, so the check that spares users half a minute of retries is what is tested (one line only)
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "GLUE_DIR": ""}
+    proc = run_module("sweep.trial", *tiny, *args, env=env, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), proc.stderr

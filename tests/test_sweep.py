@@ -126,18 +126,20 @@ def test_grid_interrupted_mid_trial_trains_only_what_is_missing(glue_dir, tmp_pa
     assert len(trials_of(tmp_path)) == 2
 
 
-def test_incompatible_resume_is_refused_and_changes_nothing(reference, glue_dir):
+@pytest.mark.parametrize("bad, message", [
+    ("train.epochs=3", "ranksweep: error: sweep 'default' for mrpc was run with train.epochs=2, this run has "
+                       "train.epochs=3: its finished trials would not be comparable; re-run with the original "
+                       "settings to resume, or start another sweep with sweep.name=<new name>"),
+    ("sweep.target_sets=[[q,zz]]", "ranksweep: error: lora target 'zz' matches no linear module of model 'minilm'"),
+])
+def test_refused_resume_changes_nothing(reference, glue_dir, bad, message):
     ref_dir, _ = reference
-    config = (ref_dir / "mrpc" / "default" / "config.yaml").read_text()
-    n = len(trials_of(ref_dir))
-    proc = run_module("sweep", *args(ref_dir, glue_dir, "train.epochs=3"))
+    folder = ref_dir / "mrpc" / "default"
+    before = {name: (folder / name).read_bytes() for name in ("study.db", "config.yaml", "report.md")}
+    proc = run_module("sweep", *args(ref_dir, glue_dir, bad))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (
-        "ranksweep: error: sweep 'default' for mrpc was run with train.epochs=2, this run has train.epochs=3: "
-        "its finished trials would not be comparable; re-run with the original settings to resume, or start "
-        "another sweep with sweep.name=<new name>")
-    assert len(trials_of(ref_dir)) == n
-    assert (ref_dir / "mrpc" / "default" / "config.yaml").read_text() == config
+    assert proc.stderr.strip().startswith(message) and len(proc.stderr.strip().splitlines()) == 1
+    assert {name: (folder / name).read_bytes() for name in before} == before
 
 
 def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
