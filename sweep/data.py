@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from sweep.cli import UserError
 from sweep.hub import from_hub
@@ -174,7 +175,8 @@ class Batches:
     def __init__(self, split, batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int = 0,
                  group_by_length: bool = True):
         self.columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in split.column_names]
-        self.features = {c: split[c] for c in self.columns}
+        # one tensor per example, made once: a batch is then a single pad_sequence, not a Python loop
+        self.features = {c: [torch.tensor(x) for x in split[c]] for c in self.columns}
         self.labels = torch.tensor(split["label"], dtype=torch.long)
         self.lengths = list(split["length"])
         self.batch_size, self.pad_token_id = batch_size, pad_token_id
@@ -199,15 +201,9 @@ class Batches:
         order = self.order(epoch)
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            width = max(self.lengths[i] for i in rows)
-            batch = {}
-            for c in self.columns:
-                pad = self.pad_token_id if c == "input_ids" else 0
-                t = torch.full((len(rows), width), pad, dtype=torch.long)
-                for j, i in enumerate(rows):
-                    seq = self.features[c][i]
-                    t[j, :len(seq)] = torch.tensor(seq)
-                batch[c] = t
+            batch = {c: pad_sequence([self.features[c][i] for i in rows], batch_first=True,
+                                     padding_value=self.pad_token_id if c == "input_ids" else 0)
+                     for c in self.columns}
             batch["labels"] = self.labels[rows]
             batch["index"] = torch.tensor(rows)
             yield batch
