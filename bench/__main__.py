@@ -90,12 +90,12 @@ def baseline(cfg, train_split, val_split, steps: int) -> Dict[str, float]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from sweep.modeling import load_base_model, load_tokenizer, resolve_targets
+    from sweep.modeling import load_base_model, load_tokenizer, target_module_names
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     torch.manual_seed(cfg.train.seed)
     base = load_base_model(cfg.model, cfg.task.label_names)
-    names = sorted({n for ns in resolve_targets(base, cfg.lora.targets, cfg.model).values() for n in ns})
+    names = target_module_names(base, cfg.lora.targets, cfg.model)
     model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                             lora_dropout=cfg.lora.dropout, target_modules=names,
                                             modules_to_save=list(cfg.model.head)))

@@ -29,6 +29,14 @@ class UserError(Exception):
     """A mistake in the user's input, reported as one line and exit status 2."""
 
 
+def _default_of(key: str):
+    """The schema's default value of a dotted key."""
+    node = Config()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def _schema_keys(cls, prefix: str = "") -> List[str]:
     keys = []
     for f in fields(cls):
@@ -42,6 +50,8 @@ def _schema_keys(cls, prefix: str = "") -> List[str]:
 
 
 SCHEMA_KEYS = _schema_keys(Config)
+#: keys whose value is a mapping, so that ``key.<entry>`` is a valid override (``model.roles.q``)
+MAPPING_KEYS = [k for k in SCHEMA_KEYS if isinstance(_default_of(k), dict)]
 
 
 def _expected_type(key: str) -> str:
@@ -99,9 +109,11 @@ def _check_overrides(overrides: Sequence[str]) -> None:
                 if v is not None and str(v) not in options:
                     raise UserError(f"unknown {key} '{v}'; valid: {', '.join(options)}")
             continue
-        if key not in SCHEMA_KEYS and not any(k.startswith(key + ".") for k in SCHEMA_KEYS):
-            if not key.startswith("model.roles."):
-                raise UserError(_unknown_key_message(key))
+        # a known key, a group of known keys, or an entry of a mapping-valued key (model.roles.q)
+        known = (key in SCHEMA_KEYS or any(k.startswith(key + ".") for k in SCHEMA_KEYS)
+                 or any(key.startswith(k + ".") for k in MAPPING_KEYS))
+        if not known:
+            raise UserError(_unknown_key_message(key))
 
 
 def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:

@@ -196,6 +196,12 @@ class Batches:
             return list(LengthGroupedSampler(self.batch_size, lengths=self.lengths, generator=g))
         return torch.randperm(len(self.lengths), generator=g).tolist()
 
+    def shapes(self, epoch: int = 0) -> List[tuple]:
+        """(batch size, padded length) of every batch of ``epoch``, without building the batches."""
+        order = self.order(epoch)
+        return [(len(rows), max(self.lengths[i] for i in rows))
+                for rows in (order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size))]
+
     def epoch(self, epoch: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
         """Yield the batches of one epoch; each also carries ``index`` (batch,), the examples' rows."""
         order = self.order(epoch)

@@ -13,6 +13,7 @@ replayed from the history, so the sweep goes on exactly where it stopped. At the
 from __future__ import annotations
 
 import dataclasses
+import json
 import traceback
 from pathlib import Path
 from typing import Dict, List
@@ -54,14 +55,17 @@ def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     return tcfg, OmegaConf.structured(tcfg)
 
 
+def _run_dir(cfg: Config, tcfg: Config) -> Path:
+    """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration."""
+    return sweep_dir(cfg) / "trials" / trial_name(tcfg)
+
+
 def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
     """Run (or resume, or read back) one trial and tell the study its result."""
-    import json
-
     from optuna.trial import TrialState
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
-    run_dir = sweep_dir(cfg) / "trials" / trial_name(tcfg)
+    run_dir = _run_dir(cfg, tcfg)
     metrics_file = run_dir / "metrics.json"
     same_config = (run_dir / "config.yaml").is_file() and \
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
@@ -94,7 +98,7 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     trial.set_user_attr("targets", list(targets))
     trial.set_user_attr("targets_key", spec.targets)
     trial.set_user_attr("stage", spec.stage)
-    trial.set_user_attr("run_dir", str(sweep_dir(cfg) / "trials" / trial_name(tcfg)))
+    trial.set_user_attr("run_dir", str(_run_dir(cfg, tcfg)))
     trial.suggest_int("r", spec.r, spec.r, log=True)
     trial.suggest_int("seed", spec.seed, spec.seed)
 

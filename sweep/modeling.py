@@ -137,10 +137,15 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
     return resolved
 
 
+def target_module_names(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig) -> List[str]:
+    """Every module name that ``targets`` adapts, once each, sorted (see ``resolve_targets``)."""
+    return sorted({n for ns in resolve_targets(model, targets, model_cfg).values() for n in ns})
+
+
 def lora_param_count(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig, r: int) -> int:
     """LoRA parameters from module shapes alone: r·(d+k) per adapted d×k matrix (LoRA, Hu et al. 2021,
     §4.1: B is d×r, A is r×k). No peft involved: the sweep uses it to order target sets by cost."""
-    names = sorted({n for ns in resolve_targets(model, targets, model_cfg).values() for n in ns})
+    names = target_module_names(model, targets, model_cfg)
     mods = dict(model.named_modules())
     return sum(r * (mods[n].in_features + mods[n].out_features) for n in names)
 
@@ -153,7 +158,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
-    names = sorted({n for ns in resolve_targets(model, lora.targets, model_cfg).values() for n in ns})
+    names = target_module_names(model, lora.targets, model_cfg)
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=names, use_rslora=lora.scaling == "rslora", modules_to_save=list(model_cfg.head),

@@ -130,8 +130,7 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
     probe = next(train_batches.epoch(0))
     flops_train = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=True)
     flops_eval = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=False)
-    eval_flops_per_pass = sum(flops_eval(len(rows), max(val_batches.lengths[i] for i in rows))
-                              for rows in _chunks(val_batches.order(0), val_batches.batch_size))
+    eval_flops_per_pass = sum(flops_eval(n, width) for n, width in val_batches.shapes())
 
     state = {"epoch": 0, "history": [], "train_flops": 0, "eval_flops": 0, "train_seconds": 0.0,
              "eval_seconds": 0.0, "best": None, "best_state": None, "best_preds": None,
@@ -213,10 +212,6 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
     _atomic_json(run_dir / "metrics.json", metrics)
     ckpt_path.unlink(missing_ok=True)
     return metrics
-
-
-def _chunks(items: List[int], size: int):
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, config_text: str, device) -> None:

@@ -86,6 +86,7 @@ def test_batches_pad_per_batch_and_order_depends_on_seed_and_epoch(glue_dir):
     width = batch["input_ids"].shape[1]
     assert width == max(train["length"][i] for i in batch["index"].tolist())
     assert batch["attention_mask"].sum().item() == sum(train["length"][i] for i in batch["index"].tolist())
+    assert b.shapes(2) == [tuple(x["input_ids"].shape) for x in b.epoch(2)]  # shapes without building batches
     padded = sum(len(rows) * max(train["length"][i] for i in rows) for rows in
                  [b.order(0)[i:i + 16] for i in range(0, 200, 16)])
     assert padded < 1.15 * sum(train["length"])  # grouping by length keeps padding small
