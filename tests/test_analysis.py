@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 
 from analysis import (decisions_frame, figures, study_info, summary_frame, trials_frame, write_reports)
 from analysis.__main__ import main as analysis_main
-from conftest import run_module
+from conftest import run_main
 from sweep.cli import UserError
 from sweep.config import SweepSettings
 from sweep.decide import plan
@@ -352,7 +352,7 @@ def test_empty_study_message(tmp_path):
 
 
 def test_missing_study_message(tmp_path):
-    proc = run_module("analysis", f"results_dir={tmp_path}", timeout=120)
+    proc = run_main(analysis_main, f"results_dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc` "

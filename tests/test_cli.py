@@ -3,7 +3,8 @@ existing results untouched."""
 
 import pytest
 
-from conftest import run_module
+from conftest import run_main, run_module
+from sweep.trial import main as trial_main
 
 CASES = [
     (["lora.rnak=16"], "unknown config key 'lora.rnak' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha"),
@@ -21,17 +22,26 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, message", CASES)
-def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, monkeypatch, args, message):
+    from huggingface_hub import constants
+
     keep = tmp_path / "mrpc" / "trials" / "earlier" / "metrics.json"
     keep.parent.mkdir(parents=True)
     keep.write_text('{"status": "ok"}')
     # a hub that refuses connections: offline behaviour wherever the tests run, without the offline
     # flag, so the check that spares users half a minute of retries is what is tested (one line only)
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "GLUE_DIR": ""}
-    proc = run_module("sweep.trial", *tiny, *args, env=env, timeout=120)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("GLUE_DIR", "")
+    proc = run_main(trial_main, *tiny, *args)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert keep.read_text() == '{"status": "ok"}'
+
+
+def test_the_command_line_itself_prints_one_line(tiny):
+    """The same path as a user's shell: ``python -m sweep.trial`` in its own process."""
+    proc = run_module("sweep.trial", *tiny, "lora.r=0", timeout=120)
+    assert (proc.returncode, proc.stderr) == (2, "ranksweep: error: lora.r=0 is invalid: it must be a positive integer\n")

@@ -89,3 +89,21 @@ def test_seed_changes_the_initial_adapter(cfg):
 
     assert torch.equal(first_a(0), first_a(0))
     assert not torch.equal(first_a(0), first_a(1))
+
+
+@pytest.mark.parametrize("scaling, r, expected", [
+    ("standard", 8, 16 / 8),            # alpha/r (LoRA, Hu et al. 2021, §4.1)
+    ("rslora", 8, 16 / 8 ** 0.5),       # alpha/sqrt(r) (rsLoRA, Kalajdzievski 2023)
+    ("rslora", 4, 16 / 2),
+])
+def test_scaling_is_what_the_update_is_multiplied_by(cfg, base, scaling, r, expected):
+    """The adapted layer's output minus the frozen layer's is scaling · x·Aᵀ·Bᵀ, checked numerically."""
+    model = apply_lora(copy.deepcopy(base), LoraSettings(r=r, targets=["q"], scaling=scaling), cfg.model)
+    layer = dict(model.named_modules())["base_model.model.bert.encoder.layer.0.attention.self.query"]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+        x = torch.randn(3, 384)
+        delta = layer(x) - layer.base_layer(x)
+        by_hand = x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T
+    assert torch.allclose(delta, expected * by_hand, rtol=1e-4, atol=1e-5)
