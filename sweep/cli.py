@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ MAPPING_KEYS = [k for k in SCHEMA_KEYS if isinstance(_default_of(k), dict)]
 
 
 def _expected_type(key: str) -> str:
-    """The schema's type of ``key`` in words (``an integer``, ``a number or null``), '' if unknown."""
+    """The schema's type of ``key`` in words with an example from its default
+    (``an integer, e.g. lora.r=8``, ``a list of integers, e.g. sweep.seeds=[0,1]``), '' if unknown."""
     import typing
 
     cls, hint = Config, None
@@ -66,10 +68,23 @@ def _expected_type(key: str) -> str:
         hint = hints[part]
         cls = hint
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args and len(args) == 1 and args[0] in words:  # Optional[X]
-        return words[args[0]] + " or null"
-    return words.get(hint, "")
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    plurals = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+    if origin is list:
+        text = f"a list of {plurals.get(args[0], 'values') if args else 'values'}"
+    elif origin is typing.Union and len(args) == 1 and args[0] in words:  # Optional[X]
+        text = words[args[0]] + " or null"
+    else:
+        text = words.get(hint, "")
+    default = _default_of(key)
+    return f"{text}, e.g. {key}={_override_text(default)}" if text and default is not None else text
+
+
+def _override_text(value) -> str:
+    """A value as a Hydra override writes it: ``[0,1]``, ``true``, ``q``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_override_text, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def group_options(group: str) -> List[str]:
@@ -99,7 +114,12 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         try:
             (ov,) = parser.parse_overrides([text])
         except OverrideParseException as e:
-            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}") from None
+            reason = str(e).splitlines()[0]
+            key, _, value = text.partition("=")
+            if "Ambiguous value" in reason:  # Hydra reads key=a,b as a multirun sweep over a and b
+                reason = (f"a comma outside brackets or quotes; for a list write {key}=[{value}] "
+                          f"(in a shell quote the whole override: '{key}=[{value}]')")
+            raise UserError(f"cannot parse override '{text}': {reason}") from None
         key = ov.key_or_group
         if key in GROUPS:
             options = group_options(key)
@@ -160,6 +180,36 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     return typed, resolved  # type: ignore[return-value]
 
 
+def _shell_word(text: str, prefer: str = "'") -> str:
+    """``text`` as one POSIX shell word, as plain as it can be: bare, else in ``prefer``'s quotes, in
+    the other ones, else as shlex quotes it."""
+    import shlex
+
+    if re.fullmatch(r"[A-Za-z0-9_.,:/=@%+-]+", text):
+        return text
+    single = "'" not in text
+    double = not re.search(r'["$`\\!]', text)
+    for quote, ok in sorted({"'": single, '"': double}.items(), key=lambda kv: kv[0] != prefer):
+        if ok:
+            return f"{quote}{text}{quote}"
+    return shlex.quote(text)
+
+
+def make_command(target: str, overrides: Sequence[str]) -> str:
+    """A ``make <target> TASK=… [SWEEP=…] ARGS=…`` line that runs as printed in a POSIX shell and passes
+    ``overrides`` to ``python -m …`` exactly: ``ARGS`` goes through the user's shell, then make
+    (which expands ``$``), then the recipe's shell, so each override is quoted for the recipe's shell,
+    ``$`` doubled for make, and the whole quoted again for the user's shell."""
+    rest = [o for o in overrides if o.split("=", 1)[0] not in ("task", "sweep")]
+    groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "sweep")}
+    line = f"make {target} TASK={_shell_word(groups.get('task', 'mrpc'))}"
+    if groups.get("sweep", "progressive") != "progressive":
+        line += f" SWEEP={_shell_word(groups['sweep'])}"
+    if rest:
+        line += " ARGS=" + _shell_word(" ".join(_shell_word(o, '"') for o in rest).replace("$", "$$"))
+    return line
+
+
 def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None) -> None:
     """Run ``main(args)`` as a command: a ``UserError`` becomes ``ranksweep: error: …`` and exit 2;
     Ctrl-C becomes a one-line note and exit 130 (finished work is already stored)."""
@@ -185,8 +235,17 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
 
 
 def results_root(cfg: Config) -> Path:
-    """Absolute results folder: ``results_dir`` or ``<project>/results``."""
-    return Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
+    """Absolute results folder: ``results_dir`` or ``<project>/results``.
+
+    Raises:
+        UserError: the folder (or its nearest existing parent) is a file or not writable.
+    """
+    root = Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise UserError(f"results_dir {root}: {existing} {what}; give a writable folder")
+    return root
 
 
 def glue_dir(cfg: Config) -> str | None:

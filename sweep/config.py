@@ -23,11 +23,13 @@ SWEEP_MODES = ("progressive", "grid")
 def normalize_targets(value: Any, key: str) -> List[str]:
     """Turn ``lora.targets`` as written by a user into a list of target names.
 
-    Accepts a list (``[q, v]``), a single name (``q`` or ``all-linear``) or a comma-separated string
-    (``q,v``). Raises ``ValueError`` naming ``key`` when the result is empty or not strings.
+    Accepts a list (``[q, v]``) or a single string, which is one role, module name or regex exactly as
+    the one-element list ``[...]`` is (as peft treats a string ``target_modules``): a comma inside it
+    belongs to it (``{1,2}`` in a regex). Raises ``ValueError`` naming ``key`` when the result is empty
+    or not strings.
     """
     if isinstance(value, str):
-        items = [t.strip() for t in value.split(",")]
+        items = [value.strip()]
     elif isinstance(value, (list, tuple)) or hasattr(value, "__iter__"):
         items = [str(t).strip() for t in value]
     else:
@@ -48,6 +50,27 @@ def targets_key(targets: List[str]) -> str:
 def _check_choice(key: str, value: Any, valid) -> None:
     if value not in valid:
         raise ValueError(f"{key}={value!r} is invalid: valid values are {', '.join(map(str, valid))}")
+
+
+#: folder-safe names (``sweep.name``, ``task.name``, ``model.name``): they become path components, so
+#: they must not start with a dot (``.``, ``..``) nor hold a separator
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: accepted ``sweep.storage`` URLs: SQLite at an absolute path (four slashes), or PostgreSQL
+STORAGE_FORMS = "sqlite:////abs/path/study.db or postgresql://user@host/db (also postgresql+psycopg://…)"
+
+
+def _check_name(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{key}={value!r} is invalid: it names a folder, so use up to 100 letters, digits, "
+                         "'.', '_' or '-', not starting with '.'")
+
+
+def _check_storage(value: Optional[str]) -> None:
+    if value is None:
+        return
+    if not re.fullmatch(r"sqlite:////[^?#]*[^/?#]|postgresql(\+\w+)?://\S+", str(value)):
+        raise ValueError(f"sweep.storage={value!r} is invalid: give {STORAGE_FORMS}, or null for "
+                         "results/<task>/<sweep.name>/study.db")
 
 
 def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool = False) -> None:
@@ -82,6 +105,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         from sweep.metrics import METRICS
 
+        _check_name("task.name", self.name)
         for m in self.metrics:
             _check_choice("task.metrics", m, sorted(METRICS))
         _check_choice("task.objective", self.objective, self.metrics)
@@ -110,6 +134,7 @@ class ModelConfig:
     head: List[str] = field(default_factory=lambda: ["classifier"])
 
     def __post_init__(self) -> None:
+        _check_name("model.name", self.name)
         if not self.name_or_path:
             raise ValueError("model.name_or_path is empty: give package:<module>, a local directory or a hub id")
         for role, pattern in self.roles.items():
@@ -164,8 +189,10 @@ class TrainSettings:
         warmup_ratio: fraction of all steps spent warming the learning rate up from 0.
         weight_decay: AdamW decoupled weight decay.
         max_grad_norm: gradient clipping norm, null for none.
-        backbone_dropout: dropout probability in the frozen encoder (hidden and attention dropout);
-            null keeps the checkpoint's (0.1 for BERT). The head keeps its own.
+        backbone_dropout: probability of every ``nn.Dropout`` outside the ``model.head`` modules: the
+            frozen encoder's hidden and attention dropout and, in BERT, the dropout on the pooled output in
+            front of the classifier (a module of the model, not of the head); a head that holds its own
+            dropout (RoBERTa's ``classifier.dropout``) keeps it. null keeps the checkpoint's (0.1 for BERT).
         group_by_length: batch examples of similar length (less padding; order stays random).
         precision: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32), ``fp32``, ``bf16``.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
@@ -238,7 +265,8 @@ class SweepSettings:
             validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
             rank × target set × seed, as the baseline).
         name: the sweep's name; results go to ``results/<task>/<name>/``.
-        storage: Optuna storage URL; null means SQLite at ``results/<task>/<name>/study.db``.
+        storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
+            null means SQLite at ``results/<task>/<name>/study.db``.
         ranks: ranks to try, increasing (the grid's r axis).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
@@ -272,8 +300,8 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         _check_choice("sweep.mode", self.mode, SWEEP_MODES)
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(self.name)):
-            raise ValueError(f"sweep.name={self.name!r} is invalid: use letters, digits, '.', '_' or '-'")
+        _check_name("sweep.name", self.name)
+        _check_storage(self.storage)
         if not self.ranks:
             raise ValueError("sweep.ranks is empty: give increasing ranks, e.g. [1,2,4,8,16]")
         for r in self.ranks:
