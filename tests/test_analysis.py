@@ -285,16 +285,19 @@ def labels(ax):
 def test_metric_vs_params_figure(finished):
     fig = figures(*loaded(finished[0]))["metric_vs_params"]
     (ax,) = fig.axes
+    # x: LoRA parameters, r·2,000 on q,v and r·4,000 on q,k,v,o; the 10,000 of the head stated once
     assert ax.get_xscale() == "log"
-    assert "trainable parameters" in ax.get_xlabel()
+    assert ax.get_xlabel() == "LoRA parameters (log scale); every configuration also trains the head's 10,000"
+    assert list(ax.get_xticks()) == [2_000, 4_000, 8_000]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2,000", "4,000", "8,000"]
     assert ax.get_ylabel() == "validation accuracy (%)"
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert sorted(labels(ax)) == ["Pareto front", "majority class (68.4)", "q,k,v,o", "q,v", "recommended: r=2 q,v"]
     series = {c.get_label(): c.lines[0].get_xydata().tolist() for c in ax.containers}
-    assert series == {"q,v": [[12_000, 81.0], [14_000, 85.0], [18_000, 86.0]], "q,k,v,o": [[18_000, 86.5]]}
+    assert series == {"q,v": [[2_000, 81.0], [4_000, 85.0], [8_000, 86.0]], "q,k,v,o": [[8_000, 86.5]]}
     assert sorted(t.get_text() for t in ax.texts) == ["r=1", "r=2", "r=2", "r=4"]
     front = next(line for line in ax.lines if line.get_label() == "Pareto front")
-    assert front.get_xydata().tolist() == [[12_000, 81.0], [14_000, 85.0], [18_000, 86.5]]
+    assert front.get_xydata().tolist() == [[2_000, 81.0], [4_000, 85.0], [8_000, 86.5]]
     baseline = next(line for line in ax.lines if line.get_label().startswith("majority"))
     assert list(baseline.get_ydata()) == pytest.approx([68.4, 68.4]) and baseline.get_linestyle() == "--"
 
@@ -302,8 +305,10 @@ def test_metric_vs_params_figure(finished):
 def test_metric_vs_compute_figure(finished):
     fig = figures(*loaded(finished[0]))["metric_vs_compute"]
     flops_ax, time_ax = fig.axes
-    assert flops_ax.get_xscale() == "log" and "FLOPs" in flops_ax.get_xlabel()
-    assert time_ax.get_xlabel() == "training time per trial (s)"
+    # linear from 0, the spread in words: FLOPs (1.01+1.03)/2 = 1.02e11 … 1.06e11, seconds (10+12)/2 = 11 … 15
+    assert flops_ax.get_xscale() == "linear" and flops_ax.get_xlim()[0] == 0 and time_ax.get_xlim()[0] == 0
+    assert flops_ax.get_xlabel() == "training FLOPs per trial\n(102.00G–106.00G, 3.9% apart)"
+    assert time_ax.get_xlabel() == "training time per trial\n(11 s–15 s, 36.4% apart)"
     assert all(word in fig.get_suptitle() for word in ("MRPC", "minilm", "accuracy"))
     assert "Pareto front" in labels(flops_ax) and "recommended: r=2 q,v" in labels(flops_ax)
     times = {c.get_label(): c.lines[0].get_xydata().tolist() for c in time_ax.containers}
