@@ -114,13 +114,20 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         try:
             (ov,) = parser.parse_overrides([text])
         except OverrideParseException as e:
-            reason = str(e).splitlines()[0]
             key, _, value = text.partition("=")
-            if "Ambiguous value" in reason:  # Hydra reads key=a,b as a multirun sweep over a and b
-                reason = (f"a comma outside brackets or quotes; for a list write {key}=[{value}] "
-                          f"(in a shell quote the whole override: '{key}=[{value}]')")
-            raise UserError(f"cannot parse override '{text}': {reason}") from None
+            quoted = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
+            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
+                            f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}") from None
         key = ov.key_or_group
+        if ov.is_sweep_override():  # Hydra reads key=a,b (or range(…)) as a multirun: one run per value
+            value = text.partition("=")[2]
+            if key in GROUPS or not ov.is_choice_sweep():
+                raise UserError(f"cannot use override '{text}': it asks for several runs, and a command makes "
+                                f"one; give a single value" + (f" (valid: {', '.join(group_options(key))})"
+                                                              if key in GROUPS else ""))
+            raise UserError(f"cannot use override '{text}': a comma outside brackets or quotes makes it several "
+                            f"runs; for a list write {key}=[{value}] (in a shell, quote the whole override: "
+                            f"'{key}=[{value}]')")
         if key in GROUPS:
             options = group_options(key)
             value = ov.value()
