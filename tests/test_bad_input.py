@@ -366,6 +366,7 @@ def test_data_dir_with_odd_characters(glue_dir, tmp_path):
     assert (len(data["train"]), len(data["validation"])) == (lines("train.tsv"), lines("dev.tsv"))
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_file_is_one_line_per_epoch(tiny, capsys):
     """Row 10: stderr is not a terminal here (as in ``> sweep.log``): no bar fragments, one line per epoch."""
     cfg, resolved = compose([*tiny, "data.max_train_samples=16", "data.max_eval_samples=16", "train.epochs=2"])
