@@ -114,7 +114,10 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         try:
             (ov,) = parser.parse_overrides([text])
         except OverrideParseException as e:
-            key, _, value = text.partition("=")
+            key, eq, value = text.partition("=")
+            if not eq or not key:
+                raise UserError(f"cannot parse '{text}': give overrides as key=value, e.g. lora.r=8 "
+                                "(--help shows the command's usage)") from None
             quoted = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
             raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
                             f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}") from None
@@ -248,11 +251,21 @@ def results_root(cfg: Config) -> Path:
         UserError: the folder (or its nearest existing parent) is a file or not writable.
     """
     root = Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
-    existing = next(p for p in (root, *root.parents) if p.exists())
+    check_writable(root, "results_dir")
+    return root
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Check that ``folder`` is, or can be made as, a writable directory: its nearest existing ancestor
+    must be a writable directory.
+
+    Raises:
+        UserError: names ``key``, the folder and the ancestor that is a file or not writable.
+    """
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise UserError(f"results_dir {root}: {existing} {what}; give a writable folder")
-    return root
+        raise UserError(f"{key} {folder}: {existing} {what}; give a writable folder")
 
 
 def glue_dir(cfg: Config) -> str | None:

@@ -7,6 +7,7 @@ Values live in the YAML files under ``conf/``; this file only declares and check
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -76,7 +77,7 @@ def _check_storage(value: Optional[str]) -> None:
 def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool = False) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
@@ -111,6 +112,9 @@ class TaskConfig:
         _check_choice("task.objective", self.objective, self.metrics)
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task.text_fields={list(self.text_fields)} is invalid: give one or two columns")
+        if len(self.label_names) < 2:
+            raise ValueError(f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
+                             "least two classes, e.g. [not_equivalent,equivalent]")
 
 
 @dataclass
@@ -224,8 +228,8 @@ class TrainSettings:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio!r} is invalid: it must be in [0, 1)")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
             raise ValueError(f"train.backbone_dropout={self.backbone_dropout!r} is invalid: it must be in [0, 1) or null")
-        if self.weight_decay < 0:
-            raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be >= 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be a finite number >= 0")
         if self.seed < 0:
             raise ValueError(f"train.seed={self.seed!r} is invalid: it must be a non-negative integer")
         _check_choice("train.precision", self.precision, PRECISIONS)
@@ -300,6 +304,9 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         _check_choice("sweep.mode", self.mode, SWEEP_MODES)
+        if self.mode == "grid" and not self.target_sets:
+            raise ValueError("sweep.target_sets is empty: the grid crosses every target set with every rank; "
+                             "give at least one, e.g. [[q,v]]")
         _check_name("sweep.name", self.name)
         _check_storage(self.storage)
         if not self.ranks:
@@ -312,8 +319,8 @@ class SweepSettings:
         self.target_sets = [normalize_targets(t, "sweep.target_sets") for t in self.target_sets]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
-        if self.min_delta < 0 or self.noise_z < 0:
-            raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be >= 0")
+        if not (0 <= self.min_delta < math.inf and 0 <= self.noise_z < math.inf):
+            raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be finite and >= 0")
         _check_positive("sweep.patience", self.patience, integer=True)
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)

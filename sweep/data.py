@@ -61,6 +61,14 @@ def _task_dir(root: Path, task: str) -> Path:
 
 
 def _read_tsv(path: Path, layout: TsvLayout) -> tuple:
+    try:
+        return _parse_tsv(path, layout)
+    except UnicodeDecodeError as e:
+        raise UserError(f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original "
+                        "GLUE TSV files") from None
+
+
+def _parse_tsv(path: Path, layout: TsvLayout) -> tuple:
     texts: List[List[str]] = [[] for _ in layout.text_columns]
     labels: List[int] = []
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark

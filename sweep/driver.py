@@ -22,11 +22,12 @@ from typing import Dict, List
 from omegaconf import OmegaConf
 
 from analysis.report import write_reports
-from sweep.cli import UserError, compose, glue_dir, make_command, run_cli
+from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
+from sweep.study import (RESULT_ATTRS, open_study, outcomes, sqlite_path, study_name, storage_url, sweep_dir,
+                         sweep_lock)
 from sweep.trial import run_trial, trial_name
 
 
@@ -146,6 +147,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
 
     sdir = sweep_dir(cfg)
     # everything that can be wrong with the input is checked before the study is touched
+    if sqlite_path(storage_url(cfg)):
+        check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
     costs = target_costs(cfg)
     tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),

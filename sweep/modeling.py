@@ -53,7 +53,11 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     cache only, failing at once with a clear message when the model is not there)."""
     path = resolve_model_path(name_or_path)
     if Path(path).expanduser().exists():
-        return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
+        try:
+            return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
+        except (OSError, ValueError) as e:  # a folder without (complete) model files
+            raise UserError(f"model.name_or_path {path} holds no loadable model ({str(e).strip().splitlines()[0]}); "
+                            "give a folder saved with save_pretrained, a hub id, or model=minilm") from None
     if path.startswith((".", "/", "~")):
         raise UserError(f"model.name_or_path {path} does not exist; give an existing model directory or a hub id")
     return from_hub(lambda: loader.from_pretrained(path, **kwargs), f"model '{path}'",

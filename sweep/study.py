@@ -121,7 +121,8 @@ def open_study(cfg: Config, resolved):
     ``sweep.*`` (more ranks, more seeds, other caps) is allowed.
 
     Raises:
-        UserError: incompatible settings (names the first differing key, old and new value).
+        UserError: the storage cannot be opened; incompatible settings (names the first differing key,
+            old and new value).
     """
     import optuna
 
@@ -132,9 +133,12 @@ def open_study(cfg: Config, resolved):
            "train.device_type": repr(device.type)}
     _quiet_optuna()
     url, name = storage_url(cfg), study_name(cfg)
-    if sqlite_path(url):
-        sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    try:
+        if sqlite_path(url):
+            sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
+        raise UserError(f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
     old = study.user_attrs.get("fingerprint")
     if old is None:
         study.set_user_attr("fingerprint", new)

@@ -60,7 +60,8 @@ def header_only_dev(glue_dir, tmp_path) -> Path:
     return mrpc.parent
 
 
-# (command, overrides, the one line's expected text); {file} is a file, {empty} the header_only_dev folder
+# (command, overrides, the one line's expected text); {file} is a file, {empty} the header_only_dev folder,
+# {nomodel} an empty folder, {garbage} a GLUE folder whose files are not text
 REFUSED = [
     # row 1 and settings beyond the model's limits: a pair needs [CLS] a [SEP] b [SEP], MiniLM reads
     # 512 positions, and its Wq/Wv are 384×384, so rank(B·A) ≤ 384
@@ -94,6 +95,14 @@ REFUSED = [
     ("trial", ["task.name=../x"], "task.name='../x' is invalid"),
     ("trial", ["model.name=org/model"], "model.name='org/model' is invalid"),
     ("trial", ["results_dir={file}"], "results_dir {file}: {file} is not a directory"),
+    ("sweep", ["sweep.storage=sqlite:///{file}/study.db"], "sweep.storage {file}: {file} is not a directory"),
+    ("trial", ["model.name_or_path={nomodel}"], "model.name_or_path {nomodel} holds no loadable model"),
+    ("trial", ["data.dir={garbage}"], "malformed GLUE file {garbage}/MRPC/train.tsv: not UTF-8 text (byte 0)"),
+    ("trial", ["lora.r"], "cannot parse 'lora.r': give overrides as key=value, e.g. lora.r=8"),
+    ("trial", ["train.lr=inf"], "train.lr=inf is invalid: it must be a positive number"),
+    ("sweep", ["sweep.min_delta=nan"], "sweep.min_delta=nan, sweep.noise_z=2.0: both must be finite and >= 0"),
+    ("sweep", ["sweep=grid", "sweep.target_sets=[]"], "sweep.target_sets is empty: the grid crosses every target set"),
+    ("trial", ["task.label_names=[a]"], "task.label_names=['a'] is invalid: a classification task has at least two"),
     ("trial", ["results_dir=/tmp/é#1"], "Hydra needs quotes around a value with # ( ) [ ] { } or non-ASCII letters, "
                                         "e.g. \"results_dir='/tmp/é#1'\""),
 ]
@@ -104,7 +113,13 @@ def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, 
                                              capsys, monkeypatch):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
-    fill = {"{file}": str(a_file), "{empty}": str(header_only_dev)}
+    (tmp_path / "no model").mkdir()
+    garbage = tmp_path / "garbage" / "MRPC"
+    garbage.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (garbage / name).write_bytes(b"\xff\xfe\x00bad\tbytes\n")
+    fill = {"{file}": str(a_file), "{empty}": str(header_only_dev), "{nomodel}": str(tmp_path / "no model"),
+            "{garbage}": str(garbage.parent)}
     for key, value in fill.items():
         overrides = [o.replace(key, value) for o in overrides]
         message = message.replace(key, value)
