@@ -95,7 +95,7 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
             m = run_trial(tcfg, tresolved, run_dir, progress=progress)
         except UserError:
             raise
-        except Exception as e:  # a crash of one trial is recorded; the sweep goes on
+        except Exception as e:  # a crash is recorded (no result); the caller stops, a re-run retries it
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"error-attempt{attempt}.log").write_text(traceback.format_exc())
             m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
@@ -161,7 +161,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         # a trial still RUNNING holds no lock any more: its process died. One that knows its
         # configuration is finished first (from its last epoch checkpoint); one that died before
         # storing it is adopted by the next trial the plan asks for, so no empty record is left.
-        blank = []
+        blank, crashed = [], []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = optuna.trial.Trial(study, t._trial_id)
             if "spec" not in t.user_attrs:
@@ -172,7 +172,9 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
             m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress)
             log(_trial_line(t.number, spec, m, cfg.task.objective, t.user_attrs.get("attempt", 1)))
-        printed, crashed = 0, []
+            if m["status"] == "failed":
+                crashed.append(spec)
+        printed = 0
         while True:
             p = plan(cfg.sweep, outcomes(study), costs)
             for d in p.decisions[printed:]:

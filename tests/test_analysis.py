@@ -362,6 +362,6 @@ def test_missing_study_message(tmp_path):
     proc = run_module("analysis", f"results_dir={tmp_path}", timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc` "
-        "first (or point sweep.storage at one)"]
+        f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc "
+        f"ARGS=results_dir={tmp_path}` first (or point sweep.storage at one)"]
     assert not (tmp_path / "mrpc").exists()

@@ -359,6 +359,20 @@ def test_user_text_in_plots_is_drawn_as_written(tmp_path, monkeypatch):
         assert any(model in text for text, _ in shown) and any(targets in text for text, _ in shown)
 
 
+def test_a_single_configuration_can_be_read_off_the_parameter_axis(tmp_path, monkeypatch):
+    """Row 12: one configuration (r=1, 1,000 LoRA parameters): a labelled tick at its value, limits
+    around it (a factor 1.4 either side on the log axis)."""
+    import test_analysis as ta
+    from analysis import study_info, summary_frame, trials_frame
+
+    synthetic_study(tmp_path, "q,v", "minilm", monkeypatch)
+    study = optuna.load_study(study_name=ta.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
+    trials, info = trials_frame(study), study_info(study)
+    (ax,) = figures(trials, summary_frame(trials, info), info)["metric_vs_params"].axes
+    assert list(ax.get_xticks()) == [1_000] and [t.get_text() for t in ax.get_xticklabels()] == ["1,000"]
+    assert ax.get_xlim() == pytest.approx((1_000 / 1.4, 1_400))
+
+
 def test_results_dir_with_odd_characters_keeps_every_file_inside(tmp_path, tiny):
     """A ?, #, %41, space and é in results_dir: the study lands exactly in the sweep folder (an
     unescaped ? would end SQLAlchemy's path at it, a %41 would become A)."""
