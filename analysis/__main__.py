@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import List
 
 from analysis.report import write_reports
-from sweep.cli import compose, run_cli
+from sweep.cli import compose, make_command, run_cli
 from sweep.study import storage_url, study_name, sweep_dir
 
 
@@ -23,7 +23,7 @@ def main(args: List[str]) -> int:
     cfg, _ = compose(args)
     out = sweep_dir(cfg)
     files = write_reports(storage_url(cfg), study_name(cfg), out,
-                          missing_hint=f"run `make sweep TASK={cfg.task.name}` first")
+                          missing_hint=f"run `{make_command('sweep', args)}` first")
     print(f"reports in {out}: {', '.join(str(f.relative_to(out)) for f in files)}")
     return 0
 

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.container import ErrorbarContainer
-from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.load import StudyInfo, decisions_frame
@@ -61,7 +61,7 @@ def task_name(info: StudyInfo) -> str:
 
 
 def _title(info: StudyInfo, what: str) -> str:
-    return f"{task_name(info)} · {info.model} · {metric_name(info)}: {what}"
+    return f"{task_name(info)} · {plain(info.model)} · {metric_name(info)}: {what}"
 
 
 def _ylabel(info: StudyInfo) -> str:
@@ -85,16 +85,38 @@ def _legend(ax, **kw) -> None:
         ax.legend([handles[i] for i in order], [labels[i] for i in order], **kw)
 
 
-def _log_x(ax, values: pd.Series) -> None:
-    """Log x axis. Within one decade (the usual range of a rank sweep's costs) the default log ticks
-    vanish or crowd into overlapping labels, so a few evenly spaced, engineering-formatted ticks
-    replace them."""
+def plain(text) -> str:
+    """User text (target regexes, model names) drawn as written: a ``$`` would start matplotlib's
+    mathtext, which garbles the text or stops the figure from being drawn."""
+    return str(text).replace("$", r"\$")
+
+
+def _value_ticks(ax, values: pd.Series) -> None:
+    """Log x axis whose ticks are the plotted values themselves, written in full (9,216), with limits a third of a tick beyond the extremes: every point's x can be read off, even a single
+    one. A value within 15% of the tick before it shares that tick (the labels would overlap)."""
     ax.set_xscale("log")
+    ticks = []
+    for v in sorted(set(values.dropna().astype(float))):
+        if v > 0 and (not ticks or v > 1.15 * ticks[-1]):
+            ticks.append(v)
+    if not ticks:
+        return
+    ax.set_xlim(ticks[0] / 1.4, ticks[-1] * 1.4)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+
+
+def _from_zero(ax, values: pd.Series, unit: str, places: int) -> str:
+    """Linear x axis from 0, so that equal costs look equal and run-to-run noise stays small; returns
+    the values' span as words (``26.37T–26.40T, 0.1% apart``) for the axis label."""
+    ax.set_xlim(left=0, right=1.08 * float(values.max()) if values.notna().any() else None)
+    ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=""))
     values = values.dropna().astype(float)
-    if not values.empty and values.max() < 10 * values.min():
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    if values.empty or values.min() <= 0:
+        return ""
+    fmt = EngFormatter(unit=unit, sep="", places=places)
+    return f"{fmt(values.min())}–{fmt(values.max())}, {100 * (values.max() / values.min() - 1):.1f}% apart"
 
 
 def _baseline(ax, info: StudyInfo) -> None:
@@ -104,8 +126,9 @@ def _baseline(ax, info: StudyInfo) -> None:
 
 
 def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Optional[str],
-              colors: Dict[str, tuple]) -> None:
-    """Mean ± s.d. of each configuration against ``cost``, one series per target set, r labelled,
+              colors: Dict[str, tuple], label_r: bool = True) -> None:
+    """Mean ± s.d. of each configuration against ``cost``, one series per target set, r labelled
+    (``label_r``),
     the Pareto front of column ``front`` as a staircase, the recommendation starred."""
     done = summary[(summary["n_seeds"] > 0) & summary[cost].notna()]
     if done.empty:
@@ -115,11 +138,11 @@ def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Opti
         g = g.sort_values(cost)
         x, y = g[cost].astype(float), 100 * g["objective_mean"]
         ax.errorbar(x, y, yerr=100 * g["objective_sd"].fillna(0), marker="o", markersize=5, capsize=3,
-                    linewidth=1.2, color=colors[targets], label=targets)
+                    linewidth=1.2, color=colors[targets], label=plain(targets))
         # configurations of different target sets often share a cost (r=4 on q,v and r=2 on q,k,v,o):
         # labels in the series' colour, alternately right and left of their points
         right = i % 2 == 0
-        for r, xi, yi in zip(g["r"], x, y):
+        for r, xi, yi in zip(g["r"], x, y) if label_r else ():
             ax.annotate(f"r={r}", (xi, yi), xytext=(4 if right else -4, 4), textcoords="offset points",
                         ha="left" if right else "right", fontsize=9, color=colors[targets])
     if front is not None:
@@ -133,23 +156,35 @@ def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Opti
         note = "" if info.finished else ", provisional"
         ax.plot([float(row[cost])], [100 * row["objective_mean"]], linestyle="none", marker="*", markersize=16,
                 markerfacecolor="gold", markeredgecolor="black", zorder=5,
-                label=f"recommended: r={row['r']} {row['targets']}{note}")
+                label=f"recommended: r={row['r']} {plain(row['targets'])}{note}")
     _baseline(ax, info)
 
 
+def _head_words(summary: pd.DataFrame) -> str:
+    """The head's trainable parameters, the same in every configuration, as words for a label."""
+    head = (summary["trainable_params"] - summary["lora_params"]).dropna().astype(int)
+    if head.empty:
+        return ""
+    span = f"{head.min():,}" if head.min() == head.max() else f"{head.min():,}–{head.max():,}"
+    return f"; every configuration also trains the head's {span}"
+
+
 def metric_vs_params(summary: pd.DataFrame, info: StudyInfo) -> Figure:
-    """The objective (points) of each configuration against its trainable parameters (log scale).
+    """The objective (points) of each configuration against its LoRA parameters (log scale, a tick at
+    every value); the classification head, trained in every configuration, is stated once in the
+    axis label rather than added to every x (it would squeeze the ranks together).
 
     ``summary`` comes from ``summary_frame``. One series per target set with ±1 s.d. bars over seeds,
-    r labelled at each point, the Pareto front (``pareto_params``), the recommended configuration
-    starred, the majority-class baseline dashed. Returns the figure (not saved).
+    r labelled at each point, the Pareto front (``pareto_params``: with the same head, fewest
+    trainable parameters is fewest LoRA parameters), the recommended configuration starred, the
+    majority-class baseline dashed. Returns the figure (not saved).
     """
     with _style():
         fig = _figure(4.2)
         ax = fig.add_subplot()
-        _tradeoff(ax, summary, info, "trainable_params", "pareto_params", _colors(summary["targets"]))
-        _log_x(ax, summary["trainable_params"])
-        ax.set_xlabel("trainable parameters (LoRA + head, log scale)")
+        _tradeoff(ax, summary, info, "lora_params", "pareto_params", _colors(summary["targets"]))
+        _value_ticks(ax, summary.loc[summary["n_seeds"] > 0, "lora_params"])
+        ax.set_xlabel(f"LoRA parameters (log scale){_head_words(summary)}")
         ax.set_ylabel(_ylabel(info))
         ax.set_title(_title(info, "metric vs parameters"))
         _legend(ax, title="target matrices (bars: ±1 s.d.)", loc="best")
@@ -157,18 +192,24 @@ def metric_vs_params(summary: pd.DataFrame, info: StudyInfo) -> Figure:
 
 
 def metric_vs_compute(summary: pd.DataFrame, info: StudyInfo) -> Figure:
-    """The objective (points) against mean training FLOPs per trial (left, log scale, with the
-    ``pareto_flops`` front) and mean training seconds per trial (right, measured wall time); otherwise
-    as ``metric_vs_params``. Returns the figure (not saved)."""
+    """The objective (points) against mean training FLOPs per trial (left, with the ``pareto_flops``
+    front) and mean training seconds per trial (right, measured wall time); otherwise as
+    ``metric_vs_params`` but without r labels (the points of a sweep nearly coincide here; r is read
+    off ``metric_vs_params``). Both axes are linear from 0: LoRA's rank barely changes the compute of a
+    frozen model's forward and backward pass, and a log axis zoomed on a 0.1% spread (or on seconds
+    of run-to-run noise) would draw that as a difference. Each axis label gives the spread in numbers.
+    Returns the figure (not saved)."""
     with _style():
         fig = _figure(4.0)
         flops_ax, time_ax = fig.subplots(1, 2, sharey=True)
         colors = _colors(summary["targets"])
-        _tradeoff(flops_ax, summary, info, "mean_train_flops", "pareto_flops", colors)
-        _tradeoff(time_ax, summary, info, "mean_train_seconds", None, colors)
-        _log_x(flops_ax, summary["mean_train_flops"])
-        flops_ax.set_xlabel("training FLOPs per trial (log scale)")
-        time_ax.set_xlabel("training time per trial (s)")
+        _tradeoff(flops_ax, summary, info, "mean_train_flops", "pareto_flops", colors, label_r=False)
+        _tradeoff(time_ax, summary, info, "mean_train_seconds", None, colors, label_r=False)
+        done = summary[summary["n_seeds"] > 0]
+        flops_span = _from_zero(flops_ax, done["mean_train_flops"], "", 2)
+        time_span = _from_zero(time_ax, done["mean_train_seconds"], " s", 0)
+        flops_ax.set_xlabel("training FLOPs per trial" + (f"\n({flops_span})" if flops_span else ""))
+        time_ax.set_xlabel("training time per trial" + (f"\n({time_span})" if time_span else ""))
         flops_ax.set_ylabel(_ylabel(info))
         fig.suptitle(_title(info, "metric vs compute"))
         _legend(flops_ax, title="target matrices (bars: ±1 s.d.)", loc="best")
@@ -191,7 +232,7 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         ok = trials[trials["state"] == "complete"]
         for targets, g in ok.groupby("targets", sort=False):
             ax.plot(g["number"], 100 * g["objective"], linestyle="none", marker="o", markersize=5,
-                    color=colors[targets], label=targets)
+                    color=colors[targets], label=plain(targets))
         first = ok.drop_duplicates(["r", "targets"])
         for n, r, y in zip(first["number"], first["r"], 100 * first["objective"]):
             ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)

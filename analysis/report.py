@@ -7,6 +7,7 @@ a running or interrupted sweep gets a provisional recommendation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import List
 
@@ -15,13 +16,29 @@ import pandas as pd
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import figures, metric_name, save_figure, task_name
 from analysis.summary import recommendation, summary_frame
-from sweep.cli import UserError
+from sweep.cli import UserError, make_command
 from sweep.study import load_study
 
 #: what each plot shows, as its alt text in report.md
 CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
             "metric_vs_compute": "objective vs training FLOPs and training time",
             "progression": "search progression: trials in order, decisions, cumulative compute"}
+
+
+def _md(text) -> str:
+    """User text (target regexes, model names, error messages) as literal Markdown: every character
+    that GitHub Markdown could read as syntax (emphasis, links, HTML, table cells, math) escaped; an
+    ``_`` inside a word (``min_delta``) is no emphasis and stays as it is."""
+    return re.sub(r"([\\`*\[\]<>|~$&#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))", r"\\\1", str(text))
+
+
+def _code(text) -> str:
+    """``text`` as one inline code span, whatever backticks it holds (CommonMark: a longer fence, and
+    a space inside it when the text starts or ends with a backtick)."""
+    text = str(text)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _points(value: float) -> str:
@@ -50,7 +67,7 @@ def _counts(trials: pd.DataFrame) -> str:
 
 
 def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
-    sets = [f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {t}" for t, g in summary.groupby("targets", sort=False)]
+    sets = [f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)]
     return (f"{len(summary)} configuration(s): {'; '.join(sets) or 'none yet'}; "
             f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration")
 
@@ -65,22 +82,20 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
     head = "Provisional (the sweep has not finished): " if not info.finished else ""
-    why = f" Why: {decision.reason}." if decision is not None else ""
+    why = f" Why: {_md(decision.reason)}." if decision is not None else ""
     split = ""
     if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
         split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
-    return (f"{head}**r={pick[0]} on {pick[1]}**: {metric_name(info)} {_mean_sd(row)} points "
+    return (f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row)} points "
             f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}")
 
 
 def _command(info: StudyInfo, **changes) -> str:
     """The make command that continues this sweep, with the overrides of its latest run and ``changes``
     (``sweep.seeds=[0,1,2]``) replacing theirs."""
-    keep = [o for o in info.overrides if not o.startswith(("task=", "sweep="))
-            and o.split("=", 1)[0] not in changes]
-    args = " ".join(keep + [f"{k}={v}" for k, v in changes.items()])
-    grid = " SWEEP=grid" if info.settings.mode == "grid" else ""
-    return f"make sweep TASK={info.task}{grid} ARGS='{args}'"
+    keep = [o for o in info.overrides if o.split("=", 1)[0] not in ("task", "sweep", *changes)]
+    return make_command("sweep", [f"task={info.task}", f"sweep={info.settings.mode}", *keep,
+                                  *(f"{k}={v}" for k, v in changes.items())])
 
 
 def _next_steps(info: StudyInfo) -> List[str]:
@@ -91,8 +106,8 @@ def _next_steps(info: StudyInfo) -> List[str]:
         "Each command continues this study: finished trials are kept and only what is new is trained.",
         "",
         f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): "
-        f"`{_command(info, **{'sweep.seeds': '[' + ','.join(map(str, seeds)) + ']'})}`",
-        f"- Look further before calling a plateau: `{_command(info, **{'sweep.patience': s.patience + 1})}`",
+        f"{_code(_command(info, **{'sweep.seeds': '[' + ','.join(map(str, seeds)) + ']'}))}",
+        f"- Look further before calling a plateau: {_code(_command(info, **{'sweep.patience': s.patience + 1}))}",
         "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
         "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
         "`lora.scaling=rslora` (alpha/√r) is the other common choice (it changes what a trial means, so it "
@@ -112,7 +127,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         front = ", ".join(name for name, on in (("params", row["pareto_params"]), ("FLOPs", row["pareto_flops"]))
                           if on) or "—"
         mark = "**recommended**" if row["recommended"] else ""
-        lines.append(f"| {row['r']} | {row['targets']} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
+        lines.append(f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
                      f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |")
     return lines
 
@@ -121,10 +136,10 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
     the recommendation and why, every decision, failed and running trials, the summary table and the
     three plots linked as ``plots/<name>.png``. Metric values are in points (100 × metric)."""
-    lines = [f"# LoRA rank sweep: {task_name(info)} on {info.model}", "",
+    lines = [f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}", "",
              f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
              f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
-             f"- **Sweep**: {info.settings.mode}, study `{info.name}`; {_status_line(trials, info)}.",
+             f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
              f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
              "and of the recommendation.",
              f"- **Tried**: {_tried(summary, info)}."]
@@ -138,7 +153,7 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
               _recommendation_text(trials, summary, info), "", "## Next steps", "", *_next_steps(info), "",
               "## Decisions", ""]
     timeline = decisions_frame(trials, info)
-    lines += [f"- after trial {at}: `{d.line()}`" if at >= 0 else f"- `{d.line()}`"
+    lines += [f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
               for at, d in zip(timeline["after_trial"], info.decisions)] or ["- none yet"]
     unfinished = trials[trials["state"] != "complete"]
     if not unfinished.empty:
@@ -146,7 +161,7 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
         for row in unfinished.itertuples():
             config = f"r={row.r} {row.targets} seed {row.seed}" if pd.notna(row.targets) else "no configuration stored"
             reason = f": {row.reason}" if isinstance(row.reason, str) and row.reason else ""
-            lines.append(f"- trial {row.number} ({config}): {row.state}{reason}")
+            lines.append(f"- trial {row.number} ({_md(config)}): {row.state}{_md(reason)}")
     lines += ["", "## Configurations", "", *_table(summary, info), "",
               "Per trial: [trials.csv](trials.csv); per configuration: [summary.csv](summary.csv).", "",
               "## Plots", ""]

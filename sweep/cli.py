@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ MAPPING_KEYS = [k for k in SCHEMA_KEYS if isinstance(_default_of(k), dict)]
 
 
 def _expected_type(key: str) -> str:
-    """The schema's type of ``key`` in words (``an integer``, ``a number or null``), '' if unknown."""
+    """The schema's type of ``key`` in words with an example from its default
+    (``an integer, e.g. lora.r=8``, ``a list of integers, e.g. sweep.seeds=[0,1]``), '' if unknown."""
     import typing
 
     cls, hint = Config, None
@@ -66,10 +68,23 @@ def _expected_type(key: str) -> str:
         hint = hints[part]
         cls = hint
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if args and len(args) == 1 and args[0] in words:  # Optional[X]
-        return words[args[0]] + " or null"
-    return words.get(hint, "")
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    plurals = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+    if origin is list:
+        text = f"a list of {plurals.get(args[0], 'values') if args else 'values'}"
+    elif origin is typing.Union and len(args) == 1 and args[0] in words:  # Optional[X]
+        text = words[args[0]] + " or null"
+    else:
+        text = words.get(hint, "")
+    default = _default_of(key)
+    return f"{text}, e.g. {key}={_override_text(default)}" if text and default is not None else text
+
+
+def _override_text(value) -> str:
+    """A value as a Hydra override writes it: ``[0,1]``, ``true``, ``q``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_override_text, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def group_options(group: str) -> List[str]:
@@ -99,8 +114,23 @@ def _check_overrides(overrides: Sequence[str]) -> None:
         try:
             (ov,) = parser.parse_overrides([text])
         except OverrideParseException as e:
-            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}") from None
+            key, eq, value = text.partition("=")
+            if not eq or not key:
+                raise UserError(f"cannot parse '{text}': give overrides as key=value, e.g. lora.r=8 "
+                                "(--help shows the command's usage)") from None
+            quoted = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
+            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
+                            f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}") from None
         key = ov.key_or_group
+        if ov.is_sweep_override():  # Hydra reads key=a,b (or range(…)) as a multirun: one run per value
+            value = text.partition("=")[2]
+            if key in GROUPS or not ov.is_choice_sweep():
+                raise UserError(f"cannot use override '{text}': it asks for several runs, and a command makes "
+                                f"one; give a single value" + (f" (valid: {', '.join(group_options(key))})"
+                                                              if key in GROUPS else ""))
+            raise UserError(f"cannot use override '{text}': a comma outside brackets or quotes makes it several "
+                            f"runs; for a list write {key}=[{value}] (in a shell, quote the whole override: "
+                            f"'{key}=[{value}]')")
         if key in GROUPS:
             options = group_options(key)
             value = ov.value()
@@ -160,6 +190,36 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     return typed, resolved  # type: ignore[return-value]
 
 
+def _shell_word(text: str, prefer: str = "'") -> str:
+    """``text`` as one POSIX shell word, as plain as it can be: bare, else in ``prefer``'s quotes, in
+    the other ones, else as shlex quotes it."""
+    import shlex
+
+    if re.fullmatch(r"[A-Za-z0-9_.,:/=@%+-]+", text):
+        return text
+    single = "'" not in text
+    double = not re.search(r'["$`\\!]', text)
+    for quote, ok in sorted({"'": single, '"': double}.items(), key=lambda kv: kv[0] != prefer):
+        if ok:
+            return f"{quote}{text}{quote}"
+    return shlex.quote(text)
+
+
+def make_command(target: str, overrides: Sequence[str]) -> str:
+    """A ``make <target> TASK=… [SWEEP=…] ARGS=…`` line that runs as printed in a POSIX shell and passes
+    ``overrides`` to ``python -m …`` exactly: ``ARGS`` goes through the user's shell, then make
+    (which expands ``$``), then the recipe's shell, so each override is quoted for the recipe's shell,
+    ``$`` doubled for make, and the whole quoted again for the user's shell."""
+    rest = [o for o in overrides if o.split("=", 1)[0] not in ("task", "sweep")]
+    groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "sweep")}
+    line = f"make {target} TASK={_shell_word(groups.get('task', 'mrpc'))}"
+    if groups.get("sweep", "progressive") != "progressive":
+        line += f" SWEEP={_shell_word(groups['sweep'])}"
+    if rest:
+        line += " ARGS=" + _shell_word(" ".join(_shell_word(o, '"') for o in rest).replace("$", "$$"))
+    return line
+
+
 def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None) -> None:
     """Run ``main(args)`` as a command: a ``UserError`` becomes ``ranksweep: error: …`` and exit 2;
     Ctrl-C becomes a one-line note and exit 130 (finished work is already stored)."""
@@ -185,8 +245,27 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
 
 
 def results_root(cfg: Config) -> Path:
-    """Absolute results folder: ``results_dir`` or ``<project>/results``."""
-    return Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
+    """Absolute results folder: ``results_dir`` or ``<project>/results``.
+
+    Raises:
+        UserError: the folder (or its nearest existing parent) is a file or not writable.
+    """
+    root = Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
+    check_writable(root, "results_dir")
+    return root
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Check that ``folder`` is, or can be made as, a writable directory: its nearest existing ancestor
+    must be a writable directory.
+
+    Raises:
+        UserError: names ``key``, the folder and the ancestor that is a file or not writable.
+    """
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise UserError(f"{key} {folder}: {existing} {what}; give a writable folder")
 
 
 def glue_dir(cfg: Config) -> str | None:

@@ -7,6 +7,7 @@ Values live in the YAML files under ``conf/``; this file only declares and check
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -23,11 +24,13 @@ SWEEP_MODES = ("progressive", "grid")
 def normalize_targets(value: Any, key: str) -> List[str]:
     """Turn ``lora.targets`` as written by a user into a list of target names.
 
-    Accepts a list (``[q, v]``), a single name (``q`` or ``all-linear``) or a comma-separated string
-    (``q,v``). Raises ``ValueError`` naming ``key`` when the result is empty or not strings.
+    Accepts a list (``[q, v]``) or a single string, which is one role, module name or regex exactly as
+    the one-element list ``[...]`` is (as peft treats a string ``target_modules``): a comma inside it
+    belongs to it (``{1,2}`` in a regex). Raises ``ValueError`` naming ``key`` when the result is empty
+    or not strings.
     """
     if isinstance(value, str):
-        items = [t.strip() for t in value.split(",")]
+        items = [value.strip()]
     elif isinstance(value, (list, tuple)) or hasattr(value, "__iter__"):
         items = [str(t).strip() for t in value]
     else:
@@ -50,10 +53,31 @@ def _check_choice(key: str, value: Any, valid) -> None:
         raise ValueError(f"{key}={value!r} is invalid: valid values are {', '.join(map(str, valid))}")
 
 
+#: folder-safe names (``sweep.name``, ``task.name``, ``model.name``): they become path components, so
+#: they must not start with a dot (``.``, ``..``) nor hold a separator
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: accepted ``sweep.storage`` URLs: SQLite at an absolute path (four slashes), or PostgreSQL
+STORAGE_FORMS = "sqlite:////abs/path/study.db or postgresql://user@host/db (also postgresql+psycopg://…)"
+
+
+def _check_name(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{key}={value!r} is invalid: it names a folder, so use up to 100 letters, digits, "
+                         "'.', '_' or '-', not starting with '.'")
+
+
+def _check_storage(value: Optional[str]) -> None:
+    if value is None:
+        return
+    if not re.fullmatch(r"sqlite:////[^?#]*[^/?#]|postgresql(\+\w+)?://\S+", str(value)):
+        raise ValueError(f"sweep.storage={value!r} is invalid: give {STORAGE_FORMS}, or null for "
+                         "results/<task>/<sweep.name>/study.db")
+
+
 def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool = False) -> None:
     if value is None and allow_none:
         return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
     if integer:
         ok = ok and float(value).is_integer()
     if not ok:
@@ -82,11 +106,15 @@ class TaskConfig:
     def __post_init__(self) -> None:
         from sweep.metrics import METRICS
 
+        _check_name("task.name", self.name)
         for m in self.metrics:
             _check_choice("task.metrics", m, sorted(METRICS))
         _check_choice("task.objective", self.objective, self.metrics)
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task.text_fields={list(self.text_fields)} is invalid: give one or two columns")
+        if len(self.label_names) < 2:
+            raise ValueError(f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
+                             "least two classes, e.g. [not_equivalent,equivalent]")
 
 
 @dataclass
@@ -110,6 +138,7 @@ class ModelConfig:
     head: List[str] = field(default_factory=lambda: ["classifier"])
 
     def __post_init__(self) -> None:
+        _check_name("model.name", self.name)
         if not self.name_or_path:
             raise ValueError("model.name_or_path is empty: give package:<module>, a local directory or a hub id")
         for role, pattern in self.roles.items():
@@ -164,8 +193,10 @@ class TrainSettings:
         warmup_ratio: fraction of all steps spent warming the learning rate up from 0.
         weight_decay: AdamW decoupled weight decay.
         max_grad_norm: gradient clipping norm, null for none.
-        backbone_dropout: dropout probability in the frozen encoder (hidden and attention dropout);
-            null keeps the checkpoint's (0.1 for BERT). The head keeps its own.
+        backbone_dropout: probability of every ``nn.Dropout`` outside the ``model.head`` modules: the
+            frozen encoder's hidden and attention dropout and, in BERT, the dropout on the pooled output in
+            front of the classifier (a module of the model, not of the head); a head that holds its own
+            dropout (RoBERTa's ``classifier.dropout``) keeps it. null keeps the checkpoint's (0.1 for BERT).
         group_by_length: batch examples of similar length (less padding; order stays random).
         precision: ``auto`` (bf16 autocast where the device computes bf16 natively, else fp32), ``fp32``, ``bf16``.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
@@ -197,8 +228,8 @@ class TrainSettings:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio!r} is invalid: it must be in [0, 1)")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
             raise ValueError(f"train.backbone_dropout={self.backbone_dropout!r} is invalid: it must be in [0, 1) or null")
-        if self.weight_decay < 0:
-            raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be >= 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be a finite number >= 0")
         if self.seed < 0:
             raise ValueError(f"train.seed={self.seed!r} is invalid: it must be a non-negative integer")
         _check_choice("train.precision", self.precision, PRECISIONS)
@@ -238,7 +269,8 @@ class SweepSettings:
             validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
             rank × target set × seed, as the baseline).
         name: the sweep's name; results go to ``results/<task>/<name>/``.
-        storage: Optuna storage URL; null means SQLite at ``results/<task>/<name>/study.db``.
+        storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
+            null means SQLite at ``results/<task>/<name>/study.db``.
         ranks: ranks to try, increasing (the grid's r axis).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
@@ -272,8 +304,11 @@ class SweepSettings:
 
     def __post_init__(self) -> None:
         _check_choice("sweep.mode", self.mode, SWEEP_MODES)
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(self.name)):
-            raise ValueError(f"sweep.name={self.name!r} is invalid: use letters, digits, '.', '_' or '-'")
+        if self.mode == "grid" and not self.target_sets:
+            raise ValueError("sweep.target_sets is empty: the grid crosses every target set with every rank; "
+                             "give at least one, e.g. [[q,v]]")
+        _check_name("sweep.name", self.name)
+        _check_storage(self.storage)
         if not self.ranks:
             raise ValueError("sweep.ranks is empty: give increasing ranks, e.g. [1,2,4,8,16]")
         for r in self.ranks:
@@ -284,8 +319,8 @@ class SweepSettings:
         self.target_sets = [normalize_targets(t, "sweep.target_sets") for t in self.target_sets]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
-        if self.min_delta < 0 or self.noise_z < 0:
-            raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be >= 0")
+        if not (0 <= self.min_delta < math.inf and 0 <= self.noise_z < math.inf):
+            raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be finite and >= 0")
         _check_positive("sweep.patience", self.patience, integer=True)
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)

@@ -61,6 +61,14 @@ def _task_dir(root: Path, task: str) -> Path:
 
 
 def _read_tsv(path: Path, layout: TsvLayout) -> tuple:
+    try:
+        return _parse_tsv(path, layout)
+    except UnicodeDecodeError as e:
+        raise UserError(f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original "
+                        "GLUE TSV files") from None
+
+
+def _parse_tsv(path: Path, layout: TsvLayout) -> tuple:
     texts: List[List[str]] = [[] for _ in layout.text_columns]
     labels: List[int] = []
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
@@ -96,8 +104,9 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
         ``text_fields`` + ``label`` (``ClassLabel``) + ``idx`` (int32, row number).
 
     Raises:
-        UserError: missing folder or files (names the path and the files expected), a malformed row,
-            a task without a TSV reader, or the hub unreachable.
+        UserError: missing folder or files (names the path and the files expected), a training or
+            validation file without examples, a malformed row, a task without a TSV reader, or the hub
+            unreachable.
     """
     import datasets
 
@@ -125,6 +134,9 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
             raise UserError(f"GLUE file {path} is missing; {task_dir} should hold "
                             f"{', '.join(f for f, _ in GLUE_TSV[task][1].values())}")
         texts, labels = _read_tsv(path, layout)
+        if not labels and split != "test":
+            raise UserError(f"GLUE file {path} holds no examples" + (" (only its header line)" if layout.header else "")
+                            + f"; {task_dir} should hold the complete {split} split")
         columns = dict(zip(text_fields, texts), label=labels, idx=list(range(len(labels))))
         splits[split] = datasets.Dataset.from_dict(columns, features=features)
     return datasets.DatasetDict(splits)

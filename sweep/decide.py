@@ -38,7 +38,9 @@ class Outcome:
 
     Attributes:
         r, targets, seed: the configuration (targets as ``targets_key``).
-        status: ``ok``, ``diverged`` or ``failed``; only ``ok`` trials have an objective.
+        status: ``ok``, ``diverged`` (a measurement: the configuration does not train) or ``failed``
+            (the trial crashed: no measurement; its seed counts as not yet run, so the trial is asked
+            for again, and only the compute cap counts it); only ``ok`` trials have an objective.
         objective: the validation metric in metric units (accuracy in [0, 1], MCC in [-1, 1]).
         trainable_params: adapter + head parameters.
         train_flops: executed training FLOPs. seconds: measured train + eval seconds.
@@ -208,7 +210,8 @@ class _Replay:
         seeds = set(settings.seeds)
         self.by_cfg: Dict[Config, List[Outcome]] = {}
         for o in self.outcomes:
-            self.by_cfg.setdefault((o.r, o.targets), []).append(o)
+            if o.status != "failed":  # a crash measured nothing: it never stands in for a result
+                self.by_cfg.setdefault((o.r, o.targets), []).append(o)
         self.stats = {c: stats_of([o.objective for o in os_ if o.status == "ok" and o.seed in seeds
                                    and o.objective is not None]) for c, os_ in self.by_cfg.items()}
         self.params = {c: max((o.trainable_params for o in os_), default=0) for c, os_ in self.by_cfg.items()}
@@ -260,7 +263,7 @@ class _Replay:
         s = self.stats.get(cfg)
         if s is None:
             self.decisions.append(Decision("failed", stage, cfg[0], cfg[1],
-                                           "every seed failed or diverged: not comparable, counts as no gain"))
+                                           "every seed diverged: not comparable, counts as no gain"))
             return ref, False
         if ref is None:
             self.decisions.append(Decision("start", stage, cfg[0], cfg[1], f"first result: {_stats_text(s)}",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import traceback
 from pathlib import Path
 from typing import Dict, List
@@ -21,11 +22,12 @@ from typing import Dict, List
 from omegaconf import OmegaConf
 
 from analysis.report import write_reports
-from sweep.cli import UserError, compose, glue_dir, run_cli
+from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
+from sweep.study import (RESULT_ATTRS, open_study, outcomes, sqlite_path, study_name, storage_url, sweep_dir,
+                         sweep_lock)
 from sweep.trial import run_trial, trial_name
 
 
@@ -37,14 +39,19 @@ def target_sets(cfg: Config) -> Dict[str, List[str]]:
 
 def target_costs(cfg: Config) -> Dict[str, int]:
     """Σ(d+k) over the matrices of each target set (LoRA parameters per unit of rank), from the base
-    model's module shapes. Also checks, before any training, that every target set resolves.
+    model's module shapes. Also checks, before any training, that every target set resolves and that
+    the ranks and ``data.max_length`` are within the model's limits (``check_limits``).
 
     Raises:
-        UserError: a target set matches no module (lists the model's linear modules).
+        UserError: a target set matches no module (lists the model's linear modules), a setting
+            beyond the model's limits.
     """
-    from sweep.modeling import load_base_model, lora_param_count
+    from sweep.modeling import check_limits, load_base_model, load_tokenizer, lora_param_count
 
     base = load_base_model(cfg.model, cfg.task.label_names)
+    check_limits(base, load_tokenizer(cfg.model.name_or_path), cfg.model, target_sets=list(target_sets(cfg).values()),
+                 r=max(cfg.sweep.ranks), r_key="sweep.ranks", max_length=cfg.data.max_length,
+                 n_texts=len(cfg.task.text_fields))
     return {key: lora_param_count(base, targets, cfg.model, 1) for key, targets in target_sets(cfg).items()}
 
 
@@ -60,12 +67,24 @@ def _run_dir(cfg: Config, tcfg: Config) -> Path:
     return sweep_dir(cfg) / "trials" / trial_name(tcfg)
 
 
+def _crashes(study, spec: TrialSpec) -> List[str]:
+    """The reasons of the earlier attempts at ``spec`` that crashed (status ``failed``), oldest first."""
+    from optuna.trial import TrialState
+
+    return [t.user_attrs.get("reason") or "?" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
+
+
 def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
-    """Run (or resume, or read back) one trial and tell the study its result."""
+    """Run (or resume, or read back) one trial and tell the study its result. A crash (an exception
+    other than a ``UserError``) is stored as status ``failed`` with its traceback in
+    ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
     from optuna.trial import TrialState
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
     run_dir = _run_dir(cfg, tcfg)
+    attempt = len(_crashes(study, spec)) + 1
+    trial.set_user_attr("attempt", attempt)
     metrics_file = run_dir / "metrics.json"
     same_config = (run_dir / "config.yaml").is_file() and \
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
@@ -76,9 +95,9 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
             m = run_trial(tcfg, tresolved, run_dir, progress=progress)
         except UserError:
             raise
-        except Exception as e:  # a crash of one trial is recorded; the sweep goes on
+        except Exception as e:  # a crash is recorded (no result); the caller stops, a re-run retries it
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.log").write_text(traceback.format_exc())
+            (run_dir / f"error-attempt{attempt}.log").write_text(traceback.format_exc())
             m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     for key in RESULT_ATTRS:
         if key in m:
@@ -103,10 +122,11 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     trial.suggest_int("seed", spec.seed, spec.seed)
 
 
-def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
+def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str, attempt: int = 1) -> str:
+    head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (f" (attempt {attempt})" if attempt > 1 else "")
     if m["status"] != "ok":
-        return f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {m['status']} ({m.get('reason')})"
-    return (f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {objective} {m['objective_value']:.4f} | "
+        return f"{head}: {m['status']} ({m.get('reason')})"
+    return (f"{head}: {objective} {m['objective_value']:.4f} | "
             f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
             f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
 
@@ -115,7 +135,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
     ``overrides`` (the command line) are stored so that the report can show commands that continue it.
 
-    Returns the final ``Plan`` (decisions, recommendation, stop reason).
+    Returns the final ``Plan`` (decisions, recommendation, stop reason); its ``next`` is not None only
+    when that trial crashed in this run: the sweep stops there, and re-running it retries the trial.
 
     Raises:
         UserError: incompatible resume, another driver on the same sweep, a target set that matches
@@ -126,6 +147,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
 
     sdir = sweep_dir(cfg)
     # everything that can be wrong with the input is checked before the study is touched
+    if sqlite_path(storage_url(cfg)):
+        check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
     costs = target_costs(cfg)
     tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
@@ -138,7 +161,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         # a trial still RUNNING holds no lock any more: its process died. One that knows its
         # configuration is finished first (from its last epoch checkpoint); one that died before
         # storing it is adopted by the next trial the plan asks for, so no empty record is left.
-        blank = []
+        blank, crashed = [], []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             trial = optuna.trial.Trial(study, t._trial_id)
             if "spec" not in t.user_attrs:
@@ -148,7 +171,9 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             _start(trial, spec, t.user_attrs["targets"], cfg)
             log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
             m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress)
-            log(_trial_line(t.number, spec, m, cfg.task.objective))
+            log(_trial_line(t.number, spec, m, cfg.task.objective, t.user_attrs.get("attempt", 1)))
+            if m["status"] == "failed":
+                crashed.append(spec)
         printed = 0
         while True:
             p = plan(cfg.sweep, outcomes(study), costs)
@@ -156,16 +181,23 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
                 log("decision " + d.line())
             printed = len(p.decisions)
             study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
-            if p.next is None:
+            if p.next is None or p.next in crashed:  # a crash is no result: nothing can be decided past it
                 break
+            earlier = _crashes(study, p.next)
+            if earlier:
+                log(f"retrying r={p.next.r} {p.next.targets} seed={p.next.seed}: attempt {len(earlier) + 1} "
+                    f"(attempt {len(earlier)} crashed: {earlier[-1]})")
             trial = blank.pop(0) if blank else study.ask()
             _start(trial, p.next, sets[p.next.targets], cfg)
             m = _execute(study, trial, p.next, sets[p.next.targets], cfg, progress)
-            log(_trial_line(trial.number, p.next, m, cfg.task.objective))
+            log(_trial_line(trial.number, p.next, m, cfg.task.objective, len(earlier) + 1))
+            if m["status"] == "failed":
+                crashed.append(p.next)
         for trial in blank:  # only when the plan ended with blank trials left over
             study.tell(trial, state=TrialState.FAIL)
-        study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
-        study.set_user_attr("stop_reason", p.stop_reason)
+        if p.next is None:  # after a crash the sweep is not over: no answer is stored
+            study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
+            study.set_user_attr("stop_reason", p.stop_reason)
     return p
 
 
@@ -178,7 +210,12 @@ def main(args: List[str]) -> int:
         print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
     except Exception as e:  # the results are safe in the study; `make report` can retry
         print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
-              f"retry with `make report TASK={cfg.task.name}`")
+              f"retry with `{make_command('report', args)}`")
+    if p.next is not None:
+        print(f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
+              f"in {_run_dir(cfg, trial_config(cfg, p.next, target_sets(cfg)[p.next.targets])[0])}; "
+              "fix the cause and re-run the same command to retry it", file=sys.stderr)
+        return 1
     if p.recommendation:
         r, t = p.recommendation
         print(f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}")

@@ -53,7 +53,11 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     cache only, failing at once with a clear message when the model is not there)."""
     path = resolve_model_path(name_or_path)
     if Path(path).expanduser().exists():
-        return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
+        try:
+            return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
+        except (OSError, ValueError) as e:  # a folder without (complete) model files
+            raise UserError(f"model.name_or_path {path} holds no loadable model ({str(e).strip().splitlines()[0]}); "
+                            "give a folder saved with save_pretrained, a hub id, or model=minilm") from None
     if path.startswith((".", "/", "~")):
         raise UserError(f"model.name_or_path {path} does not exist; give an existing model directory or a hub id")
     return from_hub(lambda: loader.from_pretrained(path, **kwargs), f"model '{path}'",
@@ -131,7 +135,8 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
             names = [n for n in linear if n == t or n.endswith("." + t) or (rx is not None and rx.fullmatch(n))]
         if not names:
             roles = ", ".join(list(model_cfg.roles) + [ALL_LINEAR])
-            raise UserError(f"lora target '{t}' matches no linear module of model '{model_cfg.name}'; "
+            several = f" (several targets are a list: [{t}])" if "," in t else ""
+            raise UserError(f"lora target '{t}' matches no linear module of model '{model_cfg.name}'{several}; "
                             f"roles: {roles}; linear modules: {describe_modules(linear)}")
         resolved[t] = names
     return resolved
@@ -148,6 +153,39 @@ def lora_param_count(model: nn.Module, targets: Sequence[str], model_cfg: ModelC
     names = target_module_names(model, targets, model_cfg)
     mods = dict(model.named_modules())
     return sum(r * (mods[n].in_features + mods[n].out_features) for n in names)
+
+
+def check_limits(model: nn.Module, tokenizer, model_cfg: ModelConfig, *, target_sets: Sequence[Sequence[str]],
+                 r: int, r_key: str, max_length: int, n_texts: int) -> None:
+    """Refuse settings the model cannot apply, before any work (a setting is applied or refused,
+    never silently ignored).
+
+    ``data.max_length`` must hold the special tokens plus one token of each text (BERT: a pair
+    ``[CLS] a [SEP] b [SEP]`` needs 5, a single sentence 3; below that the tokenizer cannot truncate
+    and returns the full text) and at most the model's position embeddings (and the tokenizer's
+    ``model_max_length``). The rank ``r`` (the largest one a run will use, named ``r_key``) must be at
+    most min(d, k) of every matrix it adapts: rank(B·A) ≤ min(d, k) (LoRA, Hu et al. 2021, §4.1), so
+    a larger r adds parameters, not rank.
+
+    Raises:
+        UserError: the key, the bad value and the valid range.
+    """
+    lowest = tokenizer.num_special_tokens_to_add(pair=n_texts == 2) + n_texts
+    limits = [v for v in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+              if isinstance(v, int) and v < 10**6]
+    highest = min(limits, default=10**6)
+    if not lowest <= max_length <= highest:
+        what = "a sentence pair" if n_texts == 2 else "a sentence"
+        raise UserError(f"data.max_length={max_length} is invalid for model '{model_cfg.name}': {what} needs at "
+                        f"least {lowest} tokens (special tokens and one per text) and the model reads at most "
+                        f"{highest}; give a value from {lowest} to {highest}")
+    mods = dict(model.named_modules())
+    for targets in target_sets:
+        names = target_module_names(model, targets, model_cfg)
+        limit = min(min(mods[n].in_features, mods[n].out_features) for n in names)
+        if r > limit:
+            raise UserError(f"{r_key} holds r={r}, above the rank min(d, k)={limit} of the matrices that "
+                            f"{','.join(targets)} adapts in model '{model_cfg.name}'; give r ≤ {limit}")
 
 
 def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> nn.Module:

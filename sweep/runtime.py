@@ -55,9 +55,28 @@ def library_versions() -> Dict[str, str]:
             "datasets": datasets.__version__, "optuna": optuna.__version__}
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement for ``peak_memory_mb``: the CUDA allocator's peak on a GPU;
+    on Linux also the kernel's high-water mark of the process's resident set (writing 5 to
+    ``/proc/self/clear_refs`` resets ``VmHWM``, see proc(5))."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: peak_memory_mb falls back to the lifetime peak
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory in MB: CUDA allocator peak on a GPU; on the CPU the process's peak resident set
-    (``ru_maxrss``), which includes the Python process and every trial it ran before."""
+    """Peak memory in MiB since the last ``reset_peak_memory``: on a GPU the CUDA allocator's peak
+    (tensors only); on the CPU the process's peak resident set (``VmHWM`` of ``/proc/self/status``:
+    the Python process with its libraries and data, not only this trial's tensors). Where ``VmHWM``
+    cannot be reset or read (not Linux) it is the process's lifetime peak (``ru_maxrss``)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

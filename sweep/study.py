@@ -42,8 +42,19 @@ def sweep_dir(cfg: Config) -> Path:
 
 
 def storage_url(cfg: Config) -> str:
-    """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path)."""
-    return cfg.sweep.storage or f"sqlite:///{sweep_dir(cfg) / 'study.db'}"
+    """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path; the
+    path is URL-escaped, so a ``?``, ``#`` or ``%`` in ``results_dir`` never moves the file)."""
+    from sqlalchemy.engine import URL
+
+    return cfg.sweep.storage or URL.create("sqlite", database=str(sweep_dir(cfg) / "study.db")).render_as_string()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite storage URL (as SQLAlchemy reads it, %-escapes decoded), else None."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return Path(u.database) if u.get_backend_name() == "sqlite" and u.database else None
 
 
 def study_name(cfg: Config) -> str:
@@ -104,20 +115,30 @@ def open_study(cfg: Config, resolved):
     """Create or load the sweep's study and check that resuming it is meaningful.
 
     A study made with other model, task, LoRA scaling/alpha/dropout, training or data settings is
-    refused: its finished trials would not be comparable with new ones. Changing only ``sweep.*``
-    (more ranks, more seeds, other caps) is allowed.
+    refused: its finished trials would not be comparable with new ones. The fingerprint holds the
+    precision ``train.precision=auto`` resolves to here and the device type (``train.device_type``),
+    so a resume on other hardware cannot mix fp32 and bf16 (or CPU and CUDA) trials. Changing only
+    ``sweep.*`` (more ranks, more seeds, other caps) is allowed.
 
     Raises:
-        UserError: incompatible settings (names the first differing key, old and new value).
+        UserError: the storage cannot be opened; incompatible settings (names the first differing key,
+            old and new value).
     """
     import optuna
 
+    from sweep.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(cfg)
+    new = {**fingerprint(resolved), "train.precision": repr(resolve_precision(cfg, device)),
+           "train.device_type": repr(device.type)}
     _quiet_optuna()
     url, name = storage_url(cfg), study_name(cfg)
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
-    new = fingerprint(resolved)
+    try:
+        if sqlite_path(url):
+            sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
+        raise UserError(f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
     old = study.user_attrs.get("fingerprint")
     if old is None:
         study.set_user_attr("fingerprint", new)
@@ -149,8 +170,8 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
     import optuna
 
     _quiet_optuna()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise UserError(f"no sweep study at {url[len('sqlite:///'):]}; {missing_hint} (or point sweep.storage at one)")
+    if sqlite_path(url) and not sqlite_path(url).is_file():
+        raise UserError(f"no sweep study at {sqlite_path(url)}; {missing_hint} (or point sweep.storage at one)")
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as e:

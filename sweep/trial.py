@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -30,9 +31,9 @@ from sweep.config import Config
 from sweep.data import Batches, take, tokenized_glue
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
-from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, parameter_counts, set_backbone_dropout,
+from sweep.modeling import (apply_lora, check_limits, load_base_model, load_tokenizer, parameter_counts, set_backbone_dropout,
                             trainable_state)
-from sweep.runtime import library_versions, peak_memory_mb, resolve_device, resolve_precision
+from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
 #: steps between two reads of the loss on the host (progress bar and the NaN/inf check)
@@ -78,7 +79,8 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
         cfg, resolved: the typed config and its resolved ``DictConfig`` (saved as ``config.yaml``).
         run_dir: the trial's folder; a ``checkpoint.pt`` left there by an interrupted run of the same
             config is resumed from its last completed epoch (removed once the trial ends).
-        progress: show a tqdm bar per epoch and one line per finished epoch.
+        progress: one line per finished epoch, and a live tqdm bar per epoch when stderr is a terminal
+            (in a log file, nohup or a batch job, the bar's updates would be thousands of fragments).
 
     Returns:
         A dict with the task, model, LoRA settings, parameter counts (``lora_params`` =
@@ -96,6 +98,7 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
     config_text = OmegaConf.to_yaml(resolved)
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
+    reset_peak_memory(device)  # peak_mem_mb is this trial's, not the process's lifetime peak
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
 
@@ -103,12 +106,14 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
     torch.manual_seed(cfg.train.seed)
     base = load_base_model(cfg.model, cfg.task.label_names)
     base_total = sum(p.numel() for p in base.parameters())
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    check_limits(base, tokenizer, cfg.model, target_sets=[cfg.lora.targets], r=cfg.lora.r, r_key="lora.r",
+                 max_length=cfg.data.max_length, n_texts=len(cfg.task.text_fields))
     if cfg.train.backbone_dropout is not None:
         set_backbone_dropout(base, cfg.train.backbone_dropout, cfg.model.head)
     model = apply_lora(base, cfg.lora, cfg.model).to(device)
     counts = parameter_counts(model, base_total)
     # data: tokenised once per process (cached), then cut to the requested sizes
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
     data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
                           cfg.model.name_or_path, cfg.data.max_length)
     train_split = take(data["train"], cfg.data.max_train_samples)
@@ -146,15 +151,12 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
             if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
             state = ckpt["state"]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
     for epoch in range(state["epoch"], cfg.train.epochs):
         model.train()
         loss_sum, steps = torch.zeros((), device=device), 0
         start = time.perf_counter()
         bar = tqdm(total=len(train_batches), desc=f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}",
-                   leave=False, disable=not progress, dynamic_ncols=True)
+                   leave=False, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
         for batch in train_batches.epoch(epoch):
             batch.pop("index")
             n, width = batch["input_ids"].shape

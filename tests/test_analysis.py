@@ -108,13 +108,13 @@ FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "ran
             (2, "q,k,v,o", 1, "diverged", "targets", 0.5e11, 7.0)]
 
 # An interrupted progressive sweep with three seeds. r=1: 70, 72, 75 points, mean 72.333, sd² =
-# (0.0233² + 0.0033² + 0.0267²)/2 in metric units; r=2: seed 0 failed, 73.5 and 74.5, mean 74.0, sd
+# (0.0233² + 0.0033² + 0.0267²)/2 in metric units; r=2: seed 0 diverged, 73.5 and 74.5, mean 74.0, sd
 # 0.707. Pooled sd² = (2·6.333 + 1·0.5)/3 = 4.389 → 2.095; SE = 2.095·sqrt(1/3+1/2) = 1.912, threshold
 # 3.82 > gain 1.67: r=2 is no gain, the rank plateaus at r=1 and q,k,v,o is escalated to. Trial 6 is an
 # orphan FAIL (no configuration stored), trial 7 is still running. Provisional recommendation: the
 # best, r=2, is not significantly better than r=1, which has fewer parameters: r=1 on q,v.
 PARTIAL = [(1, "q,v", 0, 0.70, "rank"), (1, "q,v", 1, 0.72, "rank"), (1, "q,v", 2, 0.75, "rank"),
-           (2, "q,v", 0, "failed", "rank"), (2, "q,v", 1, 0.735, "rank"), (2, "q,v", 2, 0.745, "rank"),
+           (2, "q,v", 0, "diverged", "rank"), (2, "q,v", 1, 0.735, "rank"), (2, "q,v", 2, 0.745, "rank"),
            (4, "q,v", 0, "orphan", "rank"), (1, "q,k,v,o", 0, "running", "targets")]
 
 # A finished grid, one seed: no noise estimate, so only min_delta = 0.5 points applies. Best r=2
@@ -203,9 +203,9 @@ def test_partial_study_reports_provisional_recommendation(partial):
     out = paths[0].parent
     assert [str(p.relative_to(out)) for p in paths] == FILES
     t = pd.read_csv(out / "trials.csv")
-    assert list(t["state"]) == ["complete"] * 3 + ["failed"] + ["complete"] * 2 + ["failed", "running"]
-    assert list(t["status"][3:7]) == ["failed", "ok", "ok", "failed"] and pd.isna(t["status"][7])
-    assert t["reason"][3] == "RuntimeError: CUDA error: out of memory"
+    assert list(t["state"]) == ["complete"] * 3 + ["diverged"] + ["complete"] * 2 + ["failed", "running"]
+    assert list(t["status"][3:7]) == ["diverged", "ok", "ok", "failed"] and pd.isna(t["status"][7])
+    assert t["reason"][3] == "training loss became nan in epoch 2 by step 40"
     assert (t["r"][6], t["seed"][6]) == (4, 0) and pd.isna(t["targets"][6])
 
     s = pd.read_csv(out / "summary.csv")
@@ -226,8 +226,8 @@ def test_partial_study_reports_provisional_recommendation(partial):
     # gain 74.0 − 72.33 = 1.67 points; 2·SE = 2 · 1.912 = 3.82
     assert "is ahead by 1.67 points (74.00 vs 72.33)" in report
     assert "not significant (threshold 3.82 = max(min_delta 0.5, 2·SE 3.82)" in report
-    assert "8 (5 complete, 2 failed, 1 running)" in report
-    assert "trial 3 (r=2 q,v seed 0): failed: RuntimeError: CUDA error: out of memory" in report
+    assert "8 (5 complete, 1 diverged, 1 failed, 1 running)" in report
+    assert "trial 3 (r=2 q,v seed 0): diverged: training loss became nan in epoch 2 by step 40" in report
     assert "1 trial(s) marked running" in report
 
 
@@ -268,11 +268,13 @@ def test_grid_sweep_recommendation(tmp_path):
 
 def test_study_with_only_failed_trials(tmp_path):
     s = settings(ranks=[1], seeds=[0, 1], target_sets=[["q", "v"]])
-    url = make_study(tmp_path, s, [trial(1, "q,v", 0, "diverged", "rank"), trial(1, "q,v", 1, "failed", "rank")])
+    # seed 1 crashed, then its retry diverged: a crash is no result, so only the retry ends the sweep
+    url = make_study(tmp_path, s, [trial(1, "q,v", 0, "diverged", "rank"), trial(1, "q,v", 1, "failed", "rank"),
+                                   trial(1, "q,v", 1, "diverged", "rank")])
     paths = write_reports(url, NAME, tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "No recommendation: no trial has completed." in report
-    assert "2 (0 complete, 1 diverged, 1 failed)" in report
+    assert "3 (0 complete, 2 diverged, 1 failed)" in report
     assert all(image_is_drawn(p) for p in paths if p.suffix == ".png")
 
 
@@ -283,16 +285,19 @@ def labels(ax):
 def test_metric_vs_params_figure(finished):
     fig = figures(*loaded(finished[0]))["metric_vs_params"]
     (ax,) = fig.axes
+    # x: LoRA parameters, r·2,000 on q,v and r·4,000 on q,k,v,o; the 10,000 of the head stated once
     assert ax.get_xscale() == "log"
-    assert "trainable parameters" in ax.get_xlabel()
+    assert ax.get_xlabel() == "LoRA parameters (log scale); every configuration also trains the head's 10,000"
+    assert list(ax.get_xticks()) == [2_000, 4_000, 8_000]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2,000", "4,000", "8,000"]
     assert ax.get_ylabel() == "validation accuracy (%)"
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert sorted(labels(ax)) == ["Pareto front", "majority class (68.4)", "q,k,v,o", "q,v", "recommended: r=2 q,v"]
     series = {c.get_label(): c.lines[0].get_xydata().tolist() for c in ax.containers}
-    assert series == {"q,v": [[12_000, 81.0], [14_000, 85.0], [18_000, 86.0]], "q,k,v,o": [[18_000, 86.5]]}
+    assert series == {"q,v": [[2_000, 81.0], [4_000, 85.0], [8_000, 86.0]], "q,k,v,o": [[8_000, 86.5]]}
     assert sorted(t.get_text() for t in ax.texts) == ["r=1", "r=2", "r=2", "r=4"]
     front = next(line for line in ax.lines if line.get_label() == "Pareto front")
-    assert front.get_xydata().tolist() == [[12_000, 81.0], [14_000, 85.0], [18_000, 86.5]]
+    assert front.get_xydata().tolist() == [[2_000, 81.0], [4_000, 85.0], [8_000, 86.5]]
     baseline = next(line for line in ax.lines if line.get_label().startswith("majority"))
     assert list(baseline.get_ydata()) == pytest.approx([68.4, 68.4]) and baseline.get_linestyle() == "--"
 
@@ -300,8 +305,10 @@ def test_metric_vs_params_figure(finished):
 def test_metric_vs_compute_figure(finished):
     fig = figures(*loaded(finished[0]))["metric_vs_compute"]
     flops_ax, time_ax = fig.axes
-    assert flops_ax.get_xscale() == "log" and "FLOPs" in flops_ax.get_xlabel()
-    assert time_ax.get_xlabel() == "training time per trial (s)"
+    # linear from 0, the spread in words: FLOPs (1.01+1.03)/2 = 1.02e11 … 1.06e11, seconds (10+12)/2 = 11 … 15
+    assert flops_ax.get_xscale() == "linear" and flops_ax.get_xlim()[0] == 0 and time_ax.get_xlim()[0] == 0
+    assert flops_ax.get_xlabel() == "training FLOPs per trial\n(102.00G–106.00G, 3.9% apart)"
+    assert time_ax.get_xlabel() == "training time per trial\n(11 s–15 s, 36.4% apart)"
     assert all(word in fig.get_suptitle() for word in ("MRPC", "minilm", "accuracy"))
     assert "Pareto front" in labels(flops_ax) and "recommended: r=2 q,v" in labels(flops_ax)
     times = {c.get_label(): c.lines[0].get_xydata().tolist() for c in time_ax.containers}
@@ -314,7 +321,7 @@ def test_progression_figure(partial):
     ax, flops_ax = fig.axes
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert flops_ax.get_xlabel() == "trial number (order run)" and "FLOPs" in flops_ax.get_ylabel()
-    assert labels(ax) == ["q,v", "configuration mean", "failed (2)", "running (1)", "majority class (68.4)",
+    assert labels(ax) == ["q,v", "configuration mean", "diverged (1)", "failed (1)", "running (1)", "majority class (68.4)",
                           "decision"]
     # means over the ok seeds: r=1 (70 + 72 + 75) / 3 across trials 0–2, r=2 (73.5 + 74.5) / 2 across 4–5
     (means,) = [c for c in ax.collections if c.get_label() == "configuration mean"]
@@ -329,7 +336,7 @@ def test_progression_figure(partial):
     assert list(top.get_xticks()) == [5.5]
     decision = next(line for line in ax.lines if line.get_label() == "decision")
     assert list(decision.get_xdata()) == [5.5, 5.5]
-    # five ok trials and the failed one at 1e11 each; the orphan and the running trial have none
+    # five ok trials and the diverged one at 1e11 each; the orphan and the running trial have none
     cumulative = next(line for line in flops_ax.lines if line.get_marker() == ".")
     assert cumulative.get_ydata()[-1] == pytest.approx(6e11)
 
@@ -355,6 +362,6 @@ def test_missing_study_message(tmp_path):
     proc = run_main(analysis_main, f"results_dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc` "
-        "first (or point sweep.storage at one)"]
+        f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc "
+        f"ARGS=results_dir={tmp_path}` first (or point sweep.storage at one)"]
     assert not (tmp_path / "mrpc").exists()

@@ -1,0 +1,406 @@
+"""Hostile input, odd text and crashed trials (issue 9): every kind ends in one clear line with exit 2
+and results left byte-identical, or in the correct value. In-process calls of the real commands
+(``run_cli(main, args)``); a subprocess only where it proves more (a printed command run by ``sh``)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from analysis.plots import figures
+from analysis.report import write_reports
+from conftest import PROJECT
+from sweep import driver, trial
+from sweep.cli import UserError, compose, make_command, run_cli
+from sweep.config import Config
+from sweep.data import load_glue
+from sweep.decide import Outcome, plan
+from sweep.study import open_study, sqlite_path, storage_url, sweep_dir
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def run(main, args, capsys):
+    """Run a command in-process as the shell would: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, args)
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under ``root`` (relative path -> bytes)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A results folder holding an earlier trial's results, which a refused command must not touch."""
+    root = tmp_path / "results"
+    earlier = root / "mrpc" / "default" / "trials" / "r1-q-v-seed0"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.json").write_text('{"status": "ok", "objective_value": 0.8}')
+    return root
+
+
+@pytest.fixture
+def header_only_dev(glue_dir, tmp_path) -> Path:
+    """A GLUE folder whose MRPC/dev.tsv holds only its header line (train.tsv: the real one)."""
+    mrpc = tmp_path / "glue" / "MRPC"
+    mrpc.mkdir(parents=True)
+    (mrpc / "train.tsv").symlink_to(glue_dir / "MRPC" / "train.tsv")
+    (mrpc / "dev.tsv").write_text((glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[0] + "\n")
+    return mrpc.parent
+
+
+# (command, overrides, the one line's expected text); {file} is a file, {empty} the header_only_dev folder,
+# {nomodel} an empty folder, {garbage} a GLUE folder whose files are not text
+REFUSED = [
+    # row 1 and settings beyond the model's limits: a pair needs [CLS] a [SEP] b [SEP], MiniLM reads
+    # 512 positions, and its Wq/Wv are 384×384, so rank(B·A) ≤ 384
+    ("trial", ["data.max_length=2"], "data.max_length=2 is invalid for model 'minilm': a sentence pair needs at "
+                                     "least 5 tokens (special tokens and one per text) and the model reads at most 512"),
+    ("trial", ["data.max_length=4"], "data.max_length=4 is invalid for model 'minilm': a sentence pair needs at least 5"),
+    ("trial", ["task=cola", "data.max_length=2"], "a sentence needs at least 3 tokens"),
+    ("trial", ["data.max_length=513"], "give a value from 5 to 512"),
+    ("trial", ["lora.r=385"], "lora.r holds r=385, above the rank min(d, k)=384 of the matrices that q,v adapts"),
+    ("sweep", ["sweep.ranks=[1,512]"], "sweep.ranks holds r=512, above the rank min(d, k)=384"),
+    # row 2: storage URLs, before any work
+    ("sweep", ["sweep.storage=/tmp/x/study.db"], "sweep.storage='/tmp/x/study.db' is invalid: give "
+                                                 "sqlite:////abs/path/study.db or postgresql://"),
+    ("sweep", ["sweep.storage=sqlite:/tmp/x.db"], "sweep.storage='sqlite:/tmp/x.db' is invalid"),
+    ("sweep", ["sweep.storage=sqlite:///relative/study.db"], "sweep.storage='sqlite:///relative/study.db' is invalid"),
+    # row 4: a split without examples
+    ("trial", ["data.dir={empty}"], "GLUE file {empty}/MRPC/dev.tsv holds no examples (only its header line)"),
+    # row 6: a comma list without brackets, and other multirun syntax
+    ("trial", ["lora.targets=q,v"], "for a list write lora.targets=[q,v] (in a shell, quote the whole override: "
+                                    "'lora.targets=[q,v]')"),
+    ("sweep", ["task=mrpc,cola"], "it asks for several runs, and a command makes one; give a single value (valid: cola, mrpc)"),
+    # row 3's other side: a quoted string is one target, so 'q,v' is one (non-matching) name, with the fix
+    ("trial", ["lora.targets='q,v'"], "lora target 'q,v' matches no linear module of model 'minilm' (several targets "
+                                      "are a list: [q,v])"),
+    # row 9: the type a key really takes, with an example
+    ("sweep", ["sweep.seeds=1"], "sweep.seeds takes a list of integers, e.g. sweep.seeds=[0,1]"),
+    ("trial", ["train.group_by_length=maybe"], "train.group_by_length takes true or false, e.g. train.group_by_length=true"),
+    # names that become folders: never a path outside the results folder
+    ("sweep", ["sweep.name=.."], "sweep.name='..' is invalid: it names a folder"),
+    ("sweep", ["sweep.name=../elsewhere"], "sweep.name='../elsewhere' is invalid"),
+    ("trial", ["task.name=../x"], "task.name='../x' is invalid"),
+    ("trial", ["model.name=org/model"], "model.name='org/model' is invalid"),
+    ("trial", ["results_dir={file}"], "results_dir {file}: {file} is not a directory"),
+    ("sweep", ["sweep.storage=sqlite:///{file}/study.db"], "sweep.storage {file}: {file} is not a directory"),
+    ("trial", ["model.name_or_path={nomodel}"], "model.name_or_path {nomodel} holds no loadable model"),
+    ("trial", ["data.dir={garbage}"], "malformed GLUE file {garbage}/MRPC/train.tsv: not UTF-8 text (byte 0)"),
+    ("trial", ["lora.r"], "cannot parse 'lora.r': give overrides as key=value, e.g. lora.r=8"),
+    ("trial", ["train.lr=inf"], "train.lr=inf is invalid: it must be a positive number"),
+    ("sweep", ["sweep.min_delta=nan"], "sweep.min_delta=nan, sweep.noise_z=2.0: both must be finite and >= 0"),
+    ("sweep", ["sweep=grid", "sweep.target_sets=[]"], "sweep.target_sets is empty: the grid crosses every target set"),
+    ("trial", ["task.label_names=[a]"], "task.label_names=['a'] is invalid: a classification task has at least two"),
+    ("trial", ["results_dir=/tmp/é#1"], "Hydra needs quotes around a value with # ( ) [ ] { } or non-ASCII letters, "
+                                        "e.g. \"results_dir='/tmp/é#1'\""),
+]
+
+
+@pytest.mark.parametrize("command, overrides, message", REFUSED, ids=[" ".join(c[1]) for c in REFUSED])
+def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, results, header_only_dev, tmp_path,
+                                             capsys, monkeypatch):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    (tmp_path / "no model").mkdir()
+    garbage = tmp_path / "garbage" / "MRPC"
+    garbage.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (garbage / name).write_bytes(b"\xff\xfe\x00bad\tbytes\n")
+    fill = {"{file}": str(a_file), "{empty}": str(header_only_dev), "{nomodel}": str(tmp_path / "no model"),
+            "{garbage}": str(garbage.parent)}
+    for key, value in fill.items():
+        overrides = [o.replace(key, value) for o in overrides]
+        message = message.replace(key, value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = snapshot(tmp_path)
+    main = driver.main if command == "sweep" else trial.main
+    args = [*tiny[:2], f"results_dir={results}", *overrides]
+    code, out, err = run(main, args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ranksweep: error: "), err
+    assert message in lines[0]
+    assert "Traceback" not in out + err
+    assert snapshot(tmp_path) == before  # nothing changed, nothing added (no sweep.lock, no study.db)
+
+
+def test_a_single_string_target_is_one_regex_like_the_list(tiny):
+    """Row 3: the comma of {1,2} belongs to the regex. It matches the six Wq of MiniLM (384×384), so
+    at r=1 LoRA adds 6 · 1 · (384 + 384) = 4,608 parameters either way."""
+    from sweep.modeling import load_base_model, lora_param_count
+
+    regex = r".*layer\.[0-9]{1,2}\.attention\.self\.query"
+    as_string, _ = compose([*tiny, f"lora.targets='{regex}'"])
+    as_list, _ = compose([*tiny, f"lora.targets=['{regex}']"])
+    assert as_string.lora.targets == as_list.lora.targets == [regex]
+    base = load_base_model(as_string.model, as_string.task.label_names)
+    assert lora_param_count(base, as_string.lora.targets, as_string.model, 1) == 6 * (384 + 384)
+
+
+def test_a_crash_is_no_measurement_in_any_decision():
+    """Row 5, the decisions: a crashed trial is asked for again; only the compute cap counts it."""
+    from sweep.config import SweepSettings
+
+    s = SweepSettings(ranks=[1, 2], seeds=[0], target_sets=[["q", "v"]], max_trials=None)
+    crashed = Outcome(1, "q,v", 0, "failed")
+    p = plan(s, [crashed], {"q,v": 768})
+    assert (p.next.r, p.next.targets, p.next.seed) == (1, "q,v", 0) and p.decisions == []
+    assert plan(SweepSettings(**{**s.__dict__, "max_trials": 1}), [crashed], {"q,v": 768}).stop_reason == "budget"
+    # a retry that succeeds is the measurement: r=1 starts, r=2 is asked for next, no "failed" decision
+    p = plan(s, [crashed, Outcome(1, "q,v", 0, "ok", 0.8)], {"q,v": 768})
+    assert [d.action for d in p.decisions] == ["start"] and p.next.r == 2
+
+
+def fake_trial(crash_on_call: int):
+    """A stand-in for ``run_trial``: raises OSError on call ``crash_on_call`` (1-based), else returns
+    the metrics of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2."""
+    calls = []
+
+    def run_trial(cfg, resolved, run_dir, progress=True):
+        calls.append(cfg.lora.r)
+        if len(calls) == crash_on_call:
+            raise OSError(27, "File too large")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
+        m = {"status": "ok", "reason": None, "objective": "accuracy", "objective_value": acc,
+             "best": {"accuracy": acc, "f1": acc}, "best_epoch": 1, "lora_alpha": 16.0, "scaling": "standard",
+             "lora_params": 768 * cfg.lora.r, "head_params": 100, "trainable_params": 768 * cfg.lora.r + 100,
+             "total_params": 10**6, "trainable_pct": 0.1, "train_flops": 1e12, "eval_flops": 1e11,
+             "train_seconds": 1.0, "eval_seconds": 0.1, "peak_mem_mb": 10.0,
+             "majority_baseline": {"accuracy": 0.68, "f1": 0.81}, "train_tokens": 1, "n_train": 16, "n_eval": 16}
+        (run_dir / "metrics.json").write_text(json.dumps(m))
+        return m
+
+    return run_trial, calls
+
+
+def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkeypatch):
+    """Row 5: the crash stops the sweep with one line (exit 1, no answer stored); the same command then
+    retries that trial (attempt 2, logged) and the decisions see only measurements."""
+    args = [*tiny, "sweep.ranks=[1,2]", "sweep.seeds=[0]", "sweep.target_sets=[[q,v]]"]
+    cfg, _ = compose(args)
+    run_trial, calls = fake_trial(crash_on_call=1)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    code, out, err = run(driver.main, args, capsys)
+    assert code == 1 and calls == [1]
+    assert "stopped: trial r=1 q,v seed=0 crashed" in err and "re-run the same command to retry it" in err
+    assert "Traceback" not in out + err
+    run_dir = sweep_dir(cfg) / "trials" / "r1-q-v-seed0"
+    assert "OSError: [Errno 27] File too large" in (run_dir / "error-attempt1.log").read_text()
+    study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(cfg))
+    (t0,) = study.get_trials()
+    assert (t0.state, t0.user_attrs["status"], t0.user_attrs["attempt"]) == (TrialState.FAIL, "failed", 1)
+    assert study.user_attrs["stop_reason"] is None and study.user_attrs["recommendation"] is None
+
+    run_trial, calls = fake_trial(crash_on_call=0)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    code, out, err = run(driver.main, args, capsys)
+    assert code == 0 and calls == [1, 2]
+    assert "retrying r=1 q,v seed=0: attempt 2 (attempt 1 crashed: OSError: [Errno 27] File too large)" in out
+    assert "trial 1 r=1 q,v seed=0 (attempt 2): accuracy 0.8000" in out
+    study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(cfg))
+    assert [(t.params["r"], t.state, t.user_attrs["attempt"]) for t in study.get_trials()] == [
+        (1, TrialState.FAIL, 1), (1, TrialState.COMPLETE, 2), (2, TrialState.COMPLETE, 1)]
+    assert "failed" not in [d["action"] for d in study.user_attrs["decisions"]]
+    assert study.user_attrs["recommendation"] == [2, "q,v"]  # 90 vs 80 points > min_delta 0.5
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_is_each_trials_own():
+    """After a 256 MiB peak, the next measurement (reset first, as every trial does) is below it."""
+    from sweep.runtime import peak_memory_mb, reset_peak_memory
+    import torch
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = np.ones(32 * 2**20)  # 256 MiB, written
+    first = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    second = peak_memory_mb(cpu)
+    assert second < first - 200
+
+
+def test_fingerprint_holds_the_resolved_precision_and_device(tiny, monkeypatch):
+    """A study begun where ``auto`` means fp32 refuses a resume where it means bf16, in one line."""
+    import sweep.runtime
+
+    cfg, resolved = compose(tiny)
+    monkeypatch.setattr(sweep.runtime, "native_bf16", lambda device: False)
+    study = open_study(cfg, resolved)
+    fp = study.user_attrs["fingerprint"]
+    assert (fp["train.precision"], fp["train.device_type"]) == ("'fp32'", "'cpu'")
+    monkeypatch.setattr(sweep.runtime, "native_bf16", lambda device: True)
+    with pytest.raises(UserError, match=r"was run with train.precision='fp32', this run has train.precision='bf16'"):
+        open_study(cfg, resolved)
+
+
+def dropouts(model) -> dict:
+    from torch import nn
+
+    return {n: m.p for n, m in model.named_modules() if isinstance(m, nn.Dropout)}
+
+
+def test_backbone_dropout_changes_every_dropout_outside_the_head(tiny):
+    """MiniLM (BertForSequenceClassification, 6 layers): the embeddings' dropout, three per layer and
+    the dropout on the pooled output in front of the classifier (a module of the model, not of the
+    head ``classifier``) go to 0. RoBERTa's head holds its own dropout (``classifier.dropout``): it
+    keeps its 0.1 (a 2-layer RoBERTa built from a config, no download)."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from sweep.modeling import load_base_model, set_backbone_dropout
+
+    cfg, _ = compose(tiny)
+    layer = ["attention.self.dropout", "attention.output.dropout", "output.dropout"]
+    bert = load_base_model(cfg.model, cfg.task.label_names)
+    assert set_backbone_dropout(bert, 0.0, ["classifier"]) == 20
+    assert dropouts(bert) == {n: 0.0 for n in ["bert.embeddings.dropout", "dropout",
+                                               *(f"bert.encoder.layer.{i}.{m}" for i in range(6) for m in layer)]}
+    roberta = RobertaForSequenceClassification(RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                             intermediate_size=37, vocab_size=100))
+    assert set_backbone_dropout(roberta, 0.0, ["classifier"]) == 7
+    assert dropouts(roberta) == {"classifier.dropout": 0.1, "roberta.embeddings.dropout": 0.0,
+                                 **{f"roberta.encoder.layer.{i}.{m}": 0.0 for i in range(2) for m in layer}}
+
+
+def fake_venv(tmp_path: Path) -> Path:
+    """A venv for the Makefile whose python writes its arguments, one per line, to $ARGV_OUT."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_OUT"\n')
+    python.chmod(0o755)
+    (venv / ".installed").touch()
+    os.utime(venv / ".installed", (2**31, 2**31))  # newer than pyproject.toml: no install
+    return venv
+
+
+def run_printed(command: str, tmp_path: Path) -> list:
+    """Run a printed command line through ``sh -c`` in the project, as a user pasting it would; returns
+    the arguments ``python`` received."""
+    out = tmp_path / "argv.txt"
+    env = {**os.environ, "VENV": str(fake_venv(tmp_path)), "ARGV_OUT": str(out)}
+    proc = subprocess.run(["sh", "-c", command], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return out.read_text().splitlines()
+
+
+HOSTILE_OVERRIDES = ['sweep.start_targets=[".*(query|value)"]', "lora.targets=['.*query$']",
+                     "data.dir=/tmp/a dir/it's é", 'sweep.name=x', "results_dir=$HOME/`x`"]
+
+
+def test_printed_make_commands_run_as_printed(tmp_path):
+    """Row 8: quotes, |, $, spaces and backticks reach python exactly, through sh, make and make's sh."""
+    command = make_command("sweep", ["task=cola", "sweep=grid", *HOSTILE_OVERRIDES])
+    argv = run_printed(command, tmp_path)
+    assert argv == ["-m", "sweep", "task=cola", "sweep=grid", *HOSTILE_OVERRIDES]
+
+
+def synthetic_study(tmp_path, targets: str, model: str, monkeypatch) -> Path:
+    """A finished one-configuration sweep on ``targets`` (two seeds, 80 and 82 points), run with
+    HOSTILE_OVERRIDES; returns the folder its reports were written to."""
+    import test_analysis as ta
+
+    monkeypatch.setitem(ta.COSTS, targets, 1_000)
+    s = ta.settings(ranks=[1], start_targets=[targets], target_sets=[[targets]])
+    url = ta.make_study(tmp_path, s, [ta.trial(1, targets, 0, 0.80, "rank"), ta.trial(1, targets, 1, 0.82, "rank")])
+    study = optuna.load_study(study_name=ta.NAME, storage=url)
+    study.set_user_attr("model", model)
+    study.set_user_attr("command_overrides", ["task=mrpc", "sweep=progressive", *HOSTILE_OVERRIDES])
+    write_reports(url, ta.NAME, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path, monkeypatch):
+    """Rows 7, 8 and user text in plots: a regex with | and $ and a model name with $ and _."""
+    targets, model = ".*(query|value)$", "my_$model"
+    out = synthetic_study(tmp_path, targets, model, monkeypatch)
+    report = (out / "report.md").read_text()
+    cells = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731 - unescaped pipes = cell borders
+    header, rule, row = [line for line in report.splitlines() if line.startswith("|")][:3]
+    assert cells(header) == cells(rule) == cells(row) == 11
+    assert row.startswith(r"| 1 | .\*(query\|value)\$ | 2 / 0 |")
+    assert r"# LoRA rank sweep: MRPC on my\_\$model" in report
+    # the "more seeds" command, as printed (a code span: backticks inside get a longer fence), gives
+    # python the run's overrides with the seeds [0,1] doubled to [0,1,2,3]
+    ((fence, more),) = re.findall(r"^- More seeds [^:]*: (`+) ?(make .*?) ?\1$", report, flags=re.M)
+    assert run_printed(more, tmp_path) == ["-m", "sweep", "task=mrpc", "sweep=progressive", *HOSTILE_OVERRIDES,
+                                           "sweep.seeds=[0,1,2,3]"]
+
+
+def test_user_text_in_plots_is_drawn_as_written(tmp_path, monkeypatch):
+    import test_analysis as ta
+
+    targets, model = ".*(query|value)$", "my_$model"
+    out = synthetic_study(tmp_path, targets, model, monkeypatch)
+    assert all((out / "plots" / f"{n}.png").is_file() for n in ("metric_vs_params", "metric_vs_compute", "progression"))
+    study = optuna.load_study(study_name=ta.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
+    from analysis import study_info, summary_frame, trials_frame
+
+    trials = trials_frame(study)
+    info = study_info(study)
+    for fig in figures(trials, summary_frame(trials, info), info).values():
+        texts = [t for ax in fig.axes for t in [ax.title, *(ax.get_legend().get_texts() if ax.get_legend() else [])]]
+        texts.append(fig._suptitle) if fig._suptitle else None
+        shown = [t._preprocess_math(t.get_text()) for t in texts if t.get_text()]
+        assert all(math is False for _, math in shown)  # no text is read as mathtext
+        assert any(model in text for text, _ in shown) and any(targets in text for text, _ in shown)
+
+
+def test_a_single_configuration_can_be_read_off_the_parameter_axis(tmp_path, monkeypatch):
+    """Row 12: one configuration (r=1, 1,000 LoRA parameters): a labelled tick at its value, limits
+    around it (a factor 1.4 either side on the log axis)."""
+    import test_analysis as ta
+    from analysis import study_info, summary_frame, trials_frame
+
+    synthetic_study(tmp_path, "q,v", "minilm", monkeypatch)
+    study = optuna.load_study(study_name=ta.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
+    trials, info = trials_frame(study), study_info(study)
+    (ax,) = figures(trials, summary_frame(trials, info), info)["metric_vs_params"].axes
+    assert list(ax.get_xticks()) == [1_000] and [t.get_text() for t in ax.get_xticklabels()] == ["1,000"]
+    assert ax.get_xlim() == pytest.approx((1_000 / 1.4, 1_400))
+
+
+def test_results_dir_with_odd_characters_keeps_every_file_inside(tmp_path, tiny):
+    """A ?, #, %41, space and é in results_dir: the study lands exactly in the sweep folder (an
+    unescaped ? would end SQLAlchemy's path at it, a %41 would become A)."""
+    odd = tmp_path / "res ?x#y%41 é"
+    cfg, resolved = compose([*tiny[:2], f"results_dir='{odd}'"])  # quoted, as Hydra needs for ? and #
+    assert sqlite_path(storage_url(cfg)) == odd / "mrpc" / "default" / "study.db"
+    open_study(cfg, resolved)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
+        [str((odd / "mrpc" / "default" / "study.db").relative_to(tmp_path))]
+
+
+def test_data_dir_with_odd_characters(glue_dir, tmp_path):
+    """A data folder with a space, quotes and é reads the same examples as the original."""
+    odd = tmp_path / "my 'glue' é" / "MRPC"
+    odd.mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        (odd / name).symlink_to(glue_dir / "MRPC" / name)
+    data = load_glue("mrpc", str(odd.parent), ["sentence1", "sentence2"], ["not_equivalent", "equivalent"])
+    lines = lambda name: len((glue_dir / "MRPC" / name).read_text(encoding="utf-8-sig").splitlines()) - 1  # noqa: E731
+    assert (len(data["train"]), len(data["validation"])) == (lines("train.tsv"), lines("dev.tsv"))
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_file_is_one_line_per_epoch(tiny, capsys):
+    """Row 10: stderr is not a terminal here (as in ``> sweep.log``): no bar fragments, one line per epoch."""
+    cfg, resolved = compose([*tiny, "data.max_train_samples=16", "data.max_eval_samples=16", "train.epochs=2"])
+    m = trial.run_trial(cfg, resolved, Path(cfg.results_dir) / "run", progress=True)
+    out = capsys.readouterr()
+    assert "\r" not in out.err + out.out
+    assert [line.split(":")[0] for line in out.out.splitlines()] == ["r8-q-v-seed0 epoch 1/2", "r8-q-v-seed0 epoch 2/2"]
+    assert m["status"] == "ok"
