@@ -210,9 +210,9 @@ def recommendation_note(result: SubspaceAnalysis, pick: Optional[Config]) -> str
     noisy = [int(r) for r in rows["r"] if r > enough]
     text = (f"Subspace check (LoRA §7.2): directions the adapters on {pick[1]} share across seeds, by rank: {shared}.")
     if noisy:
-        text += (f" Directions beyond about {enough} are not shared across seeds: "
-                 f"r={', r='.join(map(str, noisy))} learn{'s its' if len(noisy) == 1 else ' their'} extra directions from noise"
-                 + (f", the recommended r={pick[0]} included." if pick[0] in noisy else "."))
+        names = " and ".join(", ".join(f"r={r}" for r in noisy).rsplit(", ", 1))
+        among = f" (the recommended r={pick[0]} among them: a lower rank may do as well)" if pick[0] in noisy else ""
+        text += f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} are noise{among}."
     return text
 
 
@@ -241,7 +241,8 @@ def report_lines(result: SubspaceAnalysis) -> List[str]:
              "§7.2; two adapters are compared by φ(i, j) = ‖U_iᵀU_j‖_F² / min(i, j) of their top-i and top-j "
              f"directions: 1 when one subspace holds the other, max(i, j)/n on average for random subspaces (n = {n}). "
              "A direction counts as shared when its squared cosine with the other adapter's subspace is above what "
-             f"a random direction reaches with probability {ALPHA:g}/r (Bonferroni over the r directions). "
+             f"a random direction reaches with probability {ALPHA:g}/r (Bonferroni over the r directions, so unrelated "
+             f"subspaces share 0 directions with probability ≥ {1 - ALPHA:g}). "
              "**Effective rank**: the directions shared across two seeds of a configuration, mean over the adapted "
              "matrices (min–max). Amplification (§7.3): ‖ΔW‖_F / ‖UᵀWV‖_F with U, V the top-r singular vectors of ΔW.",
              "", *effective_rank_table(result)]

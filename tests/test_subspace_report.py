@@ -77,8 +77,8 @@ def test_amplification_and_effective_rank(result):
 def test_report_sentence_and_section(result):
     note = recommendation_note(result, (4, "q,v"))
     assert note == ("Subspace check (LoRA §7.2): directions the adapters on q,v share across seeds, by rank: r=4: 2.0 of 4. "
-                    "Directions beyond about 2 are not shared across seeds: r=4 learns its extra directions from noise, "
-                    "the recommended r=4 included.")
+                    "Beyond about 2 directions the seeds do not agree, so the extra directions of r=4 are noise "
+                    "(the recommended r=4 among them: a lower rank may do as well).")
     assert recommendation_note(result, (8, "q,k,v,o")) == ""
     lines = report_lines(result)
     assert "| 4 | q,v | 2 | 2.0 of 4 (2–2) | 2.0 | 2.0 | 13.2 |" in lines
