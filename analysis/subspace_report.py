@@ -41,7 +41,7 @@ PAIR_COLUMNS = ("comparison", "targets", "r1", "seed1", "r2", "seed2", "module",
 AMPLIFICATION_COLUMNS = ("targets", "r", "seed", "module", "layer", "matrix", "delta_norm", "projection",
                          "amplification", "w_norm", "random")
 SUMMARY_COLUMNS = ("targets", "r", "matrix", "n_seeds", "seed_pairs", "modules", "effective_rank",
-                   "effective_rank_min", "effective_rank_max", "amplification", "delta_norm")
+                   "effective_rank_min", "effective_rank_max", "amplification", "projection_vs_random", "delta_norm")
 
 
 @dataclass
@@ -62,7 +62,9 @@ class SubspaceAnalysis:
         summary: one row per configuration and matrix, plus ``matrix = all`` (``SUMMARY_COLUMNS``):
             ``effective_rank`` the mean over modules and seed pairs of the directions shared across
             seeds (mean of both directions of the test; NaN with one seed), its per-module min and max,
-            and the mean ``amplification`` and ‖ΔW‖_F over modules and seeds.
+            and, as means over modules and seeds, the ``amplification``, ``projection_vs_random``
+            (‖UᵀWV‖_F over its value for random directions: above 1 when ΔW's directions are ones W
+            emphasises) and ‖ΔW‖_F (``delta_norm``).
         grids: φ grids for heatmaps: (comparison, targets, r1, seed1, r2, seed2) -> (layer, matrix) -> r1×r2.
         files: what ``write_subspace`` wrote.
     """
@@ -88,7 +90,8 @@ def _pairs(adapters: List[TrainedAdapter]) -> List[Tuple[str, TrainedAdapter, Tr
     return out
 
 
-def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor], roles: Dict[str, str]) -> SubspaceAnalysis:
+def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor],
+            roles: Dict[str, str]) -> SubspaceAnalysis:
     """Compare every pair of ``adapters`` (see ``_pairs``) module by module, and measure each adapter's
     amplification of the frozen ``weights`` (module name -> W, d×k); ``roles`` name the matrices
     (``model.roles``)."""
@@ -97,7 +100,7 @@ def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor], ro
     for kind, one, two in _pairs(adapters):
         key = (kind, one.targets, one.r, one.seed, two.r, two.seed)
         grids[key] = {}
-        for module in one.a.keys() & two.a.keys():
+        for module in sorted(one.a.keys() & two.a.keys()):
             u1, u2 = bases[one.trial][module], bases[two.trial][module]
             n = u1.shape[0]
             phi = similarity_grid(u1, u2)
@@ -106,7 +109,8 @@ def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor], ro
             pair_rows.append({
                 "comparison": kind, "targets": one.targets, "r1": one.r, "seed1": one.seed, "r2": two.r,
                 "seed2": two.seed, "module": module, "layer": layer, "matrix": matrix, "n": n,
-                "phi_top": float(phi[0, 0]), "phi_all": float(phi[-1, -1]), "random_all": random_similarity(one.r, two.r, n),
+                "phi_top": float(phi[0, 0]), "phi_all": float(phi[-1, -1]),
+                "random_all": random_similarity(one.r, two.r, n),
                 "overlap_top": float(direction_overlaps(u1[:, :1], u2)[0]),
                 "shared_1in2": shared_directions(u1, u2, ALPHA), "shared_2in1": shared_directions(u2, u1, ALPHA)})
     amp_rows = []
@@ -136,7 +140,9 @@ def _summary(pairs: pd.DataFrame, amp: pd.DataFrame) -> pd.DataFrame:
                          "effective_rank": per_module.mean() if len(s) else math.nan,
                          "effective_rank_min": per_module.min() if len(s) else math.nan,
                          "effective_rank_max": per_module.max() if len(s) else math.nan,
-                         "amplification": g["amplification"].mean(), "delta_norm": g["delta_norm"].mean()})
+                         "amplification": g["amplification"].mean(),
+                         "projection_vs_random": (g["projection"] / g["random"]).mean(),
+                         "delta_norm": g["delta_norm"].mean()})
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -154,7 +160,13 @@ def heatmap_name(key: tuple) -> str:
     return f"subspace-seeds-r{r1}-{_slug(targets)}-seed{seed1}-seed{seed2}"
 
 
-def _heatmap(key: tuple, grid, prefix: str, n: int):
+def _dimension(pairs: pd.DataFrame) -> str:
+    """n of the random baseline max(i, j)/n as text: ``384``, or ``k`` when the matrices' input sizes differ."""
+    sizes = pairs["n"].unique()
+    return str(int(sizes[0])) if len(sizes) == 1 else "k"
+
+
+def _heatmap(key: tuple, grid, prefix: str, n: str):
     kind, targets, r1, seed1, r2, seed2 = key
     baseline = f"\nφ of the top-i, top-j right-singular vectors of A; random subspaces: max(i, j)/{n}"
     if kind == "ranks":
@@ -185,9 +197,9 @@ def write_subspace(sweep_dir: Path, info: StudyInfo) -> Optional[SubspaceAnalysi
         frame.to_csv(folder / f"{name}.csv", index=False)
         result.files.append(folder / f"{name}.csv")
     prefix = f"{task_name(info)} · {info.model}"
-    n = int(result.pairs["n"].max())
     for key, grid in result.grids.items():
-        result.files.append(save_figure(_heatmap(key, grid, prefix, n), Path(sweep_dir) / "plots" / f"{heatmap_name(key)}.png"))
+        figure = _heatmap(key, grid, prefix, _dimension(result.pairs))
+        result.files.append(save_figure(figure, Path(sweep_dir) / "plots" / f"{heatmap_name(key)}.png"))
     return result
 
 
@@ -208,11 +220,12 @@ def recommendation_note(result: SubspaceAnalysis, pick: Optional[Config]) -> str
     shared = ", ".join(f"r={r}: {e:.1f} of {r}" for r, e in zip(rows["r"], rows["effective_rank"]))
     enough = max(1, math.ceil(rows["effective_rank"].max()))
     noisy = [int(r) for r in rows["r"] if r > enough]
-    text = (f"Subspace check (LoRA §7.2): directions the adapters on {pick[1]} share across seeds, by rank: {shared}.")
+    text = f"Subspace check (LoRA §7.2): directions the adapters on {pick[1]} share across seeds, by rank: {shared}."
     if noisy:
         names = " and ".join(", ".join(f"r={r}" for r in noisy).rsplit(", ", 1))
         among = f" (the recommended r={pick[0]} among them: a lower rank may do as well)" if pick[0] in noisy else ""
-        text += f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} are noise{among}."
+        text += (f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} "
+                 f"are noise{among}.")
     return text
 
 
@@ -221,30 +234,35 @@ def effective_rank_table(result: SubspaceAnalysis) -> List[str]:
     shared across seeds (mean over matrices, min–max), per matrix, and the mean amplification."""
     s = result.summary
     matrices = [m for m in dict.fromkeys(s["matrix"]) if m != "all"]
-    lines = [f"| r | targets | seeds | effective rank (min–max) | {' | '.join(matrices)} | amplification |",
-             "|---:|---|---:|---:|" + "---:|" * len(matrices) + "---:|"]
+    lines = [f"| r | targets | seeds | effective rank (min–max) | {' | '.join(matrices)} | amplification "
+             "| ‖UᵀWV‖ / random |", "|---:|---|---:|---:|" + "---:|" * len(matrices) + "---:|---:|"]
     for (targets, r), g in s.groupby(["targets", "r"], sort=False):
         whole = g[g["matrix"] == "all"].iloc[0]
-        effective = "—" if pd.isna(whole["effective_rank"]) else \
-            f"{whole['effective_rank']:.1f} of {r} ({whole['effective_rank_min']:.0f}–{whole['effective_rank_max']:.0f})"
-        per = [_number(g[g["matrix"] == m]["effective_rank"].iloc[0]) if (g["matrix"] == m).any() else "—" for m in matrices]
-        lines.append(f"| {r} | {targets} | {whole['n_seeds']} | {effective} | {' | '.join(per)} | {whole['amplification']:.1f} |")
+        low, high = whole["effective_rank_min"], whole["effective_rank_max"]
+        effective = ("—" if pd.isna(whole["effective_rank"])
+                     else f"{whole['effective_rank']:.1f} of {r} ({low:.0f}–{high:.0f})")
+        per = [_number(g[g["matrix"] == m]["effective_rank"].iloc[0]) if (g["matrix"] == m).any() else "—"
+               for m in matrices]
+        lines.append(f"| {r} | {targets} | {whole['n_seeds']} | {effective} | {' | '.join(per)} "
+                     f"| {whole['amplification']:.1f} | {whole['projection_vs_random']:.1f} |")
     return lines
 
 
 def report_lines(result: SubspaceAnalysis) -> List[str]:
     """The report.md section: the method in a few sentences, ``effective_rank_table``, the rank
     comparisons, the heatmaps (the widest rank pair and the largest rank compared across seeds)."""
-    n = int(result.pairs["n"].max())
     lines = ["## Adapter subspaces: signal or noise? (LoRA §7)", "",
              "Each adapter's directions are the right-singular vectors of its A (r×k), as in LoRA (Hu et al. 2021) "
              "§7.2; two adapters are compared by φ(i, j) = ‖U_iᵀU_j‖_F² / min(i, j) of their top-i and top-j "
-             f"directions: 1 when one subspace holds the other, max(i, j)/n on average for random subspaces (n = {n}). "
+             "directions: 1 when one subspace holds the other, max(i, j)/n on average for random subspaces "
+             f"(n = {_dimension(result.pairs)}, the input size k). "
              "A direction counts as shared when its squared cosine with the other adapter's subspace is above what "
              f"a random direction reaches with probability {ALPHA:g}/r (Bonferroni over the r directions, so unrelated "
              f"subspaces share 0 directions with probability ≥ {1 - ALPHA:g}). "
              "**Effective rank**: the directions shared across two seeds of a configuration, mean over the adapted "
-             "matrices (min–max). Amplification (§7.3): ‖ΔW‖_F / ‖UᵀWV‖_F with U, V the top-r singular vectors of ΔW.",
+             "matrices (min–max). Amplification (§7.3): ‖ΔW‖_F / ‖UᵀWV‖_F with U, V the top-r singular "
+             "vectors of ΔW and W the frozen weight; ‖UᵀWV‖ / random: the same projection over its value for random "
+             "directions, ‖W‖_F·r/√(d·k) (above 1: ΔW's directions are ones W already emphasises).",
              "", *effective_rank_table(result)]
     ranks = result.pairs[result.pairs["comparison"] == "ranks"]
     if not ranks.empty:
@@ -253,7 +271,7 @@ def report_lines(result: SubspaceAnalysis) -> List[str]:
         for (targets, r1, r2), g in ranks.groupby(["targets", "r1", "r2"], sort=True):
             lines.append(f"- {targets}, r={r1} in r={r2}: {g['shared_1in2'].mean():.1f} of {r1} directions shared; "
                          f"top direction φ(1, 1) = {g['phi_top'].mean():.2f}, its overlap with all of r={r2} "
-                         f"{g['overlap_top'].mean():.2f} (random {r2 / n:.2f})")
+                         f"{g['overlap_top'].mean():.2f} (random {g['random_all'].mean():.2f})")
     keys = list(result.grids)
     shown = [k for k in (max((k for k in keys if k[0] == "ranks"), key=lambda k: (k[4] - k[2], -k[3]), default=None),
                          max((k for k in keys if k[0] == "seeds"), key=lambda k: (k[2], -k[3]), default=None)) if k]

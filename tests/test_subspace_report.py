@@ -81,7 +81,7 @@ def test_report_sentence_and_section(result):
                     "(the recommended r=4 among them: a lower rank may do as well).")
     assert recommendation_note(result, (8, "q,k,v,o")) == ""
     lines = report_lines(result)
-    assert "| 4 | q,v | 2 | 2.0 of 4 (2–2) | 2.0 | 2.0 | 13.2 |" in lines
+    assert "| 4 | q,v | 2 | 2.0 of 4 (2–2) | 2.0 | 2.0 | 13.2 | 3.4 |" in lines
     assert "- q,v, r=4 in r=8: 4.0 of 4 directions shared; top direction φ(1, 1) = 1.00, its overlap with all of r=8 1.00 (random 0.12)" in lines
 
 
