@@ -7,14 +7,16 @@ a running or interrupted sweep gets a provisional recommendation.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pandas as pd
 
+from analysis.markdown import code as _code
+from analysis.markdown import escape as _md
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import figures, metric_name, save_figure, task_name
+from analysis.subspace_report import SubspaceAnalysis, recommendation_note, report_lines, write_subspace
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import UserError, make_command
 from sweep.study import load_study
@@ -23,22 +25,6 @@ from sweep.study import load_study
 CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
             "metric_vs_compute": "objective vs training FLOPs and training time",
             "progression": "search progression: trials in order, decisions, cumulative compute"}
-
-
-def _md(text) -> str:
-    """User text (target regexes, model names, error messages) as literal Markdown: every character
-    that GitHub Markdown could read as syntax (emphasis, links, HTML, table cells, math) escaped; an
-    ``_`` inside a word (``min_delta``) is no emphasis and stays as it is."""
-    return re.sub(r"([\\`*\[\]<>|~$&#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))", r"\\\1", str(text))
-
-
-def _code(text) -> str:
-    """``text`` as one inline code span, whatever backticks it holds (CommonMark: a longer fence, and
-    a space inside it when the text starts or ends with a backtick)."""
-    text = str(text)
-    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _points(value: float) -> str:
@@ -132,10 +118,13 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
     return lines
 
 
-def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> str:
+def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo,
+                    subspace: Optional[SubspaceAnalysis] = None) -> str:
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
     the recommendation and why, every decision, failed and running trials, the summary table and the
-    three plots linked as ``plots/<name>.png``. Metric values are in points (100 × metric)."""
+    three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next to the
+    recommendation and its section at the end. Metric values are in points (100 × metric)."""
+    note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
     lines = [f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}", "",
              f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
              f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
@@ -150,7 +139,8 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
               f"the best one's; a gain is significant when it exceeds max(min_delta = {info.settings.min_delta:g} "
               f"points, noise_z = {info.settings.noise_z:g} × the standard error of the difference of two means), "
               "with the seed-to-seed s.d. pooled over the configurations evaluated.", "",
-              _recommendation_text(trials, summary, info), "", "## Next steps", "", *_next_steps(info), "",
+              _recommendation_text(trials, summary, info), "", *([note, ""] if note else []),
+              "## Next steps", "", *_next_steps(info), "",
               "## Decisions", ""]
     timeline = decisions_frame(trials, info)
     lines += [f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
@@ -166,6 +156,8 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
               "Per trial: [trials.csv](trials.csv); per configuration: [summary.csv](summary.csv).", "",
               "## Plots", ""]
     lines += [f"![{CAPTIONS[name]}](plots/{name}.png)\n" for name in CAPTIONS]
+    if subspace:
+        lines += report_lines(subspace)
     return "\n".join(lines)
 
 
@@ -173,7 +165,9 @@ def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
                   missing_hint: str = "run `make sweep TASK=<task>` first") -> List[Path]:
     """Read the study ``study_name`` (the only one when None) at ``storage_url`` and write
     ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
-    ``plots/progression.png`` and ``report.md`` into ``out_dir`` (created if needed).
+    ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
+    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
+    ``out_dir`` (created if needed).
 
     Returns:
         The paths written, in that order.
@@ -197,6 +191,8 @@ def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
     summary.to_csv(paths[1], index=False)
     for name, fig in figures(trials, summary, info).items():
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
+    subspace = write_subspace(out_dir, info)
+    paths += subspace.files if subspace else []
     paths.append(out_dir / "report.md")
-    paths[-1].write_text(report_markdown(trials, summary, info))
+    paths[-1].write_text(report_markdown(trials, summary, info, subspace))
     return paths
