@@ -42,10 +42,12 @@ def target_costs(cfg: Config) -> Dict[str, int]:
     Raises:
         UserError: a target set matches no module (lists the model's linear modules).
     """
+    from sweep.family import with_family
     from sweep.modeling import load_base_model, lora_param_count
 
     base = load_base_model(cfg.model, cfg.task.label_names)
-    return {key: lora_param_count(base, targets, cfg.model, 1) for key, targets in target_sets(cfg).items()}
+    model_cfg = with_family(cfg.model, base.config.model_type)
+    return {key: lora_param_count(base, targets, model_cfg, 1) for key, targets in target_sets(cfg).items()}
 
 
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
