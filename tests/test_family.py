@@ -211,6 +211,7 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     assert m["best"]["accuracy"] == pytest.approx(float((preds == np.asarray(val["label"])).mean()))
 
 
+@pytest.mark.slow  # three trials each: about a minute on 2 CPU cores
 @pytest.mark.parametrize("family, sweep_targets", [
     ("gpt2", ["sweep.start_targets=[qkv]", "sweep.target_sets=[[qkv],[qkv,o]]"]),
     ("llama", ["sweep.target_sets=[[q,v],[q,k,v,o]]"]),
