@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 
@@ -90,13 +90,24 @@ def trial_config(config_file: Path) -> Config:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_file)))
 
 
-def frozen_weights(config_file: Path, modules: List[str]) -> Dict[str, torch.Tensor]:
-    """W (d×k, float32) of each named module of the trial's base model, as loaded for training."""
+def frozen_weights(config_file: Path, modules: List[str]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """W (d×k, float32) of each named module of the trial's base model, as loaded for training, and the
+    role map of the checkpoint's family (role -> module-name regex, see ``sweep/family.py``)."""
+    from sweep.family import with_family
     from sweep.modeling import load_base_model
 
     cfg = trial_config(config_file)
     base = load_base_model(cfg.model, cfg.task.label_names)
-    return {name: base.get_submodule(name).weight.detach().float() for name in modules}
+    roles = with_family(cfg.model, base.config.model_type).roles
+    return {name: _weight(base.get_submodule(name)) for name in modules}, roles
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    """W as d_out×d_in: ``nn.Linear`` stores it so, GPT-2's ``Conv1D`` stores its transpose (d_in×d_out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    weight = module.weight.detach().float()
+    return weight.T if isinstance(module, Conv1D) else weight
 
 
 def module_label(name: str, roles: Dict[str, str]) -> tuple:

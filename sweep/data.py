@@ -1,8 +1,10 @@
 """GLUE data: the original TSV release read into a ``datasets.DatasetDict`` with the hub's schema
 (``nyu-mll/glue``), tokenised once per process, and batched by length.
 
-Schema (as on the hub): MRPC ``sentence1``, ``sentence2``, ``label``, ``idx``; CoLA ``sentence``,
-``label``, ``idx``; splits ``train``, ``validation``, ``test`` (test labels are -1).
+Schema (as on the hub): MRPC, RTE, STS-B ``sentence1``, ``sentence2``, ``label``, ``idx``; CoLA, SST-2
+``sentence``, ``label``, ``idx``; splits ``train``, ``validation``, ``test`` (test labels are -1). The
+label is a class id (``ClassLabel``; RTE's files spell the class names, 0 = entailment), or for STS-B
+the float similarity score (0–5).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ class TsvLayout:
 
 
 #: The original GLUE TSV release (see ../shared/data/glue/README.md): folder name, then per split the
-#: file name and its layout. MRPC files start with a UTF-8 BOM and hold `"` inside sentences, so they
-#: are read with quoting disabled.
+#: file name and its layout. MRPC files start with a UTF-8 BOM; MRPC, RTE and STS-B hold `"` inside
+#: sentences (Python's default quoting would merge rows), so every file is read with quoting disabled.
 GLUE_TSV: Dict[str, tuple] = {
     "mrpc": ("MRPC", {
         "train": ("train.tsv", TsvLayout(True, (3, 4), 0, 5)),
@@ -44,7 +46,37 @@ GLUE_TSV: Dict[str, tuple] = {
         "validation": ("dev.tsv", TsvLayout(False, (3,), 1, 4)),
         "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
     }),
+    "rte": ("RTE", {
+        "train": ("train.tsv", TsvLayout(True, (1, 2), 3, 4)),
+        "validation": ("dev.tsv", TsvLayout(True, (1, 2), 3, 4)),
+        "test": ("test.tsv", TsvLayout(True, (1, 2), None, 3)),
+    }),
+    "stsb": ("STS-B", {
+        "train": ("train.tsv", TsvLayout(True, (7, 8), 9, 10)),
+        "validation": ("dev.tsv", TsvLayout(True, (7, 8), 9, 10)),
+        "test": ("test.tsv", TsvLayout(True, (7, 8), None, 9)),
+    }),
+    "sst2": ("SST-2", {
+        "train": ("train.tsv", TsvLayout(True, (0,), 1, 2)),
+        "validation": ("dev.tsv", TsvLayout(True, (0,), 1, 2)),
+        "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
+    }),
 }
+#: tasks whose label is a float score (regression), not a class
+SCORE_TASKS = ("stsb",)
+
+
+def _parse_label(value: str, label_names: Sequence[str], score: bool):
+    """A label as the file writes it -> the hub's value: a float score, or a class id from the id
+    itself (``0``, ``1``) or the class name (RTE's ``entailment``); None when it is neither."""
+    if score:
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    if value in label_names:
+        return list(label_names).index(value)
+    return int(value) if value.isdigit() and int(value) < len(label_names) else None
 
 
 def _task_dir(root: Path, task: str) -> Path:
@@ -60,17 +92,17 @@ def _task_dir(root: Path, task: str) -> Path:
     )
 
 
-def _read_tsv(path: Path, layout: TsvLayout) -> tuple:
+def _read_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score: bool) -> tuple:
     try:
-        return _parse_tsv(path, layout)
+        return _parse_tsv(path, layout, label_names, score)
     except UnicodeDecodeError as e:
         raise UserError(f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original "
                         "GLUE TSV files") from None
 
 
-def _parse_tsv(path: Path, layout: TsvLayout) -> tuple:
+def _parse_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score: bool) -> tuple:
     texts: List[List[str]] = [[] for _ in layout.text_columns]
-    labels: List[int] = []
+    labels: list = []
     with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         for lineno, row in enumerate(rows, start=1):
@@ -83,10 +115,12 @@ def _parse_tsv(path: Path, layout: TsvLayout) -> tuple:
                 )
             for out, col in zip(texts, layout.text_columns):
                 out.append(row[col])
-            label = -1 if layout.label_column is None else row[layout.label_column]
-            if label not in (-1, "0", "1"):
-                raise UserError(f"malformed GLUE file {path}, line {lineno}: label {label!r}, expected 0 or 1")
-            labels.append(int(label))
+            label = -1 if layout.label_column is None else _parse_label(row[layout.label_column], label_names, score)
+            if label is None:
+                expected = "a number" if score else " or ".join([*map(str, range(len(label_names))), *label_names])
+                raise UserError(f"malformed GLUE file {path}, line {lineno}: label {row[layout.label_column]!r}, "
+                                f"expected {expected}")
+            labels.append(label)
     return texts, labels
 
 
@@ -94,14 +128,15 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     """Load a GLUE task as a ``DatasetDict`` with the hub's schema.
 
     Args:
-        task: ``mrpc`` or ``cola`` for local files; any ``nyu-mll/glue`` config from the hub.
+        task: ``mrpc``, ``cola``, ``rte``, ``stsb`` or ``sst2`` for local files; any ``nyu-mll/glue`` config
+            from the hub.
         data_dir: a local GLUE TSV directory (the GLUE root or the task's own folder); None loads
             ``nyu-mll/glue`` from the hub.
         text_fields, label_names: the column names and class names of the task config.
 
     Returns:
         ``DatasetDict`` with splits train / validation (/ test when the file exists), columns
-        ``text_fields`` + ``label`` (``ClassLabel``) + ``idx`` (int32, row number).
+        ``text_fields`` + ``label`` (``ClassLabel``; STS-B: float32 score) + ``idx`` (int32, row number).
 
     Raises:
         UserError: missing folder or files (names the path and the files expected), a training or
@@ -120,9 +155,10 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     if not root.is_dir():
         raise UserError(f"data.dir {root} is not a directory; it should hold {GLUE_TSV[task][0]}/train.tsv, dev.tsv")
     task_dir = _task_dir(root, task)
+    score = task in SCORE_TASKS
     features = datasets.Features({
         **{name: datasets.Value("string") for name in text_fields},
-        "label": datasets.ClassLabel(names=list(label_names)),
+        "label": datasets.Value("float32") if score else datasets.ClassLabel(names=list(label_names)),
         "idx": datasets.Value("int32"),
     })
     splits = {}
@@ -133,7 +169,7 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
                 continue
             raise UserError(f"GLUE file {path} is missing; {task_dir} should hold "
                             f"{', '.join(f for f, _ in GLUE_TSV[task][1].values())}")
-        texts, labels = _read_tsv(path, layout)
+        texts, labels = _read_tsv(path, layout, label_names, score)
         if not labels and split != "test":
             raise UserError(f"GLUE file {path} holds no examples" + (" (only its header line)" if layout.header else "")
                             + f"; {task_dir} should hold the complete {split} split")
@@ -181,7 +217,8 @@ class Batches:
     batches, sorted by length inside), which cuts padding from about 1.5× to about 1.02× the real
     tokens on MRPC. Evaluation (``shuffle=False``) sorts by length.
 
-    Each batch is a dict of LongTensors of shape (batch, longest length in batch) plus ``labels`` (batch,).
+    Each batch is a dict of LongTensors of shape (batch, longest length in batch) plus ``labels`` (batch,):
+    class ids (int64), or float scores for regression (``regression`` is then True).
     """
 
     def __init__(self, split, batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int = 0,
@@ -189,10 +226,15 @@ class Batches:
         self.columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in split.column_names]
         # one tensor per example, made once: a batch is then a single pad_sequence, not a Python loop
         self.features = {c: [torch.tensor(x) for x in split[c]] for c in self.columns}
-        self.labels = torch.tensor(split["label"], dtype=torch.long)
+        self.labels = torch.tensor(split["label"])  # int64 class ids, or float32 scores
         self.lengths = list(split["length"])
         self.batch_size, self.pad_token_id = batch_size, pad_token_id
         self.shuffle, self.seed, self.group_by_length = shuffle, seed, group_by_length
+
+    @property
+    def regression(self) -> bool:
+        """Whether the labels are float scores (STS-B) rather than class ids."""
+        return self.labels.is_floating_point()
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)

@@ -46,13 +46,15 @@ def target_costs(cfg: Config) -> Dict[str, int]:
         UserError: a target set matches no module (lists the model's linear modules), a setting
             beyond the model's limits.
     """
+    from sweep.family import with_family
     from sweep.modeling import check_limits, load_base_model, load_tokenizer, lora_param_count
 
     base = load_base_model(cfg.model, cfg.task.label_names)
-    check_limits(base, load_tokenizer(cfg.model.name_or_path), cfg.model, target_sets=list(target_sets(cfg).values()),
+    model_cfg = with_family(cfg.model, base.config.model_type)
+    check_limits(base, load_tokenizer(cfg.model.name_or_path), model_cfg, target_sets=list(target_sets(cfg).values()),
                  r=max(cfg.sweep.ranks), r_key="sweep.ranks", max_length=cfg.data.max_length,
                  n_texts=len(cfg.task.text_fields))
-    return {key: lora_param_count(base, targets, cfg.model, 1) for key, targets in target_sets(cfg).items()}
+    return {key: lora_param_count(base, targets, model_cfg, 1) for key, targets in target_sets(cfg).items()}
 
 
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):

@@ -1,5 +1,9 @@
 """Base model and LoRA wiring: load the frozen model (embedded package, local directory or hub id),
-resolve target roles to module names, wrap with peft, count parameters.
+resolve target roles to module names (the roles of the checkpoint's family, ``sweep/family.py``), wrap
+with peft, count parameters.
+
+Adaptable modules are ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2), whose weight is stored
+in × out; peft adapts the latter with ``fan_in_fan_out=True``.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ import functools
 import importlib
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -66,16 +70,32 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
 
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name_or_path: str):
-    """The model's (fast) tokenizer, cached per process."""
+    """The model's (fast) tokenizer, cached per process. A decoder's tokenizer without a pad token
+    (GPT-2, LLaMA) pads with its end-of-sequence token, as is usual for sequence classification.
+
+    Raises:
+        UserError: the tokenizer has neither a pad nor an end-of-sequence token.
+    """
     from transformers import AutoTokenizer
 
     _quiet_transformers()
-    return _from_pretrained(AutoTokenizer, name_or_path)
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"the tokenizer of {name_or_path} has no pad token and no end-of-sequence token to "
+                            "pad with; give a model directory whose tokenizer defines pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_base_model(model_cfg: ModelConfig, label_names: Sequence[str]) -> nn.Module:
-    """``AutoModelForSequenceClassification`` with a new head of ``len(label_names)`` classes (its
-    initialisation draws from torch's global RNG: seed before calling)."""
+    """``AutoModelForSequenceClassification`` with a new head of ``len(label_names)`` outputs (its
+    initialisation draws from torch's global RNG: seed before calling). One label name means one
+    output, which transformers trains as regression (mean-squared error).
+
+    The model's ``pad_token_id`` is the tokenizer's, the id batches are padded with: decoder heads
+    (GPT-2, LLaMA) read the last position whose token is not the pad token, so the two must agree.
+    """
     from transformers import AutoModelForSequenceClassification
 
     _quiet_transformers()
@@ -83,7 +103,22 @@ def load_base_model(model_cfg: ModelConfig, label_names: Sequence[str]) -> nn.Mo
     return _from_pretrained(
         AutoModelForSequenceClassification, model_cfg.name_or_path, num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        pad_token_id=load_tokenizer(model_cfg.name_or_path).pad_token_id,
     )
+
+
+def local_model_path(name_or_path: str) -> str:
+    """Where ``model.name_or_path`` is loaded from: an absolute folder (a package's or a local one), or
+    the hub id unchanged."""
+    path = Path(resolve_model_path(name_or_path)).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def portable_base_id(model_cfg: ModelConfig) -> str:
+    """The base model as ``adapter_config.json`` should name it so that the adapter reloads on another
+    machine: ``model.hub_id`` when set (the embedded MiniLM: ``sentence-transformers/all-MiniLM-L6-v2``),
+    else ``local_model_path`` (a local folder, or the hub id)."""
+    return model_cfg.hub_id or local_model_path(model_cfg.name_or_path)
 
 
 def _in_head(name: str, head: Sequence[str]) -> bool:
@@ -91,9 +126,25 @@ def _in_head(name: str, head: Sequence[str]) -> bool:
     return any(re.match(rf"(^|.*\.){re.escape(h)}($|\..*)", name) for h in head)
 
 
-def linear_modules(model: nn.Module, head: Sequence[str]) -> Dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of ``model`` outside the head modules, by full module name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _in_head(n, head)}
+def _adaptable_types() -> tuple:
+    from transformers.pytorch_utils import Conv1D
+
+    return nn.Linear, Conv1D
+
+
+def matrix_dims(module: nn.Module) -> Tuple[int, int]:
+    """(d_in, d_out) of the matrix of an ``nn.Linear`` (weight out × in) or a transformers ``Conv1D``
+    (weight in × out, GPT-2)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    d_in, d_out = module.weight.shape
+    return d_in, d_out
+
+
+def linear_modules(model: nn.Module, head: Sequence[str]) -> Dict[str, nn.Module]:
+    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` outside the head modules, by full module name."""
+    kinds = _adaptable_types()
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and not _in_head(n, head)}
 
 
 def describe_modules(names: Sequence[str]) -> str:
@@ -114,15 +165,22 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
 
     An entry is a role of ``model.roles`` (regex full match), ``all-linear`` (every linear module
     outside the head), or a raw module name / regex (a name matches itself or as a dotted suffix, as
-    in peft; a regex must fully match).
+    in peft; a regex must fully match). ``model_cfg`` has its family applied (``with_family``).
 
     Raises:
-        UserError: an entry matches no linear module; the message lists the roles and the model's
-            linear module names.
+        UserError: an entry matches no linear module (the message lists the roles and the model's
+            linear module names), or names one matrix of a fused projection (GPT-2's ``q`` in
+            ``c_attn``: the message names the fused module and the role that adapts it).
     """
     linear = list(linear_modules(model, model_cfg.head))
     resolved = {}
     for t in targets:
+        fused = next((f for f, parts in model_cfg.fused.items() if t in parts and t not in model_cfg.roles), None)
+        if fused is not None:
+            modules = describe_modules([n for n in linear if re.fullmatch(model_cfg.roles[fused], n)])
+            raise UserError(f"lora target '{t}' is one of the matrices {','.join(model_cfg.fused[fused])} that model "
+                            f"'{model_cfg.name}' ({model_cfg.family}) fuses in one module, {modules}; LoRA adapts "
+                            f"a module whole: use role '{fused}', which adapts all of it")
         if t == ALL_LINEAR:
             names = linear
         elif t in model_cfg.roles:
@@ -152,7 +210,7 @@ def lora_param_count(model: nn.Module, targets: Sequence[str], model_cfg: ModelC
     §4.1: B is d×r, A is r×k). No peft involved: the sweep uses it to order target sets by cost."""
     names = target_module_names(model, targets, model_cfg)
     mods = dict(model.named_modules())
-    return sum(r * (mods[n].in_features + mods[n].out_features) for n in names)
+    return sum(r * sum(matrix_dims(mods[n])) for n in names)
 
 
 def check_limits(model: nn.Module, tokenizer, model_cfg: ModelConfig, *, target_sets: Sequence[Sequence[str]],
@@ -182,7 +240,7 @@ def check_limits(model: nn.Module, tokenizer, model_cfg: ModelConfig, *, target_
     mods = dict(model.named_modules())
     for targets in target_sets:
         names = target_module_names(model, targets, model_cfg)
-        limit = min(min(mods[n].in_features, mods[n].out_features) for n in names)
+        limit = min(min(matrix_dims(mods[n])) for n in names)
         if r > limit:
             raise UserError(f"{r_key} holds r={r}, above the rank min(d, k)={limit} of the matrices that "
                             f"{','.join(targets)} adapts in model '{model_cfg.name}'; give r ≤ {limit}")
@@ -193,19 +251,34 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
     with the adapter (``modules_to_save``). A is drawn at random (kaiming-uniform, peft's default,
     as in Microsoft's loralib) and B is zero, so the wrapped model computes exactly the base model
     until the first step (LoRA, Hu et al. 2021, §4.1). Scaling: alpha/r, or alpha/sqrt(r) for rslora.
+    ``Conv1D`` targets (GPT-2) get ``fan_in_fan_out=True``. The adapter records ``portable_base_id``
+    as its base model. ``model_cfg`` has its family applied (``with_family``).
+
+    Raises:
+        UserError: the head names no module, or the targets mix ``Conv1D`` and ``nn.Linear`` modules
+            (peft's ``fan_in_fan_out`` is one setting for all of them).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
     names = target_module_names(model, lora.targets, model_cfg)
+    mods = dict(model.named_modules())
+    transposed = {n for n in names if not isinstance(mods[n], nn.Linear)}
+    if transposed and len(transposed) < len(names):
+        raise UserError(f"lora.targets={list(lora.targets)} mixes Conv1D modules ({describe_modules(sorted(transposed))}) "
+                        "with nn.Linear ones; adapt one kind per trial")
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS, r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=names, use_rslora=lora.scaling == "rslora", modules_to_save=list(model_cfg.head),
+        fan_in_fan_out=bool(transposed),
     )
     missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]
     if missing:
         raise UserError(f"model.head {missing} names no module of model '{model_cfg.name}'; "
                         f"top-level modules: {', '.join(n for n, _ in model.named_children())}")
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    # peft records the folder the weights were loaded from (inside .venv for the embedded model)
+    peft_model.peft_config["default"].base_model_name_or_path = portable_base_id(model_cfg)
+    return peft_model
 
 
 def set_backbone_dropout(model: nn.Module, p: float, head: Sequence[str]) -> int:

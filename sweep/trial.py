@@ -29,10 +29,11 @@ from omegaconf import OmegaConf
 from sweep.cli import compose, glue_dir, results_root, run_cli
 from sweep.config import Config
 from sweep.data import Batches, take, tokenized_glue
+from sweep.family import with_family
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
-from sweep.modeling import (apply_lora, check_limits, load_base_model, load_tokenizer, parameter_counts, set_backbone_dropout,
-                            trainable_state)
+from sweep.modeling import (apply_lora, check_limits, load_base_model, load_tokenizer, local_model_path,
+                            parameter_counts, portable_base_id, set_backbone_dropout, trainable_state)
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
 CHECKPOINT = "checkpoint.pt"
@@ -60,15 +61,17 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
-    """Predicted class ids of every example of the split, in the split's order (shape (N,))."""
+    """Predictions for every example of the split, in the split's order (shape (N,)): class ids
+    (int64), or for regression (float labels) the predicted scores (float32)."""
     model.eval()
-    preds = np.empty(len(batches.lengths), dtype=np.int64)
+    preds = np.empty(len(batches.lengths), dtype=np.float32 if batches.regression else np.int64)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
         for batch in batches.epoch():
             index = batch.pop("index")
             batch.pop("labels")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            preds[index.numpy()] = logits.argmax(-1).cpu().numpy()
+            out = logits.float().squeeze(-1) if batches.regression else logits.argmax(-1)
+            preds[index.numpy()] = out.cpu().numpy()
     return preds
 
 
@@ -105,13 +108,14 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
     # model: the seed fixes the new head and the random A matrices
     torch.manual_seed(cfg.train.seed)
     base = load_base_model(cfg.model, cfg.task.label_names)
+    model_cfg = with_family(cfg.model, base.config.model_type)  # role map and head of the checkpoint's family
     base_total = sum(p.numel() for p in base.parameters())
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    check_limits(base, tokenizer, cfg.model, target_sets=[cfg.lora.targets], r=cfg.lora.r, r_key="lora.r",
+    check_limits(base, tokenizer, model_cfg, target_sets=[cfg.lora.targets], r=cfg.lora.r, r_key="lora.r",
                  max_length=cfg.data.max_length, n_texts=len(cfg.task.text_fields))
     if cfg.train.backbone_dropout is not None:
-        set_backbone_dropout(base, cfg.train.backbone_dropout, cfg.model.head)
-    model = apply_lora(base, cfg.lora, cfg.model).to(device)
+        set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
+    model = apply_lora(base, cfg.lora, model_cfg).to(device)
     counts = parameter_counts(model, base_total)
     # data: tokenised once per process (cached), then cut to the requested sizes
     data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
@@ -205,11 +209,12 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
         if state["epoch"] < cfg.train.epochs:
             _save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config_text, device)
 
-    metrics = _metrics_record(cfg, counts, state, device, precision, train_split, val_labels)
+    metrics = _metrics_record(cfg, model_cfg, counts, state, device, precision, train_split, val_labels)
     if state["best_state"] is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(state["best_state"], strict=False)
-        model.save_pretrained(str(run_dir / "adapter"))
+        # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
+        model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
         np.save(run_dir / "val_predictions.npy", state["best_preds"])
     _atomic_json(run_dir / "metrics.json", metrics)
     ckpt_path.unlink(missing_ok=True)
@@ -232,17 +237,23 @@ def _scaling_factor(cfg: Config) -> float:
 
 
 def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[str, float]:
-    """GLUE metrics of always predicting the training split's majority class (MRPC: accuracy 0.684)."""
-    majority = int(np.bincount(np.asarray(train_split["label"])).argmax())
-    return compute_metrics(cfg.task.metrics, np.full_like(val_labels, majority), val_labels)
+    """GLUE metrics of always predicting the training split's majority class (MRPC: accuracy 0.684), or
+    for regression its mean score (correlations of a constant are 0)."""
+    train_labels = np.asarray(train_split["label"])
+    constant = train_labels.mean() if cfg.task.regression else np.bincount(train_labels).argmax()
+    return compute_metrics(cfg.task.metrics, np.full(len(val_labels), constant, dtype=val_labels.dtype), val_labels)
 
 
-def _metrics_record(cfg: Config, counts: dict, state: dict, device, precision: str, train_split,
+def _metrics_record(cfg: Config, model_cfg, counts: dict, state: dict, device, precision: str, train_split,
                     val_labels) -> dict:
     best = state["best"] or {}
     epochs_run = len(state["history"])
     return {
         "task": cfg.task.name, "model": cfg.model.name, "model_name_or_path": cfg.model.name_or_path,
+        # the exact weights used here, and the id the adapter names as its base (reloadable elsewhere)
+        "model_path": local_model_path(cfg.model.name_or_path), "base_model_name_or_path": portable_base_id(cfg.model),
+        "family": model_cfg.family, "roles": dict(model_cfg.roles), "head": list(model_cfg.head),
+        "pad_token_id": load_tokenizer(cfg.model.name_or_path).pad_token_id,
         "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
         "scaling": cfg.lora.scaling, "scaling_factor": _scaling_factor(cfg),
         "targets": list(cfg.lora.targets), "seed": cfg.train.seed,

@@ -82,7 +82,7 @@ REFUSED = [
     # row 6: a comma list without brackets, and other multirun syntax
     ("trial", ["lora.targets=q,v"], "for a list write lora.targets=[q,v] (in a shell, quote the whole override: "
                                     "'lora.targets=[q,v]')"),
-    ("sweep", ["task=mrpc,cola"], "it asks for several runs, and a command makes one; give a single value (valid: cola, mrpc)"),
+    ("sweep", ["task=mrpc,cola"], "it asks for several runs, and a command makes one; give a single value (valid: cola, mrpc, rte, sst2, stsb)"),
     # row 3's other side: a quoted string is one target, so 'q,v' is one (non-matching) name, with the fix
     ("trial", ["lora.targets='q,v'"], "lora target 'q,v' matches no linear module of model 'minilm' (several targets "
                                       "are a list: [q,v])"),
@@ -139,6 +139,7 @@ def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, 
 def test_a_single_string_target_is_one_regex_like_the_list(tiny):
     """Row 3: the comma of {1,2} belongs to the regex. It matches the six Wq of MiniLM (384×384), so
     at r=1 LoRA adds 6 · 1 · (384 + 384) = 4,608 parameters either way."""
+    from sweep.family import with_family
     from sweep.modeling import load_base_model, lora_param_count
 
     regex = r".*layer\.[0-9]{1,2}\.attention\.self\.query"
@@ -146,7 +147,8 @@ def test_a_single_string_target_is_one_regex_like_the_list(tiny):
     as_list, _ = compose([*tiny, f"lora.targets=['{regex}']"])
     assert as_string.lora.targets == as_list.lora.targets == [regex]
     base = load_base_model(as_string.model, as_string.task.label_names)
-    assert lora_param_count(base, as_string.lora.targets, as_string.model, 1) == 6 * (384 + 384)
+    model_cfg = with_family(as_string.model, base.config.model_type)
+    assert lora_param_count(base, as_string.lora.targets, model_cfg, 1) == 6 * (384 + 384)
 
 
 def test_a_crash_is_no_measurement_in_any_decision():

@@ -9,11 +9,14 @@ from sweep.trial import main as trial_main
 CASES = [
     (["lora.rnak=16"], "unknown config key 'lora.rnak' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha"),
     (["lora.r=0"], "lora.r=0 is invalid: it must be a positive integer"),
-    (["task=foo"], "unknown task 'foo'; valid: cola, mrpc"),
+    (["task=foo"], "unknown task 'foo'; valid: cola, mrpc, rte, sst2, stsb"),
     (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
     (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
     (["data.dir=/no/such/dir"], "data.dir /no/such/dir is not a directory"),
     (["model=roberta-base"], "model 'roberta-base' is not in the local Hugging Face cache and the hub cannot be reached"),
+    (["model=gpt2"], "model 'gpt2' is not in the local Hugging Face cache and the hub cannot be reached"),
+    (["model=smollm2-135m"], "model 'HuggingFaceTB/SmolLM2-135M' is not in the local Hugging Face cache"),
+    (["task.problem_type=regression"], "task.metrics='accuracy' is invalid: valid values are pearson, spearman"),
     (["data.dir=null"], "GLUE mrpc (nyu-mll/glue) is not in the local Hugging Face cache and the hub cannot be reached"),
     (["lora.r=abc"], "invalid value for 'lora.r': Value 'abc' of type 'str' could not be converted to Integer; "
                      "lora.r takes an integer"),

@@ -7,11 +7,17 @@ from sweep.data import Batches, load_glue, tokenized_glue
 
 MRPC = ("mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"])
 COLA = ("cola", ["sentence"], ["unacceptable", "acceptable"])
+RTE = ("rte", ["sentence1", "sentence2"], ["entailment", "not_entailment"])
+SST2 = ("sst2", ["sentence"], ["negative", "positive"])
+STSB = ("stsb", ["sentence1", "sentence2"], ["score"])
 
 
 @pytest.mark.parametrize("task, sizes, positives", [
     (MRPC, {"train": 3668, "validation": 408, "test": 1725}, {"train": 2474, "validation": 279}),
     (COLA, {"train": 8551, "validation": 1043, "test": 1063}, {"train": 6023, "validation": 721}),
+    # RTE: label 1 = not_entailment (1241 of 2490 train, 131 of 277 validation in the README)
+    (RTE, {"train": 2490, "validation": 277, "test": 3000}, {"train": 1241, "validation": 131}),
+    (SST2, {"train": 67349, "validation": 872, "test": 1821}, {"train": 37569, "validation": 444}),
 ])
 def test_split_sizes_labels_and_schema(glue_dir, task, sizes, positives):
     name, fields, labels = task
@@ -25,6 +31,30 @@ def test_split_sizes_labels_and_schema(glue_dir, task, sizes, positives):
         assert not any("\ufeff" in c for c in split.column_names)
         assert split.features["label"].names == labels
         assert split["idx"][:3] == [0, 1, 2]
+
+
+def test_stsb_scores_are_floats_with_the_readme_means(glue_dir):
+    ds = load_glue(*STSB[:1], str(glue_dir), *STSB[1:])
+    assert {k: len(v) for k, v in ds.items()} == {"train": 5749, "validation": 1500, "test": 1379}
+    assert ds["train"].features["label"].dtype == "float32" and set(ds["test"]["label"]) == {-1}
+    for split, mean in (("train", 2.70), ("validation", 2.36)):
+        scores = ds[split]["label"]
+        assert min(scores) >= 0 and max(scores) <= 5 and sum(scores) / len(scores) == pytest.approx(mean, abs=0.005)
+
+
+@pytest.mark.parametrize("folder, task, text_columns, label_column", [
+    ("RTE", RTE, (1, 2), 3), ("STS-B", STSB, (7, 8), 9), ("SST-2", SST2, (0,), 1)])
+def test_every_row_matches_the_raw_file(glue_dir, folder, task, text_columns, label_column):
+    # plain string splitting, no csv module: the rows holding `"` must come back whole, and none merged
+    for split, filename in (("train", "train.tsv"), ("validation", "dev.tsv")):
+        rows = [line.split("\t") for line in (glue_dir / folder / filename).read_text(encoding="utf-8").splitlines()[1:]]
+        ds = load_glue(task[0], str(glue_dir), *task[1:])[split]
+        assert len(ds) == len(rows)
+        for name, col in zip(task[1], text_columns):
+            assert ds[name] == [r[col] for r in rows]
+        raw = [r[label_column] for r in rows]
+        expected = [float(x) for x in raw] if task is STSB else [task[2].index(x) if x in task[2] else int(x) for x in raw]
+        assert ds["label"] == pytest.approx(expected)
 
 
 def test_quotes_come_back_unchanged(glue_dir):

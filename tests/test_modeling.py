@@ -7,6 +7,7 @@ import torch
 
 from sweep.cli import UserError, compose
 from sweep.config import LoraSettings
+from sweep.family import with_family
 from sweep.modeling import apply_lora, load_base_model, lora_param_count, parameter_counts, resolve_targets
 
 HEAD = 384 * 384 + 384 + 384 * 2 + 2  # BERT pooler (dense 384→384) + classifier (384→2)
@@ -23,13 +24,21 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def cfg():
-    return compose([])[0]
+    cfg = compose([])[0]
+    cfg.model = with_family(cfg.model, "bert")  # MiniLM's config.json says model_type bert
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def base(cfg):
     torch.manual_seed(0)
     return load_base_model(cfg.model, cfg.task.label_names)
+
+
+def test_the_family_comes_from_the_checkpoint(base):
+    model_cfg = with_family(compose([])[0].model, base.config.model_type)
+    assert model_cfg.family == "bert" and model_cfg.head == ["pooler", "classifier"]
+    assert model_cfg.roles["q"] == r"(.*\.)?attention\.self\.query"
 
 
 @pytest.mark.parametrize("r, targets, expected", CASES)

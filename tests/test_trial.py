@@ -51,7 +51,11 @@ def test_metrics_json_holds_what_was_promised(tiny):
     assert m["majority_baseline"]["accuracy"] == pytest.approx(sum(_val_labels(cfg)) / 32)
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.lora.r == 8 and saved.lora.targets == ["q", "v"] and saved.data.max_train_samples == 64
-    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    # the adapter names the hub id the embedded weights mirror; metrics.json keeps the exact folder
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == m["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert os.path.isabs(m["model_path"]) and os.path.isfile(os.path.join(m["model_path"], "config.json"))
+    assert m["family"] == "bert" and m["head"] == ["pooler", "classifier"]
     assert not (run_dir / CHECKPOINT).exists()
 
 
@@ -131,3 +135,15 @@ def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["epochs"] == reference["epochs"]  # bit-identical continuation
     assert resumed["train_flops"] == reference["train_flops"]
+
+
+def test_stsb_trains_a_regressor(tiny):
+    cfg, run_dir, m = trial(tiny + ["task=stsb"])
+    preds = np.load(run_dir / "val_predictions.npy")
+    labels = np.asarray(_val_labels(cfg), dtype=float)
+    assert preds.dtype == np.float32 and preds.shape == labels.shape and np.ptp(preds) > 0
+    assert m["status"] == "ok" and set(m["best"]) == {"pearson", "spearman"} and m["objective"] == "pearson"
+    # Pearson's r by a second method: numpy's correlation matrix of the saved predictions
+    assert m["best"]["pearson"] == pytest.approx(np.corrcoef(preds, labels)[0, 1], abs=1e-5)
+    assert m["majority_baseline"] == {"pearson": 0.0, "spearman": 0.0}  # a constant (the training mean)
+    assert m["head_params"] == 384 * 384 + 384 + 384 * 1 + 1  # pooler + a single-output regressor
