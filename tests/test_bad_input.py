@@ -87,7 +87,8 @@ REFUSED = [
     ("trial", ["lora.targets='q,v'"], "lora target 'q,v' matches no linear module of model 'minilm' (several targets "
                                       "are a list: [q,v])"),
     # row 9: the type a key really takes, with an example
-    ("sweep", ["sweep.seeds=1"], "sweep.seeds takes a list of integers, e.g. sweep.seeds=[0,1]"),
+    ("sweep", ["sweep.seeds=1"], "invalid value for 'sweep.seeds': 1 is not a list; sweep.seeds takes a list of integers, "
+                                 "e.g. sweep.seeds=[0,1]"),
     ("trial", ["train.group_by_length=maybe"], "train.group_by_length takes true or false, e.g. train.group_by_length=true"),
     # names that become folders: never a path outside the results folder
     ("sweep", ["sweep.name=.."], "sweep.name='..' is invalid: it names a folder"),
