@@ -238,7 +238,14 @@ class SweepSettings:
             validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
             rank × target set × seed, as the baseline).
         name: the sweep's name; results go to ``results/<task>/<name>/``.
-        storage: Optuna storage URL; null means SQLite at ``results/<task>/<name>/study.db``.
+        storage: Optuna storage URL; null means SQLite at ``results/<task>/<name>/study.db`` (one process
+            at a time). A database server (``postgresql://user@host:port/db``, run with the psycopg 3
+            driver) lets any number of workers share the sweep (``python -m sweep.worker``).
+        heartbeat_interval: seconds between two heartbeats of a worker's running trial in a database
+            server's study (Optuna's ``RDBStorage(heartbeat_interval=…)``); idle workers look for work
+            as often. Unused with SQLite.
+        grace_period: seconds without a heartbeat after which a running trial counts as stopped (its
+            worker died) and another worker takes it over from its last epoch checkpoint.
         ranks: ranks to try, increasing (the grid's r axis).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
@@ -258,6 +265,8 @@ class SweepSettings:
     mode: str = "progressive"
     name: str = "default"
     storage: Optional[str] = None
+    heartbeat_interval: int = 30
+    grace_period: int = 120
     ranks: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     start_targets: Any = field(default_factory=lambda: ["q", "v"])
     target_sets: List[Any] = field(default_factory=lambda: [["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], ALL_LINEAR])
@@ -287,6 +296,11 @@ class SweepSettings:
         if self.min_delta < 0 or self.noise_z < 0:
             raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be >= 0")
         _check_positive("sweep.patience", self.patience, integer=True)
+        _check_positive("sweep.heartbeat_interval", self.heartbeat_interval, integer=True)
+        _check_positive("sweep.grace_period", self.grace_period, integer=True)
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period={self.grace_period} is invalid: it must exceed "
+                             f"sweep.heartbeat_interval={self.heartbeat_interval} (a live worker beats within it)")
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)

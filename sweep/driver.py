@@ -7,26 +7,30 @@
 Re-running the same command resumes: finished trials are read from the study, a trial that was
 running when its process died continues from its last completed epoch, and the decisions are
 replayed from the history, so the sweep goes on exactly where it stopped. At the end the reports of
-``analysis/`` are written and the recommendation is printed.
+``analysis/`` are written and the recommendation is printed. With ``sweep.storage`` on a database
+server the same loop is one worker among many (``python -m sweep.worker``, see ``sweep/claims.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Set
 
 from omegaconf import OmegaConf
 
 from analysis.report import write_reports
+from sweep import claims
 from sweep.cli import UserError, compose, glue_dir, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
-from sweep.trial import run_trial, trial_name
+from sweep.trial import CHECKPOINT, run_trial, trial_name
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
@@ -60,8 +64,11 @@ def _run_dir(cfg: Config, tcfg: Config) -> Path:
     return sweep_dir(cfg) / "trials" / trial_name(tcfg)
 
 
-def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
-    """Run (or resume, or read back) one trial and tell the study its result."""
+def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool, log,
+             reported: Set[int] = frozenset()) -> dict:
+    """Run (or resume, or read back) one trial, report each epoch's validation objective as an
+    intermediate value (``reported``: epochs the trial already has), and tell the study its result."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
@@ -69,36 +76,58 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
     metrics_file = run_dir / "metrics.json"
     same_config = (run_dir / "config.yaml").is_file() and \
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
+    done = set(reported)
+
+    def report(record: dict) -> None:
+        if record["epoch"] not in done:
+            done.add(record["epoch"])
+            try:
+                trial.report(record[cfg.task.objective], record["epoch"])
+            except UpdateFinishedTrialError:  # taken over by another worker: said below, at the tell
+                pass
+
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
     else:
+        if (run_dir / CHECKPOINT).is_file():
+            log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
+                f"checkpoint in {run_dir}")
         try:
-            m = run_trial(tcfg, tresolved, run_dir, progress=progress)
+            m = run_trial(tcfg, tresolved, run_dir, progress=progress, on_epoch=report)
         except UserError:
             raise
         except Exception as e:  # a crash of one trial is recorded; the sweep goes on
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.log").write_text(traceback.format_exc())
             m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    for key in RESULT_ATTRS:
-        if key in m:
-            trial.set_user_attr(key, m[key])
-    if m["status"] == "ok" and m.get("objective_value") is not None:
-        study.tell(trial, m["objective_value"])
-    else:
-        study.tell(trial, state=TrialState.FAIL)
+    for record in m.get("epochs") or []:  # epochs trained before an interruption
+        report(record)
+    try:
+        for key in RESULT_ATTRS:
+            if key in m:
+                trial.set_user_attr(key, m[key])
+        if m["status"] == "ok" and m.get("objective_value") is not None:
+            study.tell(trial, m["objective_value"])
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:  # our heartbeats stopped long enough for another worker to take over
+        return {"status": "abandoned", "reason": f"no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
+                                                 "so another worker took the trial over"}
     return m
+
+
+def _attrs(cfg: Config, spec: TrialSpec, targets: List[str]) -> dict:
+    """The user attributes that store a trial's configuration, ``spec`` first."""
+    tcfg, _ = trial_config(cfg, spec, targets)
+    return {"spec": dataclasses.asdict(spec), "targets": list(targets), "targets_key": spec.targets,
+            "stage": spec.stage, "run_dir": str(_run_dir(cfg, tcfg))}
 
 
 def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     """Store the configuration on a new trial: the ``spec`` attribute first (one write), so a trial
     whose process dies at any point can be completed or adopted on resume, never left ambiguous."""
-    tcfg, _ = trial_config(cfg, spec, targets)
-    trial.set_user_attr("spec", dataclasses.asdict(spec))
-    trial.set_user_attr("targets", list(targets))
-    trial.set_user_attr("targets_key", spec.targets)
-    trial.set_user_attr("stage", spec.stage)
-    trial.set_user_attr("run_dir", str(_run_dir(cfg, tcfg)))
+    for key, value in _attrs(cfg, spec, targets).items():
+        trial.set_user_attr(key, value)
     trial.suggest_int("r", spec.r, spec.r, log=True)
     trial.suggest_int("seed", spec.seed, spec.seed)
 
@@ -115,13 +144,16 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
     ``overrides`` (the command line) are stored so that the report can show commands that continue it.
 
+    On SQLite this is the only process on the sweep (``sweep.lock``). On a database server it is one
+    worker among any number: it claims runnable trials (``sweep/claims.py``), waits while every
+    runnable trial is held by another worker, and returns once the sweep is over.
+
     Returns the final ``Plan`` (decisions, recommendation, stop reason).
 
     Raises:
-        UserError: incompatible resume, another driver on the same sweep, a target set that matches
+        UserError: incompatible resume, another process on a SQLite sweep, a target set that matches
             no module, missing data; all before the study is changed.
     """
-    import optuna
     from optuna.trial import TrialState
 
     sdir = sweep_dir(cfg)
@@ -130,27 +162,18 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     costs = target_costs(cfg)
     tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
                    cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
-    with sweep_lock(sdir):
+    shared = claims.is_shared(storage_url(cfg))
+    with nullcontext() if shared else sweep_lock(sdir):
         study = open_study(cfg, resolved)
         study.set_user_attr("command_overrides", list(overrides))
+        sdir.mkdir(parents=True, exist_ok=True)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
-        # a trial still RUNNING holds no lock any more: its process died. One that knows its
-        # configuration is finished first (from its last epoch checkpoint); one that died before
-        # storing it is adopted by the next trial the plan asks for, so no empty record is left.
-        blank = []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.trial.Trial(study, t._trial_id)
-            if "spec" not in t.user_attrs:
-                blank.append(trial)
-                continue
-            spec = TrialSpec(**t.user_attrs["spec"])
-            _start(trial, spec, t.user_attrs["targets"], cfg)
-            log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
-            m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress)
-            log(_trial_line(t.number, spec, m, cfg.task.objective))
+        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
+            + (f", worker {claims.worker_id()}" if shared else ""))
+        blank = [] if shared else _resume_orphans(study, cfg, progress, log)
         printed = 0
         while True:
+            claims.fail_stale_trials(study)  # trials of dead workers become runnable again
             p = plan(cfg.sweep, outcomes(study), costs)
             for d in p.decisions[printed:]:
                 log("decision " + d.line())
@@ -158,15 +181,46 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
             if p.next is None:
                 break
-            trial = blank.pop(0) if blank else study.ask()
-            _start(trial, p.next, sets[p.next.targets], cfg)
-            m = _execute(study, trial, p.next, sets[p.next.targets], cfg, progress)
-            log(_trial_line(trial.number, p.next, m, cfg.task.objective))
+            if shared:
+                got = claims.claim_runnable(study, p.runnable, lambda s: _attrs(cfg, s, sets[s.targets]))
+                if got is None:  # every runnable trial is held by another worker
+                    time.sleep(cfg.sweep.heartbeat_interval)
+                    continue
+                trial, spec = got
+            else:
+                spec = p.next
+                trial = blank.pop(0) if blank else study.ask()
+                _start(trial, spec, sets[spec.targets], cfg)
+            with claims.heartbeat(trial):
+                m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
+            log(_trial_line(trial.number, spec, m, cfg.task.objective))
         for trial in blank:  # only when the plan ended with blank trials left over
             study.tell(trial, state=TrialState.FAIL)
         study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
         study.set_user_attr("stop_reason", p.stop_reason)
     return p
+
+
+def _resume_orphans(study, cfg: Config, progress: bool, log) -> list:
+    """SQLite, under ``sweep.lock``: a trial still RUNNING holds no lock any more, its process died.
+    One that knows its configuration is finished first (from its last epoch checkpoint); one that died
+    before storing it is returned, to be adopted by the next trial the plan asks for, so no empty
+    record is left."""
+    import optuna
+    from optuna.trial import TrialState
+
+    blank = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.trial.Trial(study, t._trial_id)
+        if "spec" not in t.user_attrs:
+            blank.append(trial)
+            continue
+        spec = TrialSpec(**t.user_attrs["spec"])
+        _start(trial, spec, t.user_attrs["targets"], cfg)
+        log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
+        m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress, log, set(t.intermediate_values))
+        log(_trial_line(t.number, spec, m, cfg.task.objective))
+    return blank
 
 
 def main(args: List[str]) -> int:
@@ -179,12 +233,16 @@ def main(args: List[str]) -> int:
     except Exception as e:  # the results are safe in the study; `make report` can retry
         print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
               f"retry with `make report TASK={cfg.task.name}`")
+    print(recommendation_line(p, sdir))
+    return 0
+
+
+def recommendation_line(p: Plan, sdir: Path) -> str:
+    """The last line of a finished sweep: the recommendation (or why there is none) and where the results are."""
     if p.recommendation:
         r, t = p.recommendation
-        print(f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}")
-    else:
-        print(f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}")
-    return 0
+        return f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}"
+    return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ is, how a trial's configuration and results are stored and read back.
 Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
 ``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the trial's metrics
 (see ``RESULT_ATTRS``) with ``status`` and ``reason``. State COMPLETE (value = objective) for ``ok``
-trials, FAIL for ``diverged`` and ``failed`` ones. Study user attributes: ``fingerprint`` (the
-settings that give finished trials their meaning), ``settings`` (the sweep settings), ``task``,
-``model``, ``objective`` and ``decisions`` (every decision so far, with reasons and numbers).
+trials, FAIL for ``diverged`` and ``failed`` ones; FAIL without a ``status`` is an abandoned trial (its
+worker died, or stepped back from a claim, see ``sweep/claims.py``), not a result. The validation
+objective of each epoch is an intermediate value (step = epoch, for ``optuna-dashboard``). Study user
+attributes: ``fingerprint`` (the settings that give finished trials their meaning), ``settings`` (the
+sweep settings), ``task``, ``model``, ``objective`` and ``decisions`` (every decision so far, with
+reasons and numbers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Dict, Iterator, List
 
 from omegaconf import OmegaConf
 
+from sweep.claims import storage_for
 from sweep.cli import UserError, results_root
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
@@ -42,8 +46,10 @@ def sweep_dir(cfg: Config) -> Path:
 
 
 def storage_url(cfg: Config) -> str:
-    """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path)."""
-    return cfg.sweep.storage or f"sqlite:///{sweep_dir(cfg) / 'study.db'}"
+    """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path); a plain
+    ``postgresql://`` URL gets the psycopg 3 driver (``postgresql+psycopg://``)."""
+    url = cfg.sweep.storage or f"sqlite:///{sweep_dir(cfg) / 'study.db'}"
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
 
 
 def study_name(cfg: Config) -> str:
@@ -86,7 +92,8 @@ def sweep_lock(directory: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
-                            "or stop it, then re-run to resume") from None
+                            "or stop it, then re-run to resume; a SQLite study serves one process: for several "
+                            "workers put it on PostgreSQL (sweep.storage=postgresql://…)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -116,7 +123,8 @@ def open_study(cfg: Config, resolved):
     url, name = storage_url(cfg), study_name(cfg)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+    study = optuna.create_study(storage=storage_for(url, cfg.sweep), study_name=name, direction="maximize",
+                                load_if_exists=True)
     new = fingerprint(resolved)
     old = study.user_attrs.get("fingerprint")
     if old is None:
@@ -168,15 +176,16 @@ def settings_of(study) -> SweepSettings:
 
 
 def outcomes(study) -> List[Outcome]:
-    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs."""
+    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs;
+    abandoned trials (FAIL without a ``status``) are left out."""
     from optuna.trial import TrialState
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         a = t.user_attrs
-        if "targets_key" not in a or "r" not in t.params:
+        if "targets_key" not in a or "r" not in t.params or (t.state == TrialState.FAIL and "status" not in a):
             continue
-        status = a.get("status", "ok" if t.state == TrialState.COMPLETE else "failed")
+        status = a.get("status", "ok")
         out.append(Outcome(
             r=int(t.params["r"]), targets=a["targets_key"], seed=int(t.params["seed"]), status=status,
             objective=t.value if t.state == TrialState.COMPLETE else None,
