@@ -23,10 +23,11 @@ from sweep.pgserver import local_postgres, postgres_bin
 from sweep.study import outcomes, sweep_lock
 
 # two epochs (a worker can die between them, leaving a checkpoint), one thread per worker (per-epoch
-# losses are then bit-identical whichever process trains), heartbeats every second, stale after 3 s
+# losses are then bit-identical whichever process trains), heartbeats every second, stale after 6 s (a
+# margin for heartbeat threads that a busy machine schedules late)
 WORKER = ["debug=tiny", "sweep=grid", "train.epochs=2", "train.lr=5e-3", "data.max_train_samples=64",
           "data.max_eval_samples=32", "sweep.seeds=[0]", "sweep.target_sets=[[q,v],[q,k,v,o]]", "train.threads=1",
-          "sweep.heartbeat_interval=1", "sweep.grace_period=3"]
+          "sweep.heartbeat_interval=1", "sweep.grace_period=6"]
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +86,14 @@ def test_racing_claims_of_one_configuration_leave_exactly_one_holder(postgres):
 
 
 def test_a_trial_without_heartbeat_for_the_grace_period_is_abandoned(postgres):
-    study = load(postgres, "stale", interval=1, grace=3)
+    study = load(postgres, "stale", interval=1, grace=5)
     spec = TrialSpec(1, "q,v", 0, "grid")
-    trial = claims.claim(study, spec, attrs(spec))  # its first heartbeat is recorded, then none
+    trial = claims.claim(study, spec, attrs(spec))  # its first heartbeat is recorded
     with claims.heartbeat(trial):
-        time.sleep(3)
+        time.sleep(2)
     claims.fail_stale_trials(study)
     assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING  # it was beating all along
-    time.sleep(4)
+    time.sleep(6)  # then silent for longer than the grace period
     claims.fail_stale_trials(study)
     assert study.get_trials(deepcopy=False)[0].state == TrialState.FAIL
     assert outcomes(study) == []
@@ -128,12 +129,15 @@ def kill_a_worker_mid_trial(url: str, name: str, procs, timeout=600) -> int:
 
 def results(url: str, name: str):
     """(r, targets, seed, state, value, intermediate values, per-epoch records of metrics.json) of every trial
-    that holds a result, and the numbers of the abandoned ones."""
+    that holds a result, the numbers of the abandoned ones (their worker died) and the study's attributes.
+    Trials that stepped back from a claim (workers that started together) are left out."""
     study = optuna.load_study(study_name=name, storage=url)
     held, abandoned = [], []
     for t in study.get_trials():
         if "status" not in t.user_attrs:
-            abandoned.append(t.number)
+            assert t.state == TrialState.FAIL
+            if not t.user_attrs.get("reason", "").startswith("stepped back: trial "):
+                abandoned.append(t.number)
             continue
         epochs = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["epochs"]
         held.append((t.params["r"], t.user_attrs["targets_key"], t.params["seed"], t.state.name, t.value,
@@ -174,7 +178,7 @@ def test_three_workers_one_killed_equal_one_process(postgres, glue_dir, tmp_path
     codes = sorted(p.wait(timeout=600) for p in procs)
     logs = [(many / f"worker{i}.log").read_text() for i in range(3)]
     assert codes == [-signal.SIGKILL, 0, 0], logs
-    assert not any("lock" in log.lower() or "Traceback" in log for log in logs)
+    assert not any("locked" in log or "Traceback" in log for log in logs)  # no "database is locked", no crash
     held, abandoned, attrs_many = results(postgres, "ranksweep-mrpc-three")
     want, _, attrs_one = results(f"sqlite:///{one / 'mrpc' / 'three' / 'study.db'}", "ranksweep-mrpc-three")
     assert abandoned == [killed]
