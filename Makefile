@@ -16,7 +16,7 @@ export GLUE_DIR
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow trial sweep report subspace bench clean
+.PHONY: help install test test-slow trial sweep worker report subspace bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -42,13 +42,16 @@ trial: install ## one LoRA trial: make trial TASK=mrpc ARGS='lora.r=8 lora.targe
 sweep: install ## the rank sweep, resumable by re-running: make sweep TASK=mrpc [SWEEP=grid] [ARGS=...]
 	$(BIN)/python -m sweep task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
+worker: install ## one more worker on a PostgreSQL sweep: make worker TASK=mrpc [SWEEP=grid] ARGS='sweep.storage=postgresql://…'
+	$(BIN)/python -m sweep.worker task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
 report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 subspace: install ## adapter subspaces, is extra rank signal or noise (LoRA §7): make subspace TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis.subspace_report task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
-bench: install ## trial throughput against transformers.Trainer + peft: make bench
+bench: install ## trial throughput against transformers.Trainer + peft, then sweep throughput (1×2 vs 2×1 workers×threads)
 	$(BIN)/python -m bench $(ARGS)
 
 clean: ## remove .venv and caches (results/ is kept)

@@ -71,10 +71,13 @@ def _layout_attr(study, key: str):
 
 
 def _state(trial) -> str:
-    """complete, diverged or failed (FAIL, split by the stored status), pruned, running, waiting."""
+    """complete, diverged or failed (FAIL, split by the stored status), abandoned (FAIL without a status:
+    its worker died or stepped back, see ``sweep/claims.py``), pruned, running, waiting."""
     from optuna.trial import TrialState
 
     if trial.state == TrialState.FAIL:
+        if "status" not in trial.user_attrs and "targets_key" in trial.user_attrs:
+            return "abandoned"
         return "diverged" if trial.user_attrs.get("status") == "diverged" else "failed"
     return trial.state.name.lower()
 
@@ -82,7 +85,7 @@ def _state(trial) -> str:
 def trials_frame(study) -> pd.DataFrame:
     """One row per trial of ``study``, in trial-number order.
 
-    Columns: ``number``; ``state`` (complete, diverged, failed, pruned, running); ``status`` (the stored
+    Columns: ``number``; ``state`` (complete, diverged, failed, abandoned, pruned, running); ``status`` (the stored
     ``ok``/``diverged``/``failed``; ``failed`` for a FAIL trial without one, ``ok`` for a COMPLETE one,
     empty while running); ``stage``; ``r``; ``targets`` (``targets_key`` such as ``q,v``); ``seed``;
     ``lora_alpha``; ``scaling``; ``lora_params``, ``head_params``, ``trainable_params``, ``total_params`` (counts);

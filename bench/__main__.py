@@ -3,6 +3,7 @@
     python -m bench                      # make bench: MRPC, embedded MiniLM, r=8 on q,v, 115 steps
     python -m bench --steps 30           # a quicker look
     python -m bench --steps 115 train.batch_size=16
+    python -m bench --only sweep         # only the sweep-throughput line (bench/sweep_throughput.py)
 
 Both runs train r=8 LoRA on Wq, Wv (and the head) of the embedded model, from the same seed, with the
 same batch size, learning rate, warm-up and decay, for the same number of optimisation steps over the
@@ -16,7 +17,9 @@ For each it prints training examples/s, real (non-padding) tokens/s, executed tr
 GFLOP/s, the fraction of this machine's matrix-multiply peak (a large ``torch.matmul`` timed in the same
 run, fp32 and, where the CPU computes it natively, bf16), peak memory, and validation accuracy after
 the schedule (the full validation split, evaluated the same way for both). The last line is the ratio of
-our training examples/s to the baseline's. A table and a JSON record go to ``results/bench/``.
+our training examples/s to the baseline's. Then ``bench/sweep_throughput.py`` measures a small sweep's
+trials/hour with 1 worker × 2 threads and 2 workers × 1 thread. A table and a JSON record go to
+``results/bench/``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from bench.sweep_throughput import sweep_throughput
 from sweep.cli import compose, glue_dir, results_root, run_cli
 from sweep.data import Batches, take, tokenized_glue
 from sweep.flops import FlopModel
@@ -144,9 +148,30 @@ def ours(cfg, resolved, train_split, steps: int) -> Dict[str, float]:
 def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", add_help=False)
     parser.add_argument("--steps", type=int, default=115)
+    parser.add_argument("--only", choices=("trial", "sweep"), default=None)
     known, overrides = parser.parse_known_args(argv)
+    lines, record = [], {}
+    if known.only != "sweep":
+        trial_lines, record = trial_throughput(known.steps, overrides)
+        lines += trial_lines
+    if known.only != "trial":
+        sweep_lines, record["sweep_throughput"] = sweep_throughput(overrides)
+        print("\n".join(sweep_lines))
+        lines += sweep_lines
     cfg, _ = compose(["task=mrpc", *overrides])
-    n = known.steps * cfg.train.batch_size
+    out = results_root(cfg) / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"bench-{stamp}.txt").write_text("\n".join(lines) + "\n")
+    (out / f"bench-{stamp}.json").write_text(json.dumps({**record, "versions": library_versions()}, indent=2))
+    print(f"written to {out}/bench-{stamp}.txt and .json")
+    return 0
+
+
+def trial_throughput(n_steps: int, overrides: List[str]):
+    """Our trial loop against transformers.Trainer + peft; prints and returns the table's lines and a record."""
+    cfg, _ = compose(["task=mrpc", *overrides])
+    n = n_steps * cfg.train.batch_size
     # ours runs one epoch over exactly the examples the baseline sees
     cfg, resolved = compose(["task=mrpc", *overrides, "train.epochs=1", f"data.max_train_samples={n}"])
     device = resolve_device(cfg)
@@ -185,15 +210,8 @@ def main(argv: List[str]) -> int:
     lines.append(f"accuracy difference (ours - baseline): {100 * (us['accuracy'] - base['accuracy']):+.2f} points")
     lines.append(f"speed-up: ours / baseline training examples/s = {ratio:.2f}x")
     print("\n".join(lines))
-    out = results_root(cfg) / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"bench-{stamp}.txt").write_text("\n".join(lines) + "\n")
-    (out / f"bench-{stamp}.json").write_text(json.dumps(
-        {"runs": runs, "matmul_peak_gflops": peak, "ratio": ratio, "steps": steps, "device": str(device),
-         "threads": torch.get_num_threads(), "versions": library_versions()}, indent=2))
-    print(f"written to {out}/bench-{stamp}.txt and .json")
-    return 0
+    return lines, {"runs": runs, "matmul_peak_gflops": peak, "ratio": ratio, "steps": steps, "device": str(device),
+                   "threads": torch.get_num_threads()}
 
 
 if __name__ == "__main__":

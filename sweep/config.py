@@ -325,7 +325,14 @@ class SweepSettings:
             rank × target set × seed, as the baseline).
         name: the sweep's name; results go to ``results/<task>/<name>/`` (a folder name: see ``SAFE_NAME``).
         storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
-            null means SQLite at ``results/<task>/<name>/study.db``.
+            null means SQLite at ``results/<task>/<name>/study.db`` (one process at a time). A database
+            server (``postgresql://user@host:port/db``, run with the psycopg 3 driver) lets any number of
+            workers share the sweep (``python -m sweep.worker``).
+        heartbeat_interval: seconds between two heartbeats of a worker's running trial in a database
+            server's study (Optuna's ``RDBStorage(heartbeat_interval=…)``); idle workers look for work
+            as often. Unused with SQLite.
+        grace_period: seconds without a heartbeat after which a running trial counts as stopped (its
+            worker died) and another worker takes it over from its last epoch checkpoint.
         ranks: ranks to try, increasing (the grid's r axis).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
@@ -345,6 +352,8 @@ class SweepSettings:
     mode: str = "progressive"
     name: str = "default"
     storage: Optional[str] = None
+    heartbeat_interval: int = 30
+    grace_period: int = 120
     ranks: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     start_targets: Any = field(default_factory=lambda: ["q", "v"])
     target_sets: List[Any] = field(default_factory=lambda: [["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], ALL_LINEAR])
@@ -377,6 +386,11 @@ class SweepSettings:
         if not (0 <= self.min_delta < math.inf and 0 <= self.noise_z < math.inf):
             raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be finite and >= 0")
         _check_positive("sweep.patience", self.patience, integer=True)
+        _check_positive("sweep.heartbeat_interval", self.heartbeat_interval, integer=True)
+        _check_positive("sweep.grace_period", self.grace_period, integer=True)
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError(f"sweep.grace_period={self.grace_period} is invalid: it must exceed "
+                             f"sweep.heartbeat_interval={self.heartbeat_interval} (a live worker beats within it)")
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)

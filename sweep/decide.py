@@ -113,13 +113,19 @@ class Decision:
 @dataclass
 class Plan:
     """What to do now: ``next`` trial (None when the sweep is over), every decision so far, the
-    recommended configuration (when the sweep is over or stopped) and why it stopped."""
+    recommended configuration (when the sweep is over or stopped) and why it stopped.
+
+    ``runnable`` holds every trial that may run now, in the order one worker would run them (all
+    missing seeds of the configuration under evaluation; every missing grid point), cut to what the
+    ``max_trials`` cap leaves; ``next == runnable[0]`` when it is not empty. Workers run them in
+    parallel; since the decisions only read finished trials, the order they finish in changes nothing."""
 
     next: Optional[TrialSpec]
     decisions: List[Decision]
     recommendation: Optional[Config] = None
     stop_reason: Optional[str] = None
     evaluated: List[Config] = field(default_factory=list)
+    runnable: List[TrialSpec] = field(default_factory=list)
 
 
 def stats_of(values: Sequence[float]) -> Optional[Stats]:
@@ -218,12 +224,10 @@ class _Replay:
         self.flops = {c: sum(o.train_flops for o in os_ if o.status == "ok") / max(1, sum(o.status == "ok" for o in os_))
                       for c, os_ in self.by_cfg.items()}
 
-    def missing(self, cfg: Config, stage: str) -> Optional[TrialSpec]:
+    def missing(self, cfg: Config, stage: str) -> List[TrialSpec]:
+        """The seeds of ``cfg`` that have no finished trial, in the order of ``sweep.seeds``."""
         done = {o.seed for o in self.by_cfg.get(cfg, [])}
-        for seed in self.s.seeds:
-            if seed not in done:
-                return TrialSpec(cfg[0], cfg[1], seed, stage)
-        return None
+        return [TrialSpec(cfg[0], cfg[1], seed, stage) for seed in self.s.seeds if seed not in done]
 
     def budget_exceeded(self) -> Optional[Decision]:
         n = len(self.outcomes)
@@ -242,11 +246,13 @@ class _Replay:
         return Decision("budget", "final", None, None, f"compute cap reached ({why}); stopping cleanly",
                         {"trials": n, "train_flops": flops, "seconds": seconds})
 
-    def pending(self, spec: TrialSpec) -> Plan:
-        """The next trial, unless the compute cap forbids it."""
+    def pending(self, specs: List[TrialSpec]) -> Plan:
+        """The trials that may run now (at most what ``max_trials`` leaves), unless the compute cap forbids any."""
         stop = self.budget_exceeded()
         if stop is None:
-            return Plan(spec, self.decisions, evaluated=list(self.evaluated))
+            if self.s.max_trials is not None:
+                specs = specs[:self.s.max_trials - len(self.outcomes)]
+            return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
         self.decisions.append(stop)
         return self.finish("budget")
 
@@ -289,9 +295,9 @@ class _Replay:
         whether a plateau was declared)."""
         misses = 0
         for cfg in configs:
-            spec = self.missing(cfg, stage)
-            if spec:
-                return ref, self.pending(spec), False
+            specs = self.missing(cfg, stage)
+            if specs:
+                return ref, self.pending(specs), False
             ref, improved = self.step(cfg, ref, stage)
             misses = 0 if improved else misses + 1
             if misses >= self.s.patience:
@@ -354,10 +360,9 @@ def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mappi
     sets = list(dict.fromkeys(targets_key(t) for t in settings.target_sets))
     sets.sort(key=lambda t: costs[t])
     grid = [(r, t) for t in sets for r in settings.ranks]
-    for cfg in grid:
-        spec = rp.missing(cfg, "grid")
-        if spec:
-            return rp.pending(spec)
+    specs = [spec for cfg in grid for spec in rp.missing(cfg, "grid")]
+    if specs:
+        return rp.pending(specs)
     rp.evaluated.extend(grid)
     rp.decisions.append(Decision("grid", "grid", None, None, f"all {len(grid)} configurations × "
                                  f"{len(settings.seeds)} seed(s) are done", {"configurations": len(grid)}))

@@ -7,7 +7,8 @@
 Re-running the same command resumes: finished trials are read from the study, a trial that was
 running when its process died continues from its last completed epoch, and the decisions are
 replayed from the history, so the sweep goes on exactly where it stopped. At the end the reports of
-``analysis/`` are written and the recommendation is printed.
+``analysis/`` are written and the recommendation is printed. With ``sweep.storage`` on a database
+server the same loop is one worker among many (``python -m sweep.worker``, see ``sweep/claims.py``).
 """
 
 from __future__ import annotations
@@ -15,20 +16,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Set, Tuple
 
 from omegaconf import OmegaConf
 
 from analysis.report import write_reports
+from sweep import claims
 from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.study import (RESULT_ATTRS, open_study, outcomes, sqlite_path, study_name, storage_url, sweep_dir,
                          sweep_lock)
-from sweep.trial import run_trial, trial_name
+from sweep.trial import CHECKPOINT, run_trial, trial_name
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
@@ -77,10 +81,13 @@ def _crashes(study, spec: TrialSpec) -> List[str]:
             if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
 
 
-def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
-    """Run (or resume, or read back) one trial and tell the study its result. A crash (an exception
-    other than a ``UserError``) is stored as status ``failed`` with its traceback in
-    ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
+def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool, log,
+             reported: Set[int] = frozenset()) -> dict:
+    """Run (or resume, or read back) one trial, report each epoch's validation objective as an
+    intermediate value (``reported``: epochs the trial already has), and tell the study its result.
+    A crash (an exception other than a ``UserError``) is stored as status ``failed`` with its traceback
+    in ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
@@ -90,36 +97,58 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
     metrics_file = run_dir / "metrics.json"
     same_config = (run_dir / "config.yaml").is_file() and \
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
+    done = set(reported)
+
+    def report(record: dict) -> None:
+        if record["epoch"] not in done:
+            done.add(record["epoch"])
+            try:
+                trial.report(record[cfg.task.objective], record["epoch"])
+            except UpdateFinishedTrialError:  # taken over by another worker: said below, at the tell
+                pass
+
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
     else:
+        if (run_dir / CHECKPOINT).is_file():
+            log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
+                f"checkpoint in {run_dir}")
         try:
-            m = run_trial(tcfg, tresolved, run_dir, progress=progress)
+            m = run_trial(tcfg, tresolved, run_dir, progress=progress, on_epoch=report)
         except UserError:
             raise
         except Exception as e:  # a crash is recorded (no result); the caller stops, a re-run retries it
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"error-attempt{attempt}.log").write_text(traceback.format_exc())
             m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    for key in RESULT_ATTRS:
-        if key in m:
-            trial.set_user_attr(key, m[key])
-    if m["status"] == "ok" and m.get("objective_value") is not None:
-        study.tell(trial, m["objective_value"])
-    else:
-        study.tell(trial, state=TrialState.FAIL)
+    for record in m.get("epochs") or []:  # epochs trained before an interruption
+        report(record)
+    try:
+        for key in RESULT_ATTRS:
+            if key in m:
+                trial.set_user_attr(key, m[key])
+        if m["status"] == "ok" and m.get("objective_value") is not None:
+            study.tell(trial, m["objective_value"])
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:  # our heartbeats stopped long enough for another worker to take over
+        return {"status": "abandoned", "reason": f"no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
+                                                 "so another worker took the trial over"}
     return m
+
+
+def _attrs(cfg: Config, spec: TrialSpec, targets: List[str]) -> dict:
+    """The user attributes that store a trial's configuration, ``spec`` first."""
+    tcfg, _ = trial_config(cfg, spec, targets)
+    return {"spec": dataclasses.asdict(spec), "targets": list(targets), "targets_key": spec.targets,
+            "stage": spec.stage, "run_dir": str(_run_dir(cfg, tcfg))}
 
 
 def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     """Store the configuration on a new trial: the ``spec`` attribute first (one write), so a trial
     whose process dies at any point can be completed or adopted on resume, never left ambiguous."""
-    tcfg, _ = trial_config(cfg, spec, targets)
-    trial.set_user_attr("spec", dataclasses.asdict(spec))
-    trial.set_user_attr("targets", list(targets))
-    trial.set_user_attr("targets_key", spec.targets)
-    trial.set_user_attr("stage", spec.stage)
-    trial.set_user_attr("run_dir", str(_run_dir(cfg, tcfg)))
+    for key, value in _attrs(cfg, spec, targets).items():
+        trial.set_user_attr(key, value)
     trial.suggest_int("r", spec.r, spec.r, log=True)
     trial.suggest_int("seed", spec.seed, spec.seed)
 
@@ -137,14 +166,17 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
     ``overrides`` (the command line) are stored so that the report can show commands that continue it.
 
+    On SQLite this is the only process on the sweep (``sweep.lock``). On a database server it is one
+    worker among any number: it claims runnable trials (``sweep/claims.py``), waits while every
+    runnable trial is held by another worker, and returns once the sweep is over.
+
     Returns the final ``Plan`` (decisions, recommendation, stop reason); its ``next`` is not None only
-    when that trial crashed in this run: the sweep stops there, and re-running it retries the trial.
+    when a trial crashed in this run: the sweep stops there, and re-running it retries the trial.
 
     Raises:
-        UserError: incompatible resume, another driver on the same sweep, a target set that matches
+        UserError: incompatible resume, another process on a SQLite sweep, a target set that matches
             no module, missing data; all before the study is changed.
     """
-    import optuna
     from optuna.trial import TrialState
 
     sdir = sweep_dir(cfg)
@@ -155,29 +187,18 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     costs = target_costs(cfg)
     tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
                    cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
-    with sweep_lock(sdir):
+    shared = claims.is_shared(storage_url(cfg))
+    with nullcontext() if shared else sweep_lock(sdir):
         study = open_study(cfg, resolved)
         study.set_user_attr("command_overrides", list(overrides))
+        sdir.mkdir(parents=True, exist_ok=True)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
-        # a trial still RUNNING holds no lock any more: its process died. One that knows its
-        # configuration is finished first (from its last epoch checkpoint); one that died before
-        # storing it is adopted by the next trial the plan asks for, so no empty record is left.
-        blank, crashed = [], []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            trial = optuna.trial.Trial(study, t._trial_id)
-            if "spec" not in t.user_attrs:
-                blank.append(trial)
-                continue
-            spec = TrialSpec(**t.user_attrs["spec"])
-            _start(trial, spec, t.user_attrs["targets"], cfg)
-            log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
-            m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress)
-            log(_trial_line(t.number, spec, m, cfg.task.objective, t.user_attrs.get("attempt", 1)))
-            if m["status"] == "failed":
-                crashed.append(spec)
+        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
+            + (f", worker {claims.worker_id()}" if shared else ""))
+        blank, crashed = ([], []) if shared else _resume_orphans(study, cfg, progress, log)
         printed = 0
         while True:
+            claims.fail_stale_trials(study)  # trials of dead workers become runnable again
             p = plan(cfg.sweep, outcomes(study), costs)
             for d in p.decisions[printed:]:
                 log("decision " + d.line())
@@ -185,22 +206,58 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             study.set_user_attr("decisions", [d.to_dict() for d in p.decisions])
             if p.next is None or p.next in crashed:  # a crash is no result: nothing can be decided past it
                 break
-            earlier = _crashes(study, p.next)
+            runnable = [spec for spec in p.runnable if spec not in crashed]
+            if shared:
+                if not runnable:  # what is left crashed in this worker: stop, as a single process does
+                    break
+                got = claims.claim_runnable(study, runnable, lambda s: _attrs(cfg, s, sets[s.targets]))
+                if got is None:  # every runnable trial is held by another worker
+                    time.sleep(cfg.sweep.heartbeat_interval)
+                    continue
+                trial, spec = got
+            else:
+                spec = p.next
+                trial = blank.pop(0) if blank else study.ask()
+                _start(trial, spec, sets[spec.targets], cfg)
+            earlier = _crashes(study, spec)
             if earlier:
-                log(f"retrying r={p.next.r} {p.next.targets} seed={p.next.seed}: attempt {len(earlier) + 1} "
+                log(f"retrying r={spec.r} {spec.targets} seed={spec.seed}: attempt {len(earlier) + 1} "
                     f"(attempt {len(earlier)} crashed: {earlier[-1]})")
-            trial = blank.pop(0) if blank else study.ask()
-            _start(trial, p.next, sets[p.next.targets], cfg)
-            m = _execute(study, trial, p.next, sets[p.next.targets], cfg, progress)
-            log(_trial_line(trial.number, p.next, m, cfg.task.objective, len(earlier) + 1))
+            with claims.heartbeat(trial):
+                m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
+            log(_trial_line(trial.number, spec, m, cfg.task.objective, len(earlier) + 1))
             if m["status"] == "failed":
-                crashed.append(p.next)
+                crashed.append(spec)
         for trial in blank:  # only when the plan ended with blank trials left over
             study.tell(trial, state=TrialState.FAIL)
         if p.next is None:  # after a crash the sweep is not over: no answer is stored
             study.set_user_attr("recommendation", list(p.recommendation) if p.recommendation else None)
             study.set_user_attr("stop_reason", p.stop_reason)
     return p
+
+
+def _resume_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List[TrialSpec]]:
+    """SQLite, under ``sweep.lock``: a trial still RUNNING holds no lock any more, its process died.
+    One that knows its configuration is finished first (from its last epoch checkpoint); one that died
+    before storing it is returned, to be adopted by the next trial the plan asks for, so no empty
+    record is left. Returns (those blank trials, the configurations that crashed again here)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    blank, crashed = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.trial.Trial(study, t._trial_id)
+        if "spec" not in t.user_attrs:
+            blank.append(trial)
+            continue
+        spec = TrialSpec(**t.user_attrs["spec"])
+        _start(trial, spec, t.user_attrs["targets"], cfg)
+        log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
+        m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress, log, set(t.intermediate_values))
+        log(_trial_line(t.number, spec, m, cfg.task.objective, t.user_attrs.get("attempt", 1)))
+        if m["status"] == "failed":
+            crashed.append(spec)
+    return blank, crashed
 
 
 def main(args: List[str]) -> int:
@@ -218,12 +275,16 @@ def main(args: List[str]) -> int:
               f"in {_run_dir(cfg, trial_config(cfg, p.next, target_sets(cfg)[p.next.targets])[0])}; "
               "fix the cause and re-run the same command to retry it", file=sys.stderr)
         return 1
+    print(recommendation_line(p, sdir))
+    return 0
+
+
+def recommendation_line(p: Plan, sdir: Path) -> str:
+    """The last line of a finished sweep: the recommendation (or why there is none) and where the results are."""
     if p.recommendation:
         r, t = p.recommendation
-        print(f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}")
-    else:
-        print(f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}")
-    return 0
+        return f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}"
+    return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ is, how a trial's configuration and results are stored and read back.
 Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
 ``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the trial's metrics
 (see ``RESULT_ATTRS``) with ``status`` and ``reason``. State COMPLETE (value = objective) for ``ok``
-trials, FAIL for ``diverged`` and ``failed`` ones. Study user attributes: ``fingerprint`` (the
-settings that give finished trials their meaning), ``settings`` (the sweep settings), ``task``,
-``model``, ``objective`` and ``decisions`` (every decision so far, with reasons and numbers).
+trials, FAIL for ``diverged`` and ``failed`` ones; FAIL without a ``status`` is an abandoned trial (its
+worker died, or stepped back from a claim, see ``sweep/claims.py``), not a result. The validation
+objective of each epoch is an intermediate value (step = epoch, for ``optuna-dashboard``). Study user
+attributes: ``fingerprint`` (the settings that give finished trials their meaning), ``settings`` (the
+sweep settings), ``task``, ``model``, ``objective`` and ``decisions`` (every decision so far, with
+reasons and numbers).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Dict, Iterator, List
 
 from omegaconf import OmegaConf
 
+from sweep.claims import storage_for
 from sweep.cli import UserError, results_root
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
@@ -43,10 +47,12 @@ def sweep_dir(cfg: Config) -> Path:
 
 def storage_url(cfg: Config) -> str:
     """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path; the
-    path is URL-escaped, so a ``?``, ``#`` or ``%`` in ``results_dir`` never moves the file)."""
+    path is URL-escaped, so a ``?``, ``#`` or ``%`` in ``results_dir`` never moves the file); a plain
+    ``postgresql://`` URL gets the psycopg 3 driver (``postgresql+psycopg://``)."""
     from sqlalchemy.engine import URL
 
-    return cfg.sweep.storage or URL.create("sqlite", database=str(sweep_dir(cfg) / "study.db")).render_as_string()
+    url = cfg.sweep.storage or URL.create("sqlite", database=str(sweep_dir(cfg) / "study.db")).render_as_string()
+    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -97,7 +103,8 @@ def sweep_lock(directory: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
-                            "or stop it, then re-run to resume") from None
+                            "or stop it, then re-run to resume; a SQLite study serves one process: for several "
+                            "workers put it on PostgreSQL (sweep.storage=postgresql://…)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -136,7 +143,10 @@ def open_study(cfg: Config, resolved):
     try:
         if sqlite_path(url):
             sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(storage=url, study_name=name, direction="maximize", load_if_exists=True)
+        study = optuna.create_study(storage=storage_for(url, cfg.sweep), study_name=name, direction="maximize",
+                                    load_if_exists=True)
+    except UserError:
+        raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
         raise UserError(f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
     old = study.user_attrs.get("fingerprint")
@@ -189,15 +199,16 @@ def settings_of(study) -> SweepSettings:
 
 
 def outcomes(study) -> List[Outcome]:
-    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs."""
+    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs;
+    abandoned trials (FAIL without a ``status``) are left out."""
     from optuna.trial import TrialState
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         a = t.user_attrs
-        if "targets_key" not in a or "r" not in t.params:
+        if "targets_key" not in a or "r" not in t.params or (t.state == TrialState.FAIL and "status" not in a):
             continue
-        status = a.get("status", "ok" if t.state == TrialState.COMPLETE else "failed")
+        status = a.get("status", "ok")
         out.append(Outcome(
             r=int(t.params["r"]), targets=a["targets_key"], seed=int(t.params["seed"]), status=status,
             objective=t.value if t.state == TrialState.COMPLETE else None,

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -75,7 +75,8 @@ def evaluate(model, batches: Batches, device: torch.device, precision: str) -> n
     return preds
 
 
-def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) -> dict:
+def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
+              on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
     """Train and evaluate one LoRA configuration; returns the content of ``metrics.json``.
 
     Args:
@@ -84,6 +85,8 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
             config is resumed from its last completed epoch (removed once the trial ends).
         progress: one line per finished epoch, and a live tqdm bar per epoch when stderr is a terminal
             (in a log file, nohup or a batch job, the bar's updates would be thousands of fragments).
+        on_epoch: called with each epoch's record (``epoch``, ``train_loss``, the GLUE metrics) once
+            it is evaluated (the sweep reports it to Optuna as an intermediate value).
 
     Returns:
         A dict with the task, model, LoRA settings, parameter counts (``lora_params`` =
@@ -199,6 +202,8 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True) ->
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps,
                   **compute_metrics(cfg.task.metrics, preds, val_labels)}
         state["history"].append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         if state["best"] is None or record[cfg.task.objective] > state["best"][cfg.task.objective]:
             state["best"], state["best_state"], state["best_preds"] = record, trainable_state(model), preds
         state["epoch"] = epoch + 1

@@ -47,14 +47,16 @@ def settings(**kw) -> SweepSettings:
 
 def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0):
     """A frozen trial in the layout of sweep/study.py. ``outcome``: the accuracy of an ok trial,
-    ``diverged``, ``failed``, ``running`` or ``orphan`` (FAIL with no configuration stored)."""
+    ``diverged``, ``failed``, ``running``, ``orphan`` (FAIL with no configuration stored) or
+    ``abandoned`` (FAIL with a configuration and no status: its worker died)."""
     dists = {"r": IntDistribution(r, r, log=True), "seed": IntDistribution(seed, seed)}
     params = {"r": r, "seed": seed}
     if outcome == "orphan":
         return create_trial(params=params, distributions=dists, state=TrialState.FAIL)
     attrs = {"targets": targets.split(","), "targets_key": targets, "stage": stage, "run_dir": f"/runs/{r}-{seed}"}
-    if outcome == "running":
-        return create_trial(params=params, distributions=dists, user_attrs=attrs, state=TrialState.RUNNING)
+    if outcome in ("running", "abandoned"):
+        state = TrialState.RUNNING if outcome == "running" else TrialState.FAIL
+        return create_trial(params=params, distributions=dists, user_attrs=attrs, state=state)
     ok = isinstance(outcome, float)
     lora = r * COSTS[targets]
     attrs.update({
@@ -276,6 +278,18 @@ def test_study_with_only_failed_trials(tmp_path):
     assert "No recommendation: no trial has completed." in report
     assert "3 (0 complete, 2 diverged, 1 failed)" in report
     assert all(image_is_drawn(p) for p in paths if p.suffix == ".png")
+
+
+def test_abandoned_trial_is_listed_but_neither_a_result_nor_a_failure(tmp_path):
+    # the worker of trial 0 died; trial 1 took the configuration over and completed it
+    s = settings(ranks=[1], seeds=[0], target_sets=[["q", "v"]])
+    url = make_study(tmp_path, s, [trial(1, "q,v", 0, "abandoned", "rank"), trial(1, "q,v", 0, 0.81, "rank")])
+    write_reports(url, NAME, tmp_path / "out")
+    t = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert list(t["state"]) == ["abandoned", "complete"]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(zip(summary["n_seeds"], summary["n_failed"], summary["objective_mean"])) == [(1, 0, pytest.approx(0.81))]
+    assert "2 (1 complete, 1 abandoned)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def labels(ax):

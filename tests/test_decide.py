@@ -173,3 +173,46 @@ def test_pooled_sd_by_hand():
     assert a.sd == pytest.approx(math.sqrt(2)) and b.sd == pytest.approx(3.0)
     assert pooled_sd([a, b]) == pytest.approx(math.sqrt(20 / 3))
     assert pooled_sd([stats_of([0.5])]) is None
+
+
+def specs(*rows):
+    return [(r, t, s) for r, t, s in rows]
+
+
+@pytest.mark.parametrize("kw, history, expect", [
+    # progressive, nothing yet: both seeds of the first rank on the start targets
+    (dict(), [], specs((1, "q,v", 0), (1, "q,v", 1))),
+    # one seed finished: only the other one
+    (dict(), [Outcome(1, "q,v", 0, "ok", 0.8)], specs((1, "q,v", 1))),
+    # grid: every point, target sets by cost (q: 4,608 < q,v: 9,216), then rank, then seed
+    (dict(mode="grid", ranks=[1, 2], target_sets=[["q", "v"], ["q"]]), [],
+     specs((1, "q", 0), (1, "q", 1), (2, "q", 0), (2, "q", 1), (1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1))),
+    # grid under max_trials=3 with one trial done: two more may run
+    (dict(mode="grid", ranks=[1, 2], target_sets=[["q"]], max_trials=3), [Outcome(1, "q", 0, "ok", 0.8)],
+     specs((1, "q", 1), (2, "q", 0))),
+    # over: nothing runnable
+    (dict(mode="grid", ranks=[1], target_sets=[["q"]], seeds=[0]), [Outcome(1, "q", 0, "failed")], []),
+])
+def test_runnable_lists_every_trial_that_may_run_now(kw, history, expect):
+    p = plan(settings(**kw), history, COSTS)
+    assert [(s.r, s.targets, s.seed) for s in p.runnable] == expect
+    assert p.next == (p.runnable[0] if p.runnable else None)
+
+
+@pytest.mark.parametrize("mode", ["progressive", "grid"])
+def test_running_every_runnable_trial_at_once_decides_as_one_at_a_time(mode):
+    curve = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.842, 16: 0.843, 32: 0.84, 64: 0.84}
+    wide = {"q": 0.78, "v": 0.79, "q,v": 0.0, "q,k,v,o": 0.85, "all-linear": 0.852}
+
+    def metric(r, t, seed):
+        return (curve[r] if t == "q,v" else wide[t]) + noise(seed)
+
+    s = settings(mode=mode, ranks=[1, 2, 4, 8] if mode == "grid" else [1, 2, 4, 8, 16, 32, 64])
+    one_trials, one = drive(s, metric)
+    history = []  # N workers: every runnable trial at once, finishing in reverse order
+    while (p := plan(s, history, COSTS)).next is not None:
+        for n in reversed(p.runnable):
+            history.append(Outcome(n.r, n.targets, n.seed, "ok", metric(n.r, n.targets, n.seed),
+                                   n.r * COSTS[n.targets] + HEAD, 1e12, 60.0))
+    assert sorted((o.r, o.targets, o.seed) for o in history) == sorted(one_trials)
+    assert p.decisions == one.decisions and p.recommendation == one.recommendation
