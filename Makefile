@@ -16,7 +16,7 @@ export GLUE_DIR
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow trial sweep report bench clean
+.PHONY: help install test test-slow trial sweep report calibrate bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -44,6 +44,9 @@ sweep: install ## the rank sweep, resumable by re-running: make sweep TASK=mrpc 
 
 report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+calibrate: install ## P(regret ≤ tolerance) and trials of the decision procedure, simulated: make calibrate [ARGS='task=mrpc sweep.name=default']
+	$(BIN)/python -m analysis.calibrate $(ARGS)
 
 bench: install ## trial throughput against transformers.Trainer + peft: make bench
 	$(BIN)/python -m bench $(ARGS)

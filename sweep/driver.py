@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import traceback
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from analysis.reliability import reliability
 from analysis.report import write_reports
-from sweep.cli import UserError, compose, glue_dir, run_cli
+from sweep.cli import UserError, compose, glue_dir, results_root, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.study import RESULT_ATTRS, open_study, outcomes, study_name, storage_url, sweep_dir, sweep_lock
+from sweep.study import (RESULT_ATTRS, fingerprint, load_study, open_study, outcomes, storage_url, study_name,
+                         sweep_dir, sweep_lock)
 from sweep.trial import run_trial, trial_name
 
 
@@ -60,6 +63,31 @@ def _run_dir(cfg: Config, tcfg: Config) -> Path:
     return sweep_dir(cfg) / "trials" / trial_name(tcfg)
 
 
+def _identity(resolved) -> Dict[str, str]:
+    """What makes two trials the same: every setting that gives a result its meaning (model, task,
+    data, training, LoRA; see ``sweep.study.fingerprint``) plus r, target matrices and seed."""
+    return {**fingerprint(resolved), "lora.r": repr(resolved.lora.r), "lora.targets": repr(list(resolved.lora.targets)),
+            "train.seed": repr(resolved.train.seed)}
+
+
+def _reuse(cfg: Config, tresolved, run_dir: Path) -> Optional[dict]:
+    """Read back a finished trial of another sweep under the same ``results/<task>/`` whose resolved
+    configuration is the same as this one's (``_identity``): its folder is copied to ``run_dir`` and
+    its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
+    want = _identity(tresolved)
+    for source in sorted((results_root(cfg) / cfg.task.name).glob(f"*/trials/{run_dir.name}")):
+        if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
+            continue
+        if _identity(OmegaConf.load(source / "config.yaml")) != want:
+            continue
+        m = {**json.loads((source / "metrics.json").read_text()), "reused_from": str(source)}
+        shutil.copytree(source, run_dir, dirs_exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
+        (run_dir / "metrics.json").write_text(json.dumps(m, indent=2))
+        return m
+    return None
+
+
 def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool) -> dict:
     """Run (or resume, or read back) one trial and tell the study its result."""
     from optuna.trial import TrialState
@@ -71,6 +99,8 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
+    elif (m := _reuse(cfg, tresolved, run_dir)) is not None:
+        pass
     else:
         try:
             m = run_trial(tcfg, tresolved, run_dir, progress=progress)
@@ -104,11 +134,12 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
 
 
 def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str) -> str:
+    reused = f" (reused from {m['reused_from']})" if m.get("reused_from") else ""
     if m["status"] != "ok":
-        return f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {m['status']} ({m.get('reason')})"
+        return f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {m['status']} ({m.get('reason')}){reused}"
     return (f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}: {objective} {m['objective_value']:.4f} | "
             f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
-            f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
+            f"{m['train_seconds'] + m['eval_seconds']:.0f} s{reused}")
 
 
 def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: bool = True, log=print) -> Plan:
@@ -133,6 +164,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     with sweep_lock(sdir):
         study = open_study(cfg, resolved)
         study.set_user_attr("command_overrides", list(overrides))
+        study.set_user_attr("target_costs", costs)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}")
         # a trial still RUNNING holds no lock any more: its process died. One that knows its
@@ -179,9 +211,15 @@ def main(args: List[str]) -> int:
     except Exception as e:  # the results are safe in the study; `make report` can retry
         print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
               f"retry with `make report TASK={cfg.task.name}`")
+    study = load_study(storage_url(cfg), study_name(cfg))
+    rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
+    print(f"reliability: {rel.text()}" if rel else "reliability: no seed-noise estimate (no configuration has two "
+          "ok seeds), so no gain could be shown significant")
     if p.recommendation:
         r, t = p.recommendation
-        print(f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}")
+        provisional = " provisional: the compute cap cut the procedure short, see report.md" \
+            if p.stop_reason == "budget" else ""
+        print(f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}")
     else:
         print(f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}")
     return 0
