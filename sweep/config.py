@@ -271,7 +271,7 @@ class SweepSettings:
     tolerance: float = 1.0
     confidence: float = 0.9
     patience: int = 2
-    escalate_max_r: int = 8
+    escalate_max_r: int = 16
     max_trials: Optional[int] = 40
     max_train_flops: Optional[float] = None
     max_hours: Optional[float] = None

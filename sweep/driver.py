@@ -217,7 +217,7 @@ def main(args: List[str]) -> int:
           "ok seeds), so no gain could be shown significant")
     if p.recommendation:
         r, t = p.recommendation
-        provisional = " provisional: the compute cap cut the procedure short, see report.md" \
+        provisional = "; provisional: the compute cap cut the procedure short, see report.md" \
             if p.stop_reason == "budget" else ""
         print(f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}")
     else:

@@ -258,6 +258,20 @@ def test_report_md_finished(finished):
     assert "| 2 | q,v | 2 / 0 | 85.00 ± 1.41 | 72.29–97.71 | 14,000 |" in report
 
 
+def test_cap_stopped_sweep_is_provisional_and_says_what_was_cut_off(tmp_path):
+    # FINISHED without the q,k,v,o trials, capped at 6 trials: the plateau at r=2 escalates to q,k,v,o,
+    # whose two seeds the cap cuts off; of r=1, r=2, r=4 the best is r=4 (86.0) and r=2 (gap 1.0, upper
+    # bound 1 + 1.638·1.414 = 3.32 < 5) is picked
+    url = make_study(tmp_path, settings(max_trials=6), [trial(*t) for t in FINISHED[:6]])
+    write_reports(url, NAME, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "finished (budget)" in report and "**r=2 on q,v**" in report
+    assert ("**Provisional**: the compute cap stopped this sweep before its procedure ended (compute cap reached "
+            "(trials: 6 ≥ sweep.max_trials=6); stopping cleanly; cut off: the targets stage still needed r=2 on "
+            "q,k,v,o seed(s) 0, 1).") in report
+    assert "provisional, the compute cap stopped the sweep before the procedure ended: the cheapest" in report
+
+
 def test_decisions_placed_after_the_trials_they_saw(finished):
     trials, _, info = loaded(finished[0])
     d = decisions_frame(trials, info)

@@ -162,4 +162,6 @@ def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
     assert len(trials_of(tmp_path)) == 1
     assert "decision [final] budget: compute cap reached (trials: 1 ≥ sweep.max_trials=1); stopping cleanly" \
         in proc.stdout
-    assert "recommendation: r=" in proc.stdout.splitlines()[-1] and "(budget)" in proc.stdout.splitlines()[-1]
+    assert "recommendation: r=" in proc.stdout.splitlines()[-1]
+    assert "(budget; provisional: the compute cap cut the procedure short" in proc.stdout.splitlines()[-1]
+    assert "reliability: no seed-noise estimate" in proc.stdout  # one seed: no σ
