@@ -99,9 +99,9 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
         (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
-    elif (m := _reuse(cfg, tresolved, run_dir)) is not None:
-        pass
     else:
+        m = _reuse(cfg, tresolved, run_dir)
+    if m is None:
         try:
             m = run_trial(tcfg, tresolved, run_dir, progress=progress)
         except UserError:
