@@ -16,7 +16,7 @@ export GLUE_DIR
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow trial sweep worker report subspace bench clean
+.PHONY: help install test test-slow trial sweep worker report subspace calibrate bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -50,6 +50,9 @@ report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [
 
 subspace: install ## adapter subspaces, is extra rank signal or noise (LoRA §7): make subspace TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis.subspace_report task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+calibrate: install ## P(regret ≤ tolerance) and trials of the decision procedure, simulated: make calibrate [ARGS='task=mrpc sweep.name=default']
+	$(BIN)/python -m analysis.calibrate $(ARGS)
 
 bench: install ## trial throughput against transformers.Trainer + peft, then sweep throughput (1×2 vs 2×1 workers×threads)
 	$(BIN)/python -m bench $(ARGS)

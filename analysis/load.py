@@ -34,7 +34,7 @@ class StudyInfo:
         name: the Optuna study name.
         task, model: the GLUE task and the base model's short name.
         objective: the metric the sweep maximises; metrics: every GLUE metric of the task.
-        settings: the sweep settings of the study's latest run (mode, seeds, min_delta, noise_z, …).
+        settings: the sweep settings of the study's latest run (mode, seeds, tolerance, confidence, …).
         decisions: every decision stored so far, in the order they were taken.
         recommendation: the stored (r, targets) of a finished sweep, else None.
         stop_reason: why the sweep stopped; None while it runs or after an interruption.

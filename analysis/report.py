@@ -14,12 +14,13 @@ import pandas as pd
 
 from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
+from analysis.reliability import Reliability, reliability
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
 from analysis.subspace_report import SubspaceAnalysis, recommendation_note, report_lines, write_subspace
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import UserError, make_command
-from sweep.study import load_study
+from sweep.study import load_study, outcomes
 
 #: what each plot shows, as its alt text in report.md
 CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
@@ -87,12 +88,15 @@ def _command(info: StudyInfo, **changes) -> str:
 def _next_steps(info: StudyInfo) -> List[str]:
     """What a user can run to make the answer firmer, as commands (re-running resumes the study)."""
     s = info.settings
-    seeds = [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))]
+    if s.mode == "grid":
+        seeds = [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))]
+        more = {"sweep.seeds": "[" + ",".join(map(str, seeds)) + "]"}
+    else:  # undecided comparisons stopped at max_seeds
+        more = {"sweep.max_seeds": 2 * s.max_seeds}
     return [
         "Each command continues this study: finished trials are kept and only what is new is trained.",
         "",
-        f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): "
-        f"{_code(_command(info, **{'sweep.seeds': '[' + ','.join(map(str, seeds)) + ']'}))}",
+        f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): {_code(_command(info, **more))}",
         f"- Look further before calling a plateau: {_code(_command(info, **{'sweep.patience': s.patience + 1}))}",
         "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
         "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
@@ -118,12 +122,30 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
     return lines
 
 
+def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]:
+    """σ measured in this sweep, the smallest detectable gain, the calibrated P(regret ≤ tolerance),
+    and, for a sweep the compute cap stopped, what the cap cut off."""
+    if rel is None:
+        lines = ["No seed-noise estimate: no configuration has two ok seeds, so no gain could be shown "
+                 "significant and the recommendation rests on single runs."]
+    else:
+        lines = [f"{rel.text()[0].upper()}{rel.text()[1:]}. `make calibrate` gives the procedure's reliability on "
+                 "every scenario family; `python -m analysis.calibrate task=… sweep.name=…` against this sweep."]
+    if info.stop_reason == "budget":
+        cap = next((d for d in reversed(info.decisions) if d.action == "budget"), None)
+        cut = f" ({cap.reason})" if cap is not None else ""
+        lines += ["", f"**Provisional**: the compute cap stopped this sweep before its procedure ended{cut}. "
+                  "Raise the cap (see Next steps) and re-run the same command to finish it."]
+    return lines
+
+
 def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo,
-                    subspace: Optional[SubspaceAnalysis] = None) -> str:
+                    rel: Optional[Reliability] = None, subspace: Optional[SubspaceAnalysis] = None) -> str:
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
-    the recommendation and why, every decision, failed and running trials, the summary table and the
-    three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next to the
-    recommendation and its section at the end. Metric values are in points (100 × metric)."""
+    the recommendation and why, its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
+    tolerance); None without a noise estimate), every decision, failed and running trials, the summary
+    table and the three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next
+    to the recommendation and its section at the end. Metric values are in points (100 × metric)."""
     note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
     lines = [f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}", "",
              f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
@@ -134,13 +156,14 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
              f"- **Tried**: {_tried(summary, info)}."]
     if info.baseline is not None:
         lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_points(info.baseline)}.")
+    s = info.settings
     lines += ["", "## Recommendation", "",
-              "Rule: the configuration with the fewest trainable parameters whose mean is not significantly below "
-              f"the best one's; a gain is significant when it exceeds max(min_delta = {info.settings.min_delta:g} "
-              f"points, noise_z = {info.settings.noise_z:g} × the standard error of the difference of two means), "
-              "with the seed-to-seed s.d. pooled over the configurations evaluated.", "",
-              _recommendation_text(trials, summary, info), "", *([note, ""] if note else []),
-              "## Next steps", "", *_next_steps(info), "",
+              "Rule: the configuration with the fewest trainable parameters shown to be within "
+              f"sweep.tolerance = {s.tolerance:g} points of the best one tried (the upper {100 * s.confidence:g}% "
+              "Student-t bound of its gap to the best is below the tolerance, with the seed-to-seed s.d. pooled "
+              "over the configurations evaluated), else the best.", "",
+              _recommendation_text(trials, summary, info), "", *([note, ""] if note else []), "## Reliability", "",
+              *_reliability_lines(info, rel), "", "## Next steps", "", *_next_steps(info), "",
               "## Decisions", ""]
     timeline = decisions_frame(trials, info)
     lines += [f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
@@ -191,8 +214,9 @@ def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
     summary.to_csv(paths[1], index=False)
     for name, fig in figures(trials, summary, info).items():
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
+    rel = reliability(outcomes(study), info.settings, study.user_attrs.get("target_costs"))
     subspace = write_subspace(out_dir, info)
     paths += subspace.files if subspace else []
     paths.append(out_dir / "report.md")
-    paths[-1].write_text(report_markdown(trials, summary, info, subspace))
+    paths[-1].write_text(report_markdown(trials, summary, info, rel, subspace))
     return paths

@@ -51,8 +51,8 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
     """The recommended configuration and the ``recommend`` decision that explains it.
 
     A finished sweep's stored recommendation is returned as it is. Otherwise the sweep's own rule
-    (``sweep.decide.recommend``: the fewest trainable parameters among configurations not
-    significantly worse than the best, with ``min_delta`` and ``noise_z`` of the study's settings) is
+    (``sweep.decide.recommend``: the fewest trainable parameters among configurations
+    shown within ``tolerance`` of the best, at the ``confidence`` of the study's settings) is
     applied to every configuration with a complete trial; that answer is provisional
     (``info.finished`` is False). Returns (None, None) when no trial is complete.
     """
@@ -67,7 +67,7 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
         stats[cfg] = stats_of([float(v) for v in ok["objective"]])
         params[cfg] = int(group["trainable_params"].max()) if group["trainable_params"].notna().any() else 0
         flops[cfg] = float(ok["train_flops"].mean()) if ok["train_flops"].notna().any() else 0.0
-    return recommend(evaluated, stats, params, flops, info.settings.min_delta, info.settings.noise_z)
+    return recommend(evaluated, stats, params, flops, info.settings)
 
 
 def _interval(values: pd.Series) -> Tuple[float, float, float, float]:

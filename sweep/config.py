@@ -337,12 +337,17 @@ class SweepSettings:
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
             with every rank (grid), ordered by trainable parameters when tried.
-        seeds: training seeds run per configuration; the seed-to-seed spread is the noise that a gain
-            must exceed.
-        min_delta: smallest gain in metric points (100 × metric) that counts as an improvement.
-        noise_z: a gain must also exceed noise_z standard errors of the difference of two means,
-            with the seed standard deviation pooled over all configurations tried.
-        patience: ranks in a row without a significant gain before a plateau is declared.
+        seeds: training seeds every configuration gets (the grid's seeds); the seed-to-seed spread is
+            the noise a comparison must see through.
+        max_seeds: most seeds a configuration gets in the progressive sweep: while a comparison is
+            undecided, one more seed (the next integer after ``seeds``) runs for the side with fewer,
+            up to this many (racing); at least ``len(seeds)``.
+        tolerance: points (100 × metric) of validation metric one is willing to give up: a candidate
+            whose upper bound on its gain is below this does not gain, and the recommendation is the
+            cheapest configuration whose gap to the best has an upper bound below this.
+        confidence: one-sided level of the Student-t bounds every comparison uses, in (0.5, 1).
+        patience: rank doublings above the best rank (rank stage) and wider target sets in a row
+            (targets stage) without a significant gain before a plateau is declared.
         escalate_max_r: widen the targets only when the plateau rank is at most this (a "low rank").
         max_trials: stop after this many trials (every state counts).
         max_train_flops: stop once the trials' training FLOPs add up to this (null: no cap).
@@ -358,10 +363,11 @@ class SweepSettings:
     start_targets: Any = field(default_factory=lambda: ["q", "v"])
     target_sets: List[Any] = field(default_factory=lambda: [["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], ALL_LINEAR])
     seeds: List[int] = field(default_factory=lambda: [0, 1])
-    min_delta: float = 0.5
-    noise_z: float = 2.0
-    patience: int = 1
-    escalate_max_r: int = 8
+    max_seeds: int = 8
+    tolerance: float = 1.0
+    confidence: float = 0.9
+    patience: int = 2
+    escalate_max_r: int = 16
     max_trials: Optional[int] = 40
     max_train_flops: Optional[float] = None
     max_hours: Optional[float] = None
@@ -383,8 +389,13 @@ class SweepSettings:
         self.target_sets = [normalize_targets(t, "sweep.target_sets") for t in self.target_sets]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
-        if not (0 <= self.min_delta < math.inf and 0 <= self.noise_z < math.inf):
-            raise ValueError(f"sweep.min_delta={self.min_delta}, sweep.noise_z={self.noise_z}: both must be finite and >= 0")
+        _check_positive("sweep.max_seeds", self.max_seeds, integer=True)
+        if self.max_seeds < len(self.seeds):
+            raise ValueError(f"sweep.max_seeds={self.max_seeds} is invalid: it must be at least the number of "
+                             f"sweep.seeds ({len(self.seeds)})")
+        _check_positive("sweep.tolerance", self.tolerance)
+        if not 0.5 < self.confidence < 1.0:
+            raise ValueError(f"sweep.confidence={self.confidence!r} is invalid: it must be in (0.5, 1), e.g. 0.9")
         _check_positive("sweep.patience", self.patience, integer=True)
         _check_positive("sweep.heartbeat_interval", self.heartbeat_interval, integer=True)
         _check_positive("sweep.grace_period", self.grace_period, integer=True)

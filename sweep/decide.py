@@ -1,31 +1,43 @@
-"""The sweep's decisions as pure functions: finished trials in, next trial (or stop) and every decision
+"""The sweep's decisions as pure functions: finished trials in, next trials (or stop) and every decision
 with its reason out. No I/O, no clock, no randomness: a resumed sweep replays the history and takes
 exactly the decisions the interrupted one took.
 
-The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; our design notes):
+The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python -m analysis.calibrate``):
 1. start at the lowest rank of ``sweep.ranks`` on ``sweep.start_targets``;
-2. raise r while each rank is *significantly* better than the best so far; after ``patience`` ranks
-   without a significant gain, the rank has plateaued (or the ranks run out);
+2. raise r while it gains: each rank is compared with the best configuration so far; after ``patience``
+   rank doublings above the best rank without a significant gain, the rank has plateaued (or the
+   ranks run out);
 3. if the plateau rank is low (≤ ``escalate_max_r``), try the target sets of ``sweep.target_sets`` that
-   adapt more than the start set, cheapest first, at that rank, with the same rule and patience;
-4. recommend the configuration with the fewest trainable parameters that is not significantly worse
-   than the best one tried.
+   adapt more than the start set, cheapest first, at that rank, each against the best so far, until
+   ``patience`` sets in a row bring no significant gain;
+4. recommend the cheapest configuration shown to be within ``tolerance`` points of the best one tried
+   (an equivalence check), else the best.
 Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``, ``max_hours``.
 
-"Significant": with metric values in points (100 × metric; MRPC accuracy has 408 examples, so one
-example is 0.25 points), config B is better than config A when
-``mean_B − mean_A > max(min_delta, noise_z · SE)``, ``SE = s_pooled · sqrt(1/n_A + 1/n_B)``, where
-s_pooled is the seed-to-seed standard deviation pooled over every configuration evaluated so far
-(n − 1 degrees of freedom each). With a single seed there is no noise estimate and only ``min_delta``
-applies; the reasons say so. Only configurations evaluated *before* a decision inform it, so replaying
-a longer history never changes an earlier decision.
+Comparisons (metric values in points, 100 × metric; MRPC accuracy has 408 examples, so one example
+is 0.25 points). Candidate B against the best so far A: gain d = mean_B − mean_A, standard error
+``SE = s_pooled · sqrt(1/n_A + 1/n_B)`` with s_pooled the seed standard deviation pooled over every
+configuration evaluated so far (Σ(n_i − 1) degrees of freedom), and the one-sided bounds
+``d ∓ t·SE`` with t the Student-t quantile at ``confidence`` for those degrees of freedom. B *gains*
+when the lower bound is above 0; B *does not gain* when the upper bound is below ``tolerance``. While
+neither holds the comparison is undecided and one more seed is run (racing, Maron & Moore 1994) for
+whichever side has fewer, up to ``max_seeds`` each; still undecided at the seed limit, B does not gain
+(the cheaper configuration stays the best: by calibration, letting the means decide there lets noise
+carry a flat curve past ``escalate_max_r``). Without a noise estimate (one seed each and
+``max_seeds`` 1) nothing is significant. Seeds are run
+in order (``sweep.seeds``, then the next integers), and a decision only uses the seeds the procedure had
+asked for when it took it, so replaying a longer history never changes an earlier decision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from scipy.stats import t as student_t
 
 from sweep.config import SweepSettings, targets_key
 
@@ -77,22 +89,23 @@ class Stats:
 
 @dataclass(frozen=True)
 class Comparison:
-    """B against A: gain = mean_B − mean_A (points), the standard error of that difference (None
-    without a noise estimate), the threshold max(min_delta, noise_z·SE), whether gain > threshold,
-    and the pooled seed standard deviation the SE came from."""
+    """B against A, in points: ``gain`` = mean_B − mean_A; ``se`` of that difference, ``dof`` of the
+    pooled seed s.d. ``sd`` and the one-sided bounds ``low``/``high`` = gain ∓ t·SE (None without a
+    noise estimate, i.e. when no configuration has two ok seeds)."""
 
     gain: float
-    se: Optional[float]
-    threshold: float
-    significant: bool
+    se: Optional[float] = None
+    dof: int = 0
     sd: Optional[float] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """One decision: ``action`` (start, continue, no-gain, failed, plateau, ranks-exhausted, escalate,
-    no-escalation, widen, budget, recommend, grid), the ``stage`` (rank, targets, grid, final), the
-    configuration it is about, a one-sentence ``reason`` and the ``numbers`` behind it."""
+    """One decision: ``action`` (start, continue, no-gain, more-seeds, failed, plateau, ranks-exhausted,
+    escalate, no-escalation, widen, budget, recommend, grid), the ``stage`` (rank, targets, grid, final),
+    the configuration it is about, a one-sentence ``reason`` and the ``numbers`` behind it."""
 
     action: str
     stage: str
@@ -112,13 +125,10 @@ class Decision:
 
 @dataclass
 class Plan:
-    """What to do now: ``next`` trial (None when the sweep is over), every decision so far, the
-    recommended configuration (when the sweep is over or stopped) and why it stopped.
-
-    ``runnable`` holds every trial that may run now, in the order one worker would run them (all
-    missing seeds of the configuration under evaluation; every missing grid point), cut to what the
-    ``max_trials`` cap leaves; ``next == runnable[0]`` when it is not empty. Workers run them in
-    parallel; since the decisions only read finished trials, the order they finish in changes nothing."""
+    """What to do now: ``runnable``, every trial the procedure needs before its next decision (they
+    may run in any order or at once), and ``next`` = ``runnable[0]`` (None when the sweep is over);
+    every decision so far; the recommended configuration (when the sweep is over or stopped) and why
+    it stopped."""
 
     next: Optional[TrialSpec]
     decisions: List[Decision]
@@ -126,6 +136,15 @@ class Plan:
     stop_reason: Optional[str] = None
     evaluated: List[Config] = field(default_factory=list)
     runnable: List[TrialSpec] = field(default_factory=list)
+
+
+def seed_sequence(settings: SweepSettings) -> List[int]:
+    """The seeds a configuration may get, in order: ``sweep.seeds``, then the next integers after the
+    largest of them up to ``sweep.max_seeds`` seeds in all (progressive); ``sweep.seeds`` (grid)."""
+    seeds = list(settings.seeds)
+    if settings.mode == "progressive":
+        seeds += range(max(seeds) + 1, max(seeds) + 1 + settings.max_seeds - len(seeds))
+    return seeds
 
 
 def stats_of(values: Sequence[float]) -> Optional[Stats]:
@@ -138,32 +157,48 @@ def stats_of(values: Sequence[float]) -> Optional[Stats]:
     return Stats(len(pts), mean, sd)
 
 
-def pooled_sd(stats: Sequence[Stats]) -> Optional[float]:
-    """Seed standard deviation pooled over configurations: sqrt(Σ(n_i−1)s_i² / Σ(n_i−1)); None
-    when no configuration has two seeds."""
+def pooled_sd(stats: Sequence[Stats]) -> Tuple[Optional[float], int]:
+    """Seed standard deviation pooled over configurations, sqrt(Σ(n_i−1)s_i² / Σ(n_i−1)), and its degrees
+    of freedom Σ(n_i−1); (None, 0) when no configuration has two seeds."""
     dof = sum(s.n - 1 for s in stats if s.sd is not None)
     if dof == 0:
-        return None
-    return math.sqrt(sum((s.n - 1) * s.sd ** 2 for s in stats if s.sd is not None) / dof)
+        return None, 0
+    return math.sqrt(sum((s.n - 1) * s.sd ** 2 for s in stats if s.sd is not None) / dof), dof
 
 
-def compare(a: Stats, b: Stats, sd: Optional[float], min_delta: float, noise_z: float) -> Comparison:
-    """Is B significantly better than A? (see the module docstring for the rule)."""
+@lru_cache(maxsize=None)
+def t_quantile(confidence: float, dof: int) -> float:
+    """Student-t quantile at ``confidence`` with ``dof`` degrees of freedom (one-sided)."""
+    return float(student_t.ppf(confidence, dof))
+
+
+def compare(a: Stats, b: Stats, pooled: Tuple[Optional[float], int], confidence: float) -> Comparison:
+    """B against A with the pooled seed s.d. ``pooled`` = (sd, dof) (see the module docstring)."""
     gain = b.mean - a.mean
-    se = sd * math.sqrt(1 / a.n + 1 / b.n) if sd is not None else None
-    threshold = max(min_delta, noise_z * se) if se is not None else min_delta
-    return Comparison(gain, se, threshold, gain > threshold, sd)
+    sd, dof = pooled
+    if sd is None:
+        return Comparison(gain)
+    se = sd * math.sqrt(1 / a.n + 1 / b.n)
+    half = t_quantile(confidence, dof) * se
+    return Comparison(gain, se, dof, sd, gain - half, gain + half)
 
 
-def _cmp_text(c: Comparison, min_delta: float, noise_z: float, pooled_over: int) -> str:
+def detectable_gain(sd: float, dof: int, n: int, confidence: float) -> float:
+    """Smallest gain in points whose lower bound clears 0 with ``n`` seeds on each side:
+    t(confidence, dof) · sd · sqrt(2/n)."""
+    return t_quantile(confidence, dof) * sd * math.sqrt(2 / n)
+
+
+def _bounds_text(c: Comparison, confidence: float) -> str:
     if c.se is None:
-        return f"threshold {c.threshold:.2f} = min_delta (no seed-noise estimate with one seed)"
-    return (f"threshold {c.threshold:.2f} = max(min_delta {min_delta:g}, {noise_z:g}·SE {noise_z * c.se:.2f}); "
-            f"SE of the difference from the seed s.d. {c.sd:.2f} pooled over {pooled_over} configuration(s)")
+        return "no seed-noise estimate yet (no configuration has two ok seeds)"
+    return (f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
+            f"over {c.dof} d.f., SE {c.se:.2f}")
 
 
-def _cmp_numbers(c: Comparison) -> Dict[str, float]:
-    return {"gain": c.gain, "threshold": c.threshold, **({"se": c.se} if c.se is not None else {})}
+def _numbers(c: Comparison) -> Dict[str, float]:
+    extra = {"se": c.se, "low": c.low, "high": c.high, "sd": c.sd, "dof": c.dof} if c.se is not None else {}
+    return {"gain": c.gain, **extra}
 
 
 def _fmt(cfg: Config) -> str:
@@ -176,58 +211,91 @@ def _stats_text(s: Stats) -> str:
 
 def recommend(evaluated: Sequence[Config], stats: Mapping[Config, Optional[Stats]],
               params: Mapping[Config, int], flops: Mapping[Config, float],
-              min_delta: float, noise_z: float) -> Tuple[Optional[Config], Optional[Decision]]:
-    """The cheapest configuration not significantly worse than the best.
+              settings: SweepSettings) -> Tuple[Optional[Config], Optional[Decision]]:
+    """The cheapest configuration shown to be within ``settings.tolerance`` points of the best.
 
-    Among ``evaluated`` configurations with stats, the best has the highest mean; a configuration C
-    qualifies when the best is not significantly better than C (same rule as every other decision);
-    of those, the fewest trainable parameters wins, then fewer FLOPs, then the higher mean.
-    Returns (config, decision), or (None, None) when nothing has an ok trial.
+    Among ``evaluated`` configurations with stats, the best has the highest mean (fewer trainable
+    parameters on a tie). Going from the fewest trainable parameters up (then fewer FLOPs, then the
+    higher mean), the first configuration whose upper bound on (best − it) is below the tolerance is
+    picked (equivalence: it is at most ``tolerance`` points worse, at ``settings.confidence``); the
+    best is picked when no cheaper one is shown equivalent. Returns (config, decision), or (None, None)
+    when nothing has an ok trial.
     """
     scored = [c for c in evaluated if stats.get(c) is not None]
     if not scored:
         return None, None
-    sd = pooled_sd([stats[c] for c in scored])
+    pooled = pooled_sd([stats[c] for c in scored])
     best = max(scored, key=lambda c: (stats[c].mean, -params.get(c, 0)))
-    ok = [c for c in scored if not compare(stats[c], stats[best], sd, min_delta, noise_z).significant]
-    pick = min(ok, key=lambda c: (params.get(c, 0), flops.get(c, 0.0), -stats[c].mean))
-    cmp = compare(stats[pick], stats[best], sd, min_delta, noise_z)
+    tol = settings.tolerance
+    pick, cmp = best, None
+    for c in sorted(scored, key=lambda c: (params.get(c, 0), flops.get(c, 0.0), -stats[c].mean)):
+        if c == best:
+            break
+        cmp = compare(stats[c], stats[best], pooled, settings.confidence)
+        if cmp.high is not None and cmp.high < tol:
+            pick = c
+            break
     if pick == best:
-        why = (f"the best configuration ({_stats_text(stats[pick])}) is also the cheapest of those not "
-               "significantly worse than it")
+        why = (f"the best configuration ({_stats_text(stats[best])}); no cheaper configuration is shown to be "
+               f"within sweep.tolerance={tol:g} points of it")
+        numbers = {"mean": stats[best].mean, "trainable_params": params.get(best, 0)}
     else:
-        why = (f"the cheapest configuration not significantly worse than the best: {_fmt(best)} is ahead by "
-               f"{cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) with "
-               f"{params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and that gain is not "
-               f"significant ({_cmp_text(cmp, min_delta, noise_z, len(scored))})")
-    numbers = {"mean": stats[pick].mean, "best_mean": stats[best].mean, "trainable_params": params.get(pick, 0),
-               "best_trainable_params": params.get(best, 0), **_cmp_numbers(cmp)}
+        why = (f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
+               f"{_fmt(best)} is ahead by {cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) "
+               f"with {params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and the upper bound "
+               f"of that gap is {cmp.high:.2f} < {tol:g} ({_bounds_text(cmp, settings.confidence)})")
+        numbers = {"mean": stats[pick].mean, "best_mean": stats[best].mean, "trainable_params": params.get(pick, 0),
+                   "best_trainable_params": params.get(best, 0), **_numbers(cmp)}
     return pick, Decision("recommend", "final", pick[0], pick[1], why, numbers)
 
 
+class _Pending(Exception):
+    """Raised inside a replay when trials the next decision needs are missing; carries them."""
+
+    def __init__(self, specs: List[TrialSpec]):
+        self.specs = specs
+
+
 class _Replay:
-    """State of one replay of the procedure over a fixed history."""
+    """State of one replay of the procedure over a fixed history: how many seeds of each configuration
+    the procedure has asked for so far (``asked``), and only those inform its decisions."""
 
     def __init__(self, settings: SweepSettings, outcomes: Sequence[Outcome]):
         self.s = settings
         self.outcomes = list(outcomes)
         self.decisions: List[Decision] = []
         self.evaluated: List[Config] = []
-        seeds = set(settings.seeds)
-        self.by_cfg: Dict[Config, List[Outcome]] = {}
+        self.seeds = seed_sequence(settings)
+        self.by_cfg: Dict[Config, Dict[int, Outcome]] = {}
         for o in self.outcomes:
             if o.status != "failed":  # a crash measured nothing: it never stands in for a result
-                self.by_cfg.setdefault((o.r, o.targets), []).append(o)
-        self.stats = {c: stats_of([o.objective for o in os_ if o.status == "ok" and o.seed in seeds
-                                   and o.objective is not None]) for c, os_ in self.by_cfg.items()}
-        self.params = {c: max((o.trainable_params for o in os_), default=0) for c, os_ in self.by_cfg.items()}
-        self.flops = {c: sum(o.train_flops for o in os_ if o.status == "ok") / max(1, sum(o.status == "ok" for o in os_))
-                      for c, os_ in self.by_cfg.items()}
+                self.by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
+        self.asked: Dict[Config, int] = {}
+        self._stats: Dict[Tuple[Config, int], Optional[Stats]] = {}
+        self.params = {c: max((o.trainable_params for o in os_.values()), default=0) for c, os_ in self.by_cfg.items()}
+        self.flops = {c: sum(o.train_flops for o in os_.values() if o.status == "ok")
+                      / max(1, sum(o.status == "ok" for o in os_.values())) for c, os_ in self.by_cfg.items()}
 
-    def missing(self, cfg: Config, stage: str) -> List[TrialSpec]:
-        """The seeds of ``cfg`` that have no finished trial, in the order of ``sweep.seeds``."""
-        done = {o.seed for o in self.by_cfg.get(cfg, [])}
-        return [TrialSpec(cfg[0], cfg[1], seed, stage) for seed in self.s.seeds if seed not in done]
+    def stats(self, cfg: Config) -> Optional[Stats]:
+        """Stats over the ok seeds asked for so far (memoised: a replay asks for them often)."""
+        key = (cfg, self.asked.get(cfg, 0))
+        if key not in self._stats:
+            done = self.by_cfg.get(cfg, {})
+            self._stats[key] = stats_of([done[s].objective for s in self.seeds[:key[1]]
+                                         if s in done and done[s].status == "ok" and done[s].objective is not None])
+        return self._stats[key]
+
+    def missing(self, cfg: Config, n: int, stage: str) -> List[TrialSpec]:
+        """Ask for the first ``n`` seeds of ``cfg``; returns those not run yet."""
+        self.asked[cfg] = max(self.asked.get(cfg, 0), n)
+        done = self.by_cfg.get(cfg, {})
+        return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
+
+    def ask(self, cfg: Config, n: int, stage: str) -> None:
+        """``missing``, raising ``_Pending`` when some seeds are not run yet."""
+        missing = self.missing(cfg, n, stage)
+        if missing:
+            raise _Pending(missing)
 
     def budget_exceeded(self) -> Optional[Decision]:
         n = len(self.outcomes)
@@ -247,67 +315,140 @@ class _Replay:
                         {"trials": n, "train_flops": flops, "seconds": seconds})
 
     def pending(self, specs: List[TrialSpec]) -> Plan:
-        """The trials that may run now (at most what ``max_trials`` leaves), unless the compute cap forbids any."""
+        """The trials to run next, unless the compute cap forbids them; at most as many as
+        ``max_trials`` still allows."""
         stop = self.budget_exceeded()
         if stop is None:
             if self.s.max_trials is not None:
                 specs = specs[:self.s.max_trials - len(self.outcomes)]
             return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
-        self.decisions.append(stop)
+        cut = "; ".join(f"{_fmt((r, t))} seed(s) {', '.join(str(x.seed) for x in specs if (x.r, x.targets) == (r, t))}"
+                        for r, t in dict.fromkeys((x.r, x.targets) for x in specs))
+        last = next((d for d in reversed(self.decisions) if d.action == "more-seeds"), None)
+        during = f" to settle: {last.reason}" if last is not None and self.decisions[-1] is last else ""
+        self.decisions.append(dataclasses.replace(
+            stop, reason=f"{stop.reason}; cut off: the {specs[0].stage} stage still needed {cut}{during}"))
         return self.finish("budget")
 
     def finish(self, stop_reason: str) -> Plan:
-        pick, decision = recommend(self.evaluated, self.stats, self.params, self.flops,
-                                   self.s.min_delta, self.s.noise_z)
+        stats = {c: self.stats(c) for c in self.evaluated}
+        pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s)
         if decision is not None:
+            if stop_reason == "budget":
+                decision = dataclasses.replace(decision, reason="provisional, the compute cap stopped the sweep "
+                                               f"before the procedure ended: {decision.reason}")
             self.decisions.append(decision)
         return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
 
+    def evaluate(self, cfg: Config, stage: str) -> Optional[Stats]:
+        """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations."""
+        self.ask(cfg, len(self.s.seeds), stage)
+        if cfg not in self.evaluated:
+            self.evaluated.append(cfg)
+        return self.stats(cfg)
+
+    def race(self, ref: Config, cfg: Config, stage: str) -> Tuple[bool, Comparison, str]:
+        """Compare ``cfg`` with ``ref``, adding seeds to the side with fewer while undecided.
+        Returns (gain, the comparison, why)."""
+        s = self.s
+        while True:
+            a, b = self.stats(ref), self.stats(cfg)
+            c = compare(a, b, pooled_sd([st for st in map(self.stats, self.evaluated) if st]), s.confidence)
+            if c.low is not None and c.low > 0:
+                return True, c, f"lower bound {c.low:+.2f} > 0"
+            if c.high is not None and c.high < s.tolerance:
+                return False, c, f"upper bound {c.high:+.2f} < sweep.tolerance={s.tolerance:g}"
+            side = cfg if self.asked[cfg] <= self.asked[ref] else ref
+            if self.asked[side] >= len(self.seeds):
+                side = ref if side == cfg else cfg
+            if self.asked[side] >= len(self.seeds):
+                return (False, c, f"undecided at the seed limit (sweep.max_seeds={s.max_seeds}): "
+                        "not a significant gain")
+            self.decisions.append(Decision(
+                "more-seeds", stage, side[0], side[1],
+                f"{_fmt(cfg)} vs {_fmt(ref)} undecided: gain {c.gain:+.2f}, {_bounds_text(c, s.confidence)}; "
+                f"neither above 0 nor below sweep.tolerance={s.tolerance:g}: seed {self.asked[side] + 1} of "
+                f"{_fmt(side)}", _numbers(c)))
+            self.ask(side, self.asked[side] + 1, stage)
+
     def step(self, cfg: Config, ref: Optional[Config], stage: str) -> Tuple[Optional[Config], bool]:
-        """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg improved significantly)."""
-        self.evaluated.append(cfg)
-        s = self.stats.get(cfg)
-        if s is None:
+        """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
+        st = self.evaluate(cfg, stage)
+        if st is None:
             self.decisions.append(Decision("failed", stage, cfg[0], cfg[1],
                                            "every seed diverged: not comparable, counts as no gain"))
             return ref, False
         if ref is None:
-            self.decisions.append(Decision("start", stage, cfg[0], cfg[1], f"first result: {_stats_text(s)}",
-                                           {"mean": s.mean, **({"sd": s.sd} if s.sd is not None else {})}))
+            self.decisions.append(Decision("start", stage, cfg[0], cfg[1], f"first result: {_stats_text(st)}",
+                                           {"mean": st.mean, **({"sd": st.sd} if st.sd is not None else {})}))
             return cfg, True
-        pool = [self.stats[c] for c in self.evaluated if self.stats.get(c) is not None]
-        c = compare(self.stats[ref], s, pooled_sd(pool), self.s.min_delta, self.s.noise_z)
-        nums = {"mean": s.mean, "ref_mean": self.stats[ref].mean, **_cmp_numbers(c)}
-        text = f"{_stats_text(s)} vs {_fmt(ref)} {self.stats[ref].mean:.2f}: gain {c.gain:+.2f}"
-        if c.significant:
-            action = "continue" if stage == "rank" else "widen"
-            self.decisions.append(Decision(action, stage, cfg[0], cfg[1],
-                                           f"{text} > {_cmp_text(c, self.s.min_delta, self.s.noise_z, len(pool))}", nums))
-            return cfg, True
-        self.decisions.append(Decision("no-gain", stage, cfg[0], cfg[1],
-                                       f"{text} ≤ {_cmp_text(c, self.s.min_delta, self.s.noise_z, len(pool))}", nums))
-        return ref, False
+        gained, c, why = self.race(ref, cfg, stage)
+        text = (f"{_stats_text(self.stats(cfg))} vs {_fmt(ref)} {_stats_text(self.stats(ref))}: gain {c.gain:+.2f}, "
+                f"{_bounds_text(c, self.s.confidence)}; {why}")
+        action = ("continue" if stage == "rank" else "widen") if gained else "no-gain"
+        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], text, _numbers(c)))
+        return (cfg, True) if gained else (ref, False)
 
-    def climb(self, configs: Sequence[Config], ref: Optional[Config], stage: str,
-              what: str) -> Tuple[Optional[Config], Optional[Plan], bool]:
-        """Evaluate ``configs`` in order, each against the best so far, until ``patience`` of them in a
-        row bring no significant gain. Returns (best so far, the plan when a trial is still missing,
-        whether a plateau was declared)."""
+    def climb(self, configs: Sequence[Config], ref: Optional[Config], stage: str) -> Tuple[Optional[Config], bool]:
+        """Evaluate ``configs`` in order, each against the best so far, until ``patience`` steps past the
+        best bring no gain (rank doublings on the rank stage, target sets on the targets stage).
+        Returns (best so far, whether a plateau was declared)."""
         misses = 0
         for cfg in configs:
-            specs = self.missing(cfg, stage)
-            if specs:
-                return ref, self.pending(specs), False
-            ref, improved = self.step(cfg, ref, stage)
-            misses = 0 if improved else misses + 1
-            if misses >= self.s.patience:
-                best = ref or cfg
+            ref, gained = self.step(cfg, ref, stage)
+            misses = 0 if gained else misses + 1
+            if ref is None:
+                continue
+            past = math.log2(cfg[0] / ref[0]) if stage == "rank" else misses
+            if not gained and past >= self.s.patience:
+                unit = "rank doubling(s)" if stage == "rank" else "wider target set(s) in a row"
                 self.decisions.append(Decision(
-                    "plateau", stage, best[0], best[1],
-                    f"{misses} {what} in a row without a significant gain (patience {self.s.patience}); "
-                    f"best so far: {_fmt(best)}"))
-                return ref, None, True
-        return ref, None, False
+                    "plateau", stage, ref[0], ref[1],
+                    f"{past:g} {unit} past {_fmt(ref)} without a significant gain (sweep.patience={self.s.patience}); "
+                    f"best so far: {_fmt(ref)}"))
+                return ref, True
+        return ref, False
+
+    def progressive(self, costs: Mapping[str, int]) -> Plan:
+        s = self.s
+        start = targets_key(s.start_targets)
+        ref, plateaued = self.climb([(r, start) for r in s.ranks], None, "rank")
+        if not plateaued:
+            self.decisions.append(Decision("ranks-exhausted", "rank", ref[0] if ref else None, start,
+                                           f"sweep.ranks ended at r={s.ranks[-1]} before {s.patience} rank doubling(s) "
+                                           "without a significant gain"))
+        if ref is None:
+            return self.finish("no successful trial")
+        if ref[0] > s.escalate_max_r:
+            self.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
+                                           f"the plateau rank {ref[0]} is above sweep.escalate_max_r={s.escalate_max_r}: "
+                                           "not a low rank, so no wider target sets are tried"))
+            return self.finish("plateau")
+        wider = sorted(dict.fromkeys(targets_key(t) for t in s.target_sets
+                                     if costs[targets_key(t)] > costs[start]), key=lambda t: costs[t])
+        if not wider:
+            self.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
+                                           "sweep.target_sets holds no set that adapts more than the start targets"))
+            return self.finish("plateau")
+        rank = ref[0]
+        self.decisions.append(Decision("escalate", "targets", rank, start,
+                                       f"r={rank} is a low rank (≤ {s.escalate_max_r}): trying more target matrices at "
+                                       f"r={rank}, cheapest first: {' | '.join(wider)}",
+                                       {f"lora_params[{t}]": rank * costs[t] for t in wider}))
+        self.climb([(rank, t) for t in wider], ref, "targets")
+        return self.finish("plateau")
+
+    def grid(self, costs: Mapping[str, int]) -> Plan:
+        sets = list(dict.fromkeys(targets_key(t) for t in self.s.target_sets))
+        sets.sort(key=lambda t: costs[t])
+        grid = [(r, t) for t in sets for r in self.s.ranks]
+        missing = [spec for cfg in grid for spec in self.missing(cfg, len(self.seeds), "grid")]
+        self.evaluated.extend(grid)
+        if missing:
+            return self.pending(missing)
+        self.decisions.append(Decision("grid", "grid", None, None, f"all {len(grid)} configurations × "
+                                       f"{len(self.s.seeds)} seed(s) are done", {"configurations": len(grid)}))
+        return self.finish("grid complete")
 
 
 def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
@@ -324,49 +465,17 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs
         and then ``plan.recommendation`` is set (None only if no trial succeeded).
     """
     rp = _Replay(settings, outcomes)
-    start = targets_key(settings.start_targets)
-    ref, pending, plateaued = rp.climb([(r, start) for r in settings.ranks], None, "rank", "rank(s)")
-    if pending:
-        return pending
-    if not plateaued:
-        rp.decisions.append(Decision("ranks-exhausted", "rank", ref[0] if ref else None, start,
-                                     f"gains stayed significant up to the last rank of sweep.ranks ({settings.ranks[-1]})"))
-    if ref is None:
-        return rp.finish("no successful trial")
-    if ref[0] > settings.escalate_max_r:
-        rp.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
-                                     f"the plateau rank {ref[0]} is above sweep.escalate_max_r={settings.escalate_max_r}: "
-                                     "not a low rank, so no wider target sets are tried"))
-        return rp.finish("plateau")
-    wider = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets
-                                 if costs[targets_key(t)] > costs[start]), key=lambda t: costs[t])
-    if not wider:
-        rp.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
-                                     "sweep.target_sets holds no set that adapts more than the start targets"))
-        return rp.finish("plateau")
-    rank = ref[0]
-    rp.decisions.append(Decision("escalate", "targets", rank, start,
-                                 f"r={rank} is a low rank (≤ {settings.escalate_max_r}): trying more target matrices at "
-                                 f"r={rank}, cheapest first: {' | '.join(wider)}",
-                                 {f"lora_params[{t}]": rank * costs[t] for t in wider}))
-    _, pending, _ = rp.climb([(rank, t) for t in wider], ref, "targets", "wider target set(s)")
-    return pending or rp.finish("plateau")
+    try:
+        return rp.progressive(costs)
+    except _Pending as p:
+        return rp.pending(p.specs)
 
 
 def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
-    """Every rank × target set × seed of the settings, target sets cheapest first, then by rank;
-    the recommendation uses the same rule as the progressive procedure."""
-    rp = _Replay(settings, outcomes)
-    sets = list(dict.fromkeys(targets_key(t) for t in settings.target_sets))
-    sets.sort(key=lambda t: costs[t])
-    grid = [(r, t) for t in sets for r in settings.ranks]
-    specs = [spec for cfg in grid for spec in rp.missing(cfg, "grid")]
-    if specs:
-        return rp.pending(specs)
-    rp.evaluated.extend(grid)
-    rp.decisions.append(Decision("grid", "grid", None, None, f"all {len(grid)} configurations × "
-                                 f"{len(settings.seeds)} seed(s) are done", {"configurations": len(grid)}))
-    return rp.finish("grid complete")
+    """Every rank × target set × seed of the settings, target sets cheapest first, then by rank
+    (``runnable`` holds every missing trial); the recommendation uses the same rule as the
+    progressive procedure."""
+    return _Replay(settings, outcomes).grid(costs)
 
 
 def plan(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from omegaconf import OmegaConf
 
+from analysis.reliability import reliability
 from analysis.report import write_reports
 from sweep import claims
-from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, run_cli
+from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, results_root, run_cli
 from sweep.config import Config, targets_key
 from sweep.data import tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.study import (RESULT_ATTRS, open_study, outcomes, sqlite_path, study_name, storage_url, sweep_dir,
-                         sweep_lock)
+from sweep.study import (RESULT_ATTRS, fingerprint, load_study, open_study, outcomes, sqlite_path, study_name,
+                         storage_url, sweep_dir, sweep_lock)
 from sweep.trial import CHECKPOINT, run_trial, trial_name
 
 
@@ -81,10 +83,36 @@ def _crashes(study, spec: TrialSpec) -> List[str]:
             if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
 
 
+def _identity(resolved) -> Dict[str, str]:
+    """What makes two trials the same: every setting that gives a result its meaning (model, task,
+    data, training, LoRA; see ``sweep.study.fingerprint``) plus r, target matrices and seed."""
+    return {**fingerprint(resolved), "lora.r": repr(resolved.lora.r), "lora.targets": repr(list(resolved.lora.targets)),
+            "train.seed": repr(resolved.train.seed)}
+
+
+def _reuse(cfg: Config, tresolved, run_dir: Path) -> Optional[dict]:
+    """Read back a finished trial of another sweep under the same ``results/<task>/`` whose resolved
+    configuration is the same as this one's (``_identity``): its folder is copied to ``run_dir`` and
+    its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
+    want = _identity(tresolved)
+    for source in sorted((results_root(cfg) / cfg.task.name).glob(f"*/trials/{run_dir.name}")):
+        if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
+            continue
+        if _identity(OmegaConf.load(source / "config.yaml")) != want:
+            continue
+        m = {**json.loads((source / "metrics.json").read_text()), "reused_from": str(source)}
+        shutil.copytree(source, run_dir, dirs_exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
+        (run_dir / "metrics.json").write_text(json.dumps(m, indent=2))
+        return m
+    return None
+
+
 def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool, log,
              reported: Set[int] = frozenset()) -> dict:
     """Run (or resume, or read back) one trial, report each epoch's validation objective as an
-    intermediate value (``reported``: epochs the trial already has), and tell the study its result.
+    intermediate value (``reported``: epochs the trial already has), and tell the study its result. A
+    finished trial of another sweep with the same resolved configuration is read back (``_reuse``).
     A crash (an exception other than a ``UserError``) is stored as status ``failed`` with its traceback
     in ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -110,9 +138,13 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
     else:
-        if (run_dir / CHECKPOINT).is_file():
+        m = _reuse(cfg, tresolved, run_dir)
+        if m is not None:
+            log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: read back from {m['reused_from']}")
+        elif (run_dir / CHECKPOINT).is_file():
             log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
                 f"checkpoint in {run_dir}")
+    if m is None:
         try:
             m = run_trial(tcfg, tresolved, run_dir, progress=progress, on_epoch=report)
         except UserError:
@@ -155,11 +187,12 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
 
 def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str, attempt: int = 1) -> str:
     head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (f" (attempt {attempt})" if attempt > 1 else "")
+    reused = f" (reused from {m['reused_from']})" if m.get("reused_from") else ""
     if m["status"] != "ok":
-        return f"{head}: {m['status']} ({m.get('reason')})"
+        return f"{head}: {m['status']} ({m.get('reason')}){reused}"
     return (f"{head}: {objective} {m['objective_value']:.4f} | "
             f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
-            f"{m['train_seconds'] + m['eval_seconds']:.0f} s")
+            f"{m['train_seconds'] + m['eval_seconds']:.0f} s{reused}")
 
 
 def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: bool = True, log=print) -> Plan:
@@ -192,6 +225,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         study = open_study(cfg, resolved)
         study.set_user_attr("command_overrides", list(overrides))
         sdir.mkdir(parents=True, exist_ok=True)
+        study.set_user_attr("target_costs", costs)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
             + (f", worker {claims.worker_id()}" if shared else ""))
@@ -275,15 +309,22 @@ def main(args: List[str]) -> int:
               f"in {_run_dir(cfg, trial_config(cfg, p.next, target_sets(cfg)[p.next.targets])[0])}; "
               "fix the cause and re-run the same command to retry it", file=sys.stderr)
         return 1
+    study = load_study(storage_url(cfg), study_name(cfg))
+    rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
+    print(f"reliability: {rel.text()}" if rel else "reliability: no seed-noise estimate (no configuration has two "
+          "ok seeds), so no gain could be shown significant")
     print(recommendation_line(p, sdir))
     return 0
 
 
 def recommendation_line(p: Plan, sdir: Path) -> str:
-    """The last line of a finished sweep: the recommendation (or why there is none) and where the results are."""
+    """The last line of a finished sweep: the recommendation (or why there is none; provisional when the
+    compute cap cut the procedure short) and where the results are."""
     if p.recommendation:
         r, t = p.recommendation
-        return f"recommendation: r={r} on {t} ({p.stop_reason}); results in {sdir}"
+        provisional = "; provisional: the compute cap cut the procedure short, see report.md" \
+            if p.stop_reason == "budget" else ""
+        return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
 
 

@@ -3,13 +3,14 @@ is, how a trial's configuration and results are stored and read back.
 
 Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
 ``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the trial's metrics
-(see ``RESULT_ATTRS``) with ``status`` and ``reason``. State COMPLETE (value = objective) for ``ok``
-trials, FAIL for ``diverged`` and ``failed`` ones; FAIL without a ``status`` is an abandoned trial (its
-worker died, or stepped back from a claim, see ``sweep/claims.py``), not a result. The validation
-objective of each epoch is an intermediate value (step = epoch, for ``optuna-dashboard``). Study user
-attributes: ``fingerprint`` (the settings that give finished trials their meaning), ``settings`` (the
-sweep settings), ``task``, ``model``, ``objective`` and ``decisions`` (every decision so far, with
-reasons and numbers).
+(see ``RESULT_ATTRS``) with ``status``, ``reason`` and, for a trial read back from another sweep,
+``reused_from``. State COMPLETE (value = objective) for ``ok`` trials, FAIL for ``diverged`` and
+``failed`` ones; FAIL without a ``status`` is an abandoned trial (its worker died, or stepped back from
+a claim, see ``sweep/claims.py``), not a result. The validation objective of each epoch is an
+intermediate value (step = epoch, for ``optuna-dashboard``). Study user attributes: ``fingerprint``
+(the settings that give finished trials their meaning), ``settings`` (the sweep settings), ``task``,
+``model``, ``objective``, ``decisions`` (every decision so far, with reasons and numbers) and
+``target_costs`` (Σ(d+k) per target set: r·cost is a set's LoRA parameter count).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -32,7 +33,7 @@ from sweep.decide import Outcome
 RESULT_ATTRS = ("status", "reason", "objective", "objective_value", "best", "best_epoch", "lora_alpha", "scaling",
                 "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct",
                 "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
-                "majority_baseline", "train_tokens", "n_train", "n_eval")
+                "majority_baseline", "train_tokens", "n_train", "n_eval", "reused_from")
 
 #: settings that do not change what a finished trial means, so a resume may change them
 #: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
@@ -194,8 +195,10 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
 
 
 def settings_of(study) -> SweepSettings:
-    """The sweep settings stored with the study (those of its latest run)."""
-    return SweepSettings(**study.user_attrs["settings"])
+    """The sweep settings stored with the study (those of its latest run); keys this version no longer
+    has (``min_delta`` and ``noise_z`` of studies made before the calibrated procedure) are ignored."""
+    known = {f.name for f in fields(SweepSettings)}
+    return SweepSettings(**{k: v for k, v in study.user_attrs["settings"].items() if k in known})
 
 
 def outcomes(study) -> List[Outcome]:

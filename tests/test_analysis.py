@@ -1,9 +1,9 @@
 """Reports of synthetic sweep studies built with Optuna's API from known numbers: no training.
 
 Expected means, standard deviations, t-intervals, Pareto sets and recommendations are worked out by
-hand below (metric units in the CSVs; the sweep's rule compares points, 100 × metric, with
-min_delta = 0.5 points and noise_z = 2). The studies' decisions come from ``sweep.decide.plan``, as
-the driver stores them.
+hand below (metric units in the CSVs; the sweep's rule compares points, 100 × metric: with two
+seeds and no racing, a tolerance of 5 points and one-sided 90% t bounds). The studies' decisions come
+from ``sweep.decide.plan``, as the driver stores them.
 """
 
 import math
@@ -29,6 +29,7 @@ COSTS = {"q,v": 2_000, "q,k,v,o": 4_000}  # LoRA parameters per unit of rank
 HEAD, BASE = 10_000, 1_000_000  # head parameters; frozen base model parameters
 MAJORITY = 0.684  # majority-class accuracy
 T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freedom
+T90 = {2: 1.885618083, 3: 1.637744354}  # t quantile 0.9 by degrees of freedom
 FILES = ["trials.csv", "summary.csv", "plots/metric_vs_params.png", "plots/metric_vs_compute.png",
          "plots/progression.png", "report.md"]
 TRIAL_COLUMNS = ["number", "state", "status", "stage", "r", "targets", "seed", "lora_alpha", "scaling",
@@ -41,7 +42,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def settings(**kw) -> SweepSettings:
     base = dict(ranks=[1, 2, 4, 8], start_targets=["q", "v"], target_sets=[["q", "v"], ["q", "k", "v", "o"]],
-                seeds=[0, 1], min_delta=0.5, noise_z=2.0, patience=1, escalate_max_r=8, max_trials=None)
+                seeds=[0, 1], max_seeds=2, tolerance=5.0, confidence=0.9, patience=1, escalate_max_r=8,
+                max_trials=None)
     return SweepSettings(**{**base, **kw})
 
 
@@ -83,7 +85,7 @@ def make_study(tmp_path, s: SweepSettings, trials, *, sweep_ended=True) -> str:
     url = f"sqlite:///{folder / 'study.db'}"
     study = optuna.create_study(storage=url, study_name=NAME, direction="maximize")
     for key, value in (("settings", asdict(s)), ("task", "mrpc"), ("model", "minilm"), ("objective", "accuracy"),
-                       ("metrics", ["accuracy", "f1"])):
+                       ("metrics", ["accuracy", "f1"]), ("target_costs", COSTS)):
         study.set_user_attr(key, value)
     for t in trials:
         study.add_trial(t)
@@ -97,12 +99,12 @@ def make_study(tmp_path, s: SweepSettings, trials, *, sweep_ended=True) -> str:
 
 
 # A finished progressive sweep. In points: r=1 81.0, r=2 85.0 (+4.0), r=4 86.0 (+1.0), each ±1.414 (sd
-# of a pair 2 apart). Pooled sd over r=1,2 is 1.414, SE = 1.414·sqrt(1/2+1/2) = 1.414, threshold
-# max(0.5, 2.83) = 2.83: r=2 continues, r=4 is no gain, the rank plateaus at r=2 (patience 1). r=2 ≤ 8,
-# so q,k,v,o is tried at r=2: 86.5 on one seed (the other diverged); vs 85.0, SE = 1.414·sqrt(1/2+1/1)
-# = 1.732, threshold 3.46 > 1.5: no gain, plateau. Recommendation: the best is r=2 q,k,v,o (86.5);
-# r=1 trails by 5.5 > 3.46 (significantly worse); r=2 q,v (1.5) and r=4 q,v (0.5) are within the noise;
-# of those r=2 q,v has the fewest trainable parameters (14,000 vs 18,000).
+# of a pair 2 apart). Pooled sd over r=1,2 is 1.414 (2 d.f.), SE = 1.414·sqrt(1/2+1/2) = 1.414, bounds
+# 4 ∓ 1.886·1.414 = [1.33, 6.67]: r=2 continues; r=4: 1 ∓ 1.638·1.414 = [−1.32, 3.32], upper < 5: no
+# gain, one doubling past r=2: plateau (patience 1). r=2 ≤ 8, so q,k,v,o is tried at r=2: 86.5 on one
+# seed (the other diverged); vs 85.0, SE = 1.414·sqrt(1/2+1/1) = 1.732, bounds 1.5 ∓ 2.84 = [−1.34,
+# 4.34]: no gain, plateau. Recommendation: the best is r=2 q,k,v,o (86.5); by trainable parameters r=1
+# (12,000) trails by 5.5, upper bound 8.34 ≥ 5; r=2 q,v (14,000) trails by 1.5, upper bound 4.34 < 5: picked.
 FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "rank", 1.03e11, 12.0),
             (2, "q,v", 0, 0.84, "rank", 1.02e11, 11.0), (2, "q,v", 1, 0.86, "rank", 1.04e11, 13.0),
             (4, "q,v", 0, 0.85, "rank", 1.04e11, 12.0), (4, "q,v", 1, 0.87, "rank", 1.06e11, 14.0),
@@ -111,16 +113,17 @@ FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "ran
 
 # An interrupted progressive sweep with three seeds. r=1: 70, 72, 75 points, mean 72.333, sd² =
 # (0.0233² + 0.0033² + 0.0267²)/2 in metric units; r=2: seed 0 diverged, 73.5 and 74.5, mean 74.0, sd
-# 0.707. Pooled sd² = (2·6.333 + 1·0.5)/3 = 4.389 → 2.095; SE = 2.095·sqrt(1/3+1/2) = 1.912, threshold
-# 3.82 > gain 1.67: r=2 is no gain, the rank plateaus at r=1 and q,k,v,o is escalated to. Trial 6 is an
-# orphan FAIL (no configuration stored), trial 7 is still running. Provisional recommendation: the
-# best, r=2, is not significantly better than r=1, which has fewer parameters: r=1 on q,v.
+# 0.707. Pooled sd² = (2·6.333 + 1·0.5)/3 = 4.389 → 2.095 (3 d.f.); SE = 2.095·sqrt(1/3+1/2) = 1.912,
+# bounds 1.667 ∓ 1.638·1.912 = [−1.46, 4.80], upper < 5: r=2 is no gain, the rank plateaus at r=1 and
+# q,k,v,o is escalated to. Trial 6 is an orphan FAIL (no configuration stored), trial 7 is still
+# running. Provisional recommendation: the best is r=2; r=1, with fewer parameters, is within 5 points
+# of it (upper bound 4.80): r=1 on q,v.
 PARTIAL = [(1, "q,v", 0, 0.70, "rank"), (1, "q,v", 1, 0.72, "rank"), (1, "q,v", 2, 0.75, "rank"),
            (2, "q,v", 0, "diverged", "rank"), (2, "q,v", 1, 0.735, "rank"), (2, "q,v", 2, 0.745, "rank"),
            (4, "q,v", 0, "orphan", "rank"), (1, "q,k,v,o", 0, "running", "targets")]
 
-# A finished grid, one seed: no noise estimate, so only min_delta = 0.5 points applies. Best r=2
-# q,k,v,o at 84.0; r=2 q,v at 83.8 is within 0.5, r=1 q,v (82.0) and r=1 q,k,v,o (83.0) are not.
+# A finished grid, one seed: no noise estimate, so no cheaper configuration can be shown within the
+# tolerance of the best: the best, r=2 q,k,v,o at 84.0, is recommended (r=2 q,v at 83.8 is not).
 GRID = [(1, "q,v", 0, 0.82, "grid"), (2, "q,v", 0, 0.838, "grid"), (1, "q,k,v,o", 0, 0.83, "grid"),
         (2, "q,k,v,o", 0, 0.84, "grid")]
 
@@ -138,7 +141,7 @@ def finished(tmp_path_factory):
 def partial(tmp_path_factory):
     """The interrupted study and the paths of its reports."""
     root = tmp_path_factory.mktemp("partial")
-    url = make_study(root, settings(seeds=[0, 1, 2]), [trial(*t) for t in PARTIAL], sweep_ended=False)
+    url = make_study(root, settings(seeds=[0, 1, 2], max_seeds=3), [trial(*t) for t in PARTIAL], sweep_ended=False)
     return url, write_reports(url, NAME, root / "out")
 
 
@@ -225,9 +228,14 @@ def test_partial_study_reports_provisional_recommendation(partial):
 
     report = (out / "report.md").read_text()
     assert "Provisional" in report and "**r=1 on q,v**" in report
-    # gain 74.0 − 72.33 = 1.67 points; 2·SE = 2 · 1.912 = 3.82
+    # gain 74.0 − 72.33 = 1.67 points; upper bound 1.667 + t(0.9, 3 d.f.)·1.912
     assert "is ahead by 1.67 points (74.00 vs 72.33)" in report
-    assert "not significant (threshold 3.82 = max(min_delta 0.5, 2·SE 3.82)" in report
+    se = math.sqrt((2 * 6.3333333 + 0.5) / 3) * math.sqrt(1 / 3 + 1 / 2)
+    assert f"the upper bound of that gap is {5 / 3 + T90[3] * se:.2f} \\< 5" in report  # '<' escaped for Markdown
+    # σ pooled over r=1 and r=2 (3 d.f.); with 3 seeds the detectable gain is t(0.9, 3)·σ·√(2/3)
+    sigma = math.sqrt((2 * 6.3333333 + 0.5) / 3)
+    assert (f"Seed noise σ = {sigma:.2f} points (pooled, 3 d.f.); with 3 seeds per configuration the smallest "
+            f"detectable gain is {T90[3] * sigma * math.sqrt(2 / 3):.2f} points") in report
     assert "8 (5 complete, 1 diverged, 1 failed, 1 running)" in report
     assert "trial 3 (r=2 q,v seed 0): diverged: training loss became nan in epoch 2 by step 40" in report
     assert "1 trial(s) marked running" in report
@@ -240,12 +248,30 @@ def test_report_md_finished(finished):
     assert "8 (7 complete, 1 diverged)" in report
     # r=2 q,v: 85.00 ± 1.41 points, CI 85 ± 12.71
     assert "**r=2 on q,v**: accuracy 85.00 ± 1.41 points (n=2; 95% CI 72.29–97.71), 14,000 trainable" in report
-    assert "not significant" in report  # the recommend decision's reason
+    assert "the cheapest configuration shown to be within sweep.tolerance=5 points of the best" in report
+    # σ pooled over the three q,v pairs (3 d.f.): 1.414; detectable with 2 seeds: t(0.9, 3)·1.414·√(2/2)
+    assert ("Seed noise σ = 1.41 points (pooled, 3 d.f.); with 2 seeds per configuration the smallest detectable "
+            f"gain is {T90[3] * math.sqrt(2):.2f} points; calibrated P(regret ≤ 5 point(s)) at this σ on this sweep's "
+            "observed curve: ") in report
     assert "- after trial 5: `[rank] plateau r=2 q,v:" in report
     assert "- after trial 7: `[targets] plateau r=2 q,v:" in report
     for name in ("metric_vs_params", "metric_vs_compute", "progression"):
         assert f"](plots/{name}.png)" in report
     assert "| 2 | q,v | 2 / 0 | 85.00 ± 1.41 | 72.29–97.71 | 14,000 |" in report
+
+
+def test_cap_stopped_sweep_is_provisional_and_says_what_was_cut_off(tmp_path):
+    # FINISHED without the q,k,v,o trials, capped at 6 trials: the plateau at r=2 escalates to q,k,v,o,
+    # whose two seeds the cap cuts off; of r=1, r=2, r=4 the best is r=4 (86.0) and r=2 (gap 1.0, upper
+    # bound 1 + 1.638·1.414 = 3.32 < 5) is picked
+    url = make_study(tmp_path, settings(max_trials=6), [trial(*t) for t in FINISHED[:6]])
+    write_reports(url, NAME, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "finished (budget)" in report and "**r=2 on q,v**" in report
+    assert ("**Provisional**: the compute cap stopped this sweep before its procedure ended (compute cap reached "
+            "(trials: 6 ≥ sweep.max_trials=6); stopping cleanly; cut off: the targets stage still needed r=2 on "
+            "q,k,v,o seed(s) 0, 1).") in report
+    assert "provisional, the compute cap stopped the sweep before the procedure ended: the cheapest" in report
 
 
 def test_decisions_placed_after_the_trials_they_saw(finished):
@@ -262,7 +288,7 @@ def test_grid_sweep_recommendation(tmp_path):
     s = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert list(zip(s["r"], s["targets"])) == [(1, "q,v"), (2, "q,v"), (1, "q,k,v,o"), (2, "q,k,v,o")]
     assert s["objective_sd"].isna().all()
-    assert list(s["recommended"]) == [False, True, False, False]
+    assert list(s["recommended"]) == [False, False, False, True]
     # params 12,000 / 14,000 / 14,000 / 18,000: r=1 q,k,v,o is beaten by r=2 q,v at the same cost
     assert list(s["pareto_params"]) == [True, True, False, True]
     assert "finished (grid complete)" in (tmp_path / "out" / "report.md").read_text()

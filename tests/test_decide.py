@@ -1,15 +1,19 @@
 """The decision function on scripted histories: fake metrics, no training.
 
-Expected sequences and thresholds are worked out by hand in the comments: metric values are given in
-metric units and compared in points (×100); min_delta = 0.5 points, noise_z = 2.
+Table-driven: (scripted metric, settings) -> trials run, decisions taken, recommendation. Expected
+sequences are worked out by hand in the comments; the bounds of a comparison are recomputed here
+with numpy and scipy (d ∓ t·SE, SE = s_pooled·√(1/n_A + 1/n_B), t one-sided at sweep.confidence).
+Metric values are given in metric units and compared in points (×100).
 """
 
 import math
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from sweep.config import SweepSettings
-from sweep.decide import Outcome, plan, pooled_sd, stats_of
+from sweep.decide import Outcome, plan, pooled_sd, seed_sequence, stats_of
 
 # Σ(d+k) per target set for MiniLM (6 layers, d_model 384, d_ff 1536): q and v are 384×384 → 768 each
 COSTS = {"q": 6 * 768, "v": 6 * 768, "q,v": 6 * 2 * 768, "q,k,v,o": 6 * 4 * 768,
@@ -20,18 +24,21 @@ HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
 def settings(**kw) -> SweepSettings:
     base = dict(ranks=[1, 2, 4, 8, 16, 32, 64], start_targets=["q", "v"],
                 target_sets=[["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], "all-linear"],
-                seeds=[0, 1], min_delta=0.5, noise_z=2.0, patience=1, escalate_max_r=8, max_trials=None)
+                seeds=[0, 1], max_seeds=6, tolerance=1.0, confidence=0.9, patience=2, escalate_max_r=8,
+                max_trials=None)
     base.update(kw)
     return SweepSettings(**base)
 
 
 def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0):
-    """Run the procedure against a scripted metric(r, targets, seed); returns (trials, final plan)."""
+    """Run the procedure against a scripted metric(r, targets, seed), one trial of ``plan.next`` at a
+    time; returns (trials, final plan)."""
     history = []
     for _ in range(200):
         p = plan(s, history, COSTS)
         if p.next is None:
             return [(o.r, o.targets, o.seed) for o in history], p
+        assert p.next == p.runnable[0]
         n = p.next
         value = metric(n.r, n.targets, n.seed)
         status = "ok" if value is not None else "diverged"
@@ -39,8 +46,12 @@ def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0):
     raise AssertionError("the procedure did not stop")
 
 
-def noise(seed):  # ±0.1 points: sd of a pair = 0.1414 points, 2·SE = 0.283 < min_delta
-    return 0.001 if seed == 0 else -0.001
+def small(seed):  # ±0.1 points: the sd of every pair is 0.1414, far below the tolerance of 1 point
+    return 0.001 if seed % 2 == 0 else -0.001
+
+
+def big(seed):  # ±1 point
+    return 0.01 if seed % 2 == 0 else -0.01
 
 
 def pairs(cfgs):
@@ -51,52 +62,126 @@ def actions(p):
     return [(d.action, d.r, d.targets) for d in p.decisions]
 
 
-def test_rise_then_plateau_then_widen():
-    curve = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.842}
-    wide = {"q,k,v,o": 0.85, "all-linear": 0.852}
+RISE = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.842, 16: 0.841}
+PEAK = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.83, 16: 0.82}
 
-    def metric(r, t, seed):
-        return (curve[r] if t == "q,v" else wide[t]) + noise(seed)
+CASES = [
+    # r: 80 → 82 → 84 gain (lower bounds ≫ 0); r=8 84.2 and r=16 84.1 gain 0.2 and 0.1 over r=4 with upper
+    # bounds < 1 (gain + t·0.1414 with t ≤ 1.64): no gain, and r=16 is 2 doublings past r=4: plateau at r=4.
+    # r=4 ≤ 8: widen, cheapest first: q,k,v,o (85.0, +1.0) gains, all-linear (85.2, +0.2) does not; the sets
+    # run out. Best is all-linear (85.2); by trainable parameters r=4 q,k,v,o (73,728 LoRA) ties r=8 q,v
+    # and has the higher mean, so it comes before r=8 q,v (gap 1.0: upper bound > 1); its gap to the best
+    # is 0.2 + t(0.9, 7 d.f.)·0.1414 = 0.40 < 1: picked.
+    ("rise-plateau-widen", {}, lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t])
+     + small(s),
+     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
+     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("no-gain", 8, "q,v"),
+      ("no-gain", 16, "q,v"), ("plateau", 4, "q,v"), ("escalate", 4, "q,v"), ("widen", 4, "q,k,v,o"),
+      ("no-gain", 4, "all-linear"), ("recommend", 4, "q,k,v,o")], (4, "q,k,v,o"), "plateau"),
+    # flat: r=2 and r=4 gain 0 (upper bounds 0 + t·0.1414 < 1); r=4 is 2 doublings past r=1: plateau at r=1;
+    # q,k,v,o and all-linear at r=1 gain nothing either: 2 sets in a row, plateau. All means are 80: the
+    # best (fewest parameters on a tie) is r=1 q,v itself.
+    ("flat", {}, lambda r, t, s: 0.80 + small(s),
+     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (1, "q,k,v,o"), (1, "all-linear")]),
+     [("start", 1, "q,v"), ("no-gain", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"), ("escalate", 1, "q,v"),
+      ("no-gain", 1, "q,k,v,o"), ("no-gain", 1, "all-linear"), ("plateau", 1, "q,v"), ("recommend", 1, "q,v")],
+     (1, "q,v"), "plateau"),
+    # a peak at r=4, then a decline: r=8 (−1) and r=16 (−2) do not gain; plateau at r=4; wider sets are
+    # 0.5 below the curve, no gain; r=4 q,v is the best and the cheapest shown within 1 of itself.
+    ("peak-decline", {}, lambda r, t, s: PEAK[r] - (0.005 if t != "q,v" else 0) + small(s),
+     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
+     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("no-gain", 8, "q,v"),
+      ("no-gain", 16, "q,v"), ("plateau", 4, "q,v"), ("escalate", 4, "q,v"), ("no-gain", 4, "q,k,v,o"),
+      ("no-gain", 4, "all-linear"), ("plateau", 4, "q,v"), ("recommend", 4, "q,v")], (4, "q,v"), "plateau"),
+    # still rising at 16 ≥ escalate_max_r: no wider targets; r=16 is the best and nothing cheaper is within 1.
+    ("rising-no-escalation", {"ranks": [4, 8, 16]}, lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
+     pairs([(4, "q,v"), (8, "q,v"), (16, "q,v")]),
+     [("start", 4, "q,v"), ("continue", 8, "q,v"), ("continue", 16, "q,v"), ("ranks-exhausted", 16, "q,v"),
+      ("no-escalation", 16, "q,v"), ("recommend", 16, "q,v")], (16, "q,v"), "plateau"),
+    # racing, worked out in test_racing_bounds: r=2 vs r=1 stays undecided; seeds go to the side with fewer
+    # (r=2 on a tie) up to max_seeds = 3; at the limit no gain; the ranks run out; r=1 is not shown within 1
+    # point of r=2, so the recommendation is the best, r=2 (no evidence is not evidence of equivalence).
+    ("racing-to-the-limit", {"ranks": [1, 2], "target_sets": [["q", "v"]], "max_seeds": 3},
+     lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s),
+     [(1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1), (2, "q,v", 2), (1, "q,v", 2)],
+     [("start", 1, "q,v"), ("more-seeds", 2, "q,v"), ("more-seeds", 1, "q,v"), ("no-gain", 2, "q,v"),
+      ("ranks-exhausted", 1, "q,v"), ("no-escalation", 1, "q,v"), ("recommend", 2, "q,v")], (2, "q,v"), "plateau"),
+    # one seed and no racing (debug=tiny): no noise estimate, nothing is significant, the rank stays at r=1 and
+    # plateaus 2 doublings later; nothing can be shown equivalent, so the best mean wins: r=4.
+    ("single-seed", {"ranks": [1, 2, 4], "seeds": [0], "max_seeds": 1, "target_sets": [["q", "v"]]},
+     lambda r, t, s: {1: 0.80, 2: 0.85, 4: 0.90}[r], [(1, "q,v", 0), (2, "q,v", 0), (4, "q,v", 0)],
+     [("start", 1, "q,v"), ("no-gain", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"),
+      ("no-escalation", 1, "q,v"), ("recommend", 4, "q,v")], (4, "q,v"), "plateau"),
+    # the trial cap in the middle of a configuration: 6 trials done, r=8 gets only seed 0 (the cap allows
+    # one more), then the cap stops the sweep; r=8 was never evaluated: the recommendation is r=4, provisional.
+    ("cap-mid-configuration", {"max_trials": 7}, lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
+     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]) + [(8, "q,v", 0)],
+     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("budget", None, None),
+      ("recommend", 4, "q,v")], (4, "q,v"), "budget"),
+    # every seed of r=2 diverges (failed, no gain) and one seed of r=1 (n=1); r=4 equals r=1: no noise
+    # estimate until r=4's pair, then no gain; plateau at r=1 after 2 doublings.
+    ("diverged", {"target_sets": [["q", "v"]]},
+     lambda r, t, s: None if r == 2 or (r == 1 and s == 1) else 0.80 + small(s),
+     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]),
+     [("start", 1, "q,v"), ("failed", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"),
+      ("no-escalation", 1, "q,v"), ("recommend", 1, "q,v")], (1, "q,v"), "plateau"),
+]
 
-    trials, p = drive(settings(), metric)
-    # r: 80 → 82 (+2 > 0.5) → 84 (+2) → 84.2 (+0.2 ≤ 0.5): plateau at r=4 (patience 1);
-    # r=4 ≤ 8: widen, cheapest first: q,k,v,o (85, +1.0 over 84) then all-linear (85.2, +0.2: stop)
-    assert trials == pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (4, "q,k,v,o"), (4, "all-linear")])
-    assert actions(p) == [
-        ("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("no-gain", 8, "q,v"),
-        ("plateau", 4, "q,v"), ("escalate", 4, "q,v"), ("widen", 4, "q,k,v,o"), ("no-gain", 4, "all-linear"),
-        ("plateau", 4, "q,k,v,o"), ("recommend", 4, "q,k,v,o")]
-    # best is all-linear at 85.2; q,k,v,o at 85.0 is within 0.5 and has fewer parameters
-    assert p.recommendation == (4, "q,k,v,o")
-    assert p.stop_reason == "plateau"
-    no_gain = p.decisions[3]
-    assert no_gain.numbers["gain"] == pytest.approx(0.2)
-    assert no_gain.numbers["threshold"] == pytest.approx(0.5)
-    assert no_gain.numbers["se"] == pytest.approx(math.sqrt(0.02) * 1.0)  # s_pooled = 0.1414, √(1/2+1/2) = 1
+
+@pytest.mark.parametrize("name, kw, metric, trials, expected, pick, stop", CASES, ids=[c[0] for c in CASES])
+def test_decision_table(name, kw, metric, trials, expected, pick, stop):
+    ran, p = drive(settings(**kw), metric)
+    assert ran == trials
+    assert actions(p) == expected
+    assert p.recommendation == pick
+    assert p.stop_reason == stop
 
 
-def test_flat_from_the_start_escalates_targets():
-    def metric(r, t, seed):
-        return 0.80 + noise(seed)
-
-    trials, p = drive(settings(), metric)
-    # r=2 gains nothing over r=1 → plateau at r=1 → widen at r=1: q,k,v,o gains nothing → stop
-    assert trials == pairs([(1, "q,v"), (2, "q,v"), (1, "q,k,v,o")])
-    assert [a for a, _, _ in actions(p)] == ["start", "no-gain", "plateau", "escalate", "no-gain", "plateau", "recommend"]
-    assert p.decisions[3].r == 1
-    assert p.recommendation == (1, "q,v")  # all equal: the fewest parameters wins
+def t90(dof):
+    return stats.t.ppf(0.9, dof)
 
 
-def test_keeps_rising_until_the_trial_budget():
-    def metric(r, t, seed):
-        return 0.70 + 0.02 * math.log2(r) + noise(seed)
+def test_racing_bounds():
+    ran, p = drive(settings(ranks=[1, 2], target_sets=[["q", "v"]], max_seeds=3),
+                   lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s))
+    # the three looks at r=2 vs r=1, each with the seeds it had: (r=1 seeds, r=2 seeds)
+    r1, r2 = [79.0, 81.0, 81.0], [82.0, 80.0, 82.0]
+    looks = []
+    for n1, n2 in ((2, 2), (2, 3), (3, 3)):
+        a, b = np.array(r1[:n1]), np.array(r2[:n2])
+        dof = (n1 - 1) + (n2 - 1)
+        sd = math.sqrt(((n1 - 1) * a.var(ddof=1) + (n2 - 1) * b.var(ddof=1)) / dof)
+        se = sd * math.sqrt(1 / n1 + 1 / n2)
+        gain = b.mean() - a.mean()
+        looks += [gain, gain - t90(dof) * se, gain + t90(dof) * se]
+    got = [d.numbers[k] for d in p.decisions if d.action in ("more-seeds", "no-gain") for k in ("gain", "low", "high")]
+    assert got == pytest.approx(looks)
+    # every look straddles [0, 1]: lower bound ≤ 0, upper bound ≥ tolerance
+    assert all(low <= 0 and high >= 1 for low, high in zip(looks[1::3], looks[2::3]))
+    assert "undecided at the seed limit (sweep.max_seeds=3)" in p.decisions[3].reason
+    assert "seed 3 of r=2 on q,v" in p.decisions[1].reason and "seed 3 of r=1 on q,v" in p.decisions[2].reason
+    rec = p.decisions[-1]
+    assert rec.numbers["mean"] == pytest.approx(np.mean(r2))
+    assert "no cheaper configuration is shown to be within sweep.tolerance=1 points" in rec.reason
 
-    trials, p = drive(settings(max_trials=7), metric)
-    assert trials == pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]) + [(8, "q,v", 0)]
-    assert [a for a, _, _ in actions(p)] == ["start", "continue", "continue", "budget", "recommend"]
-    assert "sweep.max_trials=7" in p.decisions[3].reason
-    assert p.stop_reason == "budget"
-    assert p.recommendation == (4, "q,v")  # r=8 has one seed only and was never evaluated
+
+def test_equivalence_bound_of_the_recommendation():
+    _, p = drive(settings(), lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t])
+                 + small(s))
+    rec = p.decisions[-1]
+    # 7 configurations evaluated, each a pair ±0.1: pooled sd 0.1414 with 7 d.f.; SE = 0.1414·√(1/2 + 1/2)
+    se = math.sqrt(0.02)
+    assert rec.numbers["gain"] == pytest.approx(0.2)
+    assert rec.numbers["high"] == pytest.approx(0.2 + t90(7) * se)
+    assert rec.numbers["best_mean"] == pytest.approx(85.2)
+
+
+def test_budget_says_what_it_cut_off_and_the_answer_is_provisional():
+    _, p = drive(settings(max_trials=7), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
+    budget, rec = p.decisions[-2:]
+    assert budget.reason == ("compute cap reached (trials: 7 ≥ sweep.max_trials=7); stopping cleanly; cut off: "
+                             "the rank stage still needed r=8 on q,v seed(s) 1")
+    assert rec.reason.startswith("provisional, the compute cap stopped the sweep before the procedure ended: ")
 
 
 @pytest.mark.parametrize("cap, expect", [
@@ -104,60 +189,44 @@ def test_keeps_rising_until_the_trial_budget():
     (dict(max_hours=5 * 60 / 3600), "sweep.max_hours"),     # 5 trials × 60 s
 ])
 def test_flops_and_time_caps(cap, expect):
-    trials, p = drive(settings(**cap), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + noise(s))
+    trials, p = drive(settings(**cap), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
     assert len(trials) == 5
     assert p.decisions[-2].action == "budget" and expect in p.decisions[-2].reason
 
 
-def test_noisy_seeds_gain_below_noise_is_a_plateau():
-    values = {(1, 0): 0.80, (1, 1): 0.83, (2, 0): 0.82, (2, 1): 0.84}
-
-    def metric(r, t, seed):
-        return values.get((r, seed), 0.81)
-
-    trials, p = drive(settings(escalate_max_r=1), metric)
-    # r=1: 81.5 ± 2.121, r=2: 83.0 ± 1.414; pooled sd = √((4.5 + 2) / 2) = 1.8028;
-    # SE = 1.8028·√(1/2 + 1/2) = 1.8028; threshold = max(0.5, 2·1.8028) = 3.6056 > gain 1.5
-    d = p.decisions[1]
-    assert d.action == "no-gain" and d.r == 2
-    assert d.numbers["gain"] == pytest.approx(1.5)
-    assert d.numbers["threshold"] == pytest.approx(2 * math.sqrt(3.25))
-    assert p.decisions[2].action == "plateau" and p.decisions[2].r == 1
-
-
-def test_single_seed_uses_min_delta_only_and_says_so():
-    trials, p = drive(settings(seeds=[0], escalate_max_r=1), lambda r, t, s: {1: 0.80, 2: 0.804}.get(r, 0.80))
-    d = p.decisions[1]
-    assert d.action == "no-gain" and d.numbers["threshold"] == pytest.approx(0.5) and "se" not in d.numbers
-    assert "no seed-noise estimate" in d.reason
-
-
-def test_diverged_trials_never_count_and_all_diverged_is_no_gain():
-    def metric(r, t, seed):
-        if r == 2:
-            return None  # both seeds of r=2 diverge
-        if r == 1 and seed == 1:
-            return None  # one seed of r=1 diverges: r=1 has n=1
-        return 0.80 + noise(seed)
-
-    trials, p = drive(settings(patience=2, escalate_max_r=1), metric)
-    kinds = [(d.action, d.r) for d in p.decisions if d.stage == "rank"]
-    assert kinds[:3] == [("start", 1), ("failed", 2), ("no-gain", 4)]
-    assert p.recommendation[0] != 2
+def test_runnable_holds_every_missing_seed_of_the_step():
+    s = settings()
+    p = plan(s, [], COSTS)
+    assert [(x.r, x.targets, x.seed) for x in p.runnable] == [(1, "q,v", 0), (1, "q,v", 1)]
+    assert p.next == p.runnable[0]
+    grid = plan(settings(mode="grid", ranks=[1, 4], target_sets=[["q", "v"], ["q"]], seeds=[0]), [], COSTS)
+    assert [(x.r, x.targets) for x in grid.runnable] == [(1, "q"), (4, "q"), (1, "q,v"), (4, "q,v")]
+    capped = plan(settings(max_trials=1), [], COSTS)
+    assert len(capped.runnable) == 1
 
 
 def test_replaying_a_longer_history_keeps_every_earlier_decision():
-    curve = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.842}
+    def metric(r, t, s):
+        return {1: 0.80, 2: 0.81}.get(r, 0.812) + big(s)
 
-    def metric(r, t, seed):
-        return (curve[r] if t == "q,v" else 0.85) + noise(seed)
-
-    trials, final = drive(settings(), metric)
-    history = [Outcome(r, t, s, "ok", metric(r, t, s), r * COSTS[t] + HEAD, 1e12, 60.0) for r, t, s in trials]
+    s = settings(ranks=[1, 2, 4, 8], max_seeds=4)
+    trials, final = drive(s, metric)
+    assert any(d.action == "more-seeds" for d in final.decisions)
+    history = [Outcome(r, t, sd, "ok", metric(r, t, sd), r * COSTS[t] + HEAD, 1e12, 60.0) for r, t, sd in trials]
     for cut in range(len(history)):
-        partial = plan(settings(), history[:cut], COSTS)
+        partial = plan(s, history[:cut], COSTS)
         assert [d.line() for d in partial.decisions] == [d.line() for d in final.decisions[:len(partial.decisions)]]
         assert (partial.next.r, partial.next.targets, partial.next.seed) == trials[cut]
+
+
+def test_seeds_past_the_asked_ones_are_ignored():
+    # a study widened before with more seeds: seeds 2 and 3 of r=1 exist but the flat procedure never asks
+    extra = [Outcome(1, "q,v", s, "ok", 0.50, HEAD, 1e12, 60.0) for s in (2, 3)]
+    s = settings(ranks=[1, 2, 4], target_sets=[["q", "v"]])
+    ran, p = drive(s, lambda r, t, sd: 0.80 + small(sd))
+    replay = plan(s, extra + [Outcome(r, t, sd, "ok", 0.80 + small(sd), r * COSTS[t] + HEAD, 1e12, 60.0)
+                              for r, t, sd in ran], COSTS)
+    assert [d.line() for d in replay.decisions] == [d.line() for d in p.decisions]
 
 
 def test_grid_runs_every_configuration_once_cheapest_targets_first():
@@ -167,52 +236,15 @@ def test_grid_runs_every_configuration_once_cheapest_targets_first():
     assert p.decisions[-1].action == "recommend" and p.stop_reason == "grid complete"
 
 
+def test_seed_sequence():
+    assert seed_sequence(settings(seeds=[3, 5], max_seeds=5)) == [3, 5, 6, 7, 8]
+    assert seed_sequence(settings(mode="grid", seeds=[0, 1], max_seeds=5)) == [0, 1]
+
+
 def test_pooled_sd_by_hand():
     a, b = stats_of([0.80, 0.82]), stats_of([0.70, 0.73, 0.76])
-    # a: sd √2 = 1.4142 (1 dof); b: sd 3 (2 dof); pooled √((1·2 + 2·9) / 3) = √(20/3)
+    # a: sd √2 = 1.4142 (1 dof); b: sd 3 (2 dof); pooled √((1·2 + 2·9) / 3) = √(20/3) with 3 dof
     assert a.sd == pytest.approx(math.sqrt(2)) and b.sd == pytest.approx(3.0)
-    assert pooled_sd([a, b]) == pytest.approx(math.sqrt(20 / 3))
-    assert pooled_sd([stats_of([0.5])]) is None
-
-
-def specs(*rows):
-    return [(r, t, s) for r, t, s in rows]
-
-
-@pytest.mark.parametrize("kw, history, expect", [
-    # progressive, nothing yet: both seeds of the first rank on the start targets
-    (dict(), [], specs((1, "q,v", 0), (1, "q,v", 1))),
-    # one seed finished: only the other one
-    (dict(), [Outcome(1, "q,v", 0, "ok", 0.8)], specs((1, "q,v", 1))),
-    # grid: every point, target sets by cost (q: 4,608 < q,v: 9,216), then rank, then seed
-    (dict(mode="grid", ranks=[1, 2], target_sets=[["q", "v"], ["q"]]), [],
-     specs((1, "q", 0), (1, "q", 1), (2, "q", 0), (2, "q", 1), (1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1))),
-    # grid under max_trials=3 with one trial done: two more may run
-    (dict(mode="grid", ranks=[1, 2], target_sets=[["q"]], max_trials=3), [Outcome(1, "q", 0, "ok", 0.8)],
-     specs((1, "q", 1), (2, "q", 0))),
-    # over: nothing runnable
-    (dict(mode="grid", ranks=[1], target_sets=[["q"]], seeds=[0]), [Outcome(1, "q", 0, "failed")], []),
-])
-def test_runnable_lists_every_trial_that_may_run_now(kw, history, expect):
-    p = plan(settings(**kw), history, COSTS)
-    assert [(s.r, s.targets, s.seed) for s in p.runnable] == expect
-    assert p.next == (p.runnable[0] if p.runnable else None)
-
-
-@pytest.mark.parametrize("mode", ["progressive", "grid"])
-def test_running_every_runnable_trial_at_once_decides_as_one_at_a_time(mode):
-    curve = {1: 0.80, 2: 0.82, 4: 0.84, 8: 0.842, 16: 0.843, 32: 0.84, 64: 0.84}
-    wide = {"q": 0.78, "v": 0.79, "q,v": 0.0, "q,k,v,o": 0.85, "all-linear": 0.852}
-
-    def metric(r, t, seed):
-        return (curve[r] if t == "q,v" else wide[t]) + noise(seed)
-
-    s = settings(mode=mode, ranks=[1, 2, 4, 8] if mode == "grid" else [1, 2, 4, 8, 16, 32, 64])
-    one_trials, one = drive(s, metric)
-    history = []  # N workers: every runnable trial at once, finishing in reverse order
-    while (p := plan(s, history, COSTS)).next is not None:
-        for n in reversed(p.runnable):
-            history.append(Outcome(n.r, n.targets, n.seed, "ok", metric(n.r, n.targets, n.seed),
-                                   n.r * COSTS[n.targets] + HEAD, 1e12, 60.0))
-    assert sorted((o.r, o.targets, o.seed) for o in history) == sorted(one_trials)
-    assert p.decisions == one.decisions and p.recommendation == one.recommendation
+    sd, dof = pooled_sd([a, b])
+    assert sd == pytest.approx(math.sqrt(20 / 3)) and dof == 3
+    assert pooled_sd([stats_of([0.5])]) == (None, 0)

@@ -224,7 +224,7 @@ def test_progressive_sweep_on_a_tiny_decoder(tiny, tiny_models, family, sweep_ta
     from sweep.study import storage_url, study_name, sweep_dir
 
     cfg, resolved = compose([*tiny, "task=rte", *model_overrides(tiny_models[family], family), "sweep.ranks=[1,2]",
-                             "sweep.patience=2", "sweep.min_delta=0", *sweep_targets])
+                             "sweep.patience=2", *sweep_targets])
     plan = run_sweep(cfg, resolved, progress=False, log=lambda line: None)
     trials = optuna.load_study(study_name=study_name(cfg), storage=storage_url(cfg)).get_trials()
     # r=1 and r=2 on the start targets, then the wider set at the best rank

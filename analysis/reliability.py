@@ -1,0 +1,95 @@
+"""How far one sweep's answer can be trusted: the seed noise it measured, the smallest gain it could
+detect, and the calibrated P(regret ≤ tolerance) of its procedure on its own observed curve (the
+simulation of ``analysis/simulate.py``). Used by ``report.md``, the sweep's console summary and
+``python -m analysis.calibrate task=… sweep.name=…``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from analysis.simulate import NARROW_OFFSET, SEED, Scenario, calibrate_cell
+from sweep.config import SweepSettings, targets_key
+from sweep.decide import Outcome, detectable_gain, pooled_sd, stats_of
+
+#: simulated sweeps behind a report's P(regret ≤ tolerance)
+REPS = 200
+
+
+def _means(outcomes: Sequence[Outcome]) -> Dict[Tuple[int, str], List[float]]:
+    by_cfg: Dict[Tuple[int, str], List[float]] = {}
+    for o in outcomes:
+        if o.status == "ok" and o.objective is not None:
+            by_cfg.setdefault((o.r, o.targets), []).append(o.objective)
+    return by_cfg
+
+
+def observed_scenario(outcomes: Sequence[Outcome], settings: SweepSettings,
+                      costs: Mapping[str, int]) -> Optional[Scenario]:
+    """A study's observed means as the true curve (points): each rank of ``sweep.ranks`` on the start
+    targets takes the mean of the nearest observed rank (the lower one on a tie); each other observed
+    target set takes its mean offset from that curve at the ranks it was tried; target sets never tried
+    get no offset (wider) or ``NARROW_OFFSET`` (narrower), as in ``scenarios``. None when the start
+    targets have no ok trial."""
+    means = {c: stats_of(v).mean for c, v in _means(outcomes).items()}
+    start = targets_key(settings.start_targets)
+    seen = sorted(r for r, t in means if t == start)
+    if not seen:
+        return None
+    curve = {r: means[(min(seen, key=lambda x: (abs(math.log2(x / r)), x)), start)] for r in settings.ranks}
+    offsets: Dict[str, float] = {}
+    for t in dict.fromkeys(targets_key(x) for x in settings.target_sets):
+        tried = [means[(r, t)] - curve[r] for r, tt in means if tt == t and r in curve]
+        offsets[t] = (sum(tried) / len(tried) if tried
+                      else NARROW_OFFSET if costs[t] < costs[start] else 0.0)
+    offsets[start] = 0.0
+    return Scenario("study", "study", curve, offsets)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """How far a sweep's answer can be trusted.
+
+    Attributes:
+        sigma: seed s.d. pooled over the study's configurations (points); dof: its degrees of freedom.
+        seeds: the most seeds a configuration can get (``max_seeds``, or the seeds of a grid).
+        detectable_gain: smallest gain (points) whose lower bound clears 0 with ``seeds`` seeds on each
+            side at ``sweep.confidence`` (``sweep.decide.detectable_gain``).
+        tolerance: ``sweep.tolerance`` (points).
+        p_within_tolerance: calibrated P(regret ≤ tolerance) of the procedure on the study's observed
+            curve at ``sigma`` (``REPS`` simulated sweeps); None without target costs. ``make
+            calibrate`` gives it on every scenario family.
+    """
+
+    sigma: float
+    dof: int
+    seeds: int
+    detectable_gain: float
+    tolerance: float
+    p_within_tolerance: Optional[float]
+
+    def text(self) -> str:
+        """One sentence for the console and the report."""
+        out = (f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); with {self.seeds} seeds per "
+               f"configuration the smallest detectable gain is {self.detectable_gain:.2f} points")
+        if self.p_within_tolerance is not None:
+            out += (f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
+                    f"{self.p_within_tolerance:.2f}")
+        return out
+
+
+def reliability(outcomes: Sequence[Outcome], settings: SweepSettings, costs: Optional[Mapping[str, int]],
+                reps: int = REPS) -> Optional[Reliability]:
+    """The ``Reliability`` of a study's procedure; None when no configuration has two ok seeds (no σ).
+    Without ``costs`` (Σ(d+k) per target set, stored by the sweep) no simulation is run."""
+    sigma, dof = pooled_sd([stats_of(v) for v in _means(outcomes).values()])
+    if sigma is None:
+        return None
+    seeds = settings.max_seeds if settings.mode == "progressive" else len(settings.seeds)
+    gain = detectable_gain(sigma, dof, seeds, settings.confidence)
+    scenario = observed_scenario(outcomes, settings, costs) if costs else None
+    p = (calibrate_cell(settings, scenario, sigma, costs, reps, SEED, settings.tolerance).p_within_tolerance
+         if scenario is not None else None)
+    return Reliability(sigma, dof, seeds, gain, settings.tolerance, p)

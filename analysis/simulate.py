@@ -1,0 +1,158 @@
+"""Monte-Carlo replay of the sweep's real decision functions on synthetic rank curves: no training.
+
+A scenario gives the true mean validation metric (points, 100 × metric) of every configuration of the
+search space: a curve over ``sweep.ranks`` on the start targets, plus a constant offset per target
+set (wider sets that help or hurt; the narrower sets q and v alone are 1 point below the curve). A
+simulated trial returns the true mean plus independent Gaussian seed noise of s.d. ``sigma`` points.
+The procedure under test is ``sweep.decide.plan`` itself, fed the simulated outcomes until it stops;
+its regret is the best true mean of the search space minus the true mean of its recommendation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from sweep.config import SweepSettings, targets_key
+from sweep.decide import Outcome, plan
+
+#: offsets of the narrower target sets (q alone, v alone) in every scenario, points
+NARROW_OFFSET = -1.0
+#: guard against a procedure that never stops (the default grid is 70 trials)
+MAX_SIMULATED_TRIALS = 1000
+#: RNG seed of every calibration cell (common random numbers across settings)
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """True mean metric of every configuration, in points.
+
+    Attributes:
+        name: short name (a row of the calibration table).
+        family: the scenario family (flat, plateau, rising, peak, wider, study).
+        curve: rank -> true mean on the start targets.
+        offsets: targets key -> points added to the curve for that target set (start targets: 0;
+            missing sets: ``NARROW_OFFSET`` if they adapt less than the start targets, else 0).
+    """
+
+    name: str
+    family: str
+    curve: Mapping[int, float]
+    offsets: Mapping[str, float]
+
+    def mean(self, r: int, targets: str) -> float:
+        return self.curve[r] + self.offsets.get(targets, 0.0)
+
+    def best(self, configs: Sequence[Tuple[int, str]]) -> float:
+        """The best true mean over ``configs`` (the search space)."""
+        return max(self.mean(r, t) for r, t in configs)
+
+
+def search_space(settings: SweepSettings) -> List[Tuple[int, str]]:
+    """Every (r, targets key) of the grid: ``sweep.ranks`` × (start targets and ``sweep.target_sets``)."""
+    sets = dict.fromkeys([targets_key(settings.start_targets)] + [targets_key(t) for t in settings.target_sets])
+    return [(r, t) for t in sets for r in settings.ranks]
+
+
+def grid_trials(settings: SweepSettings) -> int:
+    """Trials of the full grid: ranks × target sets × ``sweep.seeds`` (the default: 7 × 5 × 2 = 70)."""
+    return len(search_space(settings)) * len(settings.seeds)
+
+
+def _offsets(settings: SweepSettings, costs: Mapping[str, int], wider: Sequence[float]) -> Dict[str, float]:
+    """Offsets per target set: narrower sets ``NARROW_OFFSET``; the wider ones, cheapest first, ``wider``."""
+    start = targets_key(settings.start_targets)
+    sets = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets), key=lambda t: costs[t])
+    more = [t for t in sets if costs[t] > costs[start]]
+    out = {t: NARROW_OFFSET for t in sets if costs[t] < costs[start]}
+    out.update({t: wider[min(i, len(wider) - 1)] for i, t in enumerate(more)})
+    out[start] = 0.0
+    return out
+
+
+def scenarios(settings: SweepSettings, costs: Mapping[str, int], top: float = 80.0,
+              step: float = 1.0) -> List[Scenario]:
+    """The scenario families of the calibration, on ``settings.ranks`` (points; one rank doubling of
+    a rising curve gains ``step``, about what one doubling gains on MRPC with MiniLM):
+
+    - ``flat``: every rank scores ``top``;
+    - ``plateau-r<k>``: rising by ``step`` per doubling up to rank k ∈ {2, 4, 8, 32}, flat after;
+    - ``rising``: still rising at the last rank;
+    - ``peak-r8``: rising up to r=8, then falling by ``step`` per doubling (high ranks overfit);
+    - ``wider+1+2``, ``wider+0.5``, ``wider-1``: plateau at r=4, and the wider target sets (cheapest
+      first) help by 1 and 2 points, by 0.5, or hurt by 1.
+    """
+    ranks = list(settings.ranks)
+    lg = {r: np.log2(r) for r in ranks}
+
+    def plateau(k: float) -> Dict[int, float]:
+        return {r: top - step * max(0.0, np.log2(k) - lg[r]) for r in ranks}
+
+    same = _offsets(settings, costs, [0.0])
+    out = [Scenario("flat", "flat", {r: top for r in ranks}, same)]
+    out += [Scenario(f"plateau-r{k}", "plateau", plateau(k), same) for k in (2, 4, 8, 32) if k <= ranks[-1]]
+    out.append(Scenario("rising", "rising", plateau(ranks[-1]), same))
+    out.append(Scenario("peak-r8", "peak", {r: top - step * abs(lg[r] - 3) for r in ranks}, same))
+    for name, wider in (("wider+1+2", [1.0, 2.0]), ("wider+0.5", [0.5]), ("wider-1", [-1.0])):
+        out.append(Scenario(name, "wider", plateau(4), _offsets(settings, costs, wider)))
+    return out
+
+
+@dataclass(frozen=True)
+class Run:
+    """One simulated sweep: its regret (points), trials run and the recommended configuration."""
+
+    regret: float
+    trials: int
+    pick: Tuple[int, str]
+
+
+def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, costs: Mapping[str, int],
+             rng: np.random.Generator, head_params: int = 0) -> Run:
+    """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points.
+
+    Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
+    decision, so the order does not matter); trainable parameters are r·costs[t] + ``head_params``.
+
+    Raises:
+        RuntimeError: the procedure asked for more than ``MAX_SIMULATED_TRIALS`` trials.
+    """
+    space = search_space(settings)
+    history: List[Outcome] = []
+    while len(history) < MAX_SIMULATED_TRIALS:
+        p = plan(settings, history, costs)
+        if p.next is None:
+            pick = p.recommendation
+            return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick)
+        for spec in p.runnable:
+            value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
+            history.append(Outcome(spec.r, spec.targets, spec.seed, "ok", value / 100.0,
+                                   spec.r * costs[spec.targets] + head_params, 1.0, 0.0))
+    raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Calibration of one scenario × σ: P(regret ≤ tolerance), mean regret (points), mean trials and
+    mean trials as a percentage of the full grid."""
+
+    scenario: str
+    sigma: float
+    p_within_tolerance: float
+    mean_regret: float
+    mean_trials: float
+    pct_of_grid: float
+
+
+def calibrate_cell(settings: SweepSettings, scenario: Scenario, sigma: float, costs: Mapping[str, int],
+                   reps: int, seed: int, tolerance: float) -> Cell:
+    """``reps`` simulated sweeps of one scenario × σ, from ``np.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    runs = [simulate(settings, scenario, sigma, costs, rng) for _ in range(reps)]
+    regret = np.array([r.regret for r in runs])
+    trials = np.array([r.trials for r in runs])
+    return Cell(scenario.name, sigma, float(np.mean(regret <= tolerance + 1e-9)), float(regret.mean()),
+                float(trials.mean()), float(100 * trials.mean() / grid_trials(settings)))

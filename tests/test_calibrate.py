@@ -1,0 +1,123 @@
+"""The calibration: scenario curves, noise-free replays whose trials and regret are known by hand, a
+study's observed curve and σ, and the command's table."""
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.calibrate import COLUMNS, main
+from analysis.reliability import observed_scenario, reliability
+from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
+from sweep.cli import UserError
+from sweep.config import SweepSettings
+from sweep.decide import Outcome
+from test_analysis import FINISHED, make_study, settings as small_settings, trial
+from test_decide import COSTS
+
+RANKS = [1, 2, 4, 8, 16, 32, 64]
+
+
+def defaults(**kw) -> SweepSettings:
+    return SweepSettings(**{"max_trials": None, "max_hours": None, **kw})
+
+
+def test_default_grid_is_70_trials():
+    # 7 ranks × 5 target sets (q, v, q,v, q,k,v,o, all-linear) × 2 seeds
+    assert grid_trials(defaults()) == 70
+    assert len(search_space(defaults())) == 35
+
+
+def test_scenario_curves_by_hand():
+    by_name = {s.name: s for s in scenarios(defaults(), COSTS)}
+    assert list(by_name) == ["flat", "plateau-r2", "plateau-r4", "plateau-r8", "plateau-r32", "rising", "peak-r8",
+                             "wider+1+2", "wider+0.5", "wider-1"]
+    assert [by_name["plateau-r4"].curve[r] for r in RANKS] == [78, 79, 80, 80, 80, 80, 80]
+    assert [by_name["plateau-r32"].curve[r] for r in RANKS] == [75, 76, 77, 78, 79, 80, 80]
+    assert [by_name["rising"].curve[r] for r in RANKS] == [74, 75, 76, 77, 78, 79, 80]
+    assert [by_name["peak-r8"].curve[r] for r in RANKS] == [77, 78, 79, 80, 79, 78, 77]
+    wider = by_name["wider+1+2"]
+    assert wider.offsets == {"q": -1, "v": -1, "q,v": 0, "q,k,v,o": 1, "all-linear": 2}
+    assert wider.best(search_space(defaults())) == 82  # all-linear at r ≥ 4
+
+
+@pytest.mark.parametrize("name, trials", [
+    # flat: r=1, r=2, r=4 (2 doublings: plateau at r=1), then q,k,v,o and all-linear at r=1: 5 × 2 seeds
+    ("flat", 10),
+    # plateau at r=4: r=1, 2, 4 gain; r=8 and r=16 do not: plateau at r=4; two wider sets: 7 × 2 seeds
+    ("plateau-r4", 14),
+])
+def test_noise_free_replay(name, trials):
+    s = defaults()
+    scenario = next(x for x in scenarios(s, COSTS) if x.name == name)
+    # no noise: every comparison is decided by its first two seeds (SE 0: a gain of 0 is no gain); regret 0
+    cell = calibrate_cell(s, scenario, 0.0, COSTS, reps=3, seed=0, tolerance=s.tolerance)
+    assert (cell.p_within_tolerance, cell.mean_regret, cell.mean_trials) == (1.0, 0.0, trials)
+    assert cell.pct_of_grid == pytest.approx(100 * trials / 70)
+
+
+def test_regret_counts_the_whole_search_space():
+    # wider sets help by 3 but the curve rises up to r=32 > escalate_max_r: the wider sets are never
+    # tried, the pick is r=32 on q,v at 80 while all-linear at r=32 scores 83: regret 3
+    s = defaults()
+    curve = {r: 80 - max(0, 5 - math.log2(r)) for r in RANKS}
+    scenario = Scenario("x", "x", curve, {"q,k,v,o": 3.0, "all-linear": 3.0})
+    cell = calibrate_cell(s, scenario, 0.0, COSTS, reps=2, seed=0, tolerance=s.tolerance)
+    assert cell.mean_regret == 3.0 and cell.p_within_tolerance == 0.0
+
+
+def history(values):
+    return [Outcome(r, t, seed, "ok", v) for (r, t), vs in values.items() for seed, v in enumerate(vs)]
+
+
+def test_observed_scenario_fills_ranks_from_the_nearest_observed_one():
+    s = defaults(ranks=[1, 2, 4, 8])
+    h = history({(1, "q,v"): [0.80, 0.82], (4, "q,v"): [0.84, 0.86], (4, "q,k,v,o"): [0.87]})
+    scenario = observed_scenario(h, s, COSTS)
+    # r=2 is one doubling from r=1 and from r=4: the lower one; r=8 takes r=4's 85
+    assert scenario.curve == pytest.approx({1: 81.0, 2: 81.0, 4: 85.0, 8: 85.0})
+    # q,k,v,o: 87 − 85 at r=4; all-linear never tried (wider: 0); q and v alone narrower: −1
+    assert scenario.offsets == pytest.approx({"q": -1, "v": -1, "q,v": 0, "q,k,v,o": 2.0, "all-linear": 0})
+    assert observed_scenario(history({(4, "q,k,v,o"): [0.87]}), s, COSTS) is None
+
+
+def test_reliability_sigma_and_detectable_gain_by_hand():
+    h = history({(1, "q,v"): [0.80, 0.82], (2, "q,v"): [0.84, 0.87, 0.84]})
+    # s² = (1·2 + 2·3) / 3 (points²), 3 d.f.; with 8 seeds: t(0.9, 3)·s·√(2/8)
+    rel = reliability(h, defaults(), None)
+    sigma = math.sqrt(8 / 3)
+    assert (rel.sigma, rel.dof, rel.seeds) == (pytest.approx(sigma), 3, 8)
+    assert rel.detectable_gain == pytest.approx(stats.t.ppf(0.9, 3) * sigma * 0.5)
+    assert rel.p_within_tolerance is None
+    assert reliability(history({(1, "q,v"): [0.8]}), defaults(), None) is None
+
+
+def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
+    assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.max_seeds=4"]) == 0
+    table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
+    assert tuple(table.columns) == COLUMNS
+    assert list(table["settings"].unique()) == ["default", "sweep.max_seeds=4"]
+    assert len(table) == 2 * 10 * 3  # 2 settings × 10 scenarios × σ ∈ {0.5, 1.0, 1.5}
+    assert sorted(table["sigma"].unique()) == [0.5, 1.0, 1.5]
+    flat = table[table["scenario"] == "flat"]
+    assert (flat["p_within_tolerance"] == 1.0).all()  # every pick on a flat curve has regret 0
+    assert list(table["pct_of_grid"]) == pytest.approx(list(100 * table["mean_trials"] / 70), abs=1e-4)
+    assert "settings: default" in capsys.readouterr().out
+
+
+def test_command_calibrates_against_a_study(tmp_path, capsys):
+    make_study(tmp_path, small_settings(), [trial(*t) for t in FINISHED])
+    assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.name=default"]) == 0
+    table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
+    # σ pooled over the three q,v pairs of FINISHED: 1.41 points, one more σ for every scenario
+    assert sorted(table["sigma"].unique()) == [0.5, 1.0, 1.41, 1.5]
+    study = table[table["scenario"] == "study"]
+    assert list(study["sigma"]) == [1.41] and len(table) == 10 * 4 + 1
+    assert "seed noise σ = 1.41 points (pooled, 3 d.f.)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["--reps=0", "--reps=x"])
+def test_bad_reps(bad):
+    with pytest.raises(UserError, match=rf"^{bad} is invalid: give --reps=N with N a positive integer"):
+        main([bad])
