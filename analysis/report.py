@@ -8,7 +8,7 @@ a running or interrupted sweep gets a provisional recommendation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import pandas as pd
 
@@ -17,10 +17,12 @@ from analysis.markdown import escape as _md
 from analysis.reliability import Reliability, reliability
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
-from analysis.subspace_report import SubspaceAnalysis, recommendation_note, report_lines, write_subspace
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import UserError, make_command
 from sweep.study import load_study, outcomes
+
+if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package
+    from analysis.subspace_report import SubspaceAnalysis
 
 #: what each plot shows, as its alt text in report.md
 CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
@@ -146,6 +148,8 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
     tolerance); None without a noise estimate), every decision, failed and running trials, the summary
     table and the three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next
     to the recommendation and its section at the end. Metric values are in points (100 × metric)."""
+    from analysis.subspace_report import recommendation_note, report_lines
+
     note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
     lines = [f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}", "",
              f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
@@ -199,6 +203,8 @@ def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
         UserError: no such storage or study (one line naming it and how to make it), a study with no
             finished trial yet, or a study not written by the sweep.
     """
+    from analysis.subspace_report import write_subspace
+
     study = load_study(storage_url, study_name, missing_hint)
     trials = trials_frame(study)
     if not trials["state"].isin(FINISHED_STATES).any():
