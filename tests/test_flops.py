@@ -9,6 +9,7 @@ from sweep.cli import compose
 from sweep.config import LoraSettings
 from sweep.family import with_family
 from sweep.flops import FlopModel, count_flops
+from sweep.family import with_family
 from sweep.modeling import apply_lora, load_base_model
 
 D, FF, LAYERS = 384, 1536, 6
@@ -29,6 +30,7 @@ def models():
     base = load_base_model(cfg.model, cfg.task.label_names)
     eager = load_base_model(cfg.model, cfg.task.label_names)
     eager.set_attn_implementation("eager")
+    cfg.model = with_family(cfg.model, base.config.model_type)
     return cfg, base, eager
 
 
