@@ -25,7 +25,6 @@ def forward_flops_by_hand(batch: int, length: int) -> int:
 @pytest.fixture(scope="module")
 def models():
     cfg = compose([])[0]
-    cfg.model = with_family(cfg.model, "bert")  # MiniLM's config.json says model_type bert
     torch.manual_seed(0)
     base = load_base_model(cfg.model, cfg.task.label_names)
     eager = load_base_model(cfg.model, cfg.task.label_names)
