@@ -138,10 +138,8 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
     if metrics_file.is_file() and same_config:
         m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
     else:
-        m = _reuse(cfg, tresolved, run_dir)
-        if m is not None:
-            log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: read back from {m['reused_from']}")
-        elif (run_dir / CHECKPOINT).is_file():
+        m = _reuse(cfg, tresolved, run_dir)  # the trial's result line names the source
+        if m is None and (run_dir / CHECKPOINT).is_file():
             log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
                 f"checkpoint in {run_dir}")
     if m is None:

@@ -9,7 +9,6 @@ from sweep.cli import compose
 from sweep.config import LoraSettings
 from sweep.family import with_family
 from sweep.flops import FlopModel, count_flops
-from sweep.family import with_family
 from sweep.modeling import apply_lora, load_base_model
 
 D, FF, LAYERS = 384, 1536, 6
