@@ -40,6 +40,9 @@ def normalize_targets(value: Any, key: str) -> List[str]:
     items = [t for t in items if t]
     if not items:
         raise ValueError(f"{key} is empty: give at least one target role, e.g. [q,v], [q,k,v,o] or all-linear")
+    twice = sorted({t for t in items if items.count(t) > 1})
+    if twice:
+        raise ValueError(f"{key}={items} names {', '.join(twice)} more than once: give each target once")
     if ALL_LINEAR in items and len(items) > 1:
         raise ValueError(f"{key}={items} mixes all-linear with other targets: all-linear already covers them")
     return items

@@ -30,11 +30,11 @@ from analysis.report import write_reports
 from sweep import claims
 from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, results_root, run_cli
 from sweep.config import Config, targets_key
-from sweep.data import tokenized_glue
+from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.study import (RESULT_ATTRS, fingerprint, load_study, open_study, outcomes, sqlite_path, study_name,
                          storage_url, sweep_dir, sweep_lock)
-from sweep.trial import CHECKPOINT, run_trial, trial_name
+from sweep.trial import CHECKPOINT, check_training_steps, run_trial, trial_name
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
@@ -216,8 +216,9 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
     costs = target_costs(cfg)
-    tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                   cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
+    data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
+                          cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
+    check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
     shared = claims.is_shared(storage_url(cfg))
     with nullcontext() if shared else sweep_lock(sdir):
         study = open_study(cfg, resolved)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from sweep.cli import compose, glue_dir, results_root, run_cli
+from sweep.cli import UserError, compose, glue_dir, results_root, run_cli
 from sweep.config import Config
 from sweep.data import Batches, take, tokenized_glue
 from sweep.family import with_family
@@ -73,6 +73,29 @@ def evaluate(model, batches: Batches, device: torch.device, precision: str) -> n
             out = logits.float().squeeze(-1) if batches.regression else logits.argmax(-1)
             preds[index.numpy()] = out.cpu().numpy()
     return preds
+
+
+def warmup_steps(cfg: Config, n_train: int) -> tuple:
+    """(optimiser steps, warm-up steps) of a trial on ``n_train`` training examples: epochs × ⌈n/batch⌉
+    steps, the first ⌈warmup_ratio · steps⌉ of them warming the learning rate up linearly from 0."""
+    total = cfg.train.epochs * -(-n_train // cfg.train.batch_size)
+    return total, math.ceil(cfg.train.warmup_ratio * total)
+
+
+def check_training_steps(cfg: Config, n_train: int) -> None:
+    """Refuse a trial whose every optimiser step has learning rate 0: with warm-up the first step's
+    rate is 0 (linear warm-up from 0), so one step in all trains nothing, and every configuration would
+    score as the untrained model with status ok.
+
+    Raises:
+        UserError: names the step count and the settings that would give the adapter a step to learn in.
+    """
+    total, warmup = warmup_steps(cfg, n_train)
+    if total - (1 if warmup else 0) < 1:
+        raise UserError(f"train.epochs={cfg.train.epochs} × ⌈{n_train} training examples / train.batch_size="
+                        f"{cfg.train.batch_size}⌉ = {total} optimiser step, taken at learning rate 0 by the warm-up "
+                        f"(train.warmup_ratio={cfg.train.warmup_ratio:g}): the adapter would not train; give at least "
+                        "two steps (more examples or epochs, a smaller batch) or train.warmup_ratio=0")
 
 
 def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
@@ -130,14 +153,15 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
                             group_by_length=cfg.train.group_by_length)
     val_batches = Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
     val_labels = np.asarray(val_split["label"])
+    check_training_steps(cfg, len(train_split))
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_text)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total_steps = cfg.train.epochs * len(train_batches)
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.train.warmup_ratio * total_steps), total_steps)
+    total_steps, warmup = warmup_steps(cfg, len(train_split))
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
     probe = next(train_batches.epoch(0))
     flops_train = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=True)

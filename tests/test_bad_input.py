@@ -77,6 +77,13 @@ REFUSED = [
                                                  "sqlite:////abs/path/study.db or postgresql://"),
     ("sweep", ["sweep.storage=sqlite:/tmp/x.db"], "sweep.storage='sqlite:/tmp/x.db' is invalid"),
     ("sweep", ["sweep.storage=sqlite:///relative/study.db"], "sweep.storage='sqlite:///relative/study.db' is invalid"),
+    # a run whose only optimiser step has learning rate 0 (linear warm-up starts at 0): 16 examples in
+    # batches of 16 for one epoch is 1 step, ⌈0.06 · 1⌉ = 1 of it warm-up; nothing would train
+    ("trial", ["data.max_train_samples=16"], "train.epochs=1 × ⌈16 training examples / train.batch_size=16⌉ = 1 "
+                                             "optimiser step, taken at learning rate 0 by the warm-up"),
+    ("sweep", ["data.max_train_samples=16"], "the adapter would not train; give at least two steps"),
+    # a target named twice would be a different configuration (and folder) from the same matrices once
+    ("trial", ["lora.targets=[q,q]"], "lora.targets=['q', 'q'] names q more than once: give each target once"),
     # row 4: a split without examples
     ("trial", ["data.dir={empty}"], "GLUE file {empty}/MRPC/dev.tsv holds no examples (only its header line)"),
     # row 6: a comma list without brackets, and other multirun syntax
