@@ -160,18 +160,28 @@ def describe_modules(names: Sequence[str]) -> str:
     return ", ".join(out)
 
 
+def _family_applied(model: nn.Module, model_cfg: ModelConfig) -> ModelConfig:
+    """``model_cfg`` with the role map, head and fused roles of ``model``'s family (``sweep/family.py``);
+    applying it twice changes nothing."""
+    from sweep.family import with_family
+
+    return with_family(model_cfg, model.config.model_type)
+
+
 def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig) -> Dict[str, List[str]]:
     """Map each entry of ``lora.targets`` to the full names of the linear modules it adapts.
 
     An entry is a role of ``model.roles`` (regex full match), ``all-linear`` (every linear module
     outside the head), or a raw module name / regex (a name matches itself or as a dotted suffix, as
-    in peft; a regex must fully match). ``model_cfg`` has its family applied (``with_family``).
+    in peft; a regex must fully match). The family of the checkpoint's ``model_type`` is applied to
+    ``model_cfg`` here (``with_family``; a no-op when it already is), so callers need not.
 
     Raises:
         UserError: an entry matches no linear module (the message lists the roles and the model's
             linear module names), or names one matrix of a fused projection (GPT-2's ``q`` in
             ``c_attn``: the message names the fused module and the role that adapts it).
     """
+    model_cfg = _family_applied(model, model_cfg)
     linear = list(linear_modules(model, model_cfg.head))
     resolved = {}
     for t in targets:
@@ -258,6 +268,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
         UserError: the head names no module, or the targets mix ``Conv1D`` and ``nn.Linear`` modules
             (peft's ``fan_in_fan_out`` is one setting for all of them).
     """
+    model_cfg = _family_applied(model, model_cfg)
     from peft import LoraConfig, TaskType, get_peft_model
 
     names = target_module_names(model, lora.targets, model_cfg)

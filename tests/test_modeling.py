@@ -116,3 +116,14 @@ def test_scaling_is_what_the_update_is_multiplied_by(cfg, base, scaling, r, expe
         delta = layer(x) - layer.base_layer(x)
         by_hand = x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T
     assert torch.allclose(delta, expected * by_hand, rtol=1e-4, atol=1e-5)
+
+
+def test_family_is_applied_where_targets_are_resolved(base):
+    """A model config straight from the YAML (no role map, no head: the family gives them) counts and
+    wraps the same matrices: 6 layers × 2 matrices × r·(384 + 384) at r=8 on q, v, plus the BERT head."""
+    raw = compose([])[0].model
+    assert not raw.roles and raw.head is None
+    assert lora_param_count(base, ["q", "v"], raw, 8) == 6 * 2 * 8 * 768
+    counts = parameter_counts(apply_lora(copy.deepcopy(base), LoraSettings(r=8), raw),
+                              sum(p.numel() for p in base.parameters()))
+    assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)
