@@ -16,7 +16,8 @@ from typing import List
 
 from analysis.report import write_reports
 from sweep.cli import compose, make_command, run_cli
-from sweep.study import storage_url, study_name, sweep_dir
+from sweep.study import storage_url, study_name
+from sweep.paths import sweep_dir
 
 
 def main(args: List[str]) -> int:

@@ -25,7 +25,9 @@ import pandas as pd
 
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import SEED, Scenario, calibrate_cell, grid_trials, scenarios
-from sweep.cli import UserError, compose, results_root, run_cli
+from sweep.cli import compose, run_cli
+from sweep.errors import UserError
+from sweep.paths import results_root
 from sweep.config import SweepSettings, targets_key
 
 #: seed-noise levels simulated, in points

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import pandas as pd
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.config import SweepSettings
 from sweep.decide import Config, Decision
 from sweep.study import settings_of

@@ -18,7 +18,8 @@ from analysis.reliability import Reliability, reliability
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
 from analysis.summary import recommendation, summary_frame
-from sweep.cli import UserError, make_command
+from sweep.cli import make_command
+from sweep.errors import UserError
 from sweep.study import load_study, outcomes
 
 if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package

@@ -288,8 +288,10 @@ def report_lines(result: SubspaceAnalysis) -> List[str]:
 
 def main(args: List[str]) -> int:
     from analysis.load import study_info
-    from sweep.cli import UserError, compose
-    from sweep.study import load_study, storage_url, study_name, sweep_dir
+    from sweep.cli import compose
+    from sweep.errors import UserError
+    from sweep.study import load_study, storage_url, study_name
+    from sweep.paths import sweep_dir
 
     cfg, _ = compose(args)
     out = sweep_dir(cfg)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from bench.sweep_throughput import sweep_throughput
-from sweep.cli import compose, glue_dir, results_root, run_cli
+from sweep.cli import compose, run_cli
+from sweep.paths import glue_dir, results_root
 from sweep.data import Batches, take, tokenized_glue
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics

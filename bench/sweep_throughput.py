@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import optuna
 
-from sweep.cli import PROJECT_ROOT
+from sweep.paths import PROJECT_ROOT
 from sweep.pgserver import local_postgres
 
 #: the trials every layout runs: r ∈ {1, 2} × {q,v ; q,k,v,o}, one seed, one epoch over 512 MRPC pairs

@@ -9,25 +9,19 @@ directory nor prints its own multi-line errors: we check each override against t
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import sys
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from typing import Callable, List, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import Config
+from sweep.errors import UserError
+from sweep.paths import CONF_DIR
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = PROJECT_ROOT / "conf"
 #: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
 GROUPS = ("task", "model", "sweep", "debug")
-
-
-class UserError(Exception):
-    """A mistake in the user's input, reported as one line and exit status 2."""
 
 
 def _default_of(key: str):
@@ -244,32 +238,3 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
               file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
-
-
-def results_root(cfg: Config) -> Path:
-    """Absolute results folder: ``results_dir`` or ``<project>/results``.
-
-    Raises:
-        UserError: the folder (or its nearest existing parent) is a file or not writable.
-    """
-    root = Path(cfg.results_dir).expanduser().resolve() if cfg.results_dir else PROJECT_ROOT / "results"
-    check_writable(root, "results_dir")
-    return root
-
-
-def check_writable(folder: Path, key: str) -> None:
-    """Check that ``folder`` is, or can be made as, a writable directory: its nearest existing ancestor
-    must be a writable directory.
-
-    Raises:
-        UserError: names ``key``, the folder and the ancestor that is a file or not writable.
-    """
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not a directory" if not existing.is_dir() else "is not writable"
-        raise UserError(f"{key} {folder}: {existing} {what}; give a writable folder")
-
-
-def glue_dir(cfg: Config) -> str | None:
-    """The local GLUE directory from ``data.dir`` or ``$GLUE_DIR``; None means the hub."""
-    return cfg.data.dir or os.environ.get("GLUE_DIR") or None

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.hub import from_hub
 
 

@@ -28,12 +28,15 @@ from omegaconf import OmegaConf
 from analysis.reliability import reliability
 from analysis.report import write_reports
 from sweep import claims
-from sweep.cli import UserError, check_writable, compose, glue_dir, make_command, results_root, run_cli
+from sweep.cli import compose, make_command, run_cli
+from sweep.errors import UserError
+from sweep.paths import check_writable, glue_dir, results_root
 from sweep.config import Config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
+from sweep.paths import sweep_dir
 from sweep.study import (RESULT_ATTRS, fingerprint, load_study, open_study, outcomes, sqlite_path, study_name,
-                         storage_url, sweep_dir, sweep_lock)
+                         storage_url, sweep_lock)
 from sweep.trial import CHECKPOINT, check_training_steps, run_trial, trial_name
 
 

@@ -10,7 +10,8 @@ from typing import Dict
 
 from omegaconf import OmegaConf
 
-from sweep.cli import CONF_DIR, UserError
+from sweep.errors import UserError
+from sweep.paths import CONF_DIR
 from sweep.config import FamilyConfig, ModelConfig
 
 FAMILY_DIR = CONF_DIR / "family"

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 
 T = TypeVar("T")
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.config import ALL_LINEAR, LoraSettings, ModelConfig
 from sweep.hub import from_hub
 

@@ -9,7 +9,7 @@ from typing import Dict
 
 import torch
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.config import Config
 
 

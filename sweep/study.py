@@ -25,7 +25,8 @@ from typing import Dict, Iterator, List
 from omegaconf import OmegaConf
 
 from sweep.claims import storage_for
-from sweep.cli import UserError, results_root
+from sweep.errors import UserError
+from sweep.paths import sweep_dir
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
 
@@ -39,11 +40,6 @@ RESULT_ATTRS = ("status", "reason", "objective", "objective_value", "best", "bes
 #: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
 RESUMABLE_KEYS = ("sweep.", "lora.r", "lora.targets", "train.seed", "train.device", "train.threads",
                   "train.eval_batch_size", "data.dir", "results_dir")
-
-
-def sweep_dir(cfg: Config) -> Path:
-    """``results/<task>/<sweep.name>/`` (absolute)."""
-    return results_root(cfg) / cfg.task.name / cfg.sweep.name
 
 
 def storage_url(cfg: Config) -> str:

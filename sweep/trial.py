@@ -26,7 +26,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from sweep.cli import UserError, compose, glue_dir, results_root, run_cli
+from sweep.cli import compose, run_cli
+from sweep.errors import UserError
+from sweep.paths import glue_dir, results_root
 from sweep.config import Config
 from sweep.data import Batches, take, tokenized_glue
 from sweep.family import with_family

@@ -17,7 +17,7 @@ from typing import List
 
 from sweep.cli import compose, run_cli
 from sweep.driver import recommendation_line, run_sweep
-from sweep.study import sweep_dir
+from sweep.paths import sweep_dir
 
 
 def main(args: List[str]) -> int:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState, create_trial
 from analysis import (decisions_frame, figures, study_info, summary_frame, trials_frame, write_reports)
 from analysis.__main__ import main as analysis_main
 from conftest import run_main
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.config import SweepSettings
 from sweep.decide import plan
 from sweep.study import load_study, outcomes

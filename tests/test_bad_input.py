@@ -18,11 +18,13 @@ from analysis.plots import figures
 from analysis.report import write_reports
 from conftest import PROJECT
 from sweep import driver, trial
-from sweep.cli import UserError, compose, make_command, run_cli
+from sweep.cli import compose, make_command, run_cli
+from sweep.errors import UserError
 from sweep.config import Config
 from sweep.data import load_glue
 from sweep.decide import Outcome, plan
-from sweep.study import open_study, sqlite_path, storage_url, sweep_dir
+from sweep.study import open_study, sqlite_path, storage_url
+from sweep.paths import sweep_dir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -10,7 +10,7 @@ from scipy import stats
 from analysis.calibrate import COLUMNS, main
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.config import SweepSettings
 from sweep.decide import Outcome
 from test_analysis import FINISHED, make_study, settings as small_settings, trial

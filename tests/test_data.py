@@ -2,7 +2,7 @@
 
 import pytest
 
-from sweep.cli import UserError
+from sweep.errors import UserError
 from sweep.data import Batches, load_glue, tokenized_glue
 
 MRPC = ("mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"])

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.cli import UserError, compose
+from sweep.cli import compose
+from sweep.errors import UserError
 from sweep.config import LoraSettings, ModelConfig
 from sweep.family import with_family
 from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, lora_param_count, parameter_counts,
@@ -221,7 +222,8 @@ def test_progressive_sweep_on_a_tiny_decoder(tiny, tiny_models, family, sweep_ta
 
     from analysis.report import write_reports
     from sweep.driver import run_sweep
-    from sweep.study import storage_url, study_name, sweep_dir
+    from sweep.study import storage_url, study_name
+    from sweep.paths import sweep_dir
 
     cfg, resolved = compose([*tiny, "task=rte", *model_overrides(tiny_models[family], family), "sweep.ranks=[1,2]",
                              "sweep.patience=2", *sweep_targets])

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from sweep.cli import UserError, compose
+from sweep.cli import compose
+from sweep.errors import UserError
 from sweep.config import LoraSettings
 from sweep.family import with_family
 from sweep.modeling import apply_lora, load_base_model, lora_param_count, parameter_counts, resolve_targets

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sweep import runtime
-from sweep.cli import UserError, compose
+from sweep.cli import compose
+from sweep.errors import UserError
 from sweep.study import sweep_lock
 
 

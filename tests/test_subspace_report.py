@@ -10,7 +10,7 @@ import torch
 
 from analysis.adapters import TrainedAdapter, module_label
 from analysis.subspace_report import analyse, main, recommendation_note, report_lines
-from sweep.cli import UserError
+from sweep.errors import UserError
 
 N, D = 64, 16  # input dimension k (the space of A's right-singular vectors); output dimension d
 ROLES = {"q": r"(.*\.)?attention\.self\.query", "v": r"(.*\.)?attention\.self\.value"}
