@@ -1,7 +1,57 @@
-"""``python -m sweep``: run or resume a rank sweep (see sweep/driver.py)."""
+"""``python -m sweep``: run or resume a rank sweep, then write its reports and print the recommendation.
 
-from sweep.cli import run_cli
-from sweep.driver import main
+    python -m sweep task=mrpc                 # the progressive procedure (make sweep TASK=mrpc)
+    python -m sweep task=mrpc sweep=grid      # every rank × target set × seed (make sweep SWEEP=grid)
+    python -m sweep debug=tiny                # a tiny sweep in a minute, on the CPU
+
+Re-running the same command resumes where it stopped. Arguments are Hydra overrides of conf/config.yaml
+(e.g. lora.alpha=32 sweep.max_seeds=4); the README lists them.
+
+This is the entry point, the one place that joins the two packages: the sweep (``sweep/driver.py``)
+never imports ``analysis/``, which reads sweeps; here the sweep runs, then the reports are written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List
+
+from analysis.reliability import reliability
+from analysis.report import write_reports
+from sweep.cli import compose, make_command, run_cli
+from sweep.driver import recommendation_line, run_dir_of, run_sweep
+from sweep.paths import sweep_dir
+from sweep.study import load_study, outcomes, storage_url, study_name
+
+
+def main(args: List[str]) -> int:
+    """Run the sweep of the overrides ``args``, write its reports, print the reliability line and the
+    recommendation. Returns the exit status: 0, or 1 when a trial crashed (re-running retries it).
+
+    Raises:
+        UserError: bad input (see ``sweep.driver.run_sweep``).
+    """
+    cfg, resolved = compose(args)
+    p = run_sweep(cfg, resolved, overrides=args)
+    sdir = sweep_dir(cfg)
+    try:
+        files = write_reports(storage_url(cfg), study_name(cfg), sdir)
+        print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
+    except Exception as e:  # the results are safe in the study; `make report` can retry
+        print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
+              f"retry with `{make_command('report', args)}`")
+    if p.next is not None:
+        print(f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
+              f"in {run_dir_of(cfg, p.next)}; fix the cause and re-run the same command to retry it", file=sys.stderr)
+        return 1
+    study = load_study(storage_url(cfg), study_name(cfg))
+    rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
+    print(f"reliability: {rel.text()}" if rel else "reliability: no seed-noise estimate (no configuration has two "
+          "ok seeds), so no gain could be shown significant")
+    print(recommendation_line(p, sdir))
+    return 0
+
 
 if __name__ == "__main__":
     run_cli(main)

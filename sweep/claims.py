@@ -2,7 +2,7 @@
 
 Optuna's RDB storage on a database server (PostgreSQL; MySQL works the same way) is its documented way
 for many processes on many machines to share one study; SQLite is not ("database is locked", optuna#820),
-so a SQLite sweep keeps its one-process lock (``sweep.study.sweep_lock``). Every worker replays the
+so a SQLite sweep keeps its one-process lock (``sweep.resume.sweep_lock``). Every worker replays the
 decisions from the finished trials (``sweep/decide.py``) and runs one of the trials the plan lists as
 runnable now:
 

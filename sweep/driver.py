@@ -6,37 +6,31 @@
 
 Re-running the same command resumes: finished trials are read from the study, a trial that was
 running when its process died continues from its last completed epoch, and the decisions are
-replayed from the history, so the sweep goes on exactly where it stopped. At the end the reports of
-``analysis/`` are written and the recommendation is printed. With ``sweep.storage`` on a database
+replayed from the history, so the sweep goes on exactly where it stopped (``sweep/resume.py``). The
+entry point (``sweep/__main__.py``) then writes the reports of ``analysis/`` and prints the
+recommendation: this package never imports ``analysis``, which builds on it. With ``sweep.storage`` on a database
 server the same loop is one worker among many (``python -m sweep.worker``, see ``sweep/claims.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import sys
 import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 from omegaconf import OmegaConf
 
-from analysis.reliability import reliability
-from analysis.report import write_reports
 from sweep import claims
-from sweep.cli import compose, make_command, run_cli
 from sweep.errors import UserError
-from sweep.paths import check_writable, glue_dir, results_root
+from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
 from sweep.config import Config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.paths import sweep_dir
-from sweep.study import (RESULT_ATTRS, fingerprint, load_study, open_study, outcomes, sqlite_path, study_name,
-                         storage_url, sweep_lock)
+from sweep.resume import crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
+from sweep.study import RESULT_ATTRS, open_study, outcomes, sqlite_path, storage_url, study_name
 from sweep.trial import CHECKPOINT, check_training_steps, run_trial, trial_name
 
 
@@ -78,44 +72,17 @@ def _run_dir(cfg: Config, tcfg: Config) -> Path:
     return sweep_dir(cfg) / "trials" / trial_name(tcfg)
 
 
-def _crashes(study, spec: TrialSpec) -> List[str]:
-    """The reasons of the earlier attempts at ``spec`` that crashed (status ``failed``), oldest first."""
-    from optuna.trial import TrialState
-
-    return [t.user_attrs.get("reason") or "?" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
-
-
-def _identity(resolved) -> Dict[str, str]:
-    """What makes two trials the same: every setting that gives a result its meaning (model, task,
-    data, training, LoRA; see ``sweep.study.fingerprint``) plus r, target matrices and seed."""
-    return {**fingerprint(resolved), "lora.r": repr(resolved.lora.r), "lora.targets": repr(list(resolved.lora.targets)),
-            "train.seed": repr(resolved.train.seed)}
-
-
-def _reuse(cfg: Config, tresolved, run_dir: Path) -> Optional[dict]:
-    """Read back a finished trial of another sweep under the same ``results/<task>/`` whose resolved
-    configuration is the same as this one's (``_identity``): its folder is copied to ``run_dir`` and
-    its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
-    want = _identity(tresolved)
-    for source in sorted((results_root(cfg) / cfg.task.name).glob(f"*/trials/{run_dir.name}")):
-        if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
-            continue
-        if _identity(OmegaConf.load(source / "config.yaml")) != want:
-            continue
-        m = {**json.loads((source / "metrics.json").read_text()), "reused_from": str(source)}
-        shutil.copytree(source, run_dir, dirs_exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
-        (run_dir / "metrics.json").write_text(json.dumps(m, indent=2))
-        return m
-    return None
+def run_dir_of(cfg: Config, spec: TrialSpec) -> Path:
+    """The folder of the sweep trial ``spec`` (its checkpoint, metrics and error logs)."""
+    return _run_dir(cfg, trial_config(cfg, spec, target_sets(cfg)[spec.targets])[0])
 
 
 def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool, log,
              reported: Set[int] = frozenset()) -> dict:
     """Run (or resume, or read back) one trial, report each epoch's validation objective as an
     intermediate value (``reported``: epochs the trial already has), and tell the study its result. A
-    finished trial of another sweep with the same resolved configuration is read back (``_reuse``).
+    finished trial of another sweep with the same resolved configuration is read back
+    (``sweep.resume.reuse_finished``).
     A crash (an exception other than a ``UserError``) is stored as status ``failed`` with its traceback
     in ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
     from optuna.exceptions import UpdateFinishedTrialError
@@ -123,11 +90,8 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
     run_dir = _run_dir(cfg, tcfg)
-    attempt = len(_crashes(study, spec)) + 1
+    attempt = len(crashed_attempts(study, spec)) + 1
     trial.set_user_attr("attempt", attempt)
-    metrics_file = run_dir / "metrics.json"
-    same_config = (run_dir / "config.yaml").is_file() and \
-        (run_dir / "config.yaml").read_text() == OmegaConf.to_yaml(tresolved)
     done = set(reported)
 
     def report(record: dict) -> None:
@@ -138,10 +102,9 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
             except UpdateFinishedTrialError:  # taken over by another worker: said below, at the tell
                 pass
 
-    if metrics_file.is_file() and same_config:
-        m = json.loads(metrics_file.read_text())  # finished before the process died, not yet told
-    else:
-        m = _reuse(cfg, tresolved, run_dir)  # the trial's result line names the source
+    m = finished_result(run_dir, tresolved)  # finished before the process died, not yet told
+    if m is None:
+        m = reuse_finished(results_root(cfg) / cfg.task.name, tresolved, run_dir)  # the result line names the source
         if m is None and (run_dir / CHECKPOINT).is_file():
             log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
                 f"checkpoint in {run_dir}")
@@ -231,7 +194,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
             + (f", worker {claims.worker_id()}" if shared else ""))
-        blank, crashed = ([], []) if shared else _resume_orphans(study, cfg, progress, log)
+        blank, crashed = ([], []) if shared else _finish_orphans(study, cfg, progress, log)
         printed = 0
         while True:
             claims.fail_stale_trials(study)  # trials of dead workers become runnable again
@@ -255,7 +218,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
                 spec = p.next
                 trial = blank.pop(0) if blank else study.ask()
                 _start(trial, spec, sets[spec.targets], cfg)
-            earlier = _crashes(study, spec)
+            earlier = crashed_attempts(study, spec)
             if earlier:
                 log(f"retrying r={spec.r} {spec.targets} seed={spec.seed}: attempt {len(earlier) + 1} "
                     f"(attempt {len(earlier)} crashed: {earlier[-1]})")
@@ -272,51 +235,20 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     return p
 
 
-def _resume_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List[TrialSpec]]:
-    """SQLite, under ``sweep.lock``: a trial still RUNNING holds no lock any more, its process died.
-    One that knows its configuration is finished first (from its last epoch checkpoint); one that died
-    before storing it is returned, to be adopted by the next trial the plan asks for, so no empty
-    record is left. Returns (those blank trials, the configurations that crashed again here)."""
-    import optuna
-    from optuna.trial import TrialState
-
-    blank, crashed = [], []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        trial = optuna.trial.Trial(study, t._trial_id)
-        if "spec" not in t.user_attrs:
-            blank.append(trial)
-            continue
-        spec = TrialSpec(**t.user_attrs["spec"])
-        _start(trial, spec, t.user_attrs["targets"], cfg)
-        log(f"resuming trial {t.number} r={spec.r} {spec.targets} seed={spec.seed} (interrupted)")
-        m = _execute(study, trial, spec, t.user_attrs["targets"], cfg, progress, log, set(t.intermediate_values))
-        log(_trial_line(t.number, spec, m, cfg.task.objective, t.user_attrs.get("attempt", 1)))
+def _finish_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List[TrialSpec]]:
+    """SQLite, under ``sweep.lock``: finish the trials a dead process left RUNNING (``sweep.resume.orphans``)
+    from their last epoch checkpoints. Returns (the blank orphans, to be adopted by the next trials the
+    plan asks for; the configurations that crashed again here)."""
+    blank, known = orphans(study)
+    crashed = []
+    for o in known:
+        _start(o.trial, o.spec, o.targets, cfg)
+        log(f"resuming trial {o.trial.number} r={o.spec.r} {o.spec.targets} seed={o.spec.seed} (interrupted)")
+        m = _execute(study, o.trial, o.spec, o.targets, cfg, progress, log, o.reported)
+        log(_trial_line(o.trial.number, o.spec, m, cfg.task.objective, o.attempt))
         if m["status"] == "failed":
-            crashed.append(spec)
+            crashed.append(o.spec)
     return blank, crashed
-
-
-def main(args: List[str]) -> int:
-    cfg, resolved = compose(args)
-    p = run_sweep(cfg, resolved, overrides=args)
-    sdir = sweep_dir(cfg)
-    try:
-        files = write_reports(storage_url(cfg), study_name(cfg), sdir)
-        print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
-    except Exception as e:  # the results are safe in the study; `make report` can retry
-        print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
-              f"retry with `{make_command('report', args)}`")
-    if p.next is not None:
-        print(f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
-              f"in {_run_dir(cfg, trial_config(cfg, p.next, target_sets(cfg)[p.next.targets])[0])}; "
-              "fix the cause and re-run the same command to retry it", file=sys.stderr)
-        return 1
-    study = load_study(storage_url(cfg), study_name(cfg))
-    rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
-    print(f"reliability: {rel.text()}" if rel else "reliability: no seed-noise estimate (no configuration has two "
-          "ok seeds), so no gain could be shown significant")
-    print(recommendation_line(p, sdir))
-    return 0
 
 
 def recommendation_line(p: Plan, sdir: Path) -> str:
@@ -329,6 +261,3 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
         return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
 
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -15,32 +15,22 @@ intermediate value (step = epoch, for ``optuna-dashboard``). Study user attribut
 
 from __future__ import annotations
 
-import fcntl
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Dict, Iterator, List
-
-from omegaconf import OmegaConf
+from typing import List
 
 from sweep.claims import storage_for
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
+from sweep.resume import check_fingerprint, run_fingerprint
 
 #: metrics.json keys copied onto the Optuna trial as user attributes
 RESULT_ATTRS = ("status", "reason", "objective", "objective_value", "best", "best_epoch", "lora_alpha", "scaling",
                 "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct",
                 "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
                 "majority_baseline", "train_tokens", "n_train", "n_eval", "reused_from")
-
-#: settings that do not change what a finished trial means, so a resume may change them
-#: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
-RESUMABLE_KEYS = ("sweep.", "lora.r", "lora.targets", "train.seed", "train.device", "train.threads",
-                  "train.eval_batch_size", "data.dir", "results_dir")
-
 
 def storage_url(cfg: Config) -> str:
     """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path; the
@@ -65,50 +55,6 @@ def study_name(cfg: Config) -> str:
     return f"ranksweep-{cfg.task.name}-{cfg.sweep.name}"
 
 
-def fingerprint(resolved) -> Dict[str, str]:
-    """Flattened ``key -> value`` of every setting that gives a finished trial its meaning (model,
-    task, LoRA scaling and alpha, training and data settings); the keys of ``RESUMABLE_KEYS`` are left out."""
-    flat: Dict[str, str] = {}
-
-    def walk(node, prefix: str) -> None:
-        for k, v in node.items():
-            key = f"{prefix}{k}"
-            if isinstance(v, dict):
-                walk(v, key + ".")
-            elif not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
-                flat[key] = repr(v)
-
-    walk(OmegaConf.to_container(resolved, resolve=True), "")
-    return flat
-
-
-@contextmanager
-def sweep_lock(directory: Path) -> Iterator[None]:
-    """Hold ``sweep.lock`` in the sweep folder for the whole run: a second driver on the same sweep is
-    refused, and the OS releases the lock when the holder dies (even by SIGKILL), so a trial still
-    RUNNING in the study when the lock is free is known to be orphaned.
-
-    Raises:
-        UserError: another process holds the lock.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "sweep.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
-                            "or stop it, then re-run to resume; a SQLite study serves one process: for several "
-                            "workers put it on PostgreSQL (sweep.storage=postgresql://…)") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _quiet_optuna() -> None:
     import optuna
 
@@ -116,13 +62,9 @@ def _quiet_optuna() -> None:
 
 
 def open_study(cfg: Config, resolved):
-    """Create or load the sweep's study and check that resuming it is meaningful.
-
-    A study made with other model, task, LoRA scaling/alpha/dropout, training or data settings is
-    refused: its finished trials would not be comparable with new ones. The fingerprint holds the
-    precision ``train.precision=auto`` resolves to here and the device type (``train.device_type``),
-    so a resume on other hardware cannot mix fp32 and bf16 (or CPU and CUDA) trials. Changing only
-    ``sweep.*`` (more ranks, more seeds, other caps) is allowed.
+    """Create or load the sweep's study and check that resuming it is meaningful
+    (``sweep.resume.check_fingerprint``): a study made with other model, task, LoRA scaling/alpha/dropout,
+    training or data settings is refused, its finished trials would not be comparable with new ones.
 
     Raises:
         UserError: the storage cannot be opened; incompatible settings (names the first differing key,
@@ -130,11 +72,7 @@ def open_study(cfg: Config, resolved):
     """
     import optuna
 
-    from sweep.runtime import resolve_device, resolve_precision
-
-    device = resolve_device(cfg)
-    new = {**fingerprint(resolved), "train.precision": repr(resolve_precision(cfg, device)),
-           "train.device_type": repr(device.type)}
+    new = run_fingerprint(cfg, resolved)  # before the study exists: a bad device leaves nothing behind
     _quiet_optuna()
     url, name = storage_url(cfg), study_name(cfg)
     try:
@@ -146,17 +84,7 @@ def open_study(cfg: Config, resolved):
         raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
         raise UserError(f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
-    old = study.user_attrs.get("fingerprint")
-    if old is None:
-        study.set_user_attr("fingerprint", new)
-    elif old != new:
-        diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        k = diffs[0]
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(
-            f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={old.get(k, '<unset>')}, "
-            f"this run has {k}={new.get(k, '<unset>')}{more}: its finished trials would not be comparable; "
-            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>")
+    check_fingerprint(study, cfg, new)
     # this run's decisions replace the stored ones; until it ends there is no final answer
     study.set_user_attr("stop_reason", None)
     study.set_user_attr("recommendation", None)

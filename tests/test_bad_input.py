@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,9 @@ from analysis.plots import figures
 from analysis.report import write_reports
 from conftest import PROJECT
 from sweep import driver, trial
+from sweep.__main__ import main as sweep_main
 from sweep.cli import compose, make_command, run_cli
 from sweep.errors import UserError
-from sweep.config import Config
 from sweep.data import load_glue
 from sweep.decide import Outcome, plan
 from sweep.study import open_study, sqlite_path, storage_url
@@ -135,7 +134,7 @@ def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, 
         message = message.replace(key, value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = snapshot(tmp_path)
-    main = driver.main if command == "sweep" else trial.main
+    main = sweep_main if command == "sweep" else trial.main
     args = [*tiny[:2], f"results_dir={results}", *overrides]
     code, out, err = run(main, args, capsys)
     assert code == 2
@@ -205,7 +204,7 @@ def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkey
     cfg, _ = compose(args)
     run_trial, calls = fake_trial(crash_on_call=1)
     monkeypatch.setattr(driver, "run_trial", run_trial)
-    code, out, err = run(driver.main, args, capsys)
+    code, out, err = run(sweep_main, args, capsys)
     assert code == 1 and calls == [1]
     assert "stopped: trial r=1 q,v seed=0 crashed" in err and "re-run the same command to retry it" in err
     assert "Traceback" not in out + err
@@ -218,7 +217,7 @@ def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkey
 
     run_trial, calls = fake_trial(crash_on_call=0)
     monkeypatch.setattr(driver, "run_trial", run_trial)
-    code, out, err = run(driver.main, args, capsys)
+    code, out, err = run(sweep_main, args, capsys)
     assert code == 0 and calls == [1, 2]
     assert "retrying r=1 q,v seed=0: attempt 2 (attempt 1 crashed: OSError: [Errno 27] File too large)" in out
     assert "trial 1 r=1 q,v seed=0 (attempt 2): accuracy 0.8000" in out

@@ -10,7 +10,7 @@ import torch
 from sweep import runtime
 from sweep.cli import compose
 from sweep.errors import UserError
-from sweep.study import sweep_lock
+from sweep.resume import sweep_lock
 
 
 @pytest.mark.parametrize("asked, native, expected", [
@@ -42,7 +42,7 @@ def test_cuda_asked_without_cuda_is_one_line(monkeypatch):
 
 def test_second_driver_on_the_same_sweep_is_refused_and_a_dead_holder_frees_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from sweep.study import sweep_lock\n"
+        "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
         f"with sweep_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")],
         cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE, text=True)
     try:

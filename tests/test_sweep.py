@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from conftest import PROJECT, ok, run_main
-from sweep.driver import main as sweep_main
+from sweep.__main__ import main as sweep_main
 
 # two epochs (so a trial can die between them), enough examples that metrics and losses differ
 # between configurations, two ranks and one wider target set: three trials for the progressive

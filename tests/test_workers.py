@@ -20,7 +20,8 @@ from sweep import claims
 from sweep.config import SweepSettings
 from sweep.decide import TrialSpec
 from sweep.pgserver import local_postgres, postgres_bin
-from sweep.study import outcomes, sweep_lock
+from sweep.resume import sweep_lock
+from sweep.study import outcomes
 
 # two epochs (a worker can die between them, leaving a checkpoint), one thread per worker (per-epoch
 # losses are then bit-identical whichever process trains), heartbeats every second, stale after 6 s (a

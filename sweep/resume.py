@@ -1,0 +1,217 @@
+"""Everything that lets re-running the same command continue a sweep where it stopped, without losing
+or repeating work. A newcomer's map of resuming:
+
+1. **Is a resume meaningful?** ``fingerprint`` / ``check_fingerprint``: a study refuses a run whose
+   settings would make its finished trials incomparable (``RESUMABLE_KEYS`` may change).
+2. **One process per SQLite sweep.** ``sweep_lock``: a second driver is refused; the OS frees the lock
+   when its holder dies, so a trial still RUNNING under a free lock is an orphan.
+3. **Orphans.** ``orphans``: trials whose process died (SQLite) are finished (they know their
+   configuration) or adopted by the next trial the plan asks for (they died before storing it). On a
+   database server a dead worker's trial is failed by heartbeat and run again: ``sweep/claims.py``.
+4. **Retries.** ``crashed_attempts``: a crashed trial (status ``failed``) stops the sweep; the re-run
+   retries it and counts the attempt.
+5. **Finished work is read back, not retrained.** ``finished_result``: a trial whose ``metrics.json``
+   was written before the process died; ``reuse_finished``: the same trial finished by another sweep
+   under the same ``results/<task>/`` (compared by ``trial_identity``).
+6. **Epoch checkpoints.** A trial interrupted mid-way continues from its last finished epoch (the
+   checkpoint functions at the end of this file, used by ``sweep/trial.py``).
+
+The decisions need no resume logic: they are a pure function of the study's finished trials
+(``sweep/decide.py``), replayed on every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from omegaconf import OmegaConf
+
+from sweep.config import Config
+from sweep.decide import TrialSpec
+from sweep.errors import UserError
+
+# --- 1. is a resume meaningful? ---------------------------------------------------------------------
+
+#: settings that do not change what a finished trial means, so a resume may change them
+#: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
+RESUMABLE_KEYS = ("sweep.", "lora.r", "lora.targets", "train.seed", "train.device", "train.threads",
+                  "train.eval_batch_size", "data.dir", "results_dir")
+
+
+def fingerprint(resolved) -> Dict[str, str]:
+    """Flattened ``key -> repr(value)`` of every setting that gives a finished trial its meaning (model,
+    task, LoRA scaling and alpha, training and data settings) in the resolved config ``resolved``; the keys
+    of ``RESUMABLE_KEYS`` are left out."""
+    flat: Dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            elif not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
+                flat[key] = repr(v)
+
+    walk(OmegaConf.to_container(resolved, resolve=True), "")
+    return flat
+
+
+def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
+    """``fingerprint(resolved)`` plus what ``train.precision=auto`` and ``train.device=auto`` resolve to on
+    this machine (``train.precision``, ``train.device_type``), so a resume on other hardware cannot mix
+    fp32 and bf16 (or CPU and CUDA) trials.
+
+    Raises:
+        UserError: the configured device or precision is not available here.
+    """
+    from sweep.runtime import resolve_device, resolve_precision
+
+    device = resolve_device(cfg)
+    return {**fingerprint(resolved), "train.precision": repr(resolve_precision(cfg, device)),
+            "train.device_type": repr(device.type)}
+
+
+def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
+    """Store this run's fingerprint ``new`` (``run_fingerprint``) on a new study, or check it against the
+    stored one. Changing only ``RESUMABLE_KEYS`` (``sweep.*``: more ranks, more seeds, other caps) is allowed.
+
+    Raises:
+        UserError: incompatible settings; names the first differing key, its old and new value.
+    """
+    old = study.user_attrs.get("fingerprint")
+    if old is None:
+        study.set_user_attr("fingerprint", new)
+    elif old != new:
+        diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        k = diffs[0]
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise UserError(
+            f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={old.get(k, '<unset>')}, "
+            f"this run has {k}={new.get(k, '<unset>')}{more}: its finished trials would not be comparable; "
+            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>")
+
+
+# --- 2. one process per SQLite sweep ----------------------------------------------------------------
+
+@contextmanager
+def sweep_lock(directory: Path) -> Iterator[None]:
+    """Hold ``sweep.lock`` in the sweep folder for the whole run: a second driver on the same sweep is
+    refused, and the OS releases the lock when the holder dies (even by SIGKILL), so a trial still
+    RUNNING in the study when the lock is free is known to be orphaned.
+
+    Raises:
+        UserError: another process holds the lock.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sweep.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
+                            "or stop it, then re-run to resume; a SQLite study serves one process: for several "
+                            "workers put it on PostgreSQL (sweep.storage=postgresql://…)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- 3. orphans -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Orphan:
+    """A trial left RUNNING by a process that died, which knows its configuration.
+
+    Attributes:
+        trial: the ``optuna.trial.Trial`` to finish (tell) in this process.
+        spec: its configuration (rank, target set, seed, stage).
+        targets: the target list behind ``spec.targets``.
+        reported: epochs whose validation objective the study already holds (intermediate values).
+        attempt: the attempt number stored on it.
+    """
+
+    trial: object
+    spec: TrialSpec
+    targets: List[str]
+    reported: set
+    attempt: int
+
+
+def orphans(study) -> Tuple[list, List[Orphan]]:
+    """SQLite, under ``sweep_lock``: every trial still RUNNING holds no lock any more, its process died.
+
+    Returns:
+        (blank trials: died before storing their configuration, to be adopted by the next trials the plan
+        asks for, so no empty record is left; ``Orphan`` trials to finish, from their last epoch
+        checkpoint), both in trial-number order.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    blank, known = [], []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial = optuna.trial.Trial(study, t._trial_id)
+        if "spec" not in t.user_attrs:
+            blank.append(trial)
+        else:
+            known.append(Orphan(trial, TrialSpec(**t.user_attrs["spec"]), list(t.user_attrs["targets"]),
+                                set(t.intermediate_values), int(t.user_attrs.get("attempt", 1))))
+    return blank, known
+
+
+# --- 4. retries -------------------------------------------------------------------------------------
+
+def crashed_attempts(study, spec: TrialSpec) -> List[str]:
+    """The reasons of the earlier attempts at ``spec`` that crashed (status ``failed``), oldest first;
+    the next attempt's number is ``len(...) + 1``."""
+    from optuna.trial import TrialState
+
+    return [t.user_attrs.get("reason") or "?" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
+
+
+# --- 5. finished work is read back, not retrained --------------------------------------------------
+
+def finished_result(run_dir: Path, tresolved) -> Optional[dict]:
+    """The ``metrics.json`` of a trial that finished in ``run_dir`` with exactly the resolved config
+    ``tresolved`` (its process died before telling the study), else None."""
+    config, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
+    if metrics.is_file() and config.is_file() and config.read_text() == OmegaConf.to_yaml(tresolved):
+        return json.loads(metrics.read_text())
+    return None
+
+
+def trial_identity(resolved) -> Dict[str, str]:
+    """What makes two trials the same: every setting that gives a result its meaning (model, task,
+    data, training, LoRA; see ``fingerprint``) plus r, target matrices and seed."""
+    return {**fingerprint(resolved), "lora.r": repr(resolved.lora.r), "lora.targets": repr(list(resolved.lora.targets)),
+            "train.seed": repr(resolved.train.seed)}
+
+
+def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[dict]:
+    """Read back a finished trial of another sweep under ``task_dir`` (``results/<task>/``) whose resolved
+    configuration is the same as ``tresolved`` (``trial_identity``): its folder is copied to ``run_dir``
+    and its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
+    want = trial_identity(tresolved)
+    for source in sorted(task_dir.glob(f"*/trials/{run_dir.name}")):
+        if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
+            continue
+        if trial_identity(OmegaConf.load(source / "config.yaml")) != want:
+            continue
+        m = {**json.loads((source / "metrics.json").read_text()), "reused_from": str(source)}
+        shutil.copytree(source, run_dir, dirs_exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
+        (run_dir / "metrics.json").write_text(json.dumps(m, indent=2))
+        return m
+    return None

@@ -1,0 +1,70 @@
+"""sweep/resume.py: orphaned trials are finished or adopted, and a finished trial is read back, not
+retrained. In-process, with a stand-in for the trial (the real SIGKILL-and-resume proofs are in
+test_sweep.py)."""
+
+import json
+
+import optuna
+from optuna.trial import TrialState
+
+from sweep import driver
+from sweep.cli import compose
+from sweep.decide import TrialSpec
+from sweep.resume import finished_result, orphans
+from sweep.study import open_study, storage_url
+from test_bad_input import fake_trial
+
+
+def _sweep_args(tiny):
+    return [*tiny, "sweep.ranks=[1,2]", "sweep.seeds=[0]", "sweep.target_sets=[[q,v]]"]
+
+
+def _dead_process_left(cfg, resolved):
+    """What a SIGKILLed driver leaves behind: trial 0 RUNNING with its configuration stored and epoch 1's
+    objective reported; trial 1 RUNNING and blank (killed between ``ask`` and storing the spec)."""
+    study = open_study(cfg, resolved)
+    t0 = study.ask()
+    driver._start(t0, TrialSpec(r=1, targets="q,v", seed=0, stage="rank"), ["q", "v"], cfg)
+    t0.report(0.75, 1)
+    study.ask()
+    return study
+
+
+def test_orphans_are_split_into_known_and_blank(tiny):
+    cfg, resolved = compose(_sweep_args(tiny))
+    study = _dead_process_left(cfg, resolved)
+    blank, known = orphans(study)
+    assert [t.number for t in blank] == [1]
+    (o,) = known
+    assert (o.trial.number, o.spec, o.targets, o.reported, o.attempt) == (
+        0, TrialSpec(r=1, targets="q,v", seed=0, stage="rank"), ["q", "v"], {1}, 1)
+
+
+def test_a_rerun_finishes_the_known_orphan_and_adopts_the_blank_one(tiny, monkeypatch):
+    cfg, resolved = compose(_sweep_args(tiny))
+    _dead_process_left(cfg, resolved)
+    run_trial, calls = fake_trial(crash_on_call=0)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    lines = []
+    p = driver.run_sweep(cfg, resolved, progress=False, log=lines.append)
+    # r=1 is finished in its own trial 0; the blank trial 1 becomes r=2, the next the plan asks for:
+    # two trainings, two records, no empty one
+    assert calls == [1, 2]
+    study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(cfg))
+    assert [(t.number, t.state, t.params.get("r")) for t in study.get_trials()] == [
+        (0, TrialState.COMPLETE, 1), (1, TrialState.COMPLETE, 2)]
+    assert "resuming trial 0 r=1 q,v seed=0 (interrupted)" in lines
+    assert p.recommendation == (2, "q,v")  # 0.9 against 0.8, one seed each
+
+
+def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(tiny, tmp_path):
+    cfg, resolved = compose(_sweep_args(tiny))
+    run_dir = tmp_path / "r1-q-v-seed0"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "objective_value": 0.8}))
+    from omegaconf import OmegaConf
+
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    assert finished_result(run_dir, resolved) == {"status": "ok", "objective_value": 0.8}
+    _, other = compose([*_sweep_args(tiny), "lora.alpha=32"])
+    assert finished_result(run_dir, other) is None  # another configuration's result is not this one's
