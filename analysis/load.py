@@ -14,7 +14,7 @@ import pandas as pd
 
 from sweep.errors import UserError
 from sweep.config import SweepSettings
-from sweep.decide import Config, Decision
+from sweep.decide import ConfigKey, Decision
 from sweep.study import settings_of
 
 #: trial states that hold a result (an objective or a failure); the others are still to come
@@ -54,7 +54,7 @@ class StudyInfo:
     metrics: List[str]
     settings: SweepSettings
     decisions: List[Decision]
-    recommendation: Optional[Config]
+    recommendation: Optional[ConfigKey]
     stop_reason: Optional[str]
     running: int
     finished: bool

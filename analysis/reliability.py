@@ -8,32 +8,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence
 
 from analysis.simulate import NARROW_OFFSET, SEED, Scenario, calibrate_cell
 from sweep.config import SweepSettings, targets_key
-from sweep.decide import Outcome, detectable_gain, pooled_sd, stats_of
+from sweep.decide import ConfigKey, Outcome, Stats, aggregate, detectable_gain, pooled_sd, seed_sequence
 
 #: simulated sweeps behind a report's P(regret ≤ tolerance)
 REPS = 200
 
 
-def _means(outcomes: Sequence[Outcome]) -> Dict[Tuple[int, str], List[float]]:
-    by_cfg: Dict[Tuple[int, str], List[float]] = {}
-    for o in outcomes:
-        if o.status == "ok" and o.objective is not None:
-            by_cfg.setdefault((o.r, o.targets), []).append(o.objective)
-    return by_cfg
+def _stats(outcomes: Sequence[Outcome], settings: SweepSettings) -> Dict[ConfigKey, Stats]:
+    """The decisions' statistics (``sweep.decide.aggregate``) of every configuration with a counted ok seed."""
+    every = aggregate(outcomes, seed_sequence(settings))
+    return {cfg: res.stats for cfg, res in every.items() if res.stats is not None}
 
 
 def observed_scenario(outcomes: Sequence[Outcome], settings: SweepSettings,
-                      costs: Mapping[str, int]) -> Optional[Scenario]:
+                      params_per_rank: Mapping[str, int]) -> Optional[Scenario]:
     """A study's observed means as the true curve (points): each rank of ``sweep.ranks`` on the start
     targets takes the mean of the nearest observed rank (the lower one on a tie); each other observed
     target set takes its mean offset from that curve at the ranks it was tried; target sets never tried
     get no offset (wider) or ``NARROW_OFFSET`` (narrower), as in ``scenarios``. None when the start
     targets have no ok trial."""
-    means = {c: stats_of(v).mean for c, v in _means(outcomes).items()}
+    means = {c: st.mean for c, st in _stats(outcomes, settings).items()}
     start = targets_key(settings.start_targets)
     seen = sorted(r for r, t in means if t == start)
     if not seen:
@@ -43,7 +41,7 @@ def observed_scenario(outcomes: Sequence[Outcome], settings: SweepSettings,
     for t in dict.fromkeys(targets_key(x) for x in settings.target_sets):
         tried = [means[(r, t)] - curve[r] for r, tt in means if tt == t and r in curve]
         offsets[t] = (sum(tried) / len(tried) if tried
-                      else NARROW_OFFSET if costs[t] < costs[start] else 0.0)
+                      else NARROW_OFFSET if params_per_rank[t] < params_per_rank[start] else 0.0)
     offsets[start] = 0.0
     return Scenario("study", "study", curve, offsets)
 
@@ -59,7 +57,7 @@ class Reliability:
             side at ``sweep.confidence`` (``sweep.decide.detectable_gain``).
         tolerance: ``sweep.tolerance`` (points).
         p_within_tolerance: calibrated P(regret ≤ tolerance) of the procedure on the study's observed
-            curve at ``sigma`` (``REPS`` simulated sweeps); None without target costs. ``make
+            curve at ``sigma`` (``REPS`` simulated sweeps); None without ``params_per_rank``. ``make
             calibrate`` gives it on every scenario family.
     """
 
@@ -80,16 +78,20 @@ class Reliability:
         return out
 
 
-def reliability(outcomes: Sequence[Outcome], settings: SweepSettings, costs: Optional[Mapping[str, int]],
-                reps: int = REPS) -> Optional[Reliability]:
-    """The ``Reliability`` of a study's procedure; None when no configuration has two ok seeds (no σ).
-    Without ``costs`` (Σ(d+k) per target set, stored by the sweep) no simulation is run."""
-    sigma, dof = pooled_sd([stats_of(v) for v in _means(outcomes).values()])
+def reliability(outcomes: Sequence[Outcome], settings: SweepSettings,
+                params_per_rank: Optional[Mapping[str, int]], reps: int = REPS) -> Optional[Reliability]:
+    """The ``Reliability`` of a study's procedure; None when no configuration has two counted ok seeds (no σ).
+    σ pools the decisions' statistics (``sweep.decide.aggregate`` over the seeds ``settings`` can ask for).
+    Without ``params_per_rank`` (LoRA parameters per unit of rank of each target set, stored by the sweep
+    as ``target_costs``) no simulation is run."""
+    sigma, dof = pooled_sd(list(_stats(outcomes, settings).values()))
     if sigma is None:
         return None
     seeds = settings.max_seeds if settings.mode == "progressive" else len(settings.seeds)
     gain = detectable_gain(sigma, dof, seeds, settings.confidence)
-    scenario = observed_scenario(outcomes, settings, costs) if costs else None
-    p = (calibrate_cell(settings, scenario, sigma, costs, reps, SEED, settings.tolerance).p_within_tolerance
-         if scenario is not None else None)
+    scenario = observed_scenario(outcomes, settings, params_per_rank) if params_per_rank else None
+    p = None
+    if scenario is not None:
+        cell = calibrate_cell(settings, scenario, sigma, params_per_rank, reps, SEED, settings.tolerance)
+        p = cell.p_within_tolerance
     return Reliability(sigma, dof, seeds, gain, settings.tolerance, p)

@@ -62,18 +62,18 @@ def grid_trials(settings: SweepSettings) -> int:
     return len(search_space(settings)) * len(settings.seeds)
 
 
-def _offsets(settings: SweepSettings, costs: Mapping[str, int], wider: Sequence[float]) -> Dict[str, float]:
+def _offsets(settings: SweepSettings, params_per_rank: Mapping[str, int], wider: Sequence[float]) -> Dict[str, float]:
     """Offsets per target set: narrower sets ``NARROW_OFFSET``; the wider ones, cheapest first, ``wider``."""
     start = targets_key(settings.start_targets)
-    sets = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets), key=lambda t: costs[t])
-    more = [t for t in sets if costs[t] > costs[start]]
-    out = {t: NARROW_OFFSET for t in sets if costs[t] < costs[start]}
+    sets = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets), key=lambda t: params_per_rank[t])
+    more = [t for t in sets if params_per_rank[t] > params_per_rank[start]]
+    out = {t: NARROW_OFFSET for t in sets if params_per_rank[t] < params_per_rank[start]}
     out.update({t: wider[min(i, len(wider) - 1)] for i, t in enumerate(more)})
     out[start] = 0.0
     return out
 
 
-def scenarios(settings: SweepSettings, costs: Mapping[str, int], top: float = 80.0,
+def scenarios(settings: SweepSettings, params_per_rank: Mapping[str, int], top: float = 80.0,
               step: float = 1.0) -> List[Scenario]:
     """The scenario families of the calibration, on ``settings.ranks`` (points; one rank doubling of
     a rising curve gains ``step``, about what one doubling gains on MRPC with MiniLM):
@@ -91,13 +91,13 @@ def scenarios(settings: SweepSettings, costs: Mapping[str, int], top: float = 80
     def plateau(k: float) -> Dict[int, float]:
         return {r: top - step * max(0.0, np.log2(k) - lg[r]) for r in ranks}
 
-    same = _offsets(settings, costs, [0.0])
+    same = _offsets(settings, params_per_rank, [0.0])
     out = [Scenario("flat", "flat", {r: top for r in ranks}, same)]
     out += [Scenario(f"plateau-r{k}", "plateau", plateau(k), same) for k in (2, 4, 8, 32) if k <= ranks[-1]]
     out.append(Scenario("rising", "rising", plateau(ranks[-1]), same))
     out.append(Scenario("peak-r8", "peak", {r: top - step * abs(lg[r] - 3) for r in ranks}, same))
     for name, wider in (("wider+1+2", [1.0, 2.0]), ("wider+0.5", [0.5]), ("wider-1", [-1.0])):
-        out.append(Scenario(name, "wider", plateau(4), _offsets(settings, costs, wider)))
+        out.append(Scenario(name, "wider", plateau(4), _offsets(settings, params_per_rank, wider)))
     return out
 
 
@@ -110,12 +110,12 @@ class Run:
     pick: Tuple[int, str]
 
 
-def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, costs: Mapping[str, int],
+def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, params_per_rank: Mapping[str, int],
              rng: np.random.Generator, head_params: int = 0) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points.
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
-    decision, so the order does not matter); trainable parameters are r·costs[t] + ``head_params``.
+    decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
 
     Raises:
         RuntimeError: the procedure asked for more than ``MAX_SIMULATED_TRIALS`` trials.
@@ -123,14 +123,14 @@ def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, costs: M
     space = search_space(settings)
     history: List[Outcome] = []
     while len(history) < MAX_SIMULATED_TRIALS:
-        p = plan(settings, history, costs)
+        p = plan(settings, history, params_per_rank)
         if p.next is None:
             pick = p.recommendation
             return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick)
         for spec in p.runnable:
             value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
             history.append(Outcome(spec.r, spec.targets, spec.seed, "ok", value / 100.0,
-                                   spec.r * costs[spec.targets] + head_params, 1.0, 0.0))
+                                   spec.r * params_per_rank[spec.targets] + head_params, 1.0, 0.0))
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
 
 
@@ -147,11 +147,11 @@ class Cell:
     pct_of_grid: float
 
 
-def calibrate_cell(settings: SweepSettings, scenario: Scenario, sigma: float, costs: Mapping[str, int],
+def calibrate_cell(settings: SweepSettings, scenario: Scenario, sigma: float, params_per_rank: Mapping[str, int],
                    reps: int, seed: int, tolerance: float) -> Cell:
     """``reps`` simulated sweeps of one scenario × σ, from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    runs = [simulate(settings, scenario, sigma, costs, rng) for _ in range(reps)]
+    runs = [simulate(settings, scenario, sigma, params_per_rank, rng) for _ in range(reps)]
     regret = np.array([r.regret for r in runs])
     trials = np.array([r.trials for r in runs])
     return Cell(scenario.name, sigma, float(np.mean(regret <= tolerance + 1e-9)), float(regret.mean()),

@@ -33,7 +33,7 @@ from analysis.plots import save_figure, task_name
 from analysis.subspace import (amplification, direction_overlaps, random_similarity, right_singular_basis,
                                shared_directions, similarity_grid)
 from analysis.subspace_plots import similarity_heatmaps
-from sweep.decide import Config
+from sweep.decide import ConfigKey
 
 #: family-wise error rate of the test that counts a direction as shared (Bonferroni over a subspace's r)
 ALPHA = 0.05
@@ -208,7 +208,7 @@ def _number(value: float) -> str:
     return "—" if pd.isna(value) else f"{value:.1f}"
 
 
-def recommendation_note(result: SubspaceAnalysis, pick: Optional[Config]) -> str:
+def recommendation_note(result: SubspaceAnalysis, pick: Optional[ConfigKey]) -> str:
     """One sentence for the recommendation: how many directions the recommended target set's ranks
     share across seeds, and which ranks learn noise beyond that (their r exceeds every effective rank
     found on that target set, rounded up). '' when no configuration of it has two seeds."""

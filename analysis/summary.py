@@ -1,34 +1,56 @@
 """One row per configuration (r, targets): the objective over its seeds with a t-interval, its cost,
 whether it is on a Pareto front, and whether it is the recommended one, with the sweep's decisions.
 
-Only ``complete`` trials count towards means, costs and the recommendation; diverged and failed ones
-are counted per configuration and otherwise left out. The recommendation rule is
-``sweep.decide.recommend``, never a copy of it.
+The statistics are the decisions' own: ``sweep.decide.aggregate`` over the study's finished trials,
+counting the seeds the sweep's settings can ask for (``seed_sequence``), so a row's mean and n are the
+ones its decisions quote. Every configuration with a trial is listed; complete trials of other seeds
+(a study run before with other ``sweep.seeds``) are counted in ``n_not_counted`` and left out of the
+statistics, as the decisions leave them out; diverged and failed trials are counted per configuration.
+(The replay counts only the seeds it asked for, a prefix of ``seed_sequence``; every seed it ran was
+asked for, so the two differ only for racing seeds left by a run with other settings that the latest
+settings never ask for.) The recommendation rule is ``sweep.decide.recommend``, never a copy of it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from analysis.load import StudyInfo
-from sweep.decide import Config, Decision, recommend, stats_of
+from sweep.decide import ConfigKey, ConfigResults, Decision, Outcome, aggregate, recommend, seed_sequence
 
 #: columns of summary.csv, in order
-COLUMNS = ("r", "targets", "n_seeds", "n_failed", "n_running", "objective_mean", "objective_sd",
+COLUMNS = ("r", "targets", "n_seeds", "n_failed", "n_running", "n_not_counted", "objective_mean", "objective_sd",
            "objective_ci95_low", "objective_ci95_high", "trainable_params", "trainable_pct", "lora_params",
            "mean_train_flops", "mean_train_seconds", "pareto_params", "pareto_flops", "recommended",
            "decision", "reason")
 
 
-def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[Config, pd.DataFrame, pd.DataFrame]]:
+def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, pd.DataFrame]]:
     """(config, all its trials, its complete trials), configurations in order of their first trial."""
     known = trials.dropna(subset=["r", "targets"]).sort_values("number")
     for (r, targets), group in known.groupby(["r", "targets"], sort=False):
         yield (int(r), str(targets)), group, group[group["state"] == "complete"]
+
+
+def _outcomes(trials: pd.DataFrame) -> List[Outcome]:
+    """The finished trials of ``trials`` that carry a configuration, as the decisions read them from the
+    study (``sweep.study.outcomes``): complete, diverged and failed ones, in trial order; abandoned,
+    pruned and running ones are no outcome."""
+    done = trials[trials["state"].isin(("complete", "diverged", "failed"))].dropna(subset=["r", "targets", "seed"])
+    return [Outcome(r=int(t.r), targets=str(t.targets), seed=int(t.seed), status=str(t.status),
+                    objective=None if pd.isna(t.objective) else float(t.objective),
+                    trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
+                    train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops))
+            for t in done.sort_values("number").itertuples()]
+
+
+def results(trials: pd.DataFrame, info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
+    """``sweep.decide.aggregate`` of ``trials`` (from ``trials_frame``) over the seeds the study's
+    settings can ask for: per configuration with a finished trial, the statistics its decisions use."""
+    return aggregate(_outcomes(trials), seed_sequence(info.settings))
 
 
 def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:
@@ -47,64 +69,59 @@ def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:
     return front
 
 
-def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Config], Optional[Decision]]:
+def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
     """The recommended configuration and the ``recommend`` decision that explains it.
 
     A finished sweep's stored recommendation is returned as it is. Otherwise the sweep's own rule
     (``sweep.decide.recommend``: the fewest trainable parameters among configurations
     shown within ``tolerance`` of the best, at the ``confidence`` of the study's settings) is
-    applied to every configuration with a complete trial; that answer is provisional
-    (``info.finished`` is False). Returns (None, None) when no trial is complete.
+    applied to every configuration with a counted complete trial (``results``); that answer is
+    provisional (``info.finished`` is False). Returns (None, None) when no trial is complete.
     """
     if info.finished:
         decision = next((d for d in reversed(info.decisions) if d.action == "recommend"), None)
         return info.recommendation, decision
-    evaluated, stats, params, flops = [], {}, {}, {}
-    for cfg, group, ok in _by_config(trials):
-        if ok.empty:
-            continue
-        evaluated.append(cfg)
-        stats[cfg] = stats_of([float(v) for v in ok["objective"]])
-        params[cfg] = int(group["trainable_params"].max()) if group["trainable_params"].notna().any() else 0
-        flops[cfg] = float(ok["train_flops"].mean()) if ok["train_flops"].notna().any() else 0.0
-    return recommend(evaluated, stats, params, flops, info.settings)
+    scored = {cfg: res for cfg, res in results(trials, info).items() if res.stats is not None}
+    return recommend(list(scored), {c: res.stats for c, res in scored.items()},
+                     {c: res.trainable_params for c, res in scored.items()},
+                     {c: res.train_flops for c, res in scored.items()}, info.settings)
 
 
-def _interval(values: pd.Series) -> Tuple[float, float, float, float]:
-    """Mean, sample sd and the 95% t-interval of the mean (NaN where n is too small)."""
-    n = len(values)
-    mean = float(values.mean()) if n else math.nan
-    if n < 2:
-        return mean, math.nan, math.nan, math.nan
-    sd = float(values.std(ddof=1))
-    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return mean, sd, mean - half, mean + half
+def _metric_units(points: Optional[float]) -> float:
+    """A value in points (100 × metric) in metric units; NaN for None."""
+    return math.nan if points is None else points / 100.0
 
 
 def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     """One row per configuration (r, targets) of ``trials`` (from ``trials_frame``), in the order the
     sweep first tried them.
 
-    Columns: ``r``, ``targets``; ``n_seeds`` (complete trials), ``n_failed`` (diverged or failed),
-    ``n_running``; ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
-    ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·sd/√n; NaN below two seeds), all
-    in metric units (accuracy 0.8235, not 82.35 points); ``trainable_params``, ``trainable_pct`` (percent
-    of the model's parameters), ``lora_params``; ``mean_train_flops`` (training FLOPs) and
-    ``mean_train_seconds`` (training seconds) over complete trials; ``pareto_params`` and
-    ``pareto_flops`` (on the front of objective mean vs trainable parameters / vs mean training FLOPs,
-    see ``pareto_mask``; only configurations with a complete trial); ``recommended`` (see
+    Columns: ``r``, ``targets``; ``n_seeds`` (complete trials the decisions count, see ``results``),
+    ``n_failed`` (diverged or failed), ``n_running``, ``n_not_counted`` (complete trials of seeds the
+    settings cannot ask for); over the counted seeds, in metric units (accuracy 0.8235, not 82.35
+    points): ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
+    ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·sd/√n, ``Stats.interval``; NaN below
+    two seeds); ``trainable_params``, ``trainable_pct`` (percent of the model's parameters), ``lora_params``;
+    ``mean_train_flops`` (training FLOPs) and ``mean_train_seconds`` (training seconds) over complete
+    trials of every seed (a cost, as in the decisions); ``pareto_params`` and ``pareto_flops`` (on the
+    front of objective mean vs trainable parameters / vs mean training FLOPs, see ``pareto_mask``; only
+    configurations with a counted complete trial); ``recommended`` (see
     ``recommendation``); ``decision`` (the actions of the stored decisions about this configuration,
     ``; ``-separated) and ``reason`` (their reasons, `` | ``-separated, same order).
     """
     pick, _ = recommendation(trials, info)
+    per_cfg = results(trials, info)
     rows = []
     for (r, targets), group, ok in _by_config(trials):
-        mean, sd, low, high = _interval(ok["objective"].astype(float))
+        res = per_cfg.get((r, targets))  # None: no finished trial yet
+        st = res.stats if res is not None else None
+        mean, sd, low, high = map(_metric_units, (st.mean, st.sd, *st.interval(0.95)) if st else [None] * 4)
         about = [d for d in info.decisions if (d.r, d.targets) == (r, targets)]
         rows.append({
-            "r": r, "targets": targets, "n_seeds": len(ok),
+            "r": r, "targets": targets, "n_seeds": st.n if st is not None else 0,
             "n_failed": int(group["state"].isin(("diverged", "failed")).sum()),
             "n_running": int((group["state"] == "running").sum()),
+            "n_not_counted": res.not_counted if res is not None else 0,
             "objective_mean": mean, "objective_sd": sd, "objective_ci95_low": low, "objective_ci95_high": high,
             "trainable_params": group["trainable_params"].max(), "trainable_pct": group["trainable_pct"].max(),
             "lora_params": group["lora_params"].max(),
@@ -112,8 +129,8 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
             "recommended": (r, targets) == pick,
             "decision": "; ".join(d.action for d in about), "reason": " | ".join(d.reason for d in about)})
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if not c.startswith("pareto_")])
-    df = df.astype({"r": "int64", "n_seeds": "int64", "trainable_params": "Int64", "lora_params": "Int64",
-                    "recommended": "bool"})
+    df = df.astype({"r": "int64", "n_seeds": "int64", "n_not_counted": "int64", "trainable_params": "Int64",
+                    "lora_params": "Int64", "recommended": "bool"})
     for column, cost in (("pareto_params", "trainable_params"), ("pareto_flops", "mean_train_flops")):
         df[column] = pareto_mask(df["objective_mean"].tolist(), df[cost].astype("float64").tolist())
     return df[list(COLUMNS)]

@@ -26,7 +26,8 @@ whichever side has fewer, up to ``max_seeds`` each; still undecided at the seed 
 carry a flat curve past ``escalate_max_r``). Without a noise estimate (one seed each and
 ``max_seeds`` 1) nothing is significant. Seeds are run
 in order (``sweep.seeds``, then the next integers), and a decision only uses the seeds the procedure had
-asked for when it took it, so replaying a longer history never changes an earlier decision.
+asked for when it took it, so replaying a longer history never changes an earlier decision. Per-configuration
+statistics come from ``aggregate``, the one aggregation the reports (``analysis/summary.py``) use too.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from scipy.stats import t as student_t
 
 from sweep.config import SweepSettings, targets_key
 
-Config = Tuple[int, str]  # (r, targets key such as "q,v")
+#: one configuration of the search space: (r, targets key such as "q,v"); a key, not ``sweep.config.Config``
+ConfigKey = Tuple[int, str]
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,45 @@ class Stats:
     n: int
     mean: float
     sd: Optional[float]
+
+    def interval(self, level: float = 0.95) -> Tuple[Optional[float], Optional[float]]:
+        """Two-sided ``level`` Student-t interval of the mean, in points: mean ± t((1+level)/2, n−1)·sd/√n
+        (``scipy.stats.t.interval``); (None, None) below two seeds."""
+        if self.sd is None:
+            return None, None
+        low, high = student_t.interval(level, self.n - 1, loc=self.mean, scale=self.sd / math.sqrt(self.n))
+        return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class ConfigResults:
+    """What the decisions know about one configuration (r, targets): see ``aggregate``.
+
+    Attributes:
+        stats: the objective over the ok outcomes of the counted seeds (points); None without one.
+        seeds: those counted ok seeds, in the order of the counted seeds.
+        measured: its measured outcomes, one per seed (every seed, counted or not).
+    """
+
+    stats: Optional[Stats]
+    seeds: Tuple[int, ...]
+    measured: Tuple[Outcome, ...]
+
+    @property
+    def not_counted(self) -> int:
+        """Ok outcomes of seeds outside the counted ones (left out of ``stats``)."""
+        return sum(o.status == "ok" and o.objective is not None for o in self.measured) - len(self.seeds)
+
+    @property
+    def trainable_params(self) -> int:
+        """The most trainable parameters over its measured outcomes (every seed)."""
+        return max(o.trainable_params for o in self.measured)
+
+    @property
+    def train_flops(self) -> float:
+        """Mean training FLOPs over its ok outcomes (every seed); 0 without one."""
+        ok = [o.train_flops for o in self.measured if o.status == "ok"]
+        return sum(ok) / max(1, len(ok))
 
 
 @dataclass(frozen=True)
@@ -132,9 +173,9 @@ class Plan:
 
     next: Optional[TrialSpec]
     decisions: List[Decision]
-    recommendation: Optional[Config] = None
+    recommendation: Optional[ConfigKey] = None
     stop_reason: Optional[str] = None
-    evaluated: List[Config] = field(default_factory=list)
+    evaluated: List[ConfigKey] = field(default_factory=list)
     runnable: List[TrialSpec] = field(default_factory=list)
 
 
@@ -155,6 +196,43 @@ def stats_of(values: Sequence[float]) -> Optional[Stats]:
     mean = sum(pts) / len(pts)
     sd = math.sqrt(sum((x - mean) ** 2 for x in pts) / (len(pts) - 1)) if len(pts) > 1 else None
     return Stats(len(pts), mean, sd)
+
+
+def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]]:
+    """The outcomes that are measurements, by configuration (in the order of its first one) and seed.
+
+    A ``failed`` trial (a crash) measured nothing and is left out: it never stands in for a result.
+    Of two outcomes of one seed the later one counts (``outcomes`` in trial order).
+    """
+    by_cfg: Dict[ConfigKey, Dict[int, Outcome]] = {}
+    for o in outcomes:
+        if o.status != "failed":
+            by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
+    return by_cfg
+
+
+def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
+    """Per configuration (r, targets), what the decisions use: the one aggregation of outcomes.
+
+    Only measurements count (crashes are left out, the later outcome of a seed wins), and the
+    objective only of ``seeds``, in that order: the replay passes the seeds it has asked for so far
+    (``seed_sequence(settings)[:n]``), a report ``seed_sequence(settings)``; seeds outside them (a study
+    run before with other ``sweep.seeds``) are ``not_counted``. The costs (the most trainable parameters, the
+    mean training FLOPs) take every seed: a trial's cost does not depend on whether its metric counts.
+
+    Args:
+        outcomes: finished trials, in trial order.
+        seeds: the seeds whose objective counts, distinct, in the order their values are summed.
+
+    Returns:
+        ``ConfigResults`` by configuration, in the order of each configuration's first measured
+        outcome; a configuration with no ok counted seed has ``stats`` None.
+    """
+    out = {}
+    for cfg, by_seed in _measured(outcomes).items():
+        ok = [s for s in seeds if s in by_seed and by_seed[s].status == "ok" and by_seed[s].objective is not None]
+        out[cfg] = ConfigResults(stats_of([by_seed[s].objective for s in ok]), tuple(ok), tuple(by_seed.values()))
+    return out
 
 
 def pooled_sd(stats: Sequence[Stats]) -> Tuple[Optional[float], int]:
@@ -201,7 +279,7 @@ def _numbers(c: Comparison) -> Dict[str, float]:
     return {"gain": c.gain, **extra}
 
 
-def _fmt(cfg: Config) -> str:
+def _fmt(cfg: ConfigKey) -> str:
     return f"r={cfg[0]} on {cfg[1]}"
 
 
@@ -209,9 +287,9 @@ def _stats_text(s: Stats) -> str:
     return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
 
 
-def recommend(evaluated: Sequence[Config], stats: Mapping[Config, Optional[Stats]],
-              params: Mapping[Config, int], flops: Mapping[Config, float],
-              settings: SweepSettings) -> Tuple[Optional[Config], Optional[Decision]]:
+def recommend(evaluated: Sequence[ConfigKey], stats: Mapping[ConfigKey, Optional[Stats]],
+              params: Mapping[ConfigKey, int], flops: Mapping[ConfigKey, float],
+              settings: SweepSettings) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
     """The cheapest configuration shown to be within ``settings.tolerance`` points of the best.
 
     Among ``evaluated`` configurations with stats, the best has the highest mean (fewer trainable
@@ -264,34 +342,30 @@ class _Replay:
         self.s = settings
         self.outcomes = list(outcomes)
         self.decisions: List[Decision] = []
-        self.evaluated: List[Config] = []
+        self.evaluated: List[ConfigKey] = []
         self.seeds = seed_sequence(settings)
-        self.by_cfg: Dict[Config, Dict[int, Outcome]] = {}
-        for o in self.outcomes:
-            if o.status != "failed":  # a crash measured nothing: it never stands in for a result
-                self.by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
-        self.asked: Dict[Config, int] = {}
-        self._stats: Dict[Tuple[Config, int], Optional[Stats]] = {}
-        self.params = {c: max((o.trainable_params for o in os_.values()), default=0) for c, os_ in self.by_cfg.items()}
-        self.flops = {c: sum(o.train_flops for o in os_.values() if o.status == "ok")
-                      / max(1, sum(o.status == "ok" for o in os_.values())) for c, os_ in self.by_cfg.items()}
+        self.by_cfg = _measured(self.outcomes)
+        self.asked: Dict[ConfigKey, int] = {}
+        self._stats: Dict[Tuple[ConfigKey, int], Optional[Stats]] = {}
+        every = aggregate(self.outcomes, self.seeds)
+        self.params = {c: a.trainable_params for c, a in every.items()}
+        self.flops = {c: a.train_flops for c, a in every.items()}
 
-    def stats(self, cfg: Config) -> Optional[Stats]:
-        """Stats over the ok seeds asked for so far (memoised: a replay asks for them often)."""
+    def stats(self, cfg: ConfigKey) -> Optional[Stats]:
+        """``aggregate`` stats over the seeds asked for so far (memoised: a replay asks for them often)."""
         key = (cfg, self.asked.get(cfg, 0))
         if key not in self._stats:
-            done = self.by_cfg.get(cfg, {})
-            self._stats[key] = stats_of([done[s].objective for s in self.seeds[:key[1]]
-                                         if s in done and done[s].status == "ok" and done[s].objective is not None])
+            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[:key[1]]).get(cfg)
+            self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
-    def missing(self, cfg: Config, n: int, stage: str) -> List[TrialSpec]:
+    def missing(self, cfg: ConfigKey, n: int, stage: str) -> List[TrialSpec]:
         """Ask for the first ``n`` seeds of ``cfg``; returns those not run yet."""
         self.asked[cfg] = max(self.asked.get(cfg, 0), n)
         done = self.by_cfg.get(cfg, {})
         return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
 
-    def ask(self, cfg: Config, n: int, stage: str) -> None:
+    def ask(self, cfg: ConfigKey, n: int, stage: str) -> None:
         """``missing``, raising ``_Pending`` when some seeds are not run yet."""
         missing = self.missing(cfg, n, stage)
         if missing:
@@ -340,14 +414,14 @@ class _Replay:
             self.decisions.append(decision)
         return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
 
-    def evaluate(self, cfg: Config, stage: str) -> Optional[Stats]:
+    def evaluate(self, cfg: ConfigKey, stage: str) -> Optional[Stats]:
         """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations."""
         self.ask(cfg, len(self.s.seeds), stage)
         if cfg not in self.evaluated:
             self.evaluated.append(cfg)
         return self.stats(cfg)
 
-    def race(self, ref: Config, cfg: Config, stage: str) -> Tuple[bool, Comparison, str]:
+    def race(self, ref: ConfigKey, cfg: ConfigKey, stage: str) -> Tuple[bool, Comparison, str]:
         """Compare ``cfg`` with ``ref``, adding seeds to the side with fewer while undecided.
         Returns (gain, the comparison, why)."""
         s = self.s
@@ -371,7 +445,7 @@ class _Replay:
                 f"{_fmt(side)}", _numbers(c)))
             self.ask(side, self.asked[side] + 1, stage)
 
-    def step(self, cfg: Config, ref: Optional[Config], stage: str) -> Tuple[Optional[Config], bool]:
+    def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: str) -> Tuple[Optional[ConfigKey], bool]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
         st = self.evaluate(cfg, stage)
         if st is None:
@@ -389,7 +463,8 @@ class _Replay:
         self.decisions.append(Decision(action, stage, cfg[0], cfg[1], text, _numbers(c)))
         return (cfg, True) if gained else (ref, False)
 
-    def climb(self, configs: Sequence[Config], ref: Optional[Config], stage: str) -> Tuple[Optional[Config], bool]:
+    def climb(self, configs: Sequence[ConfigKey], ref: Optional[ConfigKey],
+              stage: str) -> Tuple[Optional[ConfigKey], bool]:
         """Evaluate ``configs`` in order, each against the best so far, until ``patience`` steps past the
         best bring no gain (rank doublings on the rank stage, target sets on the targets stage).
         Returns (best so far, whether a plateau was declared)."""
@@ -409,7 +484,7 @@ class _Replay:
                 return ref, True
         return ref, False
 
-    def progressive(self, costs: Mapping[str, int]) -> Plan:
+    def progressive(self, params_per_rank: Mapping[str, int]) -> Plan:
         s = self.s
         start = targets_key(s.start_targets)
         ref, plateaued = self.climb([(r, start) for r in s.ranks], None, "rank")
@@ -425,7 +500,8 @@ class _Replay:
                                            "not a low rank, so no wider target sets are tried"))
             return self.finish("plateau")
         wider = sorted(dict.fromkeys(targets_key(t) for t in s.target_sets
-                                     if costs[targets_key(t)] > costs[start]), key=lambda t: costs[t])
+                                     if params_per_rank[targets_key(t)] > params_per_rank[start]),
+                       key=lambda t: params_per_rank[t])
         if not wider:
             self.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
                                            "sweep.target_sets holds no set that adapts more than the start targets"))
@@ -434,13 +510,13 @@ class _Replay:
         self.decisions.append(Decision("escalate", "targets", rank, start,
                                        f"r={rank} is a low rank (≤ {s.escalate_max_r}): trying more target matrices at "
                                        f"r={rank}, cheapest first: {' | '.join(wider)}",
-                                       {f"lora_params[{t}]": rank * costs[t] for t in wider}))
+                                       {f"lora_params[{t}]": rank * params_per_rank[t] for t in wider}))
         self.climb([(rank, t) for t in wider], ref, "targets")
         return self.finish("plateau")
 
-    def grid(self, costs: Mapping[str, int]) -> Plan:
+    def grid(self, params_per_rank: Mapping[str, int]) -> Plan:
         sets = list(dict.fromkeys(targets_key(t) for t in self.s.target_sets))
-        sets.sort(key=lambda t: costs[t])
+        sets.sort(key=lambda t: params_per_rank[t])
         grid = [(r, t) for t in sets for r in self.s.ranks]
         missing = [spec for cfg in grid for spec in self.missing(cfg, len(self.seeds), "grid")]
         self.evaluated.extend(grid)
@@ -451,14 +527,16 @@ class _Replay:
         return self.finish("grid complete")
 
 
-def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
+def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome],
+                     params_per_rank: Mapping[str, int]) -> Plan:
     """Replay the progressive procedure over ``outcomes`` and say what comes next.
 
     Args:
         settings: the sweep settings (ranks, target sets, seeds, rules, caps).
         outcomes: every finished trial of the study, in any order.
-        costs: Σ(d+k) over the matrices each target set adapts (``targets_key`` -> int), so that
-            r·costs[t] is the LoRA parameter count of target set t at rank r; orders the target sets.
+        params_per_rank: LoRA parameters per unit of rank of each target set (``targets_key`` -> Σ(d+k)
+            over the matrices it adapts), so that r·params_per_rank[t] is the LoRA parameter count of
+            target set t at rank r; orders the target sets. The study stores it as ``target_costs``.
 
     Returns:
         A ``Plan``; ``plan.next`` is None once the procedure is over or the compute cap is reached,
@@ -466,18 +544,18 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], costs
     """
     rp = _Replay(settings, outcomes)
     try:
-        return rp.progressive(costs)
+        return rp.progressive(params_per_rank)
     except _Pending as p:
         return rp.pending(p.specs)
 
 
-def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
+def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
     """Every rank × target set × seed of the settings, target sets cheapest first, then by rank
     (``runnable`` holds every missing trial); the recommendation uses the same rule as the
     progressive procedure."""
-    return _Replay(settings, outcomes).grid(costs)
+    return _Replay(settings, outcomes).grid(params_per_rank)
 
 
-def plan(settings: SweepSettings, outcomes: Sequence[Outcome], costs: Mapping[str, int]) -> Plan:
+def plan(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
     """``plan_progressive`` or ``plan_grid`` according to ``settings.mode``."""
-    return (plan_grid if settings.mode == "grid" else plan_progressive)(settings, outcomes, costs)
+    return (plan_grid if settings.mode == "grid" else plan_progressive)(settings, outcomes, params_per_rank)

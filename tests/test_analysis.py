@@ -16,7 +16,8 @@ import pytest
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from analysis import (decisions_frame, figures, study_info, summary_frame, trials_frame, write_reports)
+from analysis import (decisions_frame, figures, recommendation, study_info, summary_frame, trials_frame,
+                      write_reports)
 from analysis.__main__ import main as analysis_main
 from conftest import run_main
 from sweep.errors import UserError
@@ -25,7 +26,7 @@ from sweep.decide import plan
 from sweep.study import load_study, outcomes
 
 NAME = "ranksweep-mrpc-default"
-COSTS = {"q,v": 2_000, "q,k,v,o": 4_000}  # LoRA parameters per unit of rank
+COSTS = {"q,v": 2_000, "q,k,v,o": 4_000}  # LoRA parameters per unit of rank (the study's target_costs)
 HEAD, BASE = 10_000, 1_000_000  # head parameters; frozen base model parameters
 MAJORITY = 0.684  # majority-class accuracy
 T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freedom
@@ -272,6 +273,42 @@ def test_cap_stopped_sweep_is_provisional_and_says_what_was_cut_off(tmp_path):
             "(trials: 6 ≥ sweep.max_trials=6); stopping cleanly; cut off: the targets stage still needed r=2 on "
             "q,k,v,o seed(s) 0, 1).") in report
     assert "provisional, the compute cap stopped the sweep before the procedure ended: the cheapest" in report
+
+
+# FINISHED in a study that ran before with sweep.seeds=[0,1,2]: seed 2 of r=1 and r=2 on q,v scored 50.0.
+# The settings now ask for seeds 0 and 1 only (max_seeds 2), so the decisions ignore seed 2: they are
+# FINISHED's. The summary used to average every complete trial (r=1: (80 + 82 + 50) / 3 = 70.67 points,
+# n=3) while the decisions said 81.00 (n=2); now both say 81.00 ± 1.41 (n=2) and list seed 2 as not counted.
+OLD_SEEDS = [(1, "q,v", 2, 0.50, "rank", 1.07e11, 16.0), (2, "q,v", 2, 0.50, "rank", 1.08e11, 17.0)]
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_summary_uses_the_decisions_statistics(tmp_path, ended):
+    url = make_study(tmp_path, settings(), [trial(*t) for t in OLD_SEEDS + FINISHED], sweep_ended=ended)
+    trials, s, info = loaded(url)
+    assert [d.line() for d in info.decisions] == [d.line() for d in plan(settings(), [
+        o for o in outcomes(load_study(url, NAME)) if o.seed != 2], COSTS).decisions]
+    assert list(zip(s["r"], s["targets"], s["n_seeds"], s["n_not_counted"])) == [
+        (1, "q,v", 2, 1), (2, "q,v", 2, 1), (4, "q,v", 2, 0), (2, "q,k,v,o", 1, 0)]
+    sd = math.sqrt(2 * 0.01 ** 2)
+    for r, mean in ((1, 0.81), (2, 0.85), (4, 0.86)):
+        got = row(s, r, "q,v")
+        assert (got["objective_mean"], got["objective_sd"]) == (pytest.approx(mean), pytest.approx(sd))
+        assert got["objective_ci95_low"] == pytest.approx(mean - T975[1] * sd / math.sqrt(2))
+    # the decisions quote the same numbers, in points
+    start, cont = info.decisions[0], info.decisions[1]
+    assert (start.action, start.numbers["mean"], start.numbers["sd"]) == ("start", pytest.approx(81.0),
+                                                                         pytest.approx(100 * sd))
+    assert cont.reason.startswith("85.00 ± 1.41 points (n=2) vs r=1 on q,v 81.00 ± 1.41 points (n=2)")
+    # costs take every seed, as the decisions' do: r=1's FLOPs (1.07 + 1.01 + 1.03)e11 / 3
+    assert row(s, 1, "q,v")["mean_train_flops"] == pytest.approx((1.07e11 + 1.01e11 + 1.03e11) / 3)
+    # a provisional recommendation (interrupted sweep) is the one the decisions reach, for the same reason
+    pick, decision = recommendation(trials, info)
+    assert pick == (2, "q,v") and list(s["recommended"]) == [False, True, False, False]
+    assert decision.reason.endswith(next(d for d in info.decisions if d.action == "recommend").reason)
+    # the report's seed noise is the decisions' too: pooled over the three q,v pairs, 3 d.f.
+    write_reports(url, NAME, tmp_path / "out")
+    assert "Seed noise σ = 1.41 points (pooled, 3 d.f.)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_decisions_placed_after_the_trials_they_saw(finished):

@@ -13,9 +13,10 @@ import pytest
 from scipy import stats
 
 from sweep.config import SweepSettings
-from sweep.decide import Outcome, plan, pooled_sd, seed_sequence, stats_of
+from sweep.decide import Outcome, Stats, aggregate, plan, pooled_sd, seed_sequence, stats_of
 
-# Σ(d+k) per target set for MiniLM (6 layers, d_model 384, d_ff 1536): q and v are 384×384 → 768 each
+# LoRA parameters per unit of rank (Σ(d+k) per target set) for MiniLM (6 layers, d_model 384, d_ff 1536):
+# q and v are 384×384 → 768 each
 COSTS = {"q": 6 * 768, "v": 6 * 768, "q,v": 6 * 2 * 768, "q,k,v,o": 6 * 4 * 768,
          "all-linear": 6 * (4 * 768 + 2 * (384 + 1536))}
 HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
@@ -248,3 +249,54 @@ def test_pooled_sd_by_hand():
     sd, dof = pooled_sd([a, b])
     assert sd == pytest.approx(math.sqrt(20 / 3)) and dof == 3
     assert pooled_sd([stats_of([0.5])]) == (None, 0)
+
+
+def ok(seed, value, params=1_000, flops=1e12, r=1, targets="q,v"):
+    return Outcome(r, targets, seed, "ok", value, params, flops, 60.0)
+
+
+def bad(seed, status, params=1_000, flops=5e11, r=1, targets="q,v"):
+    return Outcome(r, targets, seed, status, None, params, flops, 60.0)
+
+
+# (outcomes of r=1 on q,v in trial order, seeds that count) -> (counted seeds, mean and sd in points,
+# ok outcomes not counted, trainable parameters, mean training FLOPs); worked out by hand
+@pytest.mark.parametrize("outcomes, seeds, counted, mean, sd, not_counted, params, flops", [
+    # a crash measures nothing: seed 1's retry counts, the crash's FLOPs do not
+    ([ok(0, 0.80), bad(1, "failed", flops=9e12), ok(1, 0.82)], [0, 1], (0, 1), 81.0, math.sqrt(2), 0, 1_000, 1e12),
+    # a diverged seed is measured (its parameters count) but has no objective and no FLOPs in the mean
+    ([ok(0, 0.80), bad(1, "diverged", params=2_000)], [0, 1], (0,), 80.0, None, 0, 2_000, 1e12),
+    # seed 2 is outside the counted seeds: left out of the statistics, not out of the costs
+    ([ok(0, 0.80), ok(1, 0.82), ok(2, 0.50, flops=4e12)], [0, 1], (0, 1), 81.0, math.sqrt(2), 1, 1_000, 2e12),
+    # the later outcome of a seed wins
+    ([ok(0, 0.70), ok(0, 0.76), ok(1, 0.80)], [0, 1], (0, 1), 78.0, math.sqrt(8), 0, 1_000, 1e12),
+    # values are taken in the order of the counted seeds
+    ([ok(1, 0.80), ok(3, 0.90)], [3, 1], (3, 1), 85.0, math.sqrt(50), 0, 1_000, 1e12),
+    # only seeds outside: listed, no statistics
+    ([ok(5, 0.80)], [0, 1], (), None, None, 1, 1_000, 1e12),
+])
+def test_aggregate_table(outcomes, seeds, counted, mean, sd, not_counted, params, flops):
+    (res,) = aggregate(outcomes, seeds).values()
+    assert res.seeds == counted and res.not_counted == not_counted
+    assert (res.trainable_params, res.train_flops) == (params, pytest.approx(flops))
+    if mean is None:
+        assert res.stats is None
+    else:
+        assert (res.stats.n, res.stats.mean) == (len(counted), pytest.approx(mean))
+        assert res.stats.sd == (None if sd is None else pytest.approx(sd))
+
+
+def test_aggregate_leaves_out_crash_only_configurations_and_keeps_first_seen_order():
+    got = aggregate([bad(0, "failed", r=4), ok(0, 0.8, r=2), ok(0, 0.7, r=1), ok(1, 0.9, r=2)], [0, 1])
+    assert list(got) == [(2, "q,v"), (1, "q,v")]
+    assert got[(2, "q,v")].stats.mean == pytest.approx(85.0)
+
+
+def test_stats_interval_is_scipy_t_interval_and_the_hand_formula():
+    st = stats_of([0.80, 0.82, 0.87])
+    mean = (80 + 82 + 87) / 3
+    sd = math.sqrt(((80 - mean) ** 2 + (82 - mean) ** 2 + (87 - mean) ** 2) / 2)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)  # the formula summary.csv used before
+    assert st.interval(0.95) == pytest.approx((mean - half, mean + half), rel=1e-12)
+    assert st.interval(0.9) == pytest.approx(stats.t.interval(0.9, 2, loc=mean, scale=sd / math.sqrt(3)), rel=1e-12)
+    assert Stats(1, 80.0, None).interval() == (None, None)
