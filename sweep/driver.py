@@ -31,7 +31,7 @@ from sweep import claims
 from sweep.cli import compose, make_command, run_cli
 from sweep.errors import UserError
 from sweep.paths import check_writable, glue_dir, results_root
-from sweep.config import Config, targets_key
+from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.paths import sweep_dir
@@ -70,7 +70,7 @@ def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
     tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
                                train=dataclasses.replace(cfg.train, seed=spec.seed))
-    return tcfg, OmegaConf.structured(tcfg)
+    return tcfg, resolved_config(tcfg)
 
 
 def _run_dir(cfg: Config, tcfg: Config) -> Path:
