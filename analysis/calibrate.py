@@ -41,13 +41,13 @@ COLUMNS = ("scenario", "sigma", "settings", "p_within_tolerance", "mean_regret",
 
 
 def calibration_table(runs: Sequence[Tuple[str, SweepSettings, Sequence[Scenario], Sequence[float]]],
-                      costs: Mapping[str, int], reps: int = REPS, seed: int = SEED) -> pd.DataFrame:
+                      per_rank: Mapping[str, int], reps: int = REPS, seed: int = SEED) -> pd.DataFrame:
     """One row per (settings label, scenario, σ) of ``runs`` with the columns of ``COLUMNS``."""
     rows = []
     for label, settings, scens, sigmas in runs:
         for scenario in scens:
             for sigma in sigmas:
-                cell = calibrate_cell(settings, scenario, sigma, costs, reps, seed, settings.tolerance)
+                cell = calibrate_cell(settings, scenario, sigma, per_rank, reps, seed, settings.tolerance)
                 rows.append({"settings": label, **dataclasses.asdict(cell)})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
@@ -65,14 +65,14 @@ def missed_targets(table: pd.DataFrame) -> List[str]:
     return out
 
 
-def frontier(settings: SweepSettings, costs: Mapping[str, int], reps: int = REPS) -> pd.DataFrame:
+def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS) -> pd.DataFrame:
     """Reliability against cost as ``sweep.max_seeds`` grows: per max_seeds and σ of ``TARGETS``, the
     worst P(regret ≤ tolerance) and the largest mean trials over the scenario families."""
     rows = []
     n0 = len(settings.seeds)
     for max_seeds in sorted({n0, max(n0, settings.max_seeds // 2), settings.max_seeds, 2 * settings.max_seeds}):
         s = dataclasses.replace(settings, max_seeds=max_seeds)
-        t = calibration_table([("", s, scenarios(s, costs), tuple(TARGETS))], costs, reps)
+        t = calibration_table([("", s, scenarios(s, per_rank), tuple(TARGETS))], per_rank, reps)
         for sigma, g in t.groupby("sigma"):
             rows.append({"max_seeds": max_seeds, "sigma": sigma, "worst_p_within_tolerance": g["p_within_tolerance"].min(),
                          "max_mean_trials": g["mean_trials"].max(), "max_pct_of_grid": g["pct_of_grid"].max()})
@@ -99,17 +99,17 @@ def main(args: List[str]) -> int:
     overrides = [a for a in args if not a.startswith("--reps")]
     tuned = [a for a in overrides if a.startswith("sweep") and not a.startswith(("sweep.name=", "sweep.storage="))]
     cfg, _ = compose([a for a in overrides if a not in tuned])
-    from sweep.driver import target_costs
+    from sweep.driver import params_per_rank
     from sweep.study import load_study, outcomes, storage_url, study_name
 
-    costs = target_costs(cfg)
+    per_rank = params_per_rank(cfg)
     labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
     extra_scenarios, extra_sigmas = [], []
     if any(a.startswith(("task=", "sweep.name=", "sweep.storage=")) for a in overrides):
         study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
         history = outcomes(study)
         rel = reliability(history, cfg.sweep, None)
-        observed = observed_scenario(history, cfg.sweep, costs)
+        observed = observed_scenario(history, cfg.sweep, per_rank)
         if rel is None or observed is None:
             raise UserError(f"study '{study.study_name}' has no configuration with two ok seeds on "
                             f"{targets_key(cfg.sweep.start_targets)}: no seed noise to calibrate against")
@@ -118,11 +118,11 @@ def main(args: List[str]) -> int:
     out = results_root(cfg) / "calibration" / "calibration.csv"
     tables = []
     for label, settings in labelled:
-        families = scenarios(settings, costs)
+        families = scenarios(settings, per_rank)
         runs = [(label, settings, families, [*SIGMAS, *extra_sigmas])]
         if extra_scenarios:
             runs.append((label, settings, extra_scenarios, extra_sigmas))
-        table = calibration_table(runs, costs, reps)
+        table = calibration_table(runs, per_rank, reps)
         _print_table(table, settings)
         missed = missed_targets(table[table["scenario"] != "study"])
         if not missed:
@@ -131,7 +131,7 @@ def main(args: List[str]) -> int:
         else:
             print("targets missed: " + "; ".join(missed))
             print("frontier (worst family per σ as sweep.max_seeds grows):")
-            print(frontier(settings, costs, reps).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+            print(frontier(settings, per_rank, reps).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         tables.append(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(tables, ignore_index=True).to_csv(out, index=False, float_format="%.4f")

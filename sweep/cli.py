@@ -2,21 +2,28 @@
 into one line on stderr with a non-zero exit (never a traceback).
 
 Hydra's compose API is used instead of ``@hydra.main`` so that Hydra neither changes the working
-directory nor prints its own multi-line errors: we check each override against the schema of
-``sweep/config.py`` before composing, then validate the composed values.
+directory nor prints its own multi-line errors. ``conf/config.yaml`` extends the schema of
+``sweep/config.py`` (stored in Hydra's ConfigStore as ``schema``), so Hydra's composition itself
+rejects unknown keys, values of the wrong type and choices outside their Enum; this module only checks
+what Hydra cannot see (group options, several runs asked for, keys added with ``+``) and rewords
+Hydra's and OmegaConf's exceptions into one line that names the key, the bad value and what is valid.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import re
 import sys
+import typing
 from dataclasses import fields, is_dataclass
-from typing import Callable, List, Sequence, Tuple
+from enum import Enum
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import Config
+from sweep.config import Config, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
 
@@ -24,43 +31,57 @@ from sweep.paths import CONF_DIR
 GROUPS = ("task", "model", "sweep", "debug")
 
 
+def _schema_type(key: str) -> Any:
+    """The schema's type of a dotted key (``int`` for ``lora.r``, ``TrainSettings`` for ``train``);
+    None when the schema has no such key."""
+    hint: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(hint) if is_dataclass(hint) else {}
+        if part not in hints:
+            return None
+        hint = hints[part]
+    return hint
+
+
+def _schema_keys(cls=Config, prefix: str = "") -> List[str]:
+    """Every leaf key of the schema, dotted, in declaration order (for messages: what is valid)."""
+    keys = []
+    for f in fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        keys += _schema_keys(hint, f"{prefix}{f.name}.") if is_dataclass(hint) else [f"{prefix}{f.name}"]
+    return keys
+
+
+def _is_mapping(key: str) -> bool:
+    """Whether the schema types ``key`` as a mapping, so that ``key.<entry>`` may be set (``model.roles.q``)."""
+    return typing.get_origin(_schema_type(key)) is dict
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults() -> Config:
+    return compose([])[0]
+
+
+def defaults() -> Config:
+    """The default configuration: ``conf/config.yaml`` composed without overrides (MRPC, MiniLM, the
+    progressive sweep), a fresh copy on every call. The one source of default values for code that
+    needs them outside a command (the simulations of ``analysis/``, tests): ``defaults().sweep`` is
+    the default ``SweepSettings``."""
+    return copy.deepcopy(_defaults())
+
+
 def _default_of(key: str):
-    """The schema's default value of a dotted key."""
-    node = Config()
+    """The default configuration's value of a dotted key."""
+    node: Any = _defaults()
     for part in key.split("."):
         node = getattr(node, part)
     return node
 
 
-def _schema_keys(cls, prefix: str = "") -> List[str]:
-    keys = []
-    for f in fields(cls):
-        full = f"{prefix}{f.name}"
-        default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-        if is_dataclass(default):
-            keys += _schema_keys(type(default), full + ".")
-        else:
-            keys.append(full)
-    return keys
-
-
-SCHEMA_KEYS = _schema_keys(Config)
-#: keys whose value is a mapping, so that ``key.<entry>`` is a valid override (``model.roles.q``)
-MAPPING_KEYS = [k for k in SCHEMA_KEYS if isinstance(_default_of(k), dict)]
-
-
 def _expected_type(key: str) -> str:
     """The schema's type of ``key`` in words with an example from its default
     (``an integer, e.g. lora.r=8``, ``a list of integers, e.g. sweep.seeds=[0,1]``), '' if unknown."""
-    import typing
-
-    cls, hint = Config, None
-    for part in key.split("."):
-        hints = typing.get_type_hints(cls) if is_dataclass(cls) else {}
-        if part not in hints:
-            return ""
-        hint = hints[part]
-        cls = hint
+    hint = _schema_type(key)
     words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
     origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
     plurals = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
@@ -70,7 +91,7 @@ def _expected_type(key: str) -> str:
         text = words[args[0]] + " or null"
     else:
         text = words.get(hint, "")
-    default = _default_of(key)
+    default = _default_of(key) if text else None
     return f"{text}, e.g. {key}={_override_text(default)}" if text and default is not None else text
 
 
@@ -87,23 +108,45 @@ def group_options(group: str) -> List[str]:
 
 
 def _unknown_key_message(key: str) -> str:
+    keys = _schema_keys()
     parent = key.rsplit(".", 1)[0] if "." in key else ""
-    siblings = [k for k in SCHEMA_KEYS if parent and k.startswith(parent + ".")]
-    close = difflib.get_close_matches(key, SCHEMA_KEYS, n=1, cutoff=0.6)
+    siblings = [k for k in keys if parent and k.startswith(parent + ".")]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     if siblings:
         valid = ", ".join(k[len(parent) + 1:] for k in siblings)
         return f"unknown config key '{key}'{hint}; valid keys under '{parent}': {valid}"
-    tops = sorted({k.split(".")[0] for k in SCHEMA_KEYS} | set(GROUPS))
+    tops = sorted({k.split(".")[0] for k in keys} | set(GROUPS))
     return f"unknown config key '{key}'{hint}; valid top-level keys: {', '.join(tops)}"
 
 
-def _check_overrides(overrides: Sequence[str]) -> None:
-    """Reject misspelt keys and unknown group options before Hydra composes anything."""
+def _invalid_value_message(key: str, value: Any, why: str) -> str:
+    """One line for a value the schema refuses: a choice names the valid ones, any other key the
+    type it takes with an example."""
+    hint = _schema_type(key)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return f"{key}={value!r} is invalid: valid values are {', '.join(m.value for m in hint)}"
+    expected = _expected_type(key)
+    # OmegaConf words a scalar given for a list as "int is not a ListConfig, list or tuple"; say it plainly
+    if expected.startswith("a list"):
+        why = f"{value!r} is not a list"
+    return f"invalid value for '{key}': {why}" + (f"; {key} takes {expected}" if expected else "")
+
+
+def _check_overrides(overrides: Sequence[str]) -> List[str]:
+    """Check what Hydra cannot (the overrides' syntax, several runs asked for, group options, keys
+    added with ``+``) and return the overrides as Hydra needs them: an entry of a mapping-valued key
+    (``model.roles.q=…``) is added with ``++``, as Hydra's struct mode requires.
+
+    Raises:
+        UserError: an override that does not parse, asks for several runs, names an unknown group
+            option or adds a key the schema lacks.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser = OverridesParser.create()
+    out = []
     for text in overrides:
         try:
             (ov,) = parser.parse_overrides([text])
@@ -132,20 +175,22 @@ def _check_overrides(overrides: Sequence[str]) -> None:
             for v in chosen:
                 if v is not None and str(v) not in options:
                     raise UserError(f"unknown {key} '{v}'; valid: {', '.join(options)}")
-            continue
-        # a known key, a group of known keys, or an entry of a mapping-valued key (model.roles.q)
-        known = (key in SCHEMA_KEYS or any(k.startswith(key + ".") for k in SCHEMA_KEYS)
-                 or any(key.startswith(k + ".") for k in MAPPING_KEYS))
-        if not known:
-            raise UserError(_unknown_key_message(key))
+        elif "." in key and _is_mapping(key.rsplit(".", 1)[0]):
+            text = "++" + text.lstrip("+")
+        elif ov.is_add() or ov.is_force_add():  # Hydra adds such keys whatever the schema says
+            if _schema_type(key) is None:
+                raise UserError(_unknown_key_message(key))
+        out.append(text)
+    return out
 
 
 def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
-    """Compose ``conf/config.yaml`` with command-line overrides and validate it.
+    """Compose ``conf/config.yaml`` (which extends the schema ``Config``) with command-line overrides
+    and validate it.
 
     Returns:
-        The typed config (dataclasses of ``sweep/config.py``) and the resolved ``DictConfig``, the one
-        saved next to every result.
+        The typed config (dataclasses of ``sweep/config.py``, choices as plain strings) and the resolved
+        ``DictConfig`` (``sweep.config.resolved_config``), the one saved next to every result.
 
     Raises:
         UserError: a misspelt key, an unknown group option, a value of the wrong type or out of range;
@@ -153,37 +198,34 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    overrides = list(overrides)
-    _check_overrides(overrides)
+    overrides = _check_overrides(list(overrides))
+    ConfigStore.instance().store(name="schema", node=Config)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
-    except Exception as e:  # Hydra wraps every composition problem; keep its first line
+    except Exception as e:  # Hydra wraps every composition problem; the cause names the key
+        cause: Optional[BaseException] = e.__cause__
+        key = getattr(cause, "full_key", None)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and key:
+            raise UserError(_unknown_key_message(key)) from None
+        if isinstance(cause, ValidationError) and key:
+            raise UserError(_invalid_value_message(key, cause.value, str(cause).splitlines()[0])) from None
         raise UserError(str(e).splitlines()[0]) from None
     finally:
         GlobalHydra.instance().clear()
-    OmegaConf.set_struct(cfg, False)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-        typed = OmegaConf.to_object(merged)
-    except ConfigKeyError as e:
-        raise UserError(_unknown_key_message(getattr(e, "full_key", None) or str(e))) from None
+        typed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "?")
-        expected = _expected_type(key)
-        # OmegaConf words a scalar given for a list as "AnyNode is not a ListConfig"; say it plainly
-        why = (f"{getattr(e, 'value', '?')!r} is not a list" if expected.startswith("a list")
-               else str(e).splitlines()[0])
-        raise UserError(f"invalid value for '{key}': {why}" + (f"; {key} takes {expected}" if expected else "")) from None
+        raise UserError(_invalid_value_message(key, getattr(e, "value", "?"), str(e).splitlines()[0])) from None
     except ValueError as e:
         raise UserError(str(e)) from None
-    # the checked values (targets normalised to lists) are what gets saved
-    resolved = OmegaConf.structured(typed)
-    return typed, resolved  # type: ignore[return-value]
+    return typed, resolved_config(typed)  # type: ignore[return-value]
 
 
 def _shell_word(text: str, prefer: str = "'") -> str:

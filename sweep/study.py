@@ -120,9 +120,13 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
 
 def settings_of(study) -> SweepSettings:
     """The sweep settings stored with the study (those of its latest run); keys this version no longer
-    has (``min_delta`` and ``noise_z`` of studies made before the calibrated procedure) are ignored."""
+    has (``min_delta`` and ``noise_z`` of studies made before the calibrated procedure) are ignored,
+    keys it did not have yet take the default configuration's values (``sweep.cli.defaults``)."""
+    from sweep.cli import defaults
+
     known = {f.name for f in fields(SweepSettings)}
-    return SweepSettings(**{k: v for k, v in study.user_attrs["settings"].items() if k in known})
+    stored = {k: v for k, v in study.user_attrs["settings"].items() if k in known}
+    return SweepSettings(**{**asdict(defaults().sweep), **stored})
 
 
 def outcomes(study) -> List[Outcome]:

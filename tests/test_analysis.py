@@ -7,7 +7,7 @@ from ``sweep.decide.plan``, as the driver stores them.
 """
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import matplotlib.image
 import optuna
@@ -21,6 +21,7 @@ from analysis import (decisions_frame, figures, recommendation, study_info, summ
 from analysis.__main__ import main as analysis_main
 from conftest import run_main
 from sweep.errors import UserError
+from sweep.cli import defaults
 from sweep.config import SweepSettings
 from sweep.decide import plan
 from sweep.study import load_study, outcomes
@@ -44,8 +45,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def settings(**kw) -> SweepSettings:
     base = dict(ranks=[1, 2, 4, 8], start_targets=["q", "v"], target_sets=[["q", "v"], ["q", "k", "v", "o"]],
                 seeds=[0, 1], max_seeds=2, tolerance=5.0, confidence=0.9, patience=1, escalate_max_r=8,
-                max_trials=None)
-    return SweepSettings(**{**base, **kw})
+                max_trials=None, max_hours=None)
+    return replace(defaults().sweep, **{**base, **kw})
 
 
 def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0):

@@ -162,13 +162,15 @@ def test_a_single_string_target_is_one_regex_like_the_list(tiny):
 
 def test_a_crash_is_no_measurement_in_any_decision():
     """Row 5, the decisions: a crashed trial is asked for again; only the compute cap counts it."""
-    from sweep.config import SweepSettings
+    from dataclasses import replace
 
-    s = SweepSettings(ranks=[1, 2], seeds=[0], target_sets=[["q", "v"]], max_trials=None)
+    from sweep.cli import defaults
+
+    s = replace(defaults().sweep, ranks=[1, 2], seeds=[0], target_sets=[["q", "v"]], max_trials=None, max_hours=None)
     crashed = Outcome(1, "q,v", 0, "failed")
     p = plan(s, [crashed], {"q,v": 768})
     assert (p.next.r, p.next.targets, p.next.seed) == (1, "q,v", 0) and p.decisions == []
-    assert plan(SweepSettings(**{**s.__dict__, "max_trials": 1}), [crashed], {"q,v": 768}).stop_reason == "budget"
+    assert plan(replace(s, max_trials=1), [crashed], {"q,v": 768}).stop_reason == "budget"
     # a retry that succeeds is the measurement: r=1 starts, r=2 is asked for next, no "failed" decision
     p = plan(s, [crashed, Outcome(1, "q,v", 0, "ok", 0.8)], {"q,v": 768})
     assert [d.action for d in p.decisions] == ["start"] and p.next.r == 2

@@ -2,6 +2,7 @@
 study's observed curve and σ, and the command's table."""
 
 import math
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -11,6 +12,7 @@ from analysis.calibrate import COLUMNS, main
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
 from sweep.errors import UserError
+from sweep.cli import defaults as default_config
 from sweep.config import SweepSettings
 from sweep.decide import Outcome
 from test_analysis import FINISHED, make_study, settings as small_settings, trial
@@ -20,7 +22,7 @@ RANKS = [1, 2, 4, 8, 16, 32, 64]
 
 
 def defaults(**kw) -> SweepSettings:
-    return SweepSettings(**{"max_trials": None, "max_hours": None, **kw})
+    return replace(default_config().sweep, **{"max_trials": None, "max_hours": None, **kw})
 
 
 def test_default_grid_is_70_trials():

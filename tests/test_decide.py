@@ -7,11 +7,13 @@ Metric values are given in metric units and compared in points (×100).
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from sweep.cli import defaults
 from sweep.config import SweepSettings
 from sweep.decide import Outcome, Stats, aggregate, plan, pooled_sd, seed_sequence, stats_of
 
@@ -26,9 +28,9 @@ def settings(**kw) -> SweepSettings:
     base = dict(ranks=[1, 2, 4, 8, 16, 32, 64], start_targets=["q", "v"],
                 target_sets=[["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], "all-linear"],
                 seeds=[0, 1], max_seeds=6, tolerance=1.0, confidence=0.9, patience=2, escalate_max_r=8,
-                max_trials=None)
+                max_trials=None, max_hours=None)
     base.update(kw)
-    return SweepSettings(**base)
+    return replace(defaults().sweep, **base)
 
 
 def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0):

@@ -5,6 +5,7 @@ real RTE trials run, adapters reload with equal predictions, decoders read the l
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from sweep.cli import compose
 from sweep.errors import UserError
-from sweep.config import LoraSettings, ModelConfig
+from sweep.config import ModelConfig
 from sweep.family import with_family
 from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, lora_param_count, parameter_counts,
                             resolve_model_path, resolve_targets, target_module_names)
@@ -93,7 +94,7 @@ def test_family_modules_and_lora_parameters_by_hand(tiny_models, family):
     assert names == sorted(n.format(i=i) for n in expected_names for i in range(LAYERS))
     for targets, expected in ((QV[family], qv_params), (["all-linear"], all_params)):
         assert lora_param_count(base, targets, model_cfg, 2) == expected
-        peft_model = apply_lora(load_base_model(cfg.model, ["a", "b"]), LoraSettings(r=2, targets=targets), model_cfg)
+        peft_model = apply_lora(load_base_model(cfg.model, ["a", "b"]), replace(cfg.lora, r=2, targets=targets), model_cfg)
         assert parameter_counts(peft_model, 0)["lora_params"] == expected
 
 
@@ -112,7 +113,7 @@ def test_gpt2_conv1d_adapter_merges_into_the_right_weights(tiny_models):
     cfg = compose(model_overrides(tiny_models["gpt2"], "gpt2"))[0]
     torch.manual_seed(0)
     base = load_base_model(cfg.model, ["a", "b"])
-    model = apply_lora(base, LoraSettings(r=2, targets=["all-linear"]), with_family(cfg.model, "gpt2"))
+    model = apply_lora(base, replace(cfg.lora, r=2, targets=["all-linear"]), with_family(cfg.model, "gpt2"))
     assert model.peft_config["default"].fan_in_fan_out
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -158,13 +159,18 @@ def test_decoder_tokenizer_without_pad_token_pads_with_eos(tiny_models, tmp_path
     assert load_tokenizer(str(tmp_path)).pad_token_id == 102
 
 
+def model(**kw) -> ModelConfig:
+    """A model config that names a checkpoint (any: the family is picked from a given model_type)."""
+    return ModelConfig(name="m", name_or_path="m", **kw)
+
+
 @pytest.mark.parametrize("model_type, model_cfg, error", [
-    ("gpt2", ModelConfig(), None),
-    ("mistral", ModelConfig(), None),                                           # LLaMA-style names
-    ("mamba", ModelConfig(), "model_type 'mamba', which no family in conf/family/ lists"),
-    ("mamba", ModelConfig(family="llama"), None),                               # the user says which
-    ("mamba", ModelConfig(roles={"x": "x_proj"}, head=["head"]), None),         # or gives roles and head
-    ("bert", ModelConfig(family="t5"), "model.family='t5' is invalid: valid values are bert, deberta-v2"),
+    ("gpt2", model(), None),
+    ("mistral", model(), None),                                                 # LLaMA-style names
+    ("mamba", model(), "model_type 'mamba', which no family in conf/family/ lists"),
+    ("mamba", model(family="llama"), None),                                     # the user says which
+    ("mamba", model(roles={"x": "x_proj"}, head=["head"]), None),               # or gives roles and head
+    ("bert", model(family="t5"), "model.family='t5' is invalid: valid values are bert, deberta-v2"),
 ])
 def test_family_choice(model_type, model_cfg, error):
     if error:

@@ -1,12 +1,12 @@
 """Executed FLOPs: the per-length polynomial against direct counts and against arithmetic by hand."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from sweep.cli import compose
-from sweep.config import LoraSettings
 from sweep.family import with_family
 from sweep.flops import FlopModel, count_flops
 from sweep.modeling import apply_lora, load_base_model
@@ -52,7 +52,7 @@ def test_forward_flops_match_arithmetic_and_eager_attention(models):
 
 def test_polynomial_equals_direct_count_on_real_shapes(models):
     cfg, base, _ = models
-    model = apply_lora(copy.deepcopy(base), LoraSettings(r=8, targets=["q", "v"]), cfg.model)
+    model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8, targets=["q", "v"]), cfg.model)
     model.train()
     fm = FlopModel(model, batch(2, 10), train=True)
     for b, length in [(5, 23), (2, 61)]:
@@ -68,7 +68,7 @@ def test_polynomial_equals_direct_count_on_real_shapes(models):
 
 def test_lora_backward_costs_about_one_forward_not_two(models):
     cfg, base, _ = models
-    model = apply_lora(copy.deepcopy(base), LoraSettings(r=8, targets=["q", "v"]), cfg.model)
+    model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8, targets=["q", "v"]), cfg.model)
     fm = FlopModel(model, batch(2, 10), train=True)
     fwd = forward_flops_by_hand(32, 53)
     # frozen weights get no weight gradient: forward + backward is about 2× the forward, well below

@@ -1,13 +1,13 @@
 """LoRA wiring and parameter counts on the embedded model (6 layers, d_model 384, d_ff 1536)."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 
 from sweep.cli import compose
 from sweep.errors import UserError
-from sweep.config import LoraSettings
 from sweep.family import with_family
 from sweep.modeling import apply_lora, load_base_model, lora_param_count, parameter_counts, resolve_targets
 
@@ -44,7 +44,7 @@ def test_the_family_comes_from_the_checkpoint(base):
 
 @pytest.mark.parametrize("r, targets, expected", CASES)
 def test_lora_parameter_count_by_hand(cfg, base, r, targets, expected):
-    model = apply_lora(copy.deepcopy(base), LoraSettings(r=r, targets=targets), cfg.model)
+    model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=r, targets=targets), cfg.model)
     base_total = sum(p.numel() for p in base.parameters())
     counts = parameter_counts(model, base_total)
     assert counts["lora_params"] == expected
@@ -56,7 +56,7 @@ def test_lora_parameter_count_by_hand(cfg, base, r, targets, expected):
 
 
 def test_b_is_zero_a_is_random_and_logits_equal_the_base_model(cfg, base, glue_dir):
-    model = apply_lora(copy.deepcopy(base), LoraSettings(r=8, targets=["q", "v"]), cfg.model)
+    model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8, targets=["q", "v"]), cfg.model)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             assert torch.count_nonzero(p) == 0
@@ -94,7 +94,7 @@ def test_unknown_target_lists_the_linear_modules(cfg, base):
 def test_seed_changes_the_initial_adapter(cfg):
     def first_a(seed):
         torch.manual_seed(seed)
-        m = apply_lora(load_base_model(cfg.model, cfg.task.label_names), LoraSettings(r=4), cfg.model)
+        m = apply_lora(load_base_model(cfg.model, cfg.task.label_names), replace(cfg.lora, r=4), cfg.model)
         return next(p for n, p in m.named_parameters() if "lora_A" in n).detach().clone()
 
     assert torch.equal(first_a(0), first_a(0))
@@ -108,7 +108,7 @@ def test_seed_changes_the_initial_adapter(cfg):
 ])
 def test_scaling_is_what_the_update_is_multiplied_by(cfg, base, scaling, r, expected):
     """The adapted layer's output minus the frozen layer's is scaling · x·Aᵀ·Bᵀ, checked numerically."""
-    model = apply_lora(copy.deepcopy(base), LoraSettings(r=r, targets=["q"], scaling=scaling), cfg.model)
+    model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=r, targets=["q"], scaling=scaling), cfg.model)
     layer = dict(model.named_modules())["base_model.model.bert.encoder.layer.0.attention.self.query"]
     torch.manual_seed(1)
     with torch.no_grad():
@@ -122,9 +122,10 @@ def test_scaling_is_what_the_update_is_multiplied_by(cfg, base, scaling, r, expe
 def test_family_is_applied_where_targets_are_resolved(base):
     """A model config straight from the YAML (no role map, no head: the family gives them) counts and
     wraps the same matrices: 6 layers × 2 matrices × r·(384 + 384) at r=8 on q, v, plus the BERT head."""
-    raw = compose([])[0].model
+    cfg = compose([])[0]
+    raw = cfg.model
     assert not raw.roles and raw.head is None
     assert lora_param_count(base, ["q", "v"], raw, 8) == 6 * 2 * 8 * 768
-    counts = parameter_counts(apply_lora(copy.deepcopy(base), LoraSettings(r=8), raw),
+    counts = parameter_counts(apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw),
                               sum(p.numel() for p in base.parameters()))
     assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)

