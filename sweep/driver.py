@@ -29,9 +29,9 @@ from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
-from sweep.resume import crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
+from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
 from sweep.study import RESULT_ATTRS, open_study, outcomes, sqlite_path, storage_url, study_name
-from sweep.trial import CHECKPOINT, check_training_steps, run_trial, trial_name
+from sweep.trial import check_training_steps, run_trial, trial_name
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:

@@ -7,7 +7,7 @@ after every epoch, write ``metrics.json``, the peft adapter and the resolved con
 
 Every key of conf/config.yaml can be overridden the same way. The run directory is printed at the end:
 ``results/<task>/trials/<model>-r<r>-<targets>-seed<seed>-<hash>/``. A trial that is killed resumes
-from its last completed epoch when the same command runs again.
+from its last completed epoch when the same command runs again (``sweep/resume.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -36,9 +37,9 @@ from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
 from sweep.modeling import (apply_lora, check_limits, load_base_model, load_tokenizer, local_model_path,
                             parameter_counts, portable_base_id, set_backbone_dropout, trainable_state)
+from sweep.resume import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
-CHECKPOINT = "checkpoint.pt"
 #: steps between two reads of the loss on the host (progress bar and the NaN/inf check)
 LOSS_CHECK_EVERY = 20
 
@@ -98,6 +99,77 @@ def check_training_steps(cfg: Config, n_train: int) -> None:
                         f"{cfg.train.batch_size}⌉ = {total} optimiser step, taken at learning rate 0 by the warm-up "
                         f"(train.warmup_ratio={cfg.train.warmup_ratio:g}): the adapter would not train; give at least "
                         "two steps (more examples or epochs, a smaller batch) or train.warmup_ratio=0")
+
+
+@dataclass
+class EpochStats:
+    """What one pass over the training batches did (``train_one_epoch``)."""
+
+    #: mean training loss over the steps taken (NaN or inf when the epoch diverged)
+    mean_loss: float
+    #: optimiser steps taken (fewer than the epoch's batches when it diverged)
+    steps: int
+    #: executed training FLOPs of those steps (``sweep/flops.py``)
+    flops: int
+    #: non-padding tokens trained on (attention mask sum)
+    tokens: int
+    #: tokens including padding (batch × padded length)
+    padded_tokens: int
+    #: wall-clock seconds, device work included
+    seconds: float
+    #: the mean loss became NaN/inf and the epoch stopped at step ``steps``
+    diverged: bool
+
+
+def train_one_epoch(model, batches: Batches, epoch: int, optimizer, scheduler, flops: FlopModel,
+                    device: torch.device, precision: str, max_grad_norm: Optional[float], *, desc: str = "",
+                    bar: bool = False) -> EpochStats:
+    """One pass over ``batches`` in the order of ``epoch`` (0-based: it seeds the shuffle): forward, backward,
+    gradient clipping to ``max_grad_norm`` (None or 0: none), an optimiser and a scheduler step per batch.
+
+    The mean loss is read on the host every ``LOSS_CHECK_EVERY`` steps and after the last one; once it is
+    NaN/inf the epoch stops there and ``diverged`` is set (no exception). ``bar`` shows a live tqdm bar
+    titled ``desc``.
+
+    Returns:
+        ``EpochStats``: mean loss, steps, FLOPs, tokens, seconds and whether the loss diverged.
+    """
+    from tqdm.auto import tqdm
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    model.train()
+    loss_sum, steps, n_flops, tokens, padded = torch.zeros((), device=device), 0, 0, 0, 0
+    diverged = False
+    start = time.perf_counter()
+    progress_bar = tqdm(total=len(batches), desc=desc, leave=False, disable=not bar, dynamic_ncols=True)
+    for batch in batches.epoch(epoch):
+        batch.pop("index")
+        n, width = batch["input_ids"].shape
+        n_flops += flops(n, width)
+        padded += n * width
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else n * width
+        with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss
+        loss.backward()
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        steps += 1
+        progress_bar.update()
+        if steps % LOSS_CHECK_EVERY == 0 or steps == len(batches):
+            mean_loss = loss_sum.item() / steps  # one host sync every LOSS_CHECK_EVERY steps
+            progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if not math.isfinite(mean_loss):
+                diverged = True
+                break
+    progress_bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the clock stops when the device's work is done, not queued
+    return EpochStats(mean_loss=loss_sum.item() / steps, steps=steps, flops=n_flops, tokens=tokens,
+                      padded_tokens=padded, seconds=time.perf_counter() - start, diverged=diverged)
 
 
 def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
@@ -170,101 +242,68 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
     flops_eval = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=False)
     eval_flops_per_pass = sum(flops_eval(n, width) for n, width in val_batches.shapes())
 
-    state = {"epoch": 0, "history": [], "train_flops": 0, "eval_flops": 0, "train_seconds": 0.0,
-             "eval_seconds": 0.0, "best": None, "best_state": None, "best_preds": None,
-             "train_tokens": 0, "padded_tokens": 0, "status": "ok", "reason": None}
+    # restored last of the set-up: the RNG must continue exactly where the stopped run left it
     ckpt_path = run_dir / CHECKPOINT
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt.get("config") == config_text:
-            model.load_state_dict(ckpt["trainable"], strict=False)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            torch.set_rng_state(ckpt["rng"])
-            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-            state = ckpt["state"]
-    for epoch in range(state["epoch"], cfg.train.epochs):
-        model.train()
-        loss_sum, steps = torch.zeros((), device=device), 0
-        start = time.perf_counter()
-        bar = tqdm(total=len(train_batches), desc=f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}",
-                   leave=False, disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
-        for batch in train_batches.epoch(epoch):
-            batch.pop("index")
-            n, width = batch["input_ids"].shape
-            state["train_flops"] += flops_train(n, width)
-            state["padded_tokens"] += n * width
-            state["train_tokens"] += int(batch["attention_mask"].sum()) if "attention_mask" in batch else n * width
-            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-                loss = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).loss
-            loss.backward()
-            if cfg.train.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            steps += 1
-            bar.update()
-            if steps % LOSS_CHECK_EVERY == 0 or steps == len(train_batches):
-                mean_loss = loss_sum.item() / steps  # one host sync every LOSS_CHECK_EVERY steps
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                if not math.isfinite(mean_loss):
-                    state["status"] = "diverged"
-                    state["reason"] = f"training loss became {mean_loss} in epoch {epoch + 1} by step {steps}"
-                    break
-        bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        state["train_seconds"] += time.perf_counter() - start
-        if state["status"] != "ok":
+    done = load_checkpoint(ckpt_path, model, optimizer, scheduler, config_text, device) or Progress()
+    for epoch in range(done.epoch, cfg.train.epochs):
+        desc = f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}"
+        stats = train_one_epoch(model, train_batches, epoch, optimizer, scheduler, flops_train, device, precision,
+                                cfg.train.max_grad_norm, desc=desc, bar=progress and sys.stderr.isatty())
+        done.train_flops += stats.flops
+        done.train_tokens += stats.tokens
+        done.padded_tokens += stats.padded_tokens
+        done.train_seconds += stats.seconds
+        if stats.diverged:
+            done.status = "diverged"
+            done.reason = f"training loss became {stats.mean_loss} in epoch {epoch + 1} by step {stats.steps}"
             break
 
         start = time.perf_counter()
         preds = evaluate(model, val_batches, device, precision)
-        state["eval_seconds"] += time.perf_counter() - start
-        state["eval_flops"] += eval_flops_per_pass
-        record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps,
+        done.eval_seconds += time.perf_counter() - start
+        done.eval_flops += eval_flops_per_pass
+        record = {"epoch": epoch + 1, "train_loss": stats.mean_loss,
                   **compute_metrics(cfg.task.metrics, preds, val_labels)}
-        state["history"].append(record)
+        done.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if state["best"] is None or record[cfg.task.objective] > state["best"][cfg.task.objective]:
-            state["best"], state["best_state"], state["best_preds"] = record, trainable_state(model), preds
-        state["epoch"] = epoch + 1
+        if done.best is None or record[cfg.task.objective] > done.best[cfg.task.objective]:
+            done.best, done.best_state, done.best_preds = record, trainable_state(model), preds
+        done.epoch = epoch + 1
         if progress:
             scores = ", ".join(f"{k} {record[k]:.4f}" for k in cfg.task.metrics)
-            tqdm.write(f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}: train loss {record['train_loss']:.4f}, "
-                       f"{scores} ({state['train_seconds']:.0f} s training so far)")
-        if state["epoch"] < cfg.train.epochs:
-            _save_checkpoint(ckpt_path, model, optimizer, scheduler, state, config_text, device)
+            tqdm.write(f"{desc}: train loss {record['train_loss']:.4f}, {scores} "
+                       f"({done.train_seconds:.0f} s training so far)")
+        if done.epoch < cfg.train.epochs:
+            save_checkpoint(ckpt_path, model, optimizer, scheduler, done, config_text, device)
 
-    metrics = _metrics_record(cfg, model_cfg, counts, state, device, precision, train_split, val_labels)
-    if state["best_state"] is not None:
+    metrics = _metrics_record(cfg, model_cfg, counts, _scaling_factor(model), done, device, precision,
+                              train_split, val_labels)
+    if done.best_state is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
-        model.load_state_dict(state["best_state"], strict=False)
+        model.load_state_dict(done.best_state, strict=False)
         # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
         model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
-        np.save(run_dir / "val_predictions.npy", state["best_preds"])
+        np.save(run_dir / "val_predictions.npy", done.best_preds)
     _atomic_json(run_dir / "metrics.json", metrics)
     ckpt_path.unlink(missing_ok=True)
     return metrics
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict, config_text: str, device) -> None:
-    """Everything needed to continue after this epoch exactly as if never stopped (written atomically)."""
-    ckpt = {"config": config_text, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "state": state}
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+def _scaling_factor(model) -> float:
+    """The factor ΔW = B·A is multiplied by, as peft's LoRA layers hold it (``LoraLayer.scaling[adapter]``,
+    set by ``update_layer``): alpha/r (LoRA §4.1) or alpha/sqrt(r) (rsLoRA, Kalajdzievski 2023).
 
+    Raises:
+        ValueError: ``model`` has no LoRA layer, or its layers are scaled differently (no single factor).
+    """
+    from peft.tuners.lora import LoraLayer
 
-def _scaling_factor(cfg: Config) -> float:
-    """The factor ΔW = B·A is multiplied by: alpha/r (LoRA §4.1) or alpha/sqrt(r) (rsLoRA)."""
-    return cfg.lora.alpha / (math.sqrt(cfg.lora.r) if cfg.lora.scaling == "rslora" else cfg.lora.r)
+    factors = {m.scaling[a] for m in model.modules() if isinstance(m, LoraLayer) for a in m.active_adapters}
+    if len(factors) != 1:
+        raise ValueError(f"expected one LoRA scaling factor over the model's active LoRA layers, "
+                         f"found {sorted(factors)}")
+    return factors.pop()
 
 
 def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[str, float]:
@@ -275,10 +314,10 @@ def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[
     return compute_metrics(cfg.task.metrics, np.full(len(val_labels), constant, dtype=val_labels.dtype), val_labels)
 
 
-def _metrics_record(cfg: Config, model_cfg, counts: dict, state: dict, device, precision: str, train_split,
-                    val_labels) -> dict:
-    best = state["best"] or {}
-    epochs_run = len(state["history"])
+def _metrics_record(cfg: Config, model_cfg, counts: dict, scaling_factor: float, done: Progress, device,
+                    precision: str, train_split, val_labels) -> dict:
+    best = done.best or {}
+    epochs_run = len(done.history)
     return {
         "task": cfg.task.name, "model": cfg.model.name, "model_name_or_path": cfg.model.name_or_path,
         # the exact weights used here, and the id the adapter names as its base (reloadable elsewhere)
@@ -286,21 +325,21 @@ def _metrics_record(cfg: Config, model_cfg, counts: dict, state: dict, device, p
         "family": model_cfg.family, "roles": dict(model_cfg.roles), "head": list(model_cfg.head),
         "pad_token_id": load_tokenizer(cfg.model.name_or_path).pad_token_id,
         "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "scaling": cfg.lora.scaling, "scaling_factor": _scaling_factor(cfg),
+        "scaling": cfg.lora.scaling, "scaling_factor": scaling_factor,
         "targets": list(cfg.lora.targets), "seed": cfg.train.seed,
         **counts, "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
         "objective": cfg.task.objective, "objective_value": best.get(cfg.task.objective),
         "best_epoch": best.get("epoch"), "best": {m: best.get(m) for m in cfg.task.metrics},
-        "epochs": state["history"], "majority_baseline": majority_baseline(cfg, train_split, val_labels),
+        "epochs": done.history, "majority_baseline": majority_baseline(cfg, train_split, val_labels),
         "n_train": len(train_split), "n_eval": len(val_labels), "epochs_run": epochs_run,
-        "train_tokens": state["train_tokens"], "padded_tokens": state["padded_tokens"],
-        "train_flops": state["train_flops"], "eval_flops": state["eval_flops"],
-        "train_seconds": state["train_seconds"], "eval_seconds": state["eval_seconds"],
-        "train_examples_per_s": (len(train_split) * epochs_run / state["train_seconds"]
-                                 if state["train_seconds"] and epochs_run else None),
+        "train_tokens": done.train_tokens, "padded_tokens": done.padded_tokens,
+        "train_flops": done.train_flops, "eval_flops": done.eval_flops,
+        "train_seconds": done.train_seconds, "eval_seconds": done.eval_seconds,
+        "train_examples_per_s": (len(train_split) * epochs_run / done.train_seconds
+                                 if done.train_seconds and epochs_run else None),
         "peak_mem_mb": peak_memory_mb(device), "device": str(device), "precision": precision,
         "threads": torch.get_num_threads(), "versions": library_versions(),
-        "status": state["status"], "reason": state["reason"],
+        "status": done.status, "reason": done.reason,
     }
 
 

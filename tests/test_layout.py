@@ -29,7 +29,7 @@ def test_sweep_never_imports_analysis_except_at_the_entry_point():
 def test_resume_logic_has_one_home():
     # the functions a re-run depends on are defined in sweep/resume.py and nowhere else
     names = {"fingerprint", "check_fingerprint", "run_fingerprint", "sweep_lock", "orphans", "crashed_attempts",
-             "finished_result", "reuse_finished", "trial_identity"}
+             "finished_result", "reuse_finished", "trial_identity", "save_checkpoint", "load_checkpoint"}
     defined = {}
     for p in list((ROOT / "sweep").glob("*.py")) + list((ROOT / "analysis").glob("*.py")):
         for node in ast.walk(ast.parse(p.read_text())):

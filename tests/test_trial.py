@@ -1,6 +1,9 @@
-"""One real trial, shrunk (debug=tiny: 64 MRPC examples, one epoch): outputs, determinism, reload."""
+"""One real trial, shrunk (debug=tiny: 64 MRPC examples, one epoch): outputs, determinism, reload, the LoRA
+scaling it records, and its epoch checkpoints (sweep/resume.py)."""
 
+import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,7 +17,8 @@ from omegaconf import OmegaConf
 
 from conftest import PROJECT, run_module
 from sweep.cli import compose
-from sweep.trial import CHECKPOINT, evaluate, run_trial, trial_dir
+from sweep.resume import Progress, load_checkpoint, save_checkpoint
+from sweep.trial import CHECKPOINT, _scaling_factor, evaluate, run_trial, trial_dir
 
 D, FF, LAYERS = 384, 1536, 6
 
@@ -41,6 +45,7 @@ def test_metrics_json_holds_what_was_promised(tiny):
                 "eval_seconds", "peak_mem_mb", "versions", "status"]:
         assert key in m, key
     assert m["status"] == "ok" and m["reason"] is None
+    assert m["scaling"] == "standard" and m["scaling_factor"] == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
     assert m["lora_params"] == 6 * 2 * 8 * 768 and m["trainable_params"] == m["lora_params"] + m["head_params"]
     assert set(m["best"]) == {"accuracy", "f1"} and len(m["epochs"]) == 1
     assert set(m["versions"]) >= {"torch", "transformers", "peft"}
@@ -147,3 +152,125 @@ def test_stsb_trains_a_regressor(tiny):
     assert m["best"]["pearson"] == pytest.approx(np.corrcoef(preds, labels)[0, 1], abs=1e-5)
     assert m["majority_baseline"] == {"pearson": 0.0, "spearman": 0.0}  # a constant (the training mean)
     assert m["head_params"] == 384 * 384 + 384 + 384 * 1 + 1  # pooler + a single-output regressor
+
+
+# (r, lora_alpha, scaling, the factor peft must hold, by hand)
+SCALING_CASES = [
+    (8, 16.0, "standard", 2.0),                  # alpha / r
+    (2, 1.0, "standard", 0.5),
+    (4, 16.0, "rslora", 8.0),                    # alpha / sqrt(r) = 16 / 2
+    (8, 16.0, "rslora", 5.656854249492381),      # 16 / 2.8284271247461903
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from sweep.family import with_family
+    from sweep.modeling import load_base_model
+
+    cfg = compose([])[0]
+    cfg.model = with_family(cfg.model, "bert")
+    torch.manual_seed(0)
+    return cfg, load_base_model(cfg.model, cfg.task.label_names)
+
+
+@pytest.mark.parametrize("r, alpha, scaling, expected", SCALING_CASES)
+def test_scaling_factor_is_the_one_peft_applies(minilm, r, alpha, scaling, expected):
+    from sweep.config import LoraSettings
+    from sweep.modeling import apply_lora
+
+    cfg, base = minilm
+    lora = LoraSettings(r=r, alpha=alpha, scaling=scaling, targets=["q", "v"])
+    model = apply_lora(copy.deepcopy(base), lora, cfg.model)
+    assert _scaling_factor(model) == pytest.approx(expected, rel=1e-15)
+    # and it is what the layers compute with: a LoRA layer's output minus its base layer's is factor · x·Aᵀ·Bᵀ
+    layer = model.base_model.model.bert.encoder.layer[0].attention.self.query
+    torch.nn.init.normal_(layer.lora_B["default"].weight)
+    x = torch.randn(3, 384)
+    with torch.no_grad():
+        delta = layer(x) - layer.base_layer(x)
+        by_hand = x @ layer.lora_A["default"].weight.T @ layer.lora_B["default"].weight.T
+    torch.testing.assert_close(delta, expected * by_hand, rtol=1e-4, atol=1e-5)
+
+
+def test_scaling_factor_needs_lora_layers(minilm):
+    with pytest.raises(ValueError, match="found \\[\\]"):
+        _scaling_factor(minilm[1])
+
+
+def test_rslora_record_stores_alpha_over_sqrt_r(tiny):
+    _, _, m = trial(tiny + ["lora.scaling=rslora", "lora.r=4"])
+    assert m["scaling"] == "rslora" and m["scaling_factor"] == 16 / math.sqrt(4) == 8.0
+
+
+#: the layout sweep/trial.py wrote before issue #13 (commit eb0ec33): a run started then, killed, must resume
+#: with today's code, and a checkpoint of today's code stays readable by that code
+OLD_LAYOUT = ["config", "trainable", "optimizer", "scheduler", "rng", "cuda_rng", "state"]
+OLD_STATE_KEYS = ["epoch", "history", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "best",
+                  "best_state", "best_preds", "train_tokens", "padded_tokens", "status", "reason"]
+VOLATILE = {"train_seconds", "eval_seconds", "train_examples_per_s", "peak_mem_mb"}  # timing, not results
+
+
+class Stop(Exception):
+    """Stands for a kill: raised from ``on_epoch``, after the previous epoch's checkpoint was written."""
+
+
+def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path):
+    args = tiny + ["train.epochs=2"]
+    cfg, resolved = compose(args)
+    reference = run_trial(cfg, resolved, tmp_path / "reference", progress=False)
+
+    def stop_at_epoch_2(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    run_dir = tmp_path / "interrupted"
+    with pytest.raises(Stop):
+        run_trial(cfg, resolved, run_dir, progress=False, on_epoch=stop_at_epoch_2)
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    assert list(ckpt) == OLD_LAYOUT and type(ckpt["state"]) is dict and list(ckpt["state"]) == OLD_STATE_KEYS
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["history"] == reference["epochs"][:1]
+    assert ckpt["config"] == OmegaConf.to_yaml(resolved) and not (run_dir / "metrics.json").exists()
+
+    epochs_seen = []
+    resumed = run_trial(cfg, resolved, run_dir, progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
+    assert epochs_seen == [2]  # epoch 1 came from the checkpoint, not from training again
+    assert {k: v for k, v in resumed.items() if k not in VOLATILE} == \
+        {k: v for k, v in reference.items() if k not in VOLATILE}
+    assert not (run_dir / CHECKPOINT).exists()
+
+
+def _tiny_training(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=10)
+    return model, optimizer, scheduler
+
+
+def test_checkpoint_round_trip_restores_everything(tmp_path):
+    path, cpu = tmp_path / CHECKPOINT, torch.device("cpu")
+    model, optimizer, scheduler = _tiny_training(0)
+    model(torch.ones(5, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    done = Progress(epoch=1, history=[{"epoch": 1, "train_loss": 0.5}], train_flops=10**15, train_tokens=7,
+                    best_preds=np.arange(3))
+    save_checkpoint(path, model, optimizer, scheduler, done, "config: a", cpu)
+    expected_draw = torch.rand(4)  # the RNG after saving: a resumed run must draw the same numbers
+
+    fresh, fresh_opt, fresh_sched = _tiny_training(1)
+    assert load_checkpoint(path, fresh, fresh_opt, fresh_sched, "config: b", cpu) is None  # another config
+    assert not torch.equal(fresh[1].weight, model[1].weight)  # … leaves everything as it was
+    assert load_checkpoint(tmp_path / "none.pt", fresh, fresh_opt, fresh_sched, "config: a", cpu) is None
+
+    back = load_checkpoint(path, fresh, fresh_opt, fresh_sched, "config: a", cpu)
+    assert torch.equal(torch.rand(4), expected_draw)
+    assert back.epoch == 1 and back.history == done.history and back.train_flops == 10**15 and back.train_tokens == 7
+    assert np.array_equal(back.best_preds, np.arange(3)) and back.status == "ok" and back.reason is None
+    assert torch.equal(fresh[1].weight, model[1].weight) and torch.equal(fresh[1].bias, model[1].bias)
+    assert not torch.equal(fresh[0].weight, model[0].weight)  # frozen tensors are not checkpointed
+    assert fresh_sched.get_last_lr() == scheduler.get_last_lr()
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert list(Progress().to_dict()) == OLD_STATE_KEYS
