@@ -13,7 +13,7 @@ from sweep.cli import compose, defaults
 from sweep.config import Choice, Config, FamilyConfig, TaskConfig, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
-from sweep.study import fingerprint
+from sweep.resume import fingerprint
 
 #: ``OmegaConf.to_yaml`` of the resolved default config, as the code before issue 13 saved it
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text

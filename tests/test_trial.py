@@ -176,11 +176,12 @@ def minilm():
 
 @pytest.mark.parametrize("r, alpha, scaling, expected", SCALING_CASES)
 def test_scaling_factor_is_the_one_peft_applies(minilm, r, alpha, scaling, expected):
-    from sweep.config import LoraSettings
+    from dataclasses import replace
+
     from sweep.modeling import apply_lora
 
     cfg, base = minilm
-    lora = LoraSettings(r=r, alpha=alpha, scaling=scaling, targets=["q", "v"])
+    lora = replace(cfg.lora, r=r, alpha=alpha, scaling=scaling, targets=["q", "v"])
     model = apply_lora(copy.deepcopy(base), lora, cfg.model)
     assert _scaling_factor(model) == pytest.approx(expected, rel=1e-15)
     # and it is what the layers compute with: a LoRA layer's output minus its base layer's is factor · x·Aᵀ·Bᵀ
