@@ -16,7 +16,7 @@ export GLUE_DIR
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-slow trial sweep worker report subspace calibrate bench clean
+.PHONY: help install lint format test test-slow trial sweep worker report subspace calibrate bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -29,6 +29,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
+
+lint: install ## ruff: lint and check formatting (what CI runs); `make format` fixes both
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install ## ruff: fix what can be fixed and reformat
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test: install ## run the tests (slow end-to-end ones excluded; see test-slow)
 	$(BIN)/python -m pytest

@@ -16,15 +16,16 @@ from typing import List
 
 from analysis.report import write_reports
 from sweep.cli import compose, make_command, run_cli
-from sweep.study import storage_url, study_name
 from sweep.paths import sweep_dir
+from sweep.study import storage_url, study_name
 
 
 def main(args: List[str]) -> int:
     cfg, _ = compose(args)
     out = sweep_dir(cfg)
-    files = write_reports(storage_url(cfg), study_name(cfg), out,
-                          missing_hint=f"run `{make_command('sweep', args)}` first")
+    files = write_reports(
+        storage_url(cfg), study_name(cfg), out, missing_hint=f"run `{make_command('sweep', args)}` first"
+    )
     print(f"reports in {out}: {', '.join(str(f.relative_to(out)) for f in files)}")
     return 0
 

@@ -65,9 +65,16 @@ def load_adapter(trial_dir: Path) -> TrainedAdapter:
     r = int(peft_config["r"])
     alpha = float(peft_config["lora_alpha"])
     scaling = alpha / (math.sqrt(r) if peft_config.get("use_rslora") else r)
-    return TrainedAdapter(trial=trial_dir.name, r=r, targets=targets_key(list(metrics["targets"])),
-                          seed=int(metrics["seed"]), scaling=scaling, a=dict(sorted(a.items())), b=b,
-                          config_file=trial_dir / "config.yaml")
+    return TrainedAdapter(
+        trial=trial_dir.name,
+        r=r,
+        targets=targets_key(list(metrics["targets"])),
+        seed=int(metrics["seed"]),
+        scaling=scaling,
+        a=dict(sorted(a.items())),
+        b=b,
+        config_file=trial_dir / "config.yaml",
+    )
 
 
 def sweep_adapters(sweep_dir: Path) -> List[TrainedAdapter]:

@@ -26,9 +26,9 @@ import pandas as pd
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import SEED, Scenario, calibrate_cell, grid_trials, scenarios
 from sweep.cli import compose, run_cli
+from sweep.config import SweepSettings, targets_key
 from sweep.errors import UserError
 from sweep.paths import results_root
-from sweep.config import SweepSettings, targets_key
 
 #: seed-noise levels simulated, in points
 SIGMAS = (0.5, 1.0, 1.5)
@@ -40,8 +40,12 @@ MAX_PCT_OF_GRID = 50.0
 COLUMNS = ("scenario", "sigma", "settings", "p_within_tolerance", "mean_regret", "mean_trials", "pct_of_grid")
 
 
-def calibration_table(runs: Sequence[Tuple[str, SweepSettings, Sequence[Scenario], Sequence[float]]],
-                      per_rank: Mapping[str, int], reps: int = REPS, seed: int = SEED) -> pd.DataFrame:
+def calibration_table(
+    runs: Sequence[Tuple[str, SweepSettings, Sequence[Scenario], Sequence[float]]],
+    per_rank: Mapping[str, int],
+    reps: int = REPS,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """One row per (settings label, scenario, σ) of ``runs`` with the columns of ``COLUMNS``."""
     rows = []
     for label, settings, scens, sigmas in runs:
@@ -57,11 +61,16 @@ def missed_targets(table: pd.DataFrame) -> List[str]:
     out = []
     for sigma, p_min in TARGETS.items():
         low = table[(table["sigma"] == sigma) & (table["p_within_tolerance"] < p_min)]
-        out += [f"P(regret ≤ tolerance) {r.p_within_tolerance:.2f} < {p_min} on {r.scenario} at σ={sigma:g}"
-                for r in low.itertuples()]
+        out += [
+            f"P(regret ≤ tolerance) {r.p_within_tolerance:.2f} < {p_min} on {r.scenario} at σ={sigma:g}"
+            for r in low.itertuples()
+        ]
     dear = table[table["pct_of_grid"] > MAX_PCT_OF_GRID]
-    out += [f"{r.mean_trials:.1f} trials = {r.pct_of_grid:.0f}% > {MAX_PCT_OF_GRID:g}% of the grid on {r.scenario} "
-            f"at σ={r.sigma:g}" for r in dear.itertuples()]
+    out += [
+        f"{r.mean_trials:.1f} trials = {r.pct_of_grid:.0f}% > {MAX_PCT_OF_GRID:g}% of the grid on {r.scenario} "
+        f"at σ={r.sigma:g}"
+        for r in dear.itertuples()
+    ]
     return out
 
 
@@ -74,19 +83,30 @@ def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = R
         s = dataclasses.replace(settings, max_seeds=max_seeds)
         t = calibration_table([("", s, scenarios(s, per_rank), tuple(TARGETS))], per_rank, reps)
         for sigma, g in t.groupby("sigma"):
-            rows.append({"max_seeds": max_seeds, "sigma": sigma, "worst_p_within_tolerance": g["p_within_tolerance"].min(),
-                         "max_mean_trials": g["mean_trials"].max(), "max_pct_of_grid": g["pct_of_grid"].max()})
+            rows.append(
+                {
+                    "max_seeds": max_seeds,
+                    "sigma": sigma,
+                    "worst_p_within_tolerance": g["p_within_tolerance"].min(),
+                    "max_mean_trials": g["mean_trials"].max(),
+                    "max_pct_of_grid": g["pct_of_grid"].max(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def _print_table(table: pd.DataFrame, settings: SweepSettings) -> None:
-    print(f"\nsettings: {table['settings'].iloc[0]} (seeds {list(settings.seeds)}, max_seeds {settings.max_seeds}, "
-          f"tolerance {settings.tolerance:g}, confidence {settings.confidence:g}, patience {settings.patience}; "
-          f"full grid {grid_trials(settings)} trials)")
+    print(
+        f"\nsettings: {table['settings'].iloc[0]} (seeds {list(settings.seeds)}, max_seeds {settings.max_seeds}, "
+        f"tolerance {settings.tolerance:g}, confidence {settings.confidence:g}, patience {settings.patience}; "
+        f"full grid {grid_trials(settings)} trials)"
+    )
     print(f"{'scenario':<12} {'σ':>4} {'P(regret≤tol)':>13} {'mean regret':>11} {'mean trials':>11} {'% of grid':>9}")
     for r in table.itertuples():
-        print(f"{r.scenario:<12} {r.sigma:>4.2f} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
-              f"{r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}")
+        print(
+            f"{r.scenario:<12} {r.sigma:>4.2f} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
+            f"{r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}"
+        )
 
 
 def main(args: List[str]) -> int:
@@ -111,8 +131,10 @@ def main(args: List[str]) -> int:
         rel = reliability(history, cfg.sweep, None)
         observed = observed_scenario(history, cfg.sweep, per_rank)
         if rel is None or observed is None:
-            raise UserError(f"study '{study.study_name}' has no configuration with two ok seeds on "
-                            f"{targets_key(cfg.sweep.start_targets)}: no seed noise to calibrate against")
+            raise UserError(
+                f"study '{study.study_name}' has no configuration with two ok seeds on "
+                f"{targets_key(cfg.sweep.start_targets)}: no seed noise to calibrate against"
+            )
         print(f"study {study.study_name}: {rel.text()}")
         extra_scenarios, extra_sigmas = [observed], [round(rel.sigma, 2)]
     out = results_root(cfg) / "calibration" / "calibration.csv"
@@ -126,8 +148,10 @@ def main(args: List[str]) -> int:
         _print_table(table, settings)
         missed = missed_targets(table[table["scenario"] != "study"])
         if not missed:
-            print(f"targets met: P ≥ {TARGETS[0.5]} at σ=0.5 and ≥ {TARGETS[1.0]} at σ=1.0 on every family, "
-                  f"mean trials ≤ {MAX_PCT_OF_GRID:g}% of the grid")
+            print(
+                f"targets met: P ≥ {TARGETS[0.5]} at σ=0.5 and ≥ {TARGETS[1.0]} at σ=1.0 on every family, "
+                f"mean trials ≤ {MAX_PCT_OF_GRID:g}% of the grid"
+            )
         else:
             print("targets missed: " + "; ".join(missed))
             print("frontier (worst family per σ as sweep.max_seeds grows):")

@@ -12,17 +12,29 @@ from typing import List, Optional
 
 import pandas as pd
 
-from sweep.errors import UserError
 from sweep.config import SweepSettings
 from sweep.decide import ConfigKey, Decision
+from sweep.errors import UserError
 from sweep.study import settings_of
 
 #: trial states that hold a result (an objective or a failure); the others are still to come
 FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
 #: user attributes copied as they are into trials.csv (names and units of ``sweep/trial.py``)
-TRIAL_ATTRS = ("lora_alpha", "scaling", "lora_params", "head_params", "trainable_params", "total_params",
-               "trainable_pct", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
-               "best_epoch")
+TRIAL_ATTRS = (
+    "lora_alpha",
+    "scaling",
+    "lora_params",
+    "head_params",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_flops",
+    "eval_flops",
+    "train_seconds",
+    "eval_seconds",
+    "peak_mem_mb",
+    "best_epoch",
+)
 _COUNTS = ("r", "seed", "lora_params", "head_params", "trainable_params", "total_params", "best_epoch")
 
 
@@ -66,8 +78,10 @@ def _layout_attr(study, key: str):
     try:
         return study.user_attrs[key]
     except KeyError:
-        raise UserError(f"study '{study.study_name}' has no '{key}' attribute: it was not written by "
-                        "`python -m sweep`, so it cannot be reported") from None
+        raise UserError(
+            f"study '{study.study_name}' has no '{key}' attribute: it was not written by "
+            "`python -m sweep`, so it cannot be reported"
+        ) from None
 
 
 def _state(trial) -> str:
@@ -106,17 +120,46 @@ def trials_frame(study) -> pd.DataFrame:
         a = t.user_attrs
         default_status = {TrialState.COMPLETE: "ok", TrialState.FAIL: "failed"}.get(t.state)
         best = a.get("best") or {}
-        rows.append({
-            "number": t.number, "state": _state(t), "status": a.get("status", default_status),
-            "stage": a.get("stage"), "r": t.params.get("r"), "targets": a.get("targets_key"),
-            "seed": t.params.get("seed"), **{k: a.get(k) for k in TRIAL_ATTRS},
-            **{m: best.get(m) for m in metrics},
-            "objective": t.value if t.state == TrialState.COMPLETE else None, "reason": a.get("reason")})
-    columns = ["number", "state", "status", "stage", "r", "targets", "seed", *TRIAL_ATTRS, *metrics,
-               "objective", "reason"]
+        rows.append(
+            {
+                "number": t.number,
+                "state": _state(t),
+                "status": a.get("status", default_status),
+                "stage": a.get("stage"),
+                "r": t.params.get("r"),
+                "targets": a.get("targets_key"),
+                "seed": t.params.get("seed"),
+                **{k: a.get(k) for k in TRIAL_ATTRS},
+                **{m: best.get(m) for m in metrics},
+                "objective": t.value if t.state == TrialState.COMPLETE else None,
+                "reason": a.get("reason"),
+            }
+        )
+    columns = [
+        "number",
+        "state",
+        "status",
+        "stage",
+        "r",
+        "targets",
+        "seed",
+        *TRIAL_ATTRS,
+        *metrics,
+        "objective",
+        "reason",
+    ]
     df = pd.DataFrame(rows, columns=columns).sort_values("number", ignore_index=True)
-    floats = ["lora_alpha", "trainable_pct", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
-              *metrics, "objective"]
+    floats = [
+        "lora_alpha",
+        "trainable_pct",
+        "train_flops",
+        "eval_flops",
+        "train_seconds",
+        "eval_seconds",
+        "peak_mem_mb",
+        *metrics,
+        "objective",
+    ]
     return df.astype({**{c: "Int64" for c in _COUNTS}, **{c: "float64" for c in floats}})
 
 
@@ -140,14 +183,27 @@ def study_info(study) -> StudyInfo:
     running = sum(t.state == TrialState.RUNNING for t in trials)
     recommended_now = any(d.action == "recommend" and (d.r, d.targets) == recommendation for d in decisions)
     finished = attrs.get("stop_reason") is not None and running == 0 and (recommendation is None or recommended_now)
-    baselines = [t.user_attrs["majority_baseline"].get(objective) for t in trials
-                 if isinstance(t.user_attrs.get("majority_baseline"), dict)]
+    baselines = [
+        t.user_attrs["majority_baseline"].get(objective)
+        for t in trials
+        if isinstance(t.user_attrs.get("majority_baseline"), dict)
+    ]
     baseline = next((b for b in baselines if b is not None), None)
-    return StudyInfo(name=study.study_name, task=attrs["task"], model=attrs["model"], objective=objective,
-                     metrics=list(attrs["metrics"]), settings=settings_of(study), decisions=decisions,
-                     recommendation=recommendation, stop_reason=attrs.get("stop_reason"), running=running,
-                     finished=finished, baseline=baseline,
-                     overrides=list(attrs.get("command_overrides") or []))
+    return StudyInfo(
+        name=study.study_name,
+        task=attrs["task"],
+        model=attrs["model"],
+        objective=objective,
+        metrics=list(attrs["metrics"]),
+        settings=settings_of(study),
+        decisions=decisions,
+        recommendation=recommendation,
+        stop_reason=attrs.get("stop_reason"),
+        running=running,
+        finished=finished,
+        baseline=baseline,
+        overrides=list(attrs.get("command_overrides") or []),
+    )
 
 
 def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
@@ -168,7 +224,15 @@ def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
             at = last_trial
         else:
             at = max(at, int(last_of.get((d.r, d.targets), at)))
-        rows.append({"after_trial": at, "action": d.action, "stage": d.stage, "r": d.r, "targets": d.targets,
-                     "reason": d.reason})
+        rows.append(
+            {
+                "after_trial": at,
+                "action": d.action,
+                "stage": d.stage,
+                "r": d.r,
+                "targets": d.targets,
+                "reason": d.reason,
+            }
+        )
     frame = pd.DataFrame(rows, columns=["after_trial", "action", "stage", "r", "targets", "reason"])
     return frame.astype({"after_trial": "int64", "r": "Int64"})

@@ -15,8 +15,8 @@ from typing import Dict, Iterator, Optional
 import matplotlib
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.container import ErrorbarContainer
+from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 from matplotlib.transforms import blended_transform_factory
 
@@ -25,16 +25,40 @@ from sweep.metrics import REGRESSION_METRICS
 
 DPI = 200
 WIDTH = 6.4  # inches
-STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
-         "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 11,
-         "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
 #: decisions that change the course of a sweep, marked on the progression plot
 MARKED_ACTIONS = ("plateau", "ranks-exhausted", "escalate", "no-escalation", "widen", "budget", "grid")
 #: how trials without an objective are marked on the progression plot: marker, colour
-FAILURE_MARKERS = {"diverged": ("x", "tab:red"), "failed": ("X", "black"), "pruned": ("v", "tab:gray"),
-                   "running": ("o", "tab:gray")}
-_GLUE_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B", "mnli": "MNLI",
-               "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+FAILURE_MARKERS = {
+    "diverged": ("x", "tab:red"),
+    "failed": ("X", "black"),
+    "pruned": ("v", "tab:gray"),
+    "running": ("o", "tab:gray"),
+}
+_GLUE_NAMES = {
+    "cola": "CoLA",
+    "sst2": "SST-2",
+    "mrpc": "MRPC",
+    "qqp": "QQP",
+    "stsb": "STS-B",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "rte": "RTE",
+    "wnli": "WNLI",
+}
 _METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC", "pearson": "Pearson r", "spearman": "Spearman ρ"}
 
 
@@ -127,12 +151,24 @@ def _from_zero(ax, values: pd.Series, unit: str, places: int) -> str:
 
 def _baseline(ax, info: StudyInfo) -> None:
     if info.baseline is not None:
-        ax.axhline(100 * info.baseline, color="tab:gray", linestyle="--", linewidth=1,
-                   label=f"{baseline_name(info)} ({100 * info.baseline:.1f})")
+        ax.axhline(
+            100 * info.baseline,
+            color="tab:gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"{baseline_name(info)} ({100 * info.baseline:.1f})",
+        )
 
 
-def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Optional[str],
-              colors: Dict[str, tuple], label_r: bool = True) -> None:
+def _tradeoff(
+    ax,
+    summary: pd.DataFrame,
+    info: StudyInfo,
+    cost: str,
+    front: Optional[str],
+    colors: Dict[str, tuple],
+    label_r: bool = True,
+) -> None:
     """Mean ± s.d. of each configuration against ``cost``, one series per target set, r labelled
     (``label_r``),
     the Pareto front of column ``front`` as a staircase, the recommendation starred."""
@@ -143,26 +179,58 @@ def _tradeoff(ax, summary: pd.DataFrame, info: StudyInfo, cost: str, front: Opti
     for i, (targets, g) in enumerate(done.groupby("targets", sort=False)):
         g = g.sort_values(cost)
         x, y = g[cost].astype(float), 100 * g["objective_mean"]
-        ax.errorbar(x, y, yerr=100 * g["objective_sd"].fillna(0), marker="o", markersize=5, capsize=3,
-                    linewidth=1.2, color=colors[targets], label=plain(targets))
+        ax.errorbar(
+            x,
+            y,
+            yerr=100 * g["objective_sd"].fillna(0),
+            marker="o",
+            markersize=5,
+            capsize=3,
+            linewidth=1.2,
+            color=colors[targets],
+            label=plain(targets),
+        )
         # configurations of different target sets often share a cost (r=4 on q,v and r=2 on q,k,v,o):
         # labels in the series' colour, alternately right and left of their points
         right = i % 2 == 0
         for r, xi, yi in zip(g["r"], x, y) if label_r else ():
-            ax.annotate(f"r={r}", (xi, yi), xytext=(4 if right else -4, 4), textcoords="offset points",
-                        ha="left" if right else "right", fontsize=9, color=colors[targets])
+            ax.annotate(
+                f"r={r}",
+                (xi, yi),
+                xytext=(4 if right else -4, 4),
+                textcoords="offset points",
+                ha="left" if right else "right",
+                fontsize=9,
+                color=colors[targets],
+            )
     if front is not None:
         f = done[done[front]].sort_values(cost)
         # the best metric reachable at each cost: flat until the next front point
-        ax.step(f[cost].astype(float), 100 * f["objective_mean"], where="post", color="black", linewidth=1,
-                alpha=0.7, label="Pareto front", zorder=1)
+        ax.step(
+            f[cost].astype(float),
+            100 * f["objective_mean"],
+            where="post",
+            color="black",
+            linewidth=1,
+            alpha=0.7,
+            label="Pareto front",
+            zorder=1,
+        )
     rec = done[done["recommended"]]
     if not rec.empty:
         row = rec.iloc[0]
         note = "" if info.finished else ", provisional"
-        ax.plot([float(row[cost])], [100 * row["objective_mean"]], linestyle="none", marker="*", markersize=16,
-                markerfacecolor="gold", markeredgecolor="black", zorder=5,
-                label=f"recommended: r={row['r']} {plain(row['targets'])}{note}")
+        ax.plot(
+            [float(row[cost])],
+            [100 * row["objective_mean"]],
+            linestyle="none",
+            marker="*",
+            markersize=16,
+            markerfacecolor="gold",
+            markeredgecolor="black",
+            zorder=5,
+            label=f"recommended: r={row['r']} {plain(row['targets'])}{note}",
+        )
     _baseline(ax, info)
 
 
@@ -237,26 +305,48 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         colors = _colors(trials["targets"])
         ok = trials[trials["state"] == "complete"]
         for targets, g in ok.groupby("targets", sort=False):
-            ax.plot(g["number"], 100 * g["objective"], linestyle="none", marker="o", markersize=5,
-                    color=colors[targets], label=plain(targets))
+            ax.plot(
+                g["number"],
+                100 * g["objective"],
+                linestyle="none",
+                marker="o",
+                markersize=5,
+                color=colors[targets],
+                label=plain(targets),
+            )
         first = ok.drop_duplicates(["r", "targets"])
         for n, r, y in zip(first["number"], first["r"], 100 * first["objective"]):
             ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
         # decisions compare configuration means, not single seeds: draw the mean across each one's trials
         groups = [g for _, g in ok.groupby(["r", "targets"], sort=False)]
         if groups:
-            ax.hlines([100 * g["objective"].mean() for g in groups], [g["number"].min() - 0.35 for g in groups],
-                      [g["number"].max() + 0.35 for g in groups], colors=[colors[g["targets"].iloc[0]] for g in groups],
-                      linewidth=2, alpha=0.5, label="configuration mean")
+            ax.hlines(
+                [100 * g["objective"].mean() for g in groups],
+                [g["number"].min() - 0.35 for g in groups],
+                [g["number"].max() + 0.35 for g in groups],
+                colors=[colors[g["targets"].iloc[0]] for g in groups],
+                linewidth=2,
+                alpha=0.5,
+                label="configuration mean",
+            )
         # trials without an objective sit on the bottom edge, below every point and the baseline
         ax.margins(y=0.15)
         bottom = blended_transform_factory(ax.transData, ax.transAxes)
         for state, (marker, color) in FAILURE_MARKERS.items():
             g = trials[trials["state"] == state]
             if not g.empty:
-                ax.plot(g["number"], [0.04] * len(g), transform=bottom, linestyle="none", marker=marker,
-                        markersize=7, color=color, markerfacecolor="none" if state == "running" else color,
-                        clip_on=False, label=f"{state} ({len(g)})")
+                ax.plot(
+                    g["number"],
+                    [0.04] * len(g),
+                    transform=bottom,
+                    linestyle="none",
+                    marker=marker,
+                    markersize=7,
+                    color=color,
+                    markerfacecolor="none" if state == "running" else color,
+                    clip_on=False,
+                    label=f"{state} ({len(g)})",
+                )
         _baseline(ax, info)
         marked = decisions_frame(trials, info)
         marked = marked[marked["action"].isin(MARKED_ACTIONS)]
@@ -265,8 +355,13 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
             positions.append(at + 0.5)
             names.append("\n".join(d.action + (f" r={d.r}" if pd.notna(d.r) else "") for d in group.itertuples()))
             for a in (ax, flops_ax):
-                a.axvline(at + 0.5, color="tab:purple", linestyle=":", linewidth=1.2,
-                          label="decision" if len(positions) == 1 and a is ax else None)
+                a.axvline(
+                    at + 0.5,
+                    color="tab:purple",
+                    linestyle=":",
+                    linewidth=1.2,
+                    label="decision" if len(positions) == 1 and a is ax else None,
+                )
         if positions:
             # named on a top axis rather than inside the plot, where they would cover trials
             top = ax.secondary_xaxis("top")
@@ -275,8 +370,13 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         ax.set_ylabel(_ylabel(info))
         ax.set_title(_title(info, "search progression"))
         _legend(ax, loc="best", ncols=2)
-        flops_ax.plot(trials["number"], trials["train_flops"].fillna(0).cumsum(), marker=".",
-                      drawstyle="steps-post", color="tab:blue")
+        flops_ax.plot(
+            trials["number"],
+            trials["train_flops"].fillna(0).cumsum(),
+            marker=".",
+            drawstyle="steps-post",
+            color="tab:blue",
+        )
         flops_ax.set_ylabel("cumulative\ntraining FLOPs")
         flops_ax.set_xlabel("trial number (order run)")
         flops_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -286,9 +386,11 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
 def figures(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> Dict[str, Figure]:
     """Every figure of a report by file stem: ``metric_vs_params``, ``metric_vs_compute``,
     ``progression``."""
-    return {"metric_vs_params": metric_vs_params(summary, info),
-            "metric_vs_compute": metric_vs_compute(summary, info),
-            "progression": progression(trials, info)}
+    return {
+        "metric_vs_params": metric_vs_params(summary, info),
+        "metric_vs_compute": metric_vs_compute(summary, info),
+        "progression": progression(trials, info),
+    }
 
 
 def save_figure(fig: Figure, path: Path) -> Path:

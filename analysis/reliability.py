@@ -24,8 +24,9 @@ def _stats(outcomes: Sequence[Outcome], settings: SweepSettings) -> Dict[ConfigK
     return {cfg: res.stats for cfg, res in every.items() if res.stats is not None}
 
 
-def observed_scenario(outcomes: Sequence[Outcome], settings: SweepSettings,
-                      params_per_rank: Mapping[str, int]) -> Optional[Scenario]:
+def observed_scenario(
+    outcomes: Sequence[Outcome], settings: SweepSettings, params_per_rank: Mapping[str, int]
+) -> Optional[Scenario]:
     """A study's observed means as the true curve (points): each rank of ``sweep.ranks`` on the start
     targets takes the mean of the nearest observed rank (the lower one on a tie); each other observed
     target set takes its mean offset from that curve at the ranks it was tried; target sets never tried
@@ -40,8 +41,9 @@ def observed_scenario(outcomes: Sequence[Outcome], settings: SweepSettings,
     offsets: Dict[str, float] = {}
     for t in dict.fromkeys(targets_key(x) for x in settings.target_sets):
         tried = [means[(r, t)] - curve[r] for r, tt in means if tt == t and r in curve]
-        offsets[t] = (sum(tried) / len(tried) if tried
-                      else NARROW_OFFSET if params_per_rank[t] < params_per_rank[start] else 0.0)
+        offsets[t] = (
+            sum(tried) / len(tried) if tried else NARROW_OFFSET if params_per_rank[t] < params_per_rank[start] else 0.0
+        )
     offsets[start] = 0.0
     return Scenario("study", "study", curve, offsets)
 
@@ -70,16 +72,21 @@ class Reliability:
 
     def text(self) -> str:
         """One sentence for the console and the report."""
-        out = (f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); with {self.seeds} seeds per "
-               f"configuration the smallest detectable gain is {self.detectable_gain:.2f} points")
+        out = (
+            f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); with {self.seeds} seeds per "
+            f"configuration the smallest detectable gain is {self.detectable_gain:.2f} points"
+        )
         if self.p_within_tolerance is not None:
-            out += (f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
-                    f"{self.p_within_tolerance:.2f}")
+            out += (
+                f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
+                f"{self.p_within_tolerance:.2f}"
+            )
         return out
 
 
-def reliability(outcomes: Sequence[Outcome], settings: SweepSettings,
-                params_per_rank: Optional[Mapping[str, int]], reps: int = REPS) -> Optional[Reliability]:
+def reliability(
+    outcomes: Sequence[Outcome], settings: SweepSettings, params_per_rank: Optional[Mapping[str, int]], reps: int = REPS
+) -> Optional[Reliability]:
     """The ``Reliability`` of a study's procedure; None when no configuration has two counted ok seeds (no σ).
     σ pools the decisions' statistics (``sweep.decide.aggregate`` over the seeds ``settings`` can ask for).
     Without ``params_per_rank`` (LoRA parameters per unit of rank of each target set, stored by the sweep

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, List, Optional
 
 import pandas as pd
 
+from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
-from analysis.reliability import Reliability, reliability
-from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
+from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
 from sweep.errors import UserError
@@ -26,9 +26,11 @@ if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` m
     from analysis.subspace_report import SubspaceAnalysis
 
 #: what each plot shows, as its alt text in report.md
-CAPTIONS = {"metric_vs_params": "objective vs trainable parameters",
-            "metric_vs_compute": "objective vs training FLOPs and training time",
-            "progression": "search progression: trials in order, decisions, cumulative compute"}
+CAPTIONS = {
+    "metric_vs_params": "objective vs trainable parameters",
+    "metric_vs_compute": "objective vs training FLOPs and training time",
+    "progression": "search progression: trials in order, decisions, cumulative compute",
+}
 
 
 def _points(value: float) -> str:
@@ -44,8 +46,10 @@ def _status_line(trials: pd.DataFrame, info: StudyInfo) -> str:
     if info.finished:
         return f"finished ({info.stop_reason})"
     if info.running:
-        return (f"not finished: {info.running} trial(s) marked running (training now, or left by an "
-                "interrupted run; re-running the sweep resumes them); results so far")
+        return (
+            f"not finished: {info.running} trial(s) marked running (training now, or left by an "
+            "interrupted run; re-running the sweep resumes them); results so far"
+        )
     return "not finished (interrupted, or between two trials); results so far"
 
 
@@ -57,9 +61,13 @@ def _counts(trials: pd.DataFrame) -> str:
 
 
 def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
-    sets = [f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)]
-    return (f"{len(summary)} configuration(s): {'; '.join(sets) or 'none yet'}; "
-            f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration")
+    sets = [
+        f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)
+    ]
+    return (
+        f"{len(summary)} configuration(s): {'; '.join(sets) or 'none yet'}; "
+        f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration"
+    )
 
 
 def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> str:
@@ -67,8 +75,11 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     if pick is None:
         return "No recommendation: no trial has completed" + ("." if info.finished else " yet.")
     row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
-    ci = ("" if pd.isna(row["objective_ci95_low"]) else
-          f"; 95% CI {_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}")
+    ci = (
+        ""
+        if pd.isna(row["objective_ci95_low"])
+        else f"; 95% CI {_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+    )
     pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
     head = "Provisional (the sweep has not finished): " if not info.finished else ""
@@ -76,16 +87,19 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     split = ""
     if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
         split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
-    return (f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row)} points "
-            f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}")
+    return (
+        f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row)} points "
+        f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
+    )
 
 
 def _command(info: StudyInfo, **changes) -> str:
     """The make command that continues this sweep, with the overrides of its latest run and ``changes``
     (``sweep.seeds=[0,1,2]``) replacing theirs."""
     keep = [o for o in info.overrides if o.split("=", 1)[0] not in ("task", "sweep", *changes)]
-    return make_command("sweep", [f"task={info.task}", f"sweep={info.settings.mode}", *keep,
-                                  *(f"{k}={v}" for k, v in changes.items())])
+    return make_command(
+        "sweep", [f"task={info.task}", f"sweep={info.settings.mode}", *keep, *(f"{k}={v}" for k, v in changes.items())]
+    )
 
 
 def _next_steps(info: StudyInfo) -> List[str]:
@@ -109,19 +123,29 @@ def _next_steps(info: StudyInfo) -> List[str]:
 
 
 def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
-    lines = [f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI of the mean (t, n−1 d.f.) | trainable params "
-             "| train FLOPs | train s | Pareto | |", "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    lines = [
+        f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI of the mean (t, n−1 d.f.) | trainable params "
+        "| train FLOPs | train s | Pareto | |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
     for _, row in summary.iterrows():
-        ci = "—" if pd.isna(row["objective_ci95_low"]) else \
-            f"{_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+        ci = (
+            "—"
+            if pd.isna(row["objective_ci95_low"])
+            else f"{_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+        )
         params = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
         flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
         seconds = "—" if pd.isna(row["mean_train_seconds"]) else f"{row['mean_train_seconds']:.1f}"
-        front = ", ".join(name for name, on in (("params", row["pareto_params"]), ("FLOPs", row["pareto_flops"]))
-                          if on) or "—"
+        front = (
+            ", ".join(name for name, on in (("params", row["pareto_params"]), ("FLOPs", row["pareto_flops"])) if on)
+            or "—"
+        )
         mark = "**recommended**" if row["recommended"] else ""
-        lines.append(f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
-                     f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |")
+        lines.append(
+            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
+            f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
+        )
     return lines
 
 
@@ -129,21 +153,33 @@ def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]
     """σ measured in this sweep, the smallest detectable gain, the calibrated P(regret ≤ tolerance),
     and, for a sweep the compute cap stopped, what the cap cut off."""
     if rel is None:
-        lines = ["No seed-noise estimate: no configuration has two ok seeds, so no gain could be shown "
-                 "significant and the recommendation rests on single runs."]
+        lines = [
+            "No seed-noise estimate: no configuration has two ok seeds, so no gain could be shown "
+            "significant and the recommendation rests on single runs."
+        ]
     else:
-        lines = [f"{rel.text()[0].upper()}{rel.text()[1:]}. `make calibrate` gives the procedure's reliability on "
-                 "every scenario family; `python -m analysis.calibrate task=… sweep.name=…` against this sweep."]
+        lines = [
+            f"{rel.text()[0].upper()}{rel.text()[1:]}. `make calibrate` gives the procedure's reliability on "
+            "every scenario family; `python -m analysis.calibrate task=… sweep.name=…` against this sweep."
+        ]
     if info.stop_reason == "budget":
         cap = next((d for d in reversed(info.decisions) if d.action == "budget"), None)
         cut = f" ({cap.reason})" if cap is not None else ""
-        lines += ["", f"**Provisional**: the compute cap stopped this sweep before its procedure ended{cut}. "
-                  "Raise the cap (see Next steps) and re-run the same command to finish it."]
+        lines += [
+            "",
+            f"**Provisional**: the compute cap stopped this sweep before its procedure ended{cut}. "
+            "Raise the cap (see Next steps) and re-run the same command to finish it.",
+        ]
     return lines
 
 
-def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo,
-                    rel: Optional[Reliability] = None, subspace: Optional[SubspaceAnalysis] = None) -> str:
+def report_markdown(
+    trials: pd.DataFrame,
+    summary: pd.DataFrame,
+    info: StudyInfo,
+    rel: Optional[Reliability] = None,
+    subspace: Optional[SubspaceAnalysis] = None,
+) -> str:
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
     the recommendation and why, its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
     tolerance); None without a noise estimate), every decision, failed and running trials, the summary
@@ -152,27 +188,47 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
     from analysis.subspace_report import recommendation_note, report_lines
 
     note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
-    lines = [f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}", "",
-             f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
-             f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
-             f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
-             f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
-             "and of the recommendation.",
-             f"- **Tried**: {_tried(summary, info)}."]
+    lines = [
+        f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}",
+        "",
+        f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
+        f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
+        f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
+        f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
+        "and of the recommendation.",
+        f"- **Tried**: {_tried(summary, info)}.",
+    ]
     if info.baseline is not None:
         lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_points(info.baseline)}.")
     s = info.settings
-    lines += ["", "## Recommendation", "",
-              "Rule: the configuration with the fewest trainable parameters shown to be within "
-              f"sweep.tolerance = {s.tolerance:g} points of the best one tried (the upper {100 * s.confidence:g}% "
-              "Student-t bound of its gap to the best is below the tolerance, with the seed-to-seed s.d. pooled "
-              "over the configurations evaluated), else the best.", "",
-              _recommendation_text(trials, summary, info), "", *([note, ""] if note else []), "## Reliability", "",
-              *_reliability_lines(info, rel), "", "## Next steps", "", *_next_steps(info), "",
-              "## Decisions", ""]
+    lines += [
+        "",
+        "## Recommendation",
+        "",
+        "Rule: the configuration with the fewest trainable parameters shown to be within "
+        f"sweep.tolerance = {s.tolerance:g} points of the best one tried (the upper {100 * s.confidence:g}% "
+        "Student-t bound of its gap to the best is below the tolerance, with the seed-to-seed s.d. pooled "
+        "over the configurations evaluated), else the best.",
+        "",
+        _recommendation_text(trials, summary, info),
+        "",
+        *([note, ""] if note else []),
+        "## Reliability",
+        "",
+        *_reliability_lines(info, rel),
+        "",
+        "## Next steps",
+        "",
+        *_next_steps(info),
+        "",
+        "## Decisions",
+        "",
+    ]
     timeline = decisions_frame(trials, info)
-    lines += [f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
-              for at, d in zip(timeline["after_trial"], info.decisions)] or ["- none yet"]
+    lines += [
+        f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
+        for at, d in zip(timeline["after_trial"], info.decisions)
+    ] or ["- none yet"]
     unfinished = trials[trials["state"] != "complete"]
     if not unfinished.empty:
         lines += ["", "## Trials without a result", ""]
@@ -180,17 +236,26 @@ def report_markdown(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo
             config = f"r={row.r} {row.targets} seed {row.seed}" if pd.notna(row.targets) else "no configuration stored"
             reason = f": {row.reason}" if isinstance(row.reason, str) and row.reason else ""
             lines.append(f"- trial {row.number} ({_md(config)}): {row.state}{_md(reason)}")
-    lines += ["", "## Configurations", "", *_table(summary, info), "",
-              "Per trial: [trials.csv](trials.csv); per configuration: [summary.csv](summary.csv).", "",
-              "## Plots", ""]
+    lines += [
+        "",
+        "## Configurations",
+        "",
+        *_table(summary, info),
+        "",
+        "Per trial: [trials.csv](trials.csv); per configuration: [summary.csv](summary.csv).",
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"![{CAPTIONS[name]}](plots/{name}.png)\n" for name in CAPTIONS]
     if subspace:
         lines += report_lines(subspace)
     return "\n".join(lines)
 
 
-def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
-                  missing_hint: str = "run `make sweep TASK=<task>` first") -> List[Path]:
+def write_reports(
+    storage_url: str, study_name: str | None, out_dir: Path, *, missing_hint: str = "run `make sweep TASK=<task>` first"
+) -> List[Path]:
     """Read the study ``study_name`` (the only one when None) at ``storage_url`` and write
     ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
     ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
@@ -210,8 +275,10 @@ def write_reports(storage_url: str, study_name: str | None, out_dir: Path, *,
     trials = trials_frame(study)
     if not trials["state"].isin(FINISHED_STATES).any():
         running = int((trials["state"] == "running").sum())
-        raise UserError(f"study '{study.study_name}' has no finished trials yet ({running} running); "
-                        "wait for the first trial to finish, then run the report again")
+        raise UserError(
+            f"study '{study.study_name}' has no finished trials yet ({running} running); "
+            "wait for the first trial to finish, then run the report again"
+        )
     info = study_info(study)
     summary = summary_frame(trials, info)
     out_dir = Path(out_dir)

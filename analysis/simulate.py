@@ -73,8 +73,9 @@ def _offsets(settings: SweepSettings, params_per_rank: Mapping[str, int], wider:
     return out
 
 
-def scenarios(settings: SweepSettings, params_per_rank: Mapping[str, int], top: float = 80.0,
-              step: float = 1.0) -> List[Scenario]:
+def scenarios(
+    settings: SweepSettings, params_per_rank: Mapping[str, int], top: float = 80.0, step: float = 1.0
+) -> List[Scenario]:
     """The scenario families of the calibration, on ``settings.ranks`` (points; one rank doubling of
     a rising curve gains ``step``, about what one doubling gains on MRPC with MiniLM):
 
@@ -110,8 +111,14 @@ class Run:
     pick: Tuple[int, str]
 
 
-def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, params_per_rank: Mapping[str, int],
-             rng: np.random.Generator, head_params: int = 0) -> Run:
+def simulate(
+    settings: SweepSettings,
+    scenario: Scenario,
+    sigma: float,
+    params_per_rank: Mapping[str, int],
+    rng: np.random.Generator,
+    head_params: int = 0,
+) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points.
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
@@ -129,8 +136,18 @@ def simulate(settings: SweepSettings, scenario: Scenario, sigma: float, params_p
             return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick)
         for spec in p.runnable:
             value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
-            history.append(Outcome(spec.r, spec.targets, spec.seed, "ok", value / 100.0,
-                                   spec.r * params_per_rank[spec.targets] + head_params, 1.0, 0.0))
+            history.append(
+                Outcome(
+                    spec.r,
+                    spec.targets,
+                    spec.seed,
+                    "ok",
+                    value / 100.0,
+                    spec.r * params_per_rank[spec.targets] + head_params,
+                    1.0,
+                    0.0,
+                )
+            )
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
 
 
@@ -147,12 +164,25 @@ class Cell:
     pct_of_grid: float
 
 
-def calibrate_cell(settings: SweepSettings, scenario: Scenario, sigma: float, params_per_rank: Mapping[str, int],
-                   reps: int, seed: int, tolerance: float) -> Cell:
+def calibrate_cell(
+    settings: SweepSettings,
+    scenario: Scenario,
+    sigma: float,
+    params_per_rank: Mapping[str, int],
+    reps: int,
+    seed: int,
+    tolerance: float,
+) -> Cell:
     """``reps`` simulated sweeps of one scenario × σ, from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     runs = [simulate(settings, scenario, sigma, params_per_rank, rng) for _ in range(reps)]
     regret = np.array([r.regret for r in runs])
     trials = np.array([r.trials for r in runs])
-    return Cell(scenario.name, sigma, float(np.mean(regret <= tolerance + 1e-9)), float(regret.mean()),
-                float(trials.mean()), float(100 * trials.mean() / grid_trials(settings)))
+    return Cell(
+        scenario.name,
+        sigma,
+        float(np.mean(regret <= tolerance + 1e-9)),
+        float(regret.mean()),
+        float(trials.mean()),
+        float(100 * trials.mean() / grid_trials(settings)),
+    )

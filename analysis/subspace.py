@@ -128,5 +128,10 @@ def amplification(a: torch.Tensor, b: torch.Tensor, scaling: float, w: torch.Ten
     delta_norm = abs(scaling) * float(s.square().sum().sqrt())
     projection = float(torch.linalg.matrix_norm(u.T @ w @ v))
     w_norm = float(torch.linalg.matrix_norm(w))
-    return {"delta_norm": delta_norm, "projection": projection, "amplification": delta_norm / projection,
-            "w_norm": w_norm, "random": w_norm * r / (d * k) ** 0.5}
+    return {
+        "delta_norm": delta_norm,
+        "projection": projection,
+        "amplification": delta_norm / projection,
+        "w_norm": w_norm,
+        "random": w_norm * r / (d * k) ** 0.5,
+    }

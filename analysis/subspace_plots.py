@@ -45,8 +45,15 @@ def similarity_heatmaps(grids: Dict[Tuple[int, str], torch.Tensor], title: str, 
                     ax.set_axis_off()
                     continue
                 r1, r2 = phi.shape
-                image = ax.imshow(phi.numpy(), vmin=0, vmax=max(top, 0.1), cmap="viridis", aspect="auto",
-                                  interpolation="nearest", extent=(0.5, r2 + 0.5, r1 + 0.5, 0.5))
+                image = ax.imshow(
+                    phi.numpy(),
+                    vmin=0,
+                    vmax=max(top, 0.1),
+                    cmap="viridis",
+                    aspect="auto",
+                    interpolation="nearest",
+                    extent=(0.5, r2 + 0.5, r1 + 0.5, 0.5),
+                )
                 ax.set_xticks(_ticks(r2))
                 ax.set_yticks(_ticks(r1))
                 ax.set_title(f"{matrix} · layer {layer}" if layer >= 0 else matrix, fontsize=9)

@@ -30,19 +30,64 @@ from analysis.adapters import TrainedAdapter, frozen_weights, module_label, swee
 from analysis.load import StudyInfo
 from analysis.markdown import escape
 from analysis.plots import save_figure, task_name
-from analysis.subspace import (amplification, direction_overlaps, random_similarity, right_singular_basis,
-                               shared_directions, similarity_grid)
+from analysis.subspace import (
+    amplification,
+    direction_overlaps,
+    random_similarity,
+    right_singular_basis,
+    shared_directions,
+    similarity_grid,
+)
 from analysis.subspace_plots import similarity_heatmaps
 from sweep.decide import ConfigKey
 
 #: family-wise error rate of the test that counts a direction as shared (Bonferroni over a subspace's r)
 ALPHA = 0.05
-PAIR_COLUMNS = ("comparison", "targets", "r1", "seed1", "r2", "seed2", "module", "layer", "matrix", "n",
-                "phi_top", "phi_all", "random_all", "overlap_top", "shared_1in2", "shared_2in1")
-AMPLIFICATION_COLUMNS = ("targets", "r", "seed", "module", "layer", "matrix", "delta_norm", "projection",
-                         "amplification", "w_norm", "random")
-SUMMARY_COLUMNS = ("targets", "r", "matrix", "n_seeds", "seed_pairs", "modules", "effective_rank",
-                   "effective_rank_min", "effective_rank_max", "amplification", "projection_vs_random", "delta_norm")
+PAIR_COLUMNS = (
+    "comparison",
+    "targets",
+    "r1",
+    "seed1",
+    "r2",
+    "seed2",
+    "module",
+    "layer",
+    "matrix",
+    "n",
+    "phi_top",
+    "phi_all",
+    "random_all",
+    "overlap_top",
+    "shared_1in2",
+    "shared_2in1",
+)
+AMPLIFICATION_COLUMNS = (
+    "targets",
+    "r",
+    "seed",
+    "module",
+    "layer",
+    "matrix",
+    "delta_norm",
+    "projection",
+    "amplification",
+    "w_norm",
+    "random",
+)
+SUMMARY_COLUMNS = (
+    "targets",
+    "r",
+    "matrix",
+    "n_seeds",
+    "seed_pairs",
+    "modules",
+    "effective_rank",
+    "effective_rank_min",
+    "effective_rank_max",
+    "amplification",
+    "projection_vs_random",
+    "delta_norm",
+)
 
 
 @dataclass
@@ -91,8 +136,9 @@ def _pairs(adapters: List[TrainedAdapter]) -> List[Tuple[str, TrainedAdapter, Tr
     return out
 
 
-def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor],
-            roles: Dict[str, str]) -> SubspaceAnalysis:
+def analyse(
+    adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor], roles: Dict[str, str]
+) -> SubspaceAnalysis:
     """Compare every pair of ``adapters`` (see ``_pairs``) module by module, and measure each adapter's
     amplification of the frozen ``weights`` (module name -> W, d×k); ``roles`` name the matrices
     (``model.roles``)."""
@@ -107,28 +153,50 @@ def analyse(adapters: List[TrainedAdapter], weights: Dict[str, torch.Tensor],
             phi = similarity_grid(u1, u2)
             layer, matrix = module_label(module, roles)
             grids[key][(layer, matrix)] = phi
-            pair_rows.append({
-                "comparison": kind, "targets": one.targets, "r1": one.r, "seed1": one.seed, "r2": two.r,
-                "seed2": two.seed, "module": module, "layer": layer, "matrix": matrix, "n": n,
-                "phi_top": float(phi[0, 0]), "phi_all": float(phi[-1, -1]),
-                "random_all": random_similarity(one.r, two.r, n),
-                "overlap_top": float(direction_overlaps(u1[:, :1], u2)[0]),
-                "shared_1in2": shared_directions(u1, u2, ALPHA), "shared_2in1": shared_directions(u2, u1, ALPHA)})
+            pair_rows.append(
+                {
+                    "comparison": kind,
+                    "targets": one.targets,
+                    "r1": one.r,
+                    "seed1": one.seed,
+                    "r2": two.r,
+                    "seed2": two.seed,
+                    "module": module,
+                    "layer": layer,
+                    "matrix": matrix,
+                    "n": n,
+                    "phi_top": float(phi[0, 0]),
+                    "phi_all": float(phi[-1, -1]),
+                    "random_all": random_similarity(one.r, two.r, n),
+                    "overlap_top": float(direction_overlaps(u1[:, :1], u2)[0]),
+                    "shared_1in2": shared_directions(u1, u2, ALPHA),
+                    "shared_2in1": shared_directions(u2, u1, ALPHA),
+                }
+            )
     amp_rows = []
     for t in adapters:
         for module, a in t.a.items():
             layer, matrix = module_label(module, roles)
-            amp_rows.append({"targets": t.targets, "r": t.r, "seed": t.seed, "module": module, "layer": layer,
-                             "matrix": matrix, **amplification(a, t.b[module], t.scaling, weights[module])})
+            amp_rows.append(
+                {
+                    "targets": t.targets,
+                    "r": t.r,
+                    "seed": t.seed,
+                    "module": module,
+                    "layer": layer,
+                    "matrix": matrix,
+                    **amplification(a, t.b[module], t.scaling, weights[module]),
+                }
+            )
     pairs = pd.DataFrame(pair_rows, columns=PAIR_COLUMNS).sort_values(
-        ["comparison", "targets", "r1", "r2", "seed1", "seed2", "matrix", "layer"], ignore_index=True)
+        ["comparison", "targets", "r1", "r2", "seed1", "seed2", "matrix", "layer"], ignore_index=True
+    )
     amp = pd.DataFrame(amp_rows, columns=AMPLIFICATION_COLUMNS)
     return SubspaceAnalysis(pairs=pairs, amplification=amp, summary=_summary(pairs, amp), grids=grids)
 
 
 def _summary(pairs: pd.DataFrame, amp: pd.DataFrame) -> pd.DataFrame:
-    seeds = pairs[pairs["comparison"] == "seeds"].assign(
-        shared=lambda f: (f["shared_1in2"] + f["shared_2in1"]) / 2)
+    seeds = pairs[pairs["comparison"] == "seeds"].assign(shared=lambda f: (f["shared_1in2"] + f["shared_2in1"]) / 2)
     rows = []
     for (targets, r), group in amp.groupby(["targets", "r"], sort=True):
         for matrix in [*sorted(group["matrix"].unique()), "all"]:
@@ -136,14 +204,22 @@ def _summary(pairs: pd.DataFrame, amp: pd.DataFrame) -> pd.DataFrame:
             s = seeds[(seeds["targets"] == targets) & (seeds["r1"] == r)]
             s = s if matrix == "all" else s[s["matrix"] == matrix]
             per_module = s.groupby("module")["shared"].mean()
-            rows.append({"targets": targets, "r": int(r), "matrix": matrix, "n_seeds": g["seed"].nunique(),
-                         "seed_pairs": len(s.drop_duplicates(["seed1", "seed2"])), "modules": g["module"].nunique(),
-                         "effective_rank": per_module.mean() if len(s) else math.nan,
-                         "effective_rank_min": per_module.min() if len(s) else math.nan,
-                         "effective_rank_max": per_module.max() if len(s) else math.nan,
-                         "amplification": g["amplification"].mean(),
-                         "projection_vs_random": (g["projection"] / g["random"]).mean(),
-                         "delta_norm": g["delta_norm"].mean()})
+            rows.append(
+                {
+                    "targets": targets,
+                    "r": int(r),
+                    "matrix": matrix,
+                    "n_seeds": g["seed"].nunique(),
+                    "seed_pairs": len(s.drop_duplicates(["seed1", "seed2"])),
+                    "modules": g["module"].nunique(),
+                    "effective_rank": per_module.mean() if len(s) else math.nan,
+                    "effective_rank_min": per_module.min() if len(s) else math.nan,
+                    "effective_rank_max": per_module.max() if len(s) else math.nan,
+                    "amplification": g["amplification"].mean(),
+                    "projection_vs_random": (g["projection"] / g["random"]).mean(),
+                    "delta_norm": g["delta_norm"].mean(),
+                }
+            )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
@@ -225,8 +301,10 @@ def recommendation_note(result: SubspaceAnalysis, pick: Optional[ConfigKey]) -> 
     if noisy:
         names = " and ".join(", ".join(f"r={r}" for r in noisy).rsplit(", ", 1))
         among = f" (the recommended r={pick[0]} among them: a lower rank may do as well)" if pick[0] in noisy else ""
-        text += (f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} "
-                 f"are noise{among}.")
+        text += (
+            f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} "
+            f"are noise{among}."
+        )
     return text
 
 
@@ -235,54 +313,80 @@ def effective_rank_table(result: SubspaceAnalysis) -> List[str]:
     shared across seeds (mean over matrices, min–max), per matrix, and the mean amplification."""
     s = result.summary
     matrices = [m for m in dict.fromkeys(s["matrix"]) if m != "all"]
-    lines = [f"| r | targets | seeds | effective rank (min–max) | {' | '.join(matrices)} | amplification "
-             "| ‖UᵀWV‖ / random |", "|---:|---|---:|---:|" + "---:|" * len(matrices) + "---:|---:|"]
+    lines = [
+        f"| r | targets | seeds | effective rank (min–max) | {' | '.join(matrices)} | amplification "
+        "| ‖UᵀWV‖ / random |",
+        "|---:|---|---:|---:|" + "---:|" * len(matrices) + "---:|---:|",
+    ]
     for (targets, r), g in s.groupby(["targets", "r"], sort=False):
         whole = g[g["matrix"] == "all"].iloc[0]
         low, high = whole["effective_rank_min"], whole["effective_rank_max"]
-        effective = ("—" if pd.isna(whole["effective_rank"])
-                     else f"{whole['effective_rank']:.1f} of {r} ({low:.0f}–{high:.0f})")
-        per = [_number(g[g["matrix"] == m]["effective_rank"].iloc[0]) if (g["matrix"] == m).any() else "—"
-               for m in matrices]
-        lines.append(f"| {r} | {escape(targets)} | {whole['n_seeds']} | {effective} | {' | '.join(per)} "
-                     f"| {whole['amplification']:.1f} | {whole['projection_vs_random']:.1f} |")
+        effective = (
+            "—" if pd.isna(whole["effective_rank"]) else f"{whole['effective_rank']:.1f} of {r} ({low:.0f}–{high:.0f})"
+        )
+        per = [
+            _number(g[g["matrix"] == m]["effective_rank"].iloc[0]) if (g["matrix"] == m).any() else "—"
+            for m in matrices
+        ]
+        lines.append(
+            f"| {r} | {escape(targets)} | {whole['n_seeds']} | {effective} | {' | '.join(per)} "
+            f"| {whole['amplification']:.1f} | {whole['projection_vs_random']:.1f} |"
+        )
     return lines
 
 
 def report_lines(result: SubspaceAnalysis) -> List[str]:
     """The report.md section: the method in a few sentences, ``effective_rank_table``, the rank
     comparisons, the heatmaps (the widest rank pair and the largest rank compared across seeds)."""
-    lines = ["## Adapter subspaces: signal or noise? (LoRA §7)", "",
-             "Each adapter's directions are the right-singular vectors of its A (r×k), as in LoRA (Hu et al. 2021) "
-             "§7.2; two adapters are compared by φ(i, j) = ‖U_iᵀU_j‖_F² / min(i, j) of their top-i and top-j "
-             "directions: 1 when one subspace holds the other, max(i, j)/n on average for random subspaces "
-             f"(n = {_dimension(result.pairs)}, the input size k). "
-             "A direction counts as shared when its squared cosine with the other adapter's subspace is above what "
-             f"a random direction reaches with probability {ALPHA:g}/r (Bonferroni over the r directions, so unrelated "
-             f"subspaces share 0 directions with probability ≥ {1 - ALPHA:g}). "
-             "**Effective rank**: the directions shared across two seeds of a configuration, mean over the adapted "
-             "matrices (min–max). Amplification (§7.3): ‖ΔW‖_F / ‖UᵀWV‖_F with U, V the top-r singular "
-             "vectors of ΔW and W the frozen weight; ‖UᵀWV‖ / random: the same projection over its value for random "
-             "directions, ‖W‖_F·r/√(d·k) (above 1: ΔW's directions are ones W already emphasises).",
-             "", *effective_rank_table(result)]
+    lines = [
+        "## Adapter subspaces: signal or noise? (LoRA §7)",
+        "",
+        "Each adapter's directions are the right-singular vectors of its A (r×k), as in LoRA (Hu et al. 2021) "
+        "§7.2; two adapters are compared by φ(i, j) = ‖U_iᵀU_j‖_F² / min(i, j) of their top-i and top-j "
+        "directions: 1 when one subspace holds the other, max(i, j)/n on average for random subspaces "
+        f"(n = {_dimension(result.pairs)}, the input size k). "
+        "A direction counts as shared when its squared cosine with the other adapter's subspace is above what "
+        f"a random direction reaches with probability {ALPHA:g}/r (Bonferroni over the r directions, so unrelated "
+        f"subspaces share 0 directions with probability ≥ {1 - ALPHA:g}). "
+        "**Effective rank**: the directions shared across two seeds of a configuration, mean over the adapted "
+        "matrices (min–max). Amplification (§7.3): ‖ΔW‖_F / ‖UᵀWV‖_F with U, V the top-r singular "
+        "vectors of ΔW and W the frozen weight; ‖UᵀWV‖ / random: the same projection over its value for random "
+        "directions, ‖W‖_F·r/√(d·k) (above 1: ΔW's directions are ones W already emphasises).",
+        "",
+        *effective_rank_table(result),
+    ]
     ranks = result.pairs[result.pairs["comparison"] == "ranks"]
     if not ranks.empty:
-        lines += ["", "Across ranks (same seed): how many of the lower rank's directions lie in the higher rank's "
-                  "subspace, mean over the adapted matrices; φ of the top directions against random."]
+        lines += [
+            "",
+            "Across ranks (same seed): how many of the lower rank's directions lie in the higher rank's "
+            "subspace, mean over the adapted matrices; φ of the top directions against random.",
+        ]
         for (targets, r1, r2), g in ranks.groupby(["targets", "r1", "r2"], sort=True):
-            lines.append(f"- {escape(targets)}, r={r1} in r={r2}: {g['shared_1in2'].mean():.1f} of {r1} directions shared; "
-                         f"top direction φ(1, 1) = {g['phi_top'].mean():.2f}, its overlap with all of r={r2} "
-                         f"{g['overlap_top'].mean():.2f} (random {g['random_all'].mean():.2f})")
+            lines.append(
+                f"- {escape(targets)}, r={r1} in r={r2}: {g['shared_1in2'].mean():.1f} of {r1} directions shared; "
+                f"top direction φ(1, 1) = {g['phi_top'].mean():.2f}, its overlap with all of r={r2} "
+                f"{g['overlap_top'].mean():.2f} (random {g['random_all'].mean():.2f})"
+            )
     keys = list(result.grids)
-    shown = [k for k in (max((k for k in keys if k[0] == "ranks"), key=lambda k: (k[4] - k[2], -k[3]), default=None),
-                         max((k for k in keys if k[0] == "seeds"), key=lambda k: (k[2], -k[3]), default=None)) if k]
+    shown = [
+        k
+        for k in (
+            max((k for k in keys if k[0] == "ranks"), key=lambda k: (k[4] - k[2], -k[3]), default=None),
+            max((k for k in keys if k[0] == "seeds"), key=lambda k: (k[2], -k[3]), default=None),
+        )
+        if k
+    ]
     lines += [""] + [f"![φ heatmaps {heatmap_name(k)}](plots/{heatmap_name(k)}.png)\n" for k in shown]
     others = [k for k in keys if k not in shown]
     if others:
         lines.append("More heatmaps: " + ", ".join(f"[{heatmap_name(k)}](plots/{heatmap_name(k)}.png)" for k in others))
-    lines += ["", "Per pair and matrix: [subspace/pairs.csv](subspace/pairs.csv); amplification: "
-              "[subspace/amplification.csv](subspace/amplification.csv); per configuration: "
-              "[subspace/summary.csv](subspace/summary.csv)."]
+    lines += [
+        "",
+        "Per pair and matrix: [subspace/pairs.csv](subspace/pairs.csv); amplification: "
+        "[subspace/amplification.csv](subspace/amplification.csv); per configuration: "
+        "[subspace/summary.csv](subspace/summary.csv).",
+    ]
     return lines
 
 
@@ -290,16 +394,18 @@ def main(args: List[str]) -> int:
     from analysis.load import study_info
     from sweep.cli import compose
     from sweep.errors import UserError
-    from sweep.study import load_study, storage_url, study_name
     from sweep.paths import sweep_dir
+    from sweep.study import load_study, storage_url, study_name
 
     cfg, _ = compose(args)
     out = sweep_dir(cfg)
     study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
     result = write_subspace(out, study_info(study))
     if result is None:
-        raise UserError(f"no two adapters to compare in {out / 'trials'}: the analysis needs two ranks or two seeds "
-                        "of one target set that finished ok; widen the sweep, e.g. ARGS='sweep.seeds=[0,1]'")
+        raise UserError(
+            f"no two adapters to compare in {out / 'trials'}: the analysis needs two ranks or two seeds "
+            "of one target set that finished ok; widen the sweep, e.g. ARGS='sweep.seeds=[0,1]'"
+        )
     print("\n".join(effective_rank_table(result)))
     print(f"files in {out}: {', '.join(str(f.relative_to(out)) for f in result.files)}")
     return 0

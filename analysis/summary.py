@@ -22,10 +22,28 @@ from analysis.load import StudyInfo
 from sweep.decide import ConfigKey, ConfigResults, Decision, Outcome, aggregate, recommend, seed_sequence
 
 #: columns of summary.csv, in order
-COLUMNS = ("r", "targets", "n_seeds", "n_failed", "n_running", "n_not_counted", "objective_mean", "objective_sd",
-           "objective_ci95_low", "objective_ci95_high", "trainable_params", "trainable_pct", "lora_params",
-           "mean_train_flops", "mean_train_seconds", "pareto_params", "pareto_flops", "recommended",
-           "decision", "reason")
+COLUMNS = (
+    "r",
+    "targets",
+    "n_seeds",
+    "n_failed",
+    "n_running",
+    "n_not_counted",
+    "objective_mean",
+    "objective_sd",
+    "objective_ci95_low",
+    "objective_ci95_high",
+    "trainable_params",
+    "trainable_pct",
+    "lora_params",
+    "mean_train_flops",
+    "mean_train_seconds",
+    "pareto_params",
+    "pareto_flops",
+    "recommended",
+    "decision",
+    "reason",
+)
 
 
 def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, pd.DataFrame]]:
@@ -40,11 +58,18 @@ def _outcomes(trials: pd.DataFrame) -> List[Outcome]:
     study (``sweep.study.outcomes``): complete, diverged and failed ones, in trial order; abandoned,
     pruned and running ones are no outcome."""
     done = trials[trials["state"].isin(("complete", "diverged", "failed"))].dropna(subset=["r", "targets", "seed"])
-    return [Outcome(r=int(t.r), targets=str(t.targets), seed=int(t.seed), status=str(t.status),
-                    objective=None if pd.isna(t.objective) else float(t.objective),
-                    trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
-                    train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops))
-            for t in done.sort_values("number").itertuples()]
+    return [
+        Outcome(
+            r=int(t.r),
+            targets=str(t.targets),
+            seed=int(t.seed),
+            status=str(t.status),
+            objective=None if pd.isna(t.objective) else float(t.objective),
+            trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
+            train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops),
+        )
+        for t in done.sort_values("number").itertuples()
+    ]
 
 
 def results(trials: pd.DataFrame, info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
@@ -63,8 +88,9 @@ def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:
     valid = [not (pd.isna(m) or pd.isna(c)) for m, c in points]
     front = []
     for i, (m, c) in enumerate(points):
-        dominated = any(valid[j] and j != i and mj >= m and cj <= c and (mj > m or cj < c)
-                        for j, (mj, cj) in enumerate(points))
+        dominated = any(
+            valid[j] and j != i and mj >= m and cj <= c and (mj > m or cj < c) for j, (mj, cj) in enumerate(points)
+        )
         front.append(valid[i] and not dominated)
     return front
 
@@ -82,9 +108,13 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
         decision = next((d for d in reversed(info.decisions) if d.action == "recommend"), None)
         return info.recommendation, decision
     scored = {cfg: res for cfg, res in results(trials, info).items() if res.stats is not None}
-    return recommend(list(scored), {c: res.stats for c, res in scored.items()},
-                     {c: res.trainable_params for c, res in scored.items()},
-                     {c: res.train_flops for c, res in scored.items()}, info.settings)
+    return recommend(
+        list(scored),
+        {c: res.stats for c, res in scored.items()},
+        {c: res.trainable_params for c, res in scored.items()},
+        {c: res.train_flops for c, res in scored.items()},
+        info.settings,
+    )
 
 
 def _metric_units(points: Optional[float]) -> float:
@@ -117,20 +147,39 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
         st = res.stats if res is not None else None
         mean, sd, low, high = map(_metric_units, (st.mean, st.sd, *st.interval(0.95)) if st else [None] * 4)
         about = [d for d in info.decisions if (d.r, d.targets) == (r, targets)]
-        rows.append({
-            "r": r, "targets": targets, "n_seeds": st.n if st is not None else 0,
-            "n_failed": int(group["state"].isin(("diverged", "failed")).sum()),
-            "n_running": int((group["state"] == "running").sum()),
-            "n_not_counted": res.not_counted if res is not None else 0,
-            "objective_mean": mean, "objective_sd": sd, "objective_ci95_low": low, "objective_ci95_high": high,
-            "trainable_params": group["trainable_params"].max(), "trainable_pct": group["trainable_pct"].max(),
-            "lora_params": group["lora_params"].max(),
-            "mean_train_flops": ok["train_flops"].mean(), "mean_train_seconds": ok["train_seconds"].mean(),
-            "recommended": (r, targets) == pick,
-            "decision": "; ".join(d.action for d in about), "reason": " | ".join(d.reason for d in about)})
+        rows.append(
+            {
+                "r": r,
+                "targets": targets,
+                "n_seeds": st.n if st is not None else 0,
+                "n_failed": int(group["state"].isin(("diverged", "failed")).sum()),
+                "n_running": int((group["state"] == "running").sum()),
+                "n_not_counted": res.not_counted if res is not None else 0,
+                "objective_mean": mean,
+                "objective_sd": sd,
+                "objective_ci95_low": low,
+                "objective_ci95_high": high,
+                "trainable_params": group["trainable_params"].max(),
+                "trainable_pct": group["trainable_pct"].max(),
+                "lora_params": group["lora_params"].max(),
+                "mean_train_flops": ok["train_flops"].mean(),
+                "mean_train_seconds": ok["train_seconds"].mean(),
+                "recommended": (r, targets) == pick,
+                "decision": "; ".join(d.action for d in about),
+                "reason": " | ".join(d.reason for d in about),
+            }
+        )
     df = pd.DataFrame(rows, columns=[c for c in COLUMNS if not c.startswith("pareto_")])
-    df = df.astype({"r": "int64", "n_seeds": "int64", "n_not_counted": "int64", "trainable_params": "Int64",
-                    "lora_params": "Int64", "recommended": "bool"})
+    df = df.astype(
+        {
+            "r": "int64",
+            "n_seeds": "int64",
+            "n_not_counted": "int64",
+            "trainable_params": "Int64",
+            "lora_params": "Int64",
+            "recommended": "bool",
+        }
+    )
     for column, cost in (("pareto_params", "trainable_params"), ("pareto_flops", "mean_train_flops")):
         df[column] = pareto_mask(df["objective_mean"].tolist(), df[cost].astype("float64").tolist())
     return df[list(COLUMNS)]

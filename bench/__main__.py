@@ -36,10 +36,10 @@ import torch
 
 from bench.sweep_throughput import sweep_throughput
 from sweep.cli import compose, run_cli
-from sweep.paths import glue_dir, results_root
 from sweep.data import Batches, take, tokenized_glue
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
+from sweep.paths import glue_dir, results_root
 from sweep.runtime import library_versions, native_bf16, resolve_device
 from sweep.trial import evaluate, run_trial
 
@@ -59,7 +59,7 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, seconds: float 
             reps += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
     return best
 
 
@@ -103,31 +103,59 @@ def baseline(cfg, train_split, val_split, steps: int) -> Dict[str, float]:
     base = load_base_model(cfg.model, cfg.task.label_names)
     model_cfg = with_family(cfg.model, base.config.model_type)
     names = target_module_names(base, cfg.lora.targets, model_cfg)
-    model = get_peft_model(base, LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                            lora_dropout=cfg.lora.dropout, target_modules=names,
-                                            modules_to_save=list(model_cfg.head)))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=names,
+            modules_to_save=list(model_cfg.head),
+        ),
+    )
     shapes: List[tuple] = []
     model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask", "label") if c in train_split.column_names]
     args = TrainingArguments(
-        output_dir=str(results_root(cfg) / "bench" / "trainer"), per_device_train_batch_size=cfg.train.batch_size,
-        learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay, warmup_steps=int(np.ceil(cfg.train.warmup_ratio * steps)),
-        max_steps=steps, seed=cfg.train.seed, report_to=[], save_strategy="no", logging_strategy="no",
-        max_grad_norm=cfg.train.max_grad_norm or 0.0, use_cpu=resolve_device(cfg).type == "cpu",
-        disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=train_split.select_columns(columns),
-                      data_collator=DataCollatorWithPadding(tokenizer))
+        output_dir=str(results_root(cfg) / "bench" / "trainer"),
+        per_device_train_batch_size=cfg.train.batch_size,
+        learning_rate=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=int(np.ceil(cfg.train.warmup_ratio * steps)),
+        max_steps=steps,
+        seed=cfg.train.seed,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        max_grad_norm=cfg.train.max_grad_norm or 0.0,
+        use_cpu=resolve_device(cfg).type == "cpu",
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_split.select_columns(columns),
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
     with PeakRSS() as mem:
         out = trainer.train()
     seconds = out.metrics["train_runtime"]
     device = resolve_device(cfg)
     flops = FlopModel(model, _probe(train_split, device), train=True)
-    preds = evaluate(model, Batches(val_split, cfg.train.eval_batch_size, tokenizer.pad_token_id or 0, shuffle=False),
-                     device, "fp32")
-    return {"examples": len(train_split), "seconds": seconds, "train_flops": sum(flops(b, l) for b, l in shapes),
-            "real_tokens": sum(train_split["length"]), "padded_tokens": sum(b * l for b, l in shapes),
-            "peak_mem_mb": mem.peak, "mem_increase_mb": mem.peak - mem.start,
-            **compute_metrics(cfg.task.metrics, preds, np.asarray(val_split["label"]))}
+    preds = evaluate(
+        model, Batches(val_split, cfg.train.eval_batch_size, tokenizer.pad_token_id or 0, shuffle=False), device, "fp32"
+    )
+    return {
+        "examples": len(train_split),
+        "seconds": seconds,
+        "train_flops": sum(flops(b, n) for b, n in shapes),
+        "real_tokens": sum(train_split["length"]),
+        "padded_tokens": sum(b * n for b, n in shapes),
+        "peak_mem_mb": mem.peak,
+        "mem_increase_mb": mem.peak - mem.start,
+        **compute_metrics(cfg.task.metrics, preds, np.asarray(val_split["label"])),
+    }
 
 
 def _probe(split, device) -> Dict[str, torch.Tensor]:
@@ -141,9 +169,16 @@ def ours(cfg, resolved, train_split, steps: int) -> Dict[str, float]:
     with PeakRSS() as mem:
         m = run_trial(cfg, resolved, run_dir, progress=False)
     assert m["epochs_run"] == 1 and m["n_train"] == len(train_split)
-    return {"examples": m["n_train"], "seconds": m["train_seconds"], "train_flops": m["train_flops"],
-            "real_tokens": m["train_tokens"], "padded_tokens": m["padded_tokens"], "peak_mem_mb": mem.peak,
-            "mem_increase_mb": mem.peak - mem.start, **{k: v for k, v in m["epochs"][-1].items() if k in m["best"]}}
+    return {
+        "examples": m["n_train"],
+        "seconds": m["train_seconds"],
+        "train_flops": m["train_flops"],
+        "real_tokens": m["train_tokens"],
+        "padded_tokens": m["padded_tokens"],
+        "peak_mem_mb": mem.peak,
+        "mem_increase_mb": mem.peak - mem.start,
+        **{k: v for k, v in m["epochs"][-1].items() if k in m["best"]},
+    }
 
 
 def main(argv: List[str]) -> int:
@@ -176,43 +211,71 @@ def trial_throughput(n_steps: int, overrides: List[str]):
     # ours runs one epoch over exactly the examples the baseline sees
     cfg, resolved = compose(["task=mrpc", *overrides, "train.epochs=1", f"data.max_train_samples={n}"])
     device = resolve_device(cfg)
-    data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                          cfg.model.name_or_path, cfg.data.max_length)
+    data = tokenized_glue(
+        cfg.task.name,
+        glue_dir(cfg),
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
     train_split, val_split = take(data["train"], n), take(data["validation"], cfg.data.max_eval_samples)
     steps = -(-len(train_split) // cfg.train.batch_size)
 
     peak = {"fp32": matmul_peak_gflops(torch.float32, device)}
     if native_bf16(device):
         peak["bf16"] = matmul_peak_gflops(torch.bfloat16, device)
-    print(f"device {device}, {torch.get_num_threads()} threads; matmul peak: "
-          + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
-          + ("" if "bf16" in peak else "; bf16 not native on this CPU (emulated, not measured)"))
-    print(f"MRPC, {cfg.model.name}, r={cfg.lora.r} on {','.join(cfg.lora.targets)}, batch {cfg.train.batch_size}, "
-          f"lr {cfg.train.lr:g}, {steps} steps over {len(train_split)} examples, seed {cfg.train.seed}")
-    print("ours differs from the baseline in: batches grouped by length (less padding), backbone dropout "
-          f"{cfg.train.backbone_dropout} (baseline: the checkpoint's 0.1, which also keeps CPU attention off its "
-          "fused kernel), no per-step host sync (the loss is read every 20 steps)")
-    runs = {"baseline (Trainer+peft)": baseline(cfg, train_split, val_split, steps),
-            "ours (sweep.trial)": ours(cfg, resolved, train_split, steps)}
+    print(
+        f"device {device}, {torch.get_num_threads()} threads; matmul peak: "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items())
+        + ("" if "bf16" in peak else "; bf16 not native on this CPU (emulated, not measured)")
+    )
+    print(
+        f"MRPC, {cfg.model.name}, r={cfg.lora.r} on {','.join(cfg.lora.targets)}, batch {cfg.train.batch_size}, "
+        f"lr {cfg.train.lr:g}, {steps} steps over {len(train_split)} examples, seed {cfg.train.seed}"
+    )
+    print(
+        "ours differs from the baseline in: batches grouped by length (less padding), backbone dropout "
+        f"{cfg.train.backbone_dropout} (baseline: the checkpoint's 0.1, which also keeps CPU attention off its "
+        "fused kernel), no per-step host sync (the loss is read every 20 steps)"
+    )
+    runs = {
+        "baseline (Trainer+peft)": baseline(cfg, train_split, val_split, steps),
+        "ours (sweep.trial)": ours(cfg, resolved, train_split, steps),
+    }
     best_peak = max(peak.values())
-    header = f"{'run':<24} {'ex/s':>7} {'real tok/s':>10} {'pad×':>5} {'train FLOPs':>11} {'GFLOP/s':>8} " \
-             f"{'% peak':>7} {'peak MB':>8} {'+MB':>6} {'val acc':>8}"
+    header = (
+        f"{'run':<24} {'ex/s':>7} {'real tok/s':>10} {'pad×':>5} {'train FLOPs':>11} {'GFLOP/s':>8} "
+        f"{'% peak':>7} {'peak MB':>8} {'+MB':>6} {'val acc':>8}"
+    )
     lines = [header]
     for name, r in runs.items():
         gflops = r["train_flops"] / r["seconds"] / 1e9
-        r.update(examples_per_s=r["examples"] / r["seconds"], tokens_per_s=r["real_tokens"] / r["seconds"],
-                 gflops_per_s=gflops, peak_fraction=gflops / best_peak)
-        lines.append(f"{name:<24} {r['examples_per_s']:>7.1f} {r['tokens_per_s']:>10.0f} "
-                     f"{r['padded_tokens'] / r['real_tokens']:>5.2f} {r['train_flops']:>11.3e} {gflops:>8.1f} "
-                     f"{100 * r['peak_fraction']:>6.1f}% {r['peak_mem_mb']:>8.0f} {r['mem_increase_mb']:>6.0f} "
-                     f"{r['accuracy']:>8.4f}")
+        r.update(
+            examples_per_s=r["examples"] / r["seconds"],
+            tokens_per_s=r["real_tokens"] / r["seconds"],
+            gflops_per_s=gflops,
+            peak_fraction=gflops / best_peak,
+        )
+        lines.append(
+            f"{name:<24} {r['examples_per_s']:>7.1f} {r['tokens_per_s']:>10.0f} "
+            f"{r['padded_tokens'] / r['real_tokens']:>5.2f} {r['train_flops']:>11.3e} {gflops:>8.1f} "
+            f"{100 * r['peak_fraction']:>6.1f}% {r['peak_mem_mb']:>8.0f} {r['mem_increase_mb']:>6.0f} "
+            f"{r['accuracy']:>8.4f}"
+        )
     base, us = runs.values()
     ratio = us["examples_per_s"] / base["examples_per_s"]
     lines.append(f"accuracy difference (ours - baseline): {100 * (us['accuracy'] - base['accuracy']):+.2f} points")
     lines.append(f"speed-up: ours / baseline training examples/s = {ratio:.2f}x")
     print("\n".join(lines))
-    return lines, {"runs": runs, "matmul_peak_gflops": peak, "ratio": ratio, "steps": steps, "device": str(device),
-                   "threads": torch.get_num_threads()}
+    return lines, {
+        "runs": runs,
+        "matmul_peak_gflops": peak,
+        "ratio": ratio,
+        "steps": steps,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -39,16 +39,25 @@ def main(args: List[str]) -> int:
         files = write_reports(storage_url(cfg), study_name(cfg), sdir)
         print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
     except Exception as e:  # the results are safe in the study; `make report` can retry
-        print(f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
-              f"retry with `{make_command('report', args)}`")
+        print(
+            f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
+            f"retry with `{make_command('report', args)}`"
+        )
     if p.next is not None:
-        print(f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
-              f"in {run_dir_of(cfg, p.next)}; fix the cause and re-run the same command to retry it", file=sys.stderr)
+        print(
+            f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
+            f"in {run_dir_of(cfg, p.next)}; fix the cause and re-run the same command to retry it",
+            file=sys.stderr,
+        )
         return 1
     study = load_study(storage_url(cfg), study_name(cfg))
     rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
-    print(f"reliability: {rel.text()}" if rel else "reliability: no seed-noise estimate (no configuration has two "
-          "ok seeds), so no gain could be shown significant")
+    print(
+        f"reliability: {rel.text()}"
+        if rel
+        else "reliability: no seed-noise estimate (no configuration has two "
+        "ok seeds), so no gain could be shown significant"
+    )
     print(recommendation_line(p, sdir))
     return 0
 

@@ -61,9 +61,12 @@ def storage_for(url: str, settings: SweepSettings):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=settings.heartbeat_interval,
-                                                  grace_period=settings.grace_period,
-                                                  engine_kwargs={"pool_pre_ping": True})
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=settings.heartbeat_interval,
+                    grace_period=settings.grace_period,
+                    engine_kwargs={"pool_pre_ping": True},
+                )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == SCHEMA_ATTEMPTS - 1:
                 raise
@@ -112,10 +115,17 @@ def claim(study, spec: TrialSpec, user_attrs: dict):
     from optuna.trial import TrialState
 
     token = f"{worker_id()}/{uuid.uuid4().hex[:8]}"
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.RUNNING, params={"r": spec.r, "seed": spec.seed},
-        distributions={"r": IntDistribution(spec.r, spec.r, log=True), "seed": IntDistribution(spec.seed, spec.seed)},
-        user_attrs={**user_attrs, "claim": token}))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            params={"r": spec.r, "seed": spec.seed},
+            distributions={
+                "r": IntDistribution(spec.r, spec.r, log=True),
+                "seed": IntDistribution(spec.seed, spec.seed),
+            },
+            user_attrs={**user_attrs, "claim": token},
+        )
+    )
     holders = [t for t in study.get_trials(deepcopy=False) if _trial_key(t) == key_of(spec) and _holds(t)]
     mine = next(t for t in holders if t.user_attrs.get("claim") == token)
     trial = optuna.trial.Trial(study, mine._trial_id)
@@ -128,15 +138,16 @@ def claim(study, spec: TrialSpec, user_attrs: dict):
     return None
 
 
-def claim_runnable(study, runnable: List[TrialSpec],
-                   attrs_of: Callable[[TrialSpec], dict]) -> Optional[Tuple[object, TrialSpec]]:
+def claim_runnable(
+    study, runnable: List[TrialSpec], attrs_of: Callable[[TrialSpec], dict]
+) -> Optional[Tuple[object, TrialSpec]]:
     """Claim the first of ``runnable`` (a plan's ``runnable``) that no running trial holds; returns
     (trial, spec), or None when every one is held (wait and ask again). Running trials count against
     the plan's list, which ``max_trials`` may have cut, so parallel workers never exceed the cap."""
     from optuna.trial import TrialState
 
     running = [_trial_key(t) for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    free = [s for s in runnable if key_of(s) not in running][:max(0, len(runnable) - len(running))]
+    free = [s for s in runnable if key_of(s) not in running][: max(0, len(runnable) - len(running))]
     for spec in free:
         trial = claim(study, spec, attrs_of(spec))
         if trial is not None:

@@ -114,7 +114,7 @@ def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     if siblings:
-        valid = ", ".join(k[len(parent) + 1:] for k in siblings)
+        valid = ", ".join(k[len(parent) + 1 :] for k in siblings)
         return f"unknown config key '{key}'{hint}; valid keys under '{parent}': {valid}"
     tops = sorted({k.split(".")[0] for k in keys} | set(GROUPS))
     return f"unknown config key '{key}'{hint}; valid top-level keys: {', '.join(tops)}"
@@ -153,21 +153,29 @@ def _check_overrides(overrides: Sequence[str]) -> List[str]:
         except OverrideParseException as e:
             key, eq, value = text.partition("=")
             if not eq or not key:
-                raise UserError(f"cannot parse '{text}': give overrides as key=value, e.g. lora.r=8 "
-                                "(--help shows the command's usage)") from None
+                raise UserError(
+                    f"cannot parse '{text}': give overrides as key=value, e.g. lora.r=8 "
+                    "(--help shows the command's usage)"
+                ) from None
             quoted = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
-            raise UserError(f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
-                            f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}") from None
+            raise UserError(
+                f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
+                f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}"
+            ) from None
         key = ov.key_or_group
         if ov.is_sweep_override():  # Hydra reads key=a,b (or range(…)) as a multirun: one run per value
             value = text.partition("=")[2]
             if key in GROUPS or not ov.is_choice_sweep():
-                raise UserError(f"cannot use override '{text}': it asks for several runs, and a command makes "
-                                f"one; give a single value" + (f" (valid: {', '.join(group_options(key))})"
-                                                              if key in GROUPS else ""))
-            raise UserError(f"cannot use override '{text}': a comma outside brackets or quotes makes it several "
-                            f"runs; for a list write {key}=[{value}] (in a shell, quote the whole override: "
-                            f"'{key}=[{value}]')")
+                raise UserError(
+                    f"cannot use override '{text}': it asks for several runs, and a command makes "
+                    f"one; give a single value"
+                    + (f" (valid: {', '.join(group_options(key))})" if key in GROUPS else "")
+                )
+            raise UserError(
+                f"cannot use override '{text}': a comma outside brackets or quotes makes it several "
+                f"runs; for a list write {key}=[{value}] (in a shell, quote the whole override: "
+                f"'{key}=[{value}]')"
+            )
         if key in GROUPS:
             options = group_options(key)
             value = ov.value()
@@ -276,7 +284,6 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
         print(f"ranksweep: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume",
-              file=sys.stderr)
+        print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -123,16 +123,20 @@ STORAGE_FORMS = "sqlite:////abs/path/study.db or postgresql://user@host/db (also
 
 def _check_name(key: str, value: Any) -> None:
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
-        raise ValueError(f"{key}={value!r} is invalid: it names a folder, so use up to 100 letters, digits, "
-                         "'.', '_' or '-', not starting with '.'")
+        raise ValueError(
+            f"{key}={value!r} is invalid: it names a folder, so use up to 100 letters, digits, "
+            "'.', '_' or '-', not starting with '.'"
+        )
 
 
 def _check_storage(value: Optional[str]) -> None:
     if value is None:
         return
     if not re.fullmatch(r"sqlite:////[^?#]*[^/?#]|postgresql(\+\w+)?://\S+", str(value)):
-        raise ValueError(f"sweep.storage={value!r} is invalid: give {STORAGE_FORMS}, or null for "
-                         "results/<task>/<sweep.name>/study.db")
+        raise ValueError(
+            f"sweep.storage={value!r} is invalid: give {STORAGE_FORMS}, or null for "
+            "results/<task>/<sweep.name>/study.db"
+        )
 
 
 def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool = False) -> None:
@@ -180,13 +184,17 @@ class TaskConfig:
             _check_choice("task.metrics", m, valid)
         _check_choice("task.objective", self.objective, self.metrics)
         if self.regression and len(self.label_names) != 1:
-            raise ValueError(f"task.label_names={list(self.label_names)} is invalid for regression: give one name, "
-                             "the output's (e.g. [score])")
+            raise ValueError(
+                f"task.label_names={list(self.label_names)} is invalid for regression: give one name, "
+                "the output's (e.g. [score])"
+            )
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task.text_fields={list(self.text_fields)} is invalid: give one or two columns")
         if not self.regression and len(self.label_names) < 2:
-            raise ValueError(f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
-                             "least two classes, e.g. [not_equivalent,equivalent]")
+            raise ValueError(
+                f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
+                "least two classes, e.g. [not_equivalent,equivalent]"
+            )
 
     @property
     def regression(self) -> bool:
@@ -261,8 +269,10 @@ class ModelConfig:
             except re.error as e:
                 raise ValueError(f"model.roles.{role}={pattern!r} is not a valid regular expression ({e})") from None
         if self.head is not None and not self.head:
-            raise ValueError("model.head is empty: name the classification head module(s), e.g. [classifier], "
-                             "or null for the family's")
+            raise ValueError(
+                "model.head is empty: name the classification head module(s), e.g. [classifier], "
+                "or null for the family's"
+            )
 
 
 @dataclass
@@ -343,7 +353,9 @@ class TrainSettings:
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio!r} is invalid: it must be in [0, 1)")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
-            raise ValueError(f"train.backbone_dropout={self.backbone_dropout!r} is invalid: it must be in [0, 1) or null")
+            raise ValueError(
+                f"train.backbone_dropout={self.backbone_dropout!r} is invalid: it must be in [0, 1) or null"
+            )
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"train.weight_decay={self.weight_decay!r} is invalid: it must be a finite number >= 0")
         if self.seed < 0:
@@ -436,8 +448,10 @@ class SweepSettings:
     def __post_init__(self) -> None:
         self.mode = _choice_text("sweep.mode", self.mode, SweepMode)
         if self.mode == "grid" and not self.target_sets:
-            raise ValueError("sweep.target_sets is empty: the grid crosses every target set with every rank; "
-                             "give at least one, e.g. [[q,v]]")
+            raise ValueError(
+                "sweep.target_sets is empty: the grid crosses every target set with every rank; "
+                "give at least one, e.g. [[q,v]]"
+            )
         _check_name("sweep.name", self.name)
         _check_storage(self.storage)
         if not self.ranks:
@@ -452,8 +466,10 @@ class SweepSettings:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
         _check_positive("sweep.max_seeds", self.max_seeds, integer=True)
         if self.max_seeds < len(self.seeds):
-            raise ValueError(f"sweep.max_seeds={self.max_seeds} is invalid: it must be at least the number of "
-                             f"sweep.seeds ({len(self.seeds)})")
+            raise ValueError(
+                f"sweep.max_seeds={self.max_seeds} is invalid: it must be at least the number of "
+                f"sweep.seeds ({len(self.seeds)})"
+            )
         _check_positive("sweep.tolerance", self.tolerance)
         if not 0.5 < self.confidence < 1.0:
             raise ValueError(f"sweep.confidence={self.confidence!r} is invalid: it must be in (0.5, 1), e.g. 0.9")
@@ -461,8 +477,10 @@ class SweepSettings:
         _check_positive("sweep.heartbeat_interval", self.heartbeat_interval, integer=True)
         _check_positive("sweep.grace_period", self.grace_period, integer=True)
         if self.grace_period <= self.heartbeat_interval:
-            raise ValueError(f"sweep.grace_period={self.grace_period} is invalid: it must exceed "
-                             f"sweep.heartbeat_interval={self.heartbeat_interval} (a live worker beats within it)")
+            raise ValueError(
+                f"sweep.grace_period={self.grace_period} is invalid: it must exceed "
+                f"sweep.heartbeat_interval={self.heartbeat_interval} (a live worker beats within it)"
+            )
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)

@@ -36,31 +36,46 @@ class TsvLayout:
 #: file name and its layout. MRPC files start with a UTF-8 BOM; MRPC, RTE and STS-B hold `"` inside
 #: sentences (Python's default quoting would merge rows), so every file is read with quoting disabled.
 GLUE_TSV: Dict[str, tuple] = {
-    "mrpc": ("MRPC", {
-        "train": ("train.tsv", TsvLayout(True, (3, 4), 0, 5)),
-        "validation": ("dev.tsv", TsvLayout(True, (3, 4), 0, 5)),
-        "test": ("test.tsv", TsvLayout(True, (3, 4), None, 5)),
-    }),
-    "cola": ("CoLA", {
-        "train": ("train.tsv", TsvLayout(False, (3,), 1, 4)),
-        "validation": ("dev.tsv", TsvLayout(False, (3,), 1, 4)),
-        "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
-    }),
-    "rte": ("RTE", {
-        "train": ("train.tsv", TsvLayout(True, (1, 2), 3, 4)),
-        "validation": ("dev.tsv", TsvLayout(True, (1, 2), 3, 4)),
-        "test": ("test.tsv", TsvLayout(True, (1, 2), None, 3)),
-    }),
-    "stsb": ("STS-B", {
-        "train": ("train.tsv", TsvLayout(True, (7, 8), 9, 10)),
-        "validation": ("dev.tsv", TsvLayout(True, (7, 8), 9, 10)),
-        "test": ("test.tsv", TsvLayout(True, (7, 8), None, 9)),
-    }),
-    "sst2": ("SST-2", {
-        "train": ("train.tsv", TsvLayout(True, (0,), 1, 2)),
-        "validation": ("dev.tsv", TsvLayout(True, (0,), 1, 2)),
-        "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
-    }),
+    "mrpc": (
+        "MRPC",
+        {
+            "train": ("train.tsv", TsvLayout(True, (3, 4), 0, 5)),
+            "validation": ("dev.tsv", TsvLayout(True, (3, 4), 0, 5)),
+            "test": ("test.tsv", TsvLayout(True, (3, 4), None, 5)),
+        },
+    ),
+    "cola": (
+        "CoLA",
+        {
+            "train": ("train.tsv", TsvLayout(False, (3,), 1, 4)),
+            "validation": ("dev.tsv", TsvLayout(False, (3,), 1, 4)),
+            "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
+        },
+    ),
+    "rte": (
+        "RTE",
+        {
+            "train": ("train.tsv", TsvLayout(True, (1, 2), 3, 4)),
+            "validation": ("dev.tsv", TsvLayout(True, (1, 2), 3, 4)),
+            "test": ("test.tsv", TsvLayout(True, (1, 2), None, 3)),
+        },
+    ),
+    "stsb": (
+        "STS-B",
+        {
+            "train": ("train.tsv", TsvLayout(True, (7, 8), 9, 10)),
+            "validation": ("dev.tsv", TsvLayout(True, (7, 8), 9, 10)),
+            "test": ("test.tsv", TsvLayout(True, (7, 8), None, 9)),
+        },
+    ),
+    "sst2": (
+        "SST-2",
+        {
+            "train": ("train.tsv", TsvLayout(True, (0,), 1, 2)),
+            "validation": ("dev.tsv", TsvLayout(True, (0,), 1, 2)),
+            "test": ("test.tsv", TsvLayout(True, (1,), None, 2)),
+        },
+    ),
 }
 #: tasks whose label is a float score (regression), not a class
 SCORE_TASKS = ("stsb",)
@@ -96,8 +111,9 @@ def _read_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score: 
     try:
         return _parse_tsv(path, layout, label_names, score)
     except UnicodeDecodeError as e:
-        raise UserError(f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original "
-                        "GLUE TSV files") from None
+        raise UserError(
+            f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original GLUE TSV files"
+        ) from None
 
 
 def _parse_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score: bool) -> tuple:
@@ -118,8 +134,10 @@ def _parse_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score:
             label = -1 if layout.label_column is None else _parse_label(row[layout.label_column], label_names, score)
             if label is None:
                 expected = "a number" if score else " or ".join([*map(str, range(len(label_names))), *label_names])
-                raise UserError(f"malformed GLUE file {path}, line {lineno}: label {row[layout.label_column]!r}, "
-                                f"expected {expected}")
+                raise UserError(
+                    f"malformed GLUE file {path}, line {lineno}: label {row[layout.label_column]!r}, "
+                    f"expected {expected}"
+                )
             labels.append(label)
     return texts, labels
 
@@ -146,9 +164,11 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     import datasets
 
     if data_dir is None:
-        return from_hub(lambda: datasets.load_dataset("nyu-mll/glue", task), f"GLUE {task} (nyu-mll/glue)",
-                        "point data.dir or GLUE_DIR at a local GLUE TSV directory (make uses ../shared/data/glue "
-                        "when it exists)")
+        return from_hub(
+            lambda: datasets.load_dataset("nyu-mll/glue", task),
+            f"GLUE {task} (nyu-mll/glue)",
+            "point data.dir or GLUE_DIR at a local GLUE TSV directory (make uses ../shared/data/glue when it exists)",
+        )
     if task not in GLUE_TSV:
         raise UserError(f"no local TSV reader for GLUE task '{task}'; local readers: {', '.join(GLUE_TSV)}")
     root = Path(data_dir).expanduser()
@@ -156,31 +176,39 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
         raise UserError(f"data.dir {root} is not a directory; it should hold {GLUE_TSV[task][0]}/train.tsv, dev.tsv")
     task_dir = _task_dir(root, task)
     score = task in SCORE_TASKS
-    features = datasets.Features({
-        **{name: datasets.Value("string") for name in text_fields},
-        "label": datasets.Value("float32") if score else datasets.ClassLabel(names=list(label_names)),
-        "idx": datasets.Value("int32"),
-    })
+    features = datasets.Features(
+        {
+            **{name: datasets.Value("string") for name in text_fields},
+            "label": datasets.Value("float32") if score else datasets.ClassLabel(names=list(label_names)),
+            "idx": datasets.Value("int32"),
+        }
+    )
     splits = {}
     for split, (filename, layout) in GLUE_TSV[task][1].items():
         path = task_dir / filename
         if not path.is_file():
             if split == "test":
                 continue
-            raise UserError(f"GLUE file {path} is missing; {task_dir} should hold "
-                            f"{', '.join(f for f, _ in GLUE_TSV[task][1].values())}")
+            raise UserError(
+                f"GLUE file {path} is missing; {task_dir} should hold "
+                f"{', '.join(f for f, _ in GLUE_TSV[task][1].values())}"
+            )
         texts, labels = _read_tsv(path, layout, label_names, score)
         if not labels and split != "test":
-            raise UserError(f"GLUE file {path} holds no examples" + (" (only its header line)" if layout.header else "")
-                            + f"; {task_dir} should hold the complete {split} split")
+            raise UserError(
+                f"GLUE file {path} holds no examples"
+                + (" (only its header line)" if layout.header else "")
+                + f"; {task_dir} should hold the complete {split} split"
+            )
         columns = dict(zip(text_fields, texts), label=labels, idx=list(range(len(labels))))
         splits[split] = datasets.Dataset.from_dict(columns, features=features)
     return datasets.DatasetDict(splits)
 
 
 @functools.lru_cache(maxsize=4)
-def tokenized_glue(task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple,
-                   tokenizer_path: str, max_length: int):
+def tokenized_glue(
+    task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple, tokenizer_path: str, max_length: int
+):
     """``load_glue`` tokenised once per process and cached, so the trials of a sweep share it.
 
     Adds ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer makes them) and
@@ -221,8 +249,9 @@ class Batches:
     class ids (int64), or float scores for regression (``regression`` is then True).
     """
 
-    def __init__(self, split, batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int = 0,
-                 group_by_length: bool = True):
+    def __init__(
+        self, split, batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int = 0, group_by_length: bool = True
+    ):
         self.columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in split.column_names]
         # one tensor per example, made once: a batch is then a single pad_sequence, not a Python loop
         self.features = {c: [torch.tensor(x) for x in split[c]] for c in self.columns}
@@ -253,17 +282,24 @@ class Batches:
     def shapes(self, epoch: int = 0) -> List[tuple]:
         """(batch size, padded length) of every batch of ``epoch``, without building the batches."""
         order = self.order(epoch)
-        return [(len(rows), max(self.lengths[i] for i in rows))
-                for rows in (order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size))]
+        return [
+            (len(rows), max(self.lengths[i] for i in rows))
+            for rows in (order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size))
+        ]
 
     def epoch(self, epoch: int = 0) -> Iterator[Dict[str, torch.Tensor]]:
         """Yield the batches of one epoch; each also carries ``index`` (batch,), the examples' rows."""
         order = self.order(epoch)
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            batch = {c: pad_sequence([self.features[c][i] for i in rows], batch_first=True,
-                                     padding_value=self.pad_token_id if c == "input_ids" else 0)
-                     for c in self.columns}
+            rows = order[start : start + self.batch_size]
+            batch = {
+                c: pad_sequence(
+                    [self.features[c][i] for i in rows],
+                    batch_first=True,
+                    padding_value=self.pad_token_id if c == "input_ids" else 0,
+                )
+                for c in self.columns
+            }
             batch["labels"] = self.labels[rows]
             batch["index"] = torch.tensor(rows)
             yield batch

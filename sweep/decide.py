@@ -241,7 +241,7 @@ def pooled_sd(stats: Sequence[Stats]) -> Tuple[Optional[float], int]:
     dof = sum(s.n - 1 for s in stats if s.sd is not None)
     if dof == 0:
         return None, 0
-    return math.sqrt(sum((s.n - 1) * s.sd ** 2 for s in stats if s.sd is not None) / dof), dof
+    return math.sqrt(sum((s.n - 1) * s.sd**2 for s in stats if s.sd is not None) / dof), dof
 
 
 @lru_cache(maxsize=None)
@@ -270,8 +270,10 @@ def detectable_gain(sd: float, dof: int, n: int, confidence: float) -> float:
 def _bounds_text(c: Comparison, confidence: float) -> str:
     if c.se is None:
         return "no seed-noise estimate yet (no configuration has two ok seeds)"
-    return (f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
-            f"over {c.dof} d.f., SE {c.se:.2f}")
+    return (
+        f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
+        f"over {c.dof} d.f., SE {c.se:.2f}"
+    )
 
 
 def _numbers(c: Comparison) -> Dict[str, float]:
@@ -287,9 +289,13 @@ def _stats_text(s: Stats) -> str:
     return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
 
 
-def recommend(evaluated: Sequence[ConfigKey], stats: Mapping[ConfigKey, Optional[Stats]],
-              params: Mapping[ConfigKey, int], flops: Mapping[ConfigKey, float],
-              settings: SweepSettings) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
+def recommend(
+    evaluated: Sequence[ConfigKey],
+    stats: Mapping[ConfigKey, Optional[Stats]],
+    params: Mapping[ConfigKey, int],
+    flops: Mapping[ConfigKey, float],
+    settings: SweepSettings,
+) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
     """The cheapest configuration shown to be within ``settings.tolerance`` points of the best.
 
     Among ``evaluated`` configurations with stats, the best has the highest mean (fewer trainable
@@ -314,16 +320,25 @@ def recommend(evaluated: Sequence[ConfigKey], stats: Mapping[ConfigKey, Optional
             pick = c
             break
     if pick == best:
-        why = (f"the best configuration ({_stats_text(stats[best])}); no cheaper configuration is shown to be "
-               f"within sweep.tolerance={tol:g} points of it")
+        why = (
+            f"the best configuration ({_stats_text(stats[best])}); no cheaper configuration is shown to be "
+            f"within sweep.tolerance={tol:g} points of it"
+        )
         numbers = {"mean": stats[best].mean, "trainable_params": params.get(best, 0)}
     else:
-        why = (f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
-               f"{_fmt(best)} is ahead by {cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) "
-               f"with {params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and the upper bound "
-               f"of that gap is {cmp.high:.2f} < {tol:g} ({_bounds_text(cmp, settings.confidence)})")
-        numbers = {"mean": stats[pick].mean, "best_mean": stats[best].mean, "trainable_params": params.get(pick, 0),
-                   "best_trainable_params": params.get(best, 0), **_numbers(cmp)}
+        why = (
+            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
+            f"{_fmt(best)} is ahead by {cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) "
+            f"with {params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and the upper bound "
+            f"of that gap is {cmp.high:.2f} < {tol:g} ({_bounds_text(cmp, settings.confidence)})"
+        )
+        numbers = {
+            "mean": stats[pick].mean,
+            "best_mean": stats[best].mean,
+            "trainable_params": params.get(pick, 0),
+            "best_trainable_params": params.get(best, 0),
+            **_numbers(cmp),
+        }
     return pick, Decision("recommend", "final", pick[0], pick[1], why, numbers)
 
 
@@ -355,7 +370,7 @@ class _Replay:
         """``aggregate`` stats over the seeds asked for so far (memoised: a replay asks for them often)."""
         key = (cfg, self.asked.get(cfg, 0))
         if key not in self._stats:
-            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[:key[1]]).get(cfg)
+            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg)
             self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
@@ -385,8 +400,14 @@ class _Replay:
             why = f"trial hours: {seconds / 3600:.2f} ≥ sweep.max_hours={s.max_hours:g}"
         if why is None:
             return None
-        return Decision("budget", "final", None, None, f"compute cap reached ({why}); stopping cleanly",
-                        {"trials": n, "train_flops": flops, "seconds": seconds})
+        return Decision(
+            "budget",
+            "final",
+            None,
+            None,
+            f"compute cap reached ({why}); stopping cleanly",
+            {"trials": n, "train_flops": flops, "seconds": seconds},
+        )
 
     def pending(self, specs: List[TrialSpec]) -> Plan:
         """The trials to run next, unless the compute cap forbids them; at most as many as
@@ -394,14 +415,19 @@ class _Replay:
         stop = self.budget_exceeded()
         if stop is None:
             if self.s.max_trials is not None:
-                specs = specs[:self.s.max_trials - len(self.outcomes)]
+                specs = specs[: self.s.max_trials - len(self.outcomes)]
             return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
-        cut = "; ".join(f"{_fmt((r, t))} seed(s) {', '.join(str(x.seed) for x in specs if (x.r, x.targets) == (r, t))}"
-                        for r, t in dict.fromkeys((x.r, x.targets) for x in specs))
+        cut = "; ".join(
+            f"{_fmt((r, t))} seed(s) {', '.join(str(x.seed) for x in specs if (x.r, x.targets) == (r, t))}"
+            for r, t in dict.fromkeys((x.r, x.targets) for x in specs)
+        )
         last = next((d for d in reversed(self.decisions) if d.action == "more-seeds"), None)
         during = f" to settle: {last.reason}" if last is not None and self.decisions[-1] is last else ""
-        self.decisions.append(dataclasses.replace(
-            stop, reason=f"{stop.reason}; cut off: the {specs[0].stage} stage still needed {cut}{during}"))
+        self.decisions.append(
+            dataclasses.replace(
+                stop, reason=f"{stop.reason}; cut off: the {specs[0].stage} stage still needed {cut}{during}"
+            )
+        )
         return self.finish("budget")
 
     def finish(self, stop_reason: str) -> Plan:
@@ -409,8 +435,11 @@ class _Replay:
         pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s)
         if decision is not None:
             if stop_reason == "budget":
-                decision = dataclasses.replace(decision, reason="provisional, the compute cap stopped the sweep "
-                                               f"before the procedure ended: {decision.reason}")
+                decision = dataclasses.replace(
+                    decision,
+                    reason="provisional, the compute cap stopped the sweep "
+                    f"before the procedure ended: {decision.reason}",
+                )
             self.decisions.append(decision)
         return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
 
@@ -436,35 +465,57 @@ class _Replay:
             if self.asked[side] >= len(self.seeds):
                 side = ref if side == cfg else cfg
             if self.asked[side] >= len(self.seeds):
-                return (False, c, f"undecided at the seed limit (sweep.max_seeds={s.max_seeds}): "
-                        "not a significant gain")
-            self.decisions.append(Decision(
-                "more-seeds", stage, side[0], side[1],
-                f"{_fmt(cfg)} vs {_fmt(ref)} undecided: gain {c.gain:+.2f}, {_bounds_text(c, s.confidence)}; "
-                f"neither above 0 nor below sweep.tolerance={s.tolerance:g}: seed {self.asked[side] + 1} of "
-                f"{_fmt(side)}", _numbers(c)))
+                return (
+                    False,
+                    c,
+                    f"undecided at the seed limit (sweep.max_seeds={s.max_seeds}): not a significant gain",
+                )
+            self.decisions.append(
+                Decision(
+                    "more-seeds",
+                    stage,
+                    side[0],
+                    side[1],
+                    f"{_fmt(cfg)} vs {_fmt(ref)} undecided: gain {c.gain:+.2f}, {_bounds_text(c, s.confidence)}; "
+                    f"neither above 0 nor below sweep.tolerance={s.tolerance:g}: seed {self.asked[side] + 1} of "
+                    f"{_fmt(side)}",
+                    _numbers(c),
+                )
+            )
             self.ask(side, self.asked[side] + 1, stage)
 
     def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: str) -> Tuple[Optional[ConfigKey], bool]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
         st = self.evaluate(cfg, stage)
         if st is None:
-            self.decisions.append(Decision("failed", stage, cfg[0], cfg[1],
-                                           "every seed diverged: not comparable, counts as no gain"))
+            self.decisions.append(
+                Decision("failed", stage, cfg[0], cfg[1], "every seed diverged: not comparable, counts as no gain")
+            )
             return ref, False
         if ref is None:
-            self.decisions.append(Decision("start", stage, cfg[0], cfg[1], f"first result: {_stats_text(st)}",
-                                           {"mean": st.mean, **({"sd": st.sd} if st.sd is not None else {})}))
+            self.decisions.append(
+                Decision(
+                    "start",
+                    stage,
+                    cfg[0],
+                    cfg[1],
+                    f"first result: {_stats_text(st)}",
+                    {"mean": st.mean, **({"sd": st.sd} if st.sd is not None else {})},
+                )
+            )
             return cfg, True
         gained, c, why = self.race(ref, cfg, stage)
-        text = (f"{_stats_text(self.stats(cfg))} vs {_fmt(ref)} {_stats_text(self.stats(ref))}: gain {c.gain:+.2f}, "
-                f"{_bounds_text(c, self.s.confidence)}; {why}")
+        text = (
+            f"{_stats_text(self.stats(cfg))} vs {_fmt(ref)} {_stats_text(self.stats(ref))}: gain {c.gain:+.2f}, "
+            f"{_bounds_text(c, self.s.confidence)}; {why}"
+        )
         action = ("continue" if stage == "rank" else "widen") if gained else "no-gain"
         self.decisions.append(Decision(action, stage, cfg[0], cfg[1], text, _numbers(c)))
         return (cfg, True) if gained else (ref, False)
 
-    def climb(self, configs: Sequence[ConfigKey], ref: Optional[ConfigKey],
-              stage: str) -> Tuple[Optional[ConfigKey], bool]:
+    def climb(
+        self, configs: Sequence[ConfigKey], ref: Optional[ConfigKey], stage: str
+    ) -> Tuple[Optional[ConfigKey], bool]:
         """Evaluate ``configs`` in order, each against the best so far, until ``patience`` steps past the
         best bring no gain (rank doublings on the rank stage, target sets on the targets stage).
         Returns (best so far, whether a plateau was declared)."""
@@ -477,10 +528,16 @@ class _Replay:
             past = math.log2(cfg[0] / ref[0]) if stage == "rank" else misses
             if not gained and past >= self.s.patience:
                 unit = "rank doubling(s)" if stage == "rank" else "wider target set(s) in a row"
-                self.decisions.append(Decision(
-                    "plateau", stage, ref[0], ref[1],
-                    f"{past:g} {unit} past {_fmt(ref)} without a significant gain (sweep.patience={self.s.patience}); "
-                    f"best so far: {_fmt(ref)}"))
+                self.decisions.append(
+                    Decision(
+                        "plateau",
+                        stage,
+                        ref[0],
+                        ref[1],
+                        f"{past:g} {unit} past {_fmt(ref)} without a significant gain (sweep.patience={self.s.patience}); "
+                        f"best so far: {_fmt(ref)}",
+                    )
+                )
                 return ref, True
         return ref, False
 
@@ -489,28 +546,59 @@ class _Replay:
         start = targets_key(s.start_targets)
         ref, plateaued = self.climb([(r, start) for r in s.ranks], None, "rank")
         if not plateaued:
-            self.decisions.append(Decision("ranks-exhausted", "rank", ref[0] if ref else None, start,
-                                           f"sweep.ranks ended at r={s.ranks[-1]} before {s.patience} rank doubling(s) "
-                                           "without a significant gain"))
+            self.decisions.append(
+                Decision(
+                    "ranks-exhausted",
+                    "rank",
+                    ref[0] if ref else None,
+                    start,
+                    f"sweep.ranks ended at r={s.ranks[-1]} before {s.patience} rank doubling(s) "
+                    "without a significant gain",
+                )
+            )
         if ref is None:
             return self.finish("no successful trial")
         if ref[0] > s.escalate_max_r:
-            self.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
-                                           f"the plateau rank {ref[0]} is above sweep.escalate_max_r={s.escalate_max_r}: "
-                                           "not a low rank, so no wider target sets are tried"))
+            self.decisions.append(
+                Decision(
+                    "no-escalation",
+                    "targets",
+                    ref[0],
+                    ref[1],
+                    f"the plateau rank {ref[0]} is above sweep.escalate_max_r={s.escalate_max_r}: "
+                    "not a low rank, so no wider target sets are tried",
+                )
+            )
             return self.finish("plateau")
-        wider = sorted(dict.fromkeys(targets_key(t) for t in s.target_sets
-                                     if params_per_rank[targets_key(t)] > params_per_rank[start]),
-                       key=lambda t: params_per_rank[t])
+        wider = sorted(
+            dict.fromkeys(
+                targets_key(t) for t in s.target_sets if params_per_rank[targets_key(t)] > params_per_rank[start]
+            ),
+            key=lambda t: params_per_rank[t],
+        )
         if not wider:
-            self.decisions.append(Decision("no-escalation", "targets", ref[0], ref[1],
-                                           "sweep.target_sets holds no set that adapts more than the start targets"))
+            self.decisions.append(
+                Decision(
+                    "no-escalation",
+                    "targets",
+                    ref[0],
+                    ref[1],
+                    "sweep.target_sets holds no set that adapts more than the start targets",
+                )
+            )
             return self.finish("plateau")
         rank = ref[0]
-        self.decisions.append(Decision("escalate", "targets", rank, start,
-                                       f"r={rank} is a low rank (≤ {s.escalate_max_r}): trying more target matrices at "
-                                       f"r={rank}, cheapest first: {' | '.join(wider)}",
-                                       {f"lora_params[{t}]": rank * params_per_rank[t] for t in wider}))
+        self.decisions.append(
+            Decision(
+                "escalate",
+                "targets",
+                rank,
+                start,
+                f"r={rank} is a low rank (≤ {s.escalate_max_r}): trying more target matrices at "
+                f"r={rank}, cheapest first: {' | '.join(wider)}",
+                {f"lora_params[{t}]": rank * params_per_rank[t] for t in wider},
+            )
+        )
         self.climb([(rank, t) for t in wider], ref, "targets")
         return self.finish("plateau")
 
@@ -522,13 +610,20 @@ class _Replay:
         self.evaluated.extend(grid)
         if missing:
             return self.pending(missing)
-        self.decisions.append(Decision("grid", "grid", None, None, f"all {len(grid)} configurations × "
-                                       f"{len(self.s.seeds)} seed(s) are done", {"configurations": len(grid)}))
+        self.decisions.append(
+            Decision(
+                "grid",
+                "grid",
+                None,
+                None,
+                f"all {len(grid)} configurations × {len(self.s.seeds)} seed(s) are done",
+                {"configurations": len(grid)},
+            )
+        )
         return self.finish("grid complete")
 
 
-def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome],
-                     params_per_rank: Mapping[str, int]) -> Plan:
+def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
     """Replay the progressive procedure over ``outcomes`` and say what comes next.
 
     Args:

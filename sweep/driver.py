@@ -24,11 +24,11 @@ from typing import Dict, List, Set, Tuple
 from omegaconf import OmegaConf
 
 from sweep import claims
-from sweep.errors import UserError
-from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, tokenized_glue
 from sweep.decide import Plan, TrialSpec, plan
+from sweep.errors import UserError
+from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
 from sweep.study import RESULT_ATTRS, open_study, outcomes, sqlite_path, storage_url, study_name
 from sweep.trial import check_training_steps, run_trial, trial_name
@@ -55,16 +55,26 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
 
     base = load_base_model(cfg.model, cfg.task.label_names)
     model_cfg = with_family(cfg.model, base.config.model_type)
-    check_limits(base, load_tokenizer(cfg.model.name_or_path), model_cfg, target_sets=list(target_sets(cfg).values()),
-                 r=max(cfg.sweep.ranks), r_key="sweep.ranks", max_length=cfg.data.max_length,
-                 n_texts=len(cfg.task.text_fields))
+    check_limits(
+        base,
+        load_tokenizer(cfg.model.name_or_path),
+        model_cfg,
+        target_sets=list(target_sets(cfg).values()),
+        r=max(cfg.sweep.ranks),
+        r_key="sweep.ranks",
+        max_length=cfg.data.max_length,
+        n_texts=len(cfg.task.text_fields),
+    )
     return {key: lora_param_count(base, targets, model_cfg, 1) for key, targets in target_sets(cfg).items()}
 
 
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
-    tcfg = dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
-                               train=dataclasses.replace(cfg.train, seed=spec.seed))
+    tcfg = dataclasses.replace(
+        cfg,
+        lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
+        train=dataclasses.replace(cfg.train, seed=spec.seed),
+    )
     return tcfg, resolved_config(tcfg)
 
 
@@ -78,8 +88,16 @@ def run_dir_of(cfg: Config, spec: TrialSpec) -> Path:
     return _run_dir(cfg, trial_config(cfg, spec, target_sets(cfg)[spec.targets])[0])
 
 
-def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, progress: bool, log,
-             reported: Set[int] = frozenset()) -> dict:
+def _execute(
+    study,
+    trial,
+    spec: TrialSpec,
+    targets: List[str],
+    cfg: Config,
+    progress: bool,
+    log,
+    reported: Set[int] = frozenset(),
+) -> dict:
     """Run (or resume, or read back) one trial, report each epoch's validation objective as an
     intermediate value (``reported``: epochs the trial already has), and tell the study its result. A
     finished trial of another sweep with the same resolved configuration is read back
@@ -107,8 +125,10 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
     if m is None:
         m = reuse_finished(results_root(cfg) / cfg.task.name, tresolved, run_dir)  # the result line names the source
         if m is None and (run_dir / CHECKPOINT).is_file():
-            log(f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
-                f"checkpoint in {run_dir}")
+            log(
+                f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "
+                f"checkpoint in {run_dir}"
+            )
     if m is None:
         try:
             m = run_trial(tcfg, tresolved, run_dir, progress=progress, on_epoch=report)
@@ -129,16 +149,24 @@ def _execute(study, trial, spec: TrialSpec, targets: List[str], cfg: Config, pro
         else:
             study.tell(trial, state=TrialState.FAIL)
     except UpdateFinishedTrialError:  # our heartbeats stopped long enough for another worker to take over
-        return {"status": "abandoned", "reason": f"no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
-                                                 "so another worker took the trial over"}
+        return {
+            "status": "abandoned",
+            "reason": f"no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
+            "so another worker took the trial over",
+        }
     return m
 
 
 def _attrs(cfg: Config, spec: TrialSpec, targets: List[str]) -> dict:
     """The user attributes that store a trial's configuration, ``spec`` first."""
     tcfg, _ = trial_config(cfg, spec, targets)
-    return {"spec": dataclasses.asdict(spec), "targets": list(targets), "targets_key": spec.targets,
-            "stage": spec.stage, "run_dir": str(_run_dir(cfg, tcfg))}
+    return {
+        "spec": dataclasses.asdict(spec),
+        "targets": list(targets),
+        "targets_key": spec.targets,
+        "stage": spec.stage,
+        "run_dir": str(_run_dir(cfg, tcfg)),
+    }
 
 
 def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
@@ -151,13 +179,17 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
 
 
 def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str, attempt: int = 1) -> str:
-    head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (f" (attempt {attempt})" if attempt > 1 else "")
+    head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (
+        f" (attempt {attempt})" if attempt > 1 else ""
+    )
     reused = f" (reused from {m['reused_from']})" if m.get("reused_from") else ""
     if m["status"] != "ok":
         return f"{head}: {m['status']} ({m.get('reason')}){reused}"
-    return (f"{head}: {objective} {m['objective_value']:.4f} | "
-            f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
-            f"{m['train_seconds'] + m['eval_seconds']:.0f} s{reused}")
+    return (
+        f"{head}: {objective} {m['objective_value']:.4f} | "
+        f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
+        f"{m['train_seconds'] + m['eval_seconds']:.0f} s{reused}"
+    )
 
 
 def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: bool = True, log=print) -> Plan:
@@ -183,8 +215,14 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
     per_rank = params_per_rank(cfg)
-    data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                          cfg.model.name_or_path, cfg.data.max_length)  # also tokenises once for every trial
+    data = tokenized_glue(
+        cfg.task.name,
+        glue_dir(cfg),
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )  # also tokenises once for every trial
     check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
     shared = claims.is_shared(storage_url(cfg))
     with nullcontext() if shared else sweep_lock(sdir):
@@ -193,8 +231,10 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         sdir.mkdir(parents=True, exist_ok=True)
         study.set_user_attr("target_costs", per_rank)
         (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        log(f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
-            + (f", worker {claims.worker_id()}" if shared else ""))
+        log(
+            f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
+            + (f", worker {claims.worker_id()}" if shared else "")
+        )
         blank, crashed = ([], []) if shared else _finish_orphans(study, cfg, progress, log)
         printed = 0
         while True:
@@ -221,8 +261,10 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
                 _start(trial, spec, sets[spec.targets], cfg)
             earlier = crashed_attempts(study, spec)
             if earlier:
-                log(f"retrying r={spec.r} {spec.targets} seed={spec.seed}: attempt {len(earlier) + 1} "
-                    f"(attempt {len(earlier)} crashed: {earlier[-1]})")
+                log(
+                    f"retrying r={spec.r} {spec.targets} seed={spec.seed}: attempt {len(earlier) + 1} "
+                    f"(attempt {len(earlier)} crashed: {earlier[-1]})"
+                )
             with claims.heartbeat(trial):
                 m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
             log(_trial_line(trial.number, spec, m, cfg.task.objective, len(earlier) + 1))
@@ -257,8 +299,8 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
     compute cap cut the procedure short) and where the results are."""
     if p.recommendation:
         r, t = p.recommendation
-        provisional = "; provisional: the compute cap cut the procedure short, see report.md" \
-            if p.stop_reason == "budget" else ""
+        provisional = (
+            "; provisional: the compute cap cut the procedure short, see report.md" if p.stop_reason == "budget" else ""
+        )
         return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
-

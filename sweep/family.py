@@ -10,9 +10,9 @@ from typing import Dict
 
 from omegaconf import OmegaConf
 
+from sweep.config import FamilyConfig, ModelConfig
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
-from sweep.config import FamilyConfig, ModelConfig
 
 FAMILY_DIR = CONF_DIR / "family"
 
@@ -48,9 +48,16 @@ def with_family(model_cfg: ModelConfig, model_type: str) -> ModelConfig:
     if name is None:
         if model_cfg.roles and model_cfg.head:
             return model_cfg
-        raise UserError(f"model '{model_cfg.name}' has model_type '{model_type}', which no family in conf/family/ "
-                        f"lists ({', '.join(known)}); set model.family=<one of them> if its module names match, "
-                        "or give model.roles.<role>=<regex> and model.head=[<head modules>]")
+        raise UserError(
+            f"model '{model_cfg.name}' has model_type '{model_type}', which no family in conf/family/ "
+            f"lists ({', '.join(known)}); set model.family=<one of them> if its module names match, "
+            "or give model.roles.<role>=<regex> and model.head=[<head modules>]"
+        )
     family = known[name]
-    return dataclasses.replace(model_cfg, family=name, roles={**family.roles, **model_cfg.roles},
-                               head=list(model_cfg.head or family.head), fused={**family.fused, **model_cfg.fused})
+    return dataclasses.replace(
+        model_cfg,
+        family=name,
+        roles={**family.roles, **model_cfg.roles},
+        head=list(model_cfg.head or family.head),
+        fused={**family.fused, **model_cfg.fused},
+    )

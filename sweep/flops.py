@@ -54,21 +54,32 @@ class FlopModel:
     batch (the tests check this against direct counts).
     """
 
-    def __init__(self, model: torch.nn.Module, example: Dict[str, torch.Tensor], *, train: bool,
-                 probe_lengths: Sequence[int] = (8, 16, 32)):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        example: Dict[str, torch.Tensor],
+        *,
+        train: bool,
+        probe_lengths: Sequence[int] = (8, 16, 32),
+    ):
         was_training = model.training
         model.train(train)
         counts = []
         cuda = [v.device for v in example.values() if v.is_cuda][:1]
         with torch.random.fork_rng(devices=cuda):
             for length in probe_lengths:
-                inputs = {k: v[:1, :1].expand(1, length).contiguous() for k, v in example.items()
-                          if k in ("input_ids", "token_type_ids", "attention_mask")}
+                inputs = {
+                    k: v[:1, :1].expand(1, length).contiguous()
+                    for k, v in example.items()
+                    if k in ("input_ids", "token_type_ids", "attention_mask")
+                }
                 if train:
-                    counts.append(count_flops(lambda: model(**inputs, labels=example["labels"][:1]).loss.backward()))
+                    counts.append(
+                        count_flops(lambda inputs=inputs: model(**inputs, labels=example["labels"][:1]).loss.backward())
+                    )
                 else:
                     with torch.no_grad():
-                        counts.append(count_flops(lambda: model(**inputs)))
+                        counts.append(count_flops(lambda inputs=inputs: model(**inputs)))
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         lengths = np.asarray(probe_lengths, dtype=float)

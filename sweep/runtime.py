@@ -9,8 +9,8 @@ from typing import Dict
 
 import torch
 
-from sweep.errors import UserError
 from sweep.config import Config
+from sweep.errors import UserError
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -50,9 +50,14 @@ def library_versions() -> Dict[str, str]:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "datasets": datasets.__version__, "optuna": optuna.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "datasets": datasets.__version__,
+        "optuna": optuna.__version__,
+    }
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -20,17 +20,39 @@ from pathlib import Path
 from typing import List
 
 from sweep.claims import storage_for
-from sweep.errors import UserError
-from sweep.paths import sweep_dir
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
+from sweep.errors import UserError
+from sweep.paths import sweep_dir
 from sweep.resume import check_fingerprint, run_fingerprint
 
 #: metrics.json keys copied onto the Optuna trial as user attributes
-RESULT_ATTRS = ("status", "reason", "objective", "objective_value", "best", "best_epoch", "lora_alpha", "scaling",
-                "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct",
-                "train_flops", "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb",
-                "majority_baseline", "train_tokens", "n_train", "n_eval", "reused_from")
+RESULT_ATTRS = (
+    "status",
+    "reason",
+    "objective",
+    "objective_value",
+    "best",
+    "best_epoch",
+    "lora_alpha",
+    "scaling",
+    "lora_params",
+    "head_params",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_flops",
+    "eval_flops",
+    "train_seconds",
+    "eval_seconds",
+    "peak_mem_mb",
+    "majority_baseline",
+    "train_tokens",
+    "n_train",
+    "n_eval",
+    "reused_from",
+)
+
 
 def storage_url(cfg: Config) -> str:
     """``sweep.storage`` or SQLite at ``results/<task>/<sweep.name>/study.db`` (absolute path; the
@@ -39,7 +61,7 @@ def storage_url(cfg: Config) -> str:
     from sqlalchemy.engine import URL
 
     url = cfg.sweep.storage or URL.create("sqlite", database=str(sweep_dir(cfg) / "study.db")).render_as_string()
-    return "postgresql+psycopg://" + url[len("postgresql://"):] if url.startswith("postgresql://") else url
+    return "postgresql+psycopg://" + url[len("postgresql://") :] if url.startswith("postgresql://") else url
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -78,12 +100,15 @@ def open_study(cfg: Config, resolved):
     try:
         if sqlite_path(url):
             sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
-        study = optuna.create_study(storage=storage_for(url, cfg.sweep), study_name=name, direction="maximize",
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            storage=storage_for(url, cfg.sweep), study_name=name, direction="maximize", load_if_exists=True
+        )
     except UserError:
         raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
-        raise UserError(f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(
+            f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+        ) from None
     check_fingerprint(study, cfg, new)
     # this run's decisions replace the stored ones; until it ends there is no final answer
     study.set_user_attr("stop_reason", None)
@@ -140,9 +165,16 @@ def outcomes(study) -> List[Outcome]:
         if "targets_key" not in a or "r" not in t.params or (t.state == TrialState.FAIL and "status" not in a):
             continue
         status = a.get("status", "ok")
-        out.append(Outcome(
-            r=int(t.params["r"]), targets=a["targets_key"], seed=int(t.params["seed"]), status=status,
-            objective=t.value if t.state == TrialState.COMPLETE else None,
-            trainable_params=int(a.get("trainable_params") or 0), train_flops=float(a.get("train_flops") or 0),
-            seconds=float(a.get("train_seconds") or 0) + float(a.get("eval_seconds") or 0)))
+        out.append(
+            Outcome(
+                r=int(t.params["r"]),
+                targets=a["targets_key"],
+                seed=int(t.params["seed"]),
+                status=status,
+                objective=t.value if t.state == TrialState.COMPLETE else None,
+                trainable_params=int(a.get("trainable_params") or 0),
+                train_flops=float(a.get("train_flops") or 0),
+                seconds=float(a.get("train_seconds") or 0) + float(a.get("eval_seconds") or 0),
+            )
+        )
     return out

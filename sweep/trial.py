@@ -28,15 +28,24 @@ import torch
 from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
-from sweep.errors import UserError
-from sweep.paths import glue_dir, results_root
 from sweep.config import Config
 from sweep.data import Batches, take, tokenized_glue
+from sweep.errors import UserError
 from sweep.family import with_family
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
-from sweep.modeling import (apply_lora, check_limits, load_base_model, load_tokenizer, local_model_path,
-                            parameter_counts, portable_base_id, set_backbone_dropout, trainable_state)
+from sweep.modeling import (
+    apply_lora,
+    check_limits,
+    load_base_model,
+    load_tokenizer,
+    local_model_path,
+    parameter_counts,
+    portable_base_id,
+    set_backbone_dropout,
+    trainable_state,
+)
+from sweep.paths import glue_dir, results_root
 from sweep.resume import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
@@ -95,10 +104,12 @@ def check_training_steps(cfg: Config, n_train: int) -> None:
     """
     total, warmup = warmup_steps(cfg, n_train)
     if total - (1 if warmup else 0) < 1:
-        raise UserError(f"train.epochs={cfg.train.epochs} × ⌈{n_train} training examples / train.batch_size="
-                        f"{cfg.train.batch_size}⌉ = {total} optimiser step, taken at learning rate 0 by the warm-up "
-                        f"(train.warmup_ratio={cfg.train.warmup_ratio:g}): the adapter would not train; give at least "
-                        "two steps (more examples or epochs, a smaller batch) or train.warmup_ratio=0")
+        raise UserError(
+            f"train.epochs={cfg.train.epochs} × ⌈{n_train} training examples / train.batch_size="
+            f"{cfg.train.batch_size}⌉ = {total} optimiser step, taken at learning rate 0 by the warm-up "
+            f"(train.warmup_ratio={cfg.train.warmup_ratio:g}): the adapter would not train; give at least "
+            "two steps (more examples or epochs, a smaller batch) or train.warmup_ratio=0"
+        )
 
 
 @dataclass
@@ -121,9 +132,20 @@ class EpochStats:
     diverged: bool
 
 
-def train_one_epoch(model, batches: Batches, epoch: int, optimizer, scheduler, flops: FlopModel,
-                    device: torch.device, precision: str, max_grad_norm: Optional[float], *, desc: str = "",
-                    bar: bool = False) -> EpochStats:
+def train_one_epoch(
+    model,
+    batches: Batches,
+    epoch: int,
+    optimizer,
+    scheduler,
+    flops: FlopModel,
+    device: torch.device,
+    precision: str,
+    max_grad_norm: Optional[float],
+    *,
+    desc: str = "",
+    bar: bool = False,
+) -> EpochStats:
     """One pass over ``batches`` in the order of ``epoch`` (0-based: it seeds the shuffle): forward, backward,
     gradient clipping to ``max_grad_norm`` (None or 0: none), an optimiser and a scheduler step per batch.
 
@@ -168,12 +190,20 @@ def train_one_epoch(model, batches: Batches, epoch: int, optimizer, scheduler, f
     progress_bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the clock stops when the device's work is done, not queued
-    return EpochStats(mean_loss=loss_sum.item() / steps, steps=steps, flops=n_flops, tokens=tokens,
-                      padded_tokens=padded, seconds=time.perf_counter() - start, diverged=diverged)
+    return EpochStats(
+        mean_loss=loss_sum.item() / steps,
+        steps=steps,
+        flops=n_flops,
+        tokens=tokens,
+        padded_tokens=padded,
+        seconds=time.perf_counter() - start,
+        diverged=diverged,
+    )
 
 
-def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
-              on_epoch: Optional[Callable[[dict], None]] = None) -> dict:
+def run_trial(
+    cfg: Config, resolved, run_dir: Path, *, progress: bool = True, on_epoch: Optional[Callable[[dict], None]] = None
+) -> dict:
     """Train and evaluate one LoRA configuration; returns the content of ``metrics.json``.
 
     Args:
@@ -211,20 +241,40 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
     model_cfg = with_family(cfg.model, base.config.model_type)  # role map and head of the checkpoint's family
     base_total = sum(p.numel() for p in base.parameters())
     tokenizer = load_tokenizer(cfg.model.name_or_path)
-    check_limits(base, tokenizer, model_cfg, target_sets=[cfg.lora.targets], r=cfg.lora.r, r_key="lora.r",
-                 max_length=cfg.data.max_length, n_texts=len(cfg.task.text_fields))
+    check_limits(
+        base,
+        tokenizer,
+        model_cfg,
+        target_sets=[cfg.lora.targets],
+        r=cfg.lora.r,
+        r_key="lora.r",
+        max_length=cfg.data.max_length,
+        n_texts=len(cfg.task.text_fields),
+    )
     if cfg.train.backbone_dropout is not None:
         set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
     model = apply_lora(base, cfg.lora, model_cfg).to(device)
     counts = parameter_counts(model, base_total)
     # data: tokenised once per process (cached), then cut to the requested sizes
-    data = tokenized_glue(cfg.task.name, glue_dir(cfg), tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                          cfg.model.name_or_path, cfg.data.max_length)
+    data = tokenized_glue(
+        cfg.task.name,
+        glue_dir(cfg),
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
     train_split = take(data["train"], cfg.data.max_train_samples)
     val_split = take(data["validation"], cfg.data.max_eval_samples)
     pad_id = tokenizer.pad_token_id or 0
-    train_batches = Batches(train_split, cfg.train.batch_size, pad_id, shuffle=True, seed=cfg.train.seed,
-                            group_by_length=cfg.train.group_by_length)
+    train_batches = Batches(
+        train_split,
+        cfg.train.batch_size,
+        pad_id,
+        shuffle=True,
+        seed=cfg.train.seed,
+        group_by_length=cfg.train.group_by_length,
+    )
     val_batches = Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
     val_labels = np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
@@ -247,8 +297,19 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
     done = load_checkpoint(ckpt_path, model, optimizer, scheduler, config_text, device) or Progress()
     for epoch in range(done.epoch, cfg.train.epochs):
         desc = f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}"
-        stats = train_one_epoch(model, train_batches, epoch, optimizer, scheduler, flops_train, device, precision,
-                                cfg.train.max_grad_norm, desc=desc, bar=progress and sys.stderr.isatty())
+        stats = train_one_epoch(
+            model,
+            train_batches,
+            epoch,
+            optimizer,
+            scheduler,
+            flops_train,
+            device,
+            precision,
+            cfg.train.max_grad_norm,
+            desc=desc,
+            bar=progress and sys.stderr.isatty(),
+        )
         done.train_flops += stats.flops
         done.train_tokens += stats.tokens
         done.padded_tokens += stats.padded_tokens
@@ -262,8 +323,11 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
         preds = evaluate(model, val_batches, device, precision)
         done.eval_seconds += time.perf_counter() - start
         done.eval_flops += eval_flops_per_pass
-        record = {"epoch": epoch + 1, "train_loss": stats.mean_loss,
-                  **compute_metrics(cfg.task.metrics, preds, val_labels)}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": stats.mean_loss,
+            **compute_metrics(cfg.task.metrics, preds, val_labels),
+        }
         done.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
@@ -272,13 +336,15 @@ def run_trial(cfg: Config, resolved, run_dir: Path, *, progress: bool = True,
         done.epoch = epoch + 1
         if progress:
             scores = ", ".join(f"{k} {record[k]:.4f}" for k in cfg.task.metrics)
-            tqdm.write(f"{desc}: train loss {record['train_loss']:.4f}, {scores} "
-                       f"({done.train_seconds:.0f} s training so far)")
+            tqdm.write(
+                f"{desc}: train loss {record['train_loss']:.4f}, {scores} ({done.train_seconds:.0f} s training so far)"
+            )
         if done.epoch < cfg.train.epochs:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, done, config_text, device)
 
-    metrics = _metrics_record(cfg, model_cfg, counts, _scaling_factor(model), done, device, precision,
-                              train_split, val_labels)
+    metrics = _metrics_record(
+        cfg, model_cfg, counts, _scaling_factor(model), done, device, precision, train_split, val_labels
+    )
     if done.best_state is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(done.best_state, strict=False)
@@ -301,8 +367,9 @@ def _scaling_factor(model) -> float:
 
     factors = {m.scaling[a] for m in model.modules() if isinstance(m, LoraLayer) for a in m.active_adapters}
     if len(factors) != 1:
-        raise ValueError(f"expected one LoRA scaling factor over the model's active LoRA layers, "
-                         f"found {sorted(factors)}")
+        raise ValueError(
+            f"expected one LoRA scaling factor over the model's active LoRA layers, found {sorted(factors)}"
+        )
     return factors.pop()
 
 
@@ -314,32 +381,64 @@ def majority_baseline(cfg: Config, train_split, val_labels: np.ndarray) -> Dict[
     return compute_metrics(cfg.task.metrics, np.full(len(val_labels), constant, dtype=val_labels.dtype), val_labels)
 
 
-def _metrics_record(cfg: Config, model_cfg, counts: dict, scaling_factor: float, done: Progress, device,
-                    precision: str, train_split, val_labels) -> dict:
+def _metrics_record(
+    cfg: Config,
+    model_cfg,
+    counts: dict,
+    scaling_factor: float,
+    done: Progress,
+    device,
+    precision: str,
+    train_split,
+    val_labels,
+) -> dict:
     best = done.best or {}
     epochs_run = len(done.history)
     return {
-        "task": cfg.task.name, "model": cfg.model.name, "model_name_or_path": cfg.model.name_or_path,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "model_name_or_path": cfg.model.name_or_path,
         # the exact weights used here, and the id the adapter names as its base (reloadable elsewhere)
-        "model_path": local_model_path(cfg.model.name_or_path), "base_model_name_or_path": portable_base_id(cfg.model),
-        "family": model_cfg.family, "roles": dict(model_cfg.roles), "head": list(model_cfg.head),
+        "model_path": local_model_path(cfg.model.name_or_path),
+        "base_model_name_or_path": portable_base_id(cfg.model),
+        "family": model_cfg.family,
+        "roles": dict(model_cfg.roles),
+        "head": list(model_cfg.head),
         "pad_token_id": load_tokenizer(cfg.model.name_or_path).pad_token_id,
-        "r": cfg.lora.r, "lora_alpha": cfg.lora.alpha, "lora_dropout": cfg.lora.dropout,
-        "scaling": cfg.lora.scaling, "scaling_factor": scaling_factor,
-        "targets": list(cfg.lora.targets), "seed": cfg.train.seed,
-        **counts, "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
-        "objective": cfg.task.objective, "objective_value": best.get(cfg.task.objective),
-        "best_epoch": best.get("epoch"), "best": {m: best.get(m) for m in cfg.task.metrics},
-        "epochs": done.history, "majority_baseline": majority_baseline(cfg, train_split, val_labels),
-        "n_train": len(train_split), "n_eval": len(val_labels), "epochs_run": epochs_run,
-        "train_tokens": done.train_tokens, "padded_tokens": done.padded_tokens,
-        "train_flops": done.train_flops, "eval_flops": done.eval_flops,
-        "train_seconds": done.train_seconds, "eval_seconds": done.eval_seconds,
-        "train_examples_per_s": (len(train_split) * epochs_run / done.train_seconds
-                                 if done.train_seconds and epochs_run else None),
-        "peak_mem_mb": peak_memory_mb(device), "device": str(device), "precision": precision,
-        "threads": torch.get_num_threads(), "versions": library_versions(),
-        "status": done.status, "reason": done.reason,
+        "r": cfg.lora.r,
+        "lora_alpha": cfg.lora.alpha,
+        "lora_dropout": cfg.lora.dropout,
+        "scaling": cfg.lora.scaling,
+        "scaling_factor": scaling_factor,
+        "targets": list(cfg.lora.targets),
+        "seed": cfg.train.seed,
+        **counts,
+        "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
+        "objective": cfg.task.objective,
+        "objective_value": best.get(cfg.task.objective),
+        "best_epoch": best.get("epoch"),
+        "best": {m: best.get(m) for m in cfg.task.metrics},
+        "epochs": done.history,
+        "majority_baseline": majority_baseline(cfg, train_split, val_labels),
+        "n_train": len(train_split),
+        "n_eval": len(val_labels),
+        "epochs_run": epochs_run,
+        "train_tokens": done.train_tokens,
+        "padded_tokens": done.padded_tokens,
+        "train_flops": done.train_flops,
+        "eval_flops": done.eval_flops,
+        "train_seconds": done.train_seconds,
+        "eval_seconds": done.eval_seconds,
+        "train_examples_per_s": (
+            len(train_split) * epochs_run / done.train_seconds if done.train_seconds and epochs_run else None
+        ),
+        "peak_mem_mb": peak_memory_mb(device),
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "versions": library_versions(),
+        "status": done.status,
+        "reason": done.reason,
     }
 
 
@@ -355,10 +454,12 @@ def main(args: List[str]) -> int:
     run_dir = trial_dir(cfg, resolved)
     m = run_trial(cfg, resolved, run_dir)
     best = ", ".join(f"{k} {v:.4f}" for k, v in m["best"].items() if v is not None)
-    print(f"{m['task']} {m['model']} r={m['r']} targets={','.join(m['targets'])} seed={m['seed']}: "
-          f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; best epoch {m['best_epoch']}: {best}; "
-          f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
-          f"train {m['train_flops']:.3e} FLOPs in {m['train_seconds']:.1f} s; eval {m['eval_seconds']:.1f} s")
+    print(
+        f"{m['task']} {m['model']} r={m['r']} targets={','.join(m['targets'])} seed={m['seed']}: "
+        f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; best epoch {m['best_epoch']}: {best}; "
+        f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
+        f"train {m['train_flops']:.3e} FLOPs in {m['train_seconds']:.1f} s; eval {m['eval_seconds']:.1f} s"
+    )
     print(f"results: {run_dir}")
     return 0 if m["status"] == "ok" else 1
 

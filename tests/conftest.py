@@ -61,8 +61,14 @@ def run_main(main, *args: str) -> Ran:
 def run_module(module: str, *args: str, env=None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` as a user would; returns the completed process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=PROJECT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(proc) -> None:

@@ -13,17 +13,16 @@ import matplotlib.image
 import optuna
 import pandas as pd
 import pytest
+from conftest import run_main
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from analysis import (decisions_frame, figures, recommendation, study_info, summary_frame, trials_frame,
-                      write_reports)
+from analysis import decisions_frame, figures, recommendation, study_info, summary_frame, trials_frame, write_reports
 from analysis.__main__ import main as analysis_main
-from conftest import run_main
-from sweep.errors import UserError
 from sweep.cli import defaults
 from sweep.config import SweepSettings
 from sweep.decide import plan
+from sweep.errors import UserError
 from sweep.study import load_study, outcomes
 
 NAME = "ranksweep-mrpc-default"
@@ -32,20 +31,58 @@ HEAD, BASE = 10_000, 1_000_000  # head parameters; frozen base model parameters
 MAJORITY = 0.684  # majority-class accuracy
 T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freedom
 T90 = {2: 1.885618083, 3: 1.637744354}  # t quantile 0.9 by degrees of freedom
-FILES = ["trials.csv", "summary.csv", "plots/metric_vs_params.png", "plots/metric_vs_compute.png",
-         "plots/progression.png", "report.md"]
-TRIAL_COLUMNS = ["number", "state", "status", "stage", "r", "targets", "seed", "lora_alpha", "scaling",
-                 "lora_params", "head_params", "trainable_params", "total_params", "trainable_pct", "train_flops",
-                 "eval_flops", "train_seconds", "eval_seconds", "peak_mem_mb", "best_epoch", "accuracy", "f1",
-                 "objective", "reason"]
+FILES = [
+    "trials.csv",
+    "summary.csv",
+    "plots/metric_vs_params.png",
+    "plots/metric_vs_compute.png",
+    "plots/progression.png",
+    "report.md",
+]
+TRIAL_COLUMNS = [
+    "number",
+    "state",
+    "status",
+    "stage",
+    "r",
+    "targets",
+    "seed",
+    "lora_alpha",
+    "scaling",
+    "lora_params",
+    "head_params",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_flops",
+    "eval_flops",
+    "train_seconds",
+    "eval_seconds",
+    "peak_mem_mb",
+    "best_epoch",
+    "accuracy",
+    "f1",
+    "objective",
+    "reason",
+]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def settings(**kw) -> SweepSettings:
-    base = dict(ranks=[1, 2, 4, 8], start_targets=["q", "v"], target_sets=[["q", "v"], ["q", "k", "v", "o"]],
-                seeds=[0, 1], max_seeds=2, tolerance=5.0, confidence=0.9, patience=1, escalate_max_r=8,
-                max_trials=None, max_hours=None)
+    base = dict(
+        ranks=[1, 2, 4, 8],
+        start_targets=["q", "v"],
+        target_sets=[["q", "v"], ["q", "k", "v", "o"]],
+        seeds=[0, 1],
+        max_seeds=2,
+        tolerance=5.0,
+        confidence=0.9,
+        patience=1,
+        escalate_max_r=8,
+        max_trials=None,
+        max_hours=None,
+    )
     return replace(defaults().sweep, **{**base, **kw})
 
 
@@ -63,17 +100,33 @@ def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0):
         return create_trial(params=params, distributions=dists, user_attrs=attrs, state=state)
     ok = isinstance(outcome, float)
     lora = r * COSTS[targets]
-    attrs.update({
-        "status": "ok" if ok else outcome,
-        "reason": None if ok else {"diverged": "training loss became nan in epoch 2 by step 40",
-                                   "failed": "RuntimeError: CUDA error: out of memory"}[outcome],
-        "objective": "accuracy", "objective_value": outcome if ok else None,
-        "best": {"accuracy": outcome if ok else None, "f1": outcome + 0.05 if ok else None},
-        "lora_alpha": 16.0, "scaling": "standard", "lora_params": lora, "head_params": HEAD,
-        "trainable_params": HEAD + lora, "total_params": BASE + lora,
-        "trainable_pct": 100.0 * (HEAD + lora) / (BASE + lora), "train_flops": flops, "eval_flops": flops / 10,
-        "train_seconds": seconds, "eval_seconds": 1.0, "peak_mem_mb": 900.0,
-        "majority_baseline": {"accuracy": MAJORITY, "f1": 0.812}})
+    attrs.update(
+        {
+            "status": "ok" if ok else outcome,
+            "reason": None
+            if ok
+            else {
+                "diverged": "training loss became nan in epoch 2 by step 40",
+                "failed": "RuntimeError: CUDA error: out of memory",
+            }[outcome],
+            "objective": "accuracy",
+            "objective_value": outcome if ok else None,
+            "best": {"accuracy": outcome if ok else None, "f1": outcome + 0.05 if ok else None},
+            "lora_alpha": 16.0,
+            "scaling": "standard",
+            "lora_params": lora,
+            "head_params": HEAD,
+            "trainable_params": HEAD + lora,
+            "total_params": BASE + lora,
+            "trainable_pct": 100.0 * (HEAD + lora) / (BASE + lora),
+            "train_flops": flops,
+            "eval_flops": flops / 10,
+            "train_seconds": seconds,
+            "eval_seconds": 1.0,
+            "peak_mem_mb": 900.0,
+            "majority_baseline": {"accuracy": MAJORITY, "f1": 0.812},
+        }
+    )
     if ok:
         return create_trial(params=params, distributions=dists, value=outcome, user_attrs=attrs)
     return create_trial(params=params, distributions=dists, user_attrs=attrs, state=TrialState.FAIL)
@@ -86,8 +139,14 @@ def make_study(tmp_path, s: SweepSettings, trials, *, sweep_ended=True) -> str:
     folder.mkdir(parents=True)
     url = f"sqlite:///{folder / 'study.db'}"
     study = optuna.create_study(storage=url, study_name=NAME, direction="maximize")
-    for key, value in (("settings", asdict(s)), ("task", "mrpc"), ("model", "minilm"), ("objective", "accuracy"),
-                       ("metrics", ["accuracy", "f1"]), ("target_costs", COSTS)):
+    for key, value in (
+        ("settings", asdict(s)),
+        ("task", "mrpc"),
+        ("model", "minilm"),
+        ("objective", "accuracy"),
+        ("metrics", ["accuracy", "f1"]),
+        ("target_costs", COSTS),
+    ):
         study.set_user_attr(key, value)
     for t in trials:
         study.add_trial(t)
@@ -107,11 +166,16 @@ def make_study(tmp_path, s: SweepSettings, trials, *, sweep_ended=True) -> str:
 # seed (the other diverged); vs 85.0, SE = 1.414·sqrt(1/2+1/1) = 1.732, bounds 1.5 ∓ 2.84 = [−1.34,
 # 4.34]: no gain, plateau. Recommendation: the best is r=2 q,k,v,o (86.5); by trainable parameters r=1
 # (12,000) trails by 5.5, upper bound 8.34 ≥ 5; r=2 q,v (14,000) trails by 1.5, upper bound 4.34 < 5: picked.
-FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "rank", 1.03e11, 12.0),
-            (2, "q,v", 0, 0.84, "rank", 1.02e11, 11.0), (2, "q,v", 1, 0.86, "rank", 1.04e11, 13.0),
-            (4, "q,v", 0, 0.85, "rank", 1.04e11, 12.0), (4, "q,v", 1, 0.87, "rank", 1.06e11, 14.0),
-            (2, "q,k,v,o", 0, 0.865, "targets", 1.06e11, 15.0),
-            (2, "q,k,v,o", 1, "diverged", "targets", 0.5e11, 7.0)]
+FINISHED = [
+    (1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0),
+    (1, "q,v", 1, 0.82, "rank", 1.03e11, 12.0),
+    (2, "q,v", 0, 0.84, "rank", 1.02e11, 11.0),
+    (2, "q,v", 1, 0.86, "rank", 1.04e11, 13.0),
+    (4, "q,v", 0, 0.85, "rank", 1.04e11, 12.0),
+    (4, "q,v", 1, 0.87, "rank", 1.06e11, 14.0),
+    (2, "q,k,v,o", 0, 0.865, "targets", 1.06e11, 15.0),
+    (2, "q,k,v,o", 1, "diverged", "targets", 0.5e11, 7.0),
+]
 
 # An interrupted progressive sweep with three seeds. r=1: 70, 72, 75 points, mean 72.333, sd² =
 # (0.0233² + 0.0033² + 0.0267²)/2 in metric units; r=2: seed 0 diverged, 73.5 and 74.5, mean 74.0, sd
@@ -120,14 +184,25 @@ FINISHED = [(1, "q,v", 0, 0.80, "rank", 1.01e11, 10.0), (1, "q,v", 1, 0.82, "ran
 # q,k,v,o is escalated to. Trial 6 is an orphan FAIL (no configuration stored), trial 7 is still
 # running. Provisional recommendation: the best is r=2; r=1, with fewer parameters, is within 5 points
 # of it (upper bound 4.80): r=1 on q,v.
-PARTIAL = [(1, "q,v", 0, 0.70, "rank"), (1, "q,v", 1, 0.72, "rank"), (1, "q,v", 2, 0.75, "rank"),
-           (2, "q,v", 0, "diverged", "rank"), (2, "q,v", 1, 0.735, "rank"), (2, "q,v", 2, 0.745, "rank"),
-           (4, "q,v", 0, "orphan", "rank"), (1, "q,k,v,o", 0, "running", "targets")]
+PARTIAL = [
+    (1, "q,v", 0, 0.70, "rank"),
+    (1, "q,v", 1, 0.72, "rank"),
+    (1, "q,v", 2, 0.75, "rank"),
+    (2, "q,v", 0, "diverged", "rank"),
+    (2, "q,v", 1, 0.735, "rank"),
+    (2, "q,v", 2, 0.745, "rank"),
+    (4, "q,v", 0, "orphan", "rank"),
+    (1, "q,k,v,o", 0, "running", "targets"),
+]
 
 # A finished grid, one seed: no noise estimate, so no cheaper configuration can be shown within the
 # tolerance of the best: the best, r=2 q,k,v,o at 84.0, is recommended (r=2 q,v at 83.8 is not).
-GRID = [(1, "q,v", 0, 0.82, "grid"), (2, "q,v", 0, 0.838, "grid"), (1, "q,k,v,o", 0, 0.83, "grid"),
-        (2, "q,k,v,o", 0, 0.84, "grid")]
+GRID = [
+    (1, "q,v", 0, 0.82, "grid"),
+    (2, "q,v", 0, 0.838, "grid"),
+    (1, "q,k,v,o", 0, 0.83, "grid"),
+    (2, "q,k,v,o", 0, 0.84, "grid"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +253,7 @@ def test_trials_csv_one_row_per_trial(finished):
 def test_summary_csv_matches_hand_arithmetic(finished):
     s = pd.read_csv(finished[1] / "summary.csv")
     assert list(zip(s["r"], s["targets"])) == [(1, "q,v"), (2, "q,v"), (4, "q,v"), (2, "q,k,v,o")]
-    sd = math.sqrt((0.01 ** 2 + 0.01 ** 2) / 1)  # every q,v pair is mean ± 0.01
+    sd = math.sqrt((0.01**2 + 0.01**2) / 1)  # every q,v pair is mean ± 0.01
     half = T975[1] * sd / math.sqrt(2)
     for r, mean in ((1, 0.81), (2, 0.85), (4, 0.86)):
         got = row(s, r, "q,v")
@@ -217,14 +292,17 @@ def test_partial_study_reports_provisional_recommendation(partial):
 
     s = pd.read_csv(out / "summary.csv")
     assert list(zip(s["r"], s["targets"], s["n_seeds"], s["n_failed"], s["n_running"])) == [
-        (1, "q,v", 3, 0, 0), (2, "q,v", 2, 1, 0), (1, "q,k,v,o", 0, 0, 1)]
+        (1, "q,v", 3, 0, 0),
+        (2, "q,v", 2, 1, 0),
+        (1, "q,k,v,o", 0, 0, 1),
+    ]
     r1 = row(s, 1, "q,v")
     mean1 = (0.70 + 0.72 + 0.75) / 3
     sd1 = math.sqrt(((0.70 - mean1) ** 2 + (0.72 - mean1) ** 2 + (0.75 - mean1) ** 2) / 2)
     assert (r1["objective_mean"], r1["objective_sd"]) == (pytest.approx(mean1), pytest.approx(sd1))
     assert r1["objective_ci95_high"] == pytest.approx(mean1 + T975[2] * sd1 / math.sqrt(3))
     r2 = row(s, 2, "q,v")
-    assert r2["objective_ci95_low"] == pytest.approx(0.74 - T975[1] * math.sqrt(0.005 ** 2 * 2) / math.sqrt(2))
+    assert r2["objective_ci95_low"] == pytest.approx(0.74 - T975[1] * math.sqrt(0.005**2 * 2) / math.sqrt(2))
     assert list(s["recommended"]) == [True, False, False]
     assert list(s["pareto_params"]) == [True, True, False]  # r=2 is dearer and better: both on the front
 
@@ -236,8 +314,10 @@ def test_partial_study_reports_provisional_recommendation(partial):
     assert f"the upper bound of that gap is {5 / 3 + T90[3] * se:.2f} \\< 5" in report  # '<' escaped for Markdown
     # σ pooled over r=1 and r=2 (3 d.f.); with 3 seeds the detectable gain is t(0.9, 3)·σ·√(2/3)
     sigma = math.sqrt((2 * 6.3333333 + 0.5) / 3)
-    assert (f"Seed noise σ = {sigma:.2f} points (pooled, 3 d.f.); with 3 seeds per configuration the smallest "
-            f"detectable gain is {T90[3] * sigma * math.sqrt(2 / 3):.2f} points") in report
+    assert (
+        f"Seed noise σ = {sigma:.2f} points (pooled, 3 d.f.); with 3 seeds per configuration the smallest "
+        f"detectable gain is {T90[3] * sigma * math.sqrt(2 / 3):.2f} points"
+    ) in report
     assert "8 (5 complete, 1 diverged, 1 failed, 1 running)" in report
     assert "trial 3 (r=2 q,v seed 0): diverged: training loss became nan in epoch 2 by step 40" in report
     assert "1 trial(s) marked running" in report
@@ -252,9 +332,11 @@ def test_report_md_finished(finished):
     assert "**r=2 on q,v**: accuracy 85.00 ± 1.41 points (n=2; 95% CI 72.29–97.71), 14,000 trainable" in report
     assert "the cheapest configuration shown to be within sweep.tolerance=5 points of the best" in report
     # σ pooled over the three q,v pairs (3 d.f.): 1.414; detectable with 2 seeds: t(0.9, 3)·1.414·√(2/2)
-    assert ("Seed noise σ = 1.41 points (pooled, 3 d.f.); with 2 seeds per configuration the smallest detectable "
-            f"gain is {T90[3] * math.sqrt(2):.2f} points; calibrated P(regret ≤ 5 point(s)) at this σ on this sweep's "
-            "observed curve: ") in report
+    assert (
+        "Seed noise σ = 1.41 points (pooled, 3 d.f.); with 2 seeds per configuration the smallest detectable "
+        f"gain is {T90[3] * math.sqrt(2):.2f} points; calibrated P(regret ≤ 5 point(s)) at this σ on this sweep's "
+        "observed curve: "
+    ) in report
     assert "- after trial 5: `[rank] plateau r=2 q,v:" in report
     assert "- after trial 7: `[targets] plateau r=2 q,v:" in report
     for name in ("metric_vs_params", "metric_vs_compute", "progression"):
@@ -270,9 +352,11 @@ def test_cap_stopped_sweep_is_provisional_and_says_what_was_cut_off(tmp_path):
     write_reports(url, NAME, tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "finished (budget)" in report and "**r=2 on q,v**" in report
-    assert ("**Provisional**: the compute cap stopped this sweep before its procedure ended (compute cap reached "
-            "(trials: 6 ≥ sweep.max_trials=6); stopping cleanly; cut off: the targets stage still needed r=2 on "
-            "q,k,v,o seed(s) 0, 1).") in report
+    assert (
+        "**Provisional**: the compute cap stopped this sweep before its procedure ended (compute cap reached "
+        "(trials: 6 ≥ sweep.max_trials=6); stopping cleanly; cut off: the targets stage still needed r=2 on "
+        "q,k,v,o seed(s) 0, 1)."
+    ) in report
     assert "provisional, the compute cap stopped the sweep before the procedure ended: the cheapest" in report
 
 
@@ -287,19 +371,27 @@ OLD_SEEDS = [(1, "q,v", 2, 0.50, "rank", 1.07e11, 16.0), (2, "q,v", 2, 0.50, "ra
 def test_summary_uses_the_decisions_statistics(tmp_path, ended):
     url = make_study(tmp_path, settings(), [trial(*t) for t in OLD_SEEDS + FINISHED], sweep_ended=ended)
     trials, s, info = loaded(url)
-    assert [d.line() for d in info.decisions] == [d.line() for d in plan(settings(), [
-        o for o in outcomes(load_study(url, NAME)) if o.seed != 2], COSTS).decisions]
+    assert [d.line() for d in info.decisions] == [
+        d.line() for d in plan(settings(), [o for o in outcomes(load_study(url, NAME)) if o.seed != 2], COSTS).decisions
+    ]
     assert list(zip(s["r"], s["targets"], s["n_seeds"], s["n_not_counted"])) == [
-        (1, "q,v", 2, 1), (2, "q,v", 2, 1), (4, "q,v", 2, 0), (2, "q,k,v,o", 1, 0)]
-    sd = math.sqrt(2 * 0.01 ** 2)
+        (1, "q,v", 2, 1),
+        (2, "q,v", 2, 1),
+        (4, "q,v", 2, 0),
+        (2, "q,k,v,o", 1, 0),
+    ]
+    sd = math.sqrt(2 * 0.01**2)
     for r, mean in ((1, 0.81), (2, 0.85), (4, 0.86)):
         got = row(s, r, "q,v")
         assert (got["objective_mean"], got["objective_sd"]) == (pytest.approx(mean), pytest.approx(sd))
         assert got["objective_ci95_low"] == pytest.approx(mean - T975[1] * sd / math.sqrt(2))
     # the decisions quote the same numbers, in points
     start, cont = info.decisions[0], info.decisions[1]
-    assert (start.action, start.numbers["mean"], start.numbers["sd"]) == ("start", pytest.approx(81.0),
-                                                                         pytest.approx(100 * sd))
+    assert (start.action, start.numbers["mean"], start.numbers["sd"]) == (
+        "start",
+        pytest.approx(81.0),
+        pytest.approx(100 * sd),
+    )
     assert cont.reason.startswith("85.00 ± 1.41 points (n=2) vs r=1 on q,v 81.00 ± 1.41 points (n=2)")
     # costs take every seed, as the decisions' do: r=1's FLOPs (1.07 + 1.01 + 1.03)e11 / 3
     assert row(s, 1, "q,v")["mean_train_flops"] == pytest.approx((1.07e11 + 1.01e11 + 1.03e11) / 3)
@@ -316,8 +408,15 @@ def test_decisions_placed_after_the_trials_they_saw(finished):
     trials, _, info = loaded(finished[0])
     d = decisions_frame(trials, info)
     assert list(zip(d["action"], d["after_trial"])) == [
-        ("start", 1), ("continue", 3), ("no-gain", 5), ("plateau", 5), ("escalate", 5), ("no-gain", 7),
-        ("plateau", 7), ("recommend", 7)]
+        ("start", 1),
+        ("continue", 3),
+        ("no-gain", 5),
+        ("plateau", 5),
+        ("escalate", 5),
+        ("no-gain", 7),
+        ("plateau", 7),
+        ("recommend", 7),
+    ]
 
 
 def test_grid_sweep_recommendation(tmp_path):
@@ -335,8 +434,15 @@ def test_grid_sweep_recommendation(tmp_path):
 def test_study_with_only_failed_trials(tmp_path):
     s = settings(ranks=[1], seeds=[0, 1], target_sets=[["q", "v"]])
     # seed 1 crashed, then its retry diverged: a crash is no result, so only the retry ends the sweep
-    url = make_study(tmp_path, s, [trial(1, "q,v", 0, "diverged", "rank"), trial(1, "q,v", 1, "failed", "rank"),
-                                   trial(1, "q,v", 1, "diverged", "rank")])
+    url = make_study(
+        tmp_path,
+        s,
+        [
+            trial(1, "q,v", 0, "diverged", "rank"),
+            trial(1, "q,v", 1, "failed", "rank"),
+            trial(1, "q,v", 1, "diverged", "rank"),
+        ],
+    )
     paths = write_reports(url, NAME, tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "No recommendation: no trial has completed." in report
@@ -352,7 +458,9 @@ def test_abandoned_trial_is_listed_but_neither_a_result_nor_a_failure(tmp_path):
     t = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert list(t["state"]) == ["abandoned", "complete"]
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
-    assert list(zip(summary["n_seeds"], summary["n_failed"], summary["objective_mean"])) == [(1, 0, pytest.approx(0.81))]
+    assert list(zip(summary["n_seeds"], summary["n_failed"], summary["objective_mean"])) == [
+        (1, 0, pytest.approx(0.81))
+    ]
     assert "2 (1 complete, 1 abandoned)" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -399,8 +507,15 @@ def test_progression_figure(partial):
     ax, flops_ax = fig.axes
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert flops_ax.get_xlabel() == "trial number (order run)" and "FLOPs" in flops_ax.get_ylabel()
-    assert labels(ax) == ["q,v", "configuration mean", "diverged (1)", "failed (1)", "running (1)", "majority class (68.4)",
-                          "decision"]
+    assert labels(ax) == [
+        "q,v",
+        "configuration mean",
+        "diverged (1)",
+        "failed (1)",
+        "running (1)",
+        "majority class (68.4)",
+        "decision",
+    ]
     # means over the ok seeds: r=1 (70 + 72 + 75) / 3 across trials 0–2, r=2 (73.5 + 74.5) / 2 across 4–5
     (means,) = [c for c in ax.collections if c.get_label() == "configuration mean"]
     segments = [v for seg in means.get_segments() for v in (seg[0][0], seg[1][0], seg[0][1])]
@@ -441,5 +556,6 @@ def test_missing_study_message(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"ranksweep: error: no sweep study at {tmp_path.resolve()}/mrpc/default/study.db; run `make sweep TASK=mrpc "
-        f"ARGS=results_dir={tmp_path}` first (or point sweep.storage at one)"]
+        f"ARGS=results_dir={tmp_path}` first (or point sweep.storage at one)"
+    ]
     assert not (tmp_path / "mrpc").exists()

@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+from conftest import PROJECT
 from optuna.trial import TrialState
 
 from analysis.plots import figures
 from analysis.report import write_reports
-from conftest import PROJECT
 from sweep import driver, trial
 from sweep.__main__ import main as sweep_main
 from sweep.cli import compose, make_command, run_cli
-from sweep.errors import UserError
 from sweep.data import load_glue
 from sweep.decide import Outcome, plan
-from sweep.study import open_study, sqlite_path, storage_url
+from sweep.errors import UserError
 from sweep.paths import sweep_dir
+from sweep.study import open_study, sqlite_path, storage_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -57,7 +57,9 @@ def header_only_dev(glue_dir, tmp_path) -> Path:
     mrpc = tmp_path / "glue" / "MRPC"
     mrpc.mkdir(parents=True)
     (mrpc / "train.tsv").symlink_to(glue_dir / "MRPC" / "train.tsv")
-    (mrpc / "dev.tsv").write_text((glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[0] + "\n")
+    (mrpc / "dev.tsv").write_text(
+        (glue_dir / "MRPC" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[0] + "\n"
+    )
     return mrpc.parent
 
 
@@ -66,38 +68,71 @@ def header_only_dev(glue_dir, tmp_path) -> Path:
 REFUSED = [
     # row 1 and settings beyond the model's limits: a pair needs [CLS] a [SEP] b [SEP], MiniLM reads
     # 512 positions, and its Wq/Wv are 384×384, so rank(B·A) ≤ 384
-    ("trial", ["data.max_length=2"], "data.max_length=2 is invalid for model 'minilm': a sentence pair needs at "
-                                     "least 5 tokens (special tokens and one per text) and the model reads at most 512"),
-    ("trial", ["data.max_length=4"], "data.max_length=4 is invalid for model 'minilm': a sentence pair needs at least 5"),
+    (
+        "trial",
+        ["data.max_length=2"],
+        "data.max_length=2 is invalid for model 'minilm': a sentence pair needs at "
+        "least 5 tokens (special tokens and one per text) and the model reads at most 512",
+    ),
+    (
+        "trial",
+        ["data.max_length=4"],
+        "data.max_length=4 is invalid for model 'minilm': a sentence pair needs at least 5",
+    ),
     ("trial", ["task=cola", "data.max_length=2"], "a sentence needs at least 3 tokens"),
     ("trial", ["data.max_length=513"], "give a value from 5 to 512"),
     ("trial", ["lora.r=385"], "lora.r holds r=385, above the rank min(d, k)=384 of the matrices that q,v adapts"),
     ("sweep", ["sweep.ranks=[1,512]"], "sweep.ranks holds r=512, above the rank min(d, k)=384"),
     # row 2: storage URLs, before any work
-    ("sweep", ["sweep.storage=/tmp/x/study.db"], "sweep.storage='/tmp/x/study.db' is invalid: give "
-                                                 "sqlite:////abs/path/study.db or postgresql://"),
+    (
+        "sweep",
+        ["sweep.storage=/tmp/x/study.db"],
+        "sweep.storage='/tmp/x/study.db' is invalid: give sqlite:////abs/path/study.db or postgresql://",
+    ),
     ("sweep", ["sweep.storage=sqlite:/tmp/x.db"], "sweep.storage='sqlite:/tmp/x.db' is invalid"),
     ("sweep", ["sweep.storage=sqlite:///relative/study.db"], "sweep.storage='sqlite:///relative/study.db' is invalid"),
     # a run whose only optimiser step has learning rate 0 (linear warm-up starts at 0): 16 examples in
     # batches of 16 for one epoch is 1 step, ⌈0.06 · 1⌉ = 1 of it warm-up; nothing would train
-    ("trial", ["data.max_train_samples=16"], "train.epochs=1 × ⌈16 training examples / train.batch_size=16⌉ = 1 "
-                                             "optimiser step, taken at learning rate 0 by the warm-up"),
+    (
+        "trial",
+        ["data.max_train_samples=16"],
+        "train.epochs=1 × ⌈16 training examples / train.batch_size=16⌉ = 1 "
+        "optimiser step, taken at learning rate 0 by the warm-up",
+    ),
     ("sweep", ["data.max_train_samples=16"], "the adapter would not train; give at least two steps"),
     # a target named twice would be a different configuration (and folder) from the same matrices once
     ("trial", ["lora.targets=[q,q]"], "lora.targets=['q', 'q'] names q more than once: give each target once"),
     # row 4: a split without examples
     ("trial", ["data.dir={empty}"], "GLUE file {empty}/MRPC/dev.tsv holds no examples (only its header line)"),
     # row 6: a comma list without brackets, and other multirun syntax
-    ("trial", ["lora.targets=q,v"], "for a list write lora.targets=[q,v] (in a shell, quote the whole override: "
-                                    "'lora.targets=[q,v]')"),
-    ("sweep", ["task=mrpc,cola"], "it asks for several runs, and a command makes one; give a single value (valid: cola, mrpc, rte, sst2, stsb)"),
+    (
+        "trial",
+        ["lora.targets=q,v"],
+        "for a list write lora.targets=[q,v] (in a shell, quote the whole override: 'lora.targets=[q,v]')",
+    ),
+    (
+        "sweep",
+        ["task=mrpc,cola"],
+        "it asks for several runs, and a command makes one; give a single value (valid: cola, mrpc, rte, sst2, stsb)",
+    ),
     # row 3's other side: a quoted string is one target, so 'q,v' is one (non-matching) name, with the fix
-    ("trial", ["lora.targets='q,v'"], "lora target 'q,v' matches no linear module of model 'minilm' (several targets "
-                                      "are a list: [q,v])"),
+    (
+        "trial",
+        ["lora.targets='q,v'"],
+        "lora target 'q,v' matches no linear module of model 'minilm' (several targets are a list: [q,v])",
+    ),
     # row 9: the type a key really takes, with an example
-    ("sweep", ["sweep.seeds=1"], "invalid value for 'sweep.seeds': 1 is not a list; sweep.seeds takes a list of integers, "
-                                 "e.g. sweep.seeds=[0,1]"),
-    ("trial", ["train.group_by_length=maybe"], "train.group_by_length takes true or false, e.g. train.group_by_length=true"),
+    (
+        "sweep",
+        ["sweep.seeds=1"],
+        "invalid value for 'sweep.seeds': 1 is not a list; sweep.seeds takes a list of integers, "
+        "e.g. sweep.seeds=[0,1]",
+    ),
+    (
+        "trial",
+        ["train.group_by_length=maybe"],
+        "train.group_by_length takes true or false, e.g. train.group_by_length=true",
+    ),
     # names that become folders: never a path outside the results folder
     ("sweep", ["sweep.name=.."], "sweep.name='..' is invalid: it names a folder"),
     ("sweep", ["sweep.name=../elsewhere"], "sweep.name='../elsewhere' is invalid"),
@@ -112,14 +147,18 @@ REFUSED = [
     ("sweep", ["sweep.tolerance=nan"], "sweep.tolerance=nan is invalid: it must be a positive number"),
     ("sweep", ["sweep=grid", "sweep.target_sets=[]"], "sweep.target_sets is empty: the grid crosses every target set"),
     ("trial", ["task.label_names=[a]"], "task.label_names=['a'] is invalid: a classification task has at least two"),
-    ("trial", ["results_dir=/tmp/é#1"], "Hydra needs quotes around a value with # ( ) [ ] { } or non-ASCII letters, "
-                                        "e.g. \"results_dir='/tmp/é#1'\""),
+    (
+        "trial",
+        ["results_dir=/tmp/é#1"],
+        "Hydra needs quotes around a value with # ( ) [ ] { } or non-ASCII letters, e.g. \"results_dir='/tmp/é#1'\"",
+    ),
 ]
 
 
 @pytest.mark.parametrize("command, overrides, message", REFUSED, ids=[" ".join(c[1]) for c in REFUSED])
-def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, results, header_only_dev, tmp_path,
-                                             capsys, monkeypatch):
+def test_refused_in_one_line_before_any_work(
+    command, overrides, message, tiny, results, header_only_dev, tmp_path, capsys, monkeypatch
+):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
     (tmp_path / "no model").mkdir()
@@ -127,8 +166,12 @@ def test_refused_in_one_line_before_any_work(command, overrides, message, tiny, 
     garbage.mkdir(parents=True)
     for name in ("train.tsv", "dev.tsv"):
         (garbage / name).write_bytes(b"\xff\xfe\x00bad\tbytes\n")
-    fill = {"{file}": str(a_file), "{empty}": str(header_only_dev), "{nomodel}": str(tmp_path / "no model"),
-            "{garbage}": str(garbage.parent)}
+    fill = {
+        "{file}": str(a_file),
+        "{empty}": str(header_only_dev),
+        "{nomodel}": str(tmp_path / "no model"),
+        "{garbage}": str(garbage.parent),
+    }
     for key, value in fill.items():
         overrides = [o.replace(key, value) for o in overrides]
         message = message.replace(key, value)
@@ -187,12 +230,30 @@ def fake_trial(crash_on_call: int):
             raise OSError(27, "File too large")
         run_dir.mkdir(parents=True, exist_ok=True)
         acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
-        m = {"status": "ok", "reason": None, "objective": "accuracy", "objective_value": acc,
-             "best": {"accuracy": acc, "f1": acc}, "best_epoch": 1, "lora_alpha": 16.0, "scaling": "standard",
-             "lora_params": 768 * cfg.lora.r, "head_params": 100, "trainable_params": 768 * cfg.lora.r + 100,
-             "total_params": 10**6, "trainable_pct": 0.1, "train_flops": 1e12, "eval_flops": 1e11,
-             "train_seconds": 1.0, "eval_seconds": 0.1, "peak_mem_mb": 10.0,
-             "majority_baseline": {"accuracy": 0.68, "f1": 0.81}, "train_tokens": 1, "n_train": 16, "n_eval": 16}
+        m = {
+            "status": "ok",
+            "reason": None,
+            "objective": "accuracy",
+            "objective_value": acc,
+            "best": {"accuracy": acc, "f1": acc},
+            "best_epoch": 1,
+            "lora_alpha": 16.0,
+            "scaling": "standard",
+            "lora_params": 768 * cfg.lora.r,
+            "head_params": 100,
+            "trainable_params": 768 * cfg.lora.r + 100,
+            "total_params": 10**6,
+            "trainable_pct": 0.1,
+            "train_flops": 1e12,
+            "eval_flops": 1e11,
+            "train_seconds": 1.0,
+            "eval_seconds": 0.1,
+            "peak_mem_mb": 10.0,
+            "majority_baseline": {"accuracy": 0.68, "f1": 0.81},
+            "train_tokens": 1,
+            "n_train": 16,
+            "n_eval": 16,
+        }
         (run_dir / "metrics.json").write_text(json.dumps(m))
         return m
 
@@ -225,16 +286,23 @@ def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkey
     assert "trial 1 r=1 q,v seed=0 (attempt 2): accuracy 0.8000" in out
     study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(cfg))
     assert [(t.params["r"], t.state, t.user_attrs["attempt"]) for t in study.get_trials()] == [
-        (1, TrialState.FAIL, 1), (1, TrialState.COMPLETE, 2), (2, TrialState.COMPLETE, 1)]
+        (1, TrialState.FAIL, 1),
+        (1, TrialState.COMPLETE, 2),
+        (2, TrialState.COMPLETE, 1),
+    ]
     assert "failed" not in [d["action"] for d in study.user_attrs["decisions"]]
-    assert study.user_attrs["recommendation"] == [2, "q,v"]  # the best, 90 vs 80 points (one seed: nothing is shown equivalent)
+    assert study.user_attrs["recommendation"] == [
+        2,
+        "q,v",
+    ]  # the best, 90 vs 80 points (one seed: nothing is shown equivalent)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_peak_memory_is_each_trials_own():
     """After a 256 MiB peak, the next measurement (reset first, as every trial does) is below it."""
-    from sweep.runtime import peak_memory_mb, reset_peak_memory
     import torch
+
+    from sweep.runtime import peak_memory_mb, reset_peak_memory
 
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
@@ -279,13 +347,23 @@ def test_backbone_dropout_changes_every_dropout_outside_the_head(tiny):
     layer = ["attention.self.dropout", "attention.output.dropout", "output.dropout"]
     bert = load_base_model(cfg.model, cfg.task.label_names)
     assert set_backbone_dropout(bert, 0.0, ["classifier"]) == 20
-    assert dropouts(bert) == {n: 0.0 for n in ["bert.embeddings.dropout", "dropout",
-                                               *(f"bert.encoder.layer.{i}.{m}" for i in range(6) for m in layer)]}
-    roberta = RobertaForSequenceClassification(RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                             intermediate_size=37, vocab_size=100))
+    assert dropouts(bert) == {
+        n: 0.0
+        for n in [
+            "bert.embeddings.dropout",
+            "dropout",
+            *(f"bert.encoder.layer.{i}.{m}" for i in range(6) for m in layer),
+        ]
+    }
+    roberta = RobertaForSequenceClassification(
+        RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
+    )
     assert set_backbone_dropout(roberta, 0.0, ["classifier"]) == 7
-    assert dropouts(roberta) == {"classifier.dropout": 0.1, "roberta.embeddings.dropout": 0.0,
-                                 **{f"roberta.encoder.layer.{i}.{m}": 0.0 for i in range(2) for m in layer}}
+    assert dropouts(roberta) == {
+        "classifier.dropout": 0.1,
+        "roberta.embeddings.dropout": 0.0,
+        **{f"roberta.encoder.layer.{i}.{m}": 0.0 for i in range(2) for m in layer},
+    }
 
 
 def fake_venv(tmp_path: Path) -> Path:
@@ -310,8 +388,13 @@ def run_printed(command: str, tmp_path: Path) -> list:
     return out.read_text().splitlines()
 
 
-HOSTILE_OVERRIDES = ['sweep.start_targets=[".*(query|value)"]', "lora.targets=['.*query$']",
-                     "data.dir=/tmp/a dir/it's é", 'sweep.name=x', "results_dir=$HOME/`x`"]
+HOSTILE_OVERRIDES = [
+    'sweep.start_targets=[".*(query|value)"]',
+    "lora.targets=['.*query$']",
+    "data.dir=/tmp/a dir/it's é",
+    "sweep.name=x",
+    "results_dir=$HOME/`x`",
+]
 
 
 def test_printed_make_commands_run_as_printed(tmp_path):
@@ -349,8 +432,14 @@ def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path, monkeypatch)
     # the "more seeds" command, as printed (a code span: backticks inside get a longer fence), gives
     # python the run's overrides with the seed limit of racing doubled, sweep.max_seeds 2 -> 4
     ((fence, more),) = re.findall(r"^- More seeds [^:]*: (`+) ?(make .*?) ?\1$", report, flags=re.M)
-    assert run_printed(more, tmp_path) == ["-m", "sweep", "task=mrpc", "sweep=progressive", *HOSTILE_OVERRIDES,
-                                           "sweep.max_seeds=4"]
+    assert run_printed(more, tmp_path) == [
+        "-m",
+        "sweep",
+        "task=mrpc",
+        "sweep=progressive",
+        *HOSTILE_OVERRIDES,
+        "sweep.max_seeds=4",
+    ]
 
 
 def test_user_text_in_plots_is_drawn_as_written(tmp_path, monkeypatch):
@@ -376,6 +465,7 @@ def test_a_single_configuration_can_be_read_off_the_parameter_axis(tmp_path, mon
     """Row 12: one configuration (r=1, 1,000 LoRA parameters): a labelled tick at its value, limits
     around it (a factor 1.4 either side on the log axis)."""
     import test_analysis as ta
+
     from analysis import study_info, summary_frame, trials_frame
 
     synthetic_study(tmp_path, "q,v", "minilm", monkeypatch)
@@ -393,8 +483,9 @@ def test_results_dir_with_odd_characters_keeps_every_file_inside(tmp_path, tiny)
     cfg, resolved = compose([*tiny[:2], f"results_dir='{odd}'"])  # quoted, as Hydra needs for ? and #
     assert sqlite_path(storage_url(cfg)) == odd / "mrpc" / "default" / "study.db"
     open_study(cfg, resolved)
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == \
-        [str((odd / "mrpc" / "default" / "study.db").relative_to(tmp_path))]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        str((odd / "mrpc" / "default" / "study.db").relative_to(tmp_path))
+    ]
 
 
 def test_data_dir_with_odd_characters(glue_dir, tmp_path):

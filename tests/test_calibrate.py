@@ -7,16 +7,17 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 from scipy import stats
+from test_analysis import FINISHED, make_study, trial
+from test_analysis import settings as small_settings
+from test_decide import COSTS
 
 from analysis.calibrate import COLUMNS, main
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
-from sweep.errors import UserError
 from sweep.cli import defaults as default_config
 from sweep.config import SweepSettings
 from sweep.decide import Outcome
-from test_analysis import FINISHED, make_study, settings as small_settings, trial
-from test_decide import COSTS
+from sweep.errors import UserError
 
 RANKS = [1, 2, 4, 8, 16, 32, 64]
 
@@ -33,8 +34,18 @@ def test_default_grid_is_70_trials():
 
 def test_scenario_curves_by_hand():
     by_name = {s.name: s for s in scenarios(defaults(), COSTS)}
-    assert list(by_name) == ["flat", "plateau-r2", "plateau-r4", "plateau-r8", "plateau-r32", "rising", "peak-r8",
-                             "wider+1+2", "wider+0.5", "wider-1"]
+    assert list(by_name) == [
+        "flat",
+        "plateau-r2",
+        "plateau-r4",
+        "plateau-r8",
+        "plateau-r32",
+        "rising",
+        "peak-r8",
+        "wider+1+2",
+        "wider+0.5",
+        "wider-1",
+    ]
     assert [by_name["plateau-r4"].curve[r] for r in RANKS] == [78, 79, 80, 80, 80, 80, 80]
     assert [by_name["plateau-r32"].curve[r] for r in RANKS] == [75, 76, 77, 78, 79, 80, 80]
     assert [by_name["rising"].curve[r] for r in RANKS] == [74, 75, 76, 77, 78, 79, 80]
@@ -44,12 +55,15 @@ def test_scenario_curves_by_hand():
     assert wider.best(search_space(defaults())) == 82  # all-linear at r ≥ 4
 
 
-@pytest.mark.parametrize("name, trials", [
-    # flat: r=1, r=2, r=4 (2 doublings: plateau at r=1), then q,k,v,o and all-linear at r=1: 5 × 2 seeds
-    ("flat", 10),
-    # plateau at r=4: r=1, 2, 4 gain; r=8 and r=16 do not: plateau at r=4; two wider sets: 7 × 2 seeds
-    ("plateau-r4", 14),
-])
+@pytest.mark.parametrize(
+    "name, trials",
+    [
+        # flat: r=1, r=2, r=4 (2 doublings: plateau at r=1), then q,k,v,o and all-linear at r=1: 5 × 2 seeds
+        ("flat", 10),
+        # plateau at r=4: r=1, 2, 4 gain; r=8 and r=16 do not: plateau at r=4; two wider sets: 7 × 2 seeds
+        ("plateau-r4", 14),
+    ],
+)
 def test_noise_free_replay(name, trials):
     s = defaults()
     scenario = next(x for x in scenarios(s, COSTS) if x.name == name)

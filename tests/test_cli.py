@@ -2,8 +2,8 @@
 existing results untouched."""
 
 import pytest
-
 from conftest import run_main, run_module
+
 from sweep.trial import main as trial_main
 
 CASES = [
@@ -13,13 +13,22 @@ CASES = [
     (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
     (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
     (["data.dir=/no/such/dir"], "data.dir /no/such/dir is not a directory"),
-    (["model=roberta-base"], "model 'roberta-base' is not in the local Hugging Face cache and the hub cannot be reached"),
+    (
+        ["model=roberta-base"],
+        "model 'roberta-base' is not in the local Hugging Face cache and the hub cannot be reached",
+    ),
     (["model=gpt2"], "model 'gpt2' is not in the local Hugging Face cache and the hub cannot be reached"),
     (["model=smollm2-135m"], "model 'HuggingFaceTB/SmolLM2-135M' is not in the local Hugging Face cache"),
     (["task.problem_type=regression"], "task.metrics='accuracy' is invalid: valid values are pearson, spearman"),
-    (["data.dir=null"], "GLUE mrpc (nyu-mll/glue) is not in the local Hugging Face cache and the hub cannot be reached"),
-    (["lora.r=abc"], "invalid value for 'lora.r': Value 'abc' of type 'str' could not be converted to Integer; "
-                     "lora.r takes an integer"),
+    (
+        ["data.dir=null"],
+        "GLUE mrpc (nyu-mll/glue) is not in the local Hugging Face cache and the hub cannot be reached",
+    ),
+    (
+        ["lora.r=abc"],
+        "invalid value for 'lora.r': Value 'abc' of type 'str' could not be converted to Integer; "
+        "lora.r takes an integer",
+    ),
     (["sweep.ranks=[4,2]"], "sweep.ranks=[4, 2] is invalid: ranks must be distinct and increasing"),
 ]
 
@@ -47,4 +56,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny, tmp_path, monkeypatch, args, mes
 def test_the_command_line_itself_prints_one_line(tiny):
     """The same path as a user's shell: ``python -m sweep.trial`` in its own process."""
     proc = run_module("sweep.trial", *tiny, "lora.r=0", timeout=120)
-    assert (proc.returncode, proc.stderr) == (2, "ranksweep: error: lora.r=0 is invalid: it must be a positive integer\n")
+    assert (proc.returncode, proc.stderr) == (
+        2,
+        "ranksweep: error: lora.r=0 is invalid: it must be a positive integer\n",
+    )

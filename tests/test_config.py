@@ -123,7 +123,11 @@ def yaml_keys(node, prefix=""):
     for k, v in node.items():
         if k == "defaults":
             continue
-        if isinstance(v, dict) and not prefix.startswith(("model.roles", "model.fused")) and k not in ("roles", "fused"):
+        if (
+            isinstance(v, dict)
+            and not prefix.startswith(("model.roles", "model.fused"))
+            and k not in ("roles", "fused")
+        ):
             yield from yaml_keys(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}"
@@ -196,14 +200,17 @@ def test_the_saved_default_config_is_byte_identical_to_before():
     assert OmegaConf.to_yaml(resolved) == DEFAULT_YAML
 
 
-@pytest.mark.parametrize("overrides, key, text", [
-    ([], "train.precision", "'auto'"),
-    (["train.precision=bf16", "lora.scaling=rslora"], "lora.scaling", "'rslora'"),
-    (["task=stsb"], "task.problem_type", "'regression'"),
-    (["task=rte"], "task.problem_type", "'single_label_classification'"),
-    (["sweep=grid"], "sweep.mode", "'grid'"),
-    (["debug=tiny"], "train.device", "'cpu'"),
-])
+@pytest.mark.parametrize(
+    "overrides, key, text",
+    [
+        ([], "train.precision", "'auto'"),
+        (["train.precision=bf16", "lora.scaling=rslora"], "lora.scaling", "'rslora'"),
+        (["task=stsb"], "task.problem_type", "'regression'"),
+        (["task=rte"], "task.problem_type", "'single_label_classification'"),
+        (["sweep=grid"], "sweep.mode", "'grid'"),
+        (["debug=tiny"], "train.device", "'cpu'"),
+    ],
+)
 def test_choices_are_plain_strings_where_saved_and_fingerprinted(overrides, key, text):
     """Enums check the choices while composing; the typed config, the saved YAML and the study
     fingerprint (``repr`` of each value) hold the plain string, as before."""
@@ -227,22 +234,38 @@ def test_choice_names_are_their_values():
 
 # (overrides, the whole message): what Hydra's composition refuses, reworded in one line
 REFUSED = [
-    (["foo=1"], "unknown config key 'foo'; valid top-level keys: data, debug, lora, model, results_dir, sweep, task, "
-                "train"),
-    (["+lora.foo=1"], "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-                      "dropout, targets, scaling"),
-    (["train.precison=bf16"], "unknown config key 'train.precison' (did you mean 'train.precision'?); valid keys under "
-                              "'train': epochs, lr, batch_size, eval_batch_size, seed, warmup_ratio, weight_decay, "
-                              "max_grad_norm, backbone_dropout, group_by_length, precision, device, threads"),
+    (
+        ["foo=1"],
+        "unknown config key 'foo'; valid top-level keys: data, debug, lora, model, results_dir, sweep, task, train",
+    ),
+    (
+        ["+lora.foo=1"],
+        "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
+        "dropout, targets, scaling",
+    ),
+    (
+        ["train.precison=bf16"],
+        "unknown config key 'train.precison' (did you mean 'train.precision'?); valid keys under "
+        "'train': epochs, lr, batch_size, eval_batch_size, seed, warmup_ratio, weight_decay, "
+        "max_grad_norm, backbone_dropout, group_by_length, precision, device, threads",
+    ),
     (["train.precision=fp16"], "train.precision='fp16' is invalid: valid values are auto, fp32, bf16"),
     (["train.device=tpu"], "train.device='tpu' is invalid: valid values are auto, cpu, cuda"),
     (["sweep.mode=random"], "sweep.mode='random' is invalid: valid values are progressive, grid"),
-    (["task.problem_type=ranking"], "task.problem_type='ranking' is invalid: valid values are "
-                                    "single_label_classification, regression"),
-    (["train.epochs=1.5"], "invalid value for 'train.epochs': Value '1.5' of type 'float' could not be converted to "
-                           "Integer; train.epochs takes an integer, e.g. train.epochs=3"),
-    (["sweep.max_hours=soon"], "invalid value for 'sweep.max_hours': Value 'soon' of type 'str' could not be "
-                               "converted to Float; sweep.max_hours takes a number or null, e.g. sweep.max_hours=2.9"),
+    (
+        ["task.problem_type=ranking"],
+        "task.problem_type='ranking' is invalid: valid values are single_label_classification, regression",
+    ),
+    (
+        ["train.epochs=1.5"],
+        "invalid value for 'train.epochs': Value '1.5' of type 'float' could not be converted to "
+        "Integer; train.epochs takes an integer, e.g. train.epochs=3",
+    ),
+    (
+        ["sweep.max_hours=soon"],
+        "invalid value for 'sweep.max_hours': Value 'soon' of type 'str' could not be "
+        "converted to Float; sweep.max_hours takes a number or null, e.g. sweep.max_hours=2.9",
+    ),
     (["lora.alpha=0"], "lora.alpha=0.0 is invalid: it must be a positive number"),
 ]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sweep.errors import UserError
 from sweep.data import Batches, load_glue, tokenized_glue
+from sweep.errors import UserError
 
 MRPC = ("mrpc", ["sentence1", "sentence2"], ["not_equivalent", "equivalent"])
 COLA = ("cola", ["sentence"], ["unacceptable", "acceptable"])
@@ -12,13 +12,16 @@ SST2 = ("sst2", ["sentence"], ["negative", "positive"])
 STSB = ("stsb", ["sentence1", "sentence2"], ["score"])
 
 
-@pytest.mark.parametrize("task, sizes, positives", [
-    (MRPC, {"train": 3668, "validation": 408, "test": 1725}, {"train": 2474, "validation": 279}),
-    (COLA, {"train": 8551, "validation": 1043, "test": 1063}, {"train": 6023, "validation": 721}),
-    # RTE: label 1 = not_entailment (1241 of 2490 train, 131 of 277 validation in the README)
-    (RTE, {"train": 2490, "validation": 277, "test": 3000}, {"train": 1241, "validation": 131}),
-    (SST2, {"train": 67349, "validation": 872, "test": 1821}, {"train": 37569, "validation": 444}),
-])
+@pytest.mark.parametrize(
+    "task, sizes, positives",
+    [
+        (MRPC, {"train": 3668, "validation": 408, "test": 1725}, {"train": 2474, "validation": 279}),
+        (COLA, {"train": 8551, "validation": 1043, "test": 1063}, {"train": 6023, "validation": 721}),
+        # RTE: label 1 = not_entailment (1241 of 2490 train, 131 of 277 validation in the README)
+        (RTE, {"train": 2490, "validation": 277, "test": 3000}, {"train": 1241, "validation": 131}),
+        (SST2, {"train": 67349, "validation": 872, "test": 1821}, {"train": 37569, "validation": 444}),
+    ],
+)
 def test_split_sizes_labels_and_schema(glue_dir, task, sizes, positives):
     name, fields, labels = task
     ds = load_glue(name, str(glue_dir), fields, labels)
@@ -42,18 +45,24 @@ def test_stsb_scores_are_floats_with_the_readme_means(glue_dir):
         assert min(scores) >= 0 and max(scores) <= 5 and sum(scores) / len(scores) == pytest.approx(mean, abs=0.005)
 
 
-@pytest.mark.parametrize("folder, task, text_columns, label_column", [
-    ("RTE", RTE, (1, 2), 3), ("STS-B", STSB, (7, 8), 9), ("SST-2", SST2, (0,), 1)])
+@pytest.mark.parametrize(
+    "folder, task, text_columns, label_column",
+    [("RTE", RTE, (1, 2), 3), ("STS-B", STSB, (7, 8), 9), ("SST-2", SST2, (0,), 1)],
+)
 def test_every_row_matches_the_raw_file(glue_dir, folder, task, text_columns, label_column):
     # plain string splitting, no csv module: the rows holding `"` must come back whole, and none merged
     for split, filename in (("train", "train.tsv"), ("validation", "dev.tsv")):
-        rows = [line.split("\t") for line in (glue_dir / folder / filename).read_text(encoding="utf-8").splitlines()[1:]]
+        rows = [
+            line.split("\t") for line in (glue_dir / folder / filename).read_text(encoding="utf-8").splitlines()[1:]
+        ]
         ds = load_glue(task[0], str(glue_dir), *task[1:])[split]
         assert len(ds) == len(rows)
         for name, col in zip(task[1], text_columns):
             assert ds[name] == [r[col] for r in rows]
         raw = [r[label_column] for r in rows]
-        expected = [float(x) for x in raw] if task is STSB else [task[2].index(x) if x in task[2] else int(x) for x in raw]
+        expected = (
+            [float(x) for x in raw] if task is STSB else [task[2].index(x) if x in task[2] else int(x) for x in raw]
+        )
         assert ds["label"] == pytest.approx(expected)
 
 
@@ -117,6 +126,8 @@ def test_batches_pad_per_batch_and_order_depends_on_seed_and_epoch(glue_dir):
     assert width == max(train["length"][i] for i in batch["index"].tolist())
     assert batch["attention_mask"].sum().item() == sum(train["length"][i] for i in batch["index"].tolist())
     assert b.shapes(2) == [tuple(x["input_ids"].shape) for x in b.epoch(2)]  # shapes without building batches
-    padded = sum(len(rows) * max(train["length"][i] for i in rows) for rows in
-                 [b.order(0)[i:i + 16] for i in range(0, 200, 16)])
+    padded = sum(
+        len(rows) * max(train["length"][i] for i in rows)
+        for rows in [b.order(0)[i : i + 16] for i in range(0, 200, 16)]
+    )
     assert padded < 1.15 * sum(train["length"])  # grouping by length keeps padding small

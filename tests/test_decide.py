@@ -19,16 +19,30 @@ from sweep.decide import Outcome, Stats, aggregate, plan, pooled_sd, seed_sequen
 
 # LoRA parameters per unit of rank (Σ(d+k) per target set) for MiniLM (6 layers, d_model 384, d_ff 1536):
 # q and v are 384×384 → 768 each
-COSTS = {"q": 6 * 768, "v": 6 * 768, "q,v": 6 * 2 * 768, "q,k,v,o": 6 * 4 * 768,
-         "all-linear": 6 * (4 * 768 + 2 * (384 + 1536))}
+COSTS = {
+    "q": 6 * 768,
+    "v": 6 * 768,
+    "q,v": 6 * 2 * 768,
+    "q,k,v,o": 6 * 4 * 768,
+    "all-linear": 6 * (4 * 768 + 2 * (384 + 1536)),
+}
 HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
 
 
 def settings(**kw) -> SweepSettings:
-    base = dict(ranks=[1, 2, 4, 8, 16, 32, 64], start_targets=["q", "v"],
-                target_sets=[["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], "all-linear"],
-                seeds=[0, 1], max_seeds=6, tolerance=1.0, confidence=0.9, patience=2, escalate_max_r=8,
-                max_trials=None, max_hours=None)
+    base = dict(
+        ranks=[1, 2, 4, 8, 16, 32, 64],
+        start_targets=["q", "v"],
+        target_sets=[["q"], ["v"], ["q", "v"], ["q", "k", "v", "o"], "all-linear"],
+        seeds=[0, 1],
+        max_seeds=6,
+        tolerance=1.0,
+        confidence=0.9,
+        patience=2,
+        escalate_max_r=8,
+        max_trials=None,
+        max_hours=None,
+    )
     base.update(kw)
     return replace(defaults().sweep, **base)
 
@@ -75,59 +89,161 @@ CASES = [
     # run out. Best is all-linear (85.2); by trainable parameters r=4 q,k,v,o (73,728 LoRA) ties r=8 q,v
     # and has the higher mean, so it comes before r=8 q,v (gap 1.0: upper bound > 1); its gap to the best
     # is 0.2 + t(0.9, 7 d.f.)·0.1414 = 0.40 < 1: picked.
-    ("rise-plateau-widen", {}, lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t])
-     + small(s),
-     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
-     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("no-gain", 8, "q,v"),
-      ("no-gain", 16, "q,v"), ("plateau", 4, "q,v"), ("escalate", 4, "q,v"), ("widen", 4, "q,k,v,o"),
-      ("no-gain", 4, "all-linear"), ("recommend", 4, "q,k,v,o")], (4, "q,k,v,o"), "plateau"),
+    (
+        "rise-plateau-widen",
+        {},
+        lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t]) + small(s),
+        pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
+        [
+            ("start", 1, "q,v"),
+            ("continue", 2, "q,v"),
+            ("continue", 4, "q,v"),
+            ("no-gain", 8, "q,v"),
+            ("no-gain", 16, "q,v"),
+            ("plateau", 4, "q,v"),
+            ("escalate", 4, "q,v"),
+            ("widen", 4, "q,k,v,o"),
+            ("no-gain", 4, "all-linear"),
+            ("recommend", 4, "q,k,v,o"),
+        ],
+        (4, "q,k,v,o"),
+        "plateau",
+    ),
     # flat: r=2 and r=4 gain 0 (upper bounds 0 + t·0.1414 < 1); r=4 is 2 doublings past r=1: plateau at r=1;
     # q,k,v,o and all-linear at r=1 gain nothing either: 2 sets in a row, plateau. All means are 80: the
     # best (fewest parameters on a tie) is r=1 q,v itself.
-    ("flat", {}, lambda r, t, s: 0.80 + small(s),
-     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (1, "q,k,v,o"), (1, "all-linear")]),
-     [("start", 1, "q,v"), ("no-gain", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"), ("escalate", 1, "q,v"),
-      ("no-gain", 1, "q,k,v,o"), ("no-gain", 1, "all-linear"), ("plateau", 1, "q,v"), ("recommend", 1, "q,v")],
-     (1, "q,v"), "plateau"),
+    (
+        "flat",
+        {},
+        lambda r, t, s: 0.80 + small(s),
+        pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (1, "q,k,v,o"), (1, "all-linear")]),
+        [
+            ("start", 1, "q,v"),
+            ("no-gain", 2, "q,v"),
+            ("no-gain", 4, "q,v"),
+            ("plateau", 1, "q,v"),
+            ("escalate", 1, "q,v"),
+            ("no-gain", 1, "q,k,v,o"),
+            ("no-gain", 1, "all-linear"),
+            ("plateau", 1, "q,v"),
+            ("recommend", 1, "q,v"),
+        ],
+        (1, "q,v"),
+        "plateau",
+    ),
     # a peak at r=4, then a decline: r=8 (−1) and r=16 (−2) do not gain; plateau at r=4; wider sets are
     # 0.5 below the curve, no gain; r=4 q,v is the best and the cheapest shown within 1 of itself.
-    ("peak-decline", {}, lambda r, t, s: PEAK[r] - (0.005 if t != "q,v" else 0) + small(s),
-     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
-     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("no-gain", 8, "q,v"),
-      ("no-gain", 16, "q,v"), ("plateau", 4, "q,v"), ("escalate", 4, "q,v"), ("no-gain", 4, "q,k,v,o"),
-      ("no-gain", 4, "all-linear"), ("plateau", 4, "q,v"), ("recommend", 4, "q,v")], (4, "q,v"), "plateau"),
+    (
+        "peak-decline",
+        {},
+        lambda r, t, s: PEAK[r] - (0.005 if t != "q,v" else 0) + small(s),
+        pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
+        [
+            ("start", 1, "q,v"),
+            ("continue", 2, "q,v"),
+            ("continue", 4, "q,v"),
+            ("no-gain", 8, "q,v"),
+            ("no-gain", 16, "q,v"),
+            ("plateau", 4, "q,v"),
+            ("escalate", 4, "q,v"),
+            ("no-gain", 4, "q,k,v,o"),
+            ("no-gain", 4, "all-linear"),
+            ("plateau", 4, "q,v"),
+            ("recommend", 4, "q,v"),
+        ],
+        (4, "q,v"),
+        "plateau",
+    ),
     # still rising at 16 ≥ escalate_max_r: no wider targets; r=16 is the best and nothing cheaper is within 1.
-    ("rising-no-escalation", {"ranks": [4, 8, 16]}, lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
-     pairs([(4, "q,v"), (8, "q,v"), (16, "q,v")]),
-     [("start", 4, "q,v"), ("continue", 8, "q,v"), ("continue", 16, "q,v"), ("ranks-exhausted", 16, "q,v"),
-      ("no-escalation", 16, "q,v"), ("recommend", 16, "q,v")], (16, "q,v"), "plateau"),
+    (
+        "rising-no-escalation",
+        {"ranks": [4, 8, 16]},
+        lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
+        pairs([(4, "q,v"), (8, "q,v"), (16, "q,v")]),
+        [
+            ("start", 4, "q,v"),
+            ("continue", 8, "q,v"),
+            ("continue", 16, "q,v"),
+            ("ranks-exhausted", 16, "q,v"),
+            ("no-escalation", 16, "q,v"),
+            ("recommend", 16, "q,v"),
+        ],
+        (16, "q,v"),
+        "plateau",
+    ),
     # racing, worked out in test_racing_bounds: r=2 vs r=1 stays undecided; seeds go to the side with fewer
     # (r=2 on a tie) up to max_seeds = 3; at the limit no gain; the ranks run out; r=1 is not shown within 1
     # point of r=2, so the recommendation is the best, r=2 (no evidence is not evidence of equivalence).
-    ("racing-to-the-limit", {"ranks": [1, 2], "target_sets": [["q", "v"]], "max_seeds": 3},
-     lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s),
-     [(1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1), (2, "q,v", 2), (1, "q,v", 2)],
-     [("start", 1, "q,v"), ("more-seeds", 2, "q,v"), ("more-seeds", 1, "q,v"), ("no-gain", 2, "q,v"),
-      ("ranks-exhausted", 1, "q,v"), ("no-escalation", 1, "q,v"), ("recommend", 2, "q,v")], (2, "q,v"), "plateau"),
+    (
+        "racing-to-the-limit",
+        {"ranks": [1, 2], "target_sets": [["q", "v"]], "max_seeds": 3},
+        lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s),
+        [(1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1), (2, "q,v", 2), (1, "q,v", 2)],
+        [
+            ("start", 1, "q,v"),
+            ("more-seeds", 2, "q,v"),
+            ("more-seeds", 1, "q,v"),
+            ("no-gain", 2, "q,v"),
+            ("ranks-exhausted", 1, "q,v"),
+            ("no-escalation", 1, "q,v"),
+            ("recommend", 2, "q,v"),
+        ],
+        (2, "q,v"),
+        "plateau",
+    ),
     # one seed and no racing (debug=tiny): no noise estimate, nothing is significant, the rank stays at r=1 and
     # plateaus 2 doublings later; nothing can be shown equivalent, so the best mean wins: r=4.
-    ("single-seed", {"ranks": [1, 2, 4], "seeds": [0], "max_seeds": 1, "target_sets": [["q", "v"]]},
-     lambda r, t, s: {1: 0.80, 2: 0.85, 4: 0.90}[r], [(1, "q,v", 0), (2, "q,v", 0), (4, "q,v", 0)],
-     [("start", 1, "q,v"), ("no-gain", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"),
-      ("no-escalation", 1, "q,v"), ("recommend", 4, "q,v")], (4, "q,v"), "plateau"),
+    (
+        "single-seed",
+        {"ranks": [1, 2, 4], "seeds": [0], "max_seeds": 1, "target_sets": [["q", "v"]]},
+        lambda r, t, s: {1: 0.80, 2: 0.85, 4: 0.90}[r],
+        [(1, "q,v", 0), (2, "q,v", 0), (4, "q,v", 0)],
+        [
+            ("start", 1, "q,v"),
+            ("no-gain", 2, "q,v"),
+            ("no-gain", 4, "q,v"),
+            ("plateau", 1, "q,v"),
+            ("no-escalation", 1, "q,v"),
+            ("recommend", 4, "q,v"),
+        ],
+        (4, "q,v"),
+        "plateau",
+    ),
     # the trial cap in the middle of a configuration: 6 trials done, r=8 gets only seed 0 (the cap allows
     # one more), then the cap stops the sweep; r=8 was never evaluated: the recommendation is r=4, provisional.
-    ("cap-mid-configuration", {"max_trials": 7}, lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
-     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]) + [(8, "q,v", 0)],
-     [("start", 1, "q,v"), ("continue", 2, "q,v"), ("continue", 4, "q,v"), ("budget", None, None),
-      ("recommend", 4, "q,v")], (4, "q,v"), "budget"),
+    (
+        "cap-mid-configuration",
+        {"max_trials": 7},
+        lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
+        pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]) + [(8, "q,v", 0)],
+        [
+            ("start", 1, "q,v"),
+            ("continue", 2, "q,v"),
+            ("continue", 4, "q,v"),
+            ("budget", None, None),
+            ("recommend", 4, "q,v"),
+        ],
+        (4, "q,v"),
+        "budget",
+    ),
     # every seed of r=2 diverges (failed, no gain) and one seed of r=1 (n=1); r=4 equals r=1: no noise
     # estimate until r=4's pair, then no gain; plateau at r=1 after 2 doublings.
-    ("diverged", {"target_sets": [["q", "v"]]},
-     lambda r, t, s: None if r == 2 or (r == 1 and s == 1) else 0.80 + small(s),
-     pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]),
-     [("start", 1, "q,v"), ("failed", 2, "q,v"), ("no-gain", 4, "q,v"), ("plateau", 1, "q,v"),
-      ("no-escalation", 1, "q,v"), ("recommend", 1, "q,v")], (1, "q,v"), "plateau"),
+    (
+        "diverged",
+        {"target_sets": [["q", "v"]]},
+        lambda r, t, s: None if r == 2 or (r == 1 and s == 1) else 0.80 + small(s),
+        pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]),
+        [
+            ("start", 1, "q,v"),
+            ("failed", 2, "q,v"),
+            ("no-gain", 4, "q,v"),
+            ("plateau", 1, "q,v"),
+            ("no-escalation", 1, "q,v"),
+            ("recommend", 1, "q,v"),
+        ],
+        (1, "q,v"),
+        "plateau",
+    ),
 ]
 
 
@@ -145,8 +261,9 @@ def t90(dof):
 
 
 def test_racing_bounds():
-    ran, p = drive(settings(ranks=[1, 2], target_sets=[["q", "v"]], max_seeds=3),
-                   lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s))
+    ran, p = drive(
+        settings(ranks=[1, 2], target_sets=[["q", "v"]], max_seeds=3), lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s)
+    )
     # the three looks at r=2 vs r=1, each with the seeds it had: (r=1 seeds, r=2 seeds)
     r1, r2 = [79.0, 81.0, 81.0], [82.0, 80.0, 82.0]
     looks = []
@@ -169,8 +286,9 @@ def test_racing_bounds():
 
 
 def test_equivalence_bound_of_the_recommendation():
-    _, p = drive(settings(), lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t])
-                 + small(s))
+    _, p = drive(
+        settings(), lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t]) + small(s)
+    )
     rec = p.decisions[-1]
     # 7 configurations evaluated, each a pair ±0.1: pooled sd 0.1414 with 7 d.f.; SE = 0.1414·√(1/2 + 1/2)
     se = math.sqrt(0.02)
@@ -182,15 +300,20 @@ def test_equivalence_bound_of_the_recommendation():
 def test_budget_says_what_it_cut_off_and_the_answer_is_provisional():
     _, p = drive(settings(max_trials=7), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
     budget, rec = p.decisions[-2:]
-    assert budget.reason == ("compute cap reached (trials: 7 ≥ sweep.max_trials=7); stopping cleanly; cut off: "
-                             "the rank stage still needed r=8 on q,v seed(s) 1")
+    assert budget.reason == (
+        "compute cap reached (trials: 7 ≥ sweep.max_trials=7); stopping cleanly; cut off: "
+        "the rank stage still needed r=8 on q,v seed(s) 1"
+    )
     assert rec.reason.startswith("provisional, the compute cap stopped the sweep before the procedure ended: ")
 
 
-@pytest.mark.parametrize("cap, expect", [
-    (dict(max_train_flops=5e12), "sweep.max_train_flops"),  # 5 trials × 1e12 FLOPs reach it
-    (dict(max_hours=5 * 60 / 3600), "sweep.max_hours"),     # 5 trials × 60 s
-])
+@pytest.mark.parametrize(
+    "cap, expect",
+    [
+        (dict(max_train_flops=5e12), "sweep.max_train_flops"),  # 5 trials × 1e12 FLOPs reach it
+        (dict(max_hours=5 * 60 / 3600), "sweep.max_hours"),  # 5 trials × 60 s
+    ],
+)
 def test_flops_and_time_caps(cap, expect):
     trials, p = drive(settings(**cap), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
     assert len(trials) == 5
@@ -218,7 +341,7 @@ def test_replaying_a_longer_history_keeps_every_earlier_decision():
     history = [Outcome(r, t, sd, "ok", metric(r, t, sd), r * COSTS[t] + HEAD, 1e12, 60.0) for r, t, sd in trials]
     for cut in range(len(history)):
         partial = plan(s, history[:cut], COSTS)
-        assert [d.line() for d in partial.decisions] == [d.line() for d in final.decisions[:len(partial.decisions)]]
+        assert [d.line() for d in partial.decisions] == [d.line() for d in final.decisions[: len(partial.decisions)]]
         assert (partial.next.r, partial.next.targets, partial.next.seed) == trials[cut]
 
 
@@ -227,8 +350,11 @@ def test_seeds_past_the_asked_ones_are_ignored():
     extra = [Outcome(1, "q,v", s, "ok", 0.50, HEAD, 1e12, 60.0) for s in (2, 3)]
     s = settings(ranks=[1, 2, 4], target_sets=[["q", "v"]])
     ran, p = drive(s, lambda r, t, sd: 0.80 + small(sd))
-    replay = plan(s, extra + [Outcome(r, t, sd, "ok", 0.80 + small(sd), r * COSTS[t] + HEAD, 1e12, 60.0)
-                              for r, t, sd in ran], COSTS)
+    replay = plan(
+        s,
+        extra + [Outcome(r, t, sd, "ok", 0.80 + small(sd), r * COSTS[t] + HEAD, 1e12, 60.0) for r, t, sd in ran],
+        COSTS,
+    )
     assert [d.line() for d in replay.decisions] == [d.line() for d in p.decisions]
 
 
@@ -263,20 +389,23 @@ def bad(seed, status, params=1_000, flops=5e11, r=1, targets="q,v"):
 
 # (outcomes of r=1 on q,v in trial order, seeds that count) -> (counted seeds, mean and sd in points,
 # ok outcomes not counted, trainable parameters, mean training FLOPs); worked out by hand
-@pytest.mark.parametrize("outcomes, seeds, counted, mean, sd, not_counted, params, flops", [
-    # a crash measures nothing: seed 1's retry counts, the crash's FLOPs do not
-    ([ok(0, 0.80), bad(1, "failed", flops=9e12), ok(1, 0.82)], [0, 1], (0, 1), 81.0, math.sqrt(2), 0, 1_000, 1e12),
-    # a diverged seed is measured (its parameters count) but has no objective and no FLOPs in the mean
-    ([ok(0, 0.80), bad(1, "diverged", params=2_000)], [0, 1], (0,), 80.0, None, 0, 2_000, 1e12),
-    # seed 2 is outside the counted seeds: left out of the statistics, not out of the costs
-    ([ok(0, 0.80), ok(1, 0.82), ok(2, 0.50, flops=4e12)], [0, 1], (0, 1), 81.0, math.sqrt(2), 1, 1_000, 2e12),
-    # the later outcome of a seed wins
-    ([ok(0, 0.70), ok(0, 0.76), ok(1, 0.80)], [0, 1], (0, 1), 78.0, math.sqrt(8), 0, 1_000, 1e12),
-    # values are taken in the order of the counted seeds
-    ([ok(1, 0.80), ok(3, 0.90)], [3, 1], (3, 1), 85.0, math.sqrt(50), 0, 1_000, 1e12),
-    # only seeds outside: listed, no statistics
-    ([ok(5, 0.80)], [0, 1], (), None, None, 1, 1_000, 1e12),
-])
+@pytest.mark.parametrize(
+    "outcomes, seeds, counted, mean, sd, not_counted, params, flops",
+    [
+        # a crash measures nothing: seed 1's retry counts, the crash's FLOPs do not
+        ([ok(0, 0.80), bad(1, "failed", flops=9e12), ok(1, 0.82)], [0, 1], (0, 1), 81.0, math.sqrt(2), 0, 1_000, 1e12),
+        # a diverged seed is measured (its parameters count) but has no objective and no FLOPs in the mean
+        ([ok(0, 0.80), bad(1, "diverged", params=2_000)], [0, 1], (0,), 80.0, None, 0, 2_000, 1e12),
+        # seed 2 is outside the counted seeds: left out of the statistics, not out of the costs
+        ([ok(0, 0.80), ok(1, 0.82), ok(2, 0.50, flops=4e12)], [0, 1], (0, 1), 81.0, math.sqrt(2), 1, 1_000, 2e12),
+        # the later outcome of a seed wins
+        ([ok(0, 0.70), ok(0, 0.76), ok(1, 0.80)], [0, 1], (0, 1), 78.0, math.sqrt(8), 0, 1_000, 1e12),
+        # values are taken in the order of the counted seeds
+        ([ok(1, 0.80), ok(3, 0.90)], [3, 1], (3, 1), 85.0, math.sqrt(50), 0, 1_000, 1e12),
+        # only seeds outside: listed, no statistics
+        ([ok(5, 0.80)], [0, 1], (), None, None, 1, 1_000, 1e12),
+    ],
+)
 def test_aggregate_table(outcomes, seeds, counted, mean, sd, not_counted, params, flops):
     (res,) = aggregate(outcomes, seeds).values()
     assert res.seeds == counted and res.not_counted == not_counted

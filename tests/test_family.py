@@ -13,11 +13,19 @@ import pytest
 import torch
 
 from sweep.cli import compose
-from sweep.errors import UserError
 from sweep.config import ModelConfig
+from sweep.errors import UserError
 from sweep.family import with_family
-from sweep.modeling import (apply_lora, load_base_model, load_tokenizer, lora_param_count, parameter_counts,
-                            resolve_model_path, resolve_targets, target_module_names)
+from sweep.modeling import (
+    apply_lora,
+    load_base_model,
+    load_tokenizer,
+    lora_param_count,
+    parameter_counts,
+    resolve_model_path,
+    resolve_targets,
+    target_module_names,
+)
 
 D, FF, LAYERS, KV = 32, 64, 2, 16  # d_model, d_ff, layers; LLaMA's k/v width: 1 key-value head of 16
 VOCAB = 30522  # MiniLM's BERT tokenizer
@@ -43,20 +51,33 @@ def tiny_config(family: str):
 QV = {"bert": ["q", "v"], "roberta": ["q", "v"], "deberta-v2": ["q", "v"], "gpt2": ["qkv"], "llama": ["q", "v"]}
 ENCODER_ALL = 4 * (D + D) + (D + FF) + (FF + D)  # Wq, Wk, Wv, Wo, up, down
 HAND = {  # family: (modules adapted by QV[family] in layer i, LoRA params of QV, LoRA params of all-linear)
-    "bert": (["bert.encoder.layer.{i}.attention.self.query", "bert.encoder.layer.{i}.attention.self.value"],
-             LAYERS * 2 * 2 * (D + D), LAYERS * 2 * ENCODER_ALL),
-    "roberta": (["roberta.encoder.layer.{i}.attention.self.query", "roberta.encoder.layer.{i}.attention.self.value"],
-                LAYERS * 2 * 2 * (D + D), LAYERS * 2 * ENCODER_ALL),
-    "deberta-v2": (["deberta.encoder.layer.{i}.attention.self.query_proj",
-                    "deberta.encoder.layer.{i}.attention.self.value_proj"],
-                   LAYERS * 2 * 2 * (D + D), LAYERS * 2 * ENCODER_ALL),
+    "bert": (
+        ["bert.encoder.layer.{i}.attention.self.query", "bert.encoder.layer.{i}.attention.self.value"],
+        LAYERS * 2 * 2 * (D + D),
+        LAYERS * 2 * ENCODER_ALL,
+    ),
+    "roberta": (
+        ["roberta.encoder.layer.{i}.attention.self.query", "roberta.encoder.layer.{i}.attention.self.value"],
+        LAYERS * 2 * 2 * (D + D),
+        LAYERS * 2 * ENCODER_ALL,
+    ),
+    "deberta-v2": (
+        ["deberta.encoder.layer.{i}.attention.self.query_proj", "deberta.encoder.layer.{i}.attention.self.value_proj"],
+        LAYERS * 2 * 2 * (D + D),
+        LAYERS * 2 * ENCODER_ALL,
+    ),
     # c_attn: d -> 3d in one Conv1D; all-linear adds attn.c_proj (d -> d), mlp.c_fc (d -> ff), mlp.c_proj (ff -> d)
-    "gpt2": (["transformer.h.{i}.attn.c_attn"], LAYERS * 2 * (D + 3 * D),
-             LAYERS * 2 * ((D + 3 * D) + (D + D) + (D + FF) + (FF + D))),
+    "gpt2": (
+        ["transformer.h.{i}.attn.c_attn"],
+        LAYERS * 2 * (D + 3 * D),
+        LAYERS * 2 * ((D + 3 * D) + (D + D) + (D + FF) + (FF + D)),
+    ),
     # grouped-query attention: k and v are d -> 16; the MLP has gate, up (d -> ff) and down (ff -> d)
-    "llama": (["model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.v_proj"],
-              LAYERS * 2 * ((D + D) + (D + KV)),
-              LAYERS * 2 * ((D + D) + 2 * (D + KV) + (D + D) + 3 * (D + FF))),
+    "llama": (
+        ["model.layers.{i}.self_attn.q_proj", "model.layers.{i}.self_attn.v_proj"],
+        LAYERS * 2 * ((D + D) + (D + KV)),
+        LAYERS * 2 * ((D + D) + 2 * (D + KV) + (D + D) + 3 * (D + FF)),
+    ),
 }
 
 
@@ -94,7 +115,9 @@ def test_family_modules_and_lora_parameters_by_hand(tiny_models, family):
     assert names == sorted(n.format(i=i) for n in expected_names for i in range(LAYERS))
     for targets, expected in ((QV[family], qv_params), (["all-linear"], all_params)):
         assert lora_param_count(base, targets, model_cfg, 2) == expected
-        peft_model = apply_lora(load_base_model(cfg.model, ["a", "b"]), replace(cfg.lora, r=2, targets=targets), model_cfg)
+        peft_model = apply_lora(
+            load_base_model(cfg.model, ["a", "b"]), replace(cfg.lora, r=2, targets=targets), model_cfg
+        )
         assert parameter_counts(peft_model, 0)["lora_params"] == expected
 
 
@@ -164,14 +187,17 @@ def model(**kw) -> ModelConfig:
     return ModelConfig(name="m", name_or_path="m", **kw)
 
 
-@pytest.mark.parametrize("model_type, model_cfg, error", [
-    ("gpt2", model(), None),
-    ("mistral", model(), None),                                                 # LLaMA-style names
-    ("mamba", model(), "model_type 'mamba', which no family in conf/family/ lists"),
-    ("mamba", model(family="llama"), None),                                     # the user says which
-    ("mamba", model(roles={"x": "x_proj"}, head=["head"]), None),               # or gives roles and head
-    ("bert", model(family="t5"), "model.family='t5' is invalid: valid values are bert, deberta-v2"),
-])
+@pytest.mark.parametrize(
+    "model_type, model_cfg, error",
+    [
+        ("gpt2", model(), None),
+        ("mistral", model(), None),  # LLaMA-style names
+        ("mamba", model(), "model_type 'mamba', which no family in conf/family/ lists"),
+        ("mamba", model(family="llama"), None),  # the user says which
+        ("mamba", model(roles={"x": "x_proj"}, head=["head"]), None),  # or gives roles and head
+        ("bert", model(family="t5"), "model.family='t5' is invalid: valid values are bert, deberta-v2"),
+    ],
+)
 def test_family_choice(model_type, model_cfg, error):
     if error:
         with pytest.raises(UserError, match=re.escape(error)):
@@ -186,8 +212,16 @@ def test_family_choice(model_type, model_cfg, error):
 def _rte_trial(tiny, folder: Path, family: str, *extra: str):
     from sweep.trial import run_trial, trial_dir
 
-    cfg, resolved = compose([*tiny, "task=rte", *model_overrides(folder, family), "lora.r=2",
-                             f"lora.targets=[{','.join(QV[family])}]", *extra])
+    cfg, resolved = compose(
+        [
+            *tiny,
+            "task=rte",
+            *model_overrides(folder, family),
+            "lora.r=2",
+            f"lora.targets=[{','.join(QV[family])}]",
+            *extra,
+        ]
+    )
     run_dir = trial_dir(cfg, resolved)
     return cfg, run_dir, run_trial(cfg, resolved, run_dir, progress=False)
 
@@ -208,10 +242,17 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     assert adapter_config["fan_in_fan_out"] is (family == "gpt2")
     # what a user elsewhere does: one call, the base model found from adapter_config.json (decoder
     # checkpoints define no pad token: the one used in training is in metrics.json)
-    model = AutoPeftModelForSequenceClassification.from_pretrained(str(run_dir / "adapter"),
-                                                                   pad_token_id=m["pad_token_id"])
-    data = tokenized_glue("rte", cfg.data.dir, tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                          cfg.model.name_or_path, cfg.data.max_length)
+    model = AutoPeftModelForSequenceClassification.from_pretrained(
+        str(run_dir / "adapter"), pad_token_id=m["pad_token_id"]
+    )
+    data = tokenized_glue(
+        "rte",
+        cfg.data.dir,
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
     val = take(data["validation"], cfg.data.max_eval_samples)
     preds = evaluate(model, Batches(val, 8, 0, shuffle=False), torch.device("cpu"), "fp32")
     assert np.array_equal(preds, np.load(run_dir / "val_predictions.npy"))
@@ -219,20 +260,31 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
 
 
 @pytest.mark.slow  # three trials each: about a minute on 2 CPU cores
-@pytest.mark.parametrize("family, sweep_targets", [
-    ("gpt2", ["sweep.start_targets=[qkv]", "sweep.target_sets=[[qkv],[qkv,o]]"]),
-    ("llama", ["sweep.target_sets=[[q,v],[q,k,v,o]]"]),
-])
+@pytest.mark.parametrize(
+    "family, sweep_targets",
+    [
+        ("gpt2", ["sweep.start_targets=[qkv]", "sweep.target_sets=[[qkv],[qkv,o]]"]),
+        ("llama", ["sweep.target_sets=[[q,v],[q,k,v,o]]"]),
+    ],
+)
 def test_progressive_sweep_on_a_tiny_decoder(tiny, tiny_models, family, sweep_targets):
     import optuna
 
     from analysis.report import write_reports
     from sweep.driver import run_sweep
-    from sweep.study import storage_url, study_name
     from sweep.paths import sweep_dir
+    from sweep.study import storage_url, study_name
 
-    cfg, resolved = compose([*tiny, "task=rte", *model_overrides(tiny_models[family], family), "sweep.ranks=[1,2]",
-                             "sweep.patience=2", *sweep_targets])
+    cfg, resolved = compose(
+        [
+            *tiny,
+            "task=rte",
+            *model_overrides(tiny_models[family], family),
+            "sweep.ranks=[1,2]",
+            "sweep.patience=2",
+            *sweep_targets,
+        ]
+    )
     plan = run_sweep(cfg, resolved, progress=False, log=lambda line: None)
     trials = optuna.load_study(study_name=study_name(cfg), storage=storage_url(cfg)).get_trials()
     # r=1 and r=2 on the start targets, then the wider set at the best rank

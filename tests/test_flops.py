@@ -35,7 +35,7 @@ def models():
 def batch(b, length):
     ids = torch.randint(1000, 2000, (b, length))
     mask = torch.ones_like(ids)
-    mask[0, length // 2:] = 0  # padding: a real batch passes an attention mask
+    mask[0, length // 2 :] = 0  # padding: a real batch passes an attention mask
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(b, dtype=torch.long)}
 
 
@@ -57,7 +57,7 @@ def test_polynomial_equals_direct_count_on_real_shapes(models):
     fm = FlopModel(model, batch(2, 10), train=True)
     for b, length in [(5, 23), (2, 61)]:
         x = batch(b, length)
-        direct = count_flops(lambda: model(**x).loss.backward())
+        direct = count_flops(lambda x=x: model(**x).loss.backward())
         model.zero_grad(set_to_none=True)
         assert fm(b, length) == direct
     fm_eval = FlopModel(model, batch(2, 10), train=False)

@@ -19,8 +19,9 @@ def _imported_packages(path: Path) -> set:
 
 def test_sweep_never_imports_analysis_except_at_the_entry_point():
     # analysis builds on sweep (it reads studies); the other way round would be a package cycle
-    offenders = sorted(p.name for p in (ROOT / "sweep").glob("*.py")
-                       if "analysis" in _imported_packages(p) and p.name != "__main__.py")
+    offenders = sorted(
+        p.name for p in (ROOT / "sweep").glob("*.py") if "analysis" in _imported_packages(p) and p.name != "__main__.py"
+    )
     assert offenders == []
     # and the entry point really is where the reports are written
     assert "analysis" in _imported_packages(ROOT / "sweep" / "__main__.py")
@@ -28,8 +29,19 @@ def test_sweep_never_imports_analysis_except_at_the_entry_point():
 
 def test_resume_logic_has_one_home():
     # the functions a re-run depends on are defined in sweep/resume.py and nowhere else
-    names = {"fingerprint", "check_fingerprint", "run_fingerprint", "sweep_lock", "orphans", "crashed_attempts",
-             "finished_result", "reuse_finished", "trial_identity", "save_checkpoint", "load_checkpoint"}
+    names = {
+        "fingerprint",
+        "check_fingerprint",
+        "run_fingerprint",
+        "sweep_lock",
+        "orphans",
+        "crashed_attempts",
+        "finished_result",
+        "reuse_finished",
+        "trial_identity",
+        "save_checkpoint",
+        "load_checkpoint",
+    }
     defined = {}
     for p in list((ROOT / "sweep").glob("*.py")) + list((ROOT / "analysis").glob("*.py")):
         for node in ast.walk(ast.parse(p.read_text())):
@@ -42,7 +54,7 @@ def test_the_readme_layout_table_names_real_files_and_functions():
     import re
 
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("Where each decision lives"):]
+    table = text[text.index("Where each decision lives") :]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
     assert len(rows) >= 10
     for row in rows:

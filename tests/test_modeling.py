@@ -15,10 +15,10 @@ HEAD = 384 * 384 + 384 + 384 * 2 + 2  # BERT pooler (dense 384→384) + classifi
 
 # (r, targets, LoRA parameters by hand: layers × matrices × r × (d + k))
 CASES = [
-    (8, ["q", "v"], 6 * 2 * 8 * (384 + 384)),                       # 73,728, the issue's example
+    (8, ["q", "v"], 6 * 2 * 8 * (384 + 384)),  # 73,728, the issue's example
     (2, ["all-linear"], 6 * 2 * (4 * 768 + (384 + 1536) + (1536 + 384))),  # 82,944
-    (4, ["q", "k", "v", "o"], 6 * 4 * 4 * 768),                     # 73,728 again, by another route
-    (16, ["up"], 6 * 16 * (384 + 1536)),                            # 184,320
+    (4, ["q", "k", "v", "o"], 6 * 4 * 4 * 768),  # 73,728 again, by another route
+    (16, ["up"], 6 * 16 * (384 + 1536)),  # 184,320
     (1, [r"bert\.encoder\.layer\.0\.attention\.self\.query"], 1 * 768),  # a raw regex: one matrix
 ]
 
@@ -101,11 +101,14 @@ def test_seed_changes_the_initial_adapter(cfg):
     assert not torch.equal(first_a(0), first_a(1))
 
 
-@pytest.mark.parametrize("scaling, r, expected", [
-    ("standard", 8, 16 / 8),            # alpha/r (LoRA, Hu et al. 2021, §4.1)
-    ("rslora", 8, 16 / 8 ** 0.5),       # alpha/sqrt(r) (rsLoRA, Kalajdzievski 2023)
-    ("rslora", 4, 16 / 2),
-])
+@pytest.mark.parametrize(
+    "scaling, r, expected",
+    [
+        ("standard", 8, 16 / 8),  # alpha/r (LoRA, Hu et al. 2021, §4.1)
+        ("rslora", 8, 16 / 8**0.5),  # alpha/sqrt(r) (rsLoRA, Kalajdzievski 2023)
+        ("rslora", 4, 16 / 2),
+    ],
+)
 def test_scaling_is_what_the_update_is_multiplied_by(cfg, base, scaling, r, expected):
     """The adapted layer's output minus the frozen layer's is scaling · x·Aᵀ·Bᵀ, checked numerically."""
     model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=r, targets=["q"], scaling=scaling), cfg.model)
@@ -126,6 +129,7 @@ def test_family_is_applied_where_targets_are_resolved(base):
     raw = cfg.model
     assert not raw.roles and raw.head is None
     assert lora_param_count(base, ["q", "v"], raw, 8) == 6 * 2 * 8 * 768
-    counts = parameter_counts(apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw),
-                              sum(p.numel() for p in base.parameters()))
+    counts = parameter_counts(
+        apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw), sum(p.numel() for p in base.parameters())
+    )
     assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)

@@ -6,13 +6,13 @@ import json
 
 import optuna
 from optuna.trial import TrialState
+from test_bad_input import fake_trial
 
 from sweep import driver
 from sweep.cli import compose
 from sweep.decide import TrialSpec
 from sweep.resume import finished_result, orphans
 from sweep.study import open_study, storage_url
-from test_bad_input import fake_trial
 
 
 def _sweep_args(tiny):
@@ -37,7 +37,12 @@ def test_orphans_are_split_into_known_and_blank(tiny):
     assert [t.number for t in blank] == [1]
     (o,) = known
     assert (o.trial.number, o.spec, o.targets, o.reported, o.attempt) == (
-        0, TrialSpec(r=1, targets="q,v", seed=0, stage="rank"), ["q", "v"], {1}, 1)
+        0,
+        TrialSpec(r=1, targets="q,v", seed=0, stage="rank"),
+        ["q", "v"],
+        {1},
+        1,
+    )
 
 
 def test_a_rerun_finishes_the_known_orphan_and_adopts_the_blank_one(tiny, monkeypatch):
@@ -52,7 +57,9 @@ def test_a_rerun_finishes_the_known_orphan_and_adopts_the_blank_one(tiny, monkey
     assert calls == [1, 2]
     study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(cfg))
     assert [(t.number, t.state, t.params.get("r")) for t in study.get_trials()] == [
-        (0, TrialState.COMPLETE, 1), (1, TrialState.COMPLETE, 2)]
+        (0, TrialState.COMPLETE, 1),
+        (1, TrialState.COMPLETE, 2),
+    ]
     assert "resuming trial 0 r=1 q,v seed=0 (interrupted)" in lines
     assert p.recommendation == (2, "q,v")  # 0.9 against 0.8, one seed each
 

@@ -13,12 +13,15 @@ from sweep.errors import UserError
 from sweep.resume import sweep_lock
 
 
-@pytest.mark.parametrize("asked, native, expected", [
-    ("auto", True, "bf16"),    # bf16 autocast only where the hardware computes bf16 natively
-    ("auto", False, "fp32"),   # emulated bf16 is slower than fp32 (0.65 GFLOP/s on this CPU): keep fp32
-    ("fp32", True, "fp32"),    # an explicit choice is kept either way
-    ("bf16", False, "bf16"),
-])
+@pytest.mark.parametrize(
+    "asked, native, expected",
+    [
+        ("auto", True, "bf16"),  # bf16 autocast only where the hardware computes bf16 natively
+        ("auto", False, "fp32"),  # emulated bf16 is slower than fp32 (0.65 GFLOP/s on this CPU): keep fp32
+        ("fp32", True, "fp32"),  # an explicit choice is kept either way
+        ("bf16", False, "bf16"),
+    ],
+)
 def test_precision_auto_follows_native_bf16(monkeypatch, asked, native, expected):
     cfg, _ = compose([f"train.precision={asked}", "train.device=cpu"])
     monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
@@ -36,15 +39,26 @@ def test_native_bf16_on_cpu_reads_the_cpu_features(monkeypatch):
 def test_cuda_asked_without_cuda_is_one_line(monkeypatch):
     cfg, _ = compose(["train.device=cuda"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match=r"^train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto$"):
+    with pytest.raises(
+        UserError, match=r"^train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto$"
+    ):
         runtime.resolve_device(cfg)
 
 
 def test_second_driver_on_the_same_sweep_is_refused_and_a_dead_holder_frees_it(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
-        f"with sweep_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")],
-        cwd=os.path.dirname(os.path.dirname(__file__)), stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
+                f"with sweep_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=rf"^another sweep \(pid {holder.pid}\) is running in {tmp_path}; "):

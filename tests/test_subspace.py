@@ -6,8 +6,16 @@ import math
 import pytest
 import torch
 
-from analysis.subspace import (amplification, direction_overlaps, low_rank_svd, random_similarity, right_singular_basis,
-                               shared_directions, shared_threshold, similarity_grid)
+from analysis.subspace import (
+    amplification,
+    direction_overlaps,
+    low_rank_svd,
+    random_similarity,
+    right_singular_basis,
+    shared_directions,
+    shared_threshold,
+    similarity_grid,
+)
 
 
 def random_basis(n: int, r: int, gen: torch.Generator) -> torch.Tensor:
@@ -56,8 +64,9 @@ def test_random_pairs_average_to_the_baseline():
     n, r1, r2, draws = 48, 6, 12, 3000
     gen = torch.Generator().manual_seed(0)
     mean = sum(similarity_grid(random_basis(n, r1, gen), random_basis(n, r2, gen)) for _ in range(draws)) / draws
-    expected = torch.tensor([[random_similarity(i, j, n) for j in range(1, r2 + 1)] for i in range(1, r1 + 1)],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[random_similarity(i, j, n) for j in range(1, r2 + 1)] for i in range(1, r1 + 1)], dtype=torch.float64
+    )
     assert expected[0, 0] == 1 / n and expected[5, 11] == 12 / n
     # per-draw s.d. of φ is below 0.15 here, so the mean of 3000 draws is within 0.01 of E[φ] (> 3.5 s.e.)
     assert torch.allclose(mean, expected, atol=0.01)
@@ -80,7 +89,7 @@ def test_threshold_is_the_quantile_of_a_random_direction():
     gen = torch.Generator().manual_seed(3)
     u = random_basis(n, j, gen)
     x = torch.randn(draws, n, generator=gen, dtype=torch.float64)
-    cos2 = ((x @ u) ** 2).sum(1) / (x ** 2).sum(1)  # squared cosine of random directions with span(u)
+    cos2 = ((x @ u) ** 2).sum(1) / (x**2).sum(1)  # squared cosine of random directions with span(u)
     assert cos2.mean().item() == pytest.approx(j / n, abs=0.002)
     assert torch.quantile(cos2, 0.95).item() == pytest.approx(shared_threshold(j, n), abs=0.005)
     assert torch.quantile(cos2, 0.99).item() == pytest.approx(shared_threshold(j, n, 0.05, 5), abs=0.007)

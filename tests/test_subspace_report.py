@@ -26,14 +26,25 @@ def adapter(r: int, seed: int, rows) -> TrainedAdapter:
         a[i, index] = r - i
     b = torch.zeros(D, r)
     b[:r, :r] = torch.eye(r)
-    return TrainedAdapter(trial=f"r{r}-q-v-seed{seed}", r=r, targets="q,v", seed=seed, scaling=SCALE,
-                          a={m: a for m in MODULES}, b={m: b for m in MODULES}, config_file=None)
+    return TrainedAdapter(
+        trial=f"r{r}-q-v-seed{seed}",
+        r=r,
+        targets="q,v",
+        seed=seed,
+        scaling=SCALE,
+        a={m: a for m in MODULES},
+        b={m: b for m in MODULES},
+        config_file=None,
+    )
 
 
 @pytest.fixture(scope="module")
 def result():
-    adapters = [adapter(4, 0, [0, 1, 2, 3]), adapter(4, 1, [0, 1, 10, 11]),  # two seeds sharing e0, e1
-                adapter(8, 0, [0, 1, 2, 3, 4, 5, 6, 7])]  # r=8 holds all of r=4 seed 0
+    adapters = [
+        adapter(4, 0, [0, 1, 2, 3]),
+        adapter(4, 1, [0, 1, 10, 11]),  # two seeds sharing e0, e1
+        adapter(8, 0, [0, 1, 2, 3, 4, 5, 6, 7]),
+    ]  # r=8 holds all of r=4 seed 0
     w = torch.zeros(D, N)
     w[:D, :D] = 0.5 * torch.eye(D)
     return analyse(adapters, {m: w for m in MODULES}, ROLES)
@@ -65,7 +76,9 @@ def test_amplification_and_effective_rank(result):
     amp = result.amplification
     # ΔW = 2·diag(4, 3, 2, 1) on a block where W = 0.5·I: ‖ΔW‖ = 2√30, ‖UᵀWV‖ = 0.5·‖I₄‖ = 1
     r4 = amp[(amp["r"] == 4) & (amp["seed"] == 0)].iloc[0]
-    assert r4["delta_norm"] == pytest.approx(2 * math.sqrt(30)) and r4["amplification"] == pytest.approx(2 * math.sqrt(30))
+    assert r4["delta_norm"] == pytest.approx(2 * math.sqrt(30)) and r4["amplification"] == pytest.approx(
+        2 * math.sqrt(30)
+    )
     r8 = amp[amp["r"] == 8].iloc[0]
     assert r8["amplification"] == pytest.approx(2 * math.sqrt(sum(i * i for i in range(1, 9))) / (0.5 * math.sqrt(8)))
     s = result.summary.set_index(["r", "matrix"])
@@ -76,13 +89,18 @@ def test_amplification_and_effective_rank(result):
 
 def test_report_sentence_and_section(result):
     note = recommendation_note(result, (4, "q,v"))
-    assert note == ("Subspace check (LoRA §7.2): directions the adapters on q,v share across seeds, by rank: r=4: 2.0 of 4. "
-                    "Beyond about 2 directions the seeds do not agree, so the extra directions of r=4 are noise "
-                    "(the recommended r=4 among them: a lower rank may do as well).")
+    assert note == (
+        "Subspace check (LoRA §7.2): directions the adapters on q,v share across seeds, by rank: r=4: 2.0 of 4. "
+        "Beyond about 2 directions the seeds do not agree, so the extra directions of r=4 are noise "
+        "(the recommended r=4 among them: a lower rank may do as well)."
+    )
     assert recommendation_note(result, (8, "q,k,v,o")) == ""
     lines = report_lines(result)
     assert "| 4 | q,v | 2 | 2.0 of 4 (2–2) | 2.0 | 2.0 | 13.2 | 3.4 |" in lines
-    assert "- q,v, r=4 in r=8: 4.0 of 4 directions shared; top direction φ(1, 1) = 1.00, its overlap with all of r=8 1.00 (random 0.12)" in lines
+    assert (
+        "- q,v, r=4 in r=8: 4.0 of 4 directions shared; top direction φ(1, 1) = 1.00, its overlap with all of r=8 1.00 (random 0.12)"
+        in lines
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +110,15 @@ def tiny_sweep(glue_dir, tmp_path_factory):
     from sweep.driver import run_sweep
 
     tmp = tmp_path_factory.mktemp("subspace")
-    args = ["debug=tiny", f"data.dir={glue_dir}", f"results_dir={tmp}", "sweep=grid", "sweep.ranks=[2,4]",
-            "sweep.target_sets=[[q,v]]", "sweep.seeds=[0]"]
+    args = [
+        "debug=tiny",
+        f"data.dir={glue_dir}",
+        f"results_dir={tmp}",
+        "sweep=grid",
+        "sweep.ranks=[2,4]",
+        "sweep.target_sets=[[q,v]]",
+        "sweep.seeds=[0]",
+    ]
     run_sweep(*compose(args), progress=False, log=lambda *_: None)
     return args, tmp / "mrpc" / "grid"
 

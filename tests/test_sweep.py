@@ -13,16 +13,25 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import PROJECT, ok, run_main
+
 from sweep.__main__ import main as sweep_main
 
 # two epochs (so a trial can die between them), enough examples that metrics and losses differ
 # between configurations, two ranks and one wider target set: three trials for the progressive
 # procedure (r=1, r=2, then q,k,v,o at r=1: one seed and no racing, so no gain is significant and the
 # ranks run out), four for the grid
-SMALL = ["debug=tiny", "train.epochs=2", "train.lr=5e-3", "data.max_train_samples=96", "data.max_eval_samples=48",
-         "sweep.ranks=[1,2]", "sweep.seeds=[0]", "sweep.patience=2", "sweep.target_sets=[[q,v],[q,k,v,o]]"]
+SMALL = [
+    "debug=tiny",
+    "train.epochs=2",
+    "train.lr=5e-3",
+    "data.max_train_samples=96",
+    "data.max_eval_samples=48",
+    "sweep.ranks=[1,2]",
+    "sweep.seeds=[0]",
+    "sweep.patience=2",
+    "sweep.target_sets=[[q,v],[q,k,v,o]]",
+]
 
 
 def args(tmp: Path, glue: Path, *extra: str):
@@ -40,7 +49,11 @@ def finished(tmp: Path, name: str = "default"):
     out = []
     for t in trials_of(tmp, name):
         run_dir = Path(t.user_attrs["run_dir"])
-        epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"] if (run_dir / "metrics.json").exists() else None
+        epochs = (
+            json.loads((run_dir / "metrics.json").read_text())["epochs"]
+            if (run_dir / "metrics.json").exists()
+            else None
+        )
         out.append((t.params["r"], t.user_attrs["targets_key"], t.params["seed"], t.state.name, t.value, epochs))
     return sorted(out, key=repr)
 
@@ -50,8 +63,9 @@ def kill_when(cmd_args, condition, log: Path, timeout=600):
     Polls files only (cheap), so the sweep under test keeps the CPU; the child's output goes to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "a") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "sweep", *cmd_args], cwd=PROJECT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", *cmd_args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
         deadline = time.time() + timeout
         while proc.poll() is None and time.time() < deadline:
             if condition():
@@ -89,8 +103,9 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_run(refer
     # 3: in the middle of a later trial
     assert kill_when(a, lambda: checkpoints(tmp_path), log) == -signal.SIGKILL, log.read_text()
     assert kill_when(a, lambda: n_finished(tmp_path) >= 2, log) == -signal.SIGKILL, log.read_text()
-    assert kill_when(a, lambda: n_finished(tmp_path) >= 2 and checkpoints(tmp_path), log) == -signal.SIGKILL, \
+    assert kill_when(a, lambda: n_finished(tmp_path) >= 2 and checkpoints(tmp_path), log) == -signal.SIGKILL, (
         log.read_text()
+    )
     done = run_main(sweep_main, *a)
     ok(done)
     got, want = finished(tmp_path), finished(ref_dir)
@@ -134,8 +149,9 @@ def test_grid_interrupted_mid_trial_trains_only_what_is_missing(reference, glue_
     """The one real SIGKILL of the default suite: the second trial dies after its first epoch."""
     a = args(tmp_path, glue_dir, "sweep=grid", "sweep.name=default", "sweep.ranks=[1]")
     log = tmp_path / "killed.log"
-    assert kill_when(a, lambda: n_finished(tmp_path) >= 1 and checkpoints(tmp_path), log) == -signal.SIGKILL, \
+    assert kill_when(a, lambda: n_finished(tmp_path) >= 1 and checkpoints(tmp_path), log) == -signal.SIGKILL, (
         log.read_text()
+    )
     assert sum(t.state.name == "COMPLETE" for t in trials_of(tmp_path)) == 1
     done = run_main(sweep_main, *a)
     ok(done)
@@ -156,12 +172,18 @@ def test_grid_interrupted_mid_trial_trains_only_what_is_missing(reference, glue_
     assert len(trials_of(tmp_path)) == 2
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("train.epochs=3", "ranksweep: error: sweep 'default' for mrpc was run with train.epochs=2, this run has "
-                       "train.epochs=3: its finished trials would not be comparable; re-run with the original "
-                       "settings to resume, or start another sweep with sweep.name=<new name>"),
-    ("sweep.target_sets=[[q,zz]]", "ranksweep: error: lora target 'zz' matches no linear module of model 'minilm'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            "train.epochs=3",
+            "ranksweep: error: sweep 'default' for mrpc was run with train.epochs=2, this run has "
+            "train.epochs=3: its finished trials would not be comparable; re-run with the original "
+            "settings to resume, or start another sweep with sweep.name=<new name>",
+        ),
+        ("sweep.target_sets=[[q,zz]]", "ranksweep: error: lora target 'zz' matches no linear module of model 'minilm'"),
+    ],
+)
 def test_refused_resume_changes_nothing(reference, glue_dir, bad, message):
     ref_dir, _ = reference
     folder = ref_dir / "mrpc" / "default"
@@ -176,8 +198,9 @@ def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
     proc = run_main(sweep_main, *args(tmp_path, glue_dir, "sweep.max_trials=1"))
     ok(proc)
     assert len(trials_of(tmp_path)) == 1
-    assert "decision [final] budget: compute cap reached (trials: 1 ≥ sweep.max_trials=1); stopping cleanly" \
-        in proc.stdout
+    assert (
+        "decision [final] budget: compute cap reached (trials: 1 ≥ sweep.max_trials=1); stopping cleanly" in proc.stdout
+    )
     assert "recommendation: r=" in proc.stdout.splitlines()[-1]
     assert "(budget; provisional: the compute cap cut the procedure short" in proc.stdout.splitlines()[-1]
     assert "reliability: no seed-noise estimate" in proc.stdout  # one seed: no σ

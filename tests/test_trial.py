@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import PROJECT, run_module
 from omegaconf import OmegaConf
 
-from conftest import PROJECT, run_module
 from sweep.cli import compose
 from sweep.resume import Progress, load_checkpoint, save_checkpoint
 from sweep.trial import CHECKPOINT, _scaling_factor, evaluate, run_trial, trial_dir
@@ -40,9 +40,28 @@ def test_metrics_json_holds_what_was_promised(tiny):
     cfg, run_dir, m = trial(tiny)
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(m))
-    for key in ["task", "model", "r", "lora_alpha", "scaling", "targets", "seed", "lora_params", "head_params",
-                "trainable_params", "total_params", "epochs", "best", "train_flops", "eval_flops", "train_seconds",
-                "eval_seconds", "peak_mem_mb", "versions", "status"]:
+    for key in [
+        "task",
+        "model",
+        "r",
+        "lora_alpha",
+        "scaling",
+        "targets",
+        "seed",
+        "lora_params",
+        "head_params",
+        "trainable_params",
+        "total_params",
+        "epochs",
+        "best",
+        "train_flops",
+        "eval_flops",
+        "train_seconds",
+        "eval_seconds",
+        "peak_mem_mb",
+        "versions",
+        "status",
+    ]:
         assert key in m, key
     assert m["status"] == "ok" and m["reason"] is None
     assert m["scaling"] == "standard" and m["scaling_factor"] == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
@@ -58,7 +77,11 @@ def test_metrics_json_holds_what_was_promised(tiny):
     assert saved.lora.r == 8 and saved.lora.targets == ["q", "v"] and saved.data.max_train_samples == 64
     # the adapter names the hub id the embedded weights mirror; metrics.json keeps the exact folder
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == m["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        adapter_config["base_model_name_or_path"]
+        == m["base_model_name_or_path"]
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )
     assert os.path.isabs(m["model_path"]) and os.path.isfile(os.path.join(m["model_path"], "config.json"))
     assert m["family"] == "bert" and m["head"] == ["pooler", "classifier"]
     assert not (run_dir / CHECKPOINT).exists()
@@ -67,8 +90,14 @@ def test_metrics_json_holds_what_was_promised(tiny):
 def _val_split(cfg):
     from sweep.data import take, tokenized_glue
 
-    data = tokenized_glue(cfg.task.name, cfg.data.dir, tuple(cfg.task.text_fields), tuple(cfg.task.label_names),
-                          cfg.model.name_or_path, cfg.data.max_length)
+    data = tokenized_glue(
+        cfg.task.name,
+        cfg.data.dir,
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
     return take(data["validation"], cfg.data.max_eval_samples)
 
 
@@ -108,8 +137,11 @@ def test_reloaded_adapter_reproduces_the_predictions(tiny):
         model.eval()
         with torch.no_grad():
             b = next(batches.epoch())
-            logits.append(model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                token_type_ids=b["token_type_ids"]).logits)
+            logits.append(
+                model(
+                    input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]
+                ).logits
+            )
     assert torch.equal(logits[0], logits[1])
     assert m["best"]["accuracy"] == pytest.approx(float((saved == np.asarray(split["label"])).mean()))
 
@@ -127,8 +159,13 @@ def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     reference = run_trial(cfg, resolved, tmp_path / "reference", progress=False)
     run_dir = trial_dir(cfg, resolved)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sweep.trial", *args], cwd=PROJECT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.trial", *args],
+        cwd=PROJECT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not (run_dir / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -156,10 +193,10 @@ def test_stsb_trains_a_regressor(tiny):
 
 # (r, lora_alpha, scaling, the factor peft must hold, by hand)
 SCALING_CASES = [
-    (8, 16.0, "standard", 2.0),                  # alpha / r
+    (8, 16.0, "standard", 2.0),  # alpha / r
     (2, 1.0, "standard", 0.5),
-    (4, 16.0, "rslora", 8.0),                    # alpha / sqrt(r) = 16 / 2
-    (8, 16.0, "rslora", 5.656854249492381),      # 16 / 2.8284271247461903
+    (4, 16.0, "rslora", 8.0),  # alpha / sqrt(r) = 16 / 2
+    (8, 16.0, "rslora", 5.656854249492381),  # 16 / 2.8284271247461903
 ]
 
 
@@ -207,8 +244,21 @@ def test_rslora_record_stores_alpha_over_sqrt_r(tiny):
 #: the layout sweep/trial.py wrote before issue #13 (commit eb0ec33): a run started then, killed, must resume
 #: with today's code, and a checkpoint of today's code stays readable by that code
 OLD_LAYOUT = ["config", "trainable", "optimizer", "scheduler", "rng", "cuda_rng", "state"]
-OLD_STATE_KEYS = ["epoch", "history", "train_flops", "eval_flops", "train_seconds", "eval_seconds", "best",
-                  "best_state", "best_preds", "train_tokens", "padded_tokens", "status", "reason"]
+OLD_STATE_KEYS = [
+    "epoch",
+    "history",
+    "train_flops",
+    "eval_flops",
+    "train_seconds",
+    "eval_seconds",
+    "best",
+    "best_state",
+    "best_preds",
+    "train_tokens",
+    "padded_tokens",
+    "status",
+    "reason",
+]
 VOLATILE = {"train_seconds", "eval_seconds", "train_examples_per_s", "peak_mem_mb"}  # timing, not results
 
 
@@ -236,8 +286,9 @@ def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path)
     epochs_seen = []
     resumed = run_trial(cfg, resolved, run_dir, progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
     assert epochs_seen == [2]  # epoch 1 came from the checkpoint, not from training again
-    assert {k: v for k, v in resumed.items() if k not in VOLATILE} == \
-        {k: v for k, v in reference.items() if k not in VOLATILE}
+    assert {k: v for k, v in resumed.items() if k not in VOLATILE} == {
+        k: v for k, v in reference.items() if k not in VOLATILE
+    }
     assert not (run_dir / CHECKPOINT).exists()
 
 
@@ -256,8 +307,9 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     model(torch.ones(5, 4)).sum().backward()
     optimizer.step()
     scheduler.step()
-    done = Progress(epoch=1, history=[{"epoch": 1, "train_loss": 0.5}], train_flops=10**15, train_tokens=7,
-                    best_preds=np.arange(3))
+    done = Progress(
+        epoch=1, history=[{"epoch": 1, "train_loss": 0.5}], train_flops=10**15, train_tokens=7, best_preds=np.arange(3)
+    )
     save_checkpoint(path, model, optimizer, scheduler, done, "config: a", cpu)
     expected_draw = torch.rand(4)  # the RNG after saving: a resumed run must draw the same numbers
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import PROJECT, run_module
 from optuna.trial import TrialState
 
-from conftest import PROJECT, run_module
 from sweep import claims
 from sweep.cli import defaults
 from sweep.decide import TrialSpec
@@ -26,9 +26,19 @@ from sweep.study import outcomes
 # two epochs (a worker can die between them, leaving a checkpoint), one thread per worker (per-epoch
 # losses are then bit-identical whichever process trains), heartbeats every second, stale after 6 s (a
 # margin for heartbeat threads that a busy machine schedules late)
-WORKER = ["debug=tiny", "sweep=grid", "train.epochs=2", "train.lr=5e-3", "data.max_train_samples=64",
-          "data.max_eval_samples=32", "sweep.seeds=[0]", "sweep.target_sets=[[q,v],[q,k,v,o]]", "train.threads=1",
-          "sweep.heartbeat_interval=1", "sweep.grace_period=6"]
+WORKER = [
+    "debug=tiny",
+    "sweep=grid",
+    "train.epochs=2",
+    "train.lr=5e-3",
+    "data.max_train_samples=64",
+    "data.max_eval_samples=32",
+    "sweep.seeds=[0]",
+    "sweep.target_sets=[[q,v],[q,k,v,o]]",
+    "train.threads=1",
+    "sweep.heartbeat_interval=1",
+    "sweep.grace_period=6",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +59,13 @@ def load(url: str, name: str, interval: int = 1, grace: int = 3):
 
 
 def attrs(spec: TrialSpec) -> dict:
-    return {"spec": asdict(spec), "targets": spec.targets.split(","), "targets_key": spec.targets,
-            "stage": spec.stage, "run_dir": "unused"}
+    return {
+        "spec": asdict(spec),
+        "targets": spec.targets.split(","),
+        "targets_key": spec.targets,
+        "stage": spec.stage,
+        "run_dir": "unused",
+    }
 
 
 def test_racing_claims_of_one_configuration_leave_exactly_one_holder(postgres):
@@ -74,8 +89,11 @@ def test_racing_claims_of_one_configuration_leave_exactly_one_holder(postgres):
     assert len(trials) == 6 and [t.state for t in trials].count(TrialState.RUNNING) == 1
     running = next(t for t in trials if t.state == TrialState.RUNNING)
     assert running.number == min(t.number for t in trials) == winners[0].number  # the lowest number wins
-    assert all(t.user_attrs["reason"] == f"stepped back: trial {running.number} holds the same configuration"
-               for t in trials if t.state == TrialState.FAIL)
+    assert all(
+        t.user_attrs["reason"] == f"stepped back: trial {running.number} holds the same configuration"
+        for t in trials
+        if t.state == TrialState.FAIL
+    )
     assert outcomes(studies[0]) == []  # stepping back is no result
     # a finished result holds its configuration too: a later claim of it steps back
     winners[0].set_user_attr("status", "ok")
@@ -107,8 +125,13 @@ def worker_args(tmp: Path, glue: Path, url: str, *extra: str):
 
 def start_worker(args, log: Path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "sweep.worker", *args], cwd=PROJECT, env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep.worker", *args],
+        cwd=PROJECT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def kill_a_worker_mid_trial(url: str, name: str, procs, timeout=600) -> int:
@@ -141,8 +164,17 @@ def results(url: str, name: str):
                 abandoned.append(t.number)
             continue
         epochs = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["epochs"]
-        held.append((t.params["r"], t.user_attrs["targets_key"], t.params["seed"], t.state.name, t.value,
-                     t.intermediate_values, epochs))
+        held.append(
+            (
+                t.params["r"],
+                t.user_attrs["targets_key"],
+                t.params["seed"],
+                t.state.name,
+                t.value,
+                t.intermediate_values,
+                epochs,
+            )
+        )
     return sorted(held, key=repr), abandoned, study.user_attrs
 
 
@@ -155,7 +187,10 @@ def test_two_workers_one_killed_mid_trial_the_other_continues_it(postgres, glue_
     assert codes == [-signal.SIGKILL, 0], logs
     survivor = next(log for log, p in zip(logs, procs) if p.returncode == 0)
     held, abandoned, study_attrs = results(postgres, "ranksweep-mrpc-two")
-    assert [(r, t, s, state) for r, t, s, state, *_ in held] == [(1, "q,k,v,o", 0, "COMPLETE"), (1, "q,v", 0, "COMPLETE")]
+    assert [(r, t, s, state) for r, t, s, state, *_ in held] == [
+        (1, "q,k,v,o", 0, "COMPLETE"),
+        (1, "q,v", 0, "COMPLETE"),
+    ]
     assert abandoned == [killed]
     assert "continuing from the epoch checkpoint" in survivor and "Traceback" not in survivor
     for *_, value, intermediate, epochs in held:  # the dashboard's learning curve is the validation accuracy
