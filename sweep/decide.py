@@ -90,9 +90,12 @@ class Stats:
 
     def interval(self, level: float = 0.95) -> Tuple[Optional[float], Optional[float]]:
         """Two-sided ``level`` Student-t interval of the mean, in points: mean ± t((1+level)/2, n−1)·sd/√n
-        (``scipy.stats.t.interval``); (None, None) below two seeds."""
+        (``scipy.stats.t.interval``); (mean, mean) when every seed scored the same (scipy answers NaN for a
+        zero scale); (None, None) below two seeds."""
         if self.sd is None:
             return None, None
+        if self.sd == 0:
+            return self.mean, self.mean
         low, high = student_t.interval(level, self.n - 1, loc=self.mean, scale=self.sd / math.sqrt(self.n))
         return float(low), float(high)
 
