@@ -183,6 +183,14 @@ def _check_overrides(overrides: Sequence[str]) -> List[str]:
             for v in chosen:
                 if v is not None and str(v) not in options:
                     raise UserError(f"unknown {key} '{v}'; valid: {', '.join(options)}")
+        elif ov.is_delete():  # the schema has no defaults: a deleted key would have no value at all
+            if _schema_type(key) is None and not _is_mapping(key.rsplit(".", 1)[0]):
+                raise UserError(_unknown_key_message(key))
+            if not ("." in key and _is_mapping(key.rsplit(".", 1)[0])):  # an entry of model.roles may go
+                raise UserError(
+                    f"cannot delete '{key}' with '~': every key needs a value; set one instead, "
+                    f"e.g. {key}=<value> (conf/ holds the defaults)"
+                )
         elif "." in key and _is_mapping(key.rsplit(".", 1)[0]):
             text = "++" + text.lstrip("+")
         elif ov.is_add() or ov.is_force_add():  # Hydra adds such keys whatever the schema says

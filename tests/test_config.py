@@ -267,6 +267,16 @@ REFUSED = [
         "converted to Float; sweep.max_hours takes a number or null, e.g. sweep.max_hours=2.9",
     ),
     (["lora.alpha=0"], "lora.alpha=0.0 is invalid: it must be a positive number"),
+    (
+        ["~lora.r"],
+        "cannot delete 'lora.r' with '~': every key needs a value; set one instead, e.g. lora.r=<value> "
+        "(conf/ holds the defaults)",
+    ),
+    (
+        ["~lora.rr"],
+        "unknown config key 'lora.rr' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
+        "dropout, targets, scaling",
+    ),
 ]
 
 
