@@ -124,6 +124,13 @@ def _invalid_value_message(key: str, value: Any, why: str) -> str:
     """One line for a value the schema refuses: a choice names the valid ones, any other key the
     type it takes with an example."""
     hint = _schema_type(key)
+    if is_dataclass(hint):  # a whole section (lora=null): it holds keys, not a value
+        keys = [f.name for f in fields(hint)]
+        example = functools.reduce(getattr, [*key.split("."), keys[0]], defaults())
+        return (
+            f"invalid value for '{key}': it is a section holding {', '.join(keys)}; set those keys one by one, "
+            f"e.g. {key}.{keys[0]}={_override_text(example)}"
+        )
     if isinstance(hint, type) and issubclass(hint, Enum):
         return f"{key}={value!r} is invalid: valid values are {', '.join(m.value for m in hint)}"
     expected = _expected_type(key)
@@ -163,6 +170,11 @@ def _check_overrides(overrides: Sequence[str]) -> List[str]:
                 f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}"
             ) from None
         key = ov.key_or_group
+        if key == "hydra" or key.startswith("hydra."):  # compose() runs no Hydra job: such keys do nothing
+            raise UserError(
+                f"cannot use override '{text}': ranksweep composes its config without a Hydra run, so hydra.* "
+                "settings do nothing; outputs go to results_dir"
+            )
         if ov.is_sweep_override():  # Hydra reads key=a,b (or range(…)) as a multirun: one run per value
             value = text.partition("=")[2]
             if key in GROUPS or not ov.is_choice_sweep():

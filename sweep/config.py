@@ -383,6 +383,8 @@ class DataSettings:
     max_length: int = MISSING
 
     def __post_init__(self) -> None:
+        if self.dir is not None and not str(self.dir).strip():
+            raise ValueError("data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub")
         _check_positive("data.max_train_samples", self.max_train_samples, allow_none=True, integer=True)
         _check_positive("data.max_eval_samples", self.max_eval_samples, allow_none=True, integer=True)
         _check_positive("data.max_length", self.max_length, integer=True)
@@ -504,6 +506,10 @@ class Config:
     data: DataSettings = MISSING
     sweep: SweepSettings = MISSING
     results_dir: Optional[str] = MISSING
+
+    def __post_init__(self) -> None:
+        if self.results_dir is not None and not str(self.results_dir).strip():
+            raise ValueError("results_dir is empty: give a folder, or null for <project>/results")
 
 
 def resolved_config(cfg: Config) -> DictConfig:

@@ -272,6 +272,18 @@ REFUSED = [
         "cannot delete 'lora.r' with '~': every key needs a value; set one instead, e.g. lora.r=<value> "
         "(conf/ holds the defaults)",
     ),
+    (["results_dir="], "results_dir is empty: give a folder, or null for <project>/results"),
+    (["data.dir="], "data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub"),
+    (
+        ["lora=null"],
+        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling; set those keys "
+        "one by one, e.g. lora.r=8",
+    ),
+    (
+        ["hydra.run.dir=x"],
+        "cannot use override 'hydra.run.dir=x': ranksweep composes its config without a Hydra run, so hydra.* "
+        "settings do nothing; outputs go to results_dir",
+    ),
     (
         ["~lora.rr"],
         "unknown config key 'lora.rr' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
