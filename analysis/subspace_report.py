@@ -302,7 +302,7 @@ def recommendation_note(result: SubspaceAnalysis, pick: Optional[ConfigKey]) -> 
         names = " and ".join(", ".join(f"r={r}" for r in noisy).rsplit(", ", 1))
         among = f" (the recommended r={pick[0]} among them: a lower rank may do as well)" if pick[0] in noisy else ""
         text += (
-            f" Beyond about {enough} directions the seeds do not agree, so the extra directions of {names} "
+            f" Beyond about {enough} direction{'s' if enough != 1 else ''} the seeds do not agree, so the extra directions of {names} "
             f"are noise{among}."
         )
     return text

@@ -456,8 +456,9 @@ def main(args: List[str]) -> int:
     best = ", ".join(f"{k} {v:.4f}" for k, v in m["best"].items() if v is not None)
     print(
         f"{m['task']} {m['model']} r={m['r']} targets={','.join(m['targets'])} seed={m['seed']}: "
-        f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; best epoch {m['best_epoch']}: {best}; "
-        f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
+        f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; "
+        + (f"best epoch {m['best_epoch']}: {best}; " if m["best_epoch"] is not None else "no epoch evaluated; ")
+        + f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
         f"train {m['train_flops']:.3e} FLOPs in {m['train_seconds']:.1f} s; eval {m['eval_seconds']:.1f} s"
     )
     print(f"results: {run_dir}")

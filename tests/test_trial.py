@@ -147,9 +147,18 @@ def test_reloaded_adapter_reproduces_the_predictions(tiny):
 
 
 def test_divergence_ends_the_trial_cleanly(tiny):
-    _, run_dir, m = trial(tiny + ["train.lr=1e30", "train.max_grad_norm=null"])
-    assert m["status"] == "diverged" and "loss became" in m["reason"]
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "diverged"
+    from conftest import run_main
+
+    from sweep import trial as trial_module
+
+    args = [*tiny, "train.lr=1e30", "train.max_grad_norm=null"]
+    ran = run_main(trial_module.main, *args)
+    cfg, resolved = compose(args)
+    m = json.loads((trial_dir(cfg, resolved) / "metrics.json").read_text())
+    assert m["status"] == "diverged" and "loss became" in m["reason"] and m["best_epoch"] is None
+    # exit 1 and a result line that says no epoch was evaluated (it printed "best epoch None: ;")
+    assert ran.returncode == 1 and "status diverged (training loss became nan in epoch 1" in ran.stdout
+    assert "no epoch evaluated; trainable" in ran.stdout and "None" not in ran.stdout
 
 
 @pytest.mark.slow  # tests/test_sweep.py kills trials mid-epoch too; this one isolates the trial
