@@ -20,7 +20,7 @@ from typing import List
 from analysis.reliability import reliability
 from analysis.report import write_reports
 from sweep.cli import compose, make_command, run_cli
-from sweep.driver import recommendation_line, run_dir_of, run_sweep
+from sweep.driver import crash_line, recommendation_line, run_sweep
 from sweep.paths import sweep_dir
 from sweep.study import load_study, outcomes, storage_url, study_name
 
@@ -44,11 +44,7 @@ def main(args: List[str]) -> int:
             f"retry with `{make_command('report', args)}`"
         )
     if p.next is not None:
-        print(
-            f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see error-attempt*.log "
-            f"in {run_dir_of(cfg, p.next)}; fix the cause and re-run the same command to retry it",
-            file=sys.stderr,
-        )
+        print(crash_line(cfg, p), file=sys.stderr)
         return 1
     study = load_study(storage_url(cfg), study_name(cfg))
     rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))

@@ -294,6 +294,15 @@ def _finish_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List
     return blank, crashed
 
 
+def crash_line(cfg: Config, p: Plan) -> str:
+    """The last line of a sweep stopped by a crashed trial (``p.next`` is that trial): where its traceback
+    is and that re-running the same command retries it."""
+    return (
+        f"ranksweep: stopped: trial r={p.next.r} {p.next.targets} seed={p.next.seed} crashed, see "
+        f"error-attempt*.log in {run_dir_of(cfg, p.next)}; fix the cause and re-run the same command to retry it"
+    )
+
+
 def recommendation_line(p: Plan, sdir: Path) -> str:
     """The last line of a finished sweep: the recommendation (or why there is none; provisional when the
     compute cap cut the procedure short) and where the results are."""

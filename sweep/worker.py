@@ -13,16 +13,26 @@ Reports are not written by workers, which may finish at the same moment: run ``m
 
 from __future__ import annotations
 
+import sys
 from typing import List
 
 from sweep.cli import compose, run_cli
-from sweep.driver import recommendation_line, run_sweep
+from sweep.driver import crash_line, recommendation_line, run_sweep
 from sweep.paths import sweep_dir
 
 
 def main(args: List[str]) -> int:
+    """Join the sweep of the overrides ``args`` and run its trials until it is over. Returns the exit
+    status: 0, or 1 when a trial crashed in this worker (re-running a worker retries it).
+
+    Raises:
+        UserError: bad input (see ``sweep.driver.run_sweep``).
+    """
     cfg, resolved = compose(args)
     p = run_sweep(cfg, resolved, overrides=args)
+    if p.next is not None:
+        print(crash_line(cfg, p), file=sys.stderr)
+        return 1
     print(recommendation_line(p, sweep_dir(cfg)))
     return 0
 

@@ -75,3 +75,17 @@ def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(
     assert finished_result(run_dir, resolved) == {"status": "ok", "objective_value": 0.8}
     _, other = compose([*_sweep_args(tiny), "lora.alpha=32"])
     assert finished_result(run_dir, other) is None  # another configuration's result is not this one's
+
+
+def test_a_worker_whose_trial_crashed_says_so_and_exits_1(tiny, monkeypatch):
+    # it printed "no recommendation: no trial succeeded (None)" and exited 0
+    from conftest import run_main
+
+    from sweep.worker import main as worker_main
+
+    run_trial, calls = fake_trial(crash_on_call=1)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    ran = run_main(worker_main, *_sweep_args(tiny))
+    assert ran.returncode == 1 and calls == [1]
+    assert "ranksweep: stopped: trial r=1 q,v seed=0 crashed, see error-attempt*.log" in ran.stderr
+    assert "recommendation" not in ran.stdout
