@@ -64,7 +64,7 @@ def _outcomes(trials: pd.DataFrame) -> List[Outcome]:
             targets=str(t.targets),
             seed=int(t.seed),
             status=str(t.status),
-            objective=None if pd.isna(t.objective) else float(t.objective),
+            value=None if pd.isna(t.objective) else float(t.objective),
             trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
             train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops),
         )

@@ -54,8 +54,9 @@ class Outcome:
         r, targets, seed: the configuration (targets as ``targets_key``).
         status: ``ok``, ``diverged`` (a measurement: the configuration does not train) or ``failed``
             (the trial crashed: no measurement; its seed counts as not yet run, so the trial is asked
-            for again, and only the compute cap counts it); only ``ok`` trials have an objective.
-        objective: the validation metric in metric units (accuracy in [0, 1], MCC in [-1, 1]).
+            for again, and only the compute cap counts it); only ``ok`` trials have a value.
+        value: the value of the task's objective (``task.objective``, a GLUE metric) on the validation
+            split, in metric units (accuracy in [0, 1], MCC in [-1, 1]).
         trainable_params: adapter + head parameters.
         train_flops: executed training FLOPs. seconds: measured train + eval seconds.
     """
@@ -64,7 +65,7 @@ class Outcome:
     targets: str
     seed: int
     status: str = "ok"
-    objective: Optional[float] = None
+    value: Optional[float] = None
     trainable_params: int = 0
     train_flops: float = 0.0
     seconds: float = 0.0
@@ -117,7 +118,7 @@ class ConfigResults:
     @property
     def not_counted(self) -> int:
         """Ok outcomes of seeds outside the counted ones (left out of ``stats``)."""
-        return sum(o.status == "ok" and o.objective is not None for o in self.measured) - len(self.seeds)
+        return sum(o.status == "ok" and o.value is not None for o in self.measured) - len(self.seeds)
 
     @property
     def trainable_params(self) -> int:
@@ -233,8 +234,8 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
     """
     out = {}
     for cfg, by_seed in _measured(outcomes).items():
-        ok = [s for s in seeds if s in by_seed and by_seed[s].status == "ok" and by_seed[s].objective is not None]
-        out[cfg] = ConfigResults(stats_of([by_seed[s].objective for s in ok]), tuple(ok), tuple(by_seed.values()))
+        ok = [s for s in seeds if s in by_seed and by_seed[s].status == "ok" and by_seed[s].value is not None]
+        out[cfg] = ConfigResults(stats_of([by_seed[s].value for s in ok]), tuple(ok), tuple(by_seed.values()))
     return out
 
 

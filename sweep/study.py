@@ -171,7 +171,7 @@ def outcomes(study) -> List[Outcome]:
                 targets=a["targets_key"],
                 seed=int(t.params["seed"]),
                 status=status,
-                objective=t.value if t.state == TrialState.COMPLETE else None,
+                value=t.value if t.state == TrialState.COMPLETE else None,
                 trainable_params=int(a.get("trainable_params") or 0),
                 train_flops=float(a.get("train_flops") or 0),
                 seconds=float(a.get("train_seconds") or 0) + float(a.get("eval_seconds") or 0),
