@@ -8,12 +8,12 @@ writes, FAIL trials with or without a stored ``status``, an interrupted or resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pandas as pd
 
 from sweep.config import SweepSettings
-from sweep.decide import ConfigKey, Decision
+from sweep.decide import ConfigKey, Decision, Outcome, plan
 from sweep.errors import UserError
 from sweep.study import settings_of
 
@@ -57,6 +57,8 @@ class StudyInfo:
             mean), in metric units; None when no trial recorded it.
         overrides: the command-line overrides of the sweep's latest run (to print commands that
             continue it).
+        params_per_rank: LoRA parameters per unit of rank of each target set (the study's
+            ``target_costs``, as ``sweep.decide.plan`` takes it); None for a study that lacks it.
     """
 
     name: str
@@ -72,6 +74,7 @@ class StudyInfo:
     finished: bool
     baseline: Optional[float]
     overrides: List[str]
+    params_per_rank: Optional[Dict[str, int]] = None
 
 
 def _layout_attr(study, key: str):
@@ -203,36 +206,73 @@ def study_info(study) -> StudyInfo:
         finished=finished,
         baseline=baseline,
         overrides=list(attrs.get("command_overrides") or []),
+        params_per_rank=attrs.get("target_costs"),
     )
+
+
+def outcomes_of(trials: pd.DataFrame) -> List[Outcome]:
+    """The finished trials of ``trials`` (from ``trials_frame``) that carry a configuration, as the
+    decisions read them from the study (``sweep.study.outcomes``): complete, diverged and failed ones, in
+    trial-number order; abandoned, pruned and running ones are no outcome."""
+    return [outcome for _, outcome in _numbered_outcomes(trials)]
+
+
+def _numbered_outcomes(trials: pd.DataFrame) -> List[tuple]:
+    done = trials[trials["state"].isin(("complete", "diverged", "failed"))].dropna(subset=["r", "targets", "seed"])
+    return [
+        (
+            int(t.number),
+            Outcome(
+                r=int(t.r),
+                targets=str(t.targets),
+                seed=int(t.seed),
+                status=str(t.status),
+                value=None if pd.isna(t.objective) else float(t.objective),
+                trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
+                train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops),
+            ),
+        )
+        for t in done.sort_values("number").itertuples()
+    ]
 
 
 def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     """The stored decisions placed on the trial axis, one row per decision in order.
 
-    Columns: ``after_trial`` (the number of the last finished trial the decision had seen; −1 before
-    any), ``action``, ``stage``, ``r``, ``targets``, ``reason``. Decisions are replayed from finished
-    trials, so a decision about a configuration comes after that configuration's last finished trial
-    and never before the decision listed above it; a decision about the whole sweep (budget, grid)
-    comes after the last finished trial.
+    Columns: ``after_trial`` (the number of the finished trial after which the procedure took the
+    decision; −1 before any), ``action``, ``stage``, ``r``, ``targets``, ``reason``.
+
+    The decisions are replayed (``sweep.decide.plan``, the driver's own function) over the finished
+    trials in trial-number order, one more trial at a time: a decision sits after the trial whose result
+    first made the replay take it. So a decision to continue past r=2 sits after r=2's first seeds, even
+    when r=2 gets more seeds later in a race against r=8. Trial-number order is the order one process
+    finishes trials; with several workers a decision may sit a trial or two late. A decision the replay
+    never takes (a study whose ``target_costs`` are missing, or one resumed with other settings) sits
+    after the last finished trial.
     """
-    done = trials[trials["state"].isin(FINISHED_STATES)]
-    last_of = done.dropna(subset=["r", "targets"]).groupby(["r", "targets"])["number"].max()
-    last_trial = int(done["number"].max()) if len(done) else -1
-    rows, at = [], -1
-    for d in info.decisions:
-        if d.r is None or d.targets is None:
-            at = last_trial
-        else:
-            at = max(at, int(last_of.get((d.r, d.targets), at)))
-        rows.append(
-            {
-                "after_trial": at,
-                "action": d.action,
-                "stage": d.stage,
-                "r": d.r,
-                "targets": d.targets,
-                "reason": d.reason,
-            }
-        )
+    numbered = _numbered_outcomes(trials)
+    finished = trials.loc[trials["state"].isin(FINISHED_STATES), "number"]
+    last_trial = int(finished.max()) if len(finished) else -1
+    stored = [d.line() for d in info.decisions]
+    at: List[int] = []
+    if info.params_per_rank is not None:
+        for k in range(len(numbered) + 1):
+            taken = plan(info.settings, [o for _, o in numbered[:k]], info.params_per_rank).decisions
+            while len(at) < min(len(stored), len(taken)) and taken[len(at)].line() == stored[len(at)]:
+                at.append(numbered[k - 1][0] if k else -1)
+            if len(at) == len(stored):
+                break
+    at += [last_trial] * (len(stored) - len(at))
+    rows = [
+        {
+            "after_trial": a,
+            "action": d.action,
+            "stage": d.stage,
+            "r": d.r,
+            "targets": d.targets,
+            "reason": d.reason,
+        }
+        for a, d in zip(at, info.decisions)
+    ]
     frame = pd.DataFrame(rows, columns=["after_trial", "action", "stage", "r", "targets", "reason"])
     return frame.astype({"after_trial": "int64", "r": "Int64"})

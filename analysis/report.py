@@ -19,6 +19,7 @@ from analysis.plots import baseline_name, figures, metric_name, save_figure, tas
 from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
+from sweep.decide import ConfigKey
 from sweep.errors import UserError
 from sweep.study import load_study, outcomes
 
@@ -87,10 +88,48 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     split = ""
     if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
         split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
+    against = baseline_check(summary, pick, info)
     return (
         f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row)} points "
         f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
+    ) + (f"\n\n{against}" if against else "")
+
+
+def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: StudyInfo) -> Optional[str]:
+    """One sentence: is the recommended configuration ``pick`` shown to beat the constant baseline (the
+    majority class; for regression the training mean, whose correlations are 0)? It is when the lower end
+    of its 95% t-interval over its seeds (``summary``'s ``objective_ci95_low``) lies above the baseline.
+    Points (100 × metric). None without a recommendation or a stored baseline."""
+    if pick is None or info.baseline is None:
+        return None
+    row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
+    if pd.isna(row["objective_mean"]):
+        return None
+    gap = 100 * (row["objective_mean"] - info.baseline)
+    head = f"Against the baseline (always predicting the {baseline_name(info)}, {_points(info.baseline)}): {gap:+.2f} points"
+    if pd.isna(row["objective_ci95_low"]):
+        return f"{head} on {row['n_seeds']} seed(s), too few for an interval: not shown to beat it."
+    low, high = (100 * (row[c] - info.baseline) for c in ("objective_ci95_low", "objective_ci95_high"))
+    interval = f"95% CI {low:+.2f} to {high:+.2f} over its {row['n_seeds']} seeds"
+    if low > 0:
+        return f"{head} ({interval}): above it."
+    return (
+        f"{head} ({interval}): not shown to beat it; the configurations tried may have learnt little "
+        "beyond the constant answer on this task."
     )
+
+
+def baseline_line(storage_url: str, study_name: str) -> Optional[str]:
+    """``baseline_check`` of the recommendation of the sweep stored in ``study_name`` (printed at the end
+    of a sweep). None when there is nothing to check.
+
+    Raises:
+        UserError: the study does not exist or lacks the attributes every sweep study has.
+    """
+    study = load_study(storage_url, study_name)
+    trials = trials_frame(study)
+    info = study_info(study)
+    return baseline_check(summary_frame(trials, info), recommendation(trials, info)[0], info)
 
 
 def _command(info: StudyInfo, **changes) -> str:

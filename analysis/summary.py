@@ -18,8 +18,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from analysis.load import StudyInfo
-from sweep.decide import ConfigKey, ConfigResults, Decision, Outcome, aggregate, recommend, seed_sequence
+from analysis.load import StudyInfo, outcomes_of
+from sweep.decide import ConfigKey, ConfigResults, Decision, aggregate, recommend, seed_sequence
 
 #: columns of summary.csv, in order
 COLUMNS = (
@@ -53,29 +53,10 @@ def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, 
         yield (int(r), str(targets)), group, group[group["state"] == "complete"]
 
 
-def _outcomes(trials: pd.DataFrame) -> List[Outcome]:
-    """The finished trials of ``trials`` that carry a configuration, as the decisions read them from the
-    study (``sweep.study.outcomes``): complete, diverged and failed ones, in trial order; abandoned,
-    pruned and running ones are no outcome."""
-    done = trials[trials["state"].isin(("complete", "diverged", "failed"))].dropna(subset=["r", "targets", "seed"])
-    return [
-        Outcome(
-            r=int(t.r),
-            targets=str(t.targets),
-            seed=int(t.seed),
-            status=str(t.status),
-            value=None if pd.isna(t.objective) else float(t.objective),
-            trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
-            train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops),
-        )
-        for t in done.sort_values("number").itertuples()
-    ]
-
-
 def results(trials: pd.DataFrame, info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
     """``sweep.decide.aggregate`` of ``trials`` (from ``trials_frame``) over the seeds the study's
     settings can ask for: per configuration with a finished trial, the statistics its decisions use."""
-    return aggregate(_outcomes(trials), seed_sequence(info.settings))
+    return aggregate(outcomes_of(trials), seed_sequence(info.settings))
 
 
 def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:

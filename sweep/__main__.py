@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List
 
 from analysis.reliability import reliability
-from analysis.report import write_reports
+from analysis.report import baseline_line, write_reports
 from sweep.cli import compose, make_command, run_cli
 from sweep.driver import crash_line, recommendation_line, run_sweep
 from sweep.paths import sweep_dir
@@ -26,8 +26,8 @@ from sweep.study import load_study, outcomes, storage_url, study_name
 
 
 def main(args: List[str]) -> int:
-    """Run the sweep of the overrides ``args``, write its reports, print the reliability line and the
-    recommendation. Returns the exit status: 0, or 1 when a trial crashed (re-running retries it).
+    """Run the sweep of the overrides ``args``, write its reports, print the reliability line, the
+    recommendation's gap to the constant baseline and the recommendation. Returns the exit status: 0, or 1 when a trial crashed (re-running retries it).
 
     Raises:
         UserError: bad input (see ``sweep.driver.run_sweep``).
@@ -54,6 +54,9 @@ def main(args: List[str]) -> int:
         else "reliability: no seed-noise estimate (no configuration has two "
         "ok seeds), so no gain could be shown significant"
     )
+    against = baseline_line(storage_url(cfg), study_name(cfg))
+    if against:
+        print(against)
     print(recommendation_line(p, sdir))
     return 0
 

@@ -419,6 +419,59 @@ def test_decisions_placed_after_the_trials_they_saw(finished):
     ]
 
 
+# A race: r=2 continues past r=1 after trial 3 (gain +5, bounds 5 ∓ 1.886·1.414 = [+2.33, +7.67]); r=4
+# vs r=2 after trial 5 is undecided (pooled sd² (2 + 2 + 32)/3 = 12, SE 3.46, bounds 2 ∓ 1.638·3.46 =
+# [−3.67, +7.67]), so r=4 gets seed 2 (trial 6), then r=2 gets seed 2 (trial 7), and at 3 seeds each
+# (pooled sd² (2 + 2·1 + 2·16)/5 = 7.2, SE 2.19, bounds 2 ∓ 1.476·2.19 = [−1.23, +5.23]) r=4 is no gain.
+RACE = [
+    (1, "q,v", 0, 0.80, "rank"),
+    (1, "q,v", 1, 0.82, "rank"),
+    (2, "q,v", 0, 0.85, "rank"),
+    (2, "q,v", 1, 0.87, "rank"),
+    (4, "q,v", 0, 0.84, "rank"),
+    (4, "q,v", 1, 0.92, "rank"),
+    (4, "q,v", 2, 0.88, "rank"),
+    (2, "q,v", 2, 0.86, "rank"),
+]
+
+
+def test_decisions_of_a_race_sit_after_the_trial_that_led_to_them(tmp_path):
+    s = settings(ranks=[1, 2, 4], target_sets=[["q", "v"]], max_seeds=3)
+    trials, _, info = loaded(make_study(tmp_path, s, [trial(*t) for t in RACE]))
+    d = decisions_frame(trials, info)
+    # "continue r=2" was taken after r=2's first two seeds (trial 3), not after its last seed (trial 7)
+    assert list(zip(d["action"], d["r"], d["after_trial"])) == [
+        ("start", 1, 1),
+        ("continue", 2, 3),
+        ("more-seeds", 4, 5),
+        ("more-seeds", 2, 6),
+        ("no-gain", 4, 7),
+        ("plateau", 2, 7),
+        ("no-escalation", 2, 7),
+        ("recommend", 4, 7),
+    ]
+    assert "bounds [+2.33, +7.67]" in d["reason"][1] and "bounds [-1.23, +5.23]" in d["reason"][4]
+
+
+def test_recommendation_against_the_baseline(finished, partial):
+    # finished: r=2 q,v at 84 and 86 points, mean 85, sd √2, 95% CI 85 ± 12.706·√2/√2; majority 68.4
+    half = T975[1] * math.sqrt(2) / math.sqrt(2)
+    text = (finished[1] / "report.md").read_text()
+    assert (
+        "Against the baseline (always predicting the majority class, 68.40): +16.60 points "
+        f"(95% CI {85 - half - 68.4:+.2f} to {85 + half - 68.4:+.2f} over its 2 seeds): above it." in text
+    )
+    # partial: provisional r=1 q,v at 70, 72, 75: mean 72.333, sd 2.517, 95% CI ± 4.303·2.517/√3 = ± 6.25,
+    # whose lower end (66.08) lies below 68.4
+    mean, sd = (70 + 72 + 75) / 3, math.sqrt(((70 - 217 / 3) ** 2 + (72 - 217 / 3) ** 2 + (75 - 217 / 3) ** 2) / 2)
+    half = T975[2] * sd / math.sqrt(3)
+    text = [p for p in partial[1] if p.name == "report.md"][0].read_text()
+    assert (
+        f"Against the baseline (always predicting the majority class, 68.40): {mean - 68.4:+.2f} points "
+        f"(95% CI {mean - half - 68.4:+.2f} to {mean + half - 68.4:+.2f} over its 3 seeds): not shown to beat it;"
+    ) in text
+
+
 def test_grid_sweep_recommendation(tmp_path):
     url = make_study(tmp_path, settings(mode="grid", ranks=[1, 2], seeds=[0]), [trial(*t) for t in GRID])
     write_reports(url, NAME, tmp_path / "out")

@@ -204,3 +204,9 @@ def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
     assert "recommendation: r=" in proc.stdout.splitlines()[-1]
     assert "(budget; provisional: the compute cap cut the procedure short" in proc.stdout.splitlines()[-1]
     assert "reliability: no seed-noise estimate" in proc.stdout  # one seed: no σ
+    (t,) = trials_of(tmp_path)
+    majority = t.user_attrs["majority_baseline"]["accuracy"]
+    assert proc.stdout.splitlines()[-2] == (
+        f"Against the baseline (always predicting the majority class, {100 * majority:.2f}): "
+        f"{100 * (t.value - majority):+.2f} points on 1 seed(s), too few for an interval: not shown to beat it."
+    )
