@@ -59,8 +59,12 @@ class Reliability:
             side at ``sweep.confidence`` (``sweep.decide.detectable_gain``).
         tolerance: ``sweep.tolerance`` (points).
         p_within_tolerance: calibrated P(regret ≤ tolerance) of the procedure on the study's observed
-            curve at ``sigma`` (``REPS`` simulated sweeps); None without ``params_per_rank``. ``make
+            curve at ``sigma`` (``reps`` simulated sweeps); None without ``params_per_rank``. ``make
             calibrate`` gives it on every scenario family.
+        seeds_key: where ``seeds`` comes from: ``sweep.max_seeds`` (progressive: the seed limit a race may
+            reach, not what any configuration ran) or ``sweep.seeds`` (grid).
+        reps: the simulated sweeps behind ``p_within_tolerance``; its Monte-Carlo standard error is
+            √(p(1 − p)/reps).
     """
 
     sigma: float
@@ -69,17 +73,25 @@ class Reliability:
     detectable_gain: float
     tolerance: float
     p_within_tolerance: Optional[float]
+    seeds_key: str = "sweep.max_seeds"
+    reps: int = REPS
 
     def text(self) -> str:
         """One sentence for the console and the report."""
+        where = (
+            f"at the seed limit ({self.seeds_key}={self.seeds} per configuration)"
+            if self.seeds_key == "sweep.max_seeds"
+            else f"with {self.seeds} seeds per configuration ({self.seeds_key})"
+        )
         out = (
-            f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); with {self.seeds} seeds per "
-            f"configuration the smallest detectable gain is {self.detectable_gain:.2f} points"
+            f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); {where} the smallest gain "
+            f"a comparison can detect is {self.detectable_gain:.2f} points"
         )
         if self.p_within_tolerance is not None:
+            p = self.p_within_tolerance
             out += (
                 f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
-                f"{self.p_within_tolerance:.2f}"
+                f"{p:.2f} (± {math.sqrt(p * (1 - p) / self.reps):.2f} Monte-Carlo s.e., {self.reps} simulated sweeps)"
             )
         return out
 
@@ -101,4 +113,5 @@ def reliability(
     if scenario is not None:
         cell = calibrate_cell(settings, scenario, sigma, params_per_rank, reps, SEED, settings.tolerance)
         p = cell.p_within_tolerance
-    return Reliability(sigma, dof, seeds, gain, settings.tolerance, p)
+    key = "sweep.max_seeds" if settings.mode == "progressive" else "sweep.seeds"
+    return Reliability(sigma, dof, seeds, gain, settings.tolerance, p, key, reps)

@@ -315,8 +315,8 @@ def test_partial_study_reports_provisional_recommendation(partial):
     # σ pooled over r=1 and r=2 (3 d.f.); with 3 seeds the detectable gain is t(0.9, 3)·σ·√(2/3)
     sigma = math.sqrt((2 * 6.3333333 + 0.5) / 3)
     assert (
-        f"Seed noise σ = {sigma:.2f} points (pooled, 3 d.f.); with 3 seeds per configuration the smallest "
-        f"detectable gain is {T90[3] * sigma * math.sqrt(2 / 3):.2f} points"
+        f"Seed noise σ = {sigma:.2f} points (pooled, 3 d.f.); at the seed limit (sweep.max_seeds=3 per "
+        f"configuration) the smallest gain a comparison can detect is {T90[3] * sigma * math.sqrt(2 / 3):.2f} points"
     ) in report
     assert "8 (5 complete, 1 diverged, 1 failed, 1 running)" in report
     assert "trial 3 (r=2 q,v seed 0): diverged: training loss became nan in epoch 2 by step 40" in report
@@ -333,10 +333,13 @@ def test_report_md_finished(finished):
     assert "the cheapest configuration shown to be within sweep.tolerance=5 points of the best" in report
     # σ pooled over the three q,v pairs (3 d.f.): 1.414; detectable with 2 seeds: t(0.9, 3)·1.414·√(2/2)
     assert (
-        "Seed noise σ = 1.41 points (pooled, 3 d.f.); with 2 seeds per configuration the smallest detectable "
-        f"gain is {T90[3] * math.sqrt(2):.2f} points; calibrated P(regret ≤ 5 point(s)) at this σ on this sweep's "
-        "observed curve: "
+        "Seed noise σ = 1.41 points (pooled, 3 d.f.); at the seed limit (sweep.max_seeds=2 per configuration) "
+        f"the smallest gain a comparison can detect is {T90[3] * math.sqrt(2):.2f} points; calibrated P(regret ≤ 5 "
+        "point(s)) at this σ on this sweep's observed curve: "
     ) in report
+    # the Monte-Carlo standard error of that P over the 200 simulated sweeps: √(p(1 − p)/200)
+    p = float(report.split("observed curve: ")[1][:4])
+    assert f"{p:.2f} (± {math.sqrt(p * (1 - p) / 200):.2f} Monte-Carlo s.e., 200 simulated sweeps)" in report
     assert "- after trial 5: `[rank] plateau r=2 q,v:" in report
     assert "- after trial 7: `[targets] plateau r=2 q,v:" in report
     for name in ("metric_vs_params", "metric_vs_compute", "progression"):
