@@ -181,6 +181,11 @@ class TaskConfig:
         self.problem_type = _choice_text("task.problem_type", self.problem_type, ProblemType)
         valid = REGRESSION_METRICS if self.regression else sorted(set(METRICS) - set(REGRESSION_METRICS))
         for m in self.metrics:
+            if m in METRICS and m not in valid:  # a GLUE metric, but of the other problem type
+                raise ValueError(
+                    f"task.metrics='{m}' is invalid for task.problem_type={self.problem_type}: valid values "
+                    f"are {', '.join(valid)}"
+                )
             _check_choice("task.metrics", m, valid)
         _check_choice("task.objective", self.objective, self.metrics)
         if self.regression and len(self.label_names) != 1:

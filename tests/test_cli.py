@@ -19,7 +19,10 @@ CASES = [
     ),
     (["model=gpt2"], "model 'gpt2' is not in the local Hugging Face cache and the hub cannot be reached"),
     (["model=smollm2-135m"], "model 'HuggingFaceTB/SmolLM2-135M' is not in the local Hugging Face cache"),
-    (["task.problem_type=regression"], "task.metrics='accuracy' is invalid: valid values are pearson, spearman"),
+    (
+        ["task.problem_type=regression"],
+        "task.metrics='accuracy' is invalid for task.problem_type=regression: valid values are pearson, spearman",
+    ),
     (
         ["data.dir=null"],
         "GLUE mrpc (nyu-mll/glue) is not in the local Hugging Face cache and the hub cannot be reached",
