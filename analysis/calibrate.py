@@ -13,7 +13,9 @@ trials as % of the full grid (every rank × target set × seed), and writes the 
 ``results/calibration/calibration.csv`` (the defaults' rows have ``settings`` = ``default``; other
 rows are labelled with their sweep overrides). Simulated trials take no time, so only the
 ``sweep.max_trials`` cap applies. Given a study (``task=…``, ``sweep.name=…`` or ``sweep.storage=…``),
-its pooled seed s.d. becomes one more σ and its observed curve one more scenario (``study``).
+its pooled seed s.d. becomes one more σ and its observed curve one more scenario (``study``), and the
+settings are the study's own (rows ``as run``; ``sweep.*`` overrides apply on top of them) with its LoRA
+parameters per rank, so a sweep of any model or target sets (GPT-2's ``qkv``) is calibrated as it ran.
 """
 
 from __future__ import annotations
@@ -109,6 +111,16 @@ def _print_table(table: pd.DataFrame, settings: SweepSettings) -> None:
         )
 
 
+def _on_top(base: SweepSettings, tuned: Sequence[str], overrides: Sequence[str]) -> SweepSettings:
+    """``base`` with the values the ``tuned`` overrides (``sweep.<key>=…``, or a ``sweep=`` group) give
+    when ``overrides`` are composed."""
+    composed = compose(overrides)[0].sweep
+    if any(a.partition("=")[0].lstrip("+") == "sweep" for a in tuned):
+        return composed
+    keys = [a.partition("=")[0].lstrip("+").split(".", 1)[1] for a in tuned]
+    return dataclasses.replace(base, **{k: getattr(composed, k) for k in keys})
+
+
 def main(args: List[str]) -> int:
     reps = REPS
     for a in [a for a in args if a.startswith("--reps")]:
@@ -120,23 +132,29 @@ def main(args: List[str]) -> int:
     tuned = [a for a in overrides if a.startswith("sweep") and not a.startswith(("sweep.name=", "sweep.storage="))]
     cfg, _ = compose([a for a in overrides if a not in tuned])
     from sweep.driver import params_per_rank
-    from sweep.study import load_study, outcomes, storage_url, study_name
+    from sweep.study import load_study, outcomes, settings_of, storage_url, study_name
 
-    per_rank = params_per_rank(cfg)
-    labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
     extra_scenarios, extra_sigmas = [], []
     if any(a.startswith(("task=", "sweep.name=", "sweep.storage=")) for a in overrides):
+        # a study is calibrated with what it ran: its stored settings and LoRA parameters per rank (a
+        # GPT-2 sweep starts on qkv), the command's sweep.* overrides on top of them
         study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
+        base = settings_of(study)
+        per_rank = study.user_attrs.get("target_costs") or params_per_rank(cfg)
         history = outcomes(study)
-        rel = reliability(history, cfg.sweep, None)
-        observed = observed_scenario(history, cfg.sweep, per_rank)
+        rel = reliability(history, base, None)
+        observed = observed_scenario(history, base, per_rank)
         if rel is None or observed is None:
             raise UserError(
                 f"study '{study.study_name}' has no configuration with two ok seeds on "
-                f"{targets_key(cfg.sweep.start_targets)}: no seed noise to calibrate against"
+                f"{targets_key(base.start_targets)}: no seed noise to calibrate against"
             )
         print(f"study {study.study_name}: {rel.text()}")
         extra_scenarios, extra_sigmas = [observed], [round(rel.sigma, 2)]
+        labelled = [("as run", base)] + ([(" ".join(tuned), _on_top(base, tuned, overrides))] if tuned else [])
+    else:
+        per_rank = params_per_rank(cfg)
+        labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
     out = results_root(cfg) / "calibration" / "calibration.csv"
     tables = []
     for label, settings in labelled:

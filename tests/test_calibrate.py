@@ -129,8 +129,23 @@ def test_command_calibrates_against_a_study(tmp_path, capsys):
     # σ pooled over the three q,v pairs of FINISHED: 1.41 points, one more σ for every scenario
     assert sorted(table["sigma"].unique()) == [0.5, 1.0, 1.41, 1.5]
     study = table[table["scenario"] == "study"]
-    assert list(study["sigma"]) == [1.41] and len(table) == 10 * 4 + 1
+    # calibrated with the study's own settings (ranks 1–8, 2 target sets: 9 families) × 4 σ, plus the study's curve
+    assert list(study["sigma"]) == [1.41] and len(table) == len(scenarios(small_settings(), COSTS)) * 4 + 1 == 37
+    assert set(table["settings"]) == {"as run"}
     assert "seed noise σ = 1.41 points (pooled, 3 d.f.)" in capsys.readouterr().out
+
+
+def test_a_study_that_starts_on_other_targets_is_calibrated_as_it_ran(tmp_path, capsys):
+    # a sweep that starts on q,k,v,o (as a GPT-2 sweep starts on qkv): the defaults' start targets q,v
+    # have no trial, so only the study's own settings can calibrate it. σ: two pairs 2 points apart, √2
+    s = small_settings(start_targets=["q", "k", "v", "o"], target_sets=[["q", "k", "v", "o"]])
+    runs = [(1, "q,k,v,o", 0, 0.80, "rank"), (1, "q,k,v,o", 1, 0.82, "rank"), (2, "q,k,v,o", 0, 0.85, "rank")]
+    make_study(tmp_path, s, [trial(*t) for t in [*runs, (2, "q,k,v,o", 1, 0.87, "rank")]], sweep_ended=False)
+    assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.name=default", "sweep.max_seeds=3"]) == 0
+    table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
+    assert set(table["settings"]) == {"as run", "sweep.max_seeds=3"}
+    assert sorted(table.loc[table["scenario"] == "study", "sigma"]) == [1.41, 1.41]
+    assert "seed noise σ = 1.41 points (pooled, 2 d.f.)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bad", ["--reps=0", "--reps=x"])
