@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GLUE
 
 from sweep.cli import compose
 from sweep.config import ModelConfig
@@ -227,6 +228,20 @@ def _rte_trial(tiny, folder: Path, family: str, *extra: str):
     return cfg, run_dir, run_trial(cfg, resolved, run_dir, progress=False)
 
 
+def _rte_counts():
+    """Entailment rows of RTE's whole training split, of its first 64 rows, of the first 32 validation rows."""
+    import csv
+
+    def labels(name):
+        with open(GLUE / "RTE" / name, newline="", encoding="utf-8") as f:
+            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            next(rows)
+            return [row[-1] for row in rows]
+
+    train, val = labels("train.tsv"), labels("dev.tsv")
+    return train.count("entailment"), train[:64].count("entailment"), val[:32].count("entailment")
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     from peft import AutoPeftModelForSequenceClassification
@@ -238,6 +253,11 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     cfg, run_dir, m = _rte_trial(tiny, folder, family)
     assert m["status"] == "ok" and m["family"] == family and m["lora_params"] == HAND[family][1]
     assert m["model_path"] == m["base_model_name_or_path"] == str(folder.resolve())
+    # GLUE's majority baseline is the whole training split's majority, entailment (1,249 of 2,490), even
+    # though the 64 examples trained on hold 30 entailment to 34 not_entailment; of the 32 validation
+    # examples 18 are entailment (counted in the TSVs with csv, quoting off)
+    assert _rte_counts() == (1249, 30, 18)
+    assert m["majority_baseline"]["accuracy"] == pytest.approx(18 / 32)
     # named after its folder (tiny_models names them by family), not after the default model group's minilm
     assert m["model"] == family and run_dir.name.startswith(f"{family}-r")
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
