@@ -55,6 +55,13 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
 
     base = load_base_model(cfg.model, cfg.task.label_names)
     model_cfg = with_family(cfg.model, base.config.model_type)
+    per_rank = {}
+    for key, targets in target_sets(cfg).items():
+        try:
+            per_rank[key] = lora_param_count(base, targets, model_cfg, 1)
+        except UserError as e:  # name the sweep key that holds the set: the user may never have typed it
+            where = "sweep.start_targets" if targets == list(cfg.sweep.start_targets) else "sweep.target_sets"
+            raise UserError(f"{where} holds [{key}]: {e}") from None
     check_limits(
         base,
         load_tokenizer(cfg.model.name_or_path),
@@ -65,7 +72,7 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
         max_length=cfg.data.max_length,
         n_texts=len(cfg.task.text_fields),
     )
-    return {key: lora_param_count(base, targets, model_cfg, 1) for key, targets in target_sets(cfg).items()}
+    return per_rank
 
 
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):

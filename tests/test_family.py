@@ -282,6 +282,21 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     assert m["best"]["accuracy"] == pytest.approx(float((preds == np.asarray(val["label"])).mean()))
 
 
+def test_gpt2_sweep_on_the_default_targets_is_refused_naming_the_sweep_key(tiny, tiny_models, tmp_path):
+    from sweep.driver import run_sweep
+    from sweep.errors import UserError
+
+    cfg, resolved = compose([*tiny, "task=rte", *model_overrides(tiny_models["gpt2"], "gpt2")])
+    with pytest.raises(UserError) as e:
+        run_sweep(cfg, resolved, progress=False, log=lambda line: None)
+    # the default sweep.start_targets [q,v] names one matrix of GPT-2's fused c_attn
+    assert str(e.value).startswith(
+        "sweep.start_targets holds [q,v]: lora target 'q' is one of the matrices q,k,v that model 'gpt2' (gpt2) "
+        "fuses in one module, transformer.h.<0-1>.attn.c_attn;"
+    )
+    assert not any(tmp_path.iterdir())  # refused before any work: no results folder
+
+
 @pytest.mark.slow  # three trials each: about a minute on 2 CPU cores
 @pytest.mark.parametrize(
     "family, sweep_targets",

@@ -181,7 +181,11 @@ def test_grid_interrupted_mid_trial_trains_only_what_is_missing(reference, glue_
             "train.epochs=3: its finished trials would not be comparable; re-run with the original "
             "settings to resume, or start another sweep with sweep.name=<new name>",
         ),
-        ("sweep.target_sets=[[q,zz]]", "ranksweep: error: lora target 'zz' matches no linear module of model 'minilm'"),
+        (
+            "sweep.target_sets=[[q,zz]]",
+            "ranksweep: error: sweep.target_sets holds [q,zz]: lora target 'zz' matches no linear module of model "
+            "'minilm'",
+        ),
     ],
 )
 def test_refused_resume_changes_nothing(reference, glue_dir, bad, message):
