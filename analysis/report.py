@@ -65,9 +65,15 @@ def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
     sets = [
         f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)
     ]
+    most = int(summary["n_seeds"].max()) if len(summary) else 0
+    raced = (
+        f", up to {most} where a comparison was raced (sweep.max_seeds={info.settings.max_seeds})"
+        if info.settings.mode == "progressive" and most > len(info.settings.seeds)
+        else ""
+    )
     return (
         f"{len(summary)} configuration(s): {'; '.join(sets) or 'none yet'}; "
-        f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration"
+        f"seeds {{{', '.join(map(str, info.settings.seeds))}}} per configuration{raced}"
     )
 
 

@@ -440,7 +440,8 @@ RACE = [
 
 def test_decisions_of_a_race_sit_after_the_trial_that_led_to_them(tmp_path):
     s = settings(ranks=[1, 2, 4], target_sets=[["q", "v"]], max_seeds=3)
-    trials, _, info = loaded(make_study(tmp_path, s, [trial(*t) for t in RACE]))
+    url = make_study(tmp_path, s, [trial(*t) for t in RACE])
+    trials, _, info = loaded(url)
     d = decisions_frame(trials, info)
     # "continue r=2" was taken after r=2's first two seeds (trial 3), not after its last seed (trial 7)
     assert list(zip(d["action"], d["r"], d["after_trial"])) == [
@@ -454,6 +455,10 @@ def test_decisions_of_a_race_sit_after_the_trial_that_led_to_them(tmp_path):
         ("recommend", 4, 7),
     ]
     assert "bounds [+2.33, +7.67]" in d["reason"][1] and "bounds [-1.23, +5.23]" in d["reason"][4]
+    text = write_reports(url, NAME, tmp_path / "out")[-1].read_text()
+    # r=2 and r=4 ran 3 seeds each in the race, r=1 the 2 of sweep.seeds
+    assert "seeds {0, 1} per configuration, up to 3 where a comparison was raced (sweep.max_seeds=3)." in text
+    assert "- after trial 3: `[rank] continue r=2 q,v:" in text
 
 
 def test_recommendation_against_the_baseline(finished, partial):
