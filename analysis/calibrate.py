@@ -134,24 +134,33 @@ def main(args: List[str]) -> int:
     from sweep.driver import params_per_rank
     from sweep.study import load_study, outcomes, settings_of, storage_url, study_name
 
-    extra_scenarios, extra_sigmas = [], []
+    observed, extra_sigmas = {}, []
     if any(a.startswith(("task=", "sweep.name=", "sweep.storage=")) for a in overrides):
         # a study is calibrated with what it ran: its stored settings and LoRA parameters per rank (a
         # GPT-2 sweep starts on qkv), the command's sweep.* overrides on top of them
         study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
         base = settings_of(study)
         per_rank = study.user_attrs.get("target_costs") or params_per_rank(cfg)
+        labelled = [("as run", base)] + ([(" ".join(tuned), _on_top(base, tuned, overrides))] if tuned else [])
+        for _, settings in labelled[1:]:
+            new = [k for k in dict.fromkeys(targets_key(t) for t in settings.target_sets) if k not in per_rank]
+            if new:  # the simulation orders target sets by LoRA parameters, known only for what the sweep ran
+                raise UserError(
+                    f"sweep.target_sets holds [{new[0]}], which sweep '{study.study_name}' never sized: against a "
+                    f"sweep, calibrate its own target sets ({', '.join(f'[{k}]' for k in per_rank)}) or "
+                    "run `make calibrate` without task/sweep.name"
+                )
         history = outcomes(study)
         rel = reliability(history, base, None)
-        observed = observed_scenario(history, base, per_rank)
-        if rel is None or observed is None:
+        if rel is None or observed_scenario(history, base, per_rank) is None:
             raise UserError(
                 f"study '{study.study_name}' has no configuration with two ok seeds on "
                 f"{targets_key(base.start_targets)}: no seed noise to calibrate against"
             )
         print(f"study {study.study_name}: {rel.text()}")
-        extra_scenarios, extra_sigmas = [observed], [round(rel.sigma, 2)]
-        labelled = [("as run", base)] + ([(" ".join(tuned), _on_top(base, tuned, overrides))] if tuned else [])
+        # the observed curve on each settings' rank axis (new ranks take the nearest observed rank's mean)
+        observed = {label: observed_scenario(history, settings, per_rank) for label, settings in labelled}
+        extra_sigmas = [round(rel.sigma, 2)]
     else:
         per_rank = params_per_rank(cfg)
         labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
@@ -160,8 +169,8 @@ def main(args: List[str]) -> int:
     for label, settings in labelled:
         families = scenarios(settings, per_rank)
         runs = [(label, settings, families, [*SIGMAS, *extra_sigmas])]
-        if extra_scenarios:
-            runs.append((label, settings, extra_scenarios, extra_sigmas))
+        if observed.get(label) is not None:
+            runs.append((label, settings, [observed[label]], extra_sigmas))
         table = calibration_table(runs, per_rank, reps)
         _print_table(table, settings)
         missed = missed_targets(table[table["scenario"] != "study"])

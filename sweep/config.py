@@ -117,6 +117,8 @@ def _choice_text(key: str, value: Any, choices: Type[Choice]) -> str:
 #: folder-safe names (``sweep.name``, ``task.name``, ``model.name``): they become path components, so
 #: they must not start with a dot (``.``, ``..``) nor hold a separator
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: a Hugging Face hub id: ``name`` or ``namespace/name`` (letters, digits, ``-``, ``_``, ``.``)
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 #: accepted ``sweep.storage`` URLs: SQLite at an absolute path (four slashes), or PostgreSQL
 STORAGE_FORMS = "sqlite:////abs/path/study.db or postgresql://user@host/db (also postgresql+psycopg://…)"
 
@@ -270,6 +272,13 @@ class ModelConfig:
         _check_name("model.name", self.name)
         if not self.name_or_path:
             raise ValueError("model.name_or_path is empty: give package:<module>, a local directory or a hub id")
+        if self.hub_id == "":
+            self.hub_id = None  # `model.hub_id=` (empty) means none, as null does
+        if self.hub_id is not None and not HUB_ID.fullmatch(str(self.hub_id)):
+            raise ValueError(
+                f"model.hub_id={self.hub_id!r} is invalid: give a hub id such as namespace/name "
+                "(e.g. sentence-transformers/all-MiniLM-L6-v2), or null to record model.name_or_path"
+            )
         for role, pattern in self.roles.items():
             try:
                 re.compile(pattern)

@@ -35,8 +35,10 @@ from sweep.trial import check_training_steps, run_trial, trial_name
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
-    """Every target set the sweep may use, by ``targets_key``."""
-    sets = [cfg.sweep.start_targets] + list(cfg.sweep.target_sets)
+    """Every target set the sweep may use, by ``targets_key``: a grid's ``sweep.target_sets``; the
+    progressive procedure's ``sweep.start_targets`` too (a grid leaves them unused)."""
+    start = [cfg.sweep.start_targets] if cfg.sweep.mode == "progressive" else []
+    sets = start + list(cfg.sweep.target_sets)
     return {targets_key(t): list(t) for t in sets}
 
 

@@ -152,3 +152,21 @@ def test_a_study_that_starts_on_other_targets_is_calibrated_as_it_ran(tmp_path, 
 def test_bad_reps(bad):
     with pytest.raises(UserError, match=rf"^{bad} is invalid: give --reps=N with N a positive integer"):
         main([bad])
+
+
+def test_overrides_on_top_of_a_study(tmp_path, capsys):
+    make_study(tmp_path, small_settings(), [trial(*t) for t in FINISHED])
+    study = [f"results_dir={tmp_path}", "sweep.name=default"]
+    # a rank the sweep never ran takes the nearest observed rank's mean on the observed curve
+    assert main(["--reps=2", *study, "sweep.ranks=[1,2,4,8,16]"]) == 0
+    table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
+    assert list(table.loc[table["scenario"] == "study", "settings"]) == ["as run", "sweep.ranks=[1,2,4,8,16]"]
+    capsys.readouterr()
+    # a target set the sweep never sized, and a bad value, are refused in one line before any output
+    with pytest.raises(
+        UserError, match=r"^sweep.target_sets holds \[all-linear\], which sweep 'ranksweep-mrpc-default'"
+    ):
+        main(["--reps=2", *study, "sweep.target_sets=[[q,v],[q,k,v,o],all-linear]"])
+    with pytest.raises(UserError, match=r"^sweep.confidence=1.5 is invalid"):
+        main(["--reps=2", *study, "sweep.confidence=1.5"])
+    assert capsys.readouterr().out == ""

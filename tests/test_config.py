@@ -325,3 +325,26 @@ def test_a_model_given_by_path_is_named_after_it(overrides, name, hub_id):
     typed, resolved = compose(overrides)
     assert (typed.model.name, typed.model.hub_id) == (name, hub_id)
     assert (resolved.model.name, resolved.model.hub_id) == (name, hub_id)
+
+
+def test_one_folder_is_one_model_however_it_is_written(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    monkeypatch.chdir(tmp_path)
+    written = [f"{folder}/", "ckpt", "./ckpt/", f"{tmp_path}/./ckpt"]
+    got = {compose([f"model.name_or_path={w}"])[0].model.name_or_path for w in written}
+    assert got == {str(folder.resolve())}
+    # an empty hub id is none (as null); a value that cannot be a hub id is refused in one line
+    assert compose([f"model.name_or_path={folder}", "model.hub_id="])[0].model.hub_id is None
+    with pytest.raises(
+        UserError, match=r"^model.hub_id='not a hub id' is invalid: give a hub id such as namespace/name"
+    ):
+        compose([f"model.name_or_path={folder}", "model.hub_id='not a hub id'"])
+
+
+def test_model_names_from_odd_folder_names():
+    from sweep.cli import model_name
+
+    assert model_name("/x/my gpt2 (v1)+ä") == "my-gpt2-v1"
+    assert model_name("/x/--a--b--/") == "a-b"
+    assert model_name("/x/.hidden") == "hidden"

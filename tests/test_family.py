@@ -297,6 +297,23 @@ def test_gpt2_sweep_on_the_default_targets_is_refused_naming_the_sweep_key(tiny,
     assert not any(tmp_path.iterdir())  # refused before any work: no results folder
 
 
+def test_a_gpt2_grid_ignores_the_unused_start_targets(tiny, tiny_models):
+    from sweep.driver import params_per_rank
+
+    # a grid never trains sweep.start_targets (default [q,v], which GPT-2's fused c_attn refuses)
+    cfg, _ = compose(
+        [
+            *tiny,
+            "task=rte",
+            *model_overrides(tiny_models["gpt2"], "gpt2"),
+            "sweep=grid",
+            "sweep.target_sets=[[qkv],[qkv,o]]",
+        ]
+    )
+    # per unit of rank: c_attn d -> 3d, c_proj d -> d, in each layer
+    assert params_per_rank(cfg) == {"qkv": LAYERS * (D + 3 * D), "qkv,o": LAYERS * ((D + 3 * D) + (D + D))}
+
+
 @pytest.mark.slow  # three trials each: about a minute on 2 CPU cores
 @pytest.mark.parametrize(
     "family, sweep_targets",
