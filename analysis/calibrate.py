@@ -152,14 +152,14 @@ def main(args: List[str]) -> int:
                 )
         history = outcomes(study)
         rel = reliability(history, base, None)
-        if rel is None or observed_scenario(history, base, per_rank) is None:
+        # the observed curve on each settings' rank axis (new ranks take the nearest observed rank's mean)
+        observed = {label: observed_scenario(history, settings, per_rank) for label, settings in labelled}
+        if rel is None or observed["as run"] is None:
             raise UserError(
                 f"study '{study.study_name}' has no configuration with two ok seeds on "
                 f"{targets_key(base.start_targets)}: no seed noise to calibrate against"
             )
         print(f"study {study.study_name}: {rel.text()}")
-        # the observed curve on each settings' rank axis (new ranks take the nearest observed rank's mean)
-        observed = {label: observed_scenario(history, settings, per_rank) for label, settings in labelled}
         extra_sigmas = [round(rel.sigma, 2)]
     else:
         per_rank = params_per_rank(cfg)

@@ -36,10 +36,10 @@ import torch
 
 from bench.sweep_throughput import sweep_throughput
 from sweep.cli import compose, run_cli
-from sweep.data import Batches, take, tokenized_glue
+from sweep.data import Batches, take, task_data
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
-from sweep.paths import glue_dir, results_root
+from sweep.paths import results_root
 from sweep.runtime import library_versions, native_bf16, resolve_device
 from sweep.trial import evaluate, run_trial
 
@@ -211,14 +211,7 @@ def trial_throughput(n_steps: int, overrides: List[str]):
     # ours runs one epoch over exactly the examples the baseline sees
     cfg, resolved = compose(["task=mrpc", *overrides, "train.epochs=1", f"data.max_train_samples={n}"])
     device = resolve_device(cfg)
-    data = tokenized_glue(
-        cfg.task.name,
-        glue_dir(cfg),
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    data = task_data(cfg)
     train_split, val_split = take(data["train"], n), take(data["validation"], cfg.data.max_eval_samples)
     steps = -(-len(train_split) // cfg.train.batch_size)
 

@@ -27,7 +27,8 @@ from sweep.study import load_study, outcomes, storage_url, study_name
 
 def main(args: List[str]) -> int:
     """Run the sweep of the overrides ``args``, write its reports, print the reliability line, the
-    recommendation's gap to the constant baseline and the recommendation. Returns the exit status: 0, or 1 when a trial crashed (re-running retries it).
+    recommendation's gap to the constant baseline and the recommendation. Returns the exit status: 0,
+    or 1 when a trial crashed (re-running retries it).
 
     Raises:
         UserError: bad input (see ``sweep.driver.run_sweep``).

@@ -231,6 +231,25 @@ def tokenized_glue(
     return raw.map(encode, batched=True, load_from_cache_file=False)
 
 
+def task_data(cfg):
+    """``tokenized_glue`` for a config (``sweep.config.Config``): its task's columns and labels, the GLUE
+    folder ``sweep.paths.glue_dir`` finds, its model's tokenizer and ``data.max_length``. Cached per process.
+
+    Raises:
+        UserError: the data cannot be found or read (see ``load_glue``).
+    """
+    from sweep.paths import glue_dir
+
+    return tokenized_glue(
+        cfg.task.name,
+        glue_dir(cfg),
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
+
+
 def take(split, n: Optional[int]):
     """The first ``n`` examples of a split (all when ``n`` is None), as ``run_glue.py`` does."""
     return split if n is None or n >= len(split) else split.select(range(n))

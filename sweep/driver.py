@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
-from sweep.data import take, tokenized_glue
+from sweep.data import take, task_data
 from sweep.decide import Plan, TrialSpec, plan
 from sweep.errors import UserError
-from sweep.paths import check_writable, glue_dir, results_root, sweep_dir
+from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
 from sweep.study import RESULT_ATTRS, open_study, outcomes, sqlite_path, storage_url, study_name
 from sweep.trial import check_training_steps, run_trial, trial_name
@@ -224,14 +224,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
     per_rank = params_per_rank(cfg)
-    data = tokenized_glue(
-        cfg.task.name,
-        glue_dir(cfg),
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )  # also tokenises once for every trial
+    data = task_data(cfg)  # also tokenises once for every trial
     check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
     shared = claims.is_shared(storage_url(cfg))
     with nullcontext() if shared else sweep_lock(sdir):

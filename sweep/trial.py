@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
 from sweep.config import Config
-from sweep.data import Batches, take, tokenized_glue
+from sweep.data import Batches, take, task_data
 from sweep.errors import UserError
 from sweep.family import with_family
 from sweep.flops import FlopModel
@@ -45,7 +45,7 @@ from sweep.modeling import (
     set_backbone_dropout,
     trainable_state,
 )
-from sweep.paths import glue_dir, results_root
+from sweep.paths import results_root
 from sweep.resume import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
@@ -256,14 +256,7 @@ def run_trial(
     model = apply_lora(base, cfg.lora, model_cfg).to(device)
     counts = parameter_counts(model, base_total)
     # data: tokenised once per process (cached), then cut to the requested sizes
-    data = tokenized_glue(
-        cfg.task.name,
-        glue_dir(cfg),
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    data = task_data(cfg)
     train_split = take(data["train"], cfg.data.max_train_samples)
     val_split = take(data["validation"], cfg.data.max_eval_samples)
     pad_id = tokenizer.pad_token_id or 0

@@ -246,7 +246,7 @@ def _rte_counts():
 def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     from peft import AutoPeftModelForSequenceClassification
 
-    from sweep.data import Batches, take, tokenized_glue
+    from sweep.data import Batches, take, task_data
     from sweep.trial import evaluate
 
     folder = tiny_models[family]
@@ -268,14 +268,7 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
     model = AutoPeftModelForSequenceClassification.from_pretrained(
         str(run_dir / "adapter"), pad_token_id=m["pad_token_id"]
     )
-    data = tokenized_glue(
-        "rte",
-        cfg.data.dir,
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    data = task_data(cfg)
     val = take(data["validation"], cfg.data.max_eval_samples)
     preds = evaluate(model, Batches(val, 8, 0, shuffle=False), torch.device("cpu"), "fp32")
     assert np.array_equal(preds, np.load(run_dir / "val_predictions.npy"))

@@ -88,16 +88,9 @@ def test_metrics_json_holds_what_was_promised(tiny):
 
 
 def _val_split(cfg):
-    from sweep.data import take, tokenized_glue
+    from sweep.data import take, task_data
 
-    data = tokenized_glue(
-        cfg.task.name,
-        cfg.data.dir,
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    data = task_data(cfg)
     return take(data["validation"], cfg.data.max_eval_samples)
 
 
