@@ -7,35 +7,19 @@ writes, FAIL trials with or without a stored ``status``, an interrupted or resum
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
 from sweep.config import SweepSettings
 from sweep.decide import ConfigKey, Decision, Outcome, plan
 from sweep.errors import UserError
-from sweep.study import settings_of
+from sweep.record import TrialResult, record_fields
+from sweep.study import numbered_results, settings_of
 
 #: trial states that hold a result (an objective or a failure); the others are still to come
 FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
-#: user attributes copied as they are into trials.csv (names and units of ``sweep/trial.py``)
-TRIAL_ATTRS = (
-    "lora_alpha",
-    "scaling",
-    "lora_params",
-    "head_params",
-    "trainable_params",
-    "total_params",
-    "trainable_pct",
-    "train_flops",
-    "eval_flops",
-    "train_seconds",
-    "eval_seconds",
-    "peak_mem_mb",
-    "best_epoch",
-)
-_COUNTS = ("r", "seed", "lora_params", "head_params", "trainable_params", "total_params", "best_epoch")
 
 
 @dataclass(frozen=True)
@@ -59,6 +43,8 @@ class StudyInfo:
             continue it).
         params_per_rank: LoRA parameters per unit of rank of each target set (the study's
             ``target_costs``, as ``sweep.decide.plan`` takes it); None for a study that lacks it.
+        history: (trial number, decision input) of every finished trial with a configuration, in
+            trial-number order (``sweep.study.numbered_results``): what the decisions saw.
     """
 
     name: str
@@ -75,6 +61,7 @@ class StudyInfo:
     baseline: Optional[float]
     overrides: List[str]
     params_per_rank: Optional[Dict[str, int]] = None
+    history: List[Tuple[int, Outcome]] = field(default_factory=list)
 
 
 def _layout_attr(study, key: str):
@@ -99,18 +86,24 @@ def _state(trial) -> str:
     return trial.state.name.lower()
 
 
+def _dtype(name: str) -> Optional[str]:
+    """The pandas dtype of a record field in trials.csv: nullable integers for counts, floats for
+    measurements, as they are for text and choices."""
+    hint = next(f.type for f in fields(TrialResult) if f.name == name)
+    return {"Optional[int]": "Int64", "Optional[float]": "float64"}.get(str(hint))
+
+
 def trials_frame(study) -> pd.DataFrame:
     """One row per trial of ``study``, in trial-number order.
 
     Columns: ``number``; ``state`` (complete, diverged, failed, abandoned, pruned, running); ``status`` (the stored
     ``ok``/``diverged``/``failed``; ``failed`` for a FAIL trial without one, ``ok`` for a COMPLETE one,
-    empty while running); ``stage``; ``r``; ``targets`` (``targets_key`` such as ``q,v``); ``seed``;
-    ``lora_alpha``; ``scaling``; ``lora_params``, ``head_params``, ``trainable_params``, ``total_params`` (counts);
-    ``trainable_pct`` (percent of ``total_params``); ``train_flops``, ``eval_flops`` (executed FLOPs);
-    ``train_seconds``, ``eval_seconds`` (measured seconds); ``peak_mem_mb`` (MiB); ``best_epoch``; one column per GLUE
-    metric of the task at the best epoch (``accuracy``, ``f1``, ``mcc``: metric units); ``objective``
-    (the trial's value, metric units, COMPLETE trials only); ``reason`` (why a trial failed or diverged).
-    Values a trial has not stored (yet) are missing.
+    empty while running); ``stage``; ``r``; ``targets`` (``targets_key`` such as ``q,v``); ``seed``; the
+    fields of ``sweep.record.TrialResult`` marked ``csv``, in its order and units (``lora_alpha``,
+    ``scaling``, parameter counts, ``trainable_pct``, executed FLOPs, measured seconds, ``peak_mem_mb``,
+    ``best_epoch``…); one column per GLUE metric of the task at the best epoch (``accuracy``, ``f1``,
+    ``mcc``: metric units); ``objective`` (the trial's value, metric units, COMPLETE trials only);
+    ``reason`` (why a trial failed or diverged). Values a trial has not stored (yet) are missing.
 
     Raises:
         UserError: the study lacks the ``metrics`` attribute every sweep study has.
@@ -118,11 +111,14 @@ def trials_frame(study) -> pd.DataFrame:
     from optuna.trial import TrialState
 
     metrics = list(_layout_attr(study, "metrics"))
+    shown = record_fields("csv")
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
         default_status = {TrialState.COMPLETE: "ok", TrialState.FAIL: "failed"}.get(t.state)
-        best = a.get("best") or {}
+        # the record's own reader, also for running and abandoned trials (what they stored so far)
+        record = TrialResult.from_dict({k: a[k] for k in record_fields("study") if k in a})
+        values = record.to_dict()
         rows.append(
             {
                 "number": t.number,
@@ -132,38 +128,16 @@ def trials_frame(study) -> pd.DataFrame:
                 "r": t.params.get("r"),
                 "targets": a.get("targets_key"),
                 "seed": t.params.get("seed"),
-                **{k: a.get(k) for k in TRIAL_ATTRS},
-                **{m: best.get(m) for m in metrics},
+                **{k: values[k] for k in shown},
+                **{m: record.best.get(m) for m in metrics},
                 "objective": t.value if t.state == TrialState.COMPLETE else None,
-                "reason": a.get("reason"),
+                "reason": record.reason,
             }
         )
-    columns = [
-        "number",
-        "state",
-        "status",
-        "stage",
-        "r",
-        "targets",
-        "seed",
-        *TRIAL_ATTRS,
-        *metrics,
-        "objective",
-        "reason",
-    ]
+    columns = ["number", "state", "status", "stage", "r", "targets", "seed", *shown, *metrics, "objective", "reason"]
     df = pd.DataFrame(rows, columns=columns).sort_values("number", ignore_index=True)
-    floats = [
-        "lora_alpha",
-        "trainable_pct",
-        "train_flops",
-        "eval_flops",
-        "train_seconds",
-        "eval_seconds",
-        "peak_mem_mb",
-        *metrics,
-        "objective",
-    ]
-    return df.astype({**{c: "Int64" for c in _COUNTS}, **{c: "float64" for c in floats}})
+    types = {"r": "Int64", "seed": "Int64", **{k: _dtype(k) for k in shown if _dtype(k)}}
+    return df.astype({**types, **{c: "float64" for c in (*metrics, "objective")}})
 
 
 def study_info(study) -> StudyInfo:
@@ -207,33 +181,8 @@ def study_info(study) -> StudyInfo:
         baseline=baseline,
         overrides=list(attrs.get("command_overrides") or []),
         params_per_rank=attrs.get("target_costs"),
+        history=[(number, result.outcome()) for number, result in numbered_results(study)],
     )
-
-
-def outcomes_of(trials: pd.DataFrame) -> List[Outcome]:
-    """The finished trials of ``trials`` (from ``trials_frame``) that carry a configuration, as the
-    decisions read them from the study (``sweep.study.outcomes``): complete, diverged and failed ones, in
-    trial-number order; abandoned, pruned and running ones are no outcome."""
-    return [outcome for _, outcome in _numbered_outcomes(trials)]
-
-
-def _numbered_outcomes(trials: pd.DataFrame) -> List[tuple]:
-    done = trials[trials["state"].isin(("complete", "diverged", "failed"))].dropna(subset=["r", "targets", "seed"])
-    return [
-        (
-            int(t.number),
-            Outcome(
-                r=int(t.r),
-                targets=str(t.targets),
-                seed=int(t.seed),
-                status=str(t.status),
-                value=None if pd.isna(t.objective) else float(t.objective),
-                trainable_params=0 if pd.isna(t.trainable_params) else int(t.trainable_params),
-                train_flops=0.0 if pd.isna(t.train_flops) else float(t.train_flops),
-            ),
-        )
-        for t in done.sort_values("number").itertuples()
-    ]
 
 
 def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
@@ -250,7 +199,7 @@ def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     never takes (a study whose ``target_costs`` are missing, or one resumed with other settings) sits
     after the last finished trial.
     """
-    numbered = _numbered_outcomes(trials)
+    numbered = info.history
     finished = trials.loc[trials["state"].isin(FINISHED_STATES), "number"]
     last_trial = int(finished.max()) if len(finished) else -1
     stored = [d.line() for d in info.decisions]

@@ -7,6 +7,7 @@ a running or interrupted sweep gets a provisional recommendation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
@@ -21,7 +22,7 @@ from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
 from sweep.decide import ConfigKey
 from sweep.errors import UserError
-from sweep.study import load_study, outcomes
+from sweep.study import load_study
 
 if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package
     from analysis.subspace_report import SubspaceAnalysis
@@ -125,17 +126,10 @@ def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: Study
     )
 
 
-def baseline_line(storage_url: str, study_name: str) -> Optional[str]:
-    """``baseline_check`` of the recommendation of the sweep stored in ``study_name`` (printed at the end
-    of a sweep). None when there is nothing to check.
-
-    Raises:
-        UserError: the study does not exist or lacks the attributes every sweep study has.
-    """
-    study = load_study(storage_url, study_name)
-    trials = trials_frame(study)
-    info = study_info(study)
-    return baseline_check(summary_frame(trials, info), recommendation(trials, info)[0], info)
+def baseline_line(report: "SweepReport") -> Optional[str]:
+    """``baseline_check`` of the recommendation of a loaded sweep (printed at the end of a sweep). None
+    when there is nothing to check."""
+    return baseline_check(report.summary, recommendation(report.trials, report.info)[0], report.info)
 
 
 def _command(info: StudyInfo, **changes) -> str:
@@ -298,24 +292,27 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def write_reports(
-    storage_url: str, study_name: str | None, out_dir: Path, *, missing_hint: str = "run `make sweep TASK=<task>` first"
-) -> List[Path]:
-    """Read the study ``study_name`` (the only one when None) at ``storage_url`` and write
-    ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
-    ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
-    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
-    ``out_dir`` (created if needed).
+@dataclass(frozen=True)
+class SweepReport:
+    """A sweep read once for its reports: ``trials`` (``trials_frame``), ``info`` (``study_info``),
+    ``summary`` (``summary_frame``) and the calibrated ``reliability`` (None without a noise estimate)."""
 
-    Returns:
-        The paths written, in that order.
+    trials: pd.DataFrame
+    info: StudyInfo
+    summary: pd.DataFrame
+    reliability: Optional[Reliability]
+
+
+def load_report(
+    storage_url: str, study_name: str | None, *, missing_hint: str = "run `make sweep TASK=<task>` first"
+) -> SweepReport:
+    """Read the study ``study_name`` (the only one when None) at ``storage_url`` once, with everything
+    its reports show.
 
     Raises:
         UserError: no such storage or study (one line naming it and how to make it), a study with no
             finished trial yet, or a study not written by the sweep.
     """
-    from analysis.subspace_report import write_subspace
-
     study = load_study(storage_url, study_name, missing_hint)
     trials = trials_frame(study)
     if not trials["state"].isin(FINISHED_STATES).any():
@@ -325,17 +322,42 @@ def write_reports(
             "wait for the first trial to finish, then run the report again"
         )
     info = study_info(study)
-    summary = summary_frame(trials, info)
+    rel = reliability([o for _, o in info.history], info.settings, info.params_per_rank)
+    return SweepReport(trials, info, summary_frame(trials, info), rel)
+
+
+def write_reports(
+    storage_url: str,
+    study_name: str | None,
+    out_dir: Path,
+    *,
+    missing_hint: str = "run `make sweep TASK=<task>` first",
+    report: Optional[SweepReport] = None,
+) -> List[Path]:
+    """Write ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
+    ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
+    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
+    ``out_dir`` (created if needed), for the study ``study_name`` at ``storage_url`` (``load_report``;
+    ``report``: one already loaded).
+
+    Returns:
+        The paths written, in that order.
+
+    Raises:
+        UserError: as ``load_report``.
+    """
+    from analysis.subspace_report import write_subspace
+
+    rep = report or load_report(storage_url, study_name, missing_hint=missing_hint)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "trials.csv", out_dir / "summary.csv"]
-    trials.to_csv(paths[0], index=False)
-    summary.to_csv(paths[1], index=False)
-    for name, fig in figures(trials, summary, info).items():
+    rep.trials.to_csv(paths[0], index=False)
+    rep.summary.to_csv(paths[1], index=False)
+    for name, fig in figures(rep.trials, rep.summary, rep.info).items():
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
-    rel = reliability(outcomes(study), info.settings, study.user_attrs.get("target_costs"))
-    subspace = write_subspace(out_dir, info)
+    subspace = write_subspace(out_dir, rep.info)
     paths += subspace.files if subspace else []
     paths.append(out_dir / "report.md")
-    paths[-1].write_text(report_markdown(trials, summary, info, rel, subspace))
+    paths[-1].write_text(report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace))
     return paths

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from analysis.load import StudyInfo, outcomes_of
+from analysis.load import StudyInfo
 from sweep.decide import ConfigKey, ConfigResults, Decision, aggregate, recommend, seed_sequence
 
 #: columns of summary.csv, in order
@@ -56,7 +56,7 @@ def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, 
 def results(trials: pd.DataFrame, info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
     """``sweep.decide.aggregate`` of ``trials`` (from ``trials_frame``) over the seeds the study's
     settings can ask for: per configuration with a finished trial, the statistics its decisions use."""
-    return aggregate(outcomes_of(trials), seed_sequence(info.settings))
+    return aggregate([o for _, o in info.history], seed_sequence(info.settings))
 
 
 def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:

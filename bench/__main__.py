@@ -168,16 +168,16 @@ def ours(cfg, resolved, train_split, steps: int) -> Dict[str, float]:
     run_dir = results_root(cfg) / "bench" / "ours"
     with PeakRSS() as mem:
         m = run_trial(cfg, resolved, run_dir, progress=False)
-    assert m["epochs_run"] == 1 and m["n_train"] == len(train_split)
+    assert m.epochs_run == 1 and m.n_train == len(train_split)
     return {
-        "examples": m["n_train"],
-        "seconds": m["train_seconds"],
-        "train_flops": m["train_flops"],
-        "real_tokens": m["train_tokens"],
-        "padded_tokens": m["padded_tokens"],
+        "examples": m.n_train,
+        "seconds": m.train_seconds,
+        "train_flops": m.train_flops,
+        "real_tokens": m.train_tokens,
+        "padded_tokens": m.padded_tokens,
         "peak_mem_mb": mem.peak,
         "mem_increase_mb": mem.peak - mem.start,
-        **{k: v for k, v in m["epochs"][-1].items() if k in m["best"]},
+        **{k: v for k, v in m.epochs[-1].items() if k in m.best},
     }
 
 

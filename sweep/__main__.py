@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 from typing import List
 
-from analysis.reliability import reliability
-from analysis.report import baseline_line, write_reports
+from analysis.report import baseline_line, load_report, write_reports
 from sweep.cli import compose, make_command, run_cli
 from sweep.driver import crash_line, recommendation_line, run_sweep
 from sweep.paths import sweep_dir
-from sweep.study import load_study, outcomes, storage_url, study_name
+from sweep.study import storage_url, study_name
 
 
 def main(args: List[str]) -> int:
@@ -36,8 +35,10 @@ def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
     p = run_sweep(cfg, resolved, overrides=args)
     sdir = sweep_dir(cfg)
+    report = None
     try:
-        files = write_reports(storage_url(cfg), study_name(cfg), sdir)
+        report = load_report(storage_url(cfg), study_name(cfg))  # the study, read once for everything below
+        files = write_reports(storage_url(cfg), study_name(cfg), sdir, report=report)
         print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
     except Exception as e:  # the results are safe in the study; `make report` can retry
         print(
@@ -47,17 +48,17 @@ def main(args: List[str]) -> int:
     if p.next is not None:
         print(crash_line(cfg, p), file=sys.stderr)
         return 1
-    study = load_study(storage_url(cfg), study_name(cfg))
-    rel = reliability(outcomes(study), cfg.sweep, study.user_attrs.get("target_costs"))
-    print(
-        f"reliability: {rel.text()}"
-        if rel
-        else "reliability: no seed-noise estimate (no configuration has two "
-        "ok seeds), so no gain could be shown significant"
-    )
-    against = baseline_line(storage_url(cfg), study_name(cfg))
-    if against:
-        print(against)
+    if report is not None:
+        rel = report.reliability
+        print(
+            f"reliability: {rel.text()}"
+            if rel
+            else "reliability: no seed-noise estimate (no configuration has two "
+            "ok seeds), so no gain could be shown significant"
+        )
+        against = baseline_line(report)
+        if against:
+            print(against)
     print(recommendation_line(p, sdir))
     return 0
 

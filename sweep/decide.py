@@ -40,10 +40,19 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from scipy.stats import t as student_t
 
-from sweep.config import SweepSettings, targets_key
+from sweep.config import Choice, SweepSettings, targets_key
 
 #: one configuration of the search space: (r, targets key such as "q,v"); a key, not ``sweep.config.Config``
 ConfigKey = Tuple[int, str]
+
+
+class Status(Choice):
+    """How a trial ended: ``ok`` (a value), ``diverged`` (the training loss became NaN/inf: a measurement,
+    the configuration does not train) or ``failed`` (it crashed: no measurement)."""
+
+    ok = "ok"
+    diverged = "diverged"
+    failed = "failed"
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ class Outcome:
     r: int
     targets: str
     seed: int
-    status: str = "ok"
+    status: Status = Status.ok
     value: Optional[float] = None
     trainable_params: int = 0
     train_flops: float = 0.0

@@ -19,18 +19,19 @@ import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from omegaconf import OmegaConf
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data
-from sweep.decide import Plan, TrialSpec, plan
+from sweep.decide import Plan, Status, TrialSpec, plan
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
+from sweep.record import TrialResult
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
-from sweep.study import RESULT_ATTRS, open_study, outcomes, sqlite_path, storage_url, study_name
+from sweep.study import open_study, outcomes, sqlite_path, storage_url, study_name, tell_result
 from sweep.trial import check_training_steps, run_trial, trial_name
 
 
@@ -106,15 +107,19 @@ def _execute(
     progress: bool,
     log,
     reported: Set[int] = frozenset(),
-) -> dict:
+) -> Optional[TrialResult]:
     """Run (or resume, or read back) one trial, report each epoch's validation objective as an
     intermediate value (``reported``: epochs the trial already has), and tell the study its result. A
     finished trial of another sweep with the same resolved configuration is read back
     (``sweep.resume.reuse_finished``).
     A crash (an exception other than a ``UserError``) is stored as status ``failed`` with its traceback
-    in ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed."""
+    in ``error-attempt<n>.log``; ``attempt`` counts the tries of this configuration and seed.
+
+    Returns:
+        The trial's record; None when another worker took the trial over (its heartbeats stopped for
+        ``sweep.grace_period``), so this result was not stored.
+    """
     from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
 
     tcfg, tresolved = trial_config(cfg, spec, targets)
     run_dir = _run_dir(cfg, tcfg)
@@ -146,23 +151,19 @@ def _execute(
         except Exception as e:  # a crash is recorded (no result); the caller stops, a re-run retries it
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / f"error-attempt{attempt}.log").write_text(traceback.format_exc())
-            m = {"status": "failed", "reason": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-    for record in m.get("epochs") or []:  # epochs trained before an interruption
+            m = TrialResult(
+                r=spec.r,
+                targets=list(targets),
+                seed=spec.seed,
+                status=Status.failed,
+                reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            )
+    for record in m.epochs:  # epochs trained before an interruption
         report(record)
     try:
-        for key in RESULT_ATTRS:
-            if key in m:
-                trial.set_user_attr(key, m[key])
-        if m["status"] == "ok" and m.get("objective_value") is not None:
-            study.tell(trial, m["objective_value"])
-        else:
-            study.tell(trial, state=TrialState.FAIL)
+        tell_result(study, trial, m)
     except UpdateFinishedTrialError:  # our heartbeats stopped long enough for another worker to take over
-        return {
-            "status": "abandoned",
-            "reason": f"no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
-            "so another worker took the trial over",
-        }
+        return None
     return m
 
 
@@ -187,17 +188,23 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     trial.suggest_int("seed", spec.seed, spec.seed)
 
 
-def _trial_line(number: int, spec: TrialSpec, m: dict, objective: str, attempt: int = 1) -> str:
+def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Config, attempt: int = 1) -> str:
+    """The console line of a finished trial (``m`` None: taken over by another worker)."""
     head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (
         f" (attempt {attempt})" if attempt > 1 else ""
     )
-    reused = f" (reused from {m['reused_from']})" if m.get("reused_from") else ""
-    if m["status"] != "ok":
-        return f"{head}: {m['status']} ({m.get('reason')}){reused}"
+    if m is None:
+        return (
+            f"{head}: abandoned (no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
+            "so another worker took the trial over)"
+        )
+    reused = f" (reused from {m.reused_from})" if m.reused_from else ""
+    if m.status != Status.ok:
+        return f"{head}: {m.status} ({m.reason}){reused}"
     return (
-        f"{head}: {objective} {m['objective_value']:.4f} | "
-        f"trainable {m['trainable_params']:,} | {m['train_flops']:.3e} train FLOPs | "
-        f"{m['train_seconds'] + m['eval_seconds']:.0f} s{reused}"
+        f"{head}: {cfg.task.objective} {m.objective_value:.4f} | "
+        f"trainable {m.trainable_params:,} | {m.train_flops:.3e} train FLOPs | "
+        f"{m.train_seconds + m.eval_seconds:.0f} s{reused}"
     )
 
 
@@ -269,8 +276,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
                 )
             with claims.heartbeat(trial):
                 m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
-            log(_trial_line(trial.number, spec, m, cfg.task.objective, len(earlier) + 1))
-            if m["status"] == "failed":
+            log(_trial_line(trial.number, spec, m, cfg, len(earlier) + 1))
+            if m is not None and m.status == Status.failed:
                 crashed.append(spec)
         for trial in blank:  # only when the plan ended with blank trials left over
             study.tell(trial, state=TrialState.FAIL)
@@ -290,8 +297,8 @@ def _finish_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List
         _start(o.trial, o.spec, o.targets, cfg)
         log(f"resuming trial {o.trial.number} r={o.spec.r} {o.spec.targets} seed={o.spec.seed} (interrupted)")
         m = _execute(study, o.trial, o.spec, o.targets, cfg, progress, log, o.reported)
-        log(_trial_line(o.trial.number, o.spec, m, cfg.task.objective, o.attempt))
-        if m["status"] == "failed":
+        log(_trial_line(o.trial.number, o.spec, m, cfg, o.attempt))
+        if m is not None and m.status == Status.failed:
             crashed.append(o.spec)
     return blank, crashed
 

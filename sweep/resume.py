@@ -2,7 +2,8 @@
 or repeating work. A newcomer's map of resuming:
 
 1. **Is a resume meaningful?** ``fingerprint`` / ``check_fingerprint``: a study refuses a run whose
-   settings would make its finished trials incomparable (``RESUMABLE_KEYS`` may change).
+   settings would make its finished trials incomparable (``RESUMABLE_KEYS`` may change; a key added
+   after the study was made reads as its default, ``differing_keys``, so an upgrade never strands a sweep).
 2. **One process per SQLite sweep.** ``sweep_lock``: a second driver is refused; the OS frees the lock
    when its holder dies, so a trial still RUNNING under a free lock is an orphan.
 3. **Orphans.** ``orphans``: trials whose process died (SQLite) are finished (they know their
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from sweep.config import Config
-from sweep.decide import TrialSpec
+from sweep.decide import Status, TrialSpec
 from sweep.errors import UserError
+from sweep.record import TrialResult, read_result, write_result
 
 if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, which reads studies
     import numpy as np
@@ -95,25 +96,48 @@ def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
     }
 
 
+def default_fingerprint(task: str) -> Dict[str, str]:
+    """``fingerprint`` of the default configuration of ``task`` (``conf/`` composed with ``task=<task>``
+    alone; the default task when ``task`` is no group option): the value a key added after a study or
+    trial was written reads as in it."""
+    from sweep.cli import compose, group_options
+
+    return fingerprint(compose([f"task={task}"] if task in group_options("task") else [])[1])
+
+
+def differing_keys(old: Dict[str, str], new: Dict[str, str], defaults: Dict[str, str]) -> List[str]:
+    """The keys, sorted, on which the stored fingerprint ``old`` and this run's ``new`` disagree. A key
+    ``old`` lacks (added to the schema after it was written) reads as its default (``defaults``), so a
+    study made before a key existed resumes when the run keeps the key's default; a key ``new`` lacks (no
+    longer in the schema, nothing reads it) is ignored."""
+    return sorted(k for k in new if old.get(k, defaults.get(k)) != new[k])
+
+
 def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
     """Store this run's fingerprint ``new`` (``run_fingerprint``) on a new study, or check it against the
-    stored one. Changing only ``RESUMABLE_KEYS`` (``sweep.*``: more ranks, more seeds, other caps) is allowed.
+    stored one (``differing_keys``: keys added since read as their defaults) and store it on success.
+    Changing only ``RESUMABLE_KEYS`` (``sweep.*``: more ranks, more seeds, other caps) is allowed.
 
     Raises:
         UserError: incompatible settings; names the first differing key, its old and new value.
     """
     old = study.user_attrs.get("fingerprint")
-    if old is None:
+    if old is not None and old != new:
+        defaults = default_fingerprint(cfg.task.name) if set(new) - set(old) else {}
+        diffs = differing_keys(old, new, defaults)
+        if diffs:
+            k = diffs[0]
+            before = (
+                old[k] if k in old else f"{defaults.get(k, '<unset>')} (the default: the key is newer than the study)"
+            )
+            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+            raise UserError(
+                f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={before}, "
+                f"this run has {k}={new[k]}{more}: its finished trials would not be comparable; "
+                f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>"
+            )
+    if old != new:
         study.set_user_attr("fingerprint", new)
-    elif old != new:
-        diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-        k = diffs[0]
-        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-        raise UserError(
-            f"sweep '{cfg.sweep.name}' for {cfg.task.name} was run with {k}={old.get(k, '<unset>')}, "
-            f"this run has {k}={new.get(k, '<unset>')}{more}: its finished trials would not be comparable; "
-            f"re-run with the original settings to resume, or start another sweep with sweep.name=<new name>"
-        )
 
 
 # --- 2. one process per SQLite sweep ----------------------------------------------------------------
@@ -210,19 +234,19 @@ def crashed_attempts(study, spec: TrialSpec) -> List[str]:
     return [
         t.user_attrs.get("reason") or "?"
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == "failed"
+        if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == Status.failed
     ]
 
 
 # --- 5. finished work is read back, not retrained --------------------------------------------------
 
 
-def finished_result(run_dir: Path, tresolved) -> Optional[dict]:
-    """The ``metrics.json`` of a trial that finished in ``run_dir`` with exactly the resolved config
-    ``tresolved`` (its process died before telling the study), else None."""
+def finished_result(run_dir: Path, tresolved) -> Optional[TrialResult]:
+    """The record (``metrics.json``) of a trial that finished in ``run_dir`` with the identity of the
+    resolved config ``tresolved`` (``same_trial``; its process died before telling the study), else None."""
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
-    if metrics.is_file() and config.is_file() and config.read_text() == OmegaConf.to_yaml(tresolved):
-        return json.loads(metrics.read_text())
+    if metrics.is_file() and config.is_file() and same_trial(OmegaConf.load(config), tresolved):
+        return read_result(metrics)
     return None
 
 
@@ -237,20 +261,30 @@ def trial_identity(resolved) -> Dict[str, str]:
     }
 
 
-def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[dict]:
+def same_trial(stored, tresolved) -> bool:
+    """Whether a trial whose saved ``config.yaml`` is ``stored`` is the trial of the resolved config
+    ``tresolved``: the same ``trial_identity``, a key the stored one lacks (newer than it) reading as
+    its default (``differing_keys``)."""
+    old, new = trial_identity(stored), trial_identity(tresolved)
+    if old == new:
+        return True
+    defaults = default_fingerprint(str(tresolved.task.name)) if set(new) - set(old) else {}
+    return not differing_keys(old, new, defaults)
+
+
+def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[TrialResult]:
     """Read back a finished trial of another sweep under ``task_dir`` (``results/<task>/``) whose resolved
-    configuration is the same as ``tresolved`` (``trial_identity``): its folder is copied to ``run_dir``
+    configuration is the same as ``tresolved`` (``same_trial``): its folder is copied to ``run_dir``
     and its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
-    want = trial_identity(tresolved)
     for source in sorted(task_dir.glob(f"*/trials/{run_dir.name}")):
         if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
             continue
-        if trial_identity(OmegaConf.load(source / "config.yaml")) != want:
+        if not same_trial(OmegaConf.load(source / "config.yaml"), tresolved):
             continue
-        m = {**json.loads((source / "metrics.json").read_text()), "reused_from": str(source)}
+        m = dataclasses.replace(read_result(source / "metrics.json"), reused_from=str(source))
         shutil.copytree(source, run_dir, dirs_exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
-        (run_dir / "metrics.json").write_text(json.dumps(m, indent=2))
+        write_result(run_dir / "metrics.json", m)
         return m
     return None
 
@@ -292,7 +326,7 @@ class Progress:
     #: training tokens including padding (batch × padded length), over all epochs
     padded_tokens: int = 0
     #: ``ok``, or ``diverged`` once the training loss became NaN/inf
-    status: str = "ok"
+    status: Status = Status.ok
     #: why the trial stopped early (``diverged``), else None
     reason: Optional[str] = None
 

@@ -1,10 +1,13 @@
 """The Optuna study that is a sweep's single source of truth: where it lives, what a compatible resume
 is, how a trial's configuration and results are stored and read back.
 
+This module is the one store of trial records: ``tell_result`` writes a ``sweep.record.TrialResult`` onto
+an Optuna trial and ``result_of`` reads it back; nothing else maps a record to or from a trial.
+
 Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
-``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the trial's metrics
-(see ``RESULT_ATTRS``) with ``status``, ``reason`` and, for a trial read back from another sweep,
-``reused_from``. State COMPLETE (value = objective) for ``ok`` trials, FAIL for ``diverged`` and
+``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the record's fields
+marked ``study`` (``sweep.record.record_fields("study")``: costs, metrics, ``status``, ``reason``,
+``reused_from``…). State COMPLETE (value = objective) for ``ok`` trials, FAIL for ``diverged`` and
 ``failed`` ones; FAIL without a ``status`` is an abandoned trial (its worker died, or stepped back from
 a claim, see ``sweep/claims.py``), not a result. The validation objective of each epoch is an
 intermediate value (step = epoch, for ``optuna-dashboard``). Study user attributes: ``fingerprint``
@@ -17,41 +20,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 from sweep.claims import storage_for
 from sweep.config import Config, SweepSettings
-from sweep.decide import Outcome
+from sweep.decide import Outcome, Status
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
+from sweep.record import TrialResult, record_fields
 from sweep.resume import check_fingerprint, run_fingerprint
-
-#: metrics.json keys copied onto the Optuna trial as user attributes
-RESULT_ATTRS = (
-    "status",
-    "reason",
-    "objective",
-    "objective_value",
-    "best",
-    "best_epoch",
-    "lora_alpha",
-    "scaling",
-    "lora_params",
-    "head_params",
-    "trainable_params",
-    "total_params",
-    "trainable_pct",
-    "train_flops",
-    "eval_flops",
-    "train_seconds",
-    "eval_seconds",
-    "peak_mem_mb",
-    "majority_baseline",
-    "train_tokens",
-    "n_train",
-    "n_eval",
-    "reused_from",
-)
 
 
 def storage_url(cfg: Config) -> str:
@@ -154,27 +131,66 @@ def settings_of(study) -> SweepSettings:
     return SweepSettings(**{**asdict(defaults().sweep), **stored})
 
 
-def outcomes(study) -> List[Outcome]:
-    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs;
-    abandoned trials (FAIL without a ``status``) are left out."""
+def result_attrs(result: TrialResult) -> dict:
+    """The user attributes that store ``result`` on its trial: its fields marked ``study`` that hold a
+    value (not None, not empty); the others read back as their defaults (``result_of``)."""
+    data = result.to_dict()
+    return {k: data[k] for k in record_fields("study") if data[k] not in (None, {}, [])}
+
+
+def tell_result(study, trial, result: TrialResult) -> None:
+    """Store ``result`` on ``trial`` (``result_attrs``) and finish it: COMPLETE with the objective for an
+    ``ok`` trial with a value, else FAIL.
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: another worker took the trial over meanwhile.
+    """
     from optuna.trial import TrialState
 
+    for key, value in result_attrs(result).items():
+        trial.set_user_attr(key, value)
+    if result.status == Status.ok and result.objective_value is not None:
+        study.tell(trial, result.objective_value)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def result_of(trial) -> Optional[TrialResult]:
+    """The record of a finished (COMPLETE or FAIL) frozen trial that carries a configuration, from its
+    params and user attributes; None for a trial still running, one without a configuration and an
+    abandoned one (FAIL without a ``status``: its worker died or stepped back)."""
+    from optuna.trial import TrialState
+
+    a = trial.user_attrs
+    if trial.state not in (TrialState.COMPLETE, TrialState.FAIL) or "targets_key" not in a or "r" not in trial.params:
+        return None
+    if trial.state == TrialState.FAIL and "status" not in a:
+        return None
+    stored = {k: a[k] for k in record_fields("study") if k in a}
+    return TrialResult.from_dict(
+        {
+            **stored,
+            "r": int(trial.params["r"]),
+            "seed": int(trial.params["seed"]),
+            "targets": list(a.get("targets") or a["targets_key"].split(",")),
+            # an ok trial's value is the study's; a FAIL trial has none, whatever it stored
+            "objective_value": trial.value if trial.state == TrialState.COMPLETE else None,
+        }
+    )
+
+
+def numbered_results(study) -> List[Tuple[int, TrialResult]]:
+    """(trial number, record) of every finished trial with a configuration (``result_of``), in
+    trial-number order."""
     out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-        a = t.user_attrs
-        if "targets_key" not in a or "r" not in t.params or (t.state == TrialState.FAIL and "status" not in a):
-            continue
-        status = a.get("status", "ok")
-        out.append(
-            Outcome(
-                r=int(t.params["r"]),
-                targets=a["targets_key"],
-                seed=int(t.params["seed"]),
-                status=status,
-                value=t.value if t.state == TrialState.COMPLETE else None,
-                trainable_params=int(a.get("trainable_params") or 0),
-                train_flops=float(a.get("train_flops") or 0),
-                seconds=float(a.get("train_seconds") or 0) + float(a.get("eval_seconds") or 0),
-            )
-        )
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        result = result_of(t)
+        if result is not None:
+            out.append((t.number, result))
     return out
+
+
+def outcomes(study) -> List[Outcome]:
+    """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs, in
+    trial-number order; abandoned trials (FAIL without a ``status``) are left out."""
+    return [result.outcome() for _, result in numbered_results(study)]

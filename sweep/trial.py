@@ -13,9 +13,7 @@ from its last completed epoch when the same command runs again (``sweep/resume.p
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 import re
 import sys
 import time
@@ -30,6 +28,7 @@ from omegaconf import OmegaConf
 from sweep.cli import compose, run_cli
 from sweep.config import Config
 from sweep.data import Batches, take, task_data
+from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.family import with_family
 from sweep.flops import FlopModel
@@ -46,6 +45,7 @@ from sweep.modeling import (
     trainable_state,
 )
 from sweep.paths import results_root
+from sweep.record import TrialResult, write_result
 from sweep.resume import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
@@ -64,12 +64,6 @@ def targets_slug(targets: List[str]) -> str:
 def trial_name(cfg: Config) -> str:
     """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep)."""
     return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}-seed{cfg.train.seed}"
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
@@ -203,8 +197,8 @@ def train_one_epoch(
 
 def run_trial(
     cfg: Config, resolved, run_dir: Path, *, progress: bool = True, on_epoch: Optional[Callable[[dict], None]] = None
-) -> dict:
-    """Train and evaluate one LoRA configuration; returns the content of ``metrics.json``.
+) -> TrialResult:
+    """Train and evaluate one LoRA configuration; returns its record, also written as ``metrics.json``.
 
     Args:
         cfg, resolved: the typed config and its resolved ``DictConfig`` (saved as ``config.yaml``).
@@ -216,7 +210,7 @@ def run_trial(
             it is evaluated (the sweep reports it to Optuna as an intermediate value).
 
     Returns:
-        A dict with the task, model, LoRA settings, parameter counts (``lora_params`` =
+        The ``sweep.record.TrialResult``: task, model, LoRA settings, parameter counts (``lora_params`` =
         Σ r·(d+k) over adapted matrices), GLUE metrics per epoch and at the best epoch, FLOPs
         (``train_flops``, ``eval_flops``: executed, see ``sweep/flops.py``), seconds, ``peak_mem_mb``,
         library versions and ``status`` (``ok``, or ``diverged`` with a ``reason`` when the training
@@ -308,7 +302,7 @@ def run_trial(
         done.padded_tokens += stats.padded_tokens
         done.train_seconds += stats.seconds
         if stats.diverged:
-            done.status = "diverged"
+            done.status = Status.diverged
             done.reason = f"training loss became {stats.mean_loss} in epoch {epoch + 1} by step {stats.steps}"
             break
 
@@ -336,8 +330,17 @@ def run_trial(
             save_checkpoint(ckpt_path, model, optimizer, scheduler, done, config_text, device)
 
     baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
-    metrics = _metrics_record(
-        cfg, model_cfg, counts, _scaling_factor(model), done, device, precision, train_split, val_labels, baseline
+    result = _result(
+        cfg,
+        model_cfg,
+        counts,
+        _scaling_factor(model),
+        done,
+        device,
+        precision,
+        len(train_split),
+        len(val_labels),
+        baseline,
     )
     if done.best_state is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
@@ -345,9 +348,9 @@ def run_trial(
         # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
         model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
         np.save(run_dir / "val_predictions.npy", done.best_preds)
-    _atomic_json(run_dir / "metrics.json", metrics)
+    write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
-    return metrics
+    return result
 
 
 def _scaling_factor(model) -> float:
@@ -382,7 +385,7 @@ def majority_baseline(cfg: Config, train_labels: np.ndarray, val_labels: np.ndar
     return compute_metrics(cfg.task.metrics, np.full(len(val_labels), constant, dtype=val_labels.dtype), val_labels)
 
 
-def _metrics_record(
+def _result(
     cfg: Config,
     model_cfg,
     counts: dict,
@@ -390,58 +393,57 @@ def _metrics_record(
     done: Progress,
     device,
     precision: str,
-    train_split,
-    val_labels,
+    n_train: int,
+    n_eval: int,
     baseline: Dict[str, float],
-) -> dict:
+) -> TrialResult:
+    """The trial's record from its configuration, its parameter counts and what it did (``done``)."""
     best = done.best or {}
     epochs_run = len(done.history)
-    return {
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "model_name_or_path": cfg.model.name_or_path,
+    return TrialResult(
+        task=cfg.task.name,
+        model=cfg.model.name,
+        model_name_or_path=cfg.model.name_or_path,
         # the exact weights used here, and the id the adapter names as its base (reloadable elsewhere)
-        "model_path": local_model_path(cfg.model.name_or_path),
-        "base_model_name_or_path": portable_base_id(cfg.model),
-        "family": model_cfg.family,
-        "roles": dict(model_cfg.roles),
-        "head": list(model_cfg.head),
-        "pad_token_id": load_tokenizer(cfg.model.name_or_path).pad_token_id,
-        "r": cfg.lora.r,
-        "lora_alpha": cfg.lora.alpha,
-        "lora_dropout": cfg.lora.dropout,
-        "scaling": cfg.lora.scaling,
-        "scaling_factor": scaling_factor,
-        "targets": list(cfg.lora.targets),
-        "seed": cfg.train.seed,
+        model_path=local_model_path(cfg.model.name_or_path),
+        base_model_name_or_path=portable_base_id(cfg.model),
+        family=model_cfg.family,
+        roles=dict(model_cfg.roles),
+        head=list(model_cfg.head),
+        pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        scaling=cfg.lora.scaling,
+        scaling_factor=scaling_factor,
+        targets=list(cfg.lora.targets),
+        seed=cfg.train.seed,
         **counts,
-        "trainable_pct": 100.0 * counts["trainable_params"] / counts["total_params"],
-        "objective": cfg.task.objective,
-        "objective_value": best.get(cfg.task.objective),
-        "best_epoch": best.get("epoch"),
-        "best": {m: best.get(m) for m in cfg.task.metrics},
-        "epochs": done.history,
-        "majority_baseline": baseline,
-        "n_train": len(train_split),
-        "n_eval": len(val_labels),
-        "epochs_run": epochs_run,
-        "train_tokens": done.train_tokens,
-        "padded_tokens": done.padded_tokens,
-        "train_flops": done.train_flops,
-        "eval_flops": done.eval_flops,
-        "train_seconds": done.train_seconds,
-        "eval_seconds": done.eval_seconds,
-        "train_examples_per_s": (
-            len(train_split) * epochs_run / done.train_seconds if done.train_seconds and epochs_run else None
-        ),
-        "peak_mem_mb": peak_memory_mb(device),
-        "device": str(device),
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "versions": library_versions(),
-        "status": done.status,
-        "reason": done.reason,
-    }
+        trainable_pct=100.0 * counts["trainable_params"] / counts["total_params"],
+        train_flops=done.train_flops,
+        eval_flops=done.eval_flops,
+        train_seconds=done.train_seconds,
+        eval_seconds=done.eval_seconds,
+        peak_mem_mb=peak_memory_mb(device),
+        best_epoch=best.get("epoch"),
+        objective=cfg.task.objective,
+        objective_value=best.get(cfg.task.objective),
+        best={m: best.get(m) for m in cfg.task.metrics},
+        epochs=done.history,
+        majority_baseline=baseline,
+        n_train=n_train,
+        n_eval=n_eval,
+        epochs_run=epochs_run,
+        train_tokens=done.train_tokens,
+        padded_tokens=done.padded_tokens,
+        train_examples_per_s=n_train * epochs_run / done.train_seconds if done.train_seconds and epochs_run else None,
+        device=str(device),
+        precision=precision,
+        threads=torch.get_num_threads(),
+        versions=library_versions(),
+        status=done.status,
+        reason=done.reason,
+    )
 
 
 def trial_dir(cfg: Config, resolved) -> Path:
@@ -455,16 +457,16 @@ def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
     run_dir = trial_dir(cfg, resolved)
     m = run_trial(cfg, resolved, run_dir)
-    best = ", ".join(f"{k} {v:.4f}" for k, v in m["best"].items() if v is not None)
+    best = ", ".join(f"{k} {v:.4f}" for k, v in m.best.items() if v is not None)
     print(
-        f"{m['task']} {m['model']} r={m['r']} targets={','.join(m['targets'])} seed={m['seed']}: "
-        f"status {m['status']}{' (' + m['reason'] + ')' if m['reason'] else ''}; "
-        + (f"best epoch {m['best_epoch']}: {best}; " if m["best_epoch"] is not None else "no epoch evaluated; ")
-        + f"trainable {m['trainable_params']:,} (LoRA {m['lora_params']:,}); "
-        f"train {m['train_flops']:.3e} FLOPs in {m['train_seconds']:.1f} s; eval {m['eval_seconds']:.1f} s"
+        f"{m.task} {m.model} r={m.r} targets={','.join(m.targets)} seed={m.seed}: "
+        f"status {m.status}{' (' + m.reason + ')' if m.reason else ''}; "
+        + (f"best epoch {m.best_epoch}: {best}; " if m.best_epoch is not None else "no epoch evaluated; ")
+        + f"trainable {m.trainable_params:,} (LoRA {m.lora_params:,}); "
+        f"train {m.train_flops:.3e} FLOPs in {m.train_seconds:.1f} s; eval {m.eval_seconds:.1f} s"
     )
     print(f"results: {run_dir}")
-    return 0 if m["status"] == "ok" else 1
+    return 0 if m.status == Status.ok else 1
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 and results left byte-identical, or in the correct value. In-process calls of the real commands
 (``run_cli(main, args)``); a subprocess only where it proves more (a printed command run by ``sh``)."""
 
-import json
 import os
 import re
 import subprocess
 from pathlib import Path
 
+import fakes
 import numpy as np
 import optuna
 import pytest
@@ -23,6 +23,7 @@ from sweep.data import load_glue
 from sweep.decide import Outcome, plan
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
+from sweep.record import TrialResult, write_result
 from sweep.study import open_study, sqlite_path, storage_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -230,31 +231,22 @@ def fake_trial(crash_on_call: int):
             raise OSError(27, "File too large")
         run_dir.mkdir(parents=True, exist_ok=True)
         acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
-        m = {
-            "status": "ok",
-            "reason": None,
-            "objective": "accuracy",
-            "objective_value": acc,
-            "best": {"accuracy": acc, "f1": acc},
-            "best_epoch": 1,
-            "lora_alpha": 16.0,
-            "scaling": "standard",
-            "lora_params": 768 * cfg.lora.r,
-            "head_params": 100,
-            "trainable_params": 768 * cfg.lora.r + 100,
-            "total_params": 10**6,
-            "trainable_pct": 0.1,
-            "train_flops": 1e12,
-            "eval_flops": 1e11,
-            "train_seconds": 1.0,
-            "eval_seconds": 0.1,
-            "peak_mem_mb": 10.0,
-            "majority_baseline": {"accuracy": 0.68, "f1": 0.81},
-            "train_tokens": 1,
-            "n_train": 16,
-            "n_eval": 16,
-        }
-        (run_dir / "metrics.json").write_text(json.dumps(m))
+        m = TrialResult(
+            r=cfg.lora.r,
+            targets=list(cfg.lora.targets),
+            seed=cfg.train.seed,
+            objective="accuracy",
+            objective_value=acc,
+            best={"accuracy": acc, "f1": acc},
+            best_epoch=1,
+            lora_params=768 * cfg.lora.r,
+            head_params=100,
+            trainable_params=768 * cfg.lora.r + 100,
+            train_flops=1e12,
+            train_seconds=1.0,
+            eval_seconds=0.1,
+        )
+        write_result(run_dir / "metrics.json", m)
         return m
 
     return run_trial, calls
@@ -404,25 +396,24 @@ def test_printed_make_commands_run_as_printed(tmp_path):
     assert argv == ["-m", "sweep", "task=cola", "sweep=grid", *HOSTILE_OVERRIDES]
 
 
-def synthetic_study(tmp_path, targets: str, model: str, monkeypatch) -> Path:
+def synthetic_study(tmp_path, targets: str, model: str) -> Path:
     """A finished one-configuration sweep on ``targets`` (two seeds, 80 and 82 points), run with
     HOSTILE_OVERRIDES; returns the folder its reports were written to."""
-    import test_analysis as ta
-
-    monkeypatch.setitem(ta.COSTS, targets, 1_000)
-    s = ta.settings(ranks=[1], start_targets=[targets], target_sets=[[targets]])
-    url = ta.make_study(tmp_path, s, [ta.trial(1, targets, 0, 0.80, "rank"), ta.trial(1, targets, 1, 0.82, "rank")])
-    study = optuna.load_study(study_name=ta.NAME, storage=url)
+    costs = {targets: 1_000}
+    s = fakes.small_settings(ranks=[1], start_targets=[targets], target_sets=[[targets]])
+    runs = [fakes.trial(1, targets, seed, value, "rank", costs=costs) for seed, value in ((0, 0.80), (1, 0.82))]
+    url = fakes.make_study(tmp_path, s, runs, costs=costs)
+    study = optuna.load_study(study_name=fakes.NAME, storage=url)
     study.set_user_attr("model", model)
     study.set_user_attr("command_overrides", ["task=mrpc", "sweep=progressive", *HOSTILE_OVERRIDES])
-    write_reports(url, ta.NAME, tmp_path / "out")
+    write_reports(url, fakes.NAME, tmp_path / "out")
     return tmp_path / "out"
 
 
-def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path, monkeypatch):
+def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path):
     """Rows 7, 8 and user text in plots: a regex with | and $ and a model name with $ and _."""
     targets, model = ".*(query|value)$", "my_$model"
-    out = synthetic_study(tmp_path, targets, model, monkeypatch)
+    out = synthetic_study(tmp_path, targets, model)
     report = (out / "report.md").read_text()
     cells = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731 - unescaped pipes = cell borders
     header, rule, row = [line for line in report.splitlines() if line.startswith("|")][:3]
@@ -442,13 +433,11 @@ def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path, monkeypatch)
     ]
 
 
-def test_user_text_in_plots_is_drawn_as_written(tmp_path, monkeypatch):
-    import test_analysis as ta
-
+def test_user_text_in_plots_is_drawn_as_written(tmp_path):
     targets, model = ".*(query|value)$", "my_$model"
-    out = synthetic_study(tmp_path, targets, model, monkeypatch)
+    out = synthetic_study(tmp_path, targets, model)
     assert all((out / "plots" / f"{n}.png").is_file() for n in ("metric_vs_params", "metric_vs_compute", "progression"))
-    study = optuna.load_study(study_name=ta.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
+    study = optuna.load_study(study_name=fakes.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
     from analysis import study_info, summary_frame, trials_frame
 
     trials = trials_frame(study)
@@ -461,15 +450,13 @@ def test_user_text_in_plots_is_drawn_as_written(tmp_path, monkeypatch):
         assert any(model in text for text, _ in shown) and any(targets in text for text, _ in shown)
 
 
-def test_a_single_configuration_can_be_read_off_the_parameter_axis(tmp_path, monkeypatch):
+def test_a_single_configuration_can_be_read_off_the_parameter_axis(tmp_path):
     """Row 12: one configuration (r=1, 1,000 LoRA parameters): a labelled tick at its value, limits
     around it (a factor 1.4 either side on the log axis)."""
-    import test_analysis as ta
-
     from analysis import study_info, summary_frame, trials_frame
 
-    synthetic_study(tmp_path, "q,v", "minilm", monkeypatch)
-    study = optuna.load_study(study_name=ta.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
+    synthetic_study(tmp_path, "q,v", "minilm")
+    study = optuna.load_study(study_name=fakes.NAME, storage=f"sqlite:///{tmp_path / 'mrpc' / 'default' / 'study.db'}")
     trials, info = trials_frame(study), study_info(study)
     (ax,) = figures(trials, summary_frame(trials, info), info)["metric_vs_params"].axes
     assert list(ax.get_xticks()) == [1_000] and [t.get_text() for t in ax.get_xticklabels()] == ["1,000"]
@@ -507,4 +494,4 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tiny, capsys):
     out = capsys.readouterr()
     assert "\r" not in out.err + out.out
     assert [line.split(":")[0] for line in out.out.splitlines()] == ["r8-q-v-seed0 epoch 1/2", "r8-q-v-seed0 epoch 2/2"]
-    assert m["status"] == "ok"
+    assert m.status == "ok"

@@ -6,10 +6,9 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from fakes import FINISHED, make_study, small_settings, trial
+from fakes import MINILM_COSTS as COSTS
 from scipy import stats
-from test_analysis import FINISHED, make_study, trial
-from test_analysis import settings as small_settings
-from test_decide import COSTS
 
 from analysis.calibrate import COLUMNS, main
 from analysis.reliability import observed_scenario, reliability

@@ -251,28 +251,28 @@ def test_real_rte_trial_and_portable_adapter_reload(tiny, tiny_models, family):
 
     folder = tiny_models[family]
     cfg, run_dir, m = _rte_trial(tiny, folder, family)
-    assert m["status"] == "ok" and m["family"] == family and m["lora_params"] == HAND[family][1]
-    assert m["model_path"] == m["base_model_name_or_path"] == str(folder.resolve())
+    assert m.status == "ok" and m.family == family and m.lora_params == HAND[family][1]
+    assert m.model_path == m.base_model_name_or_path == str(folder.resolve())
     # GLUE's majority baseline is the whole training split's majority, entailment (1,249 of 2,490), even
     # though the 64 examples trained on hold 30 entailment to 34 not_entailment; of the 32 validation
     # examples 18 are entailment (counted in the TSVs with csv, quoting off)
     assert _rte_counts() == (1249, 30, 18)
-    assert m["majority_baseline"]["accuracy"] == pytest.approx(18 / 32)
+    assert m.majority_baseline["accuracy"] == pytest.approx(18 / 32)
     # named after its folder (tiny_models names them by family), not after the default model group's minilm
-    assert m["model"] == family and run_dir.name.startswith(f"{family}-r")
+    assert m.model == family and run_dir.name.startswith(f"{family}-r")
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(folder.resolve())
     assert adapter_config["fan_in_fan_out"] is (family == "gpt2")
     # what a user elsewhere does: one call, the base model found from adapter_config.json (decoder
     # checkpoints define no pad token: the one used in training is in metrics.json)
     model = AutoPeftModelForSequenceClassification.from_pretrained(
-        str(run_dir / "adapter"), pad_token_id=m["pad_token_id"]
+        str(run_dir / "adapter"), pad_token_id=m.pad_token_id
     )
     data = task_data(cfg)
     val = take(data["validation"], cfg.data.max_eval_samples)
     preds = evaluate(model, Batches(val, 8, 0, shuffle=False), torch.device("cpu"), "fp32")
     assert np.array_equal(preds, np.load(run_dir / "val_predictions.npy"))
-    assert m["best"]["accuracy"] == pytest.approx(float((preds == np.asarray(val["label"])).mean()))
+    assert m.best["accuracy"] == pytest.approx(float((preds == np.asarray(val["label"])).mean()))
 
 
 def test_gpt2_sweep_on_the_default_targets_is_refused_naming_the_sweep_key(tiny, tiny_models, tmp_path):

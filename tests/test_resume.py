@@ -2,15 +2,22 @@
 retrained. In-process, with a stand-in for the trial (the real SIGKILL-and-resume proofs are in
 test_sweep.py)."""
 
+import gzip
 import json
+import shutil
+from pathlib import Path
 
 import optuna
+import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_bad_input import fake_trial
 
 from sweep import driver
 from sweep.cli import compose
 from sweep.decide import TrialSpec
+from sweep.errors import UserError
+from sweep.record import TrialResult
 from sweep.resume import finished_result, orphans
 from sweep.study import open_study, storage_url
 
@@ -72,7 +79,7 @@ def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(
     from omegaconf import OmegaConf
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    assert finished_result(run_dir, resolved) == {"status": "ok", "objective_value": 0.8}
+    assert finished_result(run_dir, resolved) == TrialResult(objective_value=0.8)
     _, other = compose([*_sweep_args(tiny), "lora.alpha=32"])
     assert finished_result(run_dir, other) is None  # another configuration's result is not this one's
 
@@ -89,3 +96,63 @@ def test_a_worker_whose_trial_crashed_says_so_and_exits_1(tiny, monkeypatch):
     assert ran.returncode == 1 and calls == [1]
     assert "ranksweep: stopped: trial r=1 q,v seed=0 crashed, see error-attempt*.log" in ran.stderr
     assert "recommendation" not in ran.stdout
+
+
+FIXTURE = Path(__file__).parent / "data" / "study-0.1.0"
+
+
+def _release_0_1_0_sweep(glue_dir, results: Path, drop: str) -> list:
+    """The sweep of tests/data/study-0.1.0 (written by release 0.1.0 with ``python -m sweep debug=tiny
+    sweep.ranks=[1,2] sweep.patience=1 sweep.name=before train.threads=1``: r=1, r=2 on q,v, then r=1
+    on q,k,v,o) laid out under ``results`` as if ``drop`` (a key such as ``lora.scaling``) had not existed
+    when it ran: left out of its study's fingerprint and its trials' config.yaml. Returns the command's
+    overrides."""
+    folder = results / "mrpc" / "before"
+    shutil.copytree(FIXTURE / "trials", folder / "trials")
+    (folder / "study.db").write_bytes(gzip.decompress((FIXTURE / "study.db.gz").read_bytes()))
+    study = optuna.load_study(study_name="ranksweep-mrpc-before", storage=f"sqlite:///{folder / 'study.db'}")
+    stored = study.user_attrs["fingerprint"]
+    assert drop in stored
+    study.set_user_attr("fingerprint", {k: v for k, v in stored.items() if k != drop})
+    section, key = drop.split(".")
+    for config in folder.glob("trials/*/config.yaml"):
+        text = OmegaConf.load(config)
+        del text[section][key]
+        config.write_text(OmegaConf.to_yaml(text))
+    return [
+        "debug=tiny",
+        f"data.dir={glue_dir}",
+        f"results_dir={results}",
+        "sweep.ranks=[1,2]",
+        "sweep.patience=1",
+        "sweep.name=before",
+        "train.threads=1",
+    ]
+
+
+def test_a_sweep_written_before_a_key_existed_resumes_at_its_default(glue_dir, tmp_path, monkeypatch):
+    """Upgrade: a study and trial folders written by release 0.1.0, before ``lora.scaling`` existed (the
+    key taken out of them), resume under this release: the key reads as its default (standard), so the
+    same command trains nothing and recommends what 0.1.0 did; its trials' metrics.json are read as
+    records; widening the sweep trains only the new trial; a non-default value is refused."""
+    run_trial, calls = fake_trial(crash_on_call=0)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    args = _release_0_1_0_sweep(glue_dir, tmp_path, "lora.scaling")
+    # a study made before the key existed was made with its default: another value is another sweep
+    cfg, rslora = compose([*args, "lora.scaling=rslora"])
+    with pytest.raises(UserError, match=r"was run with lora.scaling='standard' \(the default: the key is newer"):
+        driver.run_sweep(cfg, rslora, progress=False, log=lambda line: None)
+
+    cfg, resolved = compose(args)
+    p = driver.run_sweep(cfg, resolved, progress=False, log=lambda line: None)
+    assert calls == [] and (p.next, p.recommendation, p.stop_reason) == (None, (1, "q,v"), "plateau")
+    study = optuna.load_study(study_name="ranksweep-mrpc-before", storage=storage_url(cfg))
+    assert study.user_attrs["fingerprint"]["lora.scaling"] == "'standard'"  # stored explicitly from now on
+
+    # the same trials again, by a new sweep: read back from 0.1.0's folders, not retrained
+    wider = [*args[:-2], "sweep.name=after", "sweep.patience=2", "sweep.target_sets=[[q,v],[q,k,v,o]]"]
+    cfg2, resolved2 = compose(wider)
+    driver.run_sweep(cfg2, resolved2, progress=False, log=lambda line: None)
+    assert calls == []  # every trial of the sweep "after" is one of "before"'s (by hand: r=1, r=2, then q,k,v,o)
+    after = optuna.load_study(study_name="ranksweep-mrpc-after", storage=storage_url(cfg2))
+    assert len(after.get_trials()) == 3 and all(t.user_attrs["reused_from"] for t in after.get_trials())

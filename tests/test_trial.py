@@ -17,6 +17,7 @@ from conftest import PROJECT, run_module
 from omegaconf import OmegaConf
 
 from sweep.cli import compose
+from sweep.record import read_result
 from sweep.resume import Progress, load_checkpoint, save_checkpoint
 from sweep.trial import CHECKPOINT, _scaling_factor, evaluate, run_trial, trial_dir
 
@@ -39,7 +40,7 @@ def trial(overrides):
 def test_metrics_json_holds_what_was_promised(tiny):
     cfg, run_dir, m = trial(tiny)
     on_disk = json.loads((run_dir / "metrics.json").read_text())
-    assert on_disk == json.loads(json.dumps(m))
+    assert on_disk == json.loads(json.dumps(m.to_dict())) and read_result(run_dir / "metrics.json") == m
     for key in [
         "task",
         "model",
@@ -62,28 +63,28 @@ def test_metrics_json_holds_what_was_promised(tiny):
         "versions",
         "status",
     ]:
-        assert key in m, key
-    assert m["status"] == "ok" and m["reason"] is None
-    assert m["scaling"] == "standard" and m["scaling_factor"] == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
-    assert m["lora_params"] == 6 * 2 * 8 * 768 and m["trainable_params"] == m["lora_params"] + m["head_params"]
-    assert set(m["best"]) == {"accuracy", "f1"} and len(m["epochs"]) == 1
-    assert set(m["versions"]) >= {"torch", "transformers", "peft"}
+        assert key in on_disk, key
+    assert m.status == "ok" and m.reason is None
+    assert m.scaling == "standard" and m.scaling_factor == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
+    assert m.lora_params == 6 * 2 * 8 * 768 and m.trainable_params == m.lora_params + m.head_params
+    assert set(m.best) == {"accuracy", "f1"} and len(m.epochs) == 1
+    assert set(m.versions) >= {"torch", "transformers", "peft"}
     # the 32 validation examples form one evaluation batch padded to the longest of them
     width = max(len(x) for x in _val_input_ids(cfg))
-    assert m["eval_flops"] == eval_flops_by_hand(32, width, 8)
-    assert m["train_flops"] > 2 * m["eval_flops"]  # 64 examples, forward and backward
-    assert m["majority_baseline"]["accuracy"] == pytest.approx(sum(_val_labels(cfg)) / 32)
+    assert m.eval_flops == eval_flops_by_hand(32, width, 8)
+    assert m.train_flops > 2 * m.eval_flops  # 64 examples, forward and backward
+    assert m.majority_baseline["accuracy"] == pytest.approx(sum(_val_labels(cfg)) / 32)
     saved = OmegaConf.load(run_dir / "config.yaml")
     assert saved.lora.r == 8 and saved.lora.targets == ["q", "v"] and saved.data.max_train_samples == 64
     # the adapter names the hub id the embedded weights mirror; metrics.json keeps the exact folder
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert (
         adapter_config["base_model_name_or_path"]
-        == m["base_model_name_or_path"]
+        == m.base_model_name_or_path
         == "sentence-transformers/all-MiniLM-L6-v2"
     )
-    assert os.path.isabs(m["model_path"]) and os.path.isfile(os.path.join(m["model_path"], "config.json"))
-    assert m["family"] == "bert" and m["head"] == ["pooler", "classifier"]
+    assert os.path.isabs(m.model_path) and os.path.isfile(os.path.join(m.model_path, "config.json"))
+    assert m.family == "bert" and m.head == ["pooler", "classifier"]
     assert not (run_dir / CHECKPOINT).exists()
 
 
@@ -106,8 +107,8 @@ def test_same_seed_same_metrics_other_seed_other_run(tiny, tmp_path):
     _, _, a = trial(tiny)
     _, _, b = trial(tiny[:-1] + [f"results_dir={tmp_path / 'again'}"])
     _, _, c = trial(tiny + ["train.seed=1"])
-    assert a["epochs"] == b["epochs"] and a["train_flops"] == b["train_flops"]
-    assert a["epochs"][0]["train_loss"] != c["epochs"][0]["train_loss"]
+    assert a.epochs == b.epochs and a.train_flops == b.train_flops
+    assert a.epochs[0]["train_loss"] != c.epochs[0]["train_loss"]
 
 
 def test_reloaded_adapter_reproduces_the_predictions(tiny):
@@ -136,7 +137,7 @@ def test_reloaded_adapter_reproduces_the_predictions(tiny):
                 ).logits
             )
     assert torch.equal(logits[0], logits[1])
-    assert m["best"]["accuracy"] == pytest.approx(float((saved == np.asarray(split["label"])).mean()))
+    assert m.best["accuracy"] == pytest.approx(float((saved == np.asarray(split["label"])).mean()))
 
 
 def test_divergence_ends_the_trial_cleanly(tiny):
@@ -147,8 +148,8 @@ def test_divergence_ends_the_trial_cleanly(tiny):
     args = [*tiny, "train.lr=1e30", "train.max_grad_norm=null"]
     ran = run_main(trial_module.main, *args)
     cfg, resolved = compose(args)
-    m = json.loads((trial_dir(cfg, resolved) / "metrics.json").read_text())
-    assert m["status"] == "diverged" and "loss became" in m["reason"] and m["best_epoch"] is None
+    m = read_result(trial_dir(cfg, resolved) / "metrics.json")
+    assert m.status == "diverged" and "loss became" in m.reason and m.best_epoch is None
     # exit 1 and a result line that says no epoch was evaluated (it printed "best epoch None: ;")
     assert ran.returncode == 1 and "status diverged (training loss became nan in epoch 1" in ran.stdout
     assert "no epoch evaluated; trainable" in ran.stdout and "None" not in ran.stdout
@@ -177,8 +178,8 @@ def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     done = run_module("sweep.trial", *args)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert resumed["epochs"] == reference["epochs"]  # bit-identical continuation
-    assert resumed["train_flops"] == reference["train_flops"]
+    assert resumed.epochs == reference.epochs  # bit-identical continuation
+    assert resumed.train_flops == reference.train_flops
 
 
 def test_stsb_trains_a_regressor(tiny):
@@ -186,11 +187,11 @@ def test_stsb_trains_a_regressor(tiny):
     preds = np.load(run_dir / "val_predictions.npy")
     labels = np.asarray(_val_labels(cfg), dtype=float)
     assert preds.dtype == np.float32 and preds.shape == labels.shape and np.ptp(preds) > 0
-    assert m["status"] == "ok" and set(m["best"]) == {"pearson", "spearman"} and m["objective"] == "pearson"
+    assert m.status == "ok" and set(m.best) == {"pearson", "spearman"} and m.objective == "pearson"
     # Pearson's r by a second method: numpy's correlation matrix of the saved predictions
-    assert m["best"]["pearson"] == pytest.approx(np.corrcoef(preds, labels)[0, 1], abs=1e-5)
-    assert m["majority_baseline"] == {"pearson": 0.0, "spearman": 0.0}  # a constant (the training mean)
-    assert m["head_params"] == 384 * 384 + 384 + 384 * 1 + 1  # pooler + a single-output regressor
+    assert m.best["pearson"] == pytest.approx(np.corrcoef(preds, labels)[0, 1], abs=1e-5)
+    assert m.majority_baseline == {"pearson": 0.0, "spearman": 0.0}  # a constant (the training mean)
+    assert m.head_params == 384 * 384 + 384 + 384 * 1 + 1  # pooler + a single-output regressor
 
 
 # (r, lora_alpha, scaling, the factor peft must hold, by hand)
@@ -240,7 +241,7 @@ def test_scaling_factor_needs_lora_layers(minilm):
 
 def test_rslora_record_stores_alpha_over_sqrt_r(tiny):
     _, _, m = trial(tiny + ["lora.scaling=rslora", "lora.r=4"])
-    assert m["scaling"] == "rslora" and m["scaling_factor"] == 16 / math.sqrt(4) == 8.0
+    assert m.scaling == "rslora" and m.scaling_factor == 16 / math.sqrt(4) == 8.0
 
 
 #: the layout sweep/trial.py wrote before issue #13 (commit eb0ec33): a run started then, killed, must resume
@@ -282,14 +283,14 @@ def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path)
         run_trial(cfg, resolved, run_dir, progress=False, on_epoch=stop_at_epoch_2)
     ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
     assert list(ckpt) == OLD_LAYOUT and type(ckpt["state"]) is dict and list(ckpt["state"]) == OLD_STATE_KEYS
-    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["history"] == reference["epochs"][:1]
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["history"] == reference.epochs[:1]
     assert ckpt["config"] == OmegaConf.to_yaml(resolved) and not (run_dir / "metrics.json").exists()
 
     epochs_seen = []
     resumed = run_trial(cfg, resolved, run_dir, progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
     assert epochs_seen == [2]  # epoch 1 came from the checkpoint, not from training again
-    assert {k: v for k, v in resumed.items() if k not in VOLATILE} == {
-        k: v for k, v in reference.items() if k not in VOLATILE
+    assert {k: v for k, v in resumed.to_dict().items() if k not in VOLATILE} == {
+        k: v for k, v in reference.to_dict().items() if k not in VOLATILE
     }
     assert not (run_dir / CHECKPOINT).exists()
 

@@ -1,0 +1,181 @@
+"""The trial record: everything one trial measured, declared once.
+
+``TrialResult`` is what ``sweep.trial.run_trial`` returns, what ``metrics.json`` holds (``write_result`` /
+``read_result``), what the study stores (``sweep/study.py`` copies the fields marked ``study``) and what
+``trials.csv`` shows (the fields marked ``csv``, in declaration order, after the configuration columns).
+Adding a number is one field here: its comment documents it (unit, shape, source), its flags send it to
+the study and the CSV, and ``read_result`` fills it with its default in files written before it existed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from sweep.config import targets_key
+from sweep.decide import Outcome, Status
+
+
+def _kept(*, study: bool = False, csv: bool = False, default=None, factory=None):
+    """A record field's destinations: ``study`` (a user attribute of the Optuna trial) and ``csv`` (a
+    column of ``trials.csv``); ``metrics.json`` holds every field."""
+    meta = {"study": study, "csv": csv}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrialResult:
+    """One finished trial (``metrics.json``). A trial that crashed holds its configuration, ``status``
+    ``failed`` and the ``reason``; one that diverged holds what it measured until then. Fields a file
+    written by an earlier version lacks read as their defaults (None, empty)."""
+
+    # --- what was trained ---
+    #: GLUE task name (``task.name``)
+    task: Optional[str] = _kept()
+    #: the base model's short name (``model.name``)
+    model: Optional[str] = _kept()
+    #: ``model.name_or_path`` as configured (``package:…``, a folder or a hub id)
+    model_name_or_path: Optional[str] = _kept()
+    #: the exact folder the weights were read from
+    model_path: Optional[str] = _kept()
+    #: the portable base id that the saved adapter names (``adapter_config.json``)
+    base_model_name_or_path: Optional[str] = _kept()
+    #: the model family (``conf/family/``) the role map and head came from
+    family: Optional[str] = _kept()
+    #: target role -> regex over module names, as used
+    roles: Dict[str, str] = _kept(factory=dict)
+    #: the classification head modules, trained in full
+    head: List[str] = _kept(factory=list)
+    #: the tokenizer's pad token id (decoders: their end-of-sequence token); pass it when reloading
+    pad_token_id: Optional[int] = _kept()
+    #: LoRA rank r
+    r: Optional[int] = _kept()
+    #: lora_alpha, the numerator of the scaling
+    lora_alpha: Optional[float] = _kept(study=True, csv=True)
+    #: lora_dropout
+    lora_dropout: Optional[float] = _kept()
+    #: ``standard`` (alpha/r, LoRA §4.1) or ``rslora`` (alpha/sqrt(r), Kalajdzievski 2023)
+    scaling: Optional[str] = _kept(study=True, csv=True)
+    #: the factor ΔW = B·A is multiplied by, as peft's layers hold it
+    scaling_factor: Optional[float] = _kept()
+    #: the target list (``lora.targets``)
+    targets: List[str] = _kept(factory=list)
+    #: training seed (``train.seed``)
+    seed: Optional[int] = _kept()
+    # --- what it costs ---
+    #: LoRA parameters, Σ r·(d_in + d_out) over the adapted matrices (every entry of every A and B)
+    lora_params: Optional[int] = _kept(study=True, csv=True)
+    #: the trained classification head's parameters
+    head_params: Optional[int] = _kept(study=True, csv=True)
+    #: lora_params + head_params
+    trainable_params: Optional[int] = _kept(study=True, csv=True)
+    #: the frozen base model's parameters + lora_params
+    total_params: Optional[int] = _kept(study=True, csv=True)
+    #: 100 · trainable_params / total_params, percent
+    trainable_pct: Optional[float] = _kept(study=True, csv=True)
+    #: executed training FLOPs (forward + backward on the real padded batches, ``sweep/flops.py``; a
+    #: whole number, typed float as trials.csv, the plots and the compute cap read it)
+    train_flops: Optional[float] = _kept(study=True, csv=True)
+    #: executed validation FLOPs, one pass per evaluated epoch (a whole number, as ``train_flops``)
+    eval_flops: Optional[float] = _kept(study=True, csv=True)
+    #: wall-clock seconds training (interrupted runs' epochs included)
+    train_seconds: Optional[float] = _kept(study=True, csv=True)
+    #: wall-clock seconds evaluating
+    eval_seconds: Optional[float] = _kept(study=True, csv=True)
+    #: this trial's peak memory in MiB (CUDA allocator peak; on the CPU the process's peak resident set)
+    peak_mem_mb: Optional[float] = _kept(study=True, csv=True)
+    # --- what it scored ---
+    #: the best epoch (1-based) by the objective; None when no epoch was evaluated
+    best_epoch: Optional[int] = _kept(study=True, csv=True)
+    #: the metric the sweep maximises (``task.objective``)
+    objective: Optional[str] = _kept(study=True)
+    #: the objective at the best epoch, metric units (accuracy in [0, 1])
+    objective_value: Optional[float] = _kept(study=True)
+    #: every GLUE metric of the task at the best epoch, metric units
+    best: Dict[str, Optional[float]] = _kept(study=True, factory=dict)
+    #: one record per evaluated epoch: ``epoch`` (1-based), ``train_loss`` (mean, nats), the GLUE metrics
+    epochs: List[dict] = _kept(factory=list)
+    #: the GLUE metrics of always predicting the training split's majority class (regression: its mean)
+    majority_baseline: Dict[str, float] = _kept(study=True, factory=dict)
+    #: training examples used
+    n_train: Optional[int] = _kept(study=True)
+    #: validation examples evaluated
+    n_eval: Optional[int] = _kept(study=True)
+    #: epochs trained and evaluated
+    epochs_run: Optional[int] = _kept()
+    #: non-padding training tokens seen (attention mask sum), over all epochs
+    train_tokens: Optional[int] = _kept(study=True)
+    #: training tokens including padding (batch × padded length)
+    padded_tokens: Optional[int] = _kept()
+    #: training examples per second of training, n_train · epochs_run / train_seconds
+    train_examples_per_s: Optional[float] = _kept()
+    # --- where and how ---
+    #: the torch device (``cpu``, ``cuda:0``)
+    device: Optional[str] = _kept()
+    #: ``fp32`` or ``bf16`` (what ``train.precision=auto`` resolved to)
+    precision: Optional[str] = _kept()
+    #: CPU threads torch used
+    threads: Optional[int] = _kept()
+    #: library name -> version
+    versions: Dict[str, str] = _kept(factory=dict)
+    # --- how it ended ---
+    #: ``ok``; ``diverged`` (the loss became NaN/inf: a measurement); ``failed`` (crashed: no result)
+    status: Status = _kept(study=True, default=Status.ok)
+    #: why a trial diverged or failed, else None
+    reason: Optional[str] = _kept(study=True)
+    #: the folder of another sweep's identical trial this one was read back from, else None
+    reused_from: Optional[str] = _kept(study=True)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+    def outcome(self) -> Outcome:
+        """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial,
+        seconds = train + eval."""
+        return Outcome(
+            r=int(self.r),
+            targets=targets_key(self.targets),
+            seed=int(self.seed),
+            status=self.status,
+            value=self.objective_value if self.status == Status.ok else None,
+            trainable_params=int(self.trainable_params or 0),
+            train_flops=float(self.train_flops or 0),
+            seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),
+        )
+
+    def to_dict(self) -> dict:
+        """Every field as JSON-ready values (``status`` as its text)."""
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrialResult":
+        """The record of ``data`` (``metrics.json`` or the study's attributes): keys it lacks take their
+        defaults, keys this version does not know are ignored.
+
+        Raises:
+            ValueError: ``status`` is not ok, diverged or failed.
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def record_fields(flag: str) -> List[str]:
+    """Names of the fields sent to ``flag`` (``study`` or ``csv``), in declaration order."""
+    return [f.name for f in fields(TrialResult) if f.metadata.get(flag)]
+
+
+def write_result(path: Path, result: TrialResult) -> None:
+    """Write ``result`` as ``metrics.json`` at ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result.to_dict(), indent=2))
+    os.replace(tmp, path)
+
+
+def read_result(path: Path) -> TrialResult:
+    """The record in the ``metrics.json`` at ``path``, from any version (``TrialResult.from_dict``)."""
+    return TrialResult.from_dict(json.loads(Path(path).read_text()))
