@@ -1,30 +1,47 @@
-"""Shared fixtures: the real GLUE data of ../shared/data/glue, tiny real configs, and the two ways to run a
-command: in-process (``run_main``, the default: no 10 s of imports per call) and as a subprocess
-(``run_module``, only where a separate process proves something: a SIGKILL, a printed command)."""
+"""Shared fixtures: the real GLUE data of ../shared/data/glue, tiny real configs, a throwaway PostgreSQL
+server (``pgserver.py``), a stand-in for a trial, and the two ways to run a command: in-process
+(``run_main``, the default: no 10 s of imports per call) and as a subprocess (``run_module``, only where a
+separate process proves something: a SIGKILL, a printed command)."""
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from pgserver import local_postgres, postgres_bin
 
 PROJECT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("GLUE_DIR") or PROJECT.parent / "shared" / "data" / "glue").resolve()
 
 
+def missing(message: str) -> None:
+    """Skip on a developer's machine, fail under CI=true: CI never passes by skipping the tests that need
+    real data or a PostgreSQL server."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    """The GLUE TSV folder. Missing data skips on a developer's machine but fails under CI=true, so that CI
-    never passes by skipping the tests that use real data."""
+    """The GLUE TSV folder (missing: see ``missing``)."""
     if not (GLUE / "MRPC" / "train.tsv").is_file():
-        message = f"GLUE TSV data not found at {GLUE}: set GLUE_DIR"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"GLUE TSV data not found at {GLUE}: set GLUE_DIR")
     return GLUE
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """A PostgreSQL server for the whole session, started on first use: its SQLAlchemy URL
+    (``postgresql+psycopg://…``). Tests keep apart by study name. No binaries: see ``missing``."""
+    if postgres_bin() is None:
+        missing("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    with local_postgres() as url:
+        yield url
 
 
 @pytest.fixture
@@ -74,3 +91,45 @@ def run_module(module: str, *args: str, env=None, timeout: int = 600) -> subproc
 def ok(proc) -> None:
     """Assert a command succeeded; on failure pytest shows its exit code, stdout and stderr."""
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+def fake_trial(crash_on_call: int):
+    """A stand-in for ``run_trial``: raises OSError on call ``crash_on_call`` (1-based), else returns
+    the metrics of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2. Returns it and the list of
+    the ranks it was called with."""
+    calls = []
+
+    def run_trial(cfg, resolved, run_dir, progress=True, on_epoch=None):
+        calls.append(cfg.lora.r)
+        if len(calls) == crash_on_call:
+            raise OSError(27, "File too large")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
+        m = {
+            "status": "ok",
+            "reason": None,
+            "objective": "accuracy",
+            "objective_value": acc,
+            "best": {"accuracy": acc, "f1": acc},
+            "best_epoch": 1,
+            "lora_alpha": 16.0,
+            "scaling": "standard",
+            "lora_params": 768 * cfg.lora.r,
+            "head_params": 100,
+            "trainable_params": 768 * cfg.lora.r + 100,
+            "total_params": 10**6,
+            "trainable_pct": 0.1,
+            "train_flops": 1e12,
+            "eval_flops": 1e11,
+            "train_seconds": 1.0,
+            "eval_seconds": 0.1,
+            "peak_mem_mb": 10.0,
+            "majority_baseline": {"accuracy": 0.68, "f1": 0.81},
+            "train_tokens": 1,
+            "n_train": 16,
+            "n_eval": 16,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(m))
+        return m
+
+    return run_trial, calls

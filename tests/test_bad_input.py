@@ -2,7 +2,6 @@
 and results left byte-identical, or in the correct value. In-process calls of the real commands
 (``run_cli(main, args)``); a subprocess only where it proves more (a printed command run by ``sh``)."""
 
-import json
 import os
 import re
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import PROJECT
+from conftest import PROJECT, fake_trial
 from optuna.trial import TrialState
 
 from analysis.plots import figures
@@ -217,47 +216,6 @@ def test_a_crash_is_no_measurement_in_any_decision():
     # a retry that succeeds is the measurement: r=1 starts, r=2 is asked for next, no "failed" decision
     p = plan(s, [crashed, Outcome(1, "q,v", 0, "ok", 0.8)], {"q,v": 768})
     assert [d.action for d in p.decisions] == ["start"] and p.next.r == 2
-
-
-def fake_trial(crash_on_call: int):
-    """A stand-in for ``run_trial``: raises OSError on call ``crash_on_call`` (1-based), else returns
-    the metrics of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2."""
-    calls = []
-
-    def run_trial(cfg, resolved, run_dir, progress=True, on_epoch=None):
-        calls.append(cfg.lora.r)
-        if len(calls) == crash_on_call:
-            raise OSError(27, "File too large")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
-        m = {
-            "status": "ok",
-            "reason": None,
-            "objective": "accuracy",
-            "objective_value": acc,
-            "best": {"accuracy": acc, "f1": acc},
-            "best_epoch": 1,
-            "lora_alpha": 16.0,
-            "scaling": "standard",
-            "lora_params": 768 * cfg.lora.r,
-            "head_params": 100,
-            "trainable_params": 768 * cfg.lora.r + 100,
-            "total_params": 10**6,
-            "trainable_pct": 0.1,
-            "train_flops": 1e12,
-            "eval_flops": 1e11,
-            "train_seconds": 1.0,
-            "eval_seconds": 0.1,
-            "peak_mem_mb": 10.0,
-            "majority_baseline": {"accuracy": 0.68, "f1": 0.81},
-            "train_tokens": 1,
-            "n_train": 16,
-            "n_eval": 16,
-        }
-        (run_dir / "metrics.json").write_text(json.dumps(m))
-        return m
-
-    return run_trial, calls
 
 
 def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkeypatch):

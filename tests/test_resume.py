@@ -5,8 +5,8 @@ test_sweep.py)."""
 import json
 
 import optuna
+from conftest import fake_trial, run_main
 from optuna.trial import TrialState
-from test_bad_input import fake_trial
 
 from sweep import driver
 from sweep.cli import compose
@@ -79,8 +79,6 @@ def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(
 
 def test_a_worker_whose_trial_crashed_says_so_and_exits_1(tiny, monkeypatch):
     # it printed "no recommendation: no trial succeeded (None)" and exited 0
-    from conftest import run_main
-
     from sweep.worker import main as worker_main
 
     run_trial, calls = fake_trial(crash_on_call=1)
