@@ -53,8 +53,8 @@ def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, 
         yield (int(r), str(targets)), group, group[group["state"] == "complete"]
 
 
-def results(trials: pd.DataFrame, info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
-    """``sweep.decide.aggregate`` of ``trials`` (from ``trials_frame``) over the seeds the study's
+def results(info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
+    """``sweep.decide.aggregate`` of the study's finished trials (``info.history``) over the seeds its
     settings can ask for: per configuration with a finished trial, the statistics its decisions use."""
     return aggregate([o for _, o in info.history], seed_sequence(info.settings))
 
@@ -88,7 +88,7 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
     if info.finished:
         decision = next((d for d in reversed(info.decisions) if d.action == "recommend"), None)
         return info.recommendation, decision
-    scored = {cfg: res for cfg, res in results(trials, info).items() if res.stats is not None}
+    scored = {cfg: res for cfg, res in results(info).items() if res.stats is not None}
     return recommend(
         list(scored),
         {c: res.stats for c, res in scored.items()},
@@ -121,7 +121,7 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     ``; ``-separated) and ``reason`` (their reasons, `` | ``-separated, same order).
     """
     pick, _ = recommendation(trials, info)
-    per_cfg = results(trials, info)
+    per_cfg = results(info)
     rows = []
     for (r, targets), group, ok in _by_config(trials):
         res = per_cfg.get((r, targets))  # None: no finished trial yet

@@ -2,9 +2,9 @@
 threads each, on the same trials (``make bench``'s last line; alone: ``python -m bench --only sweep``).
 
 Each layout runs the same small grid sweep (``TRIALS``: 4 short MRPC trials) from an empty study on a
-throwaway PostgreSQL server (``sweep/pgserver.py``), with ``python -m sweep.worker`` processes started
-together; the wall-clock seconds from their start to the last one's exit include what a real worker
-pays (imports, model loading, tokenisation). Trials/hour = trials × 3600 / those seconds.
+throwaway PostgreSQL server (``tests/pgserver.py`` of the checkout), with ``python -m sweep.worker``
+processes started together; the wall-clock seconds from their start to the last one's exit include what
+a real worker pays (imports, model loading, tokenisation). Trials/hour = trials × 3600 / those seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Dict, List, Sequence, Tuple
 import optuna
 
 from sweep.paths import PROJECT_ROOT
-from sweep.pgserver import local_postgres
 
 #: the trials every layout runs: r ∈ {1, 2} × {q,v ; q,k,v,o}, one seed, one epoch over 512 MRPC pairs
 TRIALS = [
@@ -93,6 +92,10 @@ def sweep_throughput(overrides: Sequence[str]) -> Tuple[List[str], List[Dict[str
     """Every layout of ``LAYOUTS`` on the same trials (``overrides``: extra Hydra overrides, e.g.
     ``data.dir=…``); returns the table's lines and the records (``seconds``: wall clock; ``load_before``:
     the machine's 1-minute load average when the layout started)."""
+    # the throwaway server is test support, kept with the tests; `make bench` runs from a checkout, which has them
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    from pgserver import local_postgres
+
     runs = []
     with local_postgres() as url, tempfile.TemporaryDirectory(prefix="ranksweep-throughput-") as folder:
         for workers, threads in LAYOUTS:

@@ -1,6 +1,7 @@
-"""Shared fixtures: the real GLUE data of ../shared/data/glue, tiny real configs, and the two ways to run a
-command: in-process (``run_main``, the default: no 10 s of imports per call) and as a subprocess
-(``run_module``, only where a separate process proves something: a SIGKILL, a printed command)."""
+"""Shared fixtures: the real GLUE data of ../shared/data/glue, tiny real configs, a throwaway PostgreSQL
+server (``pgserver.py``), a stand-in for a trial, and the two ways to run a command: in-process
+(``run_main``, the default: no 10 s of imports per call) and as a subprocess (``run_module``, only where a
+separate process proves something: a SIGKILL, a printed command)."""
 
 import contextlib
 import io
@@ -10,21 +11,36 @@ import sys
 from pathlib import Path
 
 import pytest
+from pgserver import local_postgres, postgres_bin
 
 PROJECT = Path(__file__).resolve().parents[1]
 GLUE = Path(os.environ.get("GLUE_DIR") or PROJECT.parent / "shared" / "data" / "glue").resolve()
 
 
+def missing(message: str) -> None:
+    """Skip on a developer's machine, fail under CI=true: CI never passes by skipping the tests that need
+    real data or a PostgreSQL server."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    """The GLUE TSV folder. Missing data skips on a developer's machine but fails under CI=true, so that CI
-    never passes by skipping the tests that use real data."""
+    """The GLUE TSV folder (missing: see ``missing``)."""
     if not (GLUE / "MRPC" / "train.tsv").is_file():
-        message = f"GLUE TSV data not found at {GLUE}: set GLUE_DIR"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"GLUE TSV data not found at {GLUE}: set GLUE_DIR")
     return GLUE
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """A PostgreSQL server for the whole session, started on first use: its SQLAlchemy URL
+    (``postgresql+psycopg://…``). Tests keep apart by study name. No binaries: see ``missing``."""
+    if postgres_bin() is None:
+        missing("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    with local_postgres() as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 from sweep.cli import defaults
 from sweep.config import SweepSettings
 from sweep.decide import plan
-from sweep.record import TrialResult
+from sweep.record import TrialResult, write_result
 from sweep.study import outcomes, result_attrs
 
 NAME = "ranksweep-mrpc-default"
@@ -145,3 +145,36 @@ FINISHED = [
     (2, "q,k,v,o", 0, 0.865, "targets", 1.06e11, 15.0),
     (2, "q,k,v,o", 1, "diverged", "targets", 0.5e11, 7.0),
 ]
+
+
+def fake_trial(crash_on_call: int):
+    """A stand-in for ``sweep.trial.run_trial``: raises OSError on call ``crash_on_call`` (1-based), else
+    writes and returns the record of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2. Returns
+    (the stand-in, the list of the ranks it was called with)."""
+    calls = []
+
+    def run_trial(cfg, resolved, run_dir, progress=True, on_epoch=None):
+        calls.append(cfg.lora.r)
+        if len(calls) == crash_on_call:
+            raise OSError(27, "File too large")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
+        m = TrialResult(
+            r=cfg.lora.r,
+            targets=list(cfg.lora.targets),
+            seed=cfg.train.seed,
+            objective="accuracy",
+            objective_value=acc,
+            best={"accuracy": acc, "f1": acc},
+            best_epoch=1,
+            lora_params=768 * cfg.lora.r,
+            head_params=100,
+            trainable_params=768 * cfg.lora.r + 100,
+            train_flops=1e12,
+            train_seconds=1.0,
+            eval_seconds=0.1,
+        )
+        write_result(run_dir / "metrics.json", m)
+        return m
+
+    return run_trial, calls

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pytest
 from conftest import PROJECT
+from fakes import fake_trial
 from optuna.trial import TrialState
 
 from analysis.plots import figures
@@ -23,7 +24,6 @@ from sweep.data import load_glue
 from sweep.decide import Outcome, plan
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
-from sweep.record import TrialResult, write_result
 from sweep.study import open_study, sqlite_path, storage_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -218,38 +218,6 @@ def test_a_crash_is_no_measurement_in_any_decision():
     # a retry that succeeds is the measurement: r=1 starts, r=2 is asked for next, no "failed" decision
     p = plan(s, [crashed, Outcome(1, "q,v", 0, "ok", 0.8)], {"q,v": 768})
     assert [d.action for d in p.decisions] == ["start"] and p.next.r == 2
-
-
-def fake_trial(crash_on_call: int):
-    """A stand-in for ``run_trial``: raises OSError on call ``crash_on_call`` (1-based), else returns
-    the metrics of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2."""
-    calls = []
-
-    def run_trial(cfg, resolved, run_dir, progress=True, on_epoch=None):
-        calls.append(cfg.lora.r)
-        if len(calls) == crash_on_call:
-            raise OSError(27, "File too large")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
-        m = TrialResult(
-            r=cfg.lora.r,
-            targets=list(cfg.lora.targets),
-            seed=cfg.train.seed,
-            objective="accuracy",
-            objective_value=acc,
-            best={"accuracy": acc, "f1": acc},
-            best_epoch=1,
-            lora_params=768 * cfg.lora.r,
-            head_params=100,
-            trainable_params=768 * cfg.lora.r + 100,
-            train_flops=1e12,
-            train_seconds=1.0,
-            eval_seconds=0.1,
-        )
-        write_result(run_dir / "metrics.json", m)
-        return m
-
-    return run_trial, calls
 
 
 def test_a_crashed_trial_is_retried_when_the_sweep_is_rerun(tiny, capsys, monkeypatch):

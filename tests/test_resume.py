@@ -9,9 +9,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import run_main
+from fakes import fake_trial
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from test_bad_input import fake_trial
 
 from sweep import driver
 from sweep.cli import compose
@@ -86,8 +87,6 @@ def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(
 
 def test_a_worker_whose_trial_crashed_says_so_and_exits_1(tiny, monkeypatch):
     # it printed "no recommendation: no trial succeeded (None)" and exited 0
-    from conftest import run_main
-
     from sweep.worker import main as worker_main
 
     run_trial, calls = fake_trial(crash_on_call=1)

@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 from sweep import claims
 from sweep.cli import defaults
 from sweep.decide import TrialSpec
-from sweep.pgserver import local_postgres, postgres_bin
 from sweep.resume import sweep_lock
 from sweep.study import outcomes
 
@@ -39,18 +38,6 @@ WORKER = [
     "sweep.heartbeat_interval=1",
     "sweep.grace_period=6",
 ]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server for this module: its SQLAlchemy URL."""
-    if postgres_bin() is None:
-        message = "PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    with local_postgres() as url:
-        yield url
 
 
 def load(url: str, name: str, interval: int = 1, grace: int = 3):
@@ -104,17 +91,29 @@ def test_racing_claims_of_one_configuration_leave_exactly_one_holder(postgres):
     assert got is not None and got[1] == TrialSpec(4, "q,v", 1, "grid")
 
 
+def state_after_stale_check(study) -> TrialState:
+    """Fail the stale trials of ``study``, then the state of its first trial."""
+    claims.fail_stale_trials(study)
+    return study.get_trials(deepcopy=False)[0].state
+
+
 def test_a_trial_without_heartbeat_for_the_grace_period_is_abandoned(postgres):
-    study = load(postgres, "stale", interval=1, grace=5)
+    grace = 5
+    study = load(postgres, "stale", interval=1, grace=grace)
     spec = TrialSpec(1, "q,v", 0, "grid")
+    claimed = time.monotonic()  # no heartbeat of the trial is older than this
     trial = claims.claim(study, spec, attrs(spec))  # its first heartbeat is recorded
     with claims.heartbeat(trial):
         time.sleep(2)
-    claims.fail_stale_trials(study)
-    assert study.get_trials(deepcopy=False)[0].state == TrialState.RUNNING  # it was beating all along
-    time.sleep(6)  # then silent for longer than the grace period
-    claims.fail_stale_trials(study)
+    assert state_after_stale_check(study) == TrialState.RUNNING  # it was beating all along
+    # then silent (the heartbeat thread has been joined): polled until failed, since a busy machine may beat
+    # late and check late; a fixed sleep just past the grace period would race both
+    deadline = time.monotonic() + grace + 60
+    while state_after_stale_check(study) == TrialState.RUNNING:
+        assert time.monotonic() < deadline, f"still running 60 s after the grace period ({grace} s)"
+        time.sleep(0.25)
     assert study.get_trials(deepcopy=False)[0].state == TrialState.FAIL
+    assert time.monotonic() - claimed > grace  # failed only once its last heartbeat was a grace period old
     assert outcomes(study) == []
     assert claims.claim(study, spec, attrs(spec)) is not None  # the configuration is free again
 

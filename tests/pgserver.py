@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL server in a temporary folder, for the tests and ``make bench`` (many workers on one
-machine need a database server: SQLite serves one process at a time).
+"""A throwaway PostgreSQL server in a temporary folder, for the tests (the ``postgres`` fixture of
+``conftest.py``) and ``make bench`` (which imports it from the checkout's ``tests/``): many workers on one
+machine need a database server, SQLite serves one process at a time.
 
     with local_postgres() as url:      # postgresql+psycopg://ranksweep@127.0.0.1:<free port>/postgres
         ...                            # the server is stopped and its folder removed on exit
