@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data
-from sweep.decide import Plan, TrialSpec, plan
+from sweep.decide import Plan, StopReason, TrialSpec, plan
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
@@ -311,7 +311,9 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
     if p.recommendation:
         r, t = p.recommendation
         provisional = (
-            "; provisional: the compute cap cut the procedure short, see report.md" if p.stop_reason == "budget" else ""
+            "; provisional: the compute cap cut the procedure short, see report.md"
+            if p.stop_reason == StopReason.BUDGET
+            else ""
         )
         return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
