@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from sweep.config import SweepSettings
-from sweep.decide import ConfigKey, Decision, Outcome, plan
+from sweep.decide import Action, ConfigKey, Decision, Outcome, plan
 from sweep.errors import UserError
 from sweep.record import TrialResult, record_fields
 from sweep.study import numbered_results, settings_of
@@ -153,12 +153,12 @@ def study_info(study) -> StudyInfo:
         _layout_attr(study, key)
     attrs = study.user_attrs
     objective = attrs["objective"]
-    decisions = [Decision(**d) for d in attrs.get("decisions") or []]
+    decisions = [Decision.from_dict(d) for d in attrs.get("decisions") or []]
     stored = attrs.get("recommendation")
     recommendation = (int(stored[0]), str(stored[1])) if stored else None
     trials = study.get_trials(deepcopy=False)
     running = sum(t.state == TrialState.RUNNING for t in trials)
-    recommended_now = any(d.action == "recommend" and (d.r, d.targets) == recommendation for d in decisions)
+    recommended_now = any(d.action == Action.RECOMMEND and (d.r, d.targets) == recommendation for d in decisions)
     finished = attrs.get("stop_reason") is not None and running == 0 and (recommendation is None or recommended_now)
     baselines = [
         t.user_attrs["majority_baseline"].get(objective)
@@ -193,7 +193,8 @@ def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
 
     The decisions are replayed (``sweep.decide.plan``, the driver's own function) over the finished
     trials in trial-number order, one more trial at a time: a decision sits after the trial whose result
-    first made the replay take it. So a decision to continue past r=2 sits after r=2's first seeds, even
+    first made the replay take it (the same data, ``Decision.matches``; never the same words, so rewording a
+    sentence moves no decision). So a decision to continue past r=2 sits after r=2's first seeds, even
     when r=2 gets more seeds later in a race against r=8. Trial-number order is the order one process
     finishes trials; with several workers a decision may sit a trial or two late. A decision the replay
     never takes (a study whose ``target_costs`` are missing, or one resumed with other settings) sits
@@ -202,12 +203,12 @@ def decisions_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     numbered = info.history
     finished = trials.loc[trials["state"].isin(FINISHED_STATES), "number"]
     last_trial = int(finished.max()) if len(finished) else -1
-    stored = [d.line() for d in info.decisions]
+    stored = info.decisions
     at: List[int] = []
     if info.params_per_rank is not None:
         for k in range(len(numbered) + 1):
             taken = plan(info.settings, [o for _, o in numbered[:k]], info.params_per_rank).decisions
-            while len(at) < min(len(stored), len(taken)) and taken[len(at)].line() == stored[len(at)]:
+            while len(at) < min(len(stored), len(taken)) and taken[len(at)].matches(stored[len(at)]):
                 at.append(numbered[k - 1][0] if k else -1)
             if len(at) == len(stored):
                 break

@@ -21,6 +21,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLoc
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.load import StudyInfo, decisions_frame
+from sweep.decide import Action
 from sweep.metrics import REGRESSION_METRICS
 
 DPI = 200
@@ -40,7 +41,15 @@ STYLE = {
     "grid.alpha": 0.3,
 }
 #: decisions that change the course of a sweep, marked on the progression plot
-MARKED_ACTIONS = ("plateau", "ranks-exhausted", "escalate", "no-escalation", "widen", "budget", "grid")
+MARKED_ACTIONS = (
+    Action.PLATEAU,
+    Action.RANKS_EXHAUSTED,
+    Action.ESCALATE,
+    Action.NO_ESCALATION,
+    Action.WIDEN,
+    Action.BUDGET,
+    Action.GRID,
+)
 #: how trials without an objective are marked on the progression plot: marker, colour
 FAILURE_MARKERS = {
     "diverged": ("x", "tab:red"),

@@ -20,7 +20,7 @@ from analysis.plots import baseline_name, figures, metric_name, save_figure, tas
 from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
-from sweep.decide import ConfigKey
+from sweep.decide import Action, ConfigKey, StopReason
 from sweep.errors import UserError
 from sweep.study import load_study
 
@@ -201,8 +201,8 @@ def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]
             f"{rel.text()[0].upper()}{rel.text()[1:]}. `make calibrate` gives the procedure's reliability on "
             "every scenario family; `python -m analysis.calibrate task=… sweep.name=…` against this sweep."
         ]
-    if info.stop_reason == "budget":
-        cap = next((d for d in reversed(info.decisions) if d.action == "budget"), None)
+    if info.stop_reason == StopReason.BUDGET:
+        cap = next((d for d in reversed(info.decisions) if d.action == Action.BUDGET), None)
         cut = f" ({cap.reason})" if cap is not None else ""
         lines += [
             "",

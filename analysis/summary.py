@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from analysis.load import StudyInfo
-from sweep.decide import ConfigKey, ConfigResults, Decision, aggregate, recommend, seed_sequence
+from sweep.decide import Action, ConfigKey, ConfigResults, Decision, aggregate, recommend, seed_sequence
 
 #: columns of summary.csv, in order
 COLUMNS = (
@@ -86,7 +86,7 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
     provisional (``info.finished`` is False). Returns (None, None) when no trial is complete.
     """
     if info.finished:
-        decision = next((d for d in reversed(info.decisions) if d.action == "recommend"), None)
+        decision = next((d for d in reversed(info.decisions) if d.action == Action.RECOMMEND), None)
         return info.recommendation, decision
     scored = {cfg: res for cfg, res in results(info).items() if res.stats is not None}
     return recommend(

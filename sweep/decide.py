@@ -28,6 +28,16 @@ carry a flat curve past ``escalate_max_r``). Without a noise estimate (one seed 
 in order (``sweep.seeds``, then the next integers), and a decision only uses the seeds the procedure had
 asked for when it took it, so replaying a longer history never changes an earlier decision. Per-configuration
 statistics come from ``aggregate``, the one aggregation the reports (``analysis/summary.py``) use too.
+
+Decisions are data, sentences are views: a ``Decision`` holds its ``Action``, ``Stage``, configuration
+and a typed detail (the statistics, the comparison, the settings it quotes; ``DETAILS`` says which per
+action); its sentence is rendered by ``render`` alone and never compared (``Decision.matches`` compares
+the data). ``Decision.to_dict`` / ``Decision.from_dict`` store and read it, older stored forms included.
+
+A replay reads in three parts: ``_Memo`` (the seeds asked for per configuration, and their statistics),
+``_race`` (one comparison settled by racing) and ``_Replay`` (the stages: rank climb, targets
+escalation, grid; then the plan: the compute cap, the recommendation). The parts are generators that
+yield the trials they need (``Steps``); the plan takes the first such yield, or the end of the procedure.
 """
 
 from __future__ import annotations
@@ -35,8 +45,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from functools import lru_cache
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Dict,
+    Generator,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from scipy.stats import t as student_t
 
@@ -50,9 +76,62 @@ class Status(Choice):
     """How a trial ended: ``ok`` (a value), ``diverged`` (the training loss became NaN/inf: a measurement,
     the configuration does not train) or ``failed`` (it crashed: no measurement)."""
 
-    ok = "ok"
-    diverged = "diverged"
-    failed = "failed"
+    OK = "ok"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+
+
+class Action(Choice):
+    """What a decision does; the values are the stored text (names differ: ``continue`` is a keyword)."""
+
+    START = "start"  # the first result: the best so far
+    CONTINUE = "continue"  # a higher rank gained: it is the best so far
+    NO_GAIN = "no-gain"  # the candidate does not gain on the best so far
+    MORE_SEEDS = "more-seeds"  # a comparison is undecided: one more seed of one side
+    FAILED = "failed"  # every seed diverged: counts as no gain
+    PLATEAU = "plateau"  # ``patience`` steps past the best without a gain
+    RANKS_EXHAUSTED = "ranks-exhausted"  # ``sweep.ranks`` ended before a plateau
+    ESCALATE = "escalate"  # the plateau rank is low: wider target sets are tried
+    NO_ESCALATION = "no-escalation"  # no wider target set is tried
+    WIDEN = "widen"  # a wider target set gained: it is the best so far
+    BUDGET = "budget"  # the compute cap stopped the sweep
+    RECOMMEND = "recommend"  # the answer
+    GRID = "grid"  # every grid point is done
+
+
+class Stage(Choice):
+    """The stage of the procedure that takes a decision or asks for a trial."""
+
+    RANK = "rank"
+    TARGETS = "targets"
+    GRID = "grid"
+    FINAL = "final"
+
+
+class StopReason(Choice):
+    """Why a sweep is over (``Plan.stop_reason``, the study's ``stop_reason``)."""
+
+    PLATEAU = "plateau"
+    NO_SUCCESS = "no successful trial"
+    BUDGET = "budget"
+    GRID_COMPLETE = "grid complete"
+
+
+class RaceEnd(Choice):
+    """How a race ended: B gains (lower bound > 0), does not (upper bound < tolerance), or is still
+    undecided when both sides have ``max_seeds`` seeds (no gain)."""
+
+    GAIN = "gain"
+    NO_GAIN = "no-gain"
+    SEED_LIMIT = "seed-limit"
+
+
+class Cap(Choice):
+    """Which compute cap stopped the sweep: the name of its setting."""
+
+    MAX_TRIALS = "max_trials"
+    MAX_TRAIN_FLOPS = "max_train_flops"
+    MAX_HOURS = "max_hours"
 
 
 @dataclass(frozen=True)
@@ -73,7 +152,7 @@ class Outcome:
     r: int
     targets: str
     seed: int
-    status: Status = Status.ok
+    status: Status = Status.OK
     value: Optional[float] = None
     trainable_params: int = 0
     train_flops: float = 0.0
@@ -82,12 +161,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """A trial to run next: the configuration, the seed, and the stage that asked for it."""
+    """A trial to run next: the configuration, the seed, and the stage that asked for it (a ``Stage``;
+    its text, as a study stores it, is read as one)."""
 
     r: int
     targets: str
     seed: int
-    stage: str
+    stage: Stage
+
+    def __post_init__(self):
+        object.__setattr__(self, "stage", Stage(self.stage))
 
 
 @dataclass(frozen=True)
@@ -155,26 +238,410 @@ class Comparison:
     high: Optional[float] = None
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One decision: ``action`` (start, continue, no-gain, more-seeds, failed, plateau, ranks-exhausted,
-    escalate, no-escalation, widen, budget, recommend, grid), the ``stage`` (rank, targets, grid, final),
-    the configuration it is about, a one-sentence ``reason`` and the ``numbers`` behind it."""
+class _Detail:
+    """A decision's detail: what its sentence quotes, as data (the classes below, one per kind of decision).
+    Settings are copied in (tolerance, patience, …): a stored decision renders alone, whatever settings a
+    later run has."""
 
-    action: str
-    stage: str
-    r: Optional[int]
-    targets: Optional[str]
+    @property
+    def numbers(self) -> Dict[str, float]:
+        """The numbers behind the sentence, by name; none unless a detail says otherwise."""
+        return {}
+
+
+@dataclass(frozen=True)
+class FirstResult(_Detail):
+    """``start``: the statistics of the first configuration with a result."""
+
+    stats: Stats
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"mean": self.stats.mean, **({"sd": self.stats.sd} if self.stats.sd is not None else {})}
+
+
+@dataclass(frozen=True)
+class AllDiverged(_Detail):
+    """``failed``: every seed of the configuration diverged."""
+
+
+@dataclass(frozen=True)
+class Undecided(_Detail):
+    """``more-seeds``: the comparison of candidate ``cfg`` with the best so far ``ref`` is undecided at
+    ``sweep.confidence`` and ``sweep.tolerance``; the decision's configuration gets its ``seed``-th seed."""
+
+    cfg: ConfigKey
+    ref: ConfigKey
+    comparison: Comparison
+    confidence: float
+    tolerance: float
+    seed: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return _numbers(self.comparison)
+
+
+@dataclass(frozen=True)
+class Verdict(_Detail):
+    """``continue``, ``widen``, ``no-gain``: the decision's configuration (``stats``) against the best so far
+    ``ref`` (``ref_stats``) once the race ended (``end``; ``max_seeds`` is the seed limit)."""
+
+    ref: ConfigKey
+    ref_stats: Stats
+    stats: Stats
+    comparison: Comparison
+    confidence: float
+    tolerance: float
+    end: RaceEnd
+    max_seeds: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return _numbers(self.comparison)
+
+
+@dataclass(frozen=True)
+class Plateau(_Detail):
+    """``plateau`` of the best so far (the decision's configuration): ``past`` rank doublings (rank
+    stage) or wider target sets in a row (targets stage) without a gain reached ``sweep.patience``."""
+
+    past: float
+    patience: int
+
+
+@dataclass(frozen=True)
+class RanksExhausted(_Detail):
+    """``ranks-exhausted``: ``sweep.ranks`` ended at ``last_rank`` before ``patience`` doublings without a gain."""
+
+    last_rank: int
+    patience: int
+
+
+@dataclass(frozen=True)
+class NoEscalation(_Detail):
+    """``no-escalation``: the plateau rank (the decision's r) is above ``sweep.escalate_max_r``
+    (``above``), or else ``sweep.target_sets`` holds no set wider than the start targets."""
+
+    above: bool
+    escalate_max_r: int
+
+
+@dataclass(frozen=True)
+class Escalation(_Detail):
+    """``escalate``: the plateau rank (the decision's r) is at most ``escalate_max_r``; ``lora_params``: the
+    wider target sets to try, cheapest first, and their LoRA parameters at that rank."""
+
+    escalate_max_r: int
+    lora_params: Dict[str, int]
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {f"lora_params[{t}]": n for t, n in self.lora_params.items()}
+
+
+@dataclass(frozen=True)
+class CapReached(_Detail):
+    """``budget``: ``cap`` reached its ``limit`` after ``trials`` trials, ``train_flops`` training FLOPs and
+    ``seconds`` trial seconds; ``needed``: the trials the procedure still needed; ``settling``: the
+    ``more-seeds`` decision those trials were to settle, if it was the last one."""
+
+    cap: Cap
+    limit: float
+    trials: int
+    train_flops: float
+    seconds: float
+    needed: Tuple[TrialSpec, ...]
+    settling: Optional[Decision] = None
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"trials": self.trials, "train_flops": self.train_flops, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class Recommendation(_Detail):
+    """``recommend``: the pick (the decision's configuration: ``stats``, ``params`` trainable parameters)
+    and the best configuration tried (``best``, ``best_stats``, ``best_params``); ``comparison`` of the
+    best against the pick, None when the pick is the best (no cheaper one is shown within ``tolerance``);
+    ``provisional`` when the compute cap stopped the sweep first."""
+
+    tolerance: float
+    confidence: float
+    best: ConfigKey
+    best_stats: Stats
+    best_params: int
+    stats: Stats
+    params: int
+    comparison: Optional[Comparison] = None
+    provisional: bool = False
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        if self.comparison is None:
+            return {"mean": self.best_stats.mean, "trainable_params": self.best_params}
+        return {
+            "mean": self.stats.mean,
+            "best_mean": self.best_stats.mean,
+            "trainable_params": self.params,
+            "best_trainable_params": self.best_params,
+            **_numbers(self.comparison),
+        }
+
+
+@dataclass(frozen=True)
+class GridDone(_Detail):
+    """``grid``: every one of ``configurations`` configurations has its ``seeds`` seeds."""
+
+    configurations: int
+    seeds: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"configurations": self.configurations}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A decision read from a study stored before decisions kept their detail: its stored sentence and
+    numbers are all there is."""
+
     reason: str
     numbers: Dict[str, float] = field(default_factory=dict)
+
+
+Detail = Union[
+    FirstResult,
+    AllDiverged,
+    Undecided,
+    Verdict,
+    Plateau,
+    RanksExhausted,
+    NoEscalation,
+    Escalation,
+    CapReached,
+    Recommendation,
+    GridDone,
+    Recorded,
+]
+
+#: the detail each action carries (``Decision.from_dict`` reads it back by the action)
+DETAILS = {
+    Action.START: FirstResult,
+    Action.FAILED: AllDiverged,
+    Action.MORE_SEEDS: Undecided,
+    Action.CONTINUE: Verdict,
+    Action.WIDEN: Verdict,
+    Action.NO_GAIN: Verdict,
+    Action.PLATEAU: Plateau,
+    Action.RANKS_EXHAUSTED: RanksExhausted,
+    Action.NO_ESCALATION: NoEscalation,
+    Action.ESCALATE: Escalation,
+    Action.BUDGET: CapReached,
+    Action.RECOMMEND: Recommendation,
+    Action.GRID: GridDone,
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: its ``action``, the ``stage`` that took it, the configuration it is about (``r``,
+    ``targets``; None for the whole sweep) and its ``detail`` (``DETAILS``). Its one-sentence ``reason``
+    and the ``numbers`` behind it are read from the detail. Two decisions are equal when their data are."""
+
+    action: Action
+    stage: Stage
+    r: Optional[int]
+    targets: Optional[str]
+    detail: Detail
+
+    @property
+    def reason(self) -> str:
+        """The sentence (``render``)."""
+        return render(self)
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        """The numbers behind the sentence, by name (points, counts, FLOPs, seconds)."""
+        return self.detail.numbers
 
     def line(self) -> str:
         """The decision as one log line."""
         where = f" r={self.r} {self.targets}" if self.r is not None else ""
         return f"[{self.stage}] {self.action}{where}: {self.reason}"
 
+    def matches(self, stored: Decision) -> bool:
+        """Whether ``stored`` (read back from a study) records this decision: the same data, never the same
+        words. A decision stored without its detail is compared on what it kept: action, stage,
+        configuration and numbers."""
+        if isinstance(stored.detail, Recorded):
+            head = (self.action, self.stage, self.r, self.targets, self.numbers)
+            return head == (stored.action, stored.stage, stored.r, stored.targets, stored.numbers)
+        return self == stored
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The stored form: ``action``, ``stage``, ``r``, ``targets``, ``reason`` (the sentence, for people
+        and for readers that predate the detail), ``numbers`` and ``detail`` (its fields; absent for a
+        ``Recorded`` decision, which is stored as it was read)."""
+        stored = {
+            "action": self.action,
+            "stage": self.stage,
+            "r": self.r,
+            "targets": self.targets,
+            "reason": self.reason,
+            "numbers": self.numbers,
+        }
+        return stored if isinstance(self.detail, Recorded) else {**stored, "detail": asdict(self.detail)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Decision:
+        """The inverse of ``to_dict``, tolerant: a dict without ``detail`` (stored before decisions kept one:
+        action, stage, r, targets, reason, numbers) reads as a ``Recorded`` decision; unknown keys are
+        ignored, here and in the detail.
+
+        Raises:
+            ValueError: ``action`` or ``stage`` is not one of ``Action`` / ``Stage``.
+        """
+        action = Action(d["action"])
+        if d.get("detail") is not None:
+            detail = _typed(DETAILS[action], d["detail"])
+        else:
+            detail = Recorded(d.get("reason") or "", dict(d.get("numbers") or {}))
+        return cls(action, Stage(d["stage"]), d.get("r"), d.get("targets"), detail)
+
+
+def _typed(hint, value):
+    """``value`` as JSON gives it back (lists, dicts, text), rebuilt as the type ``hint``: dataclasses field by
+    field (unknown keys ignored), ``Decision`` by ``from_dict``, enums, tuples, Optional; others as they are."""
+    if value is None:
+        return None
+    if get_origin(hint) is Union:  # Optional[X]
+        return _typed(next(a for a in get_args(hint) if a is not type(None)), value)
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_typed(k, v) for k, v in zip(kinds, value))
+    if hint is Decision:
+        return Decision.from_dict(value)
+    if dataclasses.is_dataclass(hint):
+        hints = get_type_hints(hint)
+        return hint(
+            **{f.name: _typed(hints[f.name], value[f.name]) for f in dataclasses.fields(hint) if f.name in value}
+        )
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint(value)
+    return value
+
+
+def _bounds_text(c: Comparison, confidence: float) -> str:
+    if c.se is None:
+        return "no seed-noise estimate yet (no configuration has two ok seeds)"
+    return (
+        f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
+        f"over {c.dof} d.f., SE {c.se:.2f}"
+    )
+
+
+def _numbers(c: Comparison) -> Dict[str, float]:
+    extra = {"se": c.se, "low": c.low, "high": c.high, "sd": c.sd, "dof": c.dof} if c.se is not None else {}
+    return {"gain": c.gain, **extra}
+
+
+def _fmt(cfg: ConfigKey) -> str:
+    return f"r={cfg[0]} on {cfg[1]}"
+
+
+def _stats_text(s: Stats) -> str:
+    return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
+
+
+def _race_text(x: Verdict) -> str:
+    c = x.comparison
+    if x.end == RaceEnd.GAIN:
+        return f"lower bound {c.low:+.2f} > 0"
+    if x.end == RaceEnd.NO_GAIN:
+        return f"upper bound {c.high:+.2f} < sweep.tolerance={x.tolerance:g}"
+    return f"undecided at the seed limit (sweep.max_seeds={x.max_seeds}): not a significant gain"
+
+
+def _cap_text(x: CapReached) -> str:
+    if x.cap == Cap.MAX_TRIALS:
+        why = f"trials: {x.trials} ≥ sweep.max_trials={x.limit}"
+    elif x.cap == Cap.MAX_TRAIN_FLOPS:
+        why = f"training FLOPs: {x.train_flops:.3e} ≥ sweep.max_train_flops={x.limit:.3e}"
+    else:
+        why = f"trial hours: {x.seconds / 3600:.2f} ≥ sweep.max_hours={x.limit:g}"
+    cut = "; ".join(
+        f"{_fmt(cfg)} seed(s) {', '.join(str(t.seed) for t in x.needed if (t.r, t.targets) == cfg)}"
+        for cfg in dict.fromkeys((t.r, t.targets) for t in x.needed)
+    )
+    during = f" to settle: {x.settling.reason}" if x.settling is not None else ""
+    return f"compute cap reached ({why}); stopping cleanly; cut off: the {x.needed[0].stage} stage still needed {cut}{during}"
+
+
+def _recommendation_text(x: Recommendation) -> str:
+    tol, c = x.tolerance, x.comparison
+    if c is None:
+        why = (
+            f"the best configuration ({_stats_text(x.best_stats)}); no cheaper configuration is shown to be "
+            f"within sweep.tolerance={tol:g} points of it"
+        )
+    else:
+        why = (
+            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
+            f"{_fmt(x.best)} is ahead by {c.gain:.2f} points ({x.best_stats.mean:.2f} vs {x.stats.mean:.2f}) "
+            f"with {x.best_params - x.params:,} more trainable parameters, and the upper bound "
+            f"of that gap is {c.high:.2f} < {tol:g} ({_bounds_text(c, x.confidence)})"
+        )
+    return f"provisional, the compute cap stopped the sweep before the procedure ended: {why}" if x.provisional else why
+
+
+def render(d: Decision) -> str:
+    """A decision's one sentence, from its data alone: the one place decisions are put into words (a
+    ``Recorded`` decision keeps the sentence it was stored with)."""
+    x, cfg = d.detail, (d.r, d.targets)
+    if isinstance(x, Recorded):
+        return x.reason
+    if isinstance(x, FirstResult):
+        return f"first result: {_stats_text(x.stats)}"
+    if isinstance(x, AllDiverged):
+        return "every seed diverged: not comparable, counts as no gain"
+    if isinstance(x, Undecided):
+        return (
+            f"{_fmt(x.cfg)} vs {_fmt(x.ref)} undecided: gain {x.comparison.gain:+.2f}, "
+            f"{_bounds_text(x.comparison, x.confidence)}; neither above 0 nor below "
+            f"sweep.tolerance={x.tolerance:g}: seed {x.seed} of {_fmt(cfg)}"
+        )
+    if isinstance(x, Verdict):
+        return (
+            f"{_stats_text(x.stats)} vs {_fmt(x.ref)} {_stats_text(x.ref_stats)}: gain {x.comparison.gain:+.2f}, "
+            f"{_bounds_text(x.comparison, x.confidence)}; {_race_text(x)}"
+        )
+    if isinstance(x, Plateau):
+        unit = "rank doubling(s)" if d.stage == Stage.RANK else "wider target set(s) in a row"
+        return (
+            f"{x.past:g} {unit} past {_fmt(cfg)} without a significant gain (sweep.patience={x.patience}); "
+            f"best so far: {_fmt(cfg)}"
+        )
+    if isinstance(x, RanksExhausted):
+        return f"sweep.ranks ended at r={x.last_rank} before {x.patience} rank doubling(s) without a significant gain"
+    if isinstance(x, NoEscalation):
+        if not x.above:
+            return "sweep.target_sets holds no set that adapts more than the start targets"
+        return (
+            f"the plateau rank {d.r} is above sweep.escalate_max_r={x.escalate_max_r}: "
+            "not a low rank, so no wider target sets are tried"
+        )
+    if isinstance(x, Escalation):
+        return (
+            f"r={d.r} is a low rank (≤ {x.escalate_max_r}): trying more target matrices at "
+            f"r={d.r}, cheapest first: {' | '.join(x.lora_params)}"
+        )
+    if isinstance(x, CapReached):
+        return _cap_text(x)
+    if isinstance(x, Recommendation):
+        return _recommendation_text(x)
+    return f"all {x.configurations} configurations × {x.seeds} seed(s) are done"
 
 
 @dataclass
@@ -187,7 +654,7 @@ class Plan:
     next: Optional[TrialSpec]
     decisions: List[Decision]
     recommendation: Optional[ConfigKey] = None
-    stop_reason: Optional[str] = None
+    stop_reason: Optional[StopReason] = None
     evaluated: List[ConfigKey] = field(default_factory=list)
     runnable: List[TrialSpec] = field(default_factory=list)
 
@@ -280,28 +747,6 @@ def detectable_gain(sd: float, dof: int, n: int, confidence: float) -> float:
     return t_quantile(confidence, dof) * sd * math.sqrt(2 / n)
 
 
-def _bounds_text(c: Comparison, confidence: float) -> str:
-    if c.se is None:
-        return "no seed-noise estimate yet (no configuration has two ok seeds)"
-    return (
-        f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
-        f"over {c.dof} d.f., SE {c.se:.2f}"
-    )
-
-
-def _numbers(c: Comparison) -> Dict[str, float]:
-    extra = {"se": c.se, "low": c.low, "high": c.high, "sd": c.sd, "dof": c.dof} if c.se is not None else {}
-    return {"gain": c.gain, **extra}
-
-
-def _fmt(cfg: ConfigKey) -> str:
-    return f"r={cfg[0]} on {cfg[1]}"
-
-
-def _stats_text(s: Stats) -> str:
-    return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
-
-
 def recommend(
     evaluated: Sequence[ConfigKey],
     stats: Mapping[ConfigKey, Optional[Stats]],
@@ -323,266 +768,228 @@ def recommend(
         return None, None
     pooled = pooled_sd([stats[c] for c in scored])
     best = max(scored, key=lambda c: (stats[c].mean, -params.get(c, 0)))
-    tol = settings.tolerance
     pick, cmp = best, None
     for c in sorted(scored, key=lambda c: (params.get(c, 0), flops.get(c, 0.0), -stats[c].mean)):
         if c == best:
             break
         cmp = compare(stats[c], stats[best], pooled, settings.confidence)
-        if cmp.high is not None and cmp.high < tol:
+        if cmp.high is not None and cmp.high < settings.tolerance:
             pick = c
             break
-    if pick == best:
-        why = (
-            f"the best configuration ({_stats_text(stats[best])}); no cheaper configuration is shown to be "
-            f"within sweep.tolerance={tol:g} points of it"
-        )
-        numbers = {"mean": stats[best].mean, "trainable_params": params.get(best, 0)}
-    else:
-        why = (
-            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
-            f"{_fmt(best)} is ahead by {cmp.gain:.2f} points ({stats[best].mean:.2f} vs {stats[pick].mean:.2f}) "
-            f"with {params.get(best, 0) - params.get(pick, 0):,} more trainable parameters, and the upper bound "
-            f"of that gap is {cmp.high:.2f} < {tol:g} ({_bounds_text(cmp, settings.confidence)})"
-        )
-        numbers = {
-            "mean": stats[pick].mean,
-            "best_mean": stats[best].mean,
-            "trainable_params": params.get(pick, 0),
-            "best_trainable_params": params.get(best, 0),
-            **_numbers(cmp),
-        }
-    return pick, Decision("recommend", "final", pick[0], pick[1], why, numbers)
+    detail = Recommendation(
+        settings.tolerance,
+        settings.confidence,
+        best,
+        stats[best],
+        params.get(best, 0),
+        stats[pick],
+        params.get(pick, 0),
+        None if pick == best else cmp,
+    )
+    return pick, Decision(Action.RECOMMEND, Stage.FINAL, pick[0], pick[1], detail)
 
 
-class _Pending(Exception):
-    """Raised inside a replay when trials the next decision needs are missing; carries them."""
+T = TypeVar("T")
+#: a part of the replay: yields the trials it needs before it can go on (the replay stops at the first
+#: such yield), returns its result once it has them
+Steps = Generator[List[TrialSpec], None, T]
 
-    def __init__(self, specs: List[TrialSpec]):
-        self.specs = specs
 
+class _Memo:
+    """The seeds of each configuration the procedure has asked for so far (``asked``) and the statistics of
+    exactly those (``aggregate``, memoised: a replay reads them often). Only asked-for seeds inform a
+    decision, so replaying a longer history never changes an earlier one."""
 
-class _Replay:
-    """State of one replay of the procedure over a fixed history: how many seeds of each configuration
-    the procedure has asked for so far (``asked``), and only those inform its decisions."""
-
-    def __init__(self, settings: SweepSettings, outcomes: Sequence[Outcome]):
-        self.s = settings
-        self.outcomes = list(outcomes)
-        self.decisions: List[Decision] = []
-        self.evaluated: List[ConfigKey] = []
-        self.seeds = seed_sequence(settings)
-        self.by_cfg = _measured(self.outcomes)
+    def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome]):
+        self.seeds = list(seeds)
+        self.by_cfg = _measured(outcomes)
         self.asked: Dict[ConfigKey, int] = {}
         self._stats: Dict[Tuple[ConfigKey, int], Optional[Stats]] = {}
-        every = aggregate(self.outcomes, self.seeds)
-        self.params = {c: a.trainable_params for c, a in every.items()}
-        self.flops = {c: a.train_flops for c, a in every.items()}
 
     def stats(self, cfg: ConfigKey) -> Optional[Stats]:
-        """``aggregate`` stats over the seeds asked for so far (memoised: a replay asks for them often)."""
+        """``aggregate`` stats of ``cfg`` over the seeds asked for so far."""
         key = (cfg, self.asked.get(cfg, 0))
         if key not in self._stats:
             counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg)
             self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
-    def missing(self, cfg: ConfigKey, n: int, stage: str) -> List[TrialSpec]:
-        """Ask for the first ``n`` seeds of ``cfg``; returns those not run yet."""
+    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        """Ask for the first ``n`` seeds of ``cfg`` (never fewer than before); returns those not run yet."""
         self.asked[cfg] = max(self.asked.get(cfg, 0), n)
         done = self.by_cfg.get(cfg, {})
         return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
 
-    def ask(self, cfg: ConfigKey, n: int, stage: str) -> None:
-        """``missing``, raising ``_Pending`` when some seeds are not run yet."""
-        missing = self.missing(cfg, n, stage)
+    def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
+        """``ask``, yielding the seeds not run yet."""
+        missing = self.ask(cfg, n, stage)
         if missing:
-            raise _Pending(missing)
+            yield missing
 
-    def budget_exceeded(self) -> Optional[Decision]:
-        n = len(self.outcomes)
-        flops = sum(o.train_flops for o in self.outcomes)
-        seconds = sum(o.seconds for o in self.outcomes)
-        s = self.s
-        why = None
-        if s.max_trials is not None and n >= s.max_trials:
-            why = f"trials: {n} ≥ sweep.max_trials={s.max_trials}"
-        elif s.max_train_flops is not None and flops >= s.max_train_flops:
-            why = f"training FLOPs: {flops:.3e} ≥ sweep.max_train_flops={s.max_train_flops:.3e}"
-        elif s.max_hours is not None and seconds >= 3600 * s.max_hours:
-            why = f"trial hours: {seconds / 3600:.2f} ≥ sweep.max_hours={s.max_hours:g}"
-        if why is None:
-            return None
-        return Decision(
-            "budget",
-            "final",
-            None,
-            None,
-            f"compute cap reached ({why}); stopping cleanly",
-            {"trials": n, "train_flops": flops, "seconds": seconds},
+
+def _race(
+    memo: _Memo,
+    settings: SweepSettings,
+    pool: Sequence[ConfigKey],
+    ref: ConfigKey,
+    cfg: ConfigKey,
+    stage: Stage,
+    decisions: List[Decision],
+) -> Steps[Verdict]:
+    """Compare ``cfg`` (B) with the best so far ``ref`` (A), asking for one more seed of the side with fewer
+    (``cfg`` on a tie; the other side once one has ``max_seeds``) while undecided; each such seed is a
+    ``more-seeds`` decision appended to ``decisions``. The seed s.d. is pooled over ``pool`` (every
+    configuration evaluated so far). Returns the verdict, with the statistics it was reached on."""
+    s = settings
+    while True:
+        a, b = memo.stats(ref), memo.stats(cfg)
+        c = compare(a, b, pooled_sd([st for st in map(memo.stats, pool) if st]), s.confidence)
+        # the sides that may get another seed, fewer asked first (cfg on a tie: the sort is stable)
+        sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.asked[x] < len(memo.seeds)]
+        if c.low is not None and c.low > 0:
+            end = RaceEnd.GAIN
+        elif c.high is not None and c.high < s.tolerance:
+            end = RaceEnd.NO_GAIN
+        else:
+            end = None if sides else RaceEnd.SEED_LIMIT
+        if end is not None:
+            return Verdict(ref, a, b, c, s.confidence, s.tolerance, end, s.max_seeds)
+        side = sides[0]
+        seed = memo.asked[side] + 1
+        decisions.append(
+            Decision(
+                Action.MORE_SEEDS, stage, side[0], side[1], Undecided(cfg, ref, c, s.confidence, s.tolerance, seed)
+            )
         )
+        yield from memo.need(side, seed, stage)
+
+
+def _cap_reached(
+    s: SweepSettings, outcomes: Sequence[Outcome], needed: Sequence[TrialSpec], settling: Optional[Decision]
+) -> Optional[CapReached]:
+    """The compute cap ``outcomes`` reached (trials, then training FLOPs, then hours), with the trials it
+    cuts off; None while under every cap."""
+    n = len(outcomes)
+    flops = sum(o.train_flops for o in outcomes)
+    seconds = sum(o.seconds for o in outcomes)
+    if s.max_trials is not None and n >= s.max_trials:
+        cap, limit = Cap.MAX_TRIALS, s.max_trials
+    elif s.max_train_flops is not None and flops >= s.max_train_flops:
+        cap, limit = Cap.MAX_TRAIN_FLOPS, s.max_train_flops
+    elif s.max_hours is not None and seconds >= 3600 * s.max_hours:
+        cap, limit = Cap.MAX_HOURS, s.max_hours
+    else:
+        return None
+    return CapReached(cap, limit, n, flops, seconds, tuple(needed), settling)
+
+
+def _to_end(steps: Steps[StopReason]) -> Iterator[Union[List[TrialSpec], StopReason]]:
+    """The trials ``steps`` needs, then why it stopped as its last item."""
+    stop = yield from steps
+    yield stop
+
+
+class _Replay:
+    """The stages of the procedure over one history (rank climb, targets escalation; or the grid), and the
+    plan they lead to: the next trials unless the compute cap forbids them, else the recommendation."""
+
+    def __init__(self, settings: SweepSettings, outcomes: Sequence[Outcome]):
+        self.s = settings
+        self.outcomes = list(outcomes)
+        self.memo = _Memo(seed_sequence(settings), self.outcomes)
+        self.decisions: List[Decision] = []
+        self.evaluated: List[ConfigKey] = []
+        every = aggregate(self.outcomes, self.memo.seeds)
+        self.params = {c: a.trainable_params for c, a in every.items()}
+        self.flops = {c: a.train_flops for c, a in every.items()}
+
+    def decide(self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail) -> None:
+        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
+
+    def plan(self, steps: Steps[StopReason]) -> Plan:
+        """Run ``steps`` (a stage generator) up to the first trials it needs, or to its end."""
+        first = next(_to_end(steps))
+        return self.finish(first) if isinstance(first, StopReason) else self.pending(first)
 
     def pending(self, specs: List[TrialSpec]) -> Plan:
         """The trials to run next, unless the compute cap forbids them; at most as many as
         ``max_trials`` still allows."""
-        stop = self.budget_exceeded()
-        if stop is None:
+        last = self.decisions[-1] if self.decisions else None
+        settling = last if last is not None and last.action == Action.MORE_SEEDS else None
+        cap = _cap_reached(self.s, self.outcomes, specs, settling)
+        if cap is None:
             if self.s.max_trials is not None:
                 specs = specs[: self.s.max_trials - len(self.outcomes)]
             return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
-        cut = "; ".join(
-            f"{_fmt((r, t))} seed(s) {', '.join(str(x.seed) for x in specs if (x.r, x.targets) == (r, t))}"
-            for r, t in dict.fromkeys((x.r, x.targets) for x in specs)
-        )
-        last = next((d for d in reversed(self.decisions) if d.action == "more-seeds"), None)
-        during = f" to settle: {last.reason}" if last is not None and self.decisions[-1] is last else ""
-        self.decisions.append(
-            dataclasses.replace(
-                stop, reason=f"{stop.reason}; cut off: the {specs[0].stage} stage still needed {cut}{during}"
-            )
-        )
-        return self.finish("budget")
+        self.decide(Action.BUDGET, Stage.FINAL, (None, None), cap)
+        return self.finish(StopReason.BUDGET)
 
-    def finish(self, stop_reason: str) -> Plan:
-        stats = {c: self.stats(c) for c in self.evaluated}
+    def finish(self, stop_reason: StopReason) -> Plan:
+        stats = {c: self.memo.stats(c) for c in self.evaluated}
         pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s)
         if decision is not None:
-            if stop_reason == "budget":
-                decision = dataclasses.replace(
-                    decision,
-                    reason="provisional, the compute cap stopped the sweep "
-                    f"before the procedure ended: {decision.reason}",
-                )
+            if stop_reason == StopReason.BUDGET:
+                decision = dataclasses.replace(decision, detail=dataclasses.replace(decision.detail, provisional=True))
             self.decisions.append(decision)
         return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
 
-    def evaluate(self, cfg: ConfigKey, stage: str) -> Optional[Stats]:
+    def evaluate(self, cfg: ConfigKey, stage: Stage) -> Steps[Optional[Stats]]:
         """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations."""
-        self.ask(cfg, len(self.s.seeds), stage)
+        yield from self.memo.need(cfg, len(self.s.seeds), stage)
         if cfg not in self.evaluated:
             self.evaluated.append(cfg)
-        return self.stats(cfg)
+        return self.memo.stats(cfg)
 
-    def race(self, ref: ConfigKey, cfg: ConfigKey, stage: str) -> Tuple[bool, Comparison, str]:
-        """Compare ``cfg`` with ``ref``, adding seeds to the side with fewer while undecided.
-        Returns (gain, the comparison, why)."""
-        s = self.s
-        while True:
-            a, b = self.stats(ref), self.stats(cfg)
-            c = compare(a, b, pooled_sd([st for st in map(self.stats, self.evaluated) if st]), s.confidence)
-            if c.low is not None and c.low > 0:
-                return True, c, f"lower bound {c.low:+.2f} > 0"
-            if c.high is not None and c.high < s.tolerance:
-                return False, c, f"upper bound {c.high:+.2f} < sweep.tolerance={s.tolerance:g}"
-            side = cfg if self.asked[cfg] <= self.asked[ref] else ref
-            if self.asked[side] >= len(self.seeds):
-                side = ref if side == cfg else cfg
-            if self.asked[side] >= len(self.seeds):
-                return (
-                    False,
-                    c,
-                    f"undecided at the seed limit (sweep.max_seeds={s.max_seeds}): not a significant gain",
-                )
-            self.decisions.append(
-                Decision(
-                    "more-seeds",
-                    stage,
-                    side[0],
-                    side[1],
-                    f"{_fmt(cfg)} vs {_fmt(ref)} undecided: gain {c.gain:+.2f}, {_bounds_text(c, s.confidence)}; "
-                    f"neither above 0 nor below sweep.tolerance={s.tolerance:g}: seed {self.asked[side] + 1} of "
-                    f"{_fmt(side)}",
-                    _numbers(c),
-                )
-            )
-            self.ask(side, self.asked[side] + 1, stage)
-
-    def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: str) -> Tuple[Optional[ConfigKey], bool]:
+    def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: Stage) -> Steps[Tuple[Optional[ConfigKey], bool]]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
-        st = self.evaluate(cfg, stage)
+        st = yield from self.evaluate(cfg, stage)
         if st is None:
-            self.decisions.append(
-                Decision("failed", stage, cfg[0], cfg[1], "every seed diverged: not comparable, counts as no gain")
-            )
+            self.decide(Action.FAILED, stage, cfg, AllDiverged())
             return ref, False
         if ref is None:
-            self.decisions.append(
-                Decision(
-                    "start",
-                    stage,
-                    cfg[0],
-                    cfg[1],
-                    f"first result: {_stats_text(st)}",
-                    {"mean": st.mean, **({"sd": st.sd} if st.sd is not None else {})},
-                )
-            )
+            self.decide(Action.START, stage, cfg, FirstResult(st))
             return cfg, True
-        gained, c, why = self.race(ref, cfg, stage)
-        text = (
-            f"{_stats_text(self.stats(cfg))} vs {_fmt(ref)} {_stats_text(self.stats(ref))}: gain {c.gain:+.2f}, "
-            f"{_bounds_text(c, self.s.confidence)}; {why}"
-        )
-        action = ("continue" if stage == "rank" else "widen") if gained else "no-gain"
-        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], text, _numbers(c)))
+        verdict = yield from _race(self.memo, self.s, self.evaluated, ref, cfg, stage, self.decisions)
+        gained = verdict.end == RaceEnd.GAIN
+        action = (Action.CONTINUE if stage == Stage.RANK else Action.WIDEN) if gained else Action.NO_GAIN
+        self.decide(action, stage, cfg, verdict)
         return (cfg, True) if gained else (ref, False)
 
     def climb(
-        self, configs: Sequence[ConfigKey], ref: Optional[ConfigKey], stage: str
-    ) -> Tuple[Optional[ConfigKey], bool]:
+        self, configs: Sequence[ConfigKey], ref: Optional[ConfigKey], stage: Stage
+    ) -> Steps[Tuple[Optional[ConfigKey], bool]]:
         """Evaluate ``configs`` in order, each against the best so far, until ``patience`` steps past the
         best bring no gain (rank doublings on the rank stage, target sets on the targets stage).
         Returns (best so far, whether a plateau was declared)."""
         misses = 0
         for cfg in configs:
-            ref, gained = self.step(cfg, ref, stage)
+            ref, gained = yield from self.step(cfg, ref, stage)
             misses = 0 if gained else misses + 1
             if ref is None:
                 continue
-            past = math.log2(cfg[0] / ref[0]) if stage == "rank" else misses
+            past = math.log2(cfg[0] / ref[0]) if stage == Stage.RANK else misses
             if not gained and past >= self.s.patience:
-                unit = "rank doubling(s)" if stage == "rank" else "wider target set(s) in a row"
-                self.decisions.append(
-                    Decision(
-                        "plateau",
-                        stage,
-                        ref[0],
-                        ref[1],
-                        f"{past:g} {unit} past {_fmt(ref)} without a significant gain (sweep.patience={self.s.patience}); "
-                        f"best so far: {_fmt(ref)}",
-                    )
-                )
+                self.decide(Action.PLATEAU, stage, ref, Plateau(past, self.s.patience))
                 return ref, True
         return ref, False
 
-    def progressive(self, params_per_rank: Mapping[str, int]) -> Plan:
+    def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
+        """The rank stage, then (at a low plateau rank) the targets stage; returns why it stopped."""
         s = self.s
         start = targets_key(s.start_targets)
-        ref, plateaued = self.climb([(r, start) for r in s.ranks], None, "rank")
+        ref, plateaued = yield from self.climb([(r, start) for r in s.ranks], None, Stage.RANK)
         if not plateaued:
-            self.decisions.append(
-                Decision(
-                    "ranks-exhausted",
-                    "rank",
-                    ref[0] if ref else None,
-                    start,
-                    f"sweep.ranks ended at r={s.ranks[-1]} before {s.patience} rank doubling(s) "
-                    "without a significant gain",
-                )
+            self.decide(
+                Action.RANKS_EXHAUSTED,
+                Stage.RANK,
+                (ref[0] if ref else None, start),
+                RanksExhausted(s.ranks[-1], s.patience),
             )
         if ref is None:
-            return self.finish("no successful trial")
+            return StopReason.NO_SUCCESS
         if ref[0] > s.escalate_max_r:
-            self.decisions.append(
-                Decision(
-                    "no-escalation",
-                    "targets",
-                    ref[0],
-                    ref[1],
-                    f"the plateau rank {ref[0]} is above sweep.escalate_max_r={s.escalate_max_r}: "
-                    "not a low rank, so no wider target sets are tried",
-                )
-            )
-            return self.finish("plateau")
+            self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(True, s.escalate_max_r))
+            return StopReason.PLATEAU
         wider = sorted(
             dict.fromkeys(
                 targets_key(t) for t in s.target_sets if params_per_rank[targets_key(t)] > params_per_rank[start]
@@ -590,50 +997,25 @@ class _Replay:
             key=lambda t: params_per_rank[t],
         )
         if not wider:
-            self.decisions.append(
-                Decision(
-                    "no-escalation",
-                    "targets",
-                    ref[0],
-                    ref[1],
-                    "sweep.target_sets holds no set that adapts more than the start targets",
-                )
-            )
-            return self.finish("plateau")
+            self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(False, s.escalate_max_r))
+            return StopReason.PLATEAU
         rank = ref[0]
-        self.decisions.append(
-            Decision(
-                "escalate",
-                "targets",
-                rank,
-                start,
-                f"r={rank} is a low rank (≤ {s.escalate_max_r}): trying more target matrices at "
-                f"r={rank}, cheapest first: {' | '.join(wider)}",
-                {f"lora_params[{t}]": rank * params_per_rank[t] for t in wider},
-            )
-        )
-        self.climb([(rank, t) for t in wider], ref, "targets")
-        return self.finish("plateau")
+        lora = {t: rank * params_per_rank[t] for t in wider}
+        self.decide(Action.ESCALATE, Stage.TARGETS, (rank, start), Escalation(s.escalate_max_r, lora))
+        yield from self.climb([(rank, t) for t in wider], ref, Stage.TARGETS)
+        return StopReason.PLATEAU
 
-    def grid(self, params_per_rank: Mapping[str, int]) -> Plan:
+    def grid(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
+        """Every rank × target set × seed at once; returns once all are done."""
         sets = list(dict.fromkeys(targets_key(t) for t in self.s.target_sets))
         sets.sort(key=lambda t: params_per_rank[t])
         grid = [(r, t) for t in sets for r in self.s.ranks]
-        missing = [spec for cfg in grid for spec in self.missing(cfg, len(self.seeds), "grid")]
+        missing = [spec for cfg in grid for spec in self.memo.ask(cfg, len(self.memo.seeds), Stage.GRID)]
         self.evaluated.extend(grid)
         if missing:
-            return self.pending(missing)
-        self.decisions.append(
-            Decision(
-                "grid",
-                "grid",
-                None,
-                None,
-                f"all {len(grid)} configurations × {len(self.s.seeds)} seed(s) are done",
-                {"configurations": len(grid)},
-            )
-        )
-        return self.finish("grid complete")
+            yield missing
+        self.decide(Action.GRID, Stage.GRID, (None, None), GridDone(len(grid), len(self.s.seeds)))
+        return StopReason.GRID_COMPLETE
 
 
 def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
@@ -650,18 +1032,16 @@ def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], param
         A ``Plan``; ``plan.next`` is None once the procedure is over or the compute cap is reached,
         and then ``plan.recommendation`` is set (None only if no trial succeeded).
     """
-    rp = _Replay(settings, outcomes)
-    try:
-        return rp.progressive(params_per_rank)
-    except _Pending as p:
-        return rp.pending(p.specs)
+    replay = _Replay(settings, outcomes)
+    return replay.plan(replay.progressive(params_per_rank))
 
 
 def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
     """Every rank × target set × seed of the settings, target sets cheapest first, then by rank
     (``runnable`` holds every missing trial); the recommendation uses the same rule as the
     progressive procedure."""
-    return _Replay(settings, outcomes).grid(params_per_rank)
+    replay = _Replay(settings, outcomes)
+    return replay.plan(replay.grid(params_per_rank))
 
 
 def plan(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data
-from sweep.decide import Plan, Status, TrialSpec, plan
+from sweep.decide import Plan, Status, StopReason, TrialSpec, plan
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult
@@ -155,7 +155,7 @@ def _execute(
                 r=spec.r,
                 targets=list(targets),
                 seed=spec.seed,
-                status=Status.failed,
+                status=Status.FAILED,
                 reason=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
             )
     for record in m.epochs:  # epochs trained before an interruption
@@ -199,7 +199,7 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
             "so another worker took the trial over)"
         )
     reused = f" (reused from {m.reused_from})" if m.reused_from else ""
-    if m.status != Status.ok:
+    if m.status != Status.OK:
         return f"{head}: {m.status} ({m.reason}){reused}"
     return (
         f"{head}: {cfg.task.objective} {m.objective_value:.4f} | "
@@ -277,7 +277,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             with claims.heartbeat(trial):
                 m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
             log(_trial_line(trial.number, spec, m, cfg, len(earlier) + 1))
-            if m is not None and m.status == Status.failed:
+            if m is not None and m.status == Status.FAILED:
                 crashed.append(spec)
         for trial in blank:  # only when the plan ended with blank trials left over
             study.tell(trial, state=TrialState.FAIL)
@@ -298,7 +298,7 @@ def _finish_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List
         log(f"resuming trial {o.trial.number} r={o.spec.r} {o.spec.targets} seed={o.spec.seed} (interrupted)")
         m = _execute(study, o.trial, o.spec, o.targets, cfg, progress, log, o.reported)
         log(_trial_line(o.trial.number, o.spec, m, cfg, o.attempt))
-        if m is not None and m.status == Status.failed:
+        if m is not None and m.status == Status.FAILED:
             crashed.append(o.spec)
     return blank, crashed
 
@@ -318,7 +318,9 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
     if p.recommendation:
         r, t = p.recommendation
         provisional = (
-            "; provisional: the compute cap cut the procedure short, see report.md" if p.stop_reason == "budget" else ""
+            "; provisional: the compute cap cut the procedure short, see report.md"
+            if p.stop_reason == StopReason.BUDGET
+            else ""
         )
         return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"

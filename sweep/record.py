@@ -125,7 +125,7 @@ class TrialResult:
     versions: Dict[str, str] = _kept(factory=dict)
     # --- how it ended ---
     #: ``ok``; ``diverged`` (the loss became NaN/inf: a measurement); ``failed`` (crashed: no result)
-    status: Status = _kept(study=True, default=Status.ok)
+    status: Status = _kept(study=True, default=Status.OK)
     #: why a trial diverged or failed, else None
     reason: Optional[str] = _kept(study=True)
     #: the folder of another sweep's identical trial this one was read back from, else None
@@ -142,7 +142,7 @@ class TrialResult:
             targets=targets_key(self.targets),
             seed=int(self.seed),
             status=self.status,
-            value=self.objective_value if self.status == Status.ok else None,
+            value=self.objective_value if self.status == Status.OK else None,
             trainable_params=int(self.trainable_params or 0),
             train_flops=float(self.train_flops or 0),
             seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),

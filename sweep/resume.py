@@ -234,7 +234,7 @@ def crashed_attempts(study, spec: TrialSpec) -> List[str]:
     return [
         t.user_attrs.get("reason") or "?"
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == Status.failed
+        if t.user_attrs.get("spec") == dataclasses.asdict(spec) and t.user_attrs.get("status") == Status.FAILED
     ]
 
 
@@ -326,7 +326,7 @@ class Progress:
     #: training tokens including padding (batch × padded length), over all epochs
     padded_tokens: int = 0
     #: ``ok``, or ``diverged`` once the training loss became NaN/inf
-    status: Status = Status.ok
+    status: Status = Status.OK
     #: why the trial stopped early (``diverged``), else None
     reason: Optional[str] = None
 

@@ -149,7 +149,7 @@ def tell_result(study, trial, result: TrialResult) -> None:
 
     for key, value in result_attrs(result).items():
         trial.set_user_attr(key, value)
-    if result.status == Status.ok and result.objective_value is not None:
+    if result.status == Status.OK and result.objective_value is not None:
         study.tell(trial, result.objective_value)
     else:
         study.tell(trial, state=TrialState.FAIL)

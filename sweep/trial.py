@@ -302,7 +302,7 @@ def run_trial(
         done.padded_tokens += stats.padded_tokens
         done.train_seconds += stats.seconds
         if stats.diverged:
-            done.status = Status.diverged
+            done.status = Status.DIVERGED
             done.reason = f"training loss became {stats.mean_loss} in epoch {epoch + 1} by step {stats.steps}"
             break
 
@@ -466,7 +466,7 @@ def main(args: List[str]) -> int:
         f"train {m.train_flops:.3e} FLOPs in {m.train_seconds:.1f} s; eval {m.eval_seconds:.1f} s"
     )
     print(f"results: {run_dir}")
-    return 0 if m.status == Status.ok else 1
+    return 0 if m.status == Status.OK else 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from fakes import small_settings as settings
 
 from analysis import decisions_frame, figures, recommendation, study_info, summary_frame, trials_frame, write_reports
 from analysis.__main__ import main as analysis_main
-from sweep.decide import plan
+from sweep.decide import Action, plan
 from sweep.errors import UserError
 from sweep.study import load_study, outcomes
 
@@ -284,7 +284,7 @@ def test_summary_uses_the_decisions_statistics(tmp_path, ended):
     # a provisional recommendation (interrupted sweep) is the one the decisions reach, for the same reason
     pick, decision = recommendation(trials, info)
     assert pick == (2, "q,v") and list(s["recommended"]) == [False, True, False, False]
-    assert decision.reason.endswith(next(d for d in info.decisions if d.action == "recommend").reason)
+    assert decision.reason.endswith(next(d for d in info.decisions if d.action == Action.RECOMMEND).reason)
     # the report's seed noise is the decisions' too: pooled over the three q,v pairs, 3 d.f.
     write_reports(url, NAME, tmp_path / "out")
     assert "Seed noise σ = 1.41 points (pooled, 3 d.f.)" in (tmp_path / "out" / "report.md").read_text()
@@ -358,6 +358,26 @@ def test_budget_decision_sits_after_the_trial_that_used_up_the_hours(tmp_path):
     d = decisions_frame(trials_frame(study), info)
     assert list(zip(d["action"], d["after_trial"])) == [("start", 1), ("budget", 2), ("recommend", 2)]
     assert "trial hours: 0.01 ≥ sweep.max_hours=0.009" in d["reason"][1]
+
+
+def test_decisions_are_placed_by_their_data_not_their_words(tmp_path):
+    s = settings(ranks=[1, 2, 4], target_sets=[["q", "v"]], max_seeds=3)
+    url = make_study(tmp_path, s, [trial(*t) for t in RACE])
+    study = load_study(url, NAME)
+    stored = study.user_attrs["decisions"]
+    reworded = [{**d, "reason": "reworded"} for d in stored]
+    # as the current release stores them (no detail), in other words
+    older = [
+        {k: v for k, v in d.items() if k != "detail"} | {"reason": f"older words {i}"} for i, d in enumerate(stored)
+    ]
+    # a stored detail is rendered anew (hand bounds of RACE); a decision without one keeps its stored words
+    for decisions, reason in ((reworded, "bounds [+2.33, +7.67]"), (older, "older words 1")):
+        study.set_user_attr("decisions", decisions)
+        trials, _, info = loaded(url)
+        d = decisions_frame(trials, info)
+        # the places of test_decisions_of_a_race_sit_after_the_trial_that_led_to_them
+        assert list(d["after_trial"]) == [1, 3, 5, 6, 7, 7, 7, 7]
+        assert reason in d["reason"][1]
 
 
 def test_recommendation_against_the_baseline(finished, partial):

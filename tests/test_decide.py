@@ -6,6 +6,7 @@ with numpy and scipy (d ∓ t·SE, SE = s_pooled·√(1/n_A + 1/n_B), t one-side
 Metric values are given in metric units and compared in points (×100).
 """
 
+import json
 import math
 from dataclasses import replace
 
@@ -15,7 +16,20 @@ from scipy import stats
 
 from sweep.cli import defaults
 from sweep.config import SweepSettings
-from sweep.decide import Outcome, Stats, aggregate, plan, pooled_sd, seed_sequence, stats_of
+from sweep.decide import (
+    Action,
+    Decision,
+    Outcome,
+    Stage,
+    Stats,
+    StopReason,
+    TrialSpec,
+    aggregate,
+    plan,
+    pooled_sd,
+    seed_sequence,
+    stats_of,
+)
 
 # LoRA parameters per unit of rank (Σ(d+k) per target set) for MiniLM (6 layers, d_model 384, d_ff 1536):
 # q and v are 384×384 → 768 each
@@ -95,19 +109,19 @@ CASES = [
         lambda r, t, s: (RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t]) + small(s),
         pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
         [
-            ("start", 1, "q,v"),
-            ("continue", 2, "q,v"),
-            ("continue", 4, "q,v"),
-            ("no-gain", 8, "q,v"),
-            ("no-gain", 16, "q,v"),
-            ("plateau", 4, "q,v"),
-            ("escalate", 4, "q,v"),
-            ("widen", 4, "q,k,v,o"),
-            ("no-gain", 4, "all-linear"),
-            ("recommend", 4, "q,k,v,o"),
+            (Action.START, 1, "q,v"),
+            (Action.CONTINUE, 2, "q,v"),
+            (Action.CONTINUE, 4, "q,v"),
+            (Action.NO_GAIN, 8, "q,v"),
+            (Action.NO_GAIN, 16, "q,v"),
+            (Action.PLATEAU, 4, "q,v"),
+            (Action.ESCALATE, 4, "q,v"),
+            (Action.WIDEN, 4, "q,k,v,o"),
+            (Action.NO_GAIN, 4, "all-linear"),
+            (Action.RECOMMEND, 4, "q,k,v,o"),
         ],
         (4, "q,k,v,o"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # flat: r=2 and r=4 gain 0 (upper bounds 0 + t·0.1414 < 1); r=4 is 2 doublings past r=1: plateau at r=1;
     # q,k,v,o and all-linear at r=1 gain nothing either: 2 sets in a row, plateau. All means are 80: the
@@ -118,18 +132,18 @@ CASES = [
         lambda r, t, s: 0.80 + small(s),
         pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (1, "q,k,v,o"), (1, "all-linear")]),
         [
-            ("start", 1, "q,v"),
-            ("no-gain", 2, "q,v"),
-            ("no-gain", 4, "q,v"),
-            ("plateau", 1, "q,v"),
-            ("escalate", 1, "q,v"),
-            ("no-gain", 1, "q,k,v,o"),
-            ("no-gain", 1, "all-linear"),
-            ("plateau", 1, "q,v"),
-            ("recommend", 1, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.NO_GAIN, 2, "q,v"),
+            (Action.NO_GAIN, 4, "q,v"),
+            (Action.PLATEAU, 1, "q,v"),
+            (Action.ESCALATE, 1, "q,v"),
+            (Action.NO_GAIN, 1, "q,k,v,o"),
+            (Action.NO_GAIN, 1, "all-linear"),
+            (Action.PLATEAU, 1, "q,v"),
+            (Action.RECOMMEND, 1, "q,v"),
         ],
         (1, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # a peak at r=4, then a decline: r=8 (−1) and r=16 (−2) do not gain; plateau at r=4; wider sets are
     # 0.5 below the curve, no gain; r=4 q,v is the best and the cheapest shown within 1 of itself.
@@ -139,20 +153,20 @@ CASES = [
         lambda r, t, s: PEAK[r] - (0.005 if t != "q,v" else 0) + small(s),
         pairs([(1, "q,v"), (2, "q,v"), (4, "q,v"), (8, "q,v"), (16, "q,v"), (4, "q,k,v,o"), (4, "all-linear")]),
         [
-            ("start", 1, "q,v"),
-            ("continue", 2, "q,v"),
-            ("continue", 4, "q,v"),
-            ("no-gain", 8, "q,v"),
-            ("no-gain", 16, "q,v"),
-            ("plateau", 4, "q,v"),
-            ("escalate", 4, "q,v"),
-            ("no-gain", 4, "q,k,v,o"),
-            ("no-gain", 4, "all-linear"),
-            ("plateau", 4, "q,v"),
-            ("recommend", 4, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.CONTINUE, 2, "q,v"),
+            (Action.CONTINUE, 4, "q,v"),
+            (Action.NO_GAIN, 8, "q,v"),
+            (Action.NO_GAIN, 16, "q,v"),
+            (Action.PLATEAU, 4, "q,v"),
+            (Action.ESCALATE, 4, "q,v"),
+            (Action.NO_GAIN, 4, "q,k,v,o"),
+            (Action.NO_GAIN, 4, "all-linear"),
+            (Action.PLATEAU, 4, "q,v"),
+            (Action.RECOMMEND, 4, "q,v"),
         ],
         (4, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # still rising at 16 ≥ escalate_max_r: no wider targets; r=16 is the best and nothing cheaper is within 1.
     (
@@ -161,15 +175,15 @@ CASES = [
         lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
         pairs([(4, "q,v"), (8, "q,v"), (16, "q,v")]),
         [
-            ("start", 4, "q,v"),
-            ("continue", 8, "q,v"),
-            ("continue", 16, "q,v"),
-            ("ranks-exhausted", 16, "q,v"),
-            ("no-escalation", 16, "q,v"),
-            ("recommend", 16, "q,v"),
+            (Action.START, 4, "q,v"),
+            (Action.CONTINUE, 8, "q,v"),
+            (Action.CONTINUE, 16, "q,v"),
+            (Action.RANKS_EXHAUSTED, 16, "q,v"),
+            (Action.NO_ESCALATION, 16, "q,v"),
+            (Action.RECOMMEND, 16, "q,v"),
         ],
         (16, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # racing, worked out in test_racing_bounds: r=2 vs r=1 stays undecided; seeds go to the side with fewer
     # (r=2 on a tie) up to max_seeds = 3; at the limit no gain; the ranks run out; r=1 is not shown within 1
@@ -180,16 +194,16 @@ CASES = [
         lambda r, t, s: {1: 0.80, 2: 0.81}[r] + big(s),
         [(1, "q,v", 0), (1, "q,v", 1), (2, "q,v", 0), (2, "q,v", 1), (2, "q,v", 2), (1, "q,v", 2)],
         [
-            ("start", 1, "q,v"),
-            ("more-seeds", 2, "q,v"),
-            ("more-seeds", 1, "q,v"),
-            ("no-gain", 2, "q,v"),
-            ("ranks-exhausted", 1, "q,v"),
-            ("no-escalation", 1, "q,v"),
-            ("recommend", 2, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.MORE_SEEDS, 2, "q,v"),
+            (Action.MORE_SEEDS, 1, "q,v"),
+            (Action.NO_GAIN, 2, "q,v"),
+            (Action.RANKS_EXHAUSTED, 1, "q,v"),
+            (Action.NO_ESCALATION, 1, "q,v"),
+            (Action.RECOMMEND, 2, "q,v"),
         ],
         (2, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # one seed and no racing (debug=tiny): no noise estimate, nothing is significant, the rank stays at r=1 and
     # plateaus 2 doublings later; nothing can be shown equivalent, so the best mean wins: r=4.
@@ -199,15 +213,15 @@ CASES = [
         lambda r, t, s: {1: 0.80, 2: 0.85, 4: 0.90}[r],
         [(1, "q,v", 0), (2, "q,v", 0), (4, "q,v", 0)],
         [
-            ("start", 1, "q,v"),
-            ("no-gain", 2, "q,v"),
-            ("no-gain", 4, "q,v"),
-            ("plateau", 1, "q,v"),
-            ("no-escalation", 1, "q,v"),
-            ("recommend", 4, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.NO_GAIN, 2, "q,v"),
+            (Action.NO_GAIN, 4, "q,v"),
+            (Action.PLATEAU, 1, "q,v"),
+            (Action.NO_ESCALATION, 1, "q,v"),
+            (Action.RECOMMEND, 4, "q,v"),
         ],
         (4, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
     # the trial cap in the middle of a configuration: 6 trials done, r=8 gets only seed 0 (the cap allows
     # one more), then the cap stops the sweep; r=8 was never evaluated: the recommendation is r=4, provisional.
@@ -217,14 +231,14 @@ CASES = [
         lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s),
         pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]) + [(8, "q,v", 0)],
         [
-            ("start", 1, "q,v"),
-            ("continue", 2, "q,v"),
-            ("continue", 4, "q,v"),
-            ("budget", None, None),
-            ("recommend", 4, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.CONTINUE, 2, "q,v"),
+            (Action.CONTINUE, 4, "q,v"),
+            (Action.BUDGET, None, None),
+            (Action.RECOMMEND, 4, "q,v"),
         ],
         (4, "q,v"),
-        "budget",
+        StopReason.BUDGET,
     ),
     # every seed of r=2 diverges (failed, no gain) and one seed of r=1 (n=1); r=4 equals r=1: no noise
     # estimate until r=4's pair, then no gain; plateau at r=1 after 2 doublings.
@@ -234,15 +248,15 @@ CASES = [
         lambda r, t, s: None if r == 2 or (r == 1 and s == 1) else 0.80 + small(s),
         pairs([(1, "q,v"), (2, "q,v"), (4, "q,v")]),
         [
-            ("start", 1, "q,v"),
-            ("failed", 2, "q,v"),
-            ("no-gain", 4, "q,v"),
-            ("plateau", 1, "q,v"),
-            ("no-escalation", 1, "q,v"),
-            ("recommend", 1, "q,v"),
+            (Action.START, 1, "q,v"),
+            (Action.FAILED, 2, "q,v"),
+            (Action.NO_GAIN, 4, "q,v"),
+            (Action.PLATEAU, 1, "q,v"),
+            (Action.NO_ESCALATION, 1, "q,v"),
+            (Action.RECOMMEND, 1, "q,v"),
         ],
         (1, "q,v"),
-        "plateau",
+        StopReason.PLATEAU,
     ),
 ]
 
@@ -274,7 +288,12 @@ def test_racing_bounds():
         se = sd * math.sqrt(1 / n1 + 1 / n2)
         gain = b.mean() - a.mean()
         looks += [gain, gain - t90(dof) * se, gain + t90(dof) * se]
-    got = [d.numbers[k] for d in p.decisions if d.action in ("more-seeds", "no-gain") for k in ("gain", "low", "high")]
+    got = [
+        d.numbers[k]
+        for d in p.decisions
+        if d.action in (Action.MORE_SEEDS, Action.NO_GAIN)
+        for k in ("gain", "low", "high")
+    ]
     assert got == pytest.approx(looks)
     # every look straddles [0, 1]: lower bound ≤ 0, upper bound ≥ tolerance
     assert all(low <= 0 and high >= 1 for low, high in zip(looks[1::3], looks[2::3]))
@@ -297,6 +316,286 @@ def test_equivalence_bound_of_the_recommendation():
     assert rec.numbers["best_mean"] == pytest.approx(85.2)
 
 
+def history(*runs):
+    """Outcomes of (r, targets, [value of seed 0, seed 1, …]) in that order, with the costs ``drive`` gives."""
+    return [
+        Outcome(r, t, seed, "ok", value, r * COSTS[t] + HEAD, 1e12, 60.0)
+        for r, t, values in runs
+        for seed, value in enumerate(values)
+    ]
+
+
+PAIR = "0.14 points (n=2)"  # every pair below is ±0.1 points around its mean: sd √0.02 = 0.1414
+POOLED = "from the seed s.d. 0.14 pooled over"  # ... the same sd for every pooled set of such pairs, SE 0.14
+SETTLE = (
+    # r=2 (82, 80, 82: 81.33 ± 1.15) vs r=1 (81, 79: 80.00 ± 1.41): pooled sd² (1·2 + 2·4/3)/3 = 1.5556, sd 1.25,
+    # SE 1.247·√(1/2 + 1/3) = 1.14, t(0.9, 3) = 1.638: 1.33 ∓ 1.86 = [-0.53, +3.20]; r=2 has more seeds
+    "r=2 on q,v vs r=1 on q,v undecided: gain +1.33, 90% bounds [-0.53, +3.20] from the seed s.d. 1.25 pooled over "
+    "3 d.f., SE 1.14; neither above 0 nor below sweep.tolerance=1: seed 3 of r=1 on q,v"
+)
+NO_BETTER = "no cheaper configuration is shown to be within sweep.tolerance=1 points of it"
+
+# (settings, history, every decision with its sentence), sentences worked out by hand: bounds gain ∓ t(0.9, d.f.)·SE
+# with t(0.9, ·) = 1.886 (2 d.f.), 1.638 (3), 1.533 (4), 1.476 (5), so ±0.27, ±0.23, ±0.22, ±0.21 for SE 0.1414
+SENTENCES = [
+    # rising 74 → 76 → 78: both gains clear 0; r=16 > escalate_max_r=8; r=8 is 2.00 behind r=16 (upper bound ≥ 1)
+    (
+        "rising",
+        {"ranks": [4, 8, 16]},
+        history((4, "q,v", [0.741, 0.739]), (8, "q,v", [0.761, 0.759]), (16, "q,v", [0.781, 0.779])),
+        [
+            (Action.START, Stage.RANK, 4, "q,v", f"first result: 74.00 ± {PAIR}"),
+            (
+                Action.CONTINUE,
+                Stage.RANK,
+                8,
+                "q,v",
+                f"76.00 ± {PAIR} vs r=4 on q,v 74.00 ± {PAIR}: gain +2.00, 90% bounds [+1.73, +2.27] {POOLED} 2 d.f., "
+                "SE 0.14; lower bound +1.73 > 0",
+            ),
+            (
+                Action.CONTINUE,
+                Stage.RANK,
+                16,
+                "q,v",
+                f"78.00 ± {PAIR} vs r=8 on q,v 76.00 ± {PAIR}: gain +2.00, 90% bounds [+1.77, +2.23] {POOLED} 3 d.f., "
+                "SE 0.14; lower bound +1.77 > 0",
+            ),
+            (
+                Action.RANKS_EXHAUSTED,
+                Stage.RANK,
+                16,
+                "q,v",
+                "sweep.ranks ended at r=16 before 2 rank doubling(s) without a significant gain",
+            ),
+            (
+                Action.NO_ESCALATION,
+                Stage.TARGETS,
+                16,
+                "q,v",
+                "the plateau rank 16 is above sweep.escalate_max_r=8: not a low rank, so no wider target sets are tried",
+            ),
+            (Action.RECOMMEND, Stage.FINAL, 16, "q,v", f"the best configuration (78.00 ± {PAIR}); {NO_BETTER}"),
+        ],
+    ),
+    # flat at 80: nothing gains (gain 0, upper bounds < 1); plateau at r=1 after 2 doublings, then 2 wider sets
+    (
+        "flat-escalation",
+        {},
+        history(
+            *[
+                (r, t, [0.801, 0.799])
+                for r, t in [(1, "q,v"), (2, "q,v"), (4, "q,v"), (1, "q,k,v,o"), (1, "all-linear")]
+            ]
+        ),
+        [
+            (Action.START, Stage.RANK, 1, "q,v", f"first result: 80.00 ± {PAIR}"),
+            (
+                Action.NO_GAIN,
+                Stage.RANK,
+                2,
+                "q,v",
+                f"80.00 ± {PAIR} vs r=1 on q,v 80.00 ± {PAIR}: gain +0.00, 90% bounds [-0.27, +0.27] {POOLED} 2 d.f., "
+                "SE 0.14; upper bound +0.27 < sweep.tolerance=1",
+            ),
+            (
+                Action.NO_GAIN,
+                Stage.RANK,
+                4,
+                "q,v",
+                f"80.00 ± {PAIR} vs r=1 on q,v 80.00 ± {PAIR}: gain +0.00, 90% bounds [-0.23, +0.23] {POOLED} 3 d.f., "
+                "SE 0.14; upper bound +0.23 < sweep.tolerance=1",
+            ),
+            (
+                Action.PLATEAU,
+                Stage.RANK,
+                1,
+                "q,v",
+                "2 rank doubling(s) past r=1 on q,v without a significant gain (sweep.patience=2); best so far: r=1 on q,v",
+            ),
+            (
+                Action.ESCALATE,
+                Stage.TARGETS,
+                1,
+                "q,v",
+                "r=1 is a low rank (≤ 8): trying more target matrices at r=1, cheapest first: q,k,v,o | all-linear",
+            ),
+            (
+                Action.NO_GAIN,
+                Stage.TARGETS,
+                1,
+                "q,k,v,o",
+                f"80.00 ± {PAIR} vs r=1 on q,v 80.00 ± {PAIR}: gain +0.00, 90% bounds [-0.22, +0.22] {POOLED} 4 d.f., "
+                "SE 0.14; upper bound +0.22 < sweep.tolerance=1",
+            ),
+            (
+                Action.NO_GAIN,
+                Stage.TARGETS,
+                1,
+                "all-linear",
+                f"80.00 ± {PAIR} vs r=1 on q,v 80.00 ± {PAIR}: gain +0.00, 90% bounds [-0.21, +0.21] {POOLED} 5 d.f., "
+                "SE 0.14; upper bound +0.21 < sweep.tolerance=1",
+            ),
+            (
+                Action.PLATEAU,
+                Stage.TARGETS,
+                1,
+                "q,v",
+                "2 wider target set(s) in a row past r=1 on q,v without a significant gain (sweep.patience=2); "
+                "best so far: r=1 on q,v",
+            ),
+            (Action.RECOMMEND, Stage.FINAL, 1, "q,v", f"the best configuration (80.00 ± {PAIR}); {NO_BETTER}"),
+        ],
+    ),
+    # r=2 is 0.2 ahead, not significantly: no gain, and r=1 (9,216 LoRA parameters fewer) is shown within 1 point
+    (
+        "cheaper-within-tolerance",
+        {"ranks": [1, 2], "target_sets": [["q", "v"]]},
+        history((1, "q,v", [0.801, 0.799]), (2, "q,v", [0.803, 0.801])),
+        [
+            (Action.START, Stage.RANK, 1, "q,v", f"first result: 80.00 ± {PAIR}"),
+            (
+                Action.NO_GAIN,
+                Stage.RANK,
+                2,
+                "q,v",
+                f"80.20 ± {PAIR} vs r=1 on q,v 80.00 ± {PAIR}: gain +0.20, 90% bounds [-0.07, +0.47] {POOLED} 2 d.f., "
+                "SE 0.14; upper bound +0.47 < sweep.tolerance=1",
+            ),
+            (
+                Action.RANKS_EXHAUSTED,
+                Stage.RANK,
+                1,
+                "q,v",
+                "sweep.ranks ended at r=2 before 2 rank doubling(s) without a significant gain",
+            ),
+            (
+                Action.NO_ESCALATION,
+                Stage.TARGETS,
+                1,
+                "q,v",
+                "sweep.target_sets holds no set that adapts more than the start targets",
+            ),
+            (
+                Action.RECOMMEND,
+                Stage.FINAL,
+                1,
+                "q,v",
+                "the cheapest configuration shown to be within sweep.tolerance=1 points of the best: r=2 on q,v is "
+                "ahead by 0.20 points (80.20 vs 80.00) with 9,216 more trainable parameters, and the upper bound of "
+                f"that gap is 0.47 < 1 (90% bounds [-0.07, +0.47] {POOLED} 2 d.f., SE 0.14)",
+            ),
+        ],
+    ),
+    # a race cut short by sweep.max_trials=5: r=2 vs r=1 at 2 seeds each (81 vs 80, sd 1.41, SE 1.41: 1 ∓ 2.67),
+    # then at 3 vs 2 (SETTLE); r=1's third seed would be trial 6; r=1 is not shown within 1 point of r=2
+    (
+        "race-cut-by-the-cap",
+        {"ranks": [1, 2], "target_sets": [["q", "v"]], "max_seeds": 3, "max_trials": 5},
+        history((1, "q,v", [0.81, 0.79]), (2, "q,v", [0.82, 0.80, 0.82])),
+        [
+            (Action.START, Stage.RANK, 1, "q,v", "first result: 80.00 ± 1.41 points (n=2)"),
+            (
+                Action.MORE_SEEDS,
+                Stage.RANK,
+                2,
+                "q,v",
+                "r=2 on q,v vs r=1 on q,v undecided: gain +1.00, 90% bounds [-1.67, +3.67] from the seed s.d. 1.41 "
+                "pooled over 2 d.f., SE 1.41; neither above 0 nor below sweep.tolerance=1: seed 3 of r=2 on q,v",
+            ),
+            (Action.MORE_SEEDS, Stage.RANK, 1, "q,v", SETTLE),
+            (
+                Action.BUDGET,
+                Stage.FINAL,
+                None,
+                None,
+                "compute cap reached (trials: 5 ≥ sweep.max_trials=5); stopping cleanly; cut off: the rank stage "
+                f"still needed r=1 on q,v seed(s) 2 to settle: {SETTLE}",
+            ),
+            (
+                Action.RECOMMEND,
+                Stage.FINAL,
+                2,
+                "q,v",
+                "provisional, the compute cap stopped the sweep before the procedure ended: the best configuration "
+                f"(81.33 ± 1.15 points (n=3)); {NO_BETTER}",
+            ),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("kw, outcomes, expected", [c[1:] for c in SENTENCES], ids=[c[0] for c in SENTENCES])
+def test_decisions_and_their_sentences(kw, outcomes, expected):
+    p = plan(settings(**kw), outcomes, COSTS)
+    assert [(d.action, d.stage, d.r, d.targets, d.reason) for d in p.decisions] == expected
+    for d, (action, stage, r, targets, reason) in zip(p.decisions, expected):
+        # stored in the study as JSON: plain text values and the sentence; read back, the same data and words
+        stored = json.loads(json.dumps(d.to_dict()))
+        assert (stored["action"], stored["stage"], stored["r"], stored["targets"]) == (
+            action.value,
+            stage.value,
+            r,
+            targets,
+        )
+        assert stored["reason"] == reason and d.line() == f"[{stage.value}] {action.value}" + (
+            f" r={r} {targets}: {reason}" if r is not None else f": {reason}"
+        )
+        back = Decision.from_dict(stored)
+        assert back == d and back.reason == reason and back.numbers == d.numbers
+        # a key a later release adds is ignored, at the top and in the detail
+        assert Decision.from_dict({**stored, "later": 1, "detail": {**stored["detail"], "later": 1}}) == d
+
+
+def test_actions_and_stages_are_stored_as_their_text():
+    assert [a.value for a in Action] == [
+        "start",
+        "continue",
+        "no-gain",
+        "more-seeds",
+        "failed",
+        "plateau",
+        "ranks-exhausted",
+        "escalate",
+        "no-escalation",
+        "widen",
+        "budget",
+        "recommend",
+        "grid",
+    ]
+    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final"]
+    assert [s.value for s in StopReason] == ["plateau", "no successful trial", "budget", "grid complete"]
+    assert f"{Action.MORE_SEEDS} {Stage.RANK}" == "more-seeds rank" and json.dumps([Action.NO_GAIN]) == '["no-gain"]'
+    # a stored text reads as the member (a trial's stored spec holds the stage as text)
+    assert Action("no-gain") is Action.NO_GAIN and TrialSpec(1, "q,v", 0, "rank").stage is Stage.RANK
+
+
+# a decision as the current release stores it: no detail
+OLD = {
+    "action": "no-gain",
+    "stage": "rank",
+    "r": 2,
+    "targets": "q,v",
+    "reason": "worded by an older release",
+    "numbers": {"gain": 0.2, "dof": 2},
+}
+
+
+def test_a_decision_stored_without_its_detail_still_loads_and_is_matched_on_its_data():
+    d = Decision.from_dict({**OLD, "later": 1})
+    assert (d.action, d.stage, d.r, d.targets, d.numbers) == (Action.NO_GAIN, Stage.RANK, 2, "q,v", OLD["numbers"])
+    assert d.line() == "[rank] no-gain r=2 q,v: worded by an older release"
+    assert d.to_dict() == OLD  # stored again as it was read
+    # the replayed decision it records: the same action, stage, configuration and numbers, other words
+    kw, outcomes, _ = SENTENCES[2][1:]
+    taken = plan(settings(**kw), outcomes, COSTS).decisions[1]
+    stored = {k: v for k, v in taken.to_dict().items() if k != "detail"}
+    assert taken.matches(Decision.from_dict({**stored, "reason": "reworded"}))
+    assert not taken.matches(Decision.from_dict({**stored, "r": 4}))
+    assert not taken.matches(Decision.from_dict({**stored, "numbers": {**stored["numbers"], "gain": 0.3}}))
+    assert not taken.matches(d)
+
+
 def test_budget_says_what_it_cut_off_and_the_answer_is_provisional():
     _, p = drive(settings(max_trials=7), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
     budget, rec = p.decisions[-2:]
@@ -317,7 +616,7 @@ def test_budget_says_what_it_cut_off_and_the_answer_is_provisional():
 def test_flops_and_time_caps(cap, expect):
     trials, p = drive(settings(**cap), lambda r, t, s: 0.70 + 0.02 * math.log2(r) + small(s))
     assert len(trials) == 5
-    assert p.decisions[-2].action == "budget" and expect in p.decisions[-2].reason
+    assert p.decisions[-2].action == Action.BUDGET and expect in p.decisions[-2].reason
 
 
 def test_runnable_holds_every_missing_seed_of_the_step():
@@ -337,7 +636,7 @@ def test_replaying_a_longer_history_keeps_every_earlier_decision():
 
     s = settings(ranks=[1, 2, 4, 8], max_seeds=4)
     trials, final = drive(s, metric)
-    assert any(d.action == "more-seeds" for d in final.decisions)
+    assert any(d.action == Action.MORE_SEEDS for d in final.decisions)
     history = [Outcome(r, t, sd, "ok", metric(r, t, sd), r * COSTS[t] + HEAD, 1e12, 60.0) for r, t, sd in trials]
     for cut in range(len(history)):
         partial = plan(s, history[:cut], COSTS)
@@ -362,7 +661,7 @@ def test_grid_runs_every_configuration_once_cheapest_targets_first():
     s = settings(mode="grid", ranks=[1, 4], target_sets=[["q", "v"], ["q"]], seeds=[0])
     trials, p = drive(s, lambda r, t, seed: 0.8 + 0.001 * r)
     assert trials == [(1, "q", 0), (4, "q", 0), (1, "q,v", 0), (4, "q,v", 0)]
-    assert p.decisions[-1].action == "recommend" and p.stop_reason == "grid complete"
+    assert p.decisions[-1].action == Action.RECOMMEND and p.stop_reason == StopReason.GRID_COMPLETE
 
 
 def test_seed_sequence():

@@ -26,7 +26,7 @@ FIXTURE = Path(__file__).parent / "data" / "study-0.1.0"
 def _sample(name: str, hint: str):
     """A value of the field ``name`` unlike its default, of its declared type."""
     if name == "status":
-        return Status.diverged
+        return Status.DIVERGED
     if "Dict" in hint:
         return {f"{name}-key": 0.5}
     if "List" in hint:
@@ -41,7 +41,7 @@ def _sample(name: str, hint: str):
 def full_record() -> TrialResult:
     """A record whose every field holds a value other than its default."""
     values = {f.name: _sample(f.name, str(f.type)) for f in fields(TrialResult)}
-    return TrialResult(**{**values, "r": 4, "seed": 2, "targets": ["q", "v"], "status": Status.ok})
+    return TrialResult(**{**values, "r": 4, "seed": 2, "targets": ["q", "v"], "status": Status.OK})
 
 
 def test_every_field_has_a_default_and_a_comment_in_the_source():
@@ -67,7 +67,7 @@ def test_reader_tolerates_old_and_future_files():
     it lacks takes its default; a status outside ok/diverged/failed is refused."""
     old = json.loads((FIXTURE / "trials" / "r1-q-v-seed0" / "metrics.json").read_text())
     record = TrialResult.from_dict({**old, "from_the_future": 1})
-    assert (record.r, record.targets, record.seed, record.status) == (1, ["q", "v"], 0, Status.ok)
+    assert (record.r, record.targets, record.seed, record.status) == (1, ["q", "v"], 0, Status.OK)
     assert record.objective_value == old["objective_value"] and record.train_flops == old["train_flops"]
     assert TrialResult.from_dict({k: v for k, v in old.items() if k != "peak_mem_mb"}).peak_mem_mb is None
     with pytest.raises(ValueError, match="'crashed' is not a valid Status"):
@@ -93,7 +93,7 @@ def test_the_study_holds_the_fields_marked_study_and_reads_them_back():
 
 def test_empty_values_are_not_stored():
     """A crashed trial stores its status and reason only: no null or empty attributes."""
-    crashed = TrialResult(r=1, targets=["q"], seed=0, status=Status.failed, reason="OSError: disk full")
+    crashed = TrialResult(r=1, targets=["q"], seed=0, status=Status.FAILED, reason="OSError: disk full")
     assert result_attrs(crashed) == {"status": "failed", "reason": "OSError: disk full"}
 
 
@@ -112,17 +112,17 @@ def test_empty_values_are_not_stored():
                 train_seconds=10.0,
                 eval_seconds=1.5,
             ),
-            Outcome(8, "q,v", 1, Status.ok, 0.8, 9, 2e9, 11.5),
+            Outcome(8, "q,v", 1, Status.OK, 0.8, 9, 2e9, 11.5),
         ),
         # a diverged trial is a measurement without a value, whatever objective it stored
         (
-            TrialResult(r=2, targets=["all-linear"], seed=0, status=Status.diverged, objective_value=0.5),
-            Outcome(2, "all-linear", 0, Status.diverged, None, 0, 0.0, 0.0),
+            TrialResult(r=2, targets=["all-linear"], seed=0, status=Status.DIVERGED, objective_value=0.5),
+            Outcome(2, "all-linear", 0, Status.DIVERGED, None, 0, 0.0, 0.0),
         ),
         # a crash
         (
-            TrialResult(r=1, targets=["q", "k", "v", "o"], seed=3, status=Status.failed, reason="x"),
-            Outcome(1, "q,k,v,o", 3, Status.failed, None, 0, 0.0, 0.0),
+            TrialResult(r=1, targets=["q", "k", "v", "o"], seed=3, status=Status.FAILED, reason="x"),
+            Outcome(1, "q,k,v,o", 3, Status.FAILED, None, 0, 0.0, 0.0),
         ),
     ],
 )
