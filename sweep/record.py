@@ -114,6 +114,9 @@ class TrialResult:
     padded_tokens: Optional[int] = _kept()
     #: training examples per second of training, n_train · epochs_run / train_seconds
     train_examples_per_s: Optional[float] = _kept()
+    #: non-padding training tokens per second of training, train_tokens / train_seconds (derived here
+    #: when absent, so records of every version have it)
+    train_tokens_per_s: Optional[float] = _kept(study=True, csv=True)
     # --- where and how ---
     #: the torch device (``cpu``, ``cuda:0``)
     device: Optional[str] = _kept()
@@ -133,6 +136,8 @@ class TrialResult:
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
+        if self.train_tokens_per_s is None and self.train_tokens and self.train_seconds:
+            self.train_tokens_per_s = self.train_tokens / self.train_seconds
 
     def outcome(self) -> Outcome:
         """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial,

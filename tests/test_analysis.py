@@ -20,6 +20,7 @@ from analysis import decisions_frame, figures, recommendation, study_info, summa
 from analysis.__main__ import main as analysis_main
 from sweep.decide import Action, plan
 from sweep.errors import UserError
+from sweep.record import record_fields
 from sweep.study import load_study, outcomes
 
 FILES = [
@@ -30,6 +31,8 @@ FILES = [
     "plots/progression.png",
     "report.md",
 ]
+#: trials.csv: the configuration, the record's csv fields (their list is pinned in test_record.py), the
+#: task's metrics at the best epoch, the objective and the reason
 TRIAL_COLUMNS = [
     "number",
     "state",
@@ -38,19 +41,7 @@ TRIAL_COLUMNS = [
     "r",
     "targets",
     "seed",
-    "lora_alpha",
-    "scaling",
-    "lora_params",
-    "head_params",
-    "trainable_params",
-    "total_params",
-    "trainable_pct",
-    "train_flops",
-    "eval_flops",
-    "train_seconds",
-    "eval_seconds",
-    "peak_mem_mb",
-    "best_epoch",
+    *record_fields("csv"),
     "accuracy",
     "f1",
     "objective",

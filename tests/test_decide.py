@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from fakes import MINILM_COSTS as COSTS
 from scipy import stats
 
 from sweep.cli import defaults
@@ -31,15 +32,6 @@ from sweep.decide import (
     stats_of,
 )
 
-# LoRA parameters per unit of rank (Σ(d+k) per target set) for MiniLM (6 layers, d_model 384, d_ff 1536):
-# q and v are 384×384 → 768 each
-COSTS = {
-    "q": 6 * 768,
-    "v": 6 * 768,
-    "q,v": 6 * 2 * 768,
-    "q,k,v,o": 6 * 4 * 768,
-    "all-linear": 6 * (4 * 768 + 2 * (384 + 1536)),
-}
 HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
 
 

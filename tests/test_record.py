@@ -130,6 +130,40 @@ def test_outcome_is_what_the_decisions_see(record, expected):
     assert record.outcome() == expected
 
 
+def test_the_csv_and_study_fields():
+    """What trials.csv shows after the configuration columns (a field marked csv is one more column)."""
+    assert record_fields("csv") == [
+        "lora_alpha",
+        "scaling",
+        "lora_params",
+        "head_params",
+        "trainable_params",
+        "total_params",
+        "trainable_pct",
+        "train_flops",
+        "eval_flops",
+        "train_seconds",
+        "eval_seconds",
+        "peak_mem_mb",
+        "best_epoch",
+        "train_tokens_per_s",
+    ]
+    assert set(record_fields("csv")) - {"best_epoch"} < set(record_fields("study"))
+    assert {"status", "reason", "reused_from", "objective_value", "best", "majority_baseline"} < set(
+        record_fields("study")
+    )
+
+
+def test_tokens_per_second_is_derived_when_absent():
+    """1,000 tokens in 4 s: 250 tokens/s; a stored value wins; no tokens or no time: none."""
+    assert TrialResult(train_tokens=1_000, train_seconds=4.0).train_tokens_per_s == 250.0
+    assert TrialResult(train_tokens=1_000, train_seconds=4.0, train_tokens_per_s=7.0).train_tokens_per_s == 7.0
+    assert TrialResult(train_tokens=1_000).train_tokens_per_s is None
+    old = json.loads((FIXTURE / "trials" / "r1-q-v-seed0" / "metrics.json").read_text())
+    assert "train_tokens_per_s" not in old  # release 0.1.0 did not write it
+    assert TrialResult.from_dict(old).train_tokens_per_s == old["train_tokens"] / old["train_seconds"]
+
+
 def test_trials_csv_has_every_csv_field_in_order(tmp_path):
     runs = [trial(1, "q,v", 0, 0.80, "rank"), trial(1, "q,v", 1, 0.82, "rank")]
     url = make_study(tmp_path, small_settings(), runs, sweep_ended=False)

@@ -262,7 +262,7 @@ OLD_STATE_KEYS = [
     "status",
     "reason",
 ]
-VOLATILE = {"train_seconds", "eval_seconds", "train_examples_per_s", "peak_mem_mb"}  # timing, not results
+VOLATILE = {"train_seconds", "eval_seconds", "train_examples_per_s", "train_tokens_per_s", "peak_mem_mb"}  # timing
 
 
 class Stop(Exception):
