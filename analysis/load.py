@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 
 from sweep.config import SweepSettings
-from sweep.decide import Action, ConfigKey, Decision, Outcome, plan
+from sweep.decide import Outcome, plan
+from sweep.decision import Action, ConfigKey, Decision
 from sweep.errors import UserError
 from sweep.record import TrialResult, record_fields
 from sweep.study import numbered_results, settings_of

@@ -21,7 +21,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLoc
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.load import StudyInfo, decisions_frame
-from sweep.decide import Action
+from sweep.decision import Action
 from sweep.metrics import REGRESSION_METRICS
 
 DPI = 200

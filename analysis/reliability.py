@@ -12,7 +12,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from analysis.simulate import NARROW_OFFSET, SEED, Scenario, calibrate_cell
 from sweep.config import SweepSettings, targets_key
-from sweep.decide import ConfigKey, Outcome, Stats, aggregate, detectable_gain, pooled_sd, seed_sequence
+from sweep.decide import Outcome, aggregate, seed_sequence
+from sweep.decision import ConfigKey
+from sweep.stats import Stats, detectable_gain, pooled_sd
 
 #: simulated sweeps behind a report's P(regret ≤ tolerance)
 REPS = 200
@@ -56,7 +58,7 @@ class Reliability:
         sigma: seed s.d. pooled over the study's configurations (points); dof: its degrees of freedom.
         seeds: the most seeds a configuration can get (``max_seeds``, or the seeds of a grid).
         detectable_gain: smallest gain (points) whose lower bound clears 0 with ``seeds`` seeds on each
-            side at ``sweep.confidence`` (``sweep.decide.detectable_gain``).
+            side at ``sweep.confidence`` (``sweep.stats.detectable_gain``).
         tolerance: ``sweep.tolerance`` (points).
         p_within_tolerance: calibrated P(regret ≤ tolerance) of the procedure on the study's observed
             curve at ``sigma`` (``reps`` simulated sweeps); None without ``params_per_rank``. ``make

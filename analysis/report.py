@@ -20,7 +20,7 @@ from analysis.plots import baseline_name, figures, metric_name, save_figure, tas
 from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
-from sweep.decide import Action, ConfigKey, StopReason
+from sweep.decision import Action, ConfigKey, StopReason
 from sweep.errors import UserError
 from sweep.study import load_study
 

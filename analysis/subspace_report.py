@@ -39,7 +39,7 @@ from analysis.subspace import (
     similarity_grid,
 )
 from analysis.subspace_plots import similarity_heatmaps
-from sweep.decide import ConfigKey
+from sweep.decision import ConfigKey
 
 #: family-wise error rate of the test that counts a direction as shared (Bonferroni over a subspace's r)
 ALPHA = 0.05

@@ -19,7 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from analysis.load import StudyInfo
-from sweep.decide import Action, ConfigKey, ConfigResults, Decision, aggregate, recommend, seed_sequence
+from sweep.decide import ConfigResults, aggregate, recommend, seed_sequence
+from sweep.decision import Action, ConfigKey, Decision
 
 #: columns of summary.csv, in order
 COLUMNS = (

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from sweep.config import SweepSettings
-from sweep.decide import TrialSpec
+from sweep.decision import TrialSpec
 
 Key = Tuple[int, str, int]  # (r, targets key, seed)
 #: tries to open a database server's storage while other workers create Optuna's tables in it

@@ -26,7 +26,8 @@ from omegaconf import OmegaConf
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data
-from sweep.decide import Plan, Status, StopReason, TrialSpec, plan
+from sweep.decide import Plan, Status, plan
+from sweep.decision import StopReason, TrialSpec
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult

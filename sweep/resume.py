@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from sweep.config import Config
-from sweep.decide import Status, TrialSpec
+from sweep.decide import Status
+from sweep.decision import TrialSpec
 from sweep.errors import UserError
 from sweep.record import TrialResult, read_result, write_result
 

@@ -18,7 +18,8 @@ from fakes import small_settings as settings
 
 from analysis import decisions_frame, figures, recommendation, study_info, summary_frame, trials_frame, write_reports
 from analysis.__main__ import main as analysis_main
-from sweep.decide import Action, plan
+from sweep.decide import plan
+from sweep.decision import Action
 from sweep.errors import UserError
 from sweep.record import record_fields
 from sweep.study import load_study, outcomes

@@ -231,7 +231,7 @@ def test_choices_are_plain_strings_where_saved_and_fingerprinted(overrides, key,
 
 def test_choice_names_are_their_values():
     """OmegaConf reads an override by member name and writes the name: both must be the value. Only the
-    config's choices (``sweep.config``) go through OmegaConf: the decisions' (``sweep.decide.Action``, whose
+    config's choices (``sweep.config``) go through OmegaConf: the decisions' (``sweep.decision.Action``, whose
     values such as ``more-seeds`` are no identifiers) are left out."""
     for cls in [c for c in Choice.__subclasses__() if c.__module__ == "sweep.config"]:
         assert [m.name for m in cls] == [m.value for m in cls] and len(cls) >= 2

@@ -17,20 +17,9 @@ from scipy import stats
 
 from sweep.cli import defaults
 from sweep.config import SweepSettings
-from sweep.decide import (
-    Action,
-    Decision,
-    Outcome,
-    Stage,
-    Stats,
-    StopReason,
-    TrialSpec,
-    aggregate,
-    plan,
-    pooled_sd,
-    seed_sequence,
-    stats_of,
-)
+from sweep.decide import Outcome, aggregate, plan, seed_sequence
+from sweep.decision import Action, Decision, Stage, StopReason, TrialSpec
+from sweep.stats import Stats, pooled_sd, stats_of
 
 HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
 

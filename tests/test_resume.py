@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from sweep import driver
 from sweep.cli import compose
-from sweep.decide import TrialSpec
+from sweep.decision import TrialSpec
 from sweep.errors import UserError
 from sweep.record import TrialResult
 from sweep.resume import finished_result, orphans

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from sweep import claims
 from sweep.cli import defaults
-from sweep.decide import TrialSpec
+from sweep.decision import TrialSpec
 from sweep.resume import sweep_lock
 from sweep.study import outcomes
 

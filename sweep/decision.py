@@ -1,0 +1,504 @@
+"""A decision as data (what the sweep's procedure, ``sweep/decide.py``, decides) and its sentence.
+
+Decisions are data, sentences are views: a ``Decision`` holds its ``Action``, ``Stage``, configuration
+and a typed detail (the statistics, the comparison, the settings it quotes; ``DETAILS`` says which per
+action); its sentence is rendered by ``render`` alone and never compared (``Decision.matches`` compares
+the data). ``Decision.to_dict`` / ``Decision.from_dict`` store and read it, older stored forms included.
+``TrialSpec`` is a trial the procedure asks for (a budget decision lists the ones it cut off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import (
+    Dict,
+    Mapping,
+    Optional,
+    Tuple,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+from sweep.config import Choice
+from sweep.stats import Comparison, Stats
+
+#: one configuration of the search space: (r, targets key such as "q,v"); a key, not ``sweep.config.Config``
+ConfigKey = Tuple[int, str]
+
+
+class Action(Choice):
+    """What a decision does; the values are the stored text (names differ: ``continue`` is a keyword)."""
+
+    START = "start"  # the first result: the best so far
+    CONTINUE = "continue"  # a higher rank gained: it is the best so far
+    NO_GAIN = "no-gain"  # the candidate does not gain on the best so far
+    MORE_SEEDS = "more-seeds"  # a comparison is undecided: one more seed of one side
+    FAILED = "failed"  # every seed diverged: counts as no gain
+    PLATEAU = "plateau"  # ``patience`` steps past the best without a gain
+    RANKS_EXHAUSTED = "ranks-exhausted"  # ``sweep.ranks`` ended before a plateau
+    ESCALATE = "escalate"  # the plateau rank is low: wider target sets are tried
+    NO_ESCALATION = "no-escalation"  # no wider target set is tried
+    WIDEN = "widen"  # a wider target set gained: it is the best so far
+    BUDGET = "budget"  # the compute cap stopped the sweep
+    RECOMMEND = "recommend"  # the answer
+    GRID = "grid"  # every grid point is done
+
+
+class Stage(Choice):
+    """The stage of the procedure that takes a decision or asks for a trial."""
+
+    RANK = "rank"
+    TARGETS = "targets"
+    GRID = "grid"
+    FINAL = "final"
+
+
+class StopReason(Choice):
+    """Why a sweep is over (``Plan.stop_reason``, the study's ``stop_reason``)."""
+
+    PLATEAU = "plateau"
+    NO_SUCCESS = "no successful trial"
+    BUDGET = "budget"
+    GRID_COMPLETE = "grid complete"
+
+
+class RaceEnd(Choice):
+    """How a race ended: B gains (lower bound > 0), does not (upper bound < tolerance), or is still
+    undecided when both sides have ``max_seeds`` seeds (no gain)."""
+
+    GAIN = "gain"
+    NO_GAIN = "no-gain"
+    SEED_LIMIT = "seed-limit"
+
+
+class Cap(Choice):
+    """Which compute cap stopped the sweep: the name of its setting."""
+
+    MAX_TRIALS = "max_trials"
+    MAX_TRAIN_FLOPS = "max_train_flops"
+    MAX_HOURS = "max_hours"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial to run next: the configuration, the seed, and the stage that asked for it (a ``Stage``;
+    its text, as a study stores it, is read as one)."""
+
+    r: int
+    targets: str
+    seed: int
+    stage: Stage
+
+    def __post_init__(self):
+        object.__setattr__(self, "stage", Stage(self.stage))
+
+
+class _Detail:
+    """A decision's detail: what its sentence quotes, as data (the classes below, one per kind of decision).
+    Settings are copied in (tolerance, patience, …): a stored decision renders alone, whatever settings a
+    later run has."""
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        """The numbers behind the sentence, by name; none unless a detail says otherwise."""
+        return {}
+
+
+@dataclass(frozen=True)
+class FirstResult(_Detail):
+    """``start``: the statistics of the first configuration with a result."""
+
+    stats: Stats
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"mean": self.stats.mean, **({"sd": self.stats.sd} if self.stats.sd is not None else {})}
+
+
+@dataclass(frozen=True)
+class AllDiverged(_Detail):
+    """``failed``: every seed of the configuration diverged."""
+
+
+@dataclass(frozen=True)
+class Undecided(_Detail):
+    """``more-seeds``: the comparison of candidate ``cfg`` with the best so far ``ref`` is undecided at
+    ``sweep.confidence`` and ``sweep.tolerance``; the decision's configuration gets its ``seed``-th seed."""
+
+    cfg: ConfigKey
+    ref: ConfigKey
+    comparison: Comparison
+    confidence: float
+    tolerance: float
+    seed: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return _numbers(self.comparison)
+
+
+@dataclass(frozen=True)
+class Verdict(_Detail):
+    """``continue``, ``widen``, ``no-gain``: the decision's configuration (``stats``) against the best so far
+    ``ref`` (``ref_stats``) once the race ended (``end``; ``max_seeds`` is the seed limit)."""
+
+    ref: ConfigKey
+    ref_stats: Stats
+    stats: Stats
+    comparison: Comparison
+    confidence: float
+    tolerance: float
+    end: RaceEnd
+    max_seeds: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return _numbers(self.comparison)
+
+
+@dataclass(frozen=True)
+class Plateau(_Detail):
+    """``plateau`` of the best so far (the decision's configuration): ``past`` rank doublings (rank
+    stage) or wider target sets in a row (targets stage) without a gain reached ``sweep.patience``."""
+
+    past: float
+    patience: int
+
+
+@dataclass(frozen=True)
+class RanksExhausted(_Detail):
+    """``ranks-exhausted``: ``sweep.ranks`` ended at ``last_rank`` before ``patience`` doublings without a gain."""
+
+    last_rank: int
+    patience: int
+
+
+@dataclass(frozen=True)
+class NoEscalation(_Detail):
+    """``no-escalation``: the plateau rank (the decision's r) is above ``sweep.escalate_max_r``
+    (``above``), or else ``sweep.target_sets`` holds no set wider than the start targets."""
+
+    above: bool
+    escalate_max_r: int
+
+
+@dataclass(frozen=True)
+class Escalation(_Detail):
+    """``escalate``: the plateau rank (the decision's r) is at most ``escalate_max_r``; ``lora_params``: the
+    wider target sets to try, cheapest first, and their LoRA parameters at that rank."""
+
+    escalate_max_r: int
+    lora_params: Dict[str, int]
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {f"lora_params[{t}]": n for t, n in self.lora_params.items()}
+
+
+@dataclass(frozen=True)
+class CapReached(_Detail):
+    """``budget``: ``cap`` reached its ``limit`` after ``trials`` trials, ``train_flops`` training FLOPs and
+    ``seconds`` trial seconds; ``needed``: the trials the procedure still needed; ``settling``: the
+    ``more-seeds`` decision those trials were to settle, if it was the last one."""
+
+    cap: Cap
+    limit: float
+    trials: int
+    train_flops: float
+    seconds: float
+    needed: Tuple[TrialSpec, ...]
+    settling: Optional[Decision] = None
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"trials": self.trials, "train_flops": self.train_flops, "seconds": self.seconds}
+
+
+@dataclass(frozen=True)
+class Recommendation(_Detail):
+    """``recommend``: the pick (the decision's configuration: ``stats``, ``params`` trainable parameters)
+    and the best configuration tried (``best``, ``best_stats``, ``best_params``); ``comparison`` of the
+    best against the pick, None when the pick is the best (no cheaper one is shown within ``tolerance``);
+    ``provisional`` when the compute cap stopped the sweep first."""
+
+    tolerance: float
+    confidence: float
+    best: ConfigKey
+    best_stats: Stats
+    best_params: int
+    stats: Stats
+    params: int
+    comparison: Optional[Comparison] = None
+    provisional: bool = False
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        if self.comparison is None:
+            return {"mean": self.best_stats.mean, "trainable_params": self.best_params}
+        return {
+            "mean": self.stats.mean,
+            "best_mean": self.best_stats.mean,
+            "trainable_params": self.params,
+            "best_trainable_params": self.best_params,
+            **_numbers(self.comparison),
+        }
+
+
+@dataclass(frozen=True)
+class GridDone(_Detail):
+    """``grid``: every one of ``configurations`` configurations has its ``seeds`` seeds."""
+
+    configurations: int
+    seeds: int
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"configurations": self.configurations}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A decision read from a study stored before decisions kept their detail: its stored sentence and
+    numbers are all there is."""
+
+    reason: str
+    numbers: Dict[str, float] = field(default_factory=dict)
+
+
+Detail = Union[
+    FirstResult,
+    AllDiverged,
+    Undecided,
+    Verdict,
+    Plateau,
+    RanksExhausted,
+    NoEscalation,
+    Escalation,
+    CapReached,
+    Recommendation,
+    GridDone,
+    Recorded,
+]
+
+
+#: the detail each action carries (``Decision.from_dict`` reads it back by the action)
+DETAILS = {
+    Action.START: FirstResult,
+    Action.FAILED: AllDiverged,
+    Action.MORE_SEEDS: Undecided,
+    Action.CONTINUE: Verdict,
+    Action.WIDEN: Verdict,
+    Action.NO_GAIN: Verdict,
+    Action.PLATEAU: Plateau,
+    Action.RANKS_EXHAUSTED: RanksExhausted,
+    Action.NO_ESCALATION: NoEscalation,
+    Action.ESCALATE: Escalation,
+    Action.BUDGET: CapReached,
+    Action.RECOMMEND: Recommendation,
+    Action.GRID: GridDone,
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: its ``action``, the ``stage`` that took it, the configuration it is about (``r``,
+    ``targets``; None for the whole sweep) and its ``detail`` (``DETAILS``). Its one-sentence ``reason``
+    and the ``numbers`` behind it are read from the detail. Two decisions are equal when their data are."""
+
+    action: Action
+    stage: Stage
+    r: Optional[int]
+    targets: Optional[str]
+    detail: Detail
+
+    @property
+    def reason(self) -> str:
+        """The sentence (``render``)."""
+        return render(self)
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        """The numbers behind the sentence, by name (points, counts, FLOPs, seconds)."""
+        return self.detail.numbers
+
+    def line(self) -> str:
+        """The decision as one log line."""
+        where = f" r={self.r} {self.targets}" if self.r is not None else ""
+        return f"[{self.stage}] {self.action}{where}: {self.reason}"
+
+    def matches(self, stored: Decision) -> bool:
+        """Whether ``stored`` (read back from a study) records this decision: the same data, never the same
+        words. A decision stored without its detail is compared on what it kept: action, stage,
+        configuration and numbers."""
+        if isinstance(stored.detail, Recorded):
+            head = (self.action, self.stage, self.r, self.targets, self.numbers)
+            return head == (stored.action, stored.stage, stored.r, stored.targets, stored.numbers)
+        return self == stored
+
+    def to_dict(self) -> dict:
+        """The stored form: ``action``, ``stage``, ``r``, ``targets``, ``reason`` (the sentence, for people
+        and for readers that predate the detail), ``numbers`` and ``detail`` (its fields; absent for a
+        ``Recorded`` decision, which is stored as it was read)."""
+        stored = {
+            "action": self.action,
+            "stage": self.stage,
+            "r": self.r,
+            "targets": self.targets,
+            "reason": self.reason,
+            "numbers": self.numbers,
+        }
+        return stored if isinstance(self.detail, Recorded) else {**stored, "detail": asdict(self.detail)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Decision:
+        """The inverse of ``to_dict``, tolerant: a dict without ``detail`` (stored before decisions kept one:
+        action, stage, r, targets, reason, numbers) reads as a ``Recorded`` decision; unknown keys are
+        ignored, here and in the detail.
+
+        Raises:
+            ValueError: ``action`` or ``stage`` is not one of ``Action`` / ``Stage``.
+        """
+        action = Action(d["action"])
+        if d.get("detail") is not None:
+            detail = _typed(DETAILS[action], d["detail"])
+        else:
+            detail = Recorded(d.get("reason") or "", dict(d.get("numbers") or {}))
+        return cls(action, Stage(d["stage"]), d.get("r"), d.get("targets"), detail)
+
+
+def _typed(hint, value):
+    """``value`` as JSON gives it back (lists, dicts, text), rebuilt as the type ``hint``: dataclasses field by
+    field (unknown keys ignored), ``Decision`` by ``from_dict``, enums, tuples, Optional; others as they are."""
+    if value is None:
+        return None
+    if get_origin(hint) is Union:  # Optional[X]
+        return _typed(next(a for a in get_args(hint) if a is not type(None)), value)
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_typed(k, v) for k, v in zip(kinds, value))
+    if hint is Decision:
+        return Decision.from_dict(value)
+    if dataclasses.is_dataclass(hint):
+        hints = get_type_hints(hint)
+        return hint(
+            **{f.name: _typed(hints[f.name], value[f.name]) for f in dataclasses.fields(hint) if f.name in value}
+        )
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return hint(value)
+    return value
+
+
+def _bounds_text(c: Comparison, confidence: float) -> str:
+    if c.se is None:
+        return "no seed-noise estimate yet (no configuration has two ok seeds)"
+    return (
+        f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
+        f"over {c.dof} d.f., SE {c.se:.2f}"
+    )
+
+
+def _numbers(c: Comparison) -> Dict[str, float]:
+    extra = {"se": c.se, "low": c.low, "high": c.high, "sd": c.sd, "dof": c.dof} if c.se is not None else {}
+    return {"gain": c.gain, **extra}
+
+
+def _fmt(cfg: ConfigKey) -> str:
+    return f"r={cfg[0]} on {cfg[1]}"
+
+
+def _stats_text(s: Stats) -> str:
+    return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
+
+
+def _race_text(x: Verdict) -> str:
+    c = x.comparison
+    if x.end == RaceEnd.GAIN:
+        return f"lower bound {c.low:+.2f} > 0"
+    if x.end == RaceEnd.NO_GAIN:
+        return f"upper bound {c.high:+.2f} < sweep.tolerance={x.tolerance:g}"
+    return f"undecided at the seed limit (sweep.max_seeds={x.max_seeds}): not a significant gain"
+
+
+def _cap_text(x: CapReached) -> str:
+    if x.cap == Cap.MAX_TRIALS:
+        why = f"trials: {x.trials} ≥ sweep.max_trials={x.limit}"
+    elif x.cap == Cap.MAX_TRAIN_FLOPS:
+        why = f"training FLOPs: {x.train_flops:.3e} ≥ sweep.max_train_flops={x.limit:.3e}"
+    else:
+        why = f"trial hours: {x.seconds / 3600:.2f} ≥ sweep.max_hours={x.limit:g}"
+    cut = "; ".join(
+        f"{_fmt(cfg)} seed(s) {', '.join(str(t.seed) for t in x.needed if (t.r, t.targets) == cfg)}"
+        for cfg in dict.fromkeys((t.r, t.targets) for t in x.needed)
+    )
+    during = f" to settle: {x.settling.reason}" if x.settling is not None else ""
+    return f"compute cap reached ({why}); stopping cleanly; cut off: the {x.needed[0].stage} stage still needed {cut}{during}"
+
+
+def _recommendation_text(x: Recommendation) -> str:
+    tol, c = x.tolerance, x.comparison
+    if c is None:
+        why = (
+            f"the best configuration ({_stats_text(x.best_stats)}); no cheaper configuration is shown to be "
+            f"within sweep.tolerance={tol:g} points of it"
+        )
+    else:
+        why = (
+            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
+            f"{_fmt(x.best)} is ahead by {c.gain:.2f} points ({x.best_stats.mean:.2f} vs {x.stats.mean:.2f}) "
+            f"with {x.best_params - x.params:,} more trainable parameters, and the upper bound "
+            f"of that gap is {c.high:.2f} < {tol:g} ({_bounds_text(c, x.confidence)})"
+        )
+    return f"provisional, the compute cap stopped the sweep before the procedure ended: {why}" if x.provisional else why
+
+
+def render(d: Decision) -> str:
+    """A decision's one sentence, from its data alone: the one place decisions are put into words (a
+    ``Recorded`` decision keeps the sentence it was stored with)."""
+    x, cfg = d.detail, (d.r, d.targets)
+    if isinstance(x, Recorded):
+        return x.reason
+    if isinstance(x, FirstResult):
+        return f"first result: {_stats_text(x.stats)}"
+    if isinstance(x, AllDiverged):
+        return "every seed diverged: not comparable, counts as no gain"
+    if isinstance(x, Undecided):
+        return (
+            f"{_fmt(x.cfg)} vs {_fmt(x.ref)} undecided: gain {x.comparison.gain:+.2f}, "
+            f"{_bounds_text(x.comparison, x.confidence)}; neither above 0 nor below "
+            f"sweep.tolerance={x.tolerance:g}: seed {x.seed} of {_fmt(cfg)}"
+        )
+    if isinstance(x, Verdict):
+        return (
+            f"{_stats_text(x.stats)} vs {_fmt(x.ref)} {_stats_text(x.ref_stats)}: gain {x.comparison.gain:+.2f}, "
+            f"{_bounds_text(x.comparison, x.confidence)}; {_race_text(x)}"
+        )
+    if isinstance(x, Plateau):
+        unit = "rank doubling(s)" if d.stage == Stage.RANK else "wider target set(s) in a row"
+        return (
+            f"{x.past:g} {unit} past {_fmt(cfg)} without a significant gain (sweep.patience={x.patience}); "
+            f"best so far: {_fmt(cfg)}"
+        )
+    if isinstance(x, RanksExhausted):
+        return f"sweep.ranks ended at r={x.last_rank} before {x.patience} rank doubling(s) without a significant gain"
+    if isinstance(x, NoEscalation):
+        if not x.above:
+            return "sweep.target_sets holds no set that adapts more than the start targets"
+        return (
+            f"the plateau rank {d.r} is above sweep.escalate_max_r={x.escalate_max_r}: "
+            "not a low rank, so no wider target sets are tried"
+        )
+    if isinstance(x, Escalation):
+        return (
+            f"r={d.r} is a low rank (≤ {x.escalate_max_r}): trying more target matrices at "
+            f"r={d.r}, cheapest first: {' | '.join(x.lora_params)}"
+        )
+    if isinstance(x, CapReached):
+        return _cap_text(x)
+    if isinstance(x, Recommendation):
+        return _recommendation_text(x)
+    return f"all {x.configurations} configurations × {x.seeds} seed(s) are done"

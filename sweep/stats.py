@@ -1,0 +1,99 @@
+"""The statistics of the decisions: a configuration's objective over seeds, and one configuration against
+another. Pure functions of numbers (points, 100 × metric).
+
+Comparisons (MRPC accuracy has 408 examples, so one example is 0.25 points). Candidate B against the
+best so far A: gain d = mean_B − mean_A, standard error ``SE = s_pooled · sqrt(1/n_A + 1/n_B)`` with
+s_pooled the seed standard deviation pooled over every configuration evaluated so far (Σ(n_i − 1)
+degrees of freedom), and the one-sided bounds ``d ∓ t·SE`` with t the Student-t quantile at
+``confidence`` for those degrees of freedom (``compare``). How the decisions use them is
+``sweep/decide.py``'s docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import (
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+from scipy.stats import t as student_t
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Objective over the ok seeds of one configuration, in points: n, mean, sample sd (None if n < 2)."""
+
+    n: int
+    mean: float
+    sd: Optional[float]
+
+    def interval(self, level: float = 0.95) -> Tuple[Optional[float], Optional[float]]:
+        """Two-sided ``level`` Student-t interval of the mean, in points: mean ± t((1+level)/2, n−1)·sd/√n
+        (``scipy.stats.t.interval``); (mean, mean) when every seed scored the same (scipy answers NaN for a
+        zero scale); (None, None) below two seeds."""
+        if self.sd is None:
+            return None, None
+        if self.sd == 0:
+            return self.mean, self.mean
+        low, high = student_t.interval(level, self.n - 1, loc=self.mean, scale=self.sd / math.sqrt(self.n))
+        return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """B against A, in points: ``gain`` = mean_B − mean_A; ``se`` of that difference, ``dof`` of the
+    pooled seed s.d. ``sd`` and the one-sided bounds ``low``/``high`` = gain ∓ t·SE (None without a
+    noise estimate, i.e. when no configuration has two ok seeds)."""
+
+    gain: float
+    se: Optional[float] = None
+    dof: int = 0
+    sd: Optional[float] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+
+
+def stats_of(values: Sequence[float]) -> Optional[Stats]:
+    """Stats of objective values given in metric units (converted to points); None if empty."""
+    if not values:
+        return None
+    pts = [100.0 * v for v in values]
+    mean = sum(pts) / len(pts)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in pts) / (len(pts) - 1)) if len(pts) > 1 else None
+    return Stats(len(pts), mean, sd)
+
+
+def pooled_sd(stats: Sequence[Stats]) -> Tuple[Optional[float], int]:
+    """Seed standard deviation pooled over configurations, sqrt(Σ(n_i−1)s_i² / Σ(n_i−1)), and its degrees
+    of freedom Σ(n_i−1); (None, 0) when no configuration has two seeds."""
+    dof = sum(s.n - 1 for s in stats if s.sd is not None)
+    if dof == 0:
+        return None, 0
+    return math.sqrt(sum((s.n - 1) * s.sd**2 for s in stats if s.sd is not None) / dof), dof
+
+
+@lru_cache(maxsize=None)
+def t_quantile(confidence: float, dof: int) -> float:
+    """Student-t quantile at ``confidence`` with ``dof`` degrees of freedom (one-sided)."""
+    return float(student_t.ppf(confidence, dof))
+
+
+def compare(a: Stats, b: Stats, pooled: Tuple[Optional[float], int], confidence: float) -> Comparison:
+    """B against A with the pooled seed s.d. ``pooled`` = (sd, dof) (see the module docstring)."""
+    gain = b.mean - a.mean
+    sd, dof = pooled
+    if sd is None:
+        return Comparison(gain)
+    se = sd * math.sqrt(1 / a.n + 1 / b.n)
+    half = t_quantile(confidence, dof) * se
+    return Comparison(gain, se, dof, sd, gain - half, gain + half)
+
+
+def detectable_gain(sd: float, dof: int, n: int, confidence: float) -> float:
+    """Smallest gain in points whose lower bound clears 0 with ``n`` seeds on each side:
+    t(confidence, dof) · sd · sqrt(2/n)."""
+    return t_quantile(confidence, dof) * sd * math.sqrt(2 / n)
