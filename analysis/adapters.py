@@ -17,6 +17,9 @@ from typing import Dict, List, Tuple
 import torch
 
 from sweep.config import Config, targets_key
+from sweep.decide import Status
+from sweep.record import read_result
+from sweep.resume import read_config
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
 _ROLE_NAMES = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo"}
@@ -53,7 +56,8 @@ def load_adapter(trial_dir: Path) -> TrainedAdapter:
     """
     from safetensors.torch import load_file
 
-    metrics = json.loads((trial_dir / "metrics.json").read_text())
+    record = read_result(trial_dir / "metrics.json")
+    saved = read_config(trial_dir / "config.yaml")  # the configuration, should the record lack it
     peft_config = json.loads((trial_dir / "adapter" / "adapter_config.json").read_text())
     a, b = {}, {}
     for key, tensor in load_file(str(trial_dir / "adapter" / "adapter_model.safetensors")).items():
@@ -68,8 +72,8 @@ def load_adapter(trial_dir: Path) -> TrainedAdapter:
     return TrainedAdapter(
         trial=trial_dir.name,
         r=r,
-        targets=targets_key(list(metrics["targets"])),
-        seed=int(metrics["seed"]),
+        targets=targets_key(record.targets or list(saved.lora.targets)),
+        seed=int(record.seed if record.seed is not None else saved.train.seed),
         scaling=scaling,
         a=dict(sorted(a.items())),
         b=b,
@@ -83,7 +87,7 @@ def sweep_adapters(sweep_dir: Path) -> List[TrainedAdapter]:
     found = []
     for metrics_file in sorted(Path(sweep_dir).glob("trials/*/metrics.json")):
         trial_dir = metrics_file.parent
-        if json.loads(metrics_file.read_text()).get("status") != "ok":
+        if read_result(metrics_file).status != Status.OK:
             continue
         if (trial_dir / "adapter" / "adapter_model.safetensors").is_file():
             found.append(load_adapter(trial_dir))
@@ -91,10 +95,10 @@ def sweep_adapters(sweep_dir: Path) -> List[TrainedAdapter]:
 
 
 def trial_config(config_file: Path) -> Config:
-    """The typed config saved with a trial (``config.yaml``)."""
+    """The typed config saved with a trial (``config.yaml``, of any version: ``sweep.resume.read_config``)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config_file)))
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), read_config(config_file)))
 
 
 def frozen_weights(config_file: Path, modules: List[str]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -17,7 +17,7 @@ from sweep.decide import Outcome, plan
 from sweep.decision import Action, ConfigKey, Decision
 from sweep.errors import UserError
 from sweep.record import TrialResult, record_fields
-from sweep.study import numbered_results, settings_of
+from sweep.study import numbered_results, settings_of, stored_result
 
 #: trial states that hold a result (an objective or a failure); the others are still to come
 FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
@@ -94,8 +94,8 @@ def _dtype(name: str) -> Optional[str]:
     return {"Optional[int]": "Int64", "Optional[float]": "float64"}.get(str(hint))
 
 
-def trials_frame(study) -> pd.DataFrame:
-    """One row per trial of ``study``, in trial-number order.
+def trials_frame(study, trials=None) -> pd.DataFrame:
+    """One row per trial of ``study`` (or of ``trials``, frozen trials of it read once), in trial-number order.
 
     Columns: ``number``; ``state`` (complete, diverged, failed, abandoned, pruned, running); ``status`` (the stored
     ``ok``/``diverged``/``failed``; ``failed`` for a FAIL trial without one, ``ok`` for a COMPLETE one,
@@ -114,11 +114,10 @@ def trials_frame(study) -> pd.DataFrame:
     metrics = list(_layout_attr(study, "metrics"))
     shown = record_fields("csv")
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
         a = t.user_attrs
         default_status = {TrialState.COMPLETE: "ok", TrialState.FAIL: "failed"}.get(t.state)
-        # the record's own reader, also for running and abandoned trials (what they stored so far)
-        record = TrialResult.from_dict({k: a[k] for k in record_fields("study") if k in a})
+        record = stored_result(t)  # the store's reader, also for running and abandoned trials
         values = record.to_dict()
         rows.append(
             {
@@ -141,8 +140,9 @@ def trials_frame(study) -> pd.DataFrame:
     return df.astype({**types, **{c: "float64" for c in (*metrics, "objective")}})
 
 
-def study_info(study) -> StudyInfo:
-    """The task, model, objective, settings, decisions and stopping state stored with ``study``.
+def study_info(study, trials=None) -> StudyInfo:
+    """The task, model, objective, settings, decisions and stopping state stored with ``study`` (its trials
+    read now, or ``trials``: frozen trials of it read once, so that a report's tables agree).
 
     Raises:
         UserError: the study lacks an attribute every sweep study has (``task``, ``model``,
@@ -157,15 +157,12 @@ def study_info(study) -> StudyInfo:
     decisions = [Decision.from_dict(d) for d in attrs.get("decisions") or []]
     stored = attrs.get("recommendation")
     recommendation = (int(stored[0]), str(stored[1])) if stored else None
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     running = sum(t.state == TrialState.RUNNING for t in trials)
     recommended_now = any(d.action == Action.RECOMMEND and (d.r, d.targets) == recommendation for d in decisions)
     finished = attrs.get("stop_reason") is not None and running == 0 and (recommendation is None or recommended_now)
-    baselines = [
-        t.user_attrs["majority_baseline"].get(objective)
-        for t in trials
-        if isinstance(t.user_attrs.get("majority_baseline"), dict)
-    ]
+    results = numbered_results(trials)
+    baselines = [result.majority_baseline.get(objective) for _, result in results]
     baseline = next((b for b in baselines if b is not None), None)
     return StudyInfo(
         name=study.study_name,
@@ -182,7 +179,7 @@ def study_info(study) -> StudyInfo:
         baseline=baseline,
         overrides=list(attrs.get("command_overrides") or []),
         params_per_rank=attrs.get("target_costs"),
-        history=[(number, result.outcome()) for number, result in numbered_results(study)],
+        history=[(number, result.outcome()) for number, result in results],
     )
 
 

@@ -314,14 +314,15 @@ def load_report(
             finished trial yet, or a study not written by the sweep.
     """
     study = load_study(storage_url, study_name, missing_hint)
-    trials = trials_frame(study)
+    snapshot = study.get_trials(deepcopy=False)  # one read: the tables below describe the same trials
+    trials = trials_frame(study, snapshot)
     if not trials["state"].isin(FINISHED_STATES).any():
         running = int((trials["state"] == "running").sum())
         raise UserError(
             f"study '{study.study_name}' has no finished trials yet ({running} running); "
             "wait for the first trial to finish, then run the report again"
         )
-    info = study_info(study)
+    info = study_info(study, snapshot)
     rel = reliability([o for _, o in info.history], info.settings, info.params_per_rank)
     return SweepReport(trials, info, summary_frame(trials, info), rel)
 

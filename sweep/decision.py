@@ -430,7 +430,7 @@ def _cap_text(x: CapReached) -> str:
     elif x.cap == Cap.MAX_TRAIN_FLOPS:
         why = f"training FLOPs: {x.train_flops:.3e} ≥ sweep.max_train_flops={x.limit:.3e}"
     else:
-        why = f"trial hours: {x.seconds / 3600:.2f} ≥ sweep.max_hours={x.limit:g}"
+        why = f"trial hours: {x.seconds / 3600:.3g} ≥ sweep.max_hours={x.limit:g}"
     cut = "; ".join(
         f"{_fmt(cfg)} seed(s) {', '.join(str(t.seed) for t in x.needed if (t.r, t.targets) == cfg)}"
         for cfg in dict.fromkeys((t.r, t.targets) for t in x.needed)

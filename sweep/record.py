@@ -74,7 +74,7 @@ class TrialResult:
     head_params: Optional[int] = _kept(study=True, csv=True)
     #: lora_params + head_params
     trainable_params: Optional[int] = _kept(study=True, csv=True)
-    #: the frozen base model's parameters + lora_params
+    #: every parameter of the model: the base model's (its classification head included) + lora_params
     total_params: Optional[int] = _kept(study=True, csv=True)
     #: 100 · trainable_params / total_params, percent
     trainable_pct: Optional[float] = _kept(study=True, csv=True)

@@ -97,13 +97,42 @@ def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
     }
 
 
-def default_fingerprint(task: str) -> Dict[str, str]:
-    """``fingerprint`` of the default configuration of ``task`` (``conf/`` composed with ``task=<task>``
-    alone; the default task when ``task`` is no group option): the value a key added after a study or
-    trial was written reads as in it."""
+def _task_defaults(task: str):
+    """The default configuration of ``task`` (``conf/`` composed with ``task=<task>`` alone; the default
+    task when ``task`` is no group option), resolved: the values keys newer than a stored record read as."""
     from sweep.cli import compose, group_options
 
-    return fingerprint(compose([f"task={task}"] if task in group_options("task") else [])[1])
+    return compose([f"task={task}"] if task in group_options("task") else [])[1]
+
+
+def default_fingerprint(task: str) -> Dict[str, str]:
+    """``fingerprint`` of the default configuration of ``task`` (``_task_defaults``): the value a key added
+    after a study was written reads as in it."""
+    return fingerprint(_task_defaults(task))
+
+
+def read_config(path: Path):
+    """The resolved config saved as ``path`` (a trial's or a sweep's ``config.yaml``) as this version reads
+    it: keys this version no longer has are dropped (nothing reads them), keys newer than the file take
+    the default of its task (``_task_defaults``), so a file of any version compares and loads.
+
+    Raises:
+        OSError, yaml errors: the file cannot be read or parsed.
+    """
+    from dataclasses import is_dataclass
+
+    from sweep.cli import _schema_type
+
+    stored = OmegaConf.to_container(OmegaConf.load(path))
+    base = _task_defaults(str((stored.get("task") or {}).get("name")))
+    known = {}
+    for section, value in stored.items():
+        if section not in base:
+            continue
+        if is_dataclass(_schema_type(section)) and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k in base[section]}
+        known[section] = value
+    return OmegaConf.merge(base, known)
 
 
 def differing_keys(old: Dict[str, str], new: Dict[str, str], defaults: Dict[str, str]) -> List[str]:
@@ -246,7 +275,7 @@ def finished_result(run_dir: Path, tresolved) -> Optional[TrialResult]:
     """The record (``metrics.json``) of a trial that finished in ``run_dir`` with the identity of the
     resolved config ``tresolved`` (``same_trial``; its process died before telling the study), else None."""
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
-    if metrics.is_file() and config.is_file() and same_trial(OmegaConf.load(config), tresolved):
+    if metrics.is_file() and config.is_file() and same_trial(config, tresolved):
         return read_result(metrics)
     return None
 
@@ -262,15 +291,11 @@ def trial_identity(resolved) -> Dict[str, str]:
     }
 
 
-def same_trial(stored, tresolved) -> bool:
-    """Whether a trial whose saved ``config.yaml`` is ``stored`` is the trial of the resolved config
-    ``tresolved``: the same ``trial_identity``, a key the stored one lacks (newer than it) reading as
-    its default (``differing_keys``)."""
-    old, new = trial_identity(stored), trial_identity(tresolved)
-    if old == new:
-        return True
-    defaults = default_fingerprint(str(tresolved.task.name)) if set(new) - set(old) else {}
-    return not differing_keys(old, new, defaults)
+def same_trial(config_file: Path, tresolved) -> bool:
+    """Whether the trial whose saved config is ``config_file`` is the trial of the resolved config
+    ``tresolved``: the same ``trial_identity``, the file read by ``read_config`` (a key newer than it at
+    its default)."""
+    return trial_identity(read_config(config_file)) == trial_identity(tresolved)
 
 
 def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[TrialResult]:
@@ -280,7 +305,7 @@ def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[TrialRe
     for source in sorted(task_dir.glob(f"*/trials/{run_dir.name}")):
         if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
             continue
-        if not same_trial(OmegaConf.load(source / "config.yaml"), tresolved):
+        if not same_trial(source / "config.yaml", tresolved):
             continue
         m = dataclasses.replace(read_result(source / "metrics.json"), reused_from=str(source))
         shutil.copytree(source, run_dir, dirs_exist_ok=True)

@@ -2,7 +2,8 @@
 is, how a trial's configuration and results are stored and read back.
 
 This module is the one store of trial records: ``tell_result`` writes a ``sweep.record.TrialResult`` onto
-an Optuna trial and ``result_of`` reads it back; nothing else maps a record to or from a trial.
+an Optuna trial and ``stored_result`` / ``result_of`` read it back; nothing else maps a record's fields to
+or from a trial (``sweep/claims.py`` only adds a ``reason`` to a claim it steps back from).
 
 Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
 ``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the record's fields
@@ -155,10 +156,26 @@ def tell_result(study, trial, result: TrialResult) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+def stored_result(trial) -> TrialResult:
+    """What a frozen trial in any state holds of its record: its params ``r`` and ``seed``, its target
+    list and the record fields it stored (``result_attrs``); the value of a COMPLETE trial is its
+    ``objective_value``. Fields it has not stored (yet) read as their defaults."""
+    from optuna.trial import TrialState
+
+    a = trial.user_attrs
+    data = {k: a[k] for k in record_fields("study") if k in a}
+    data.update({k: int(trial.params[k]) for k in ("r", "seed") if k in trial.params})
+    if "targets" in a or "targets_key" in a:
+        data["targets"] = list(a.get("targets") or a["targets_key"].split(","))
+    # an ok trial's value is the study's; a FAIL trial has none, whatever it stored
+    data["objective_value"] = trial.value if trial.state == TrialState.COMPLETE else None
+    return TrialResult.from_dict(data)
+
+
 def result_of(trial) -> Optional[TrialResult]:
-    """The record of a finished (COMPLETE or FAIL) frozen trial that carries a configuration, from its
-    params and user attributes; None for a trial still running, one without a configuration and an
-    abandoned one (FAIL without a ``status``: its worker died or stepped back)."""
+    """The record of a finished (COMPLETE or FAIL) frozen trial that carries a configuration
+    (``stored_result``); None for a trial still running, one without a configuration and an abandoned
+    one (FAIL without a ``status``: its worker died or stepped back)."""
     from optuna.trial import TrialState
 
     a = trial.user_attrs
@@ -166,24 +183,14 @@ def result_of(trial) -> Optional[TrialResult]:
         return None
     if trial.state == TrialState.FAIL and "status" not in a:
         return None
-    stored = {k: a[k] for k in record_fields("study") if k in a}
-    return TrialResult.from_dict(
-        {
-            **stored,
-            "r": int(trial.params["r"]),
-            "seed": int(trial.params["seed"]),
-            "targets": list(a.get("targets") or a["targets_key"].split(",")),
-            # an ok trial's value is the study's; a FAIL trial has none, whatever it stored
-            "objective_value": trial.value if trial.state == TrialState.COMPLETE else None,
-        }
-    )
+    return stored_result(trial)
 
 
-def numbered_results(study) -> List[Tuple[int, TrialResult]]:
-    """(trial number, record) of every finished trial with a configuration (``result_of``), in
-    trial-number order."""
+def numbered_results(trials) -> List[Tuple[int, TrialResult]]:
+    """(trial number, record) of every finished trial with a configuration among the frozen ``trials``
+    (``result_of``), in trial-number order."""
     out = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(trials, key=lambda t: t.number):
         result = result_of(t)
         if result is not None:
             out.append((t.number, result))
@@ -193,4 +200,4 @@ def numbered_results(study) -> List[Tuple[int, TrialResult]]:
 def outcomes(study) -> List[Outcome]:
     """Every finished trial (COMPLETE or FAIL) that carries a configuration, as decision inputs, in
     trial-number order; abandoned trials (FAIL without a ``status``) are left out."""
-    return [result.outcome() for _, result in numbered_results(study)]
+    return [result.outcome() for _, result in numbered_results(study.get_trials(deepcopy=False))]

@@ -159,3 +159,34 @@ def test_nothing_to_compare(tiny_sweep, tmp_path):
         main(moved)
     with pytest.raises(UserError, match="no sweep study at"):
         main([*moved, "sweep.name=missing"])
+
+
+def test_trial_folders_of_another_version_analyse_the_same(tiny_sweep, tmp_path):
+    """An r=4 trial folder as another version may leave it: metrics.json without targets, seed and status
+    (they read from config.yaml, and as the default ok), config.yaml with a key this version no longer has
+    and without one it added (lora.scaling: read as its default): the same two adapters, the same pairs."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from analysis.adapters import sweep_adapters, trial_config
+
+    args, out = tiny_sweep
+    assert main(args) == 0  # the reference analysis of the folders as written
+    copy = tmp_path / "mrpc" / "grid"
+    shutil.copytree(out, copy)
+    trial = copy / "trials" / "r4-q-v-seed0"
+    metrics = json.loads((trial / "metrics.json").read_text())
+    (trial / "metrics.json").write_text(
+        json.dumps({k: v for k, v in metrics.items() if k not in ("targets", "seed", "status")})
+    )
+    config = OmegaConf.to_container(OmegaConf.load(trial / "config.yaml"))
+    config["train"]["removed_since"] = 1
+    del config["lora"]["scaling"]
+    (trial / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    assert [(a.r, a.targets, a.seed) for a in sweep_adapters(copy)] == [(2, "q,v", 0), (4, "q,v", 0)]
+    cfg = trial_config(trial / "config.yaml")
+    assert (cfg.lora.r, cfg.lora.scaling, cfg.train.seed) == (4, "standard", 0)
+    moved = [a for a in args if not a.startswith("results_dir=")] + [f"results_dir={tmp_path}"]
+    assert main(moved) == 0
+    assert pd.read_csv(copy / "subspace" / "pairs.csv").equals(pd.read_csv(out / "subspace" / "pairs.csv"))
