@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -241,6 +243,41 @@ def task_data(cfg):
     from sweep.paths import glue_dir
 
     return tokenized_glue(
+        cfg.task.name,
+        glue_dir(cfg),
+        tuple(cfg.task.text_fields),
+        tuple(cfg.task.label_names),
+        cfg.model.name_or_path,
+        cfg.data.max_length,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(
+    task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple, tokenizer_path: str, max_length: int
+):
+    data = tokenized_glue(task, data_dir, text_fields, label_names, tokenizer_path, max_length)
+    h = hashlib.sha256()
+    for split in ("train", "validation"):
+        for column in (*text_fields, "label"):
+            h.update(f"{split}/{column}:".encode())
+            h.update(json.dumps(list(data[split][column])).encode())
+    return h.hexdigest()[:16]
+
+
+def task_digest(cfg) -> str:
+    """What a trial of ``cfg`` reads, as an identity: SHA-256 (its first 16 hex digits) of the task's whole
+    train and validation splits as read, row by row in order: the text columns and the labels (class ids,
+    or STS-B scores). The same files in another folder give the same digest; one changed label, row or
+    order gives another. ``data.max_train_samples``/``max_eval_samples`` cut the splits later and are part
+    of the config. Cached per process.
+
+    Raises:
+        UserError: the data cannot be found or read (see ``load_glue``).
+    """
+    from sweep.paths import glue_dir
+
+    return _digest(
         cfg.task.name,
         glue_dir(cfg),
         tuple(cfg.task.text_fields),

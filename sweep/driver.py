@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
-from sweep.data import take, task_data
+from sweep.data import take, task_data, task_digest
 from sweep.decide import Plan, Status, plan
 from sweep.decision import StopReason, TrialSpec
 from sweep.errors import UserError
@@ -136,9 +136,10 @@ def _execute(
             except UpdateFinishedTrialError:  # taken over by another worker: said below, at the tell
                 pass
 
-    m = finished_result(run_dir, tresolved)  # finished before the process died, not yet told
+    digest = task_digest(tcfg)
+    m = finished_result(run_dir, tresolved, digest)  # finished before the process died, not yet told
     if m is None:
-        m = reuse_finished(results_root(cfg) / cfg.task.name, tresolved, run_dir)  # the result line names the source
+        m = reuse_finished(results_root(cfg) / cfg.task.name, tresolved, run_dir, digest)  # the line names the source
         if m is None and (run_dir / CHECKPOINT).is_file():
             log(
                 f"trial {trial.number} r={spec.r} {spec.targets} seed={spec.seed}: continuing from the epoch "

@@ -67,6 +67,9 @@ class TrialResult:
     targets: List[str] = _kept(factory=list)
     #: training seed (``train.seed``)
     seed: Optional[int] = _kept()
+    #: what it was trained and evaluated on: SHA-256 (16 hex digits) of the task's train and validation
+    #: rows as read, texts and labels (``sweep.data.task_digest``); None in records made before it existed
+    data_digest: Optional[str] = _kept(study=True)
     # --- what it costs ---
     #: LoRA parameters, Σ r·(d_in + d_out) over the adapted matrices (every entry of every A and B)
     lora_params: Optional[int] = _kept(study=True, csv=True)

@@ -38,6 +38,7 @@ from sweep.config import Config
 from sweep.decide import Status
 from sweep.decision import TrialSpec
 from sweep.errors import UserError
+from sweep.paths import glue_dir
 from sweep.record import TrialResult, read_result, write_result
 
 if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, which reads studies
@@ -79,14 +80,21 @@ def fingerprint(resolved) -> Dict[str, str]:
     return flat
 
 
+#: the fingerprint key of the digest of the data a sweep's trials read (not a config key)
+DATA_DIGEST = "data.digest"
+
+
 def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
     """``fingerprint(resolved)`` plus what ``train.precision=auto`` and ``train.device=auto`` resolve to on
     this machine (``train.precision``, ``train.device_type``), so a resume on other hardware cannot mix
-    fp32 and bf16 (or CPU and CUDA) trials.
+    fp32 and bf16 (or CPU and CUDA) trials, and the digest of the data read (``data.digest``,
+    ``sweep.data.task_digest``), so a resume on other data (another ``data.dir`` holding other rows) cannot
+    mix trials trained on different data; the same files in another folder resume.
 
     Raises:
-        UserError: the configured device or precision is not available here.
+        UserError: the configured device or precision is not available here; the data cannot be read.
     """
+    from sweep.data import task_digest
     from sweep.runtime import resolve_device, resolve_precision
 
     device = resolve_device(cfg)
@@ -94,6 +102,7 @@ def run_fingerprint(cfg: Config, resolved) -> Dict[str, str]:
         **fingerprint(resolved),
         "train.precision": repr(resolve_precision(cfg, device)),
         "train.device_type": repr(device.type),
+        DATA_DIGEST: repr(task_digest(cfg)),
     }
 
 
@@ -139,8 +148,9 @@ def differing_keys(old: Dict[str, str], new: Dict[str, str], defaults: Dict[str,
     """The keys, sorted, on which the stored fingerprint ``old`` and this run's ``new`` disagree. A key
     ``old`` lacks (added to the schema after it was written) reads as its default (``defaults``), so a
     study made before a key existed resumes when the run keeps the key's default; a key ``new`` lacks (no
-    longer in the schema, nothing reads it) is ignored."""
-    return sorted(k for k in new if old.get(k, defaults.get(k)) != new[k])
+    longer in the schema, nothing reads it) is ignored, and so is a value neither ``old`` nor the defaults
+    have (``data.digest`` of a study made before it was recorded: there is nothing to compare it with)."""
+    return sorted(k for k in new if (k in old or k in defaults) and old.get(k, defaults.get(k)) != new[k])
 
 
 def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
@@ -155,6 +165,14 @@ def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
     if old is not None and old != new:
         defaults = default_fingerprint(cfg.task.name) if set(new) - set(old) else {}
         diffs = differing_keys(old, new, defaults)
+        if diffs and diffs[0] == DATA_DIGEST:
+            now, then = (f[DATA_DIGEST].strip("'") for f in (new, old))  # reprs of the digests
+            raise UserError(
+                f"sweep '{cfg.sweep.name}' for {cfg.task.name} was trained on other data: the train and validation "
+                f"rows read now (digest {now}, from {glue_dir(cfg) or 'the hub'}) are not those its finished "
+                f"trials read (digest {then}); point data.dir (or GLUE_DIR) at the data it was run with to resume, "
+                "or start another sweep with sweep.name=<new name>"
+            )
         if diffs:
             k = diffs[0]
             before = (
@@ -271,12 +289,16 @@ def crashed_attempts(study, spec: TrialSpec) -> List[str]:
 # --- 5. finished work is read back, not retrained --------------------------------------------------
 
 
-def finished_result(run_dir: Path, tresolved) -> Optional[TrialResult]:
+def finished_result(run_dir: Path, tresolved, digest: str) -> Optional[TrialResult]:
     """The record (``metrics.json``) of a trial that finished in ``run_dir`` with the identity of the
-    resolved config ``tresolved`` (``same_trial``; its process died before telling the study), else None."""
+    resolved config ``tresolved`` (``same_trial``) on the data of digest ``digest`` (a record made before
+    digests were recorded counts: its sweep's fingerprint vouches for its data), its process having died
+    before telling the study; else None."""
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.json"
     if metrics.is_file() and config.is_file() and same_trial(config, tresolved):
-        return read_result(metrics)
+        result = read_result(metrics)
+        if result.data_digest in (None, digest):
+            return result
     return None
 
 
@@ -298,16 +320,20 @@ def same_trial(config_file: Path, tresolved) -> bool:
     return trial_identity(read_config(config_file)) == trial_identity(tresolved)
 
 
-def reuse_finished(task_dir: Path, tresolved, run_dir: Path) -> Optional[TrialResult]:
+def reuse_finished(task_dir: Path, tresolved, run_dir: Path, digest: str) -> Optional[TrialResult]:
     """Read back a finished trial of another sweep under ``task_dir`` (``results/<task>/``) whose resolved
-    configuration is the same as ``tresolved`` (``same_trial``): its folder is copied to ``run_dir``
+    configuration is the same as ``tresolved`` (``same_trial``) and that read the same data (its record's
+    ``data_digest`` is ``digest``; a record without one is not reused): its folder is copied to ``run_dir``
     and its ``metrics.json`` gains ``reused_from`` (the source folder). None when there is none."""
     for source in sorted(task_dir.glob(f"*/trials/{run_dir.name}")):
         if source == run_dir or not (source / "metrics.json").is_file() or not (source / "config.yaml").is_file():
             continue
         if not same_trial(source / "config.yaml", tresolved):
             continue
-        m = dataclasses.replace(read_result(source / "metrics.json"), reused_from=str(source))
+        found = read_result(source / "metrics.json")
+        if found.data_digest != digest:
+            continue
+        m = dataclasses.replace(found, reused_from=str(source))
         shutil.copytree(source, run_dir, dirs_exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
         write_result(run_dir / "metrics.json", m)

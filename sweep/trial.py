@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
 from sweep.config import Config
-from sweep.data import Batches, take, task_data
+from sweep.data import Batches, take, task_data, task_digest
 from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.family import with_family
@@ -418,6 +418,7 @@ def _result(
         scaling_factor=scaling_factor,
         targets=list(cfg.lora.targets),
         seed=cfg.train.seed,
+        data_digest=task_digest(cfg),
         **counts,
         trainable_pct=100.0 * counts["trainable_params"] / counts["total_params"],
         train_flops=done.train_flops,

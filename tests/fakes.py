@@ -5,11 +5,13 @@ trials made from the record type (``sweep.record.TrialResult``) and stored as th
 from dataclasses import asdict, replace
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweep.cli import defaults
 from sweep.config import SweepSettings
+from sweep.data import task_digest
 from sweep.decide import plan
 from sweep.record import TrialResult, write_result
 from sweep.study import outcomes, result_attrs
@@ -149,7 +151,8 @@ FINISHED = [
 
 def fake_trial(crash_on_call: int):
     """A stand-in for ``sweep.trial.run_trial``: raises OSError on call ``crash_on_call`` (1-based), else
-    writes and returns the record of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2. Returns
+    writes and returns the record of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2, on the data
+    its config reads (its digest). Returns
     (the stand-in, the list of the ranks it was called with)."""
     calls = []
 
@@ -158,11 +161,13 @@ def fake_trial(crash_on_call: int):
         if len(calls) == crash_on_call:
             raise OSError(27, "File too large")
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))  # as run_trial saves it
         acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
         m = TrialResult(
             r=cfg.lora.r,
             targets=list(cfg.lora.targets),
             seed=cfg.train.seed,
+            data_digest=task_digest(cfg),
             objective="accuracy",
             objective_value=acc,
             best={"accuracy": acc, "f1": acc},

@@ -4,6 +4,7 @@ test_sweep.py)."""
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -80,9 +81,12 @@ def test_a_result_written_before_the_tell_is_read_back_only_for_the_same_config(
     from omegaconf import OmegaConf
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    assert finished_result(run_dir, resolved) == TrialResult(objective_value=0.8)
+    assert finished_result(run_dir, resolved, "d1") == TrialResult(objective_value=0.8)  # made before digests
     _, other = compose([*_sweep_args(tiny), "lora.alpha=32"])
-    assert finished_result(run_dir, other) is None  # another configuration's result is not this one's
+    assert finished_result(run_dir, other, "d1") is None  # another configuration's result is not this one's
+    (run_dir / "metrics.json").write_text(json.dumps({"objective_value": 0.8, "data_digest": "d0"}))
+    assert finished_result(run_dir, resolved, "d1") is None  # nor a result on other data
+    assert finished_result(run_dir, resolved, "d0") == TrialResult(objective_value=0.8, data_digest="d0")
 
 
 def test_a_worker_whose_trial_crashed_says_so_and_exits_1(tiny, monkeypatch):
@@ -148,10 +152,57 @@ def test_a_sweep_written_before_a_key_existed_resumes_at_its_default(glue_dir, t
     study = optuna.load_study(study_name="ranksweep-mrpc-before", storage=storage_url(cfg))
     assert study.user_attrs["fingerprint"]["lora.scaling"] == "'standard'"  # stored explicitly from now on
 
-    # the same trials again, by a new sweep: read back from 0.1.0's folders, not retrained
+    # the same trials by a new sweep are trained again: 0.1.0's records hold no digest of their data, so
+    # nothing shows they read the rows this run reads (by hand: r=1, r=2, then q,k,v,o at r=1)
     wider = [*args[:-2], "sweep.name=after", "sweep.patience=2", "sweep.target_sets=[[q,v],[q,k,v,o]]"]
     cfg2, resolved2 = compose(wider)
     driver.run_sweep(cfg2, resolved2, progress=False, log=lambda line: None)
-    assert calls == []  # every trial of the sweep "after" is one of "before"'s (by hand: r=1, r=2, then q,k,v,o)
+    assert calls == [1, 2, 1]
     after = optuna.load_study(study_name="ranksweep-mrpc-after", storage=storage_url(cfg2))
-    assert len(after.get_trials()) == 3 and all(t.user_attrs["reused_from"] for t in after.get_trials())
+    assert len(after.get_trials()) == 3 and not any("reused_from" in t.user_attrs for t in after.get_trials())
+
+
+def _mrpc_copy(glue_dir, folder: Path, flip: bool = False) -> Path:
+    """A GLUE folder holding MRPC's train.tsv and dev.tsv, the labels (first column) flipped when ``flip``."""
+    (folder / "MRPC").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        lines = (glue_dir / "MRPC" / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        if flip:
+            lines = lines[:1] + [("1" if line[0] == "0" else "0") + line[1:] for line in lines[1:]]
+        (folder / "MRPC" / name).write_text("".join(lines), encoding="utf-8")
+    return folder
+
+
+def test_data_identity_decides_reuse_and_resume(glue_dir, tmp_path, monkeypatch):
+    """A trial's identity includes the rows it read: another sweep on MRPC with every label flipped trains
+    its own trials (it read back the real data's trials and reported their F1); resuming a sweep on the
+    flipped data is refused; the same files in another folder reuse and resume."""
+    from sweep.data import task_digest
+
+    same, flipped = _mrpc_copy(glue_dir, tmp_path / "same"), _mrpc_copy(glue_dir, tmp_path / "flipped", flip=True)
+    run_trial, calls = fake_trial(crash_on_call=0)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    base = ["debug=tiny", f"results_dir={tmp_path / 'results'}", "sweep.ranks=[1,2]", "sweep.target_sets=[[q,v]]"]
+    quiet = dict(progress=False, log=lambda line: None)
+    driver.run_sweep(*compose([*base, f"data.dir={glue_dir}"]), **quiet)
+    assert calls == [1, 2]
+    digests = {d: task_digest(compose([*base, f"data.dir={d}"])[0]) for d in (glue_dir, same, flipped)}
+    assert digests[glue_dir] == digests[same] != digests[flipped] and len(digests[flipped]) == 16
+    study = optuna.load_study(study_name="ranksweep-mrpc-default", storage=storage_url(compose(base)[0]))
+    assert study.user_attrs["fingerprint"]["data.digest"] == repr(digests[glue_dir])
+    assert {t.user_attrs["data_digest"] for t in study.get_trials()} == {digests[glue_dir]}
+
+    driver.run_sweep(*compose([*base, f"data.dir={flipped}", "sweep.name=k2"]), **quiet)
+    assert calls == [1, 2, 1, 2]  # trained, not read back from the real data's sweep
+    driver.run_sweep(*compose([*base, f"data.dir={same}", "sweep.name=moved"]), **quiet)
+    assert calls == [1, 2, 1, 2]  # the same rows in another folder: read back
+    other = (
+        f"sweep 'default' for mrpc was trained on other data: the train and validation rows read now (digest "
+        f"{digests[flipped]}, from {flipped}) are not those its finished trials read (digest {digests[glue_dir]}); "
+        "point data.dir (or GLUE_DIR) at the data it was run with to resume, or start another sweep with "
+        "sweep.name=<new name>"
+    )
+    with pytest.raises(UserError, match=re.escape(other)):
+        driver.run_sweep(*compose([*base, f"data.dir={flipped}"]), **quiet)
+    p = driver.run_sweep(*compose([*base, f"data.dir={same}"]), **quiet)  # moved files resume
+    assert calls == [1, 2, 1, 2] and p.next is None

@@ -17,6 +17,7 @@ from conftest import PROJECT, run_module
 from omegaconf import OmegaConf
 
 from sweep.cli import compose
+from sweep.data import task_digest
 from sweep.record import read_result
 from sweep.resume import Progress, load_checkpoint, save_checkpoint
 from sweep.trial import CHECKPOINT, _scaling_factor, evaluate, run_trial, trial_dir
@@ -65,6 +66,7 @@ def test_metrics_json_holds_what_was_promised(tiny):
     ]:
         assert key in on_disk, key
     assert m.status == "ok" and m.reason is None
+    assert m.data_digest == task_digest(cfg) and len(m.data_digest) == 16  # the rows it read (test_resume)
     assert m.scaling == "standard" and m.scaling_factor == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
     assert m.lora_params == 6 * 2 * 8 * 768 and m.trainable_params == m.lora_params + m.head_params
     assert set(m.best) == {"accuracy", "f1"} and len(m.epochs) == 1
