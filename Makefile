@@ -16,7 +16,7 @@ export GLUE_DIR
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint format test test-slow trial sweep worker report subspace calibrate bench clean
+.PHONY: help install lint format test test-slow trial sweep worker report export subspace calibrate bench clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -55,6 +55,9 @@ worker: install ## one more worker on a PostgreSQL sweep: make worker TASK=mrpc 
 
 report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+export: install ## the recommended adapter as files, reloadable offline: make export TASK=mrpc [SWEEP=grid] [ARGS='export.seed=1 export.merge=true']
+	$(BIN)/python -m analysis.export task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 subspace: install ## adapter subspaces, is extra rank signal or noise (LoRA §7): make subspace TASK=mrpc [SWEEP=grid]
 	$(BIN)/python -m analysis.subspace_report task=$(TASK) sweep=$(SWEEP) $(ARGS)

@@ -506,6 +506,28 @@ class SweepSettings:
 
 
 @dataclass
+class ExportSettings:
+    """What ``python -m analysis.export`` (``make export``) hands off from a finished sweep: the trial of
+    the recommended configuration, into ``results/<task>/<sweep.name>/export/``. A sweep never reads
+    these keys (a resume may change them).
+
+    Attributes:
+        seed: the seed of the recommended configuration whose trial is exported, one of the seeds its
+            statistics count; null: its best seed by the objective (the lowest of them on a tie).
+        merge: also write the merged model (the LoRA update folded into the weights with peft's
+            ``merge_and_unload``, saved with ``save_pretrained``) to ``export/merged/``, after checking
+            that it predicts the trial's validation predictions (it reads the validation split).
+    """
+
+    seed: Optional[int] = MISSING
+    merge: bool = MISSING
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and self.seed < 0:
+            raise ValueError(f"export.seed={self.seed!r} is invalid: give a non-negative seed, or null for the best")
+
+
+@dataclass
 class Config:
     """The root of ``conf/config.yaml``: the schema it extends (stored in Hydra's ConfigStore as
     ``schema`` by ``sweep/cli.py``); the groups' files fill ``task``, ``model`` and ``sweep``.
@@ -513,6 +535,7 @@ class Config:
     Attributes:
         results_dir: where outputs go; null means ``results/`` at the project root (absolute, so runs
             from any working directory land in the same place).
+        export: what ``make export`` hands off from a finished sweep (``ExportSettings``).
     """
 
     task: TaskConfig = MISSING
@@ -522,6 +545,7 @@ class Config:
     data: DataSettings = MISSING
     sweep: SweepSettings = MISSING
     results_dir: Optional[str] = MISSING
+    export: ExportSettings = MISSING
 
     def __post_init__(self) -> None:
         if self.results_dir is not None and not str(self.results_dir).strip():

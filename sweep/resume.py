@@ -48,9 +48,11 @@ if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, wh
 # --- 1. is a resume meaningful? ---------------------------------------------------------------------
 
 #: settings that do not change what a finished trial means, so a resume may change them
-#: (the sweep group decides what to run next; device, threads and eval batch size only change speed)
+#: (the sweep group decides what to run next; device, threads and eval batch size only change speed;
+#: export only reads a finished sweep)
 RESUMABLE_KEYS = (
     "sweep.",
+    "export.",
     "lora.r",
     "lora.targets",
     "train.seed",

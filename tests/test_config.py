@@ -17,6 +17,7 @@ from sweep.resume import fingerprint
 
 #: ``OmegaConf.to_yaml`` of the resolved default config, as the code before issue 13 saved it
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
+#: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``)
 DEFAULT_YAML = """\
 task:
   name: mrpc
@@ -105,6 +106,9 @@ sweep:
   max_train_flops: null
   max_hours: 2.9
 results_dir: null
+export:
+  seed: null
+  merge: false
 """
 
 
@@ -242,7 +246,7 @@ def test_choice_names_are_their_values():
 REFUSED = [
     (
         ["foo=1"],
-        "unknown config key 'foo'; valid top-level keys: data, debug, lora, model, results_dir, sweep, task, train",
+        "unknown config key 'foo'; valid top-level keys: data, debug, export, lora, model, results_dir, sweep, task, train",
     ),
     (
         ["+lora.foo=1"],
