@@ -124,17 +124,27 @@ def default_fingerprint(task: str) -> Dict[str, str]:
 
 def read_config(path: Path):
     """The resolved config saved as ``path`` (a trial's or a sweep's ``config.yaml``) as this version reads
-    it: keys this version no longer has are dropped (nothing reads them), keys newer than the file take
-    the default of its task (``_task_defaults``), so a file of any version compares and loads.
+    it (``read_config_text``).
 
     Raises:
         OSError, yaml errors: the file cannot be read or parsed.
+    """
+    return read_config_text(Path(path).read_text())
+
+
+def read_config_text(text: str):
+    """A resolved config saved as YAML ``text`` (a ``config.yaml``, a checkpoint's ``config``) as this
+    version reads it: keys this version no longer has are dropped (nothing reads them), keys newer than
+    the text take the default of its task (``_task_defaults``), so a config of any version compares and loads.
+
+    Raises:
+        yaml errors: the text is not YAML.
     """
     from dataclasses import is_dataclass
 
     from sweep.cli import _schema_type
 
-    stored = OmegaConf.to_container(OmegaConf.load(path))
+    stored = OmegaConf.to_container(OmegaConf.create(text))
     base = _task_defaults(str((stored.get("task") or {}).get("name")))
     known = {}
     for section, value in stored.items():
@@ -433,7 +443,8 @@ def load_checkpoint(
 
     On a match the trainable tensors of ``model``, ``optimizer``, ``scheduler`` and the RNG (CPU, and CUDA
     when ``device`` is CUDA and the checkpoint has its state) are restored in place, and the trial's
-    progress is returned. A missing file, or one written for another config (``config_text`` differs),
+    progress is returned. A missing file, or one written for another trial (its config's ``trial_identity``
+    differs from ``config_text``'s: a key added since, or a resumable one such as ``train.threads``, does not),
     returns None and touches nothing: the trial starts from epoch 0.
 
     Raises:
@@ -445,8 +456,11 @@ def load_checkpoint(
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("config") != config_text:
-        return None
+    stored = ckpt.get("config")
+    if stored != config_text and (
+        stored is None or trial_identity(read_config_text(stored)) != trial_identity(OmegaConf.create(config_text))
+    ):
+        return None  # another trial's (a setting that changes what the trial means differs)
     model.load_state_dict(ckpt["trainable"], strict=False)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -297,6 +297,37 @@ def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path)
     assert not (run_dir / CHECKPOINT).exists()
 
 
+def test_a_checkpoint_of_an_earlier_version_resumes(tiny, tmp_path):
+    """A checkpoint whose saved config lacks a key added since (lora.scaling, at its default) and differs in
+    a resumable one (train.threads) is the same trial: it continues from epoch 1; one of another trial
+    (lora.alpha) is not used."""
+    args = tiny + ["train.epochs=2"]
+    cfg, resolved = compose(args)
+
+    def stop_at_epoch_2(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(Stop):
+        run_trial(cfg, resolved, run_dir, progress=False, on_epoch=stop_at_epoch_2)
+    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
+    older = OmegaConf.create(ckpt["config"])
+    del older.lora["scaling"]
+    older.train.threads = 7
+    torch.save({**ckpt, "config": OmegaConf.to_yaml(older)}, run_dir / CHECKPOINT)
+    epochs_seen = []
+    run_trial(cfg, resolved, run_dir, progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
+    assert epochs_seen == [2]
+
+    with pytest.raises(Stop):
+        run_trial(cfg, resolved, tmp_path / "other", progress=False, on_epoch=stop_at_epoch_2)
+    _, alpha32 = compose([*args, "lora.alpha=32"])
+    epochs_seen.clear()
+    run_trial(cfg, alpha32, tmp_path / "other", progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
+    assert epochs_seen == [1, 2]  # started over
+
+
 def _tiny_training(seed: int):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
