@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.config import Config, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
+from sweep.redact import mask_overrides, mask_url
 
 #: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
 GROUPS = ("task", "model", "sweep", "debug")
@@ -309,7 +310,9 @@ def make_command(target: str, overrides: Sequence[str]) -> str:
     """A ``make <target> TASK=… [SWEEP=…] ARGS=…`` line that runs as printed in a POSIX shell and passes
     ``overrides`` to ``python -m …`` exactly: ``ARGS`` goes through the user's shell, then make
     (which expands ``$``), then the recipe's shell, so each override is quoted for the recipe's shell,
-    ``$`` doubled for make, and the whole quoted again for the user's shell."""
+    ``$`` doubled for make, and the whole quoted again for the user's shell. A ``sweep.storage`` password
+    is shown as ``***`` (``sweep.redact``): give it again, or from ``PGPASSWORD`` / ``~/.pgpass``."""
+    overrides = mask_overrides(overrides)
     rest = [o for o in overrides if o.split("=", 1)[0] not in ("task", "sweep")]
     groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "sweep")}
     line = f"make {target} TASK={_shell_word(groups.get('task', 'mrpc'))}"
@@ -335,7 +338,7 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
     try:
         code = main(args)
     except UserError as e:
-        print(f"ranksweep: error: {e}", file=sys.stderr)
+        print(f"ranksweep: error: {mask_url(str(e))}", file=sys.stderr)  # a password never reaches the screen
         sys.exit(2)
     except KeyboardInterrupt:
         print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)

@@ -87,6 +87,24 @@ def run_module(module: str, *args: str, env=None, timeout: int = 600) -> subproc
     )
 
 
+def hold_lock(database: Path) -> subprocess.Popen:
+    """A second process holding ``sweep.resume.sweep_lock(database)`` (the study lock) until killed;
+    returns once it holds it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
+            f"with sweep_lock(Path({str(database)!r})):\n    print('held', flush=True); time.sleep(120)",
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def ok(proc) -> None:
     """Assert a command succeeded; on failure pytest shows its exit code, stdout and stderr."""
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
