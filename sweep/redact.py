@@ -52,6 +52,17 @@ def mask_text(text: str, url: Optional[str]) -> str:
     return text
 
 
+def masked_hint(url: str) -> str:
+    """What to add to an error about ``url`` when its password is the mask itself (a printed command
+    pasted as is): ``"; …"``, else ``""``."""
+    if mask_url(url) != url or MASK not in url:
+        return ""
+    return (
+        f"; the password {MASK} is how printed commands hide it: give the real one, or leave it out of the URL "
+        "and set PGPASSWORD or ~/.pgpass"
+    )
+
+
 def mask_overrides(overrides: Sequence[str]) -> List[str]:
     """Command-line overrides with the password of a ``sweep.storage=…`` URL masked (``mask_url``)."""
     out = []

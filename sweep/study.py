@@ -29,7 +29,7 @@ from sweep.decide import Outcome, Status
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
 from sweep.record import TrialResult, record_fields
-from sweep.redact import mask_text, mask_url
+from sweep.redact import mask_text, mask_url, masked_hint
 from sweep.resume import check_fingerprint, run_fingerprint
 
 
@@ -86,7 +86,9 @@ def open_study(cfg: Config, resolved):
         raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
         why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else "", url)
-        raise UserError(f"cannot open sweep.storage {mask_url(url)}: {type(e).__name__}: {why}") from None
+        raise UserError(
+            f"cannot open sweep.storage {mask_url(url)}: {type(e).__name__}: {why}{masked_hint(url)}"
+        ) from None
     check_fingerprint(study, cfg, new)
     # this run's decisions replace the stored ones; until it ends there is no final answer
     study.set_user_attr("stop_reason", None)
@@ -114,7 +116,7 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
         names = optuna.get_all_study_names(storage=url)
     except Exception as e:
         why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
-        raise UserError(f"cannot open storage {mask_url(url)}: {why}") from None
+        raise UserError(f"cannot open storage {mask_url(url)}: {why}{masked_hint(url)}") from None
     if name is None and len(names) == 1:
         name = names[0]
     if name not in names:

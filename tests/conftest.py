@@ -43,6 +43,20 @@ def postgres() -> str:
         yield url
 
 
+#: the password of the ``postgres_password`` server
+PG_PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="session")
+def postgres_password() -> str:
+    """A PostgreSQL server that checks passwords (``PG_PASSWORD``, scram-sha-256), started on first use:
+    its SQLAlchemy URL without the password. No binaries: see ``missing``."""
+    if postgres_bin() is None:
+        missing("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    with local_postgres(PG_PASSWORD) as url:
+        yield url
+
+
 @pytest.fixture
 def tiny(glue_dir, tmp_path):
     """Overrides of a real trial shrunk to seconds: 64 training examples, one epoch, CPU."""
