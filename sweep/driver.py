@@ -25,7 +25,7 @@ from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data
 from sweep.decide import Plan, Status, plan
-from sweep.decision import StopReason, TrialSpec
+from sweep.decision import StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult
@@ -322,5 +322,5 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
             if p.stop_reason == StopReason.BUDGET
             else ""
         )
-        return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
+        return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"
