@@ -27,7 +27,7 @@ import pandas as pd
 
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import SEED, Scenario, calibrate_cell, grid_trials, scenarios
-from sweep.cli import compose, run_cli
+from sweep.cli import compose, make_command, run_cli
 from sweep.config import SweepSettings, targets_key
 from sweep.errors import UserError
 from sweep.paths import results_root
@@ -109,6 +109,12 @@ def _print_table(table: pd.DataFrame, settings: SweepSettings) -> None:
             f"{r.scenario:<12} {r.sigma:>4.2f} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
             f"{r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}"
         )
+    if (table["pct_of_grid"] > 100).any():  # racing seeds beyond sweep.seeds: the grid is no upper bound
+        print(
+            f"% of grid: mean trials / the {grid_trials(settings)} trials of the grid at sweep.seeds="
+            f"{list(settings.seeds)}; racing adds seeds up to sweep.max_seeds={settings.max_seeds}, so above 100% "
+            "the procedure ran more trials than that grid (a small grid, or much racing)"
+        )
 
 
 def _on_top(base: SweepSettings, tuned: Sequence[str], overrides: Sequence[str]) -> SweepSettings:
@@ -138,7 +144,8 @@ def main(args: List[str]) -> int:
     if any(a.startswith(("task=", "sweep.name=", "sweep.storage=")) for a in overrides):
         # a study is calibrated with what it ran: its stored settings and LoRA parameters per rank (a
         # GPT-2 sweep starts on qkv), the command's sweep.* overrides on top of them
-        study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
+        made_by = make_command("sweep", [a for a in overrides if a not in tuned])  # the user's folder and name
+        study = load_study(storage_url(cfg), study_name(cfg), f"run `{made_by}` first")
         base = settings_of(study)
         per_rank = study.user_attrs.get("target_costs") or params_per_rank(cfg)
         labelled = [("as run", base)] + ([(" ".join(tuned), _on_top(base, tuned, overrides))] if tuned else [])

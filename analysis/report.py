@@ -20,7 +20,7 @@ from analysis.plots import baseline_name, figures, metric_name, save_figure, tas
 from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
-from sweep.decision import Action, ConfigKey, StopReason
+from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.study import load_study
 
@@ -46,7 +46,7 @@ def _mean_sd(row) -> str:
 
 def _status_line(trials: pd.DataFrame, info: StudyInfo) -> str:
     if info.finished:
-        return f"finished ({info.stop_reason})"
+        return f"finished ({stop_text(info.stop_reason, info.decisions)})"
     if info.running:
         return (
             f"not finished: {info.running} trial(s) marked running (training now, or left by an "
@@ -142,23 +142,50 @@ def _command(info: StudyInfo, **changes) -> str:
 
 
 def _next_steps(info: StudyInfo) -> List[str]:
-    """What a user can run to make the answer firmer, as commands (re-running resumes the study)."""
+    """What a user can run to make the answer firmer, as commands that would train something (re-running
+    resumes the study): more seeds; on a progressive sweep more patience only after a plateau with ranks
+    left above it, more ranks when they ran out; nothing of the same settings when no trial succeeded."""
     s = info.settings
+    scale = (
+        "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
+        "`lora.scaling=rslora` (alpha/√r) is the other common choice (it changes what a trial means, so it "
+        "needs a new `sweep.name`)."
+    )
+    if info.stop_reason == StopReason.NO_SUCCESS:
+        return [
+            "No trial succeeded, so more seeds or ranks with the same settings would fail the same way: change "
+            "what a trial is (a lower `train.lr`, other `lora.*` settings) under a new `sweep.name`.",
+            "",
+            scale,
+        ]
     if s.mode == "grid":
         seeds = [*s.seeds, *range(max(s.seeds) + 1, max(s.seeds) + 1 + len(s.seeds))]
         more = {"sweep.seeds": "[" + ",".join(map(str, seeds)) + "]"}
     else:  # undecided comparisons stopped at max_seeds
         more = {"sweep.max_seeds": 2 * s.max_seeds}
-    return [
+    lines = [
         "Each command continues this study: finished trials are kept and only what is new is trained.",
         "",
         f"- More seeds shrink the noise a gain must beat (SE ∝ 1/√n): {_code(_command(info, **more))}",
-        f"- Look further before calling a plateau: {_code(_command(info, **{'sweep.patience': s.patience + 1}))}",
-        "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
-        "- Rank and scale are linked: with `lora.scaling=standard` the update is scaled by alpha/r; "
-        "`lora.scaling=rslora` (alpha/√r) is the other common choice (it changes what a trial means, so it "
-        "needs a new `sweep.name`).",
     ]
+    actions = {d.action for d in info.decisions}
+    start = ",".join(s.start_targets)
+    tried = [o.r for _, o in info.history if o.targets == start]
+    if s.mode == "progressive" and Action.RANKS_EXHAUSTED in actions:
+        ranks = "[" + ",".join(map(str, [*s.ranks, 2 * max(s.ranks)])) + "]"
+        lines.append(
+            f"- The ranks ran out before a plateau (sweep.ranks ends at r={max(s.ranks)}): "
+            f"{_code(_command(info, **{'sweep.ranks': ranks}))}"
+        )
+    elif s.mode == "progressive" and Action.PLATEAU in actions and tried and max(tried) < max(s.ranks):
+        lines.append(
+            f"- Look further before calling a plateau: {_code(_command(info, **{'sweep.patience': s.patience + 1}))}"
+        )
+    lines += [
+        "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
+        scale,
+    ]
+    return lines
 
 
 def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:

@@ -392,14 +392,14 @@ def report_lines(result: SubspaceAnalysis) -> List[str]:
 
 def main(args: List[str]) -> int:
     from analysis.load import study_info
-    from sweep.cli import compose
+    from sweep.cli import compose, make_command
     from sweep.errors import UserError
     from sweep.paths import sweep_dir
     from sweep.study import load_study, storage_url, study_name
 
     cfg, _ = compose(args)
     out = sweep_dir(cfg)
-    study = load_study(storage_url(cfg), study_name(cfg), f"run `make sweep TASK={cfg.task.name}` first")
+    study = load_study(storage_url(cfg), study_name(cfg), f"run `{make_command('sweep', args)}` first")
     result = write_subspace(out, study_info(study))
     if result is None:
         raise UserError(

@@ -27,7 +27,7 @@ from sweep.study import storage_url, study_name
 def main(args: List[str]) -> int:
     """Run the sweep of the overrides ``args``, write its reports, print the reliability line, the
     recommendation's gap to the constant baseline and the recommendation. Returns the exit status: 0,
-    or 1 when a trial crashed (re-running retries it).
+    or 1 when a trial crashed (re-running retries it) or no trial succeeded (every one diverged).
 
     Raises:
         UserError: bad input (see ``sweep.driver.run_sweep``).
@@ -60,7 +60,7 @@ def main(args: List[str]) -> int:
         if against:
             print(against)
     print(recommendation_line(p, sdir))
-    return 0
+    return 0 if p.recommendation else 1  # every trial diverged: a failure, as `make trial` says of one
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Optuna's RDB storage on a database server (PostgreSQL; MySQL works the same way) is its documented way
 for many processes on many machines to share one study; SQLite is not ("database is locked", optuna#820),
-so a SQLite sweep keeps its one-process lock (``sweep.resume.sweep_lock``). Every worker replays the
+so a SQLite study keeps its one-process lock (``sweep.resume.sweep_lock``). Every worker replays the
 decisions from the finished trials (``sweep/decide.py``) and runs one of the trials the plan lists as
 runnable now:
 
@@ -47,18 +47,20 @@ def is_shared(url: str) -> bool:
 
 
 def storage_for(url: str, settings: SweepSettings):
-    """What ``optuna.create_study(storage=…)`` gets: the URL for SQLite, else an ``RDBStorage`` with
-    heartbeats every ``settings.heartbeat_interval`` s and a grace period of ``settings.grace_period`` s.
+    """What ``optuna.create_study(storage=…)`` gets: an ``RDBStorage`` of ``url``; on a database server
+    with heartbeats every ``settings.heartbeat_interval`` s and a grace period of ``settings.grace_period`` s.
 
-    Workers started together on an empty database race to create Optuna's tables; the losers' integrity
+    Processes that open a new database together race to create Optuna's tables (``UNIQUE constraint
+    failed: alembic_version.version_num``): workers on a server; on SQLite a report or a dashboard opening
+    the file the sweep is creating (two sweeps cannot: the study lock comes first). The losers' integrity
     error is retried once the winner's tables exist."""
     import optuna
     import sqlalchemy.exc
 
-    if not is_shared(url):
-        return url
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
+            if not is_shared(url):
+                return optuna.storages.RDBStorage(url)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import os
 import re
 import sys
 import typing
@@ -27,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.config import Config, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
+from sweep.redact import mask_overrides, mask_url
 
 #: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
 GROUPS = ("task", "model", "sweep", "debug")
@@ -309,7 +311,9 @@ def make_command(target: str, overrides: Sequence[str]) -> str:
     """A ``make <target> TASK=… [SWEEP=…] ARGS=…`` line that runs as printed in a POSIX shell and passes
     ``overrides`` to ``python -m …`` exactly: ``ARGS`` goes through the user's shell, then make
     (which expands ``$``), then the recipe's shell, so each override is quoted for the recipe's shell,
-    ``$`` doubled for make, and the whole quoted again for the user's shell."""
+    ``$`` doubled for make, and the whole quoted again for the user's shell. A ``sweep.storage`` password
+    is shown as ``***`` (``sweep.redact``): give it again, or from ``PGPASSWORD`` / ``~/.pgpass``."""
+    overrides = mask_overrides(overrides)
     rest = [o for o in overrides if o.split("=", 1)[0] not in ("task", "sweep")]
     groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "sweep")}
     line = f"make {target} TASK={_shell_word(groups.get('task', 'mrpc'))}"
@@ -318,6 +322,37 @@ def make_command(target: str, overrides: Sequence[str]) -> str:
     if rest:
         line += " ARGS=" + _shell_word(" ".join(_shell_word(o, '"') for o in rest).replace("$", "$$"))
     return line
+
+
+#: environment variables the Makefile sets for its targets: ``ARGS`` as typed (before make expanded its
+#: ``$``) and the target's name
+MAKE_ARGS_ENV, MAKE_TARGET_ENV = "RANKSWEEP_MAKE_ARGS", "RANKSWEEP_MAKE_TARGET"
+#: what make does with a ``$`` as the user meant it: ``$$`` (one ``$``), ``$(NAME)`` / ``${NAME}`` (a variable)
+_MAKE_DOLLAR = re.compile(r"\$(?:\$|\([A-Za-z_][A-Za-z0-9_]*\)|\{[A-Za-z_][A-Za-z0-9_]*\})|(?P<eaten>\$)")
+
+
+def check_make_args(raw: str, target: str, args: Sequence[str] = ()) -> None:
+    """Refuse ``ARGS`` (``raw``, as typed for ``make <target>``, whose recipe passed ``args``) holding a ``$`` that make expands away
+    before the command sees it (a regex's ``$``, Hydra's ``${oc.env:HOME}``); ``$$`` and make variables
+    such as ``$(HOME)`` are meant for make and pass.
+
+    Raises:
+        UserError: names the word, why, and the two ways that work.
+    """
+    eaten = next((m for m in _MAKE_DOLLAR.finditer(raw) if m.group("eaten")), None)
+    if eaten is None:
+        return
+    start = raw.rfind(" ", 0, eaten.start()) + 1
+    end = raw.find(" ", eaten.start())
+    word = raw[start : None if end < 0 else end].strip("'\"")
+    module = {"report": "analysis", "subspace": "analysis.subspace_report", "calibrate": "analysis.calibrate"}
+    groups = [a for a in args if a.startswith(("task=", "sweep="))]  # the user's TASK and SWEEP
+    python = module.get(target, f"sweep.{target}" if target in ("trial", "worker") else target)
+    raise UserError(
+        f"ARGS holds {word!r}, whose $ make expands before ranksweep sees it (the override would arrive "
+        f"mangled); write $$ for it in make: {make_command(target, [*groups, word])}, or run the command "
+        f"without make: .venv/bin/python -m {python} {_shell_word(word)}"
+    )
 
 
 def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None) -> None:
@@ -333,9 +368,11 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
         print((sys.modules[main.__module__].__doc__ or "").strip())
         sys.exit(0)
     try:
+        if os.environ.get(MAKE_ARGS_ENV):
+            check_make_args(os.environ[MAKE_ARGS_ENV], os.environ.get(MAKE_TARGET_ENV, "sweep"), args)
         code = main(args)
     except UserError as e:
-        print(f"ranksweep: error: {e}", file=sys.stderr)
+        print(f"ranksweep: error: {mask_url(str(e))}", file=sys.stderr)  # a password never reaches the screen
         sys.exit(2)
     except KeyboardInterrupt:
         print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)

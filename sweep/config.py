@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Type
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from sweep.redact import mask_url
+
 #: Target roles understood in ``lora.targets`` besides raw module names and regexes. ``all-linear``
 #: means every ``nn.Linear`` (and GPT-2 ``Conv1D``) of the model except the classification head.
 ALL_LINEAR = "all-linear"
@@ -136,7 +138,7 @@ def _check_storage(value: Optional[str]) -> None:
         return
     if not re.fullmatch(r"sqlite:////[^?#]*[^/?#]|postgresql(\+\w+)?://\S+", str(value)):
         raise ValueError(
-            f"sweep.storage={value!r} is invalid: give {STORAGE_FORMS}, or null for "
+            f"sweep.storage={mask_url(str(value))!r} is invalid: give {STORAGE_FORMS}, or null for "
             "results/<task>/<sweep.name>/study.db"
         )
 

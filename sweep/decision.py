@@ -16,6 +16,7 @@ from typing import (
     Dict,
     Mapping,
     Optional,
+    Sequence,
     Tuple,
     Union,
     get_args,
@@ -64,6 +65,16 @@ class StopReason(Choice):
     NO_SUCCESS = "no successful trial"
     BUDGET = "budget"
     GRID_COMPLETE = "grid complete"
+
+
+def stop_text(stop_reason: Optional[str], decisions: Sequence["Decision"]) -> Optional[str]:
+    """How a stop reason reads for people: a sweep whose ``sweep.ranks`` ended before a plateau (a
+    ``ranks-exhausted`` decision and no ``plateau`` one) stopped because its ranks ran out, whatever
+    ``StopReason`` the procedure stores for it (``plateau``: its decisions are the same)."""
+    actions = {d.action for d in decisions}
+    if stop_reason == StopReason.PLATEAU and Action.RANKS_EXHAUSTED in actions and Action.PLATEAU not in actions:
+        return "ranks exhausted: sweep.ranks ended before a plateau"
+    return stop_reason
 
 
 class RaceEnd(Choice):

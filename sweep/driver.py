@@ -21,16 +21,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-from omegaconf import OmegaConf
-
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import take, task_data, task_digest
 from sweep.decide import Plan, Status, plan
-from sweep.decision import StopReason, TrialSpec
+from sweep.decision import StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult
+from sweep.redact import config_yaml, mask_overrides, mask_url
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
 from sweep.study import open_study, outcomes, sqlite_path, storage_url, study_name, tell_result
 from sweep.trial import check_training_steps, run_trial, trial_name
@@ -214,9 +213,9 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
     ``overrides`` (the command line) are stored so that the report can show commands that continue it.
 
-    On SQLite this is the only process on the sweep (``sweep.lock``). On a database server it is one
-    worker among any number: it claims runnable trials (``sweep/claims.py``), waits while every
-    runnable trial is held by another worker, and returns once the sweep is over.
+    On SQLite this is the only process on the study (``sweep.resume.sweep_lock``: ``study.db.lock``). On
+    a database server it is one worker among any number: it claims runnable trials (``sweep/claims.py``),
+    waits while every runnable trial is held by another worker, and returns once the sweep is over.
 
     Returns the final ``Plan`` (decisions, recommendation, stop reason); its ``next`` is not None only
     when a trial crashed in this run: the sweep stops there, and re-running it retries the trial.
@@ -236,14 +235,14 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     data = task_data(cfg)  # also tokenises once for every trial
     check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
     shared = claims.is_shared(storage_url(cfg))
-    with nullcontext() if shared else sweep_lock(sdir):
+    with nullcontext() if shared else sweep_lock(sqlite_path(storage_url(cfg))):
         study = open_study(cfg, resolved)
-        study.set_user_attr("command_overrides", list(overrides))
+        study.set_user_attr("command_overrides", mask_overrides(overrides))
         sdir.mkdir(parents=True, exist_ok=True)
         study.set_user_attr("target_costs", per_rank)
-        (sdir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        (sdir / "config.yaml").write_text(config_yaml(resolved))
         log(
-            f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {storage_url(cfg)}"
+            f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {mask_url(storage_url(cfg))}"
             + (f", worker {claims.worker_id()}" if shared else "")
         )
         blank, crashed = ([], []) if shared else _finish_orphans(study, cfg, progress, log)
@@ -290,7 +289,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
 
 
 def _finish_orphans(study, cfg: Config, progress: bool, log) -> Tuple[list, List[TrialSpec]]:
-    """SQLite, under ``sweep.lock``: finish the trials a dead process left RUNNING (``sweep.resume.orphans``)
+    """SQLite, under ``sweep_lock``: finish the trials a dead process left RUNNING (``sweep.resume.orphans``)
     from their last epoch checkpoints. Returns (the blank orphans, to be adopted by the next trials the
     plan asks for; the configurations that crashed again here)."""
     blank, known = orphans(study)
@@ -324,5 +323,5 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
             if p.stop_reason == StopReason.BUDGET
             else ""
         )
-        return f"recommendation: r={r} on {t} ({p.stop_reason}{provisional}); results in {sdir}"
+        return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"

@@ -4,8 +4,9 @@ or repeating work. A newcomer's map of resuming:
 1. **Is a resume meaningful?** ``fingerprint`` / ``check_fingerprint``: a study refuses a run whose
    settings would make its finished trials incomparable (``RESUMABLE_KEYS`` may change; a key added
    after the study was made reads as its default, ``differing_keys``, so an upgrade never strands a sweep).
-2. **One process per SQLite sweep.** ``sweep_lock``: a second driver is refused; the OS frees the lock
-   when its holder dies, so a trial still RUNNING under a free lock is an orphan.
+2. **One process per SQLite study.** ``sweep_lock``: a second driver on the same database file (from
+   any results folder) is refused; the OS frees the lock when its holder dies, so a trial still RUNNING
+   under a free lock is an orphan.
 3. **Orphans.** ``orphans``: trials whose process died (SQLite) are finished (they know their
    configuration) or adopted by the next trial the plan asks for (they died before storing it). On a
    database server a dead worker's trial is failed by heartbeat and run again: ``sweep/claims.py``.
@@ -40,6 +41,7 @@ from sweep.decision import TrialSpec
 from sweep.errors import UserError
 from sweep.paths import glue_dir
 from sweep.record import TrialResult, read_result, write_result
+from sweep.redact import config_yaml
 
 if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, which reads studies
     import numpy as np
@@ -200,28 +202,34 @@ def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
         study.set_user_attr("fingerprint", new)
 
 
-# --- 2. one process per SQLite sweep ----------------------------------------------------------------
+# --- 2. one process per SQLite study ----------------------------------------------------------------
+
+
+def lock_path(database: Path) -> Path:
+    """The lock file of the SQLite study file ``database``: ``<database>.lock`` beside it (``study.db.lock``)."""
+    return database.with_name(database.name + ".lock")
 
 
 @contextmanager
-def sweep_lock(directory: Path) -> Iterator[None]:
-    """Hold ``sweep.lock`` in the sweep folder for the whole run: a second driver on the same sweep is
-    refused, and the OS releases the lock when the holder dies (even by SIGKILL), so a trial still
-    RUNNING in the study when the lock is free is known to be orphaned.
+def sweep_lock(database: Path) -> Iterator[None]:
+    """Hold ``lock_path(database)`` for the whole run: a second driver on the same SQLite file is
+    refused, whichever results folder it runs from (the lock belongs to the study, not to a folder), and
+    the OS releases the lock when the holder dies (even by SIGKILL), so a trial still RUNNING in the
+    study when the lock is free is known to be orphaned. Taken before the file exists, it also keeps two
+    of our sweeps from creating Optuna's tables in one new file together.
 
     Raises:
         UserError: another process holds the lock.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "sweep.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path(database), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise UserError(
-                f"another sweep (pid {holder}) is running in {directory}; wait for it to finish "
+                f"another sweep (pid {holder}) is using the study {database}; wait for it to finish "
                 "or stop it, then re-run to resume; a SQLite study serves one process: for several "
                 "workers put it on PostgreSQL (sweep.storage=postgresql://…)"
             ) from None
@@ -347,7 +355,7 @@ def reuse_finished(task_dir: Path, tresolved, run_dir: Path, digest: str) -> Opt
             continue
         m = dataclasses.replace(found, reused_from=str(source))
         shutil.copytree(source, run_dir, dirs_exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(tresolved))
+        (run_dir / "config.yaml").write_text(config_yaml(tresolved))
         write_result(run_dir / "metrics.json", m)
         return m
     return None

@@ -29,6 +29,7 @@ from sweep.decide import Outcome, Status
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
 from sweep.record import TrialResult, record_fields
+from sweep.redact import mask_text, mask_url, masked_hint
 from sweep.resume import check_fingerprint, run_fingerprint
 
 
@@ -84,14 +85,15 @@ def open_study(cfg: Config, resolved):
     except UserError:
         raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
+        why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else "", url)
         raise UserError(
-            f"cannot open sweep.storage {url}: {type(e).__name__}: {str(e).strip().splitlines()[0]}"
+            f"cannot open sweep.storage {mask_url(url)}: {type(e).__name__}: {why}{masked_hint(url)}"
         ) from None
     check_fingerprint(study, cfg, new)
     # this run's decisions replace the stored ones; until it ends there is no final answer
     study.set_user_attr("stop_reason", None)
     study.set_user_attr("recommendation", None)
-    study.set_user_attr("settings", asdict(cfg.sweep))
+    study.set_user_attr("settings", {**asdict(cfg.sweep), "storage": cfg.sweep.storage and mask_url(cfg.sweep.storage)})
     study.set_user_attr("task", cfg.task.name)
     study.set_user_attr("model", cfg.model.name)
     study.set_user_attr("objective", cfg.task.objective)
@@ -113,11 +115,12 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as e:
-        raise UserError(f"cannot open storage {url}: {str(e).splitlines()[0]}") from None
+        why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
+        raise UserError(f"cannot open storage {mask_url(url)}: {why}{masked_hint(url)}") from None
     if name is None and len(names) == 1:
         name = names[0]
     if name not in names:
-        raise UserError(f"no study '{name}' in {url}; studies there: {', '.join(names) or 'none'}")
+        raise UserError(f"no study '{name}' in {mask_url(url)}; studies there: {', '.join(names) or 'none'}")
     return optuna.load_study(study_name=name, storage=url)
 
 

@@ -46,6 +46,7 @@ from sweep.modeling import (
 )
 from sweep.paths import results_root
 from sweep.record import TrialResult, write_result
+from sweep.redact import config_yaml
 from sweep.resume import CHECKPOINT, Progress, load_checkpoint, save_checkpoint
 from sweep.runtime import library_versions, peak_memory_mb, reset_peak_memory, resolve_device, resolve_precision
 
@@ -222,7 +223,7 @@ def run_trial(
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
-    config_text = OmegaConf.to_yaml(resolved)
+    config_text = config_yaml(resolved)
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
     reset_peak_memory(device)  # peak_mem_mb is this trial's, not the process's lifetime peak

@@ -23,7 +23,8 @@ from sweep.paths import sweep_dir
 
 def main(args: List[str]) -> int:
     """Join the sweep of the overrides ``args`` and run its trials until it is over. Returns the exit
-    status: 0, or 1 when a trial crashed in this worker (re-running a worker retries it).
+    status: 0, or 1 when a trial crashed in this worker (re-running a worker retries it) or no trial of the
+    sweep succeeded (every one diverged).
 
     Raises:
         UserError: bad input (see ``sweep.driver.run_sweep``).
@@ -34,7 +35,7 @@ def main(args: List[str]) -> int:
         print(crash_line(cfg, p), file=sys.stderr)
         return 1
     print(recommendation_line(p, sweep_dir(cfg)))
-    return 0
+    return 0 if p.recommendation else 1  # every trial diverged
 
 
 if __name__ == "__main__":

@@ -43,6 +43,20 @@ def postgres() -> str:
         yield url
 
 
+#: the password of the ``postgres_password`` server
+PG_PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="session")
+def postgres_password() -> str:
+    """A PostgreSQL server that checks passwords (``PG_PASSWORD``, scram-sha-256), started on first use:
+    its SQLAlchemy URL without the password. No binaries: see ``missing``."""
+    if postgres_bin() is None:
+        missing("PostgreSQL binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+    with local_postgres(PG_PASSWORD) as url:
+        yield url
+
+
 @pytest.fixture
 def tiny(glue_dir, tmp_path):
     """Overrides of a real trial shrunk to seconds: 64 training examples, one epoch, CPU."""
@@ -85,6 +99,24 @@ def run_module(module: str, *args: str, env=None, timeout: int = 600) -> subproc
         text=True,
         timeout=timeout,
     )
+
+
+def hold_lock(database: Path) -> subprocess.Popen:
+    """A second process holding ``sweep.resume.sweep_lock(database)`` (the study lock) until killed;
+    returns once it holds it."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
+            f"with sweep_lock(Path({str(database)!r})):\n    print('held', flush=True); time.sleep(120)",
+        ],
+        cwd=PROJECT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
 
 
 def ok(proc) -> None:

@@ -50,8 +50,10 @@ def _as_server_user(cmd: List[str]) -> List[str]:
 
 
 @contextmanager
-def local_postgres() -> Iterator[str]:
-    """Start a PostgreSQL server in a new temporary folder; yields its SQLAlchemy URL.
+def local_postgres(password: str | None = None) -> Iterator[str]:
+    """Start a PostgreSQL server in a new temporary folder; yields its SQLAlchemy URL. With ``password``,
+    every connection must give it (``scram-sha-256`` authentication; the URL yielded holds no password),
+    else local connections are trusted.
 
     Raises:
         RuntimeError: no PostgreSQL binaries, or the server did not start (with its log's last lines).
@@ -68,11 +70,13 @@ def local_postgres() -> Iterator[str]:
         user = pwd.getpwnam(RUN_AS)
         os.chown(folder, user.pw_uid, user.pw_gid)
     port = _free_port()
+    auth = ["--auth=trust"]
+    if password is not None:
+        (folder / "pwfile").write_text(password + "\n")
+        auth = ["--auth=scram-sha-256", f"--pwfile={folder / 'pwfile'}"]
     try:
         subprocess.run(
-            _as_server_user(
-                [str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, "--auth=trust", "-E", "UTF8", "--no-sync"]
-            ),
+            _as_server_user([str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, *auth, "-E", "UTF8", "--no-sync"]),
             check=True,
             capture_output=True,
             text=True,

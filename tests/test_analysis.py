@@ -531,3 +531,52 @@ def test_missing_study_message(tmp_path):
         f"ARGS=results_dir={tmp_path}` first (or point sweep.storage at one)"
     ]
     assert not (tmp_path / "mrpc").exists()
+
+
+def _steps(tmp_path, s, rows):
+    from analysis.report import _next_steps, _status_line
+
+    trials, _, info = loaded(make_study(tmp_path, s, [trial(*t) for t in rows]))
+    return _status_line(trials, info), "\n".join(_next_steps(info))
+
+
+# r=1 and r=2 score the same (81, 83 points): no gain; with patience 2 the ranks [1, 2] run out first
+SAME = [
+    (1, "q,v", 0, 0.81, "rank"),
+    (1, "q,v", 1, 0.83, "rank"),
+    (2, "q,v", 0, 0.81, "rank"),
+    (2, "q,v", 1, 0.83, "rank"),
+]
+
+
+def test_next_steps_after_a_plateau_with_ranks_left_suggest_more_patience(tmp_path):
+    # FINISHED: plateau at r=4 (patience 1) of ranks 1…8: r=8 is left, so patience 2 would train it
+    status, steps = _steps(tmp_path, settings(), FINISHED)
+    assert status == "finished (plateau)"
+    assert "- Look further before calling a plateau: `make sweep TASK=mrpc ARGS=sweep.patience=2`" in steps
+    assert "sweep.max_seeds=4" in steps
+
+
+def test_next_steps_when_the_ranks_ran_out_suggest_more_ranks_not_patience(tmp_path):
+    s = settings(ranks=[1, 2], target_sets=[["q", "v"]], patience=2)
+    status, steps = _steps(tmp_path, s, SAME)
+    assert status == "finished (ranks exhausted: sweep.ranks ended before a plateau)"
+    assert "sweep.patience" not in steps and "plateau:" not in steps
+    assert (
+        """- The ranks ran out before a plateau (sweep.ranks ends at r=2): `make sweep TASK=mrpc ARGS='"sweep.ranks=[1,2,4]"'`"""
+        in steps
+    )
+
+
+def test_next_steps_of_a_grid_never_suggest_patience(tmp_path):
+    s = settings(mode="grid", ranks=[1, 2], target_sets=[["q", "v"]])
+    _, steps = _steps(tmp_path, s, SAME)
+    assert "patience" not in steps
+    assert """`make sweep TASK=mrpc SWEEP=grid ARGS='"sweep.seeds=[0,1,2,3]"'`""" in steps
+
+
+def test_next_steps_when_every_trial_diverged_suggest_no_more_of_the_same(tmp_path):
+    s = settings(ranks=[1, 2], target_sets=[["q", "v"]], seeds=[0], max_seeds=1)
+    _, steps = _steps(tmp_path, s, [(1, "q,v", 0, "diverged", "rank"), (2, "q,v", 0, "diverged", "rank")])
+    assert "make sweep" not in steps
+    assert steps.startswith("No trial succeeded, so more seeds or ranks with the same settings would fail")

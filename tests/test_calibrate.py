@@ -10,7 +10,7 @@ from fakes import FINISHED, make_study, small_settings, trial
 from fakes import MINILM_COSTS as COSTS
 from scipy import stats
 
-from analysis.calibrate import COLUMNS, main
+from analysis.calibrate import COLUMNS, _print_table, main
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
 from sweep.cli import defaults as default_config
@@ -169,3 +169,28 @@ def test_overrides_on_top_of_a_study(tmp_path, capsys):
     with pytest.raises(UserError, match=r"^sweep.confidence=1.5 is invalid"):
         main(["--reps=2", *study, "sweep.confidence=1.5"])
     assert capsys.readouterr().out == ""
+
+
+def test_a_share_of_the_grid_above_100_percent_says_what_it_means(capsys):
+    # a tiny grid (ranks [1,2], one target set, one seed: 2 trials) that racing to 4 seeds outgrows
+    settings = replace(small_settings(), ranks=[1, 2], target_sets=[["q", "v"]], seeds=[0], max_seeds=4)
+    row = {"scenario": "flat", "sigma": 1.0, "settings": "default", "p_within_tolerance": 1.0, "mean_regret": 0.0}
+    table = pd.DataFrame([{**row, "mean_trials": 5.0, "pct_of_grid": 250.0}])
+    _print_table(table, settings)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "% of grid: mean trials / the 2 trials of the grid at sweep.seeds=[0]; racing adds seeds up to "
+        "sweep.max_seeds=4, so above 100% the procedure ran more trials than that grid (a small grid, or much racing)"
+    )
+    _print_table(table.assign(pct_of_grid=50.0), settings)  # within the grid: no note
+    assert "racing adds seeds" not in capsys.readouterr().out
+
+
+def test_against_a_missing_sweep_the_hint_names_its_folder_and_name(tmp_path):
+    from conftest import run_main
+
+    ran = run_main(main, "task=rte", "sweep.name=mine", f"results_dir={tmp_path}")
+    assert ran.returncode == 2
+    assert ran.stderr == (
+        f"ranksweep: error: no sweep study at {tmp_path}/rte/mine/study.db; run "
+        f"`make sweep TASK=rte ARGS='sweep.name=mine results_dir={tmp_path}'` first (or point sweep.storage at one)\n"
+    )

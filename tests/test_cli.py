@@ -63,3 +63,38 @@ def test_the_command_line_itself_prints_one_line(tiny):
         2,
         "ranksweep: error: lora.r=0 is invalid: it must be a positive integer\n",
     )
+
+
+@pytest.mark.parametrize(
+    "typed, target, word, fixed",
+    [
+        # a regex's $ (make expands "$ " to nothing and joins the words) and Hydra's ${oc.env:…}
+        ("model.roles.q=query$ sweep.name=x", "report", "model.roles.q=query$", "analysis 'model.roles.q=query$'"),
+        (
+            "results_dir=${oc.env:HOME}/r",
+            "sweep",
+            "results_dir=${oc.env:HOME}/r",
+            "sweep 'results_dir=${oc.env:HOME}/r'",
+        ),
+    ],
+)
+def test_a_dollar_that_make_expands_is_refused_with_what_works(monkeypatch, typed, target, word, fixed):
+    from analysis.__main__ import main as analysis_main
+
+    monkeypatch.setenv("RANKSWEEP_MAKE_ARGS", typed)
+    monkeypatch.setenv("RANKSWEEP_MAKE_TARGET", target)
+    ran = run_main(analysis_main, "task=rte", "sweep=grid", "mangled")
+    assert ran.returncode == 2
+    inner = word.replace("$", "$$")
+    assert ran.stderr == (
+        f"ranksweep: error: ARGS holds {word!r}, whose $ make expands before ranksweep sees it (the override "
+        f"would arrive mangled); write $$ for it in make: make {target} TASK=rte SWEEP=grid "
+        f"ARGS=''\"'\"'{inner}'\"'\"'', or run the command without make: .venv/bin/python -m {fixed}\n"
+    )
+
+
+@pytest.mark.parametrize("typed", ["a=$(HOME) b=$$c", "lora.r=8", ""])
+def test_a_dollar_meant_for_make_passes(typed):
+    from sweep.cli import check_make_args
+
+    check_make_args(typed, "sweep")  # no error

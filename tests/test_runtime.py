@@ -1,11 +1,10 @@
 """Where a trial runs: device and precision selection, and the sweep lock."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import hold_lock
 
 from sweep import runtime
 from sweep.cli import compose
@@ -45,27 +44,16 @@ def test_cuda_asked_without_cuda_is_one_line(monkeypatch):
         runtime.resolve_device(cfg)
 
 
-def test_second_driver_on_the_same_sweep_is_refused_and_a_dead_holder_frees_it(tmp_path):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sys, time; from pathlib import Path; from sweep.resume import sweep_lock\n"
-                f"with sweep_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)"
-            ),
-        ],
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def test_second_driver_on_the_same_study_is_refused_and_a_dead_holder_frees_it(tmp_path):
+    db = tmp_path / "study.db"
+    holder = hold_lock(db)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(UserError, match=rf"^another sweep \(pid {holder.pid}\) is running in {tmp_path}; "):
-            with sweep_lock(tmp_path):
+        with pytest.raises(UserError, match=rf"^another sweep \(pid {holder.pid}\) is using the study {db}; "):
+            with sweep_lock(db):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with sweep_lock(tmp_path):  # the OS released the lock of the killed holder
-        assert (tmp_path / "sweep.lock").read_text() == str(os.getpid())
+    with sweep_lock(db):  # the OS released the lock of the killed holder; the leftover file does not block
+        assert (tmp_path / "study.db.lock").read_text() == str(os.getpid())
+    assert not db.exists()  # the lock never creates the study

@@ -214,3 +214,22 @@ def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
         f"Against the baseline (always predicting the majority class, {100 * majority:.2f}): "
         f"{100 * (t.value - majority):+.2f} points on 1 seed(s), too few for an interval: not shown to beat it."
     )
+
+
+def test_a_sweep_in_which_every_trial_diverged_exits_non_zero(glue_dir, tmp_path):
+    # lr 1e30: the loss is NaN within the first epoch of r=1 and of r=2, as `make trial` would report it
+    ran = run_main(
+        sweep_main,
+        "debug=tiny",
+        "train.threads=1",
+        "train.lr=1e30",
+        "sweep.ranks=[1,2]",
+        "sweep.target_sets=[[q,v]]",
+        f"data.dir={glue_dir}",
+        f"results_dir={tmp_path}",
+    )
+    assert ran.returncode == 1, ran
+    assert ran.stdout.splitlines()[-1] == (
+        f"no recommendation: no trial succeeded (no successful trial); results in {tmp_path}/mrpc/default"
+    )
+    assert [t.user_attrs["status"] for t in trials_of(tmp_path)] == ["diverged", "diverged"]

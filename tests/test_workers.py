@@ -13,10 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PROJECT, run_module
+from conftest import PROJECT, hold_lock, run_main, run_module
 from optuna.trial import TrialState
 
 from sweep import claims
+from sweep.__main__ import main as sweep_main
 from sweep.cli import defaults
 from sweep.decision import TrialSpec
 from sweep.resume import sweep_lock
@@ -225,10 +226,30 @@ def test_three_workers_one_killed_equal_one_process(postgres, glue_dir, tmp_path
 
 def test_a_second_process_on_a_sqlite_sweep_is_refused_naming_postgresql(glue_dir, tmp_path):
     a = [*WORKER, f"data.dir={glue_dir}", f"results_dir={tmp_path}"]
-    with sweep_lock(tmp_path / "mrpc" / "grid"):
+    with sweep_lock(tmp_path / "mrpc" / "grid" / "study.db"):
         proc = run_module("sweep.worker", *a)
     assert proc.returncode == 2
     line = proc.stderr.strip()
-    assert len(line.splitlines()) == 1 and line.startswith(f"ranksweep: error: another sweep (pid {os.getpid()})")
+    assert len(line.splitlines()) == 1 and line.startswith(
+        f"ranksweep: error: another sweep (pid {os.getpid()}) is using the study"
+    )
     assert "for several workers put it on PostgreSQL (sweep.storage=postgresql://…)" in line
     assert not (tmp_path / "mrpc" / "grid" / "study.db").exists()
+
+
+def test_one_sqlite_study_used_from_two_results_folders_is_refused(glue_dir, tmp_path):
+    """The lock belongs to the study file, not to a results folder: a sweep of results folder a/ holds
+    the shared study (a real second process), a sweep of results folder b/ on the same sweep.storage is
+    refused before it creates anything (so neither can race the other creating Optuna's tables)."""
+    db = tmp_path / "shared" / "study.db"
+    holder = hold_lock(db)
+    try:
+        args = [*WORKER, f"data.dir={glue_dir}", f"results_dir={tmp_path / 'b'}", f"sweep.storage=sqlite:///{db}"]
+        proc = run_main(sweep_main, *args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc
+    assert proc.stderr.startswith(f"ranksweep: error: another sweep (pid {holder.pid}) is using the study {db}; ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not db.exists() and not (tmp_path / "b" / "mrpc" / "grid" / "config.yaml").exists()
