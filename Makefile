@@ -14,8 +14,8 @@ GLUE_DIR ?= $(if $(wildcard ../shared/data/glue/MRPC),$(abspath ../shared/data/g
 export GLUE_DIR
 
 # ARGS as typed, before make expands its `$`, and the target: sweep/cli.py refuses a `$` that make ate
-trial sweep worker report subspace calibrate bench: export RANKSWEEP_MAKE_ARGS := $(value ARGS)
-trial sweep worker report subspace calibrate bench: export RANKSWEEP_MAKE_TARGET = $@
+trial sweep worker report export subspace calibrate bench: export RANKSWEEP_MAKE_ARGS := $(value ARGS)
+trial sweep worker report export subspace calibrate bench: export RANKSWEEP_MAKE_TARGET = $@
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

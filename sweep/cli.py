@@ -345,7 +345,12 @@ def check_make_args(raw: str, target: str, args: Sequence[str] = ()) -> None:
     start = raw.rfind(" ", 0, eaten.start()) + 1
     end = raw.find(" ", eaten.start())
     word = raw[start : None if end < 0 else end].strip("'\"")
-    module = {"report": "analysis", "subspace": "analysis.subspace_report", "calibrate": "analysis.calibrate"}
+    module = {
+        "report": "analysis",
+        "export": "analysis.export",
+        "subspace": "analysis.subspace_report",
+        "calibrate": "analysis.calibrate",
+    }
     groups = [a for a in args if a.startswith(("task=", "sweep="))]  # the user's TASK and SWEEP
     python = module.get(target, f"sweep.{target}" if target in ("trial", "worker") else target)
     raise UserError(

@@ -346,15 +346,16 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     done = Progress(
         epoch=1, history=[{"epoch": 1, "train_loss": 0.5}], train_flops=10**15, train_tokens=7, best_preds=np.arange(3)
     )
-    save_checkpoint(path, model, optimizer, scheduler, done, "config: a", cpu)
+    config_a, config_b = (OmegaConf.to_yaml(compose(args)[1]) for args in ([], ["lora.alpha=32"]))
+    save_checkpoint(path, model, optimizer, scheduler, done, config_a, cpu)
     expected_draw = torch.rand(4)  # the RNG after saving: a resumed run must draw the same numbers
 
     fresh, fresh_opt, fresh_sched = _tiny_training(1)
-    assert load_checkpoint(path, fresh, fresh_opt, fresh_sched, "config: b", cpu) is None  # another config
+    assert load_checkpoint(path, fresh, fresh_opt, fresh_sched, config_b, cpu) is None  # another trial
     assert not torch.equal(fresh[1].weight, model[1].weight)  # … leaves everything as it was
-    assert load_checkpoint(tmp_path / "none.pt", fresh, fresh_opt, fresh_sched, "config: a", cpu) is None
+    assert load_checkpoint(tmp_path / "none.pt", fresh, fresh_opt, fresh_sched, config_a, cpu) is None
 
-    back = load_checkpoint(path, fresh, fresh_opt, fresh_sched, "config: a", cpu)
+    back = load_checkpoint(path, fresh, fresh_opt, fresh_sched, config_a, cpu)
     assert torch.equal(torch.rand(4), expected_draw)
     assert back.epoch == 1 and back.history == done.history and back.train_flops == 10**15 and back.train_tokens == 7
     assert np.array_equal(back.best_preds, np.arange(3)) and back.status == "ok" and back.reason is None
