@@ -9,7 +9,9 @@ real decision functions of ``sweep/decide.py`` on the scenario families of ``ana
     python -m analysis.calibrate --reps=1000            # more simulated sweeps per cell (default 200)
 
 Prints, per settings × scenario × σ: P(regret ≤ tolerance), mean regret (points), mean trials and mean
-trials as % of the full grid (every rank × target set × seed), and writes the same table to
+trials as % of the full grid (every rank × target set × seed), the values rounded to MRPC's 408 validation
+examples (a study's own n_eval), then the same for the degenerate-noise cells (``degenerate_scenarios``:
+seeds that often score the same), and writes both tables to
 ``results/calibration/calibration.csv`` (the defaults' rows have ``settings`` = ``default``; other
 rows are labelled with their sweep overrides). Simulated trials take no time, so only the
 ``sweep.max_trials`` cap applies. Given a study (``task=…``, ``sweep.name=…`` or ``sweep.storage=…``),
@@ -21,12 +23,20 @@ parameters per rank, so a sweep of any model or target sets (GPT-2's ``qkv``) is
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Mapping, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
 from analysis.reliability import observed_scenario, reliability
-from analysis.simulate import SEED, Scenario, calibrate_cell, grid_trials, scenarios
+from analysis.simulate import (
+    N_EVAL,
+    SEED,
+    Scenario,
+    calibrate_cell,
+    degenerate_scenarios,
+    grid_trials,
+    scenarios,
+)
 from sweep.cli import compose, make_command, run_cli
 from sweep.config import SweepSettings, targets_key
 from sweep.errors import UserError
@@ -39,22 +49,30 @@ REPS = 200
 #: the targets at the defaults (issue #8): P(regret ≤ tolerance) at σ, and trials as % of the grid
 TARGETS = {0.5: 0.9, 1.0: 0.8}
 MAX_PCT_OF_GRID = 50.0
-COLUMNS = ("scenario", "sigma", "settings", "p_within_tolerance", "mean_regret", "mean_trials", "pct_of_grid")
+COLUMNS = ("scenario", "sigma", "n_eval", "settings", "p_within_tolerance", "mean_regret", "mean_trials", "pct_of_grid")
+
+
+#: one simulated cell: a scenario, σ (points) and the validation examples its values are rounded to
+CellSpec = Tuple[Scenario, float, Optional[int]]
+
+
+def grid_of(scens: Sequence[Scenario], sigmas: Sequence[float], n_eval: Optional[int]) -> List[CellSpec]:
+    """Every scenario × σ at one validation size."""
+    return [(scenario, sigma, n_eval) for scenario in scens for sigma in sigmas]
 
 
 def calibration_table(
-    runs: Sequence[Tuple[str, SweepSettings, Sequence[Scenario], Sequence[float]]],
+    runs: Sequence[Tuple[str, SweepSettings, Sequence[CellSpec]]],
     per_rank: Mapping[str, int],
     reps: int = REPS,
     seed: int = SEED,
 ) -> pd.DataFrame:
-    """One row per (settings label, scenario, σ) of ``runs`` with the columns of ``COLUMNS``."""
+    """One row per (settings label, scenario, σ, n_eval) of ``runs`` with the columns of ``COLUMNS``."""
     rows = []
-    for label, settings, scens, sigmas in runs:
-        for scenario in scens:
-            for sigma in sigmas:
-                cell = calibrate_cell(settings, scenario, sigma, per_rank, reps, seed, settings.tolerance)
-                rows.append({"settings": label, **dataclasses.asdict(cell)})
+    for label, settings, cells in runs:
+        for scenario, sigma, n_eval in cells:
+            cell = calibrate_cell(settings, scenario, sigma, per_rank, reps, seed, settings.tolerance, n_eval)
+            rows.append({"settings": label, **dataclasses.asdict(cell)})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
@@ -83,7 +101,7 @@ def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = R
     n0 = len(settings.seeds)
     for max_seeds in sorted({n0, max(n0, settings.max_seeds // 2), settings.max_seeds, 2 * settings.max_seeds}):
         s = dataclasses.replace(settings, max_seeds=max_seeds)
-        t = calibration_table([("", s, scenarios(s, per_rank), tuple(TARGETS))], per_rank, reps)
+        t = calibration_table([("", s, grid_of(scenarios(s, per_rank), tuple(TARGETS), N_EVAL))], per_rank, reps)
         for sigma, g in t.groupby("sigma"):
             rows.append(
                 {
@@ -97,16 +115,20 @@ def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = R
     return pd.DataFrame(rows)
 
 
-def _print_table(table: pd.DataFrame, settings: SweepSettings) -> None:
+def _print_table(table: pd.DataFrame, settings: SweepSettings, title: str) -> None:
     print(
-        f"\nsettings: {table['settings'].iloc[0]} (seeds {list(settings.seeds)}, max_seeds {settings.max_seeds}, "
-        f"tolerance {settings.tolerance:g}, confidence {settings.confidence:g}, patience {settings.patience}; "
-        f"full grid {grid_trials(settings)} trials)"
+        f"\n{title}; settings: {table['settings'].iloc[0]} (seeds {list(settings.seeds)}, max_seeds "
+        f"{settings.max_seeds}, tolerance {settings.tolerance:g}, confidence {settings.confidence:g}, patience "
+        f"{settings.patience}, noise_floor {settings.noise_floor:g}; full grid {grid_trials(settings)} trials)"
     )
-    print(f"{'scenario':<12} {'σ':>4} {'P(regret≤tol)':>13} {'mean regret':>11} {'mean trials':>11} {'% of grid':>9}")
+    print(
+        f"{'scenario':<12} {'σ':>4} {'n_eval':>6} {'P(regret≤tol)':>13} {'mean regret':>11} {'mean trials':>11} "
+        f"{'% of grid':>9}"
+    )
     for r in table.itertuples():
+        n_eval = "-" if pd.isna(r.n_eval) else f"{int(r.n_eval)}"
         print(
-            f"{r.scenario:<12} {r.sigma:>4.2f} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
+            f"{r.scenario:<12} {r.sigma:>4.2f} {n_eval:>6} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
             f"{r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}"
         )
     if (table["pct_of_grid"] > 100).any():  # racing seeds beyond sweep.seeds: the grid is no upper bound
@@ -140,7 +162,7 @@ def main(args: List[str]) -> int:
     from sweep.driver import params_per_rank
     from sweep.study import load_study, outcomes, settings_of, storage_url, study_name
 
-    observed, extra_sigmas = {}, []
+    observed, extra_sigmas, n_eval = {}, [], N_EVAL
     if any(a.startswith(("task=", "sweep.name=", "sweep.storage=")) for a in overrides):
         # a study is calibrated with what it ran: its stored settings and LoRA parameters per rank (a
         # GPT-2 sweep starts on qkv), the command's sweep.* overrides on top of them
@@ -167,19 +189,20 @@ def main(args: List[str]) -> int:
                 f"{targets_key(base.start_targets)}: no seed noise to calibrate against"
             )
         print(f"study {study.study_name}: {rel.text()}")
-        extra_sigmas = [round(rel.sigma, 2)]
+        extra_sigmas, n_eval = [round(rel.sigma, 2)], rel.n_eval
     else:
         per_rank = params_per_rank(cfg)
         labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
     out = results_root(cfg) / "calibration" / "calibration.csv"
     tables = []
     for label, settings in labelled:
-        families = scenarios(settings, per_rank)
-        runs = [(label, settings, families, [*SIGMAS, *extra_sigmas])]
+        cells = grid_of(scenarios(settings, per_rank), [*SIGMAS, *extra_sigmas], n_eval)
         if observed.get(label) is not None:
-            runs.append((label, settings, [observed[label]], extra_sigmas))
-        table = calibration_table(runs, per_rank, reps)
-        _print_table(table, settings)
+            cells += grid_of([observed[label]], extra_sigmas, n_eval)
+        table = calibration_table([(label, settings, cells)], per_rank, reps)
+        _print_table(table, settings, f"scenario families, Gaussian seed noise rounded to 100/{n_eval} points")
+        degenerate = calibration_table([(label, settings, degenerate_scenarios(settings, per_rank))], per_rank, reps)
+        _print_table(degenerate, settings, "degenerate noise (seeds that often score the same)")
         missed = missed_targets(table[table["scenario"] != "study"])
         if not missed:
             print(
@@ -190,7 +213,7 @@ def main(args: List[str]) -> int:
             print("targets missed: " + "; ".join(missed))
             print("frontier (worst family per σ as sweep.max_seeds grows):")
             print(frontier(settings, per_rank, reps).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-        tables.append(table)
+        tables += [table, degenerate]
     out.parent.mkdir(parents=True, exist_ok=True)
     pd.concat(tables, ignore_index=True).to_csv(out, index=False, float_format="%.4f")
     print(f"\ncalibration table: {out}")

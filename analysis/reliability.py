@@ -12,9 +12,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from analysis.simulate import NARROW_OFFSET, SEED, Scenario, calibrate_cell
 from sweep.config import SweepSettings, targets_key
-from sweep.decide import Outcome, aggregate, seed_sequence
+from sweep.decide import Outcome, aggregate, noise_floor, seed_sequence
 from sweep.decision import ConfigKey
-from sweep.stats import Stats, detectable_gain, pooled_sd
+from sweep.stats import Stats, detectable_gain, seed_noise
 
 #: simulated sweeps behind a report's P(regret ≤ tolerance)
 REPS = 200
@@ -55,7 +55,9 @@ class Reliability:
     """How far a sweep's answer can be trusted.
 
     Attributes:
-        sigma: seed s.d. pooled over the study's configurations (points); dof: its degrees of freedom.
+        sigma: seed s.d. the comparisons use (points): pooled over the study's configurations, raised to
+            ``floor`` when the measured one is below it (``sweep.stats.seed_noise``); dof: its degrees of
+            freedom.
         seeds: the most seeds a configuration can get (``max_seeds``, or the seeds of a grid).
         detectable_gain: smallest gain (points) whose lower bound clears 0 with ``seeds`` seeds on each
             side at ``sweep.confidence`` (``sweep.stats.detectable_gain``).
@@ -67,6 +69,10 @@ class Reliability:
             reach, not what any configuration ran) or ``sweep.seeds`` (grid).
         reps: the simulated sweeps behind ``p_within_tolerance``; its Monte-Carlo standard error is
             √(p(1 − p)/reps).
+        measured: the pooled seed s.d. as measured (points); floor: the floor applied to it (points;
+            None when ``sweep.noise_floor`` is 0 or the trials do not say how many examples they evaluated).
+        n_eval: validation examples of the trials (100/resolution), None when unknown; the simulation
+            rounds its values to that resolution.
     """
 
     sigma: float
@@ -77,6 +83,14 @@ class Reliability:
     p_within_tolerance: Optional[float]
     seeds_key: str = "sweep.max_seeds"
     reps: int = REPS
+    measured: Optional[float] = None
+    floor: Optional[float] = None
+    n_eval: Optional[int] = None
+
+    @property
+    def floored(self) -> bool:
+        """Whether σ is the floor, the measured s.d. being below it."""
+        return self.floor is not None and self.measured is not None and self.measured < self.floor
 
     def text(self) -> str:
         """One sentence for the console and the report."""
@@ -85,15 +99,27 @@ class Reliability:
             if self.seeds_key == "sweep.max_seeds"
             else f"with {self.seeds} seeds per configuration ({self.seeds_key})"
         )
-        out = (
-            f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.); {where} the smallest gain "
-            f"a comparison can detect is {self.detectable_gain:.2f} points"
-        )
+        if self.floored:
+            examples = (
+                f" = {self.floor * self.n_eval / 100:.3g} validation examples of {self.n_eval}" if self.n_eval else ""
+            )
+            noise = (
+                f"seed noise σ = {self.sigma:.2f} points, floored (sweep.noise_floor{examples}): the measured "
+                f"{self.measured:.2f} (pooled, {self.dof} d.f.) claims more than the validation set can resolve"
+            )
+        else:
+            noise = f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.)"
+        out = f"{noise}; {where} the smallest gain a comparison can detect is {self.detectable_gain:.2f} points"
         if self.p_within_tolerance is not None:
             p = self.p_within_tolerance
+            if 0 < p < 1:
+                spread = f"± {math.sqrt(p * (1 - p) / self.reps):.2f} Monte-Carlo s.e., {self.reps} simulated sweeps"
+            else:  # no spread to quote: the rule of three bounds what the sweeps did not show
+                bound = f"≥ {1 - 3 / self.reps:.3f}" if p == 1 else f"≤ {3 / self.reps:.3f}"
+                spread = f"all {self.reps} simulated sweeps; 95% bound {bound}"
             out += (
                 f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
-                f"{p:.2f} (± {math.sqrt(p * (1 - p) / self.reps):.2f} Monte-Carlo s.e., {self.reps} simulated sweeps)"
+                f"{p:.2f} ({spread})"
             )
         return out
 
@@ -102,18 +128,25 @@ def reliability(
     outcomes: Sequence[Outcome], settings: SweepSettings, params_per_rank: Optional[Mapping[str, int]], reps: int = REPS
 ) -> Optional[Reliability]:
     """The ``Reliability`` of a study's procedure; None when no configuration has two counted ok seeds (no σ).
-    σ pools the decisions' statistics (``sweep.decide.aggregate`` over the seeds ``settings`` can ask for).
+    σ pools the decisions' statistics (``sweep.decide.aggregate`` over the seeds ``settings`` can ask for),
+    floored as the decisions floor it (``sweep.decide.noise_floor``); the simulation rounds its values to
+    the trials' validation resolution.
     Without ``params_per_rank`` (LoRA parameters per unit of rank of each target set, stored by the sweep
     as ``target_costs``) no simulation is run."""
-    sigma, dof = pooled_sd(list(_stats(outcomes, settings).values()))
-    if sigma is None:
+    noise = seed_noise(list(_stats(outcomes, settings).values()), noise_floor(outcomes, settings))
+    if noise.sd is None:
         return None
+    steps = [o.resolution for o in outcomes if o.resolution is not None]
+    n_eval = round(100 / max(steps)) if steps else None
     seeds = settings.max_seeds if settings.mode == "progressive" else len(settings.seeds)
-    gain = detectable_gain(sigma, dof, seeds, settings.confidence)
+    gain = detectable_gain(noise.sd, noise.dof, seeds, settings.confidence)
     scenario = observed_scenario(outcomes, settings, params_per_rank) if params_per_rank else None
     p = None
     if scenario is not None:
-        cell = calibrate_cell(settings, scenario, sigma, params_per_rank, reps, SEED, settings.tolerance)
+        cell = calibrate_cell(settings, scenario, noise.sd, params_per_rank, reps, SEED, settings.tolerance, n_eval)
         p = cell.p_within_tolerance
     key = "sweep.max_seeds" if settings.mode == "progressive" else "sweep.seeds"
-    return Reliability(sigma, dof, seeds, gain, settings.tolerance, p, key, reps)
+    floor = noise.floor if noise.floored else None
+    return Reliability(
+        noise.sd, noise.dof, seeds, gain, settings.tolerance, p, key, reps, noise.measured, floor, n_eval
+    )

@@ -3,7 +3,11 @@
 A scenario gives the true mean validation metric (points, 100 × metric) of every configuration of the
 search space: a curve over ``sweep.ranks`` on the start targets, plus a constant offset per target
 set (wider sets that help or hurt; the narrower sets q and v alone are 1 point below the curve). A
-simulated trial returns the true mean plus independent Gaussian seed noise of s.d. ``sigma`` points.
+simulated trial returns the true mean plus independent Gaussian seed noise of s.d. ``sigma`` points,
+rounded to the validation set's resolution when ``n_eval`` is given (an accuracy over n_eval examples
+moves in steps of 100/n_eval points; the outcome carries that resolution, so the procedure's noise floor
+applies as in a real sweep). ``degenerate_scenarios``: where that rounding, or a model that predicts one
+class, leaves the seeds scoring the same.
 The procedure under test is ``sweep.decide.plan`` itself, fed the simulated outcomes until it stops;
 its regret is the best true mean of the search space minus the true mean of its recommendation.
 """
@@ -11,7 +15,7 @@ its regret is the best true mean of the search space minus the true mean of its 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +28,8 @@ NARROW_OFFSET = -1.0
 MAX_SIMULATED_TRIALS = 1000
 #: RNG seed of every calibration cell (common random numbers across settings)
 SEED = 0
+#: validation examples of the default task (MRPC: 408 pairs, one is 0.245 points of accuracy)
+N_EVAL = 408
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,32 @@ def scenarios(
     return out
 
 
+#: the majority class's share of MRPC's validation set (279 of 408), points
+MAJORITY = 100 * 279 / 408
+
+
+def degenerate_scenarios(
+    settings: SweepSettings, params_per_rank: Mapping[str, int]
+) -> List[Tuple[Scenario, float, int]]:
+    """The cells (scenario, σ, n_eval) of the degenerate-noise family, where the measured seed s.d. is often
+    0 although the true one is not (or is 0 and the seeds all agree):
+
+    - ``majority``: every configuration and seed scores the majority class of MRPC (σ = 0), on 408 and on
+      32 examples (a model that predicts one class: no gain is the right answer);
+    - ``plateau-r4``, ``peak-r8``, ``wider-1`` and ``rising`` of ``scenarios`` on a 32-example validation
+      set (3.125 points per example) at σ ∈ {0.5, 1.0, 2.0}, and on MRPC's 408 at σ ∈ {0.1, 0.25}:
+      seeds that mostly round to the same value.
+    """
+    flat = {r: MAJORITY for r in settings.ranks}
+    majority = Scenario("majority", "majority", flat, _offsets(settings, params_per_rank, [0.0]))
+    by_name = {s.name: s for s in scenarios(settings, params_per_rank)}
+    picked = [by_name[n] for n in ("plateau-r4", "peak-r8", "wider-1", "rising") if n in by_name]
+    cells = [(majority, 0.0, 408), (majority, 0.0, 32)]
+    cells += [(s, sigma, 32) for s in picked for sigma in (0.5, 1.0, 2.0)]
+    cells += [(s, sigma, 408) for s in picked for sigma in (0.1, 0.25)]
+    return cells
+
+
 @dataclass(frozen=True)
 class Run:
     """One simulated sweep: its regret (points), trials run and the recommended configuration."""
@@ -118,8 +150,10 @@ def simulate(
     params_per_rank: Mapping[str, int],
     rng: np.random.Generator,
     head_params: int = 0,
+    n_eval: Optional[int] = None,
 ) -> Run:
-    """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points.
+    """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points, the values
+    rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor).
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
     decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
@@ -128,6 +162,7 @@ def simulate(
         RuntimeError: the procedure asked for more than ``MAX_SIMULATED_TRIALS`` trials.
     """
     space = search_space(settings)
+    step = 100.0 / n_eval if n_eval else None
     history: List[Outcome] = []
     while len(history) < MAX_SIMULATED_TRIALS:
         p = plan(settings, history, params_per_rank)
@@ -136,6 +171,8 @@ def simulate(
             return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick)
         for spec in p.runnable:
             value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
+            if step is not None:
+                value = step * round(value / step)
             history.append(
                 Outcome(
                     spec.r,
@@ -146,6 +183,7 @@ def simulate(
                     spec.r * params_per_rank[spec.targets] + head_params,
                     1.0,
                     0.0,
+                    step,
                 )
             )
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
@@ -153,11 +191,13 @@ def simulate(
 
 @dataclass(frozen=True)
 class Cell:
-    """Calibration of one scenario × σ: P(regret ≤ tolerance), mean regret (points), mean trials and
-    mean trials as a percentage of the full grid."""
+    """Calibration of one scenario × σ × validation size (``n_eval``; None: values not rounded):
+    P(regret ≤ tolerance), mean regret (points), mean trials and mean trials as a percentage of the full
+    grid."""
 
     scenario: str
     sigma: float
+    n_eval: Optional[int]
     p_within_tolerance: float
     mean_regret: float
     mean_trials: float
@@ -172,15 +212,17 @@ def calibrate_cell(
     reps: int,
     seed: int,
     tolerance: float,
+    n_eval: Optional[int] = None,
 ) -> Cell:
-    """``reps`` simulated sweeps of one scenario × σ, from ``np.random.default_rng(seed)``."""
+    """``reps`` simulated sweeps of one scenario × σ × ``n_eval``, from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    runs = [simulate(settings, scenario, sigma, params_per_rank, rng) for _ in range(reps)]
+    runs = [simulate(settings, scenario, sigma, params_per_rank, rng, n_eval=n_eval) for _ in range(reps)]
     regret = np.array([r.regret for r in runs])
     trials = np.array([r.trials for r in runs])
     return Cell(
         scenario.name,
         sigma,
+        n_eval,
         float(np.mean(regret <= tolerance + 1e-9)),
         float(regret.mean()),
         float(trials.mean()),

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from analysis.load import StudyInfo
-from sweep.decide import ConfigResults, aggregate, recommend, seed_sequence
+from sweep.decide import ConfigResults, aggregate, noise_floor, recommend, seed_sequence
 from sweep.decision import Action, ConfigKey, Decision
 
 #: columns of summary.csv, in order
@@ -89,13 +89,15 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
     if info.finished:
         decision = next((d for d in reversed(info.decisions) if d.action == Action.RECOMMEND), None)
         return info.recommendation, decision
-    scored = {cfg: res for cfg, res in results(info).items() if res.stats is not None}
+    every = results(info)
+    scored = {cfg: res for cfg, res in every.items() if res.stats is not None}
     return recommend(
         list(scored),
         {c: res.stats for c, res in scored.items()},
         {c: res.trainable_params for c, res in scored.items()},
         {c: res.train_flops for c, res in scored.items()},
         info.settings,
+        noise_floor([o for res in every.values() for o in res.measured], info.settings),
     )
 
 

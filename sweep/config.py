@@ -442,6 +442,14 @@ class SweepSettings:
         patience: rank doublings above the best rank (rank stage) and wider target sets in a row
             (targets stage) without a significant gain before a plateau is declared.
         escalate_max_r: widen the targets only when the plateau rank is at most this (a "low rank").
+        noise_floor: the least seed s.d. a comparison assumes, in validation examples: the pooled s.d.
+            is raised to noise_floor × 100/n_eval points when it is below (100/n_eval is one example's
+            worth of an accuracy, its resolution; F1 and MCC move by at least about as much per example,
+            and Pearson, continuous, takes the same share), so that seeds that all scored the same
+            (σ = 0 from few degrees of freedom) do not make every difference significant; 0: no floor.
+            0.29 ≈ 1/√12, the s.d. of an error of rounding to one example, was chosen by calibration
+            (docs/validation.md §4): a floor of a whole example races undetectable gains on small
+            validation sets to the compute cap.
         max_trials: stop after this many trials (every state counts).
         max_train_flops: stop once the trials' training FLOPs add up to this (null: no cap).
         max_hours: stop once the trials' measured seconds add up to this many hours (null: no cap).
@@ -461,6 +469,7 @@ class SweepSettings:
     confidence: float = MISSING
     patience: int = MISSING
     escalate_max_r: int = MISSING
+    noise_floor: float = MISSING
     max_trials: Optional[int] = MISSING
     max_train_flops: Optional[float] = MISSING
     max_hours: Optional[float] = MISSING
@@ -502,6 +511,11 @@ class SweepSettings:
                 f"sweep.heartbeat_interval={self.heartbeat_interval} (a live worker beats within it)"
             )
         _check_positive("sweep.escalate_max_r", self.escalate_max_r, integer=True)
+        if not (isinstance(self.noise_floor, (int, float)) and 0 <= self.noise_floor < math.inf):
+            raise ValueError(
+                f"sweep.noise_floor={self.noise_floor!r} is invalid: it must be a number of validation examples "
+                "≥ 0, e.g. 1 (0: no floor)"
+            )
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)
         _check_positive("sweep.max_hours", self.max_hours, allow_none=True)

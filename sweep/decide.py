@@ -16,7 +16,8 @@ Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``
 
 Comparisons (``sweep/stats.py``: metric values in points, 100 × metric, the candidate B against the best
 so far A with one-sided Student-t bounds on the gain, the seed s.d. pooled over every configuration
-evaluated so far). B *gains*
+evaluated so far, floored at ``sweep.noise_floor`` validation examples' worth of points: ``noise_floor``,
+so seeds that all scored the same do not make every difference significant). B *gains*
 when the lower bound is above 0; B *does not gain* when the upper bound is below ``tolerance``. While
 neither holds the comparison is undecided and one more seed is run (racing, Maron & Moore 1994) for
 whichever side has fewer, up to ``max_seeds`` each; still undecided at the seed limit, B does not gain
@@ -78,7 +79,7 @@ from sweep.decision import (
     Undecided,
     Verdict,
 )
-from sweep.stats import Stats, compare, pooled_sd, stats_of
+from sweep.stats import Stats, compare, seed_noise, stats_of
 
 
 class Status(Choice):
@@ -103,6 +104,8 @@ class Outcome:
             split, in metric units (accuracy in [0, 1], MCC in [-1, 1]).
         trainable_params: adapter + head parameters.
         train_flops: executed training FLOPs. seconds: measured train + eval seconds.
+        resolution: points one validation example is worth, 100/n_eval (the step of an accuracy);
+            None when the record does not say how many examples were evaluated (no floor then).
     """
 
     r: int
@@ -113,6 +116,7 @@ class Outcome:
     trainable_params: int = 0
     train_flops: float = 0.0
     seconds: float = 0.0
+    resolution: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -207,12 +211,21 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
     return out
 
 
+def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
+    """The floor on the seed s.d. of every comparison, points: ``sweep.noise_floor`` validation examples'
+    worth, at the coarsest ``resolution`` of ``outcomes`` (one study evaluates one validation set, so they
+    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution."""
+    steps = [o.resolution for o in outcomes if o.resolution is not None]
+    return settings.noise_floor * max(steps) if steps and settings.noise_floor > 0 else None
+
+
 def recommend(
     evaluated: Sequence[ConfigKey],
     stats: Mapping[ConfigKey, Optional[Stats]],
     params: Mapping[ConfigKey, int],
     flops: Mapping[ConfigKey, float],
     settings: SweepSettings,
+    floor: Optional[float] = None,
 ) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
     """The cheapest configuration shown to be within ``settings.tolerance`` points of the best.
 
@@ -220,13 +233,13 @@ def recommend(
     parameters on a tie). Going from the fewest trainable parameters up (then fewer FLOPs, then the
     higher mean), the first configuration whose upper bound on (best − it) is below the tolerance is
     picked (equivalence: it is at most ``tolerance`` points worse, at ``settings.confidence``); the
-    best is picked when no cheaper one is shown equivalent. Returns (config, decision), or (None, None)
-    when nothing has an ok trial.
+    best is picked when no cheaper one is shown equivalent; the seed s.d. is floored at ``floor`` points
+    (``noise_floor``). Returns (config, decision), or (None, None) when nothing has an ok trial.
     """
     scored = [c for c in evaluated if stats.get(c) is not None]
     if not scored:
         return None, None
-    pooled = pooled_sd([stats[c] for c in scored])
+    pooled = seed_noise([stats[c] for c in scored], floor)
     best = max(scored, key=lambda c: (stats[c].mean, -params.get(c, 0)))
     pick, cmp = best, None
     for c in sorted(scored, key=lambda c: (params.get(c, 0), flops.get(c, 0.0), -stats[c].mean)):
@@ -292,6 +305,7 @@ class _Memo:
 def _race(
     memo: _Memo,
     settings: SweepSettings,
+    floor: Optional[float],
     pool: Sequence[ConfigKey],
     ref: ConfigKey,
     cfg: ConfigKey,
@@ -301,11 +315,12 @@ def _race(
     """Compare ``cfg`` (B) with the best so far ``ref`` (A), asking for one more seed of the side with fewer
     (``cfg`` on a tie; the other side once one has ``max_seeds``) while undecided; each such seed is a
     ``more-seeds`` decision appended to ``decisions``. The seed s.d. is pooled over ``pool`` (every
-    configuration evaluated so far). Returns the verdict, with the statistics it was reached on."""
+    configuration evaluated so far) and floored at ``floor`` points. Returns the verdict, with the
+    statistics it was reached on."""
     s = settings
     while True:
         a, b = memo.stats(ref), memo.stats(cfg)
-        c = compare(a, b, pooled_sd([st for st in map(memo.stats, pool) if st]), s.confidence)
+        c = compare(a, b, seed_noise([st for st in map(memo.stats, pool) if st], floor), s.confidence)
         # the sides that may get another seed, fewer asked first (cfg on a tie: the sort is stable)
         sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.asked[x] < len(memo.seeds)]
         if c.low is not None and c.low > 0:
@@ -364,6 +379,7 @@ class _Replay:
         every = aggregate(self.outcomes, self.memo.seeds)
         self.params = {c: a.trainable_params for c, a in every.items()}
         self.flops = {c: a.train_flops for c, a in every.items()}
+        self.floor = noise_floor(self.outcomes, settings)
 
     def decide(self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail) -> None:
         self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
@@ -388,7 +404,7 @@ class _Replay:
 
     def finish(self, stop_reason: StopReason) -> Plan:
         stats = {c: self.memo.stats(c) for c in self.evaluated}
-        pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s)
+        pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s, self.floor)
         if decision is not None:
             if stop_reason == StopReason.BUDGET:
                 decision = dataclasses.replace(decision, detail=dataclasses.replace(decision.detail, provisional=True))
@@ -411,7 +427,7 @@ class _Replay:
         if ref is None:
             self.decide(Action.START, stage, cfg, FirstResult(st))
             return cfg, True
-        verdict = yield from _race(self.memo, self.s, self.evaluated, ref, cfg, stage, self.decisions)
+        verdict = yield from _race(self.memo, self.s, self.floor, self.evaluated, ref, cfg, stage, self.decisions)
         gained = verdict.end == RaceEnd.GAIN
         action = (Action.CONTINUE if stage == Stage.RANK else Action.WIDEN) if gained else Action.NO_GAIN
         self.decide(action, stage, cfg, verdict)

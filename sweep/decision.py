@@ -407,15 +407,19 @@ def _typed(hint, value):
 def _bounds_text(c: Comparison, confidence: float) -> str:
     if c.se is None:
         return "no seed-noise estimate yet (no configuration has two ok seeds)"
-    return (
-        f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from the seed s.d. {c.sd:.2f} pooled "
-        f"over {c.dof} d.f., SE {c.se:.2f}"
-    )
+    sd = f"the seed s.d. {c.sd:.2f} pooled over {c.dof} d.f."
+    if c.floor is not None:
+        sd = (
+            f"the seed s.d. pooled over {c.dof} d.f. floored at {c.floor:.2f} points (sweep.noise_floor; "
+            f"measured {c.measured_sd:.2f})"
+        )
+    return f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from {sd}, SE {c.se:.2f}"
 
 
 def _numbers(c: Comparison) -> Dict[str, float]:
     extra = {"se": c.se, "low": c.low, "high": c.high, "sd": c.sd, "dof": c.dof} if c.se is not None else {}
-    return {"gain": c.gain, **extra}
+    floor = {"floor": c.floor, "measured_sd": c.measured_sd} if c.floor is not None else {}
+    return {"gain": c.gain, **extra, **floor}
 
 
 def _fmt(cfg: ConfigKey) -> str:

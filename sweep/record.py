@@ -144,7 +144,7 @@ class TrialResult:
 
     def outcome(self) -> Outcome:
         """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial,
-        seconds = train + eval."""
+        seconds = train + eval, resolution = 100/n_eval points (one validation example)."""
         return Outcome(
             r=int(self.r),
             targets=targets_key(self.targets),
@@ -154,6 +154,7 @@ class TrialResult:
             trainable_params=int(self.trainable_params or 0),
             train_flops=float(self.train_flops or 0),
             seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),
+            resolution=100.0 / self.n_eval if self.n_eval else None,
         )
 
     def to_dict(self) -> dict:

@@ -7,6 +7,12 @@ s_pooled the seed standard deviation pooled over every configuration evaluated s
 degrees of freedom), and the one-sided bounds ``d ∓ t·SE`` with t the Student-t quantile at
 ``confidence`` for those degrees of freedom (``compare``). How the decisions use them is
 ``sweep/decide.py``'s docstring.
+
+A noise estimate must not claim more than its data: when every seed scored the same (a model that predicts
+one class, a tiny validation set) the pooled s.d. is 0, and every difference would be significant. So the
+s.d. a comparison uses is floored (``seed_noise``): raised to ``floor`` points when the measured one is
+below it, the floor being ``sweep.noise_floor`` validation examples' worth of points (100/n_eval each: the
+resolution of an accuracy; ``sweep.decide.noise_floor``). The comparison records the floor it applied.
 """
 
 from __future__ import annotations
@@ -44,10 +50,28 @@ class Stats:
 
 
 @dataclass(frozen=True)
+class Noise:
+    """The seed s.d. comparisons use, points: ``sd`` = max(``measured``, ``floor``), ``measured`` the s.d.
+    pooled over configurations (``pooled_sd``) with ``dof`` degrees of freedom; ``floor`` None when there
+    is none. ``sd`` and ``measured`` are None without a noise estimate (no configuration with two seeds)."""
+
+    sd: Optional[float]
+    dof: int
+    measured: Optional[float] = None
+    floor: Optional[float] = None
+
+    @property
+    def floored(self) -> bool:
+        """Whether the floor replaced the measured s.d. (the measured one is below it)."""
+        return self.floor is not None and self.measured is not None and self.measured < self.floor
+
+
+@dataclass(frozen=True)
 class Comparison:
     """B against A, in points: ``gain`` = mean_B − mean_A; ``se`` of that difference, ``dof`` of the
     pooled seed s.d. ``sd`` and the one-sided bounds ``low``/``high`` = gain ∓ t·SE (None without a
-    noise estimate, i.e. when no configuration has two ok seeds)."""
+    noise estimate, i.e. when no configuration has two ok seeds). ``floor``: the floor ``sd`` was raised
+    to when the measured s.d. ``measured_sd`` was below it (both None when no floor applied)."""
 
     gain: float
     se: Optional[float] = None
@@ -55,6 +79,8 @@ class Comparison:
     sd: Optional[float] = None
     low: Optional[float] = None
     high: Optional[float] = None
+    floor: Optional[float] = None
+    measured_sd: Optional[float] = None
 
 
 def stats_of(values: Sequence[float]) -> Optional[Stats]:
@@ -76,21 +102,31 @@ def pooled_sd(stats: Sequence[Stats]) -> Tuple[Optional[float], int]:
     return math.sqrt(sum((s.n - 1) * s.sd**2 for s in stats if s.sd is not None) / dof), dof
 
 
+def seed_noise(stats: Sequence[Stats], floor: Optional[float] = None) -> Noise:
+    """The seed s.d. comparisons use: ``pooled_sd`` of ``stats``, raised to ``floor`` points when below it
+    (see the module docstring); no floor when ``floor`` is None."""
+    measured, dof = pooled_sd(stats)
+    if measured is None:
+        return Noise(None, 0, None, floor)
+    return Noise(max(measured, floor or 0.0), dof, measured, floor)
+
+
 @lru_cache(maxsize=None)
 def t_quantile(confidence: float, dof: int) -> float:
     """Student-t quantile at ``confidence`` with ``dof`` degrees of freedom (one-sided)."""
     return float(student_t.ppf(confidence, dof))
 
 
-def compare(a: Stats, b: Stats, pooled: Tuple[Optional[float], int], confidence: float) -> Comparison:
-    """B against A with the pooled seed s.d. ``pooled`` = (sd, dof) (see the module docstring)."""
+def compare(a: Stats, b: Stats, noise: Noise, confidence: float) -> Comparison:
+    """B against A with the seed s.d. ``noise`` (``seed_noise``; see the module docstring)."""
     gain = b.mean - a.mean
-    sd, dof = pooled
+    sd, dof = noise.sd, noise.dof
     if sd is None:
         return Comparison(gain)
     se = sd * math.sqrt(1 / a.n + 1 / b.n)
     half = t_quantile(confidence, dof) * se
-    return Comparison(gain, se, dof, sd, gain - half, gain + half)
+    floored = (noise.floor, noise.measured) if noise.floored else (None, None)
+    return Comparison(gain, se, dof, sd, gain - half, gain + half, *floored)
 
 
 def detectable_gain(sd: float, dof: int, n: int, confidence: float) -> float:

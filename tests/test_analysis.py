@@ -282,6 +282,29 @@ def test_summary_uses_the_decisions_statistics(tmp_path, ended):
     assert "Seed noise σ = 1.41 points (pooled, 3 d.f.)" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_a_floored_noise_estimate_is_stated_in_the_report(tmp_path):
+    # every seed predicts the majority class, 279 of MRPC's 408 pairs: measured σ = 0 from 3 d.f.; the decisions
+    # and the reliability use the floor, sweep.noise_floor = 0.29 examples = 0.29 × 100/408 = 0.0711 points, and
+    # say so
+    runs = [(1, "q,v", 0, "rank"), (1, "q,v", 1, "rank"), (2, "q,v", 0, "rank"), (2, "q,v", 1, "rank")]
+    runs += [(1, "q,k,v,o", 0, "targets"), (1, "q,k,v,o", 1, "targets")]
+    url = make_study(tmp_path, settings(), [trial(r, t, seed, 279 / 408, st, n_eval=408) for r, t, seed, st in runs])
+    write_reports(url, NAME, tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert (
+        "Seed noise σ = 0.07 points, floored (sweep.noise_floor = 0.29 validation examples of 408): the measured "
+        "0.00 (pooled, 3 d.f.) claims more than the validation set can resolve" in report
+    )
+    # no gain: 0 ∓ t(0.9, 2)·0.0711 = [−0.13, +0.13], the upper bound below the tolerance 5
+    half = T90[2] * 0.29 * 100 / 408
+    assert (
+        f"90% bounds [{-half:+.2f}, {half:+.2f}] from the seed s.d. pooled over 2 d.f. "
+        "floored at 0.07 points (sweep.noise_floor; measured 0.00)" in report
+    )
+    # the simulation saw no regret in any of its sweeps: a bound, not "± 0.00"
+    assert "1.00 (all 200 simulated sweeps; 95% bound ≥ 0.985)" in report
+
+
 def test_decisions_placed_after_the_trials_they_saw(finished):
     trials, _, info = loaded(finished[0])
     d = decisions_frame(trials, info)

@@ -12,7 +12,7 @@ from scipy import stats
 
 from analysis.calibrate import COLUMNS, _print_table, main
 from analysis.reliability import observed_scenario, reliability
-from analysis.simulate import Scenario, calibrate_cell, grid_trials, scenarios, search_space
+from analysis.simulate import Scenario, calibrate_cell, degenerate_scenarios, grid_trials, scenarios, search_space
 from sweep.cli import defaults as default_config
 from sweep.config import SweepSettings
 from sweep.decide import Outcome
@@ -108,13 +108,69 @@ def test_reliability_sigma_and_detectable_gain_by_hand():
     assert reliability(history({(1, "q,v"): [0.8]}), defaults(), None) is None
 
 
+def test_degenerate_cells():
+    cells = degenerate_scenarios(defaults(), COSTS)
+    assert [(s.name, sigma, n) for s, sigma, n in cells[:2]] == [("majority", 0.0, 408), ("majority", 0.0, 32)]
+    assert cells[0][0].curve[8] == pytest.approx(100 * 279 / 408)  # on the 408-example grid: rounding keeps it
+    quantised = {(s.name, sigma, n) for s, sigma, n in cells[2:]}
+    names = ("plateau-r4", "peak-r8", "wider-1", "rising")
+    assert quantised == {(x, sg, 32) for x in names for sg in (0.5, 1.0, 2.0)} | {
+        (x, sg, 408) for x in names for sg in (0.1, 0.25)
+    }
+
+
+@pytest.mark.parametrize(
+    "n_eval, noise_floor, trials",
+    [
+        # every seed scores the majority class: gain 0 everywhere. Floored at 100/408 = 0.245 points the upper
+        # bound 0 + t(0.9, d.f.)·0.245·√(1/2 + 1/2) ≤ 1.886·0.245 = 0.46 < 1 at two seeds: no gain at once, as
+        # the noise-free replay (r=1, 2, 4, then q,k,v,o and all-linear at r=1: 5 × 2 seeds)
+        (408, 1.0, 10),
+        (408, 0.29, 10),
+        (408, 0.0, 10),
+        # floored at 100/32 = 3.125 points, 0 + t·3.125·√(2/n) > 1 even at n = 8 (t > 1.28 > 1/(3.125·0.5)):
+        # every comparison races to 8 seeds a side and ends at the seed limit: 5 × 8 seeds
+        (32, 1.0, 40),
+        # unfloored, σ = 0 decides at two seeds
+        (32, 0.0, 10),
+    ],
+)
+def test_majority_class_scenario_by_hand(n_eval, noise_floor, trials):
+    s = defaults(noise_floor=noise_floor)
+    majority = degenerate_scenarios(s, COSTS)[0][0]
+    cell = calibrate_cell(s, majority, 0.0, COSTS, reps=2, seed=0, tolerance=s.tolerance, n_eval=n_eval)
+    assert (cell.p_within_tolerance, cell.mean_regret, cell.mean_trials, cell.n_eval) == (1.0, 0.0, trials, n_eval)
+
+
+def test_reliability_of_equal_seeds_is_floored():
+    # every seed scored 279 of 408: measured σ 0 (2 d.f.), floored at 0.29 × 100/408 = 0.0711 points (the
+    # default); detectable gain with 8 seeds: t(0.9, 2)·0.0711·√(2/8)
+    h = [replace(o, resolution=100 / 408) for o in history({(1, "q,v"): [279 / 408] * 2, (2, "q,v"): [279 / 408] * 2})]
+    rel = reliability(h, defaults(), None)
+    floor = 0.29 * 100 / 408
+    assert (rel.sigma, rel.measured, rel.floor, rel.dof, rel.n_eval) == (pytest.approx(floor), 0.0, floor, 2, 408)
+    assert rel.detectable_gain == pytest.approx(stats.t.ppf(0.9, 2) * floor * 0.5)
+    assert rel.text().startswith(
+        "seed noise σ = 0.07 points, floored (sweep.noise_floor = 0.29 validation examples of 408): the measured "
+        "0.00 (pooled, 2 d.f.) claims more"
+    )
+    # no floor: the measured 0 as it is
+    rel = reliability(h, defaults(noise_floor=0.0), None)
+    assert (rel.sigma, rel.floor) == (0.0, None) and rel.text().startswith(
+        "seed noise σ = 0.00 points (pooled, 2 d.f.)"
+    )
+
+
 def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.max_seeds=4"]) == 0
     table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
     assert tuple(table.columns) == COLUMNS
     assert list(table["settings"].unique()) == ["default", "sweep.max_seeds=4"]
-    assert len(table) == 2 * 10 * 3  # 2 settings × 10 scenarios × σ ∈ {0.5, 1.0, 1.5}
-    assert sorted(table["sigma"].unique()) == [0.5, 1.0, 1.5]
+    # 2 settings × (10 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate cells)
+    assert len(table) == 2 * (10 * 3 + 22)
+    families = table[table["scenario"].isin([s.name for s in scenarios(defaults(), COSTS)])]
+    assert sorted(table["sigma"].unique()) == [0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0]
+    assert sorted(families.loc[families["n_eval"] == 408, "sigma"].unique()) == [0.1, 0.25, 0.5, 1.0, 1.5]
     flat = table[table["scenario"] == "flat"]
     assert (flat["p_within_tolerance"] == 1.0).all()  # every pick on a flat curve has regret 0
     assert list(table["pct_of_grid"]) == pytest.approx(list(100 * table["mean_trials"] / 70), abs=1e-4)
@@ -125,11 +181,13 @@ def test_command_calibrates_against_a_study(tmp_path, capsys):
     make_study(tmp_path, small_settings(), [trial(*t) for t in FINISHED])
     assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.name=default"]) == 0
     table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
-    # σ pooled over the three q,v pairs of FINISHED: 1.41 points, one more σ for every scenario
-    assert sorted(table["sigma"].unique()) == [0.5, 1.0, 1.41, 1.5]
+    # σ pooled over the three q,v pairs of FINISHED: 1.41 points, one more σ for every scenario; its trials do not
+    # say how many examples they evaluated, so those values are not rounded (n_eval empty)
+    assert sorted(table.loc[table["n_eval"].isna(), "sigma"].unique()) == [0.5, 1.0, 1.41, 1.5]
     study = table[table["scenario"] == "study"]
-    # calibrated with the study's own settings (ranks 1–8, 2 target sets: 9 families) × 4 σ, plus the study's curve
-    assert list(study["sigma"]) == [1.41] and len(table) == len(scenarios(small_settings(), COSTS)) * 4 + 1 == 37
+    # calibrated with the study's own settings (ranks 1–8, 2 target sets: 9 families) × 4 σ, plus the study's
+    # curve, plus the 22 degenerate cells
+    assert list(study["sigma"]) == [1.41] and len(table) == len(scenarios(small_settings(), COSTS)) * 4 + 1 + 22 == 59
     assert set(table["settings"]) == {"as run"}
     assert "seed noise σ = 1.41 points (pooled, 3 d.f.)" in capsys.readouterr().out
 

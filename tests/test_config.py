@@ -102,6 +102,7 @@ sweep:
   confidence: 0.9
   patience: 2
   escalate_max_r: 16
+  noise_floor: 0.29
   max_trials: 40
   max_train_flops: null
   max_hours: 2.9

@@ -42,9 +42,9 @@ def settings(**kw) -> SweepSettings:
     return replace(defaults().sweep, **base)
 
 
-def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0):
+def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0, n_eval=None):
     """Run the procedure against a scripted metric(r, targets, seed), one trial of ``plan.next`` at a
-    time; returns (trials, final plan)."""
+    time, on ``n_eval`` validation examples (None: no resolution); returns (trials, final plan)."""
     history = []
     for _ in range(200):
         p = plan(s, history, COSTS)
@@ -54,7 +54,9 @@ def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0):
         n = p.next
         value = metric(n.r, n.targets, n.seed)
         status = "ok" if value is not None else "diverged"
-        history.append(Outcome(n.r, n.targets, n.seed, status, value, n.r * COSTS[n.targets] + HEAD, flops, seconds))
+        params = n.r * COSTS[n.targets] + HEAD
+        resolution = 100 / n_eval if n_eval else None
+        history.append(Outcome(n.r, n.targets, n.seed, status, value, params, flops, seconds, resolution))
     raise AssertionError("the procedure did not stop")
 
 
@@ -717,3 +719,88 @@ def test_stats_interval_of_equal_seeds_is_the_mean_itself():
     # two seeds with the same score: zero spread, so the interval is the point (scipy alone gives NaN);
     # the tiny MRPC sweep hits this (two seeds at 62.5 points on 32 examples)
     assert stats_of([0.625, 0.625]).interval(0.95) == (62.5, 62.5)
+
+
+def quantised(n_eval, *runs):
+    """Outcomes of (r, [correct validation examples of seed 0, seed 1, …]) on q,v over ``n_eval`` examples,
+    each carrying the resolution 100/n_eval points, as ``TrialResult.outcome`` fills it."""
+    return [
+        replace(o, resolution=100 / n_eval)
+        for o in history(*((r, "q,v", [k / n_eval for k in correct]) for r, correct in runs))
+    ]
+
+
+# (n_eval, sweep.noise_floor, correct examples of r=1 and r=2 per seed) -> the decision on r=2 and the floor
+# its comparison was raised to (points; None: none applied). Two configurations × 2 seeds: 2 d.f., t(0.9, 2)
+# = 1.886, SE = sd·√(1/2 + 1/2) = sd: bounds gain ∓ 1.886·sd.
+FLOOR_CASES = [
+    # the issue: every seed scored the same, one example of 32 apart (+3.12): measured σ 0 made it a gain
+    # ([+3.12, +3.12]); floored at 3.125 the bounds are 3.125 ∓ 5.89: undecided, a third seed of r=2
+    ("one-of-32", 32, 1.0, [16, 16], [17, 17], Action.MORE_SEEDS, 3.125),
+    ("one-of-32-unfloored", 32, 0.0, [16, 16], [17, 17], Action.CONTINUE, None),
+    # MRPC, one example apart: 0.245 ∓ 0.46 = [−0.22, +0.71], upper bound below the tolerance 1: no gain
+    ("one-of-408", 408, 1.0, [279, 279], [280, 280], Action.NO_GAIN, 100 / 408),
+    # the same score everywhere: 0 ∓ 0.46, upper bound below the tolerance 1: no gain (as unfloored)
+    ("equal-408", 408, 1.0, [279, 279], [279, 279], Action.NO_GAIN, 100 / 408),
+    # ... but on 32 examples 0 ∓ 5.89 shows nothing: undecided
+    ("equal-32", 32, 1.0, [16, 16], [16, 16], Action.MORE_SEEDS, 3.125),
+    # 13 examples apart (+3.19) is more than the resolution can blur: 3.19 ∓ 0.46, a gain, floored
+    ("thirteen-of-408", 408, 1.0, [279, 279], [292, 292], Action.CONTINUE, 100 / 408),
+    # real noise (each pair 6 examples apart: sd 6·0.245/√2 = 1.04 points, above the floor): no floor applies,
+    # the decision is the unfloored one
+    ("real-noise", 408, 1.0, [279, 285], [300, 306], Action.CONTINUE, None),
+    ("real-noise-unfloored", 408, 0.0, [279, 285], [300, 306], Action.CONTINUE, None),
+]
+
+
+@pytest.mark.parametrize("name, n_eval, floor, r1, r2, action, applied", FLOOR_CASES, ids=[c[0] for c in FLOOR_CASES])
+def test_noise_floor_table(name, n_eval, floor, r1, r2, action, applied):
+    p = plan(settings(ranks=[1, 2, 4], noise_floor=floor), quantised(n_eval, (1, r1), (2, r2)), COSTS)
+    d = next(d for d in p.decisions if d.r == 2 or d.action == Action.MORE_SEEDS)
+    assert d.action == action
+    c = d.detail.comparison
+    gain = 100 * (np.mean(r2) - np.mean(r1)) / n_eval
+    # the s.d. used, by hand: the pooled one, √((Σ (x − mean)² over both pairs) / 2), or the floor above it
+    measured = math.sqrt(sum(np.var(100 * np.array(x) / n_eval, ddof=1) for x in (r1, r2)) / 2)
+    sd = max(measured, floor * 100 / n_eval)
+    assert c.gain == pytest.approx(gain)
+    assert (c.low, c.high) == pytest.approx((gain - t90(2) * sd, gain + t90(2) * sd))
+    assert c.floor == pytest.approx(applied) if applied is not None else c.floor is None
+    if applied is not None:
+        assert c.measured_sd == pytest.approx(measured)
+        assert f"pooled over 2 d.f. floored at {applied:.2f} points (sweep.noise_floor; measured 0.00)" in d.reason
+    else:
+        assert "floored" not in d.reason and "floor" not in d.numbers
+
+
+def test_equal_seeds_on_a_small_validation_set_race_to_the_seed_limit_not_a_gain():
+    # every seed of r=1 scores 16 of 32 and every seed of r=2 17 of 32: floored at 3.125 points, the one-example
+    # gain is raced to 4 seeds each (6 d.f.): 3.125 ∓ t(0.9, 6)·3.125·√(1/2) = [−0.06, +6.31], undecided at the
+    # seed limit, so no gain (the best, r=2, is still the pick: r=1 is not shown within 1 point of it)
+    s = settings(ranks=[1, 2], max_seeds=4, target_sets=[["q", "v"]], noise_floor=1.0)
+    step = {1: 16, 2: 17}
+    trials, p = drive(s, lambda r, t, seed: step[r] / 32, n_eval=32)
+    assert len(trials) == 2 * 4
+    verdict = next(d for d in p.decisions if d.action in (Action.CONTINUE, Action.NO_GAIN))
+    assert (verdict.action, verdict.detail.end, verdict.detail.comparison.floor) == (
+        Action.NO_GAIN,
+        "seed-limit",
+        3.125,
+    )
+    half = t90(6) * 3.125 * math.sqrt(1 / 2)
+    assert (verdict.detail.comparison.low, verdict.detail.comparison.high) == pytest.approx(
+        (3.125 - half, 3.125 + half)
+    )
+    # without the floor the one-example step is a gain at two seeds each, bounds [+3.12, +3.12] (the issue)
+    trials, unfloored = drive(replace(s, noise_floor=0.0), lambda r, t, seed: step[r] / 32, n_eval=32)
+    assert len(trials) == 2 * 2
+    assert "90% bounds [+3.12, +3.12]" in next(d for d in unfloored.decisions if d.action == Action.CONTINUE).reason
+    # the default floor, 0.29 examples = 0.906 points, quotes honest bounds but still counts one example of 32 as a
+    # gain at two seeds each: 3.125 ∓ t(0.9, 2)·0.906 (a floor must exceed 0.53 examples to refuse it)
+    trials, default = drive(replace(s, noise_floor=0.29), lambda r, t, seed: step[r] / 32, n_eval=32)
+    half = t90(2) * 0.29 * 3.125
+    gain = next(d for d in default.decisions if d.action == Action.CONTINUE)
+    assert len(trials) == 2 * 2 and (gain.detail.comparison.low, gain.detail.comparison.high) == pytest.approx(
+        (3.125 - half, 3.125 + half)
+    )
+    assert "floored at 0.91 points (sweep.noise_floor; measured 0.00)" in gain.reason

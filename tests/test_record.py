@@ -114,6 +114,11 @@ def test_empty_values_are_not_stored():
             ),
             Outcome(8, "q,v", 1, Status.OK, 0.8, 9, 2e9, 11.5),
         ),
+        # the validation set's size gives the resolution of the metric: one example of 408 is 100/408 points
+        (
+            TrialResult(r=8, targets=["q", "v"], seed=1, objective_value=0.8, n_eval=408),
+            Outcome(8, "q,v", 1, Status.OK, 0.8, 0, 0.0, 0.0, 100 / 408),
+        ),
         # a diverged trial is a measurement without a value, whatever objective it stored
         (
             TrialResult(r=2, targets=["all-linear"], seed=0, status=Status.DIVERGED, objective_value=0.5),
