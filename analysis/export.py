@@ -219,6 +219,8 @@ def recommendation_record(
             "baseline": info.baseline,
         },
         "sigma": _points_to_metric(rel.sigma) if rel else None,
+        "sigma_measured": _points_to_metric(rel.measured) if rel else None,
+        "sigma_floor": _points_to_metric(rel.floor) if rel else None,
         "sigma_dof": rel.dof if rel else None,
         "reliability": None
         if rel is None

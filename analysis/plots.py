@@ -150,11 +150,16 @@ def _from_zero(ax, values: pd.Series, unit: str, places: int) -> str:
     """Linear x axis from 0, so that equal costs look equal and run-to-run noise stays small; returns
     the values' span as words (``26.37T–26.40T, 0.1% apart``) for the axis label."""
     ax.set_xlim(left=0, right=1.08 * float(values.max()) if values.notna().any() else None)
-    ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=""))
+    if unit.strip() == "s":  # seconds as plain numbers: engineering prefixes read "200m s" for sub-second trials
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} s"))
+        fmt = lambda v: f"{v:.{max(places, 3)}g} s"  # noqa: E731 - the span's format, beside the ticks'
+    else:
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit, sep=""))
+        fmt = EngFormatter(unit=unit, sep="", places=places)
     values = values.dropna().astype(float)
     if values.empty or values.min() <= 0:
         return ""
-    fmt = EngFormatter(unit=unit, sep="", places=places)
     return f"{fmt(values.min())}–{fmt(values.max())}, {100 * (values.max() / values.min() - 1):.1f}% apart"
 
 

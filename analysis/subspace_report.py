@@ -257,13 +257,18 @@ def write_subspace(sweep_dir: Path, info: StudyInfo) -> Optional[SubspaceAnalysi
     """Analyse the adapters saved under ``sweep_dir/trials/`` and write ``subspace/pairs.csv``,
     ``subspace/amplification.csv``, ``subspace/summary.csv`` and one heatmap per compared pair,
     ``plots/<heatmap_name>.png``, into ``sweep_dir``. Returns None (and writes nothing) unless two
-    adapters of one target set differ only in rank or only in seed.
+    adapters of one target set differ only in rank or only in seed. What an earlier analysis wrote and
+    this one does not (the heatmap of a pair whose adapter was deleted, every file when no pair is left)
+    is removed: it no longer describes the sweep.
 
     Raises:
         FileNotFoundError, ValueError: a trial's adapter files are incomplete (``load_adapter``).
     """
+    earlier = {*Path(sweep_dir).glob("subspace/*.csv"), *Path(sweep_dir).glob("plots/subspace-*.png")}
     adapters = sweep_adapters(sweep_dir)
     if not _pairs(adapters):
+        for stale in earlier:
+            stale.unlink()
         return None
     modules = sorted({m for t in adapters for m in t.a})
     weights, roles = frozen_weights(adapters[0].config_file, modules)
@@ -277,6 +282,8 @@ def write_subspace(sweep_dir: Path, info: StudyInfo) -> Optional[SubspaceAnalysi
     for key, grid in result.grids.items():
         figure = _heatmap(key, grid, prefix, _dimension(result.pairs))
         result.files.append(save_figure(figure, Path(sweep_dir) / "plots" / f"{heatmap_name(key)}.png"))
+    for stale in earlier - set(result.files):
+        stale.unlink()
     return result
 
 

@@ -496,6 +496,18 @@ def test_metric_vs_compute_figure(finished):
     assert times == {"q,v": [[11.0, 81.0], [12.0, 85.0], [13.0, 86.0]], "q,k,v,o": [[15.0, 86.5]]}
 
 
+def test_sub_second_trials_keep_legible_time_ticks(tmp_path):
+    """FINISHED with every training time divided by 100: 0.11 s … 0.15 s per configuration; the ticks are
+    plain seconds (engineering prefixes printed "100m s")."""
+    fast = [(*t[:6], t[6] / 100) for t in FINISHED]
+    url = make_study(tmp_path, settings(), [trial(*t) for t in fast])
+    _, time_ax = figures(*loaded(url))["metric_vs_compute"].axes
+    time_ax.figure.canvas.draw()
+    ticks = [t.get_text() for t in time_ax.get_xticklabels() if t.get_text()]
+    assert time_ax.get_xlabel() == "training time per trial\n(0.11 s–0.15 s, 36.4% apart)"
+    assert ticks and all(t.endswith(" s") and "m" not in t for t in ticks) and ticks[0] == "0 s"
+
+
 def test_progression_figure(partial):
     trials, summary, info = loaded(partial[0])
     fig = figures(trials, summary, info)["progression"]

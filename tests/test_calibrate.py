@@ -232,14 +232,21 @@ def test_overrides_on_top_of_a_study(tmp_path, capsys):
 def test_a_share_of_the_grid_above_100_percent_says_what_it_means(capsys):
     # a tiny grid (ranks [1,2], one target set, one seed: 2 trials) that racing to 4 seeds outgrows
     settings = replace(small_settings(), ranks=[1, 2], target_sets=[["q", "v"]], seeds=[0], max_seeds=4)
-    row = {"scenario": "flat", "sigma": 1.0, "settings": "default", "p_within_tolerance": 1.0, "mean_regret": 0.0}
+    row = {
+        "scenario": "flat",
+        "sigma": 1.0,
+        "n_eval": 408,
+        "settings": "default",
+        "p_within_tolerance": 1.0,
+        "mean_regret": 0.0,
+    }
     table = pd.DataFrame([{**row, "mean_trials": 5.0, "pct_of_grid": 250.0}])
-    _print_table(table, settings)
+    _print_table(table, settings, "scenario families")
     assert capsys.readouterr().out.splitlines()[-1] == (
         "% of grid: mean trials / the 2 trials of the grid at sweep.seeds=[0]; racing adds seeds up to "
         "sweep.max_seeds=4, so above 100% the procedure ran more trials than that grid (a small grid, or much racing)"
     )
-    _print_table(table.assign(pct_of_grid=50.0), settings)  # within the grid: no note
+    _print_table(table.assign(pct_of_grid=50.0), settings, "scenario families")  # within the grid: no note
     assert "racing adds seeds" not in capsys.readouterr().out
 
 

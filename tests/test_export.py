@@ -84,9 +84,14 @@ def test_recommendation_json_holds_the_studys_numbers(swept):
     assert m["by_seed"] == {str(s): v for s, v in values.items()}
     assert m["mean"] == pytest.approx(mean) and m["sd"] == pytest.approx(statistics.stdev(values.values()))
     assert m["ci95"] == pytest.approx([mean - half, mean + half])
-    assert rec["sigma"] == pytest.approx(sigma / 100) and rec["sigma_dof"] == dof
-    assert rec["reliability"]["sigma"] == pytest.approx(sigma)
-    assert f"σ = {sigma:.2f} points" in rec["reliability"]["text"]
+    # σ is the one the comparisons use: the measured pooled s.d., raised to sweep.noise_floor = 0.29
+    # validation examples of 32 (0.29 · 100/32 = 0.90625 points) when below it
+    floor = 0.29 * 100 / 32
+    used = max(sigma, floor)
+    assert rec["sigma_measured"] == pytest.approx(sigma / 100) and rec["sigma_floor"] == pytest.approx(floor / 100)
+    assert rec["sigma"] == pytest.approx(used / 100) and rec["sigma_dof"] == dof
+    assert rec["reliability"]["sigma"] == pytest.approx(used)
+    assert f"σ = {used:.2f} points" in rec["reliability"]["text"]
     assert rec["base_model"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     adapter_config = json.loads((out / "export" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == rec["base_model"]["local_path"]

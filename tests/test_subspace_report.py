@@ -190,3 +190,30 @@ def test_trial_folders_of_another_version_analyse_the_same(tiny_sweep, tmp_path)
     moved = [a for a in args if not a.startswith("results_dir=")] + [f"results_dir={tmp_path}"]
     assert main(moved) == 0
     assert pd.read_csv(copy / "subspace" / "pairs.csv").equals(pd.read_csv(out / "subspace" / "pairs.csv"))
+
+
+def test_files_of_an_earlier_analysis_that_no_longer_hold_are_removed(tiny_sweep, tmp_path):
+    """A heatmap of a pair that no longer exists goes at the next analysis; the real ones stay. Once an
+    adapter is deleted and no pair is left, the report removes every subspace file (it described adapters
+    that are gone)."""
+    from analysis.__main__ import main as report_main
+
+    args, out = tiny_sweep
+    assert main(args) == 0
+    copy = tmp_path / "mrpc" / "grid"
+    shutil.copytree(out, copy)
+    moved = [a for a in args if not a.startswith("results_dir=")] + [f"results_dir={tmp_path}"]
+    gone = copy / "plots" / "subspace-ranks-r2-r8-q-v-seed0.png"
+    gone.write_bytes(b"an earlier sweep's pair")
+    assert main(moved) == 0
+    assert not gone.exists() and (copy / "plots" / "subspace-ranks-r2-r4-q-v-seed0.png").is_file()
+    assert sorted(p.name for p in (copy / "subspace").glob("*.csv")) == [
+        "amplification.csv",
+        "pairs.csv",
+        "summary.csv",
+    ]
+
+    shutil.rmtree(copy / "trials" / "r4-q-v-seed0" / "adapter")
+    assert report_main(moved) == 0
+    assert not list((copy / "subspace").glob("*.csv")) and not list((copy / "plots").glob("subspace-*.png"))
+    assert "Adapter subspaces" not in (copy / "report.md").read_text()
