@@ -38,6 +38,7 @@ from sweep.config import Config
 from sweep.decide import Status
 from sweep.decision import TrialSpec
 from sweep.errors import UserError
+from sweep.faults import atomic_write
 from sweep.record import TrialResult, read_result, write_result
 
 if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, which reads studies
@@ -393,9 +394,7 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "state": progress.to_dict(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(
