@@ -40,6 +40,7 @@ from analysis.simulate import (
 from sweep.cli import compose, make_command, run_cli
 from sweep.config import SweepSettings, targets_key
 from sweep.errors import UserError
+from sweep.faults import atomic_write
 from sweep.paths import results_root
 
 #: seed-noise levels simulated, in points
@@ -215,7 +216,8 @@ def main(args: List[str]) -> int:
             print(frontier(settings, per_rank, reps).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         tables += [table, degenerate]
     out.parent.mkdir(parents=True, exist_ok=True)
-    pd.concat(tables, ignore_index=True).to_csv(out, index=False, float_format="%.4f")
+    table = pd.concat(tables, ignore_index=True)
+    atomic_write(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))
     print(f"\ncalibration table: {out}")
     return 0
 

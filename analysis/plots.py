@@ -408,7 +408,9 @@ def figures(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> Dic
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
-    """Write ``fig`` as a PNG at ``DPI`` (parent folders created); returns ``path``."""
+    """Write ``fig`` as a PNG at ``DPI`` (parent folders created; whole or not at all:
+    ``sweep.faults.atomic_write``); returns ``path``."""
+    from sweep.faults import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))

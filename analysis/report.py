@@ -22,6 +22,7 @@ from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
+from sweep.faults import atomic_write
 from sweep.study import load_study
 
 if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package
@@ -366,7 +367,8 @@ def write_reports(
     ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
     two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
     ``out_dir`` (created if needed), for the study ``study_name`` at ``storage_url`` (``load_report``;
-    ``report``: one already loaded).
+    ``report``: one already loaded). Each file is written whole or not at all (``sweep.faults.atomic_write``):
+    a full disk leaves the previous report as it was.
 
     Returns:
         The paths written, in that order.
@@ -380,12 +382,12 @@ def write_reports(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "trials.csv", out_dir / "summary.csv"]
-    rep.trials.to_csv(paths[0], index=False)
-    rep.summary.to_csv(paths[1], index=False)
+    atomic_write(paths[0], lambda tmp: rep.trials.to_csv(tmp, index=False))
+    atomic_write(paths[1], lambda tmp: rep.summary.to_csv(tmp, index=False))
     for name, fig in figures(rep.trials, rep.summary, rep.info).items():
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
     subspace = write_subspace(out_dir, rep.info)
     paths += subspace.files if subspace else []
-    paths.append(out_dir / "report.md")
-    paths[-1].write_text(report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace))
+    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace)
+    paths.append(atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text)))
     return paths

@@ -40,6 +40,7 @@ from analysis.subspace import (
 )
 from analysis.subspace_plots import similarity_heatmaps
 from sweep.decision import ConfigKey
+from sweep.faults import atomic_write
 
 #: family-wise error rate of the test that counts a direction as shared (Bonferroni over a subspace's r)
 ALPHA = 0.05
@@ -276,8 +277,9 @@ def write_subspace(sweep_dir: Path, info: StudyInfo) -> Optional[SubspaceAnalysi
     folder = Path(sweep_dir) / "subspace"
     folder.mkdir(parents=True, exist_ok=True)
     for name, frame in (("pairs", result.pairs), ("amplification", result.amplification), ("summary", result.summary)):
-        frame.to_csv(folder / f"{name}.csv", index=False)
-        result.files.append(folder / f"{name}.csv")
+        result.files.append(
+            atomic_write(folder / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+        )
     prefix = f"{task_name(info)} · {info.model}"
     for key, grid in result.grids.items():
         figure = _heatmap(key, grid, prefix, _dimension(result.pairs))

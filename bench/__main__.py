@@ -37,6 +37,7 @@ import torch
 from bench.sweep_throughput import sweep_throughput
 from sweep.cli import compose, run_cli
 from sweep.data import Batches, take, task_data
+from sweep.faults import atomic_write
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
 from sweep.paths import results_root
@@ -198,8 +199,9 @@ def main(argv: List[str]) -> int:
     out = results_root(cfg) / "bench"
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"bench-{stamp}.txt").write_text("\n".join(lines) + "\n")
-    (out / f"bench-{stamp}.json").write_text(json.dumps({**record, "versions": library_versions()}, indent=2))
+    text, data = "\n".join(lines) + "\n", json.dumps({**record, "versions": library_versions()}, indent=2)
+    atomic_write(out / f"bench-{stamp}.txt", lambda tmp: tmp.write_text(text))
+    atomic_write(out / f"bench-{stamp}.json", lambda tmp: tmp.write_text(data))
     print(f"written to {out}/bench-{stamp}.txt and .json")
     return 0
 

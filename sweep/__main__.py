@@ -20,6 +20,7 @@ from typing import List
 from analysis.report import baseline_line, load_report, write_reports
 from sweep.cli import compose, make_command, run_cli
 from sweep.driver import crash_line, recommendation_line, run_sweep
+from sweep.faults import fault_line
 from sweep.paths import sweep_dir
 from sweep.study import storage_url, study_name
 
@@ -27,7 +28,8 @@ from sweep.study import storage_url, study_name
 def main(args: List[str]) -> int:
     """Run the sweep of the overrides ``args``, write its reports, print the reliability line, the
     recommendation's gap to the constant baseline and the recommendation. Returns the exit status: 0,
-    or 1 when a trial crashed (re-running retries it) or no trial succeeded (every one diverged).
+    or 1 when a trial crashed (re-running retries it), no trial succeeded (every one diverged) or the reports
+    could not be written.
 
     Raises:
         UserError: bad input (see ``sweep.driver.run_sweep``).
@@ -35,15 +37,17 @@ def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
     p = run_sweep(cfg, resolved, overrides=args)
     sdir = sweep_dir(cfg)
-    report = None
+    report, written = None, False
     try:
         report = load_report(storage_url(cfg), study_name(cfg))  # the study, read once for everything below
         files = write_reports(storage_url(cfg), study_name(cfg), sdir, report=report)
         print(f"reports: {', '.join(str(Path(f).relative_to(sdir)) for f in files)} in {sdir}")
+        written = True
     except Exception as e:  # the results are safe in the study; `make report` can retry
+        why = fault_line(e) or f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         print(
-            f"ranksweep: reports not written ({type(e).__name__}: {e}); the study is intact, "
-            f"retry with `{make_command('report', args)}`"
+            f"ranksweep: reports not written ({why}); the study is intact, retry with `{make_command('report', args)}`",
+            file=sys.stderr,
         )
     if p.next is not None:
         print(crash_line(cfg, p), file=sys.stderr)
@@ -60,7 +64,8 @@ def main(args: List[str]) -> int:
         if against:
             print(against)
     print(recommendation_line(p, sdir))
-    return 0 if p.recommendation else 1  # every trial diverged: a failure, as `make trial` says of one
+    # every trial diverged: a failure, as `make trial` says of one; so are reports that were not written
+    return 0 if p.recommendation and written else 1
 
 
 if __name__ == "__main__":

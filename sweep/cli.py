@@ -361,9 +361,12 @@ def check_make_args(raw: str, target: str, args: Sequence[str] = ()) -> None:
 
 
 def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(args)`` as a command: a ``UserError`` becomes ``ranksweep: error: …`` and exit 2;
-    Ctrl-C becomes a one-line note and exit 130 (finished work is already stored)."""
+    """Run ``main(args)`` as a command: a ``UserError`` becomes ``ranksweep: error: …`` and exit 2; a
+    permission, read-only or disk-full fault of the OS (``sweep.faults.fault_line``) one line naming the
+    path and the cause, and exit 1; Ctrl-C a one-line note and exit 130 (finished work is already stored)."""
     import warnings
+
+    from sweep.faults import fault_line, watch_databases
 
     # deprecation notes between our libraries (peft calling transformers) are not the user's business
     for module in ("transformers", "peft", "torch", "datasets"):
@@ -372,6 +375,7 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
     if any(a in ("-h", "--help") for a in args):
         print((sys.modules[main.__module__].__doc__ or "").strip())
         sys.exit(0)
+    watch_databases()
     try:
         if os.environ.get(MAKE_ARGS_ENV):
             check_make_args(os.environ[MAKE_ARGS_ENV], os.environ.get(MAKE_TARGET_ENV, "sweep"), args)
@@ -382,4 +386,10 @@ def run_cli(main: Callable[[List[str]], int], argv: Sequence[str] | None = None)
     except KeyboardInterrupt:
         print("\nranksweep: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        line = fault_line(e)
+        if line is None:
+            raise
+        print(f"ranksweep: error: {mask_url(line)}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code or 0)

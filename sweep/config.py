@@ -98,6 +98,16 @@ def normalize_targets(value: Any, key: str) -> List[str]:
     return items
 
 
+def same_sets_spelt_once(sets: List[List[str]], earlier: List[List[str]] = ()) -> List[List[str]]:
+    """``sets`` with each target set that adapts the same matrices as an earlier one (equal as a set:
+    ``[v,q]`` after ``[q,v]``) spelt as that first one, and listed once: one configuration, one key,
+    one folder. ``earlier`` (the progressive sweep's ``start_targets``) spells first."""
+    first: Dict[frozenset, List[str]] = {}
+    for targets in [*earlier, *sets]:
+        first.setdefault(frozenset(targets), list(targets))
+    return list({targets_key(first[frozenset(t)]): first[frozenset(t)] for t in sets}.values())
+
+
 def targets_key(targets: List[str]) -> str:
     """Canonical text of a target set, used in trial names, CSVs and plot legends: ``q,v``."""
     return ",".join(targets)
@@ -429,7 +439,9 @@ class SweepSettings:
         ranks: ranks to try, increasing (the grid's r axis).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
-            with every rank (grid), ordered by trainable parameters when tried.
+            with every rank (grid), ordered by trainable parameters when tried. A set equal as a set to an
+            earlier one (``[v,q]`` after ``[q,v]``, the progressive sweep's ``start_targets`` first) is
+            the same configuration: it takes the earlier spelling and is tried once.
         seeds: training seeds every configuration gets (the grid's seeds); the seed-to-seed spread is
             the noise a comparison must see through.
         max_seeds: most seeds a configuration gets in the progressive sweep: while a comparison is
@@ -490,7 +502,10 @@ class SweepSettings:
         if list(self.ranks) != sorted(set(self.ranks)):
             raise ValueError(f"sweep.ranks={list(self.ranks)} is invalid: ranks must be distinct and increasing")
         self.start_targets = normalize_targets(self.start_targets, "sweep.start_targets")
-        self.target_sets = [normalize_targets(t, "sweep.target_sets") for t in self.target_sets]
+        self.target_sets = same_sets_spelt_once(
+            [normalize_targets(t, "sweep.target_sets") for t in self.target_sets],
+            [self.start_targets] if self.mode == "progressive" else [],
+        )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
         _check_positive("sweep.max_seeds", self.max_seeds, integer=True)

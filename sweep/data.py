@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from sweep import faults
 from sweep.errors import UserError
 from sweep.hub import from_hub
 
@@ -81,16 +82,20 @@ GLUE_TSV: Dict[str, tuple] = {
 }
 #: tasks whose label is a float score (regression), not a class
 SCORE_TASKS = ("stsb",)
+#: the scale of a score task's labels, inclusive (STS-B: similarity 0 to 5, Cer et al. 2017)
+SCORE_RANGE = (0.0, 5.0)
 
 
 def _parse_label(value: str, label_names: Sequence[str], score: bool):
-    """A label as the file writes it -> the hub's value: a float score, or a class id from the id
-    itself (``0``, ``1``) or the class name (RTE's ``entailment``); None when it is neither."""
+    """A label as the file writes it -> the hub's value: a float score within ``SCORE_RANGE``, or a class
+    id from the id itself (``0``, ``1``) or the class name (RTE's ``entailment``); None when it is
+    neither (``nan``, ``99`` on STS-B's 0–5 scale, ``2`` for two classes)."""
     if score:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return None
+        return number if SCORE_RANGE[0] <= number <= SCORE_RANGE[1] else None  # nan compares False
     if value in label_names:
         return list(label_names).index(value)
     return int(value) if value.isdigit() and int(value) < len(label_names) else None
@@ -100,8 +105,9 @@ def _task_dir(root: Path, task: str) -> Path:
     folder, splits = GLUE_TSV[task]
     train_file = splits["train"][0]
     for candidate in (root, root / folder, root / folder.lower(), root / folder.upper()):
-        if (candidate / train_file).is_file():
-            return candidate
+        with faults.at(candidate, "read"):  # a folder this user may not enter is named, not a file in it
+            if (candidate / train_file).exists():  # a directory by that name is refused by its reader
+                return candidate
     raise UserError(
         f"no GLUE {task} data in {root}: expected {root / folder}/"
         f"{{{', '.join(f for f, _ in splits.values())}}} (the original GLUE TSV files); "
@@ -111,10 +117,19 @@ def _task_dir(root: Path, task: str) -> Path:
 
 def _read_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score: bool) -> tuple:
     try:
-        return _parse_tsv(path, layout, label_names, score)
-    except UnicodeDecodeError as e:
+        with faults.at(path, "read"):
+            return _parse_tsv(path, layout, label_names, score)
+    except UnicodeDecodeError:
+        # the decoder's offset counts from the start of its chunk, not of the file: find the byte again
+        data = path.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            offset = e.start
+        line = data.count(b"\n", 0, offset) + 1
         raise UserError(
-            f"malformed GLUE file {path}: not UTF-8 text (byte {e.start}); expected the original GLUE TSV files"
+            f"malformed GLUE file {path}, line {line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset "
+            f"{offset} of the file); expected the original GLUE TSV files"
         ) from None
 
 
@@ -135,7 +150,11 @@ def _parse_tsv(path: Path, layout: TsvLayout, label_names: Sequence[str], score:
                 out.append(row[col])
             label = -1 if layout.label_column is None else _parse_label(row[layout.label_column], label_names, score)
             if label is None:
-                expected = "a number" if score else " or ".join([*map(str, range(len(label_names))), *label_names])
+                expected = (
+                    f"a score from {SCORE_RANGE[0]:g} to {SCORE_RANGE[1]:g}"
+                    if score
+                    else " or ".join([*map(str, range(len(label_names))), *label_names])
+                )
                 raise UserError(
                     f"malformed GLUE file {path}, line {lineno}: label {row[layout.label_column]!r}, "
                     f"expected {expected}"
@@ -175,7 +194,8 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
         raise UserError(f"no local TSV reader for GLUE task '{task}'; local readers: {', '.join(GLUE_TSV)}")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"data.dir {root} is not a directory; it should hold {GLUE_TSV[task][0]}/train.tsv, dev.tsv")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise UserError(f"data.dir {root} {what}; it should hold {GLUE_TSV[task][0]}/train.tsv, dev.tsv")
     task_dir = _task_dir(root, task)
     score = task in SCORE_TASKS
     features = datasets.Features(
@@ -189,10 +209,10 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     for split, (filename, layout) in GLUE_TSV[task][1].items():
         path = task_dir / filename
         if not path.is_file():
-            if split == "test":
+            if split == "test" and not path.exists():
                 continue
             raise UserError(
-                f"GLUE file {path} is missing; {task_dir} should hold "
+                f"GLUE file {path} {'is a directory, not a file' if path.is_dir() else 'is missing'}; {task_dir} should hold "
                 f"{', '.join(f for f, _ in GLUE_TSV[task][1].values())}"
             )
         texts, labels = _read_tsv(path, layout, label_names, score)

@@ -19,7 +19,7 @@ import time
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
@@ -27,12 +27,37 @@ from sweep.data import take, task_data, task_digest
 from sweep.decide import Plan, Status, plan
 from sweep.decision import StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
+from sweep.faults import at, atomic_write
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult
 from sweep.redact import config_yaml, mask_overrides, mask_url
 from sweep.resume import CHECKPOINT, crashed_attempts, finished_result, orphans, reuse_finished, sweep_lock
 from sweep.study import open_study, outcomes, sqlite_path, storage_url, study_name, tell_result
 from sweep.trial import check_training_steps, run_trial, trial_name
+
+#: keys of one trial that the sweep sets itself, and the sweep keys that set them
+TRIAL_KEYS = {
+    "lora.r": lambda v: f"sweep.ranks=[{v}]",
+    "lora.targets": lambda v: f"sweep.start_targets={v} (the set whose rank is raised) or sweep.target_sets=[{v}]",
+    "train.seed": lambda v: f"sweep.seeds=[{v}]",
+}
+
+
+def refuse_trial_keys(overrides: Sequence[str]) -> None:
+    """Refuse a key of one trial on a sweep's command line: the sweep sets ``lora.r``, ``lora.targets`` and
+    ``train.seed`` for each trial, so the value would be silently ignored.
+
+    Raises:
+        UserError: names the key, its value and the sweep key to give instead.
+    """
+    for text in overrides:
+        key, _, value = text.partition("=")
+        key = key.lstrip("+~")
+        if key in TRIAL_KEYS:
+            raise UserError(
+                f"{text} is ignored by a sweep, which sets {key} for each trial: give {TRIAL_KEYS[key](value)} "
+                f"instead ({key} is for make trial)"
+            )
 
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
@@ -151,7 +176,9 @@ def _execute(
             raise
         except Exception as e:  # a crash is recorded (no result); the caller stops, a re-run retries it
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / f"error-attempt{attempt}.log").write_text(traceback.format_exc())
+            log_file = run_dir / f"error-attempt{attempt}.log"
+            with at(log_file, "write"):  # a full disk here too: one line naming the log (sweep.cli.run_cli)
+                log_file.write_text(traceback.format_exc())
             m = TrialResult(
                 r=spec.r,
                 targets=list(targets),
@@ -221,11 +248,13 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     when a trial crashed in this run: the sweep stops there, and re-running it retries the trial.
 
     Raises:
-        UserError: incompatible resume, another process on a SQLite sweep, a target set that matches
+        UserError: a trial's own key among ``overrides`` (``refuse_trial_keys``), incompatible resume,
+            another process on a SQLite sweep, a target set that matches
             no module, missing data; all before the study is changed.
     """
     from optuna.trial import TrialState
 
+    refuse_trial_keys(overrides)
     sdir = sweep_dir(cfg)
     # everything that can be wrong with the input is checked before the study is touched
     if sqlite_path(storage_url(cfg)):
@@ -240,7 +269,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
         study.set_user_attr("command_overrides", mask_overrides(overrides))
         sdir.mkdir(parents=True, exist_ok=True)
         study.set_user_attr("target_costs", per_rank)
-        (sdir / "config.yaml").write_text(config_yaml(resolved))
+        atomic_write(sdir / "config.yaml", lambda tmp: tmp.write_text(config_yaml(resolved)))
         log(
             f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {mask_url(storage_url(cfg))}"
             + (f", worker {claims.worker_id()}" if shared else "")

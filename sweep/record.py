@@ -10,13 +10,13 @@ the study and the CSV, and ``read_result`` fills it with its default in files wr
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from sweep.config import targets_key
 from sweep.decide import Outcome, Status
+from sweep.faults import atomic_write
 
 
 def _kept(*, study: bool = False, csv: bool = False, default=None, factory=None):
@@ -180,9 +180,8 @@ def record_fields(flag: str) -> List[str]:
 
 def write_result(path: Path, result: TrialResult) -> None:
     """Write ``result`` as ``metrics.json`` at ``path`` atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result.to_dict(), indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(result.to_dict(), indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_result(path: Path) -> TrialResult:

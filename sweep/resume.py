@@ -39,6 +39,7 @@ from sweep.config import Config
 from sweep.decide import Status
 from sweep.decision import TrialSpec
 from sweep.errors import UserError
+from sweep.faults import atomic_write
 from sweep.paths import glue_dir
 from sweep.record import TrialResult, read_result, write_result
 from sweep.redact import config_yaml
@@ -439,9 +440,7 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "state": progress.to_dict(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(

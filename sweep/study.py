@@ -27,6 +27,7 @@ from sweep.claims import storage_for
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome, Status
 from sweep.errors import UserError
+from sweep.faults import fault_line
 from sweep.paths import sweep_dir
 from sweep.record import TrialResult, record_fields
 from sweep.redact import mask_text, mask_url, masked_hint
@@ -85,6 +86,8 @@ def open_study(cfg: Config, resolved):
     except UserError:
         raise
     except Exception as e:  # unreachable server, missing driver, unwritable file: the URL's problem, in one line
+        if fault_line(e):  # a full disk or no permission: run_cli names the file and the cause
+            raise
         why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else "", url)
         raise UserError(
             f"cannot open sweep.storage {mask_url(url)}: {type(e).__name__}: {why}{masked_hint(url)}"
@@ -115,6 +118,8 @@ def load_study(url: str, name: str | None = None, missing_hint: str = "run `make
     try:
         names = optuna.get_all_study_names(storage=url)
     except Exception as e:
+        if fault_line(e):  # a full disk or no permission: run_cli names the file and the cause
+            raise
         why = mask_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, url)
         raise UserError(f"cannot open storage {mask_url(url)}: {why}{masked_hint(url)}") from None
     if name is None and len(names) == 1:

@@ -31,6 +31,7 @@ from sweep.data import Batches, take, task_data, task_digest
 from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.family import with_family
+from sweep.faults import atomic_write
 from sweep.flops import FlopModel
 from sweep.metrics import compute_metrics
 from sweep.modeling import (
@@ -268,7 +269,7 @@ def run_trial(
     check_training_steps(cfg, len(train_split))
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config_text)
+    atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)

@@ -142,7 +142,51 @@ REFUSED = [
     ("trial", ["results_dir={file}"], "results_dir {file}: {file} is not a directory"),
     ("sweep", ["sweep.storage=sqlite:///{file}/study.db"], "sweep.storage {file}: {file} is not a directory"),
     ("trial", ["model.name_or_path={nomodel}"], "model.name_or_path {nomodel} holds no loadable model"),
-    ("trial", ["data.dir={garbage}"], "malformed GLUE file {garbage}/MRPC/train.tsv: not UTF-8 text (byte 0)"),
+    (
+        "trial",
+        ["data.dir={garbage}"],
+        "malformed GLUE file {garbage}/MRPC/train.tsv, line 1: not UTF-8 text (byte 0xff at offset 0 of the file)",
+    ),
+    # issue 19: a location the user can find. The bad byte sits on line 500 of MRPC's train.tsv, far past
+    # the decoder's first 8 KiB chunk, whose own offset the message used to give
+    (
+        "trial",
+        ["data.dir={latebyte}"],
+        "malformed GLUE file {latebyte}/MRPC/train.tsv, line 500: not UTF-8 text (byte 0xff at offset {offset} "
+        "of the file)",
+    ),
+    ("trial", ["data.dir={dirdev}"], "GLUE file {dirdev}/MRPC/dev.tsv is a directory, not a file"),
+    ("trial", ["data.dir={file}"], "data.dir {file} is a file, not a directory"),
+    ("trial", ["data.dir={file}-none"], "data.dir {file}-none does not exist"),
+    # issue 19: labels outside the task's range (STS-B scores are 0–5), with file, line and value
+    (
+        "trial",
+        ["task=stsb", "data.dir={stsb_nan}"],
+        "malformed GLUE file {stsb_nan}/STS-B/train.tsv, line 3: label 'nan', expected a score from 0 to 5",
+    ),
+    (
+        "trial",
+        ["task=stsb", "data.dir={stsb_99}"],
+        "malformed GLUE file {stsb_99}/STS-B/train.tsv, line 3: label '99', expected a score from 0 to 5",
+    ),
+    # issue 19: keys of one trial, which a sweep sets itself, with the sweep key that sets each
+    (
+        "sweep",
+        ["lora.r=8"],
+        "lora.r=8 is ignored by a sweep, which sets lora.r for each trial: give sweep.ranks=[8] instead "
+        "(lora.r is for make trial)",
+    ),
+    (
+        "sweep",
+        ["lora.targets=[q,k]"],
+        "lora.targets=[q,k] is ignored by a sweep, which sets lora.targets for each trial: give "
+        "sweep.start_targets=[q,k] (the set whose rank is raised) or sweep.target_sets=[[q,k]] instead",
+    ),
+    (
+        "sweep",
+        ["train.seed=3"],
+        "train.seed=3 is ignored by a sweep, which sets train.seed for each trial: give sweep.seeds=[3] instead",
+    ),
     ("trial", ["lora.r"], "cannot parse 'lora.r': give overrides as key=value, e.g. lora.r=8"),
     ("trial", ["train.lr=inf"], "train.lr=inf is invalid: it must be a positive number"),
     ("sweep", ["sweep.tolerance=nan"], "sweep.tolerance=nan is invalid: it must be a positive number"),
@@ -158,7 +202,7 @@ REFUSED = [
 
 @pytest.mark.parametrize("command, overrides, message", REFUSED, ids=[" ".join(c[1]) for c in REFUSED])
 def test_refused_in_one_line_before_any_work(
-    command, overrides, message, tiny, results, header_only_dev, tmp_path, capsys, monkeypatch
+    command, overrides, message, tiny, results, header_only_dev, glue_dir, tmp_path, capsys, monkeypatch
 ):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
@@ -167,12 +211,32 @@ def test_refused_in_one_line_before_any_work(
     garbage.mkdir(parents=True)
     for name in ("train.tsv", "dev.tsv"):
         (garbage / name).write_bytes(b"\xff\xfe\x00bad\tbytes\n")
+    mrpc = (glue_dir / "MRPC" / "train.tsv").read_bytes().split(b"\n")
+    late = tmp_path / "late" / "MRPC"
+    late.mkdir(parents=True)
+    (late / "train.tsv").write_bytes(b"\n".join([*mrpc[:499], b"\xff" + mrpc[499], *mrpc[500:]]))
+    offset = sum(len(line) + 1 for line in mrpc[:499])  # the 0xff opens line 500
+    (late / "dev.tsv").symlink_to(glue_dir / "MRPC" / "dev.tsv")
+    dirdev = tmp_path / "dirdev" / "MRPC"
+    (dirdev / "dev.tsv").mkdir(parents=True)
+    (dirdev / "train.tsv").symlink_to(glue_dir / "MRPC" / "train.tsv")
     fill = {
         "{file}": str(a_file),
         "{empty}": str(header_only_dev),
         "{nomodel}": str(tmp_path / "no model"),
         "{garbage}": str(garbage.parent),
+        "{latebyte}": str(late.parent),
+        "{offset}": str(offset),
+        "{dirdev}": str(dirdev.parent),
     }
+    stsb = (glue_dir / "STS-B" / "train.tsv").read_text(encoding="utf-8").splitlines()[:4]
+    for label in ("nan", "99"):  # line 3 (the second example) gets the label; 10 columns, the score last
+        folder = tmp_path / f"stsb-{label}" / "STS-B"
+        folder.mkdir(parents=True)
+        row = stsb[2].split("\t")
+        (folder / "train.tsv").write_text("\n".join([*stsb[:2], "\t".join([*row[:-1], label]), stsb[3]]) + "\n")
+        (folder / "dev.tsv").write_text("\n".join(stsb) + "\n")
+        fill[f"{{stsb_{label}}}"] = str(folder.parent)
     for key, value in fill.items():
         overrides = [o.replace(key, value) for o in overrides]
         message = message.replace(key, value)
@@ -187,6 +251,19 @@ def test_refused_in_one_line_before_any_work(
     assert message in lines[0]
     assert "Traceback" not in out + err
     assert snapshot(tmp_path) == before  # nothing changed, nothing added (no sweep.lock, no study.db)
+
+
+def test_a_target_set_in_another_order_is_one_configuration(tiny, capsys, monkeypatch):
+    """Issue 19: [v,q] adapts the matrices [q,v] does: one configuration, spelt as first written (the
+    progressive sweep's start_targets first), trained once; existing keys keep their text."""
+    cfg, _ = compose(["sweep.start_targets=[v,q]", "sweep.target_sets=[[q,v],[q,k,v,o],[o,v,k,q]]"])
+    assert (cfg.sweep.start_targets, cfg.sweep.target_sets) == (["v", "q"], [["v", "q"], ["q", "k", "v", "o"]])
+    assert driver.target_sets(cfg) == {"v,q": ["v", "q"], "q,k,v,o": ["q", "k", "v", "o"]}
+    args = [*tiny, "sweep=grid", "sweep.ranks=[1]", "sweep.seeds=[0]", "sweep.target_sets=[[q,v],[v,q]]"]
+    run_trial, calls = fake_trial(crash_on_call=0)
+    monkeypatch.setattr(driver, "run_trial", run_trial)
+    code, out, err = run(sweep_main, args, capsys)
+    assert (code, calls) == (0, [1]) and "trial 0 r=1 q,v seed=0" in out
 
 
 def test_a_single_string_target_is_one_regex_like_the_list(tiny):

@@ -12,7 +12,7 @@ CASES = [
     (["task=foo"], "unknown task 'foo'; valid: cola, mrpc, rte, sst2, stsb"),
     (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
     (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
-    (["data.dir=/no/such/dir"], "data.dir /no/such/dir is not a directory"),
+    (["data.dir=/no/such/dir"], "data.dir /no/such/dir does not exist"),
     (
         ["model=roberta-base"],
         "model 'roberta-base' is not in the local Hugging Face cache and the hub cannot be reached",

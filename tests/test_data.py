@@ -87,7 +87,7 @@ def test_cola_last_row_without_newline(glue_dir):
 def test_missing_directory_names_the_path_and_the_files(tmp_path):
     with pytest.raises(UserError, match=r"no GLUE mrpc data in .*expected .*MRPC/\{train.tsv, dev.tsv, test.tsv\}"):
         load_glue(*MRPC[:1], str(tmp_path), *MRPC[1:])
-    with pytest.raises(UserError, match="is not a directory"):
+    with pytest.raises(UserError, match="nope does not exist"):
         load_glue(*MRPC[:1], str(tmp_path / "nope"), *MRPC[1:])
 
 
