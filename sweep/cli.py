@@ -143,6 +143,27 @@ def _invalid_value_message(key: str, value: Any, why: str) -> str:
     return f"invalid value for '{key}': {why}" + (f"; {key} takes {expected}" if expected else "")
 
 
+def _quoted(key: str, value: str) -> str:
+    """``key=value`` with the value quoted for Hydra's parser; a list's items quoted one by one (quoting
+    the whole list would make it one string)."""
+
+    def quote(v: str) -> str:
+        return f"'{v}'" if "'" not in v else f'"{v}"'
+
+    if value.startswith("[") and value.endswith("]"):
+        return f"{key}=[{','.join(quote(v.strip()) for v in value[1:-1].split(','))}]"
+    return f"{key}={quote(value)}"
+
+
+def _as_typed(override: str, overrides: Sequence[str]) -> str:
+    """``override`` as the user types it: one shell word, or under make (the Makefile names the target) the
+    whole ``make <target> TASK=… ARGS=…`` line, whose quotes survive make and its shell."""
+    target = os.environ.get(MAKE_TARGET_ENV)
+    if not target:
+        return _shell_word(override)
+    return make_command(target, [*(o for o in overrides if o.startswith(("task=", "sweep="))), override])
+
+
 def _check_overrides(overrides: Sequence[str]) -> List[str]:
     """Check what Hydra cannot (the overrides' syntax, several runs asked for, group options, keys
     added with ``+``) and return the overrides as Hydra needs them: an entry of a mapping-valued key
@@ -167,10 +188,14 @@ def _check_overrides(overrides: Sequence[str]) -> List[str]:
                     f"cannot parse '{text}': give overrides as key=value, e.g. lora.r=8 "
                     "(--help shows the command's usage)"
                 ) from None
-            quoted = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
+            if key.startswith("-"):  # --lora.r=8, as argparse would take it
+                raise UserError(
+                    f"cannot parse '{text}': overrides are key=value without dashes, e.g. "
+                    f"{_as_typed(key.lstrip('-') + '=' + value, overrides)}"
+                ) from None
             raise UserError(
                 f"cannot parse override '{text}': {str(e).splitlines()[0]}; Hydra needs quotes around a "
-                f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_shell_word(quoted)}"
+                f"value with # ( ) [ ] {{ }} or non-ASCII letters, e.g. {_as_typed(_quoted(key, value), overrides)}"
             ) from None
         key = ov.key_or_group
         if key == "hydra" or key.startswith("hydra."):  # compose() runs no Hydra job: such keys do nothing

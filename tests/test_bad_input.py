@@ -540,3 +540,24 @@ def test_progress_in_a_log_file_is_one_line_per_epoch(tiny, capsys):
     assert "\r" not in out.err + out.out
     assert [line.split(":")[0] for line in out.out.splitlines()] == ["r8-q-v-seed0 epoch 1/2", "r8-q-v-seed0 epoch 2/2"]
     assert m.status == "ok"
+
+
+@pytest.mark.parametrize(
+    "typed, meant",
+    [
+        ("model.roles.q=a#b", "model.roles.q='a#b'"),  # '#' needs Hydra's quotes, which make's shell eats
+        ("lora.targets=[q#]", "lora.targets=['q#']"),  # a list's items quoted, not the list (one string)
+        ("--lora.r=8", "lora.r=8"),  # argparse's dashes
+    ],
+)
+def test_parse_hints_run_as_printed_through_make(typed, meant, tmp_path, monkeypatch):
+    """A hint printed under make (the Makefile names the target) is a whole make command: pasted, it hands
+    python the override Hydra reads, and that override parses."""
+    monkeypatch.setenv("RANKSWEEP_MAKE_TARGET", "trial")
+    with pytest.raises(UserError) as e:
+        compose(["task=mrpc", typed])
+    command = str(e.value).split("e.g. ", 1)[1]
+    assert command.startswith("make trial TASK=mrpc ARGS=")
+    assert run_printed(command, tmp_path) == ["-m", "sweep.trial", "task=mrpc", meant]
+    monkeypatch.delenv("RANKSWEEP_MAKE_TARGET")
+    compose(["task=mrpc", meant])  # parses: no error
