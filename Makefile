@@ -49,28 +49,28 @@ test-slow: install ## run only the slow end-to-end tests
 	$(BIN)/python -m pytest -m slow
 
 trial: install ## one LoRA trial: make trial TASK=mrpc ARGS='lora.r=8 lora.targets=[q,v]'
-	$(BIN)/python -m sweep.trial task=$(TASK) $(ARGS)
+	@$(BIN)/python -m sweep.trial task=$(TASK) $(ARGS)
 
 sweep: install ## the rank sweep, resumable by re-running: make sweep TASK=mrpc [SWEEP=grid] [ARGS=...]
-	$(BIN)/python -m sweep task=$(TASK) sweep=$(SWEEP) $(ARGS)
+	@$(BIN)/python -m sweep task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 worker: install ## one more worker on a PostgreSQL sweep: make worker TASK=mrpc [SWEEP=grid] ARGS='sweep.storage=postgresql://…'
-	$(BIN)/python -m sweep.worker task=$(TASK) sweep=$(SWEEP) $(ARGS)
+	@$(BIN)/python -m sweep.worker task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 report: install ## CSVs, plots and report.md of a sweep: make report TASK=mrpc [SWEEP=grid]
-	$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
+	@$(BIN)/python -m analysis task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 export: install ## the recommended adapter as files, reloadable offline: make export TASK=mrpc [SWEEP=grid] [ARGS='export.seed=1 export.merge=true']
-	$(BIN)/python -m analysis.export task=$(TASK) sweep=$(SWEEP) $(ARGS)
+	@$(BIN)/python -m analysis.export task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 subspace: install ## adapter subspaces, is extra rank signal or noise (LoRA §7): make subspace TASK=mrpc [SWEEP=grid]
-	$(BIN)/python -m analysis.subspace_report task=$(TASK) sweep=$(SWEEP) $(ARGS)
+	@$(BIN)/python -m analysis.subspace_report task=$(TASK) sweep=$(SWEEP) $(ARGS)
 
 calibrate: install ## P(regret ≤ tolerance) and trials of the decision procedure, simulated: make calibrate [ARGS='task=mrpc sweep.name=default']
-	$(BIN)/python -m analysis.calibrate $(ARGS)
+	@$(BIN)/python -m analysis.calibrate $(ARGS)
 
 bench: install ## trial throughput against transformers.Trainer + peft, then sweep throughput (1×2 vs 2×1 workers×threads)
-	$(BIN)/python -m bench $(ARGS)
+	@$(BIN)/python -m bench $(ARGS)
 
 clean: ## remove .venv and caches (results/ is kept)
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -40,7 +40,7 @@ from analysis.report import SweepReport, load_report
 from analysis.summary import results
 from sweep.cli import compose, make_command, run_cli
 from sweep.config import Config
-from sweep.decide import ConfigResults
+from sweep.decide import ConfigResults, noise_floor
 from sweep.decision import Action, ConfigKey, Stage, TrialSpec
 from sweep.errors import UserError
 from sweep.paths import sweep_dir
@@ -183,7 +183,7 @@ def recommendation_record(
     the CSVs; the reliability's numbers are in points (100 × metric), as in report.md."""
     info, rel = rep.info, rep.reliability
     stats = results(info)[chosen.config].stats
-    low, high = stats.interval(0.95)
+    low, high = stats.interval(0.95, noise_floor([o for _, o in info.history], info.settings))
     decision = next((d for d in reversed(info.decisions) if d.action == Action.RECOMMEND), None)
     return {
         "task": info.task,

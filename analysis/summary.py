@@ -114,8 +114,9 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     ``n_failed`` (diverged or failed), ``n_running``, ``n_not_counted`` (complete trials of seeds the
     settings cannot ask for); over the counted seeds, in metric units (accuracy 0.8235, not 82.35
     points): ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
-    ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·sd/√n, ``Stats.interval``; NaN below
-    two seeds); ``trainable_params``, ``trainable_pct`` (percent of the model's parameters), ``lora_params``;
+    ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·s/√n, s the sd raised to the sweep's
+    noise floor, ``Stats.interval``: seeds that all scored the same get the interval the validation set
+    can resolve, not a zero-width one; NaN below two seeds); ``trainable_params``, ``trainable_pct`` (percent of the model's parameters), ``lora_params``;
     ``mean_train_flops`` (training FLOPs) and ``mean_train_seconds`` (training seconds) over complete
     trials of every seed (a cost, as in the decisions); ``pareto_params`` and ``pareto_flops`` (on the
     front of objective mean vs trainable parameters / vs mean training FLOPs, see ``pareto_mask``; only
@@ -125,11 +126,12 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     """
     pick, _ = recommendation(trials, info)
     per_cfg = results(info)
+    floor = noise_floor([o for _, o in info.history], info.settings)  # intervals claim no finer noise
     rows = []
     for (r, targets), group, ok in _by_config(trials):
         res = per_cfg.get((r, targets))  # None: no finished trial yet
         st = res.stats if res is not None else None
-        mean, sd, low, high = map(_metric_units, (st.mean, st.sd, *st.interval(0.95)) if st else [None] * 4)
+        mean, sd, low, high = map(_metric_units, (st.mean, st.sd, *st.interval(0.95, floor)) if st else [None] * 4)
         about = [d for d in info.decisions if (d.r, d.targets) == (r, targets)]
         rows.append(
             {

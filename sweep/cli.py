@@ -16,6 +16,7 @@ import difflib
 import functools
 import os
 import re
+import shlex
 import sys
 import typing
 from dataclasses import fields, is_dataclass
@@ -28,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.config import Config, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
-from sweep.redact import mask_overrides, mask_url
+from sweep.redact import command_overrides, mask_url
 
 #: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
 GROUPS = ("task", "model", "sweep", "debug")
@@ -338,7 +339,7 @@ def make_command(target: str, overrides: Sequence[str]) -> str:
     (which expands ``$``), then the recipe's shell, so each override is quoted for the recipe's shell,
     ``$`` doubled for make, and the whole quoted again for the user's shell. A ``sweep.storage`` password
     is shown as ``***`` (``sweep.redact``): give it again, or from ``PGPASSWORD`` / ``~/.pgpass``."""
-    overrides = mask_overrides(overrides)
+    overrides = command_overrides(overrides)  # no password: it runs as printed with PGPASSWORD/~/.pgpass
     rest = [o for o in overrides if o.split("=", 1)[0] not in ("task", "sweep")]
     groups = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "sweep")}
     line = f"make {target} TASK={_shell_word(groups.get('task', 'mrpc'))}"
@@ -378,10 +379,15 @@ def check_make_args(raw: str, target: str, args: Sequence[str] = ()) -> None:
     }
     groups = [a for a in args if a.startswith(("task=", "sweep="))]  # the user's TASK and SWEEP
     python = module.get(target, f"sweep.{target}" if target in ("trial", "worker") else target)
+    try:  # every override of ARGS, as the recipe's shell splits them: the hint keeps them all
+        words = shlex.split(raw)
+    except ValueError:  # unbalanced quotes: the one word is all that can be shown
+        words = [word]
+    python_line = " ".join(_shell_word(w) for w in [*(groups if target != "calibrate" else []), *words])
     raise UserError(
         f"ARGS holds {word!r}, whose $ make expands before ranksweep sees it (the override would arrive "
-        f"mangled); write $$ for it in make: {make_command(target, [*groups, word])}, or run the command "
-        f"without make: .venv/bin/python -m {python} {_shell_word(word)}"
+        f"mangled); write $$ for it in make: {make_command(target, [*groups, *words])}, or run the command "
+        f"without make: .venv/bin/python -m {python} {python_line}"
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -25,6 +26,9 @@ CAUSES = {
     errno.EROFS: ("write", "read-only file system", "use a folder on a writable file system (results_dir=…)"),
     errno.ENOSPC: ("write", "no space left on device", _SPACE),
     errno.EDQUOT: ("write", "disk quota exceeded", _SPACE),
+    errno.EISDIR: ("write", "it is a folder, where a file belongs", "move that folder away, then re-run"),
+    errno.ENOTDIR: ("write", "a file stands where a folder belongs", "move that file away, then re-run"),
+    errno.EEXIST: ("write", "a file stands where a folder belongs", "move that file away, then re-run"),
 }
 #: SQLite's message (lower case) -> (verb, cause in words, what to do)
 SQLITE_CAUSES = {
@@ -72,6 +76,12 @@ def fault_line(exc: BaseException) -> Optional[str]:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list):
+            # copytree's list of (source, destination, why): the first failed copy names the path and cause
+            source, destination, why = exc.args[0][0]
+            for code, words in ((errno.ENOSPC, "No space left"), (errno.EACCES, "Permission denied")):
+                if words in str(why):
+                    return _os_line(OSError(code, words, destination))
         database = database or getattr(exc, "ranksweep_database", None)
         if isinstance(exc, OSError) and exc.errno in CAUSES:
             return _os_line(exc)

@@ -58,9 +58,27 @@ def masked_hint(url: str) -> str:
     if mask_url(url) != url or MASK not in url:
         return ""
     return (
-        f"; the password {MASK} is how printed commands hide it: give the real one, or leave it out of the URL "
-        "and set PGPASSWORD or ~/.pgpass"
+        f"; the password {MASK} is how ranksweep's files and messages hide it: give the real one, or leave it out "
+        "of the URL and set PGPASSWORD or ~/.pgpass"
     )
+
+
+def without_password(url: str) -> str:
+    """``url`` with no password at all (``postgresql://u@h/db``): what printed commands carry, so that they
+    run as printed where libpq finds the password (``PGPASSWORD``, ``~/.pgpass``)."""
+    url = _SECRETS[0].sub(lambda m: m.group("head")[:-1] + "@", url)  # the head ends with the user's ':'
+    url = re.sub(r"([?&])password=[^&#\s]*&?", r"\1", url)
+    return re.sub(r"[?&](?=$|#|\s)", "", url)
+
+
+def command_overrides(overrides: Sequence[str]) -> List[str]:
+    """Command-line overrides as a printed command carries them: ``sweep.storage``'s password left out
+    (``without_password``), masked or not."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        out.append(f"{key}={without_password(value)}" if eq and key.lstrip("+~") == "sweep.storage" else o)
+    return out
 
 
 def mask_overrides(overrides: Sequence[str]) -> List[str]:

@@ -37,15 +37,18 @@ class Stats:
     mean: float
     sd: Optional[float]
 
-    def interval(self, level: float = 0.95) -> Tuple[Optional[float], Optional[float]]:
-        """Two-sided ``level`` Student-t interval of the mean, in points: mean ± t((1+level)/2, n−1)·sd/√n
-        (``scipy.stats.t.interval``); (mean, mean) when every seed scored the same (scipy answers NaN for a
-        zero scale); (None, None) below two seeds."""
+    def interval(self, level: float = 0.95, floor: Optional[float] = None) -> Tuple[Optional[float], Optional[float]]:
+        """Two-sided ``level`` Student-t interval of the mean, in points: mean ± t((1+level)/2, n−1)·s/√n
+        (``scipy.stats.t.interval``) with s = max(sd, ``floor``): a noise estimate no finer than the
+        validation set resolves (``sweep.decide.noise_floor``; seeds that all scored the same claim no
+        certainty); (mean, mean) when s is 0 (no floor given; scipy answers NaN for a zero scale); (None,
+        None) below two seeds."""
         if self.sd is None:
             return None, None
-        if self.sd == 0:
+        s = max(self.sd, floor or 0.0)
+        if s == 0:
             return self.mean, self.mean
-        low, high = student_t.interval(level, self.n - 1, loc=self.mean, scale=self.sd / math.sqrt(self.n))
+        low, high = student_t.interval(level, self.n - 1, loc=self.mean, scale=s / math.sqrt(self.n))
         return float(low), float(high)
 
 

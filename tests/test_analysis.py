@@ -615,3 +615,18 @@ def test_next_steps_when_every_trial_diverged_suggest_no_more_of_the_same(tmp_pa
     _, steps = _steps(tmp_path, s, [(1, "q,v", 0, "diverged", "rank"), (2, "q,v", 0, "diverged", "rank")])
     assert "make sweep" not in steps
     assert steps.startswith("No trial succeeded, so more seeds or ranks with the same settings would fail")
+
+
+def test_intervals_of_seeds_that_all_scored_the_same_are_floored(tmp_path):
+    """Two seeds at 80.0 each (sd 0) on a 32-example validation set: the 95% interval uses the floor,
+    0.29 · 100/32 = 0.90625 points: 80 ± t(0.975, 1) · 0.90625/√2 = 80 ± 8.1438, not 80–80."""
+    runs = [trial(1, "q,v", s, 0.80, "rank") for s in (0, 1)]
+    for t in runs:  # the fakes' trials say nothing of their validation set: 32 examples
+        t.user_attrs = {**t.user_attrs, "n_eval": 32}
+    url = make_study(tmp_path, settings(ranks=[1], noise_floor=0.29), runs, sweep_ended=False)
+    _, summary, _ = loaded(url)
+    half = T975[1] * 0.90625 / math.sqrt(2) / 100
+    assert summary["objective_sd"].tolist() == [0.0]
+    assert summary[["objective_ci95_low", "objective_ci95_high"]].values.tolist() == [
+        pytest.approx([0.80 - half, 0.80 + half])
+    ]

@@ -66,30 +66,38 @@ def test_the_command_line_itself_prints_one_line(tiny):
 
 
 @pytest.mark.parametrize(
-    "typed, target, word, fixed",
+    "typed, target, word, make_args, python",
     [
-        # a regex's $ (make expands "$ " to nothing and joins the words) and Hydra's ${oc.env:…}
-        ("model.roles.q=query$ sweep.name=x", "report", "model.roles.q=query$", "analysis 'model.roles.q=query$'"),
+        # a regex's $ (make expands "$ " to nothing and joins the words): every word of ARGS is kept, the
+        # regex in the recipe shell's quotes with make's $$, inside the user's shell's quotes
+        (
+            "model.roles.q=query$ sweep.name=x",
+            "report",
+            "model.roles.q=query$",
+            """''"'"'model.roles.q=query$$'"'"' sweep.name=x'""",
+            "analysis task=rte sweep=grid 'model.roles.q=query$' sweep.name=x",
+        ),
+        # Hydra's ${oc.env:…}
         (
             "results_dir=${oc.env:HOME}/r",
             "sweep",
             "results_dir=${oc.env:HOME}/r",
-            "sweep 'results_dir=${oc.env:HOME}/r'",
+            """''"'"'results_dir=$${oc.env:HOME}/r'"'"''""",
+            "sweep task=rte sweep=grid 'results_dir=${oc.env:HOME}/r'",
         ),
     ],
 )
-def test_a_dollar_that_make_expands_is_refused_with_what_works(monkeypatch, typed, target, word, fixed):
+def test_a_dollar_that_make_expands_is_refused_with_what_works(monkeypatch, typed, target, word, make_args, python):
     from analysis.__main__ import main as analysis_main
 
     monkeypatch.setenv("RANKSWEEP_MAKE_ARGS", typed)
     monkeypatch.setenv("RANKSWEEP_MAKE_TARGET", target)
     ran = run_main(analysis_main, "task=rte", "sweep=grid", "mangled")
     assert ran.returncode == 2
-    inner = word.replace("$", "$$")
     assert ran.stderr == (
         f"ranksweep: error: ARGS holds {word!r}, whose $ make expands before ranksweep sees it (the override "
-        f"would arrive mangled); write $$ for it in make: make {target} TASK=rte SWEEP=grid "
-        f"ARGS=''\"'\"'{inner}'\"'\"'', or run the command without make: .venv/bin/python -m {fixed}\n"
+        f"would arrive mangled); write $$ for it in make: make {target} TASK=rte SWEEP=grid ARGS={make_args}, "
+        f"or run the command without make: .venv/bin/python -m {python}\n"
     )
 
 

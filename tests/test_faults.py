@@ -216,3 +216,37 @@ def test_a_report_in_a_folder_nobody_may_write_as_nobody(reported, tmp_path):
         f"ranksweep: error: cannot write {reported / 'trials.csv'}: permission denied; {ACCESS}",
     )
     assert snapshot(reported) == before
+
+
+@pytest.mark.parametrize(
+    "occupied, named, cause",
+    [
+        ("report.md", "report.md", "it is a folder, where a file belongs; move that folder away, then re-run"),
+        ("plots", "plots", "a file stands where a folder belongs; move that file away, then re-run"),
+    ],
+)
+def test_a_report_whose_file_is_a_folder_or_whose_folder_is_a_file_is_one_line(
+    occupied, named, cause, reported, tmp_path
+):
+    """A folder named report.md (or a file named plots) where the report writes: one line naming it."""
+    import shutil
+
+    target = reported / occupied
+    (shutil.rmtree if target.is_dir() else Path.unlink)(target)
+    if occupied == "report.md":
+        target.mkdir()
+    else:
+        target.write_text("not a folder")
+    ran = run_main(report_command.main, f"results_dir={tmp_path}")
+    assert one_line(ran) == f"ranksweep: error: cannot write {reported / named}: {cause}"
+
+
+def test_an_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """copytree reports a full disk as shutil.Error, a list of (source, destination, why): one line naming
+    the file it could not write."""
+    import shutil
+
+    from sweep.faults import fault_line
+
+    failed = shutil.Error([("/a/adapter.safetensors", "/b/adapter.safetensors", "[Errno 28] No space left on device")])
+    assert fault_line(failed) == f"cannot write /b/adapter.safetensors: no space left on device; {SPACE}"

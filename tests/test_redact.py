@@ -51,9 +51,12 @@ def test_config_yaml_masks_the_password_and_changes_nothing_else():
     assert trial_identity(with_pw) == trial_identity(plain)
 
 
-def test_a_printed_command_hides_the_password():
-    line = make_command("report", ["task=mrpc", "sweep.storage=postgresql://u:pw-1234@h/db"])
-    assert line == """make report TASK=mrpc ARGS='"sweep.storage=postgresql://u:***@h/db"'"""  # * quoted for the recipe
+def test_a_printed_command_leaves_the_password_out():
+    """A printed command runs as printed where libpq finds the password (PGPASSWORD, ~/.pgpass): it carries
+    none, neither the real one nor the mask of a stored override."""
+    for url in ("postgresql://u:pw-1234@h/db", "postgresql://u:***@h/db", "postgresql://u@h/db?password=pw-1234"):
+        line = make_command("report", ["task=mrpc", f"sweep.storage={url}"])
+        assert line == "make report TASK=mrpc ARGS=sweep.storage=postgresql://u@h/db"
 
 
 def _with_password(url: str, password: str = PG_PASSWORD) -> str:
@@ -116,7 +119,9 @@ def test_no_file_the_sweep_writes_and_nothing_it_stores_or_prints_holds_the_pass
     # what is shown keeps the rest of the URL, the password as ***
     shown = "sweep.storage=postgresql://ranksweep:***@127.0.0.1"
     assert shown in " ".join(study.user_attrs["command_overrides"])
-    assert shown in (tmp_path / "mrpc" / "secret" / "report.md").read_text()
+    # report.md's commands carry no password at all: they run as printed with PGPASSWORD or ~/.pgpass
+    report_md = (tmp_path / "mrpc" / "secret" / "report.md").read_text()
+    assert "sweep.storage=postgresql://ranksweep@127.0.0.1" in report_md and "***" not in report_md
     sweep_yaml = OmegaConf.load(tmp_path / "mrpc" / "secret" / "config.yaml")
     assert sweep_yaml.sweep.storage == url.replace(PG_PASSWORD, "***")
     assert study.user_attrs["settings"]["storage"] == url.replace(PG_PASSWORD, "***")
@@ -136,7 +141,7 @@ def test_a_sweep_on_a_masked_url_is_refused_without_showing_more(postgres_passwo
     assert ran.returncode == 2 and len(ran.stderr.strip().splitlines()) == 1, ran
     assert "password authentication failed" in ran.stderr
     assert ran.stderr.strip().endswith(
-        "the password *** is how printed commands hide it: give the real one, or leave it out of the URL "
-        "and set PGPASSWORD or ~/.pgpass"
+        "the password *** is how ranksweep's files and messages hide it: give the real one, or leave it out "
+        "of the URL and set PGPASSWORD or ~/.pgpass"
     )
     assert not Path(tmp_path / "mrpc" / "default" / "config.yaml").exists()

@@ -297,37 +297,6 @@ def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path)
     assert not (run_dir / CHECKPOINT).exists()
 
 
-def test_a_checkpoint_of_an_earlier_version_resumes(tiny, tmp_path):
-    """A checkpoint whose saved config lacks a key added since (lora.scaling, at its default) and differs in
-    a resumable one (train.threads) is the same trial: it continues from epoch 1; one of another trial
-    (lora.alpha) is not used."""
-    args = tiny + ["train.epochs=2"]
-    cfg, resolved = compose(args)
-
-    def stop_at_epoch_2(record):
-        if record["epoch"] == 2:
-            raise Stop
-
-    run_dir = tmp_path / "run"
-    with pytest.raises(Stop):
-        run_trial(cfg, resolved, run_dir, progress=False, on_epoch=stop_at_epoch_2)
-    ckpt = torch.load(run_dir / CHECKPOINT, weights_only=False)
-    older = OmegaConf.create(ckpt["config"])
-    del older.lora["scaling"]
-    older.train.threads = 7
-    torch.save({**ckpt, "config": OmegaConf.to_yaml(older)}, run_dir / CHECKPOINT)
-    epochs_seen = []
-    run_trial(cfg, resolved, run_dir, progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
-    assert epochs_seen == [2]
-
-    with pytest.raises(Stop):
-        run_trial(cfg, resolved, tmp_path / "other", progress=False, on_epoch=stop_at_epoch_2)
-    _, alpha32 = compose([*args, "lora.alpha=32"])
-    epochs_seen.clear()
-    run_trial(cfg, alpha32, tmp_path / "other", progress=False, on_epoch=lambda r: epochs_seen.append(r["epoch"]))
-    assert epochs_seen == [1, 2]  # started over
-
-
 def _tiny_training(seed: int):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
@@ -335,6 +304,23 @@ def _tiny_training(seed: int):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, total_iters=10)
     return model, optimizer, scheduler
+
+
+def test_a_checkpoint_of_an_earlier_version_is_the_same_trial(tmp_path):
+    """A checkpoint whose saved config lacks a key added since (lora.scaling, at its default) and differs in
+    a resumable one (train.threads) is this trial's: it is restored; with lora.scaling=rslora it is not."""
+    path, cpu = tmp_path / CHECKPOINT, torch.device("cpu")
+    model, optimizer, scheduler = _tiny_training(0)
+    older = OmegaConf.create(OmegaConf.to_yaml(compose([])[1]))
+    del older.lora["scaling"]
+    older.train.threads = 7
+    save_checkpoint(path, model, optimizer, scheduler, Progress(epoch=1), OmegaConf.to_yaml(older), cpu)
+    fresh, fresh_opt, fresh_sched = _tiny_training(1)
+    rslora = OmegaConf.to_yaml(compose(["lora.scaling=rslora"])[1])
+    assert load_checkpoint(path, fresh, fresh_opt, fresh_sched, rslora, cpu) is None
+    now = OmegaConf.to_yaml(compose([])[1])
+    assert load_checkpoint(path, fresh, fresh_opt, fresh_sched, now, cpu).epoch == 1
+    assert torch.equal(fresh[1].weight, model[1].weight)
 
 
 def test_checkpoint_round_trip_restores_everything(tmp_path):

@@ -178,6 +178,7 @@ def results(url: str, name: str):
     return sorted(held, key=repr), abandoned, study.user_attrs
 
 
+@pytest.mark.slow  # a SIGKILL and a 6 s grace period: the default suite's SIGKILL is test_sweep.py's
 def test_two_workers_one_killed_mid_trial_the_other_continues_it(postgres, glue_dir, tmp_path):
     a = worker_args(tmp_path, glue_dir, postgres, "sweep.name=two", "sweep.ranks=[1]")
     procs = [start_worker(a, tmp_path / f"worker{i}.log") for i in range(2)]
