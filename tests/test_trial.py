@@ -271,6 +271,7 @@ class Stop(Exception):
     """Stands for a kill: raised from ``on_epoch``, after the previous epoch's checkpoint was written."""
 
 
+@pytest.mark.slow  # an upgrade path; test_sweep.py's SIGKILL resumes a current-layout checkpoint in the default suite
 def test_interrupted_trial_resumes_from_an_old_layout_checkpoint(tiny, tmp_path):
     args = tiny + ["train.epochs=2"]
     cfg, resolved = compose(args)
