@@ -104,11 +104,12 @@ def trial_config(config_file: Path) -> Config:
 def frozen_weights(config_file: Path, modules: List[str]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """W (d×k, float32) of each named module of the trial's base model, as loaded for training, and the
     role map of the checkpoint's family (role -> module-name regex, see ``sweep/family.py``)."""
+    from sweep.data import class_names
     from sweep.family import with_family
     from sweep.modeling import load_base_model
 
     cfg = trial_config(config_file)
-    base = load_base_model(cfg.model, cfg.task.label_names)
+    base = load_base_model(cfg.model, class_names(cfg))
     roles = with_family(cfg.model, base.config.model_type).roles
     return {name: _weight(base.get_submodule(name)) for name in modules}, roles
 

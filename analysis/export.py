@@ -314,10 +314,11 @@ def _merge(adapter: Path, dest: Path, tcfg: Config, record, expected: np.ndarray
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from sweep.data import class_names
     from sweep.modeling import load_base_model, load_tokenizer
 
     precision = record.precision or "fp32"
-    model = PeftModel.from_pretrained(load_base_model(tcfg.model, tcfg.task.label_names), str(adapter))
+    model = PeftModel.from_pretrained(load_base_model(tcfg.model, class_names(tcfg)), str(adapter))
     checks = {"adapter": validation_predictions(model, tcfg, precision)}
     merged = model.merge_and_unload()
     merged.save_pretrained(str(dest))
@@ -354,8 +355,10 @@ def export(cfg: Config, *, missing_hint: str = "run `make sweep TASK=<task>` fir
     chosen = chosen_trial(cfg, rep)
     _check_trial_folder(chosen, cfg.export.merge)
     tcfg = trial_config(chosen.folder / "config.yaml")
-    # the data of this command (data.dir or $GLUE_DIR) if it names some, else the trial's
-    tcfg = dataclasses.replace(tcfg, data=dataclasses.replace(tcfg.data, dir=cfg.data.dir or tcfg.data.dir))
+    # the data of this command (data.dir, $GLUE_DIR, or the user's files moved elsewhere) if it names some,
+    # else the trial's: the merged model's check reads its validation split
+    moved = {k: getattr(cfg.data, k) or getattr(tcfg.data, k) for k in ("dir", "train_file", "validation_file")}
+    tcfg = dataclasses.replace(tcfg, data=dataclasses.replace(tcfg.data, **moved))
     record = read_result(chosen.folder / "metrics.json")
     out = sweep_dir(cfg) / "export"
     work = out.with_name(f".export-{os.getpid()}")

@@ -166,16 +166,19 @@ def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool 
 
 @dataclass
 class TaskConfig:
-    """A GLUE task (``conf/task/<name>.yaml``).
+    """A task (``conf/task/<name>.yaml``): a GLUE task, or ``custom``, the user's own data (read when
+    ``data.train_file`` or ``data.dataset_name`` is set, ``sweep/datafiles.py``).
 
     Attributes:
-        name: GLUE task name (``mrpc``, ``cola``, ``rte``, ``stsb``, ``sst2``): the ``nyu-mll/glue`` hub
-            config and the results folder (see ``SAFE_NAME``).
+        name: the results folder (see ``SAFE_NAME``); for GLUE read from TSV or the hub, the GLUE task
+            name (``mrpc``, ``cola``, ``rte``, ``stsb``, ``sst2``), which is the ``nyu-mll/glue`` config.
         problem_type: ``single_label_classification`` (class ids, cross-entropy) or ``regression`` (one
             output, float scores, mean-squared error: STS-B), as transformers names it.
         text_fields: input columns; with two, the pair is truncated ``longest_first``.
+        label_field: the column holding the label (GLUE: ``label``).
         label_names: class names, index = label id, as in the hub's ``ClassLabel`` (at least two); for
-            regression the single output's name.
+            regression the single output's name. null (the user's data only): the distinct training
+            labels, sorted (numbers numerically, text alphabetically, ``false`` before ``true``).
         metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for
             regression ``pearson``, ``spearman``).
         objective: the metric a sweep maximises and reports; one of ``metrics``.
@@ -184,7 +187,8 @@ class TaskConfig:
     name: str = MISSING
     problem_type: ProblemType = MISSING
     text_fields: List[str] = MISSING
-    label_names: List[str] = MISSING
+    label_field: str = MISSING
+    label_names: Optional[List[str]] = MISSING
     metrics: List[str] = MISSING
     objective: str = MISSING
 
@@ -202,14 +206,16 @@ class TaskConfig:
                 )
             _check_choice("task.metrics", m, valid)
         _check_choice("task.objective", self.objective, self.metrics)
-        if self.regression and len(self.label_names) != 1:
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError(f"task.label_names={list(self.label_names)} is invalid: name each class once")
+        if self.regression and self.label_names is not None and len(self.label_names) != 1:
             raise ValueError(
                 f"task.label_names={list(self.label_names)} is invalid for regression: give one name, "
                 "the output's (e.g. [score])"
             )
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"task.text_fields={list(self.text_fields)} is invalid: give one or two columns")
-        if not self.regression and len(self.label_names) < 2:
+        if not self.regression and self.label_names is not None and len(self.label_names) < 2:
             raise ValueError(
                 f"task.label_names={list(self.label_names)} is invalid: a classification task has at "
                 "least two classes, e.g. [not_equivalent,equivalent]"
@@ -394,18 +400,41 @@ class TrainSettings:
 
 @dataclass
 class DataSettings:
-    """Where the GLUE data comes from and how it is cut.
+    """Where the data comes from and how it is cut: GLUE (``dir``), or the user's own data, from files
+    (``train_file``, ``validation_file``) or a hub dataset (``dataset_name``), read with ``datasets``'
+    builders and mapped by ``task.text_fields`` and ``task.label_field`` (``sweep/datafiles.py``; the key
+    names are those of transformers' example scripts ``run_glue.py`` and ``run_clm.py``).
 
     Attributes:
         dir: a local GLUE directory in the original TSV format (holding ``MRPC/``, ``CoLA/`` or the
             task's files directly); null falls back to the ``GLUE_DIR`` environment variable, then to
-            the hub (``nyu-mll/glue``).
+            the hub (``nyu-mll/glue``). Unused when ``train_file`` or ``dataset_name`` is set.
+        train_file: the user's training data: a ``.csv``, ``.tsv``, ``.jsonl``/``.json`` (JSON Lines) or
+            ``.parquet`` file, the format from the extension; null: none.
+        validation_file: the user's validation data, same formats; null: carve
+            ``validation_split_percentage`` % of the training rows.
+        dataset_name: a hub dataset id (``namespace/name``) to read instead of files; null: none.
+        dataset_config_name: the hub dataset's configuration (subset), null for its default.
+        dataset_train_split: the hub dataset's split to train on.
+        dataset_validation_split: the hub dataset's split to validate on; null: carve
+            ``validation_split_percentage`` % of the training rows.
+        validation_split_percentage: percent of the training rows held out for validation when no
+            validation file or split is given (stratified by class; seeded by ``split_seed``), in (0, 100).
+        split_seed: seed of that held-out split: every trial, resume and reuse sees the same rows.
         max_train_samples: use only the first N training examples (null: all).
         max_eval_samples: use only the first N validation examples (null: all).
         max_length: tokens per example after truncation (pairs: ``longest_first``).
     """
 
     dir: Optional[str] = MISSING
+    train_file: Optional[str] = MISSING
+    validation_file: Optional[str] = MISSING
+    dataset_name: Optional[str] = MISSING
+    dataset_config_name: Optional[str] = MISSING
+    dataset_train_split: str = MISSING
+    dataset_validation_split: Optional[str] = MISSING
+    validation_split_percentage: float = MISSING
+    split_seed: int = MISSING
     max_train_samples: Optional[int] = MISSING
     max_eval_samples: Optional[int] = MISSING
     max_length: int = MISSING
@@ -413,6 +442,29 @@ class DataSettings:
     def __post_init__(self) -> None:
         if self.dir is not None and not str(self.dir).strip():
             raise ValueError("data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub")
+        for key in ("train_file", "validation_file", "dataset_name", "dataset_config_name", "dataset_validation_split"):
+            if getattr(self, key) == "":
+                setattr(self, key, None)  # `data.train_file=` (empty) means none, as null does
+        if self.train_file and self.dataset_name:
+            raise ValueError(
+                f"data.train_file={self.train_file!r} and data.dataset_name={self.dataset_name!r} are both set: "
+                "read either your files or a hub dataset"
+            )
+        if self.validation_file and not self.train_file:
+            raise ValueError(
+                f"data.validation_file={self.validation_file!r} needs data.train_file: give the training file too"
+            )
+        if self.dataset_name is not None and not HUB_ID.fullmatch(str(self.dataset_name)):
+            raise ValueError(
+                f"data.dataset_name={self.dataset_name!r} is invalid: give a hub id such as namespace/name"
+            )
+        if not 0 < self.validation_split_percentage < 100:
+            raise ValueError(
+                f"data.validation_split_percentage={self.validation_split_percentage!r} is invalid: it must be in "
+                "(0, 100), e.g. 10"
+            )
+        if self.split_seed < 0:
+            raise ValueError(f"data.split_seed={self.split_seed!r} is invalid: it must be a non-negative integer")
         _check_positive("data.max_train_samples", self.max_train_samples, allow_none=True, integer=True)
         _check_positive("data.max_eval_samples", self.max_eval_samples, allow_none=True, integer=True)
         _check_positive("data.max_length", self.max_length, integer=True)

@@ -1,5 +1,6 @@
-"""GLUE data: the original TSV release read into a ``datasets.DatasetDict`` with the hub's schema
-(``nyu-mll/glue``), tokenised once per process, and batched by length.
+"""Task data: GLUE's original TSV release read into a ``datasets.DatasetDict`` with the hub's schema
+(``nyu-mll/glue``), or the user's own data in the same schema (``sweep/datafiles.py``); tokenised once per
+process, and batched by length.
 
 Schema (as on the hub): MRPC, RTE, STS-B ``sentence1``, ``sentence2``, ``label``, ``idx``; CoLA, SST-2
 ``sentence``, ``label``, ``idx``; splits ``train``, ``validation``, ``test`` (test labels are -1). The
@@ -227,11 +228,127 @@ def load_glue(task: str, data_dir: Optional[str], text_fields: Sequence[str], la
     return datasets.DatasetDict(splits)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Everything the raw splits of a config depend on, hashable (the per-process cache's key): GLUE's
+    task, folder and schema, or the user's files or hub dataset with the column map (``sweep/datafiles.py``)."""
+
+    task: str
+    problem_type: str
+    text_fields: tuple
+    label_field: str
+    label_names: Optional[tuple]
+    glue_dir: Optional[str] = None
+    train_file: Optional[str] = None
+    validation_file: Optional[str] = None
+    dataset_name: Optional[str] = None
+    dataset_config_name: Optional[str] = None
+    dataset_train_split: Optional[str] = None
+    dataset_validation_split: Optional[str] = None
+    validation_split_percentage: Optional[float] = None
+    split_seed: Optional[int] = None
+
+    @property
+    def user(self) -> bool:
+        """Whether this is the user's data (files or a hub dataset) rather than GLUE."""
+        return bool(self.train_file or self.dataset_name)
+
+    @property
+    def carved(self) -> bool:
+        """Whether the validation split is held out of the training rows (no validation file or split)."""
+        return self.user and not (self.validation_file or (self.dataset_name and self.dataset_validation_split))
+
+    def describe(self) -> str:
+        """Where the rows come from, for messages: the files, the hub dataset, the GLUE folder or hub."""
+        if self.train_file:
+            return ", ".join(f for f in (self.train_file, self.validation_file) if f)
+        if self.dataset_name:
+            return f"hub dataset {self.dataset_name}"
+        return self.glue_dir or "the hub (nyu-mll/glue)"
+
+
+def data_source(cfg) -> DataSource:
+    """The ``DataSource`` of a config (``sweep.config.Config``): user data when ``data.train_file`` or
+    ``data.dataset_name`` is set, else the GLUE task from ``sweep.paths.glue_dir`` (``data.dir``,
+    ``$GLUE_DIR``, the hub)."""
+    from sweep.datafiles import uses_user_data
+    from sweep.paths import glue_dir
+
+    task, d = cfg.task, cfg.data
+    common = dict(
+        task=task.name,
+        problem_type=str(task.problem_type),
+        text_fields=tuple(task.text_fields),
+        label_field=task.label_field,
+        label_names=None if task.label_names is None else tuple(task.label_names),
+    )
+    if not uses_user_data(d):
+        return DataSource(**common, glue_dir=glue_dir(cfg))
+    resolve = lambda f: str(Path(f).expanduser().resolve()) if f else None  # noqa: E731  # the cwd may change
+    return DataSource(
+        **common,
+        train_file=resolve(d.train_file),
+        validation_file=resolve(d.validation_file),
+        dataset_name=d.dataset_name,
+        dataset_config_name=d.dataset_config_name,
+        dataset_train_split=d.dataset_train_split,
+        dataset_validation_split=d.dataset_validation_split,
+        validation_split_percentage=d.validation_split_percentage,
+        split_seed=d.split_seed,
+    )
+
+
 @functools.lru_cache(maxsize=4)
-def tokenized_glue(
-    task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple, tokenizer_path: str, max_length: int
-):
-    """``load_glue`` tokenised once per process and cached, so the trials of a sweep share it.
+def raw_data(source: DataSource):
+    """The splits of ``source`` as read (``load_glue`` or ``sweep.datafiles.load_user_data``), before
+    tokenising: a ``DatasetDict`` with the text columns, ``label`` and ``idx``. Cached per process.
+
+    Raises:
+        UserError: as ``load_glue`` and ``load_user_data``; GLUE without label names or of a task
+            without a reader (``task=custom`` without ``data.train_file`` or ``data.dataset_name``).
+    """
+    if source.user:
+        from sweep.datafiles import load_user_data
+
+        return load_user_data(source, source)
+    if source.label_names is None:
+        raise UserError(
+            f"task {source.task} reads GLUE data but task.label_names is null; give data.train_file (or "
+            "data.dataset_name) to read your own data, or the task's class names"
+        )
+    if source.task not in GLUE_TSV and source.glue_dir is not None:
+        raise UserError(
+            f"task.name={source.task!r} has no GLUE reader: give data.train_file=<your data file> (or "
+            f"data.dataset_name=<hub id>) to read your own data; GLUE tasks: {', '.join(GLUE_TSV)}"
+        )
+    return load_glue(source.task, source.glue_dir, source.text_fields, source.label_names)
+
+
+def class_names(cfg) -> List[str]:
+    """The model's outputs, index = class id: ``task.label_names`` when given, else the classes read
+    from the training data (``sweep.datafiles.class_order``); regression: the one output's name
+    (``task.label_field`` when no name is given).
+
+    Raises:
+        UserError: the data cannot be read (as ``raw_data``); ``f1`` (binary) asked of other than two classes.
+    """
+    if cfg.task.label_names is not None:
+        names = list(cfg.task.label_names)
+    elif cfg.task.regression:
+        return [cfg.task.label_field]
+    else:
+        names = list(raw_data(data_source(cfg))["train"].features["label"].names)
+    if len(names) != 2 and "f1" in cfg.task.metrics:
+        raise UserError(
+            f"task.metrics={list(cfg.task.metrics)} holds f1, the F1 of class 1 of two, but the task has "
+            f"{len(names)} classes ({', '.join(names)}); use accuracy or mcc"
+        )
+    return names
+
+
+@functools.lru_cache(maxsize=4)
+def tokenized(source: DataSource, tokenizer_path: str, max_length: int):
+    """``raw_data(source)`` tokenised once per process and cached, so the trials of a sweep share it.
 
     Adds ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer makes them) and
     ``length`` (tokens per example); pairs are truncated ``longest_first`` to ``max_length`` tokens.
@@ -242,10 +359,10 @@ def tokenized_glue(
     from sweep.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path)
-    raw = load_glue(task, data_dir, text_fields, label_names)
+    raw = raw_data(source)
 
     def encode(batch):
-        enc = tokenizer(*[batch[f] for f in text_fields], truncation="longest_first", max_length=max_length)
+        enc = tokenizer(*[batch[f] for f in source.text_fields], truncation="longest_first", max_length=max_length)
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         return enc
 
@@ -253,33 +370,33 @@ def tokenized_glue(
     return raw.map(encode, batched=True, load_from_cache_file=False)
 
 
+def tokenized_glue(
+    task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple, tokenizer_path: str, max_length: int
+):
+    """``tokenized`` for a GLUE task read from ``data_dir`` (None: the hub) with its schema."""
+    source = DataSource(task, "", tuple(text_fields), "label", tuple(label_names), glue_dir=data_dir)
+    return tokenized(source, tokenizer_path, max_length)
+
+
 def task_data(cfg):
-    """``tokenized_glue`` for a config (``sweep.config.Config``): its task's columns and labels, the GLUE
-    folder ``sweep.paths.glue_dir`` finds, its model's tokenizer and ``data.max_length``. Cached per process.
+    """``tokenized`` for a config (``sweep.config.Config``): its data (``data_source``), its model's
+    tokenizer and ``data.max_length``. Cached per process.
 
     Raises:
-        UserError: the data cannot be found or read (see ``load_glue``).
+        UserError: the data cannot be found or read (see ``raw_data``).
     """
-    from sweep.paths import glue_dir
-
-    return tokenized_glue(
-        cfg.task.name,
-        glue_dir(cfg),
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    return tokenized(data_source(cfg), cfg.model.name_or_path, cfg.data.max_length)
 
 
 @functools.lru_cache(maxsize=4)
-def _digest(
-    task: str, data_dir: Optional[str], text_fields: tuple, label_names: tuple, tokenizer_path: str, max_length: int
-):
-    data = tokenized_glue(task, data_dir, text_fields, label_names, tokenizer_path, max_length)
+def _digest(source: DataSource):
+    data = raw_data(source)
     h = hashlib.sha256()
+    if source.user and source.label_names is None and source.problem_type != "regression":
+        # the class order came from the data: the same ids under other names are other data
+        h.update(json.dumps(data["train"].features["label"].names).encode())
     for split in ("train", "validation"):
-        for column in (*text_fields, "label"):
+        for column in (*source.text_fields, "label"):
             h.update(f"{split}/{column}:".encode())
             h.update(json.dumps(list(data[split][column])).encode())
     return h.hexdigest()[:16]
@@ -288,23 +405,15 @@ def _digest(
 def task_digest(cfg) -> str:
     """What a trial of ``cfg`` reads, as an identity: SHA-256 (its first 16 hex digits) of the task's whole
     train and validation splits as read, row by row in order: the text columns and the labels (class ids,
-    or STS-B scores). The same files in another folder give the same digest; one changed label, row or
-    order gives another. ``data.max_train_samples``/``max_eval_samples`` cut the splits later and are part
-    of the config. Cached per process.
+    or scores; for the user's data with class names read from it, those names too). The same files in
+    another folder give the same digest; one changed label, row or order (or another held-out validation
+    split) gives another. ``data.max_train_samples``/``max_eval_samples`` cut the splits later and are
+    part of the config. Cached per process.
 
     Raises:
-        UserError: the data cannot be found or read (see ``load_glue``).
+        UserError: the data cannot be found or read (see ``raw_data``).
     """
-    from sweep.paths import glue_dir
-
-    return _digest(
-        cfg.task.name,
-        glue_dir(cfg),
-        tuple(cfg.task.text_fields),
-        tuple(cfg.task.label_names),
-        cfg.model.name_or_path,
-        cfg.data.max_length,
-    )
+    return _digest(data_source(cfg))
 
 
 def take(split, n: Optional[int]):

@@ -78,10 +78,11 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
         UserError: a target set matches no module (lists the model's linear modules), a setting
             beyond the model's limits.
     """
+    from sweep.data import class_names
     from sweep.family import with_family
     from sweep.modeling import check_limits, load_base_model, load_tokenizer, lora_param_count
 
-    base = load_base_model(cfg.model, cfg.task.label_names)
+    base = load_base_model(cfg.model, class_names(cfg))
     model_cfg = with_family(cfg.model, base.config.model_type)
     per_rank = {}
     for key, targets in target_sets(cfg).items():

@@ -53,6 +53,9 @@ class TrialResult:
     head: List[str] = _kept(factory=list)
     #: the tokenizer's pad token id (decoders: their end-of-sequence token); pass it when reloading
     pad_token_id: Optional[int] = _kept()
+    #: the model's outputs, index = class id (``id2label``; the user's data: its classes in the documented
+    #: order, ``sweep.datafiles.class_order``); regression: the one output's name. Empty in older records
+    label_names: List[str] = _kept(factory=list)
     #: LoRA rank r
     r: Optional[int] = _kept()
     #: lora_alpha, the numerator of the scaling
@@ -70,6 +73,9 @@ class TrialResult:
     #: what it was trained and evaluated on: SHA-256 (16 hex digits) of the task's train and validation
     #: rows as read, texts and labels (``sweep.data.task_digest``); None in records made before it existed
     data_digest: Optional[str] = _kept(study=True)
+    #: the validation rows evaluated, as 0-based rows of the training file (or hub split), when the
+    #: validation split was held out of it (``data.validation_split_percentage``); None otherwise
+    validation_rows: Optional[List[int]] = _kept()
     # --- what it costs ---
     #: LoRA parameters, Σ r·(d_in + d_out) over the adapted matrices (every entry of every A and B)
     lora_params: Optional[int] = _kept(study=True, csv=True)

@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from sweep.config import Config
+from sweep.data import data_source
 from sweep.decide import Status
 from sweep.decision import TrialSpec
 from sweep.errors import UserError
 from sweep.faults import atomic_write
-from sweep.paths import glue_dir
 from sweep.record import TrialResult, read_result, write_result
 from sweep.redact import config_yaml
 
@@ -63,6 +63,8 @@ RESUMABLE_KEYS = (
     "train.threads",
     "train.eval_batch_size",
     "data.dir",
+    "data.train_file",
+    "data.validation_file",
     "results_dir",
 )
 
@@ -168,6 +170,15 @@ def differing_keys(old: Dict[str, str], new: Dict[str, str], defaults: Dict[str,
     return sorted(k for k in new if (k in old or k in defaults) and old.get(k, defaults.get(k)) != new[k])
 
 
+def data_keys(cfg: Config) -> str:
+    """The keys that say where a config's data comes from, for messages."""
+    if cfg.data.train_file:
+        return "data.train_file (and data.validation_file)"
+    if cfg.data.dataset_name:
+        return "data.dataset_name and its split keys"
+    return "data.dir (or GLUE_DIR)"
+
+
 def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
     """Store this run's fingerprint ``new`` (``run_fingerprint``) on a new study, or check it against the
     stored one (``differing_keys``: keys added since read as their defaults) and store it on success.
@@ -184,8 +195,8 @@ def check_fingerprint(study, cfg: Config, new: Dict[str, str]) -> None:
             now, then = (f[DATA_DIGEST].strip("'") for f in (new, old))  # reprs of the digests
             raise UserError(
                 f"sweep '{cfg.sweep.name}' for {cfg.task.name} was trained on other data: the train and validation "
-                f"rows read now (digest {now}, from {glue_dir(cfg) or 'the hub'}) are not those its finished "
-                f"trials read (digest {then}); point data.dir (or GLUE_DIR) at the data it was run with to resume, "
+                f"rows read now (digest {now}, from {data_source(cfg).describe()}) are not those its finished "
+                f"trials read (digest {then}); point {data_keys(cfg)} at the data it was run with to resume, "
                 "or start another sweep with sweep.name=<new name>"
             )
         if diffs:

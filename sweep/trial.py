@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
 from sweep.config import Config
-from sweep.data import Batches, take, task_data, task_digest
+from sweep.data import Batches, class_names, data_source, take, task_data, task_digest
 from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.family import with_family
@@ -233,7 +233,8 @@ def run_trial(
 
     # model: the seed fixes the new head and the random A matrices
     torch.manual_seed(cfg.train.seed)
-    base = load_base_model(cfg.model, cfg.task.label_names)
+    labels = class_names(cfg)  # the user's data: read from its training labels
+    base = load_base_model(cfg.model, labels)
     model_cfg = with_family(cfg.model, base.config.model_type)  # role map and head of the checkpoint's family
     base_total = sum(p.numel() for p in base.parameters())
     tokenizer = load_tokenizer(cfg.model.name_or_path)
@@ -341,7 +342,7 @@ def run_trial(
         device,
         precision,
         len(train_split),
-        len(val_labels),
+        val_split,
         baseline,
     )
     if done.best_state is not None:
@@ -349,6 +350,8 @@ def run_trial(
         model.load_state_dict(done.best_state, strict=False)
         # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
         model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
+        # peft saves no model config: the base's, beside it, names the classes (id2label, label2id)
+        base.config.save_pretrained(str(run_dir / "adapter"))
         np.save(run_dir / "val_predictions.npy", done.best_preds)
     write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
@@ -396,10 +399,11 @@ def _result(
     device,
     precision: str,
     n_train: int,
-    n_eval: int,
+    val_split,
     baseline: Dict[str, float],
 ) -> TrialResult:
-    """The trial's record from its configuration, its parameter counts and what it did (``done``)."""
+    """The trial's record from its configuration, its parameter counts, the validation split it was
+    evaluated on and what it did (``done``)."""
     best = done.best or {}
     epochs_run = len(done.history)
     return TrialResult(
@@ -413,6 +417,7 @@ def _result(
         roles=dict(model_cfg.roles),
         head=list(model_cfg.head),
         pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
+        label_names=class_names(cfg),
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
@@ -421,6 +426,7 @@ def _result(
         targets=list(cfg.lora.targets),
         seed=cfg.train.seed,
         data_digest=task_digest(cfg),
+        validation_rows=list(map(int, val_split["idx"])) if data_source(cfg).carved else None,
         **counts,
         trainable_pct=100.0 * counts["trainable_params"] / counts["total_params"],
         train_flops=done.train_flops,
@@ -435,7 +441,7 @@ def _result(
         epochs=done.history,
         majority_baseline=baseline,
         n_train=n_train,
-        n_eval=n_eval,
+        n_eval=len(val_split),
         epochs_run=epochs_run,
         train_tokens=done.train_tokens,
         padded_tokens=done.padded_tokens,

@@ -17,7 +17,8 @@ from sweep.resume import fingerprint
 
 #: ``OmegaConf.to_yaml`` of the resolved default config, as the code before issue 13 saved it
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
-#: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``)
+#: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``; issue 20's
+#: ``task.label_field`` and the user-data ``data.*`` keys default to what GLUE reads, so older studies resume)
 DEFAULT_YAML = """\
 task:
   name: mrpc
@@ -25,6 +26,7 @@ task:
   text_fields:
   - sentence1
   - sentence2
+  label_field: label
   label_names:
   - not_equivalent
   - equivalent
@@ -64,6 +66,14 @@ train:
   threads: null
 data:
   dir: null
+  train_file: null
+  validation_file: null
+  dataset_name: null
+  dataset_config_name: null
+  dataset_train_split: train
+  dataset_validation_split: validation
+  validation_split_percentage: 10.0
+  split_seed: 0
   max_train_samples: null
   max_eval_samples: null
   max_length: 128

@@ -161,7 +161,7 @@ def test_a_trial_whose_crash_log_cannot_be_written_is_one_line(tiny, monkeypatch
 
 def test_an_unreadable_data_file_is_one_line(tiny, glue_dir, monkeypatch):
     path = glue_dir / "MRPC" / "train.tsv"
-    data.tokenized_glue.cache_clear()  # read again, not from an earlier test's cache
+    data.raw_data.cache_clear(), data.tokenized.cache_clear()  # read again, not from an earlier test's cache
     real_open = open
     monkeypatch.setattr(
         data,

@@ -1,0 +1,284 @@
+"""The user's own data: training and validation files (CSV, TSV, JSON Lines, Parquet) or a hub dataset,
+read with ``datasets``' own builders and mapped onto the schema the GLUE reader gives (``sweep/data.py``):
+the text column(s) ``task.text_fields``, ``label`` (a ``ClassLabel`` of the class names, or a float32
+score for regression) and ``idx`` (int32, the row's 0-based position in its source split).
+
+Class names come in one documented order (``class_order``): the order of ``task.label_names`` when given,
+else the distinct labels of the training split sorted (numbers numerically, text alphabetically, false
+before true). A label of the validation split that the training split never holds is refused: its class
+would have no output to predict it. Without a validation file (or hub split), a seeded validation split
+of ``data.validation_split_percentage`` percent is carved from the training rows, stratified by class
+(``Dataset.train_test_split``), so every trial, resume and reuse sees the same split; its rows are kept
+in ``idx``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from sweep import faults
+from sweep.errors import UserError
+from sweep.hub import from_hub
+
+#: file extension -> (``datasets`` builder, its keyword arguments): the format comes from the extension.
+#: Tabular text is read with no quoting in TSV (as GLUE's TSV files are written: a `"` belongs to the
+#: text) and without pandas' NA guessing (a review that reads "NA" or "null" stays that text).
+BUILDERS: Dict[str, tuple] = {
+    ".csv": ("csv", {"keep_default_na": False}),
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+
+
+def uses_user_data(data_cfg) -> bool:
+    """Whether the task reads the user's files or a hub dataset (``data.train_file`` or
+    ``data.dataset_name`` set) rather than GLUE."""
+    return bool(data_cfg.train_file or data_cfg.dataset_name)
+
+
+def _read_file(path_text: str, key: str):
+    import datasets
+
+    path = Path(path_text).expanduser()
+    builder = BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise UserError(
+            f"{key}={path_text!r}: unknown extension '{path.suffix}'; valid extensions are "
+            f"{', '.join(BUILDERS)} (the format is read from the extension)"
+        )
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise UserError(f"{key}={path_text!r}: {path} {what}; give a data file ({', '.join(BUILDERS)})")
+    if path.stat().st_size == 0:
+        raise UserError(f"{key}={path_text!r}: {path} is empty; it should hold one example per row")
+    name, kwargs = builder
+    datasets.disable_progress_bars()
+    with faults.at(path, "read"):
+        try:
+            return datasets.load_dataset(name, data_files={"train": str(path.resolve())}, split="train", **kwargs)
+        except (OSError, UserError):
+            raise
+        except Exception as e:  # the builders' parse errors (pandas, pyarrow, json) have no common type
+            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "corresponds to no data" in cause:  # datasets' words for a file of no rows (a header alone)
+                raise UserError(
+                    f"{key}={path_text!r} holds no examples (only a header?); it should hold one example per row"
+                ) from None
+            raise UserError(f"{key}={path_text!r}: {path} could not be read as {name} ({cause})") from None
+
+
+def _load_splits(data_cfg) -> Dict[str, Any]:
+    """The raw train and (when given) validation splits, as ``datasets.Dataset`` objects."""
+    import datasets
+
+    if data_cfg.train_file:
+        raw = {"train": _read_file(data_cfg.train_file, "data.train_file")}
+        if data_cfg.validation_file:
+            raw["validation"] = _read_file(data_cfg.validation_file, "data.validation_file")
+        return raw
+    name, config = data_cfg.dataset_name, data_cfg.dataset_config_name
+    what = f"dataset {name}" + (f" ({config})" if config else "")
+    loaded = from_hub(
+        lambda: datasets.load_dataset(name, config),
+        what,
+        "give data.train_file (and data.validation_file) to read local files instead",
+    )
+    wanted = {"train": data_cfg.dataset_train_split, "validation": data_cfg.dataset_validation_split}
+    raw = {}
+    for split, hub_split in wanted.items():
+        if hub_split is None:
+            continue
+        if hub_split not in loaded:
+            key = f"data.dataset_{split}_split"
+            raise UserError(f"{key}={hub_split!r}: {what} has no such split; its splits are {', '.join(loaded)}")
+        raw[split] = loaded[hub_split]
+    return raw
+
+
+def _where(data_cfg, split: str) -> str:
+    if data_cfg.train_file:
+        key = "data.train_file" if split == "train" else "data.validation_file"
+        return f"{key}={getattr(data_cfg, key.split('.')[1])!r}"
+    return f"data.dataset_name={data_cfg.dataset_name!r} split {split!r}"
+
+
+def _check_columns(table, columns: Sequence[str], keys: Sequence[str], where: str) -> None:
+    for column, key in zip(columns, keys):
+        if column not in table.column_names:
+            raise UserError(
+                f"{key}={column!r}: {where} has no column {column!r}; its columns are {', '.join(table.column_names)}"
+            )
+    if not len(table):
+        raise UserError(f"{where} holds no examples (only a header?); it should hold one example per row")
+
+
+def _label_text(value) -> str:
+    """A label as a class name: text as written, booleans as ``false``/``true``, whole numbers without a
+    fraction (``1.0`` -> ``1``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def class_order(train_labels: Sequence, given: Optional[Sequence[str]], where: str) -> List[str]:
+    """The class names, index = class id: ``given`` (``task.label_names``) when set, else the distinct
+    ``train_labels`` sorted: numbers numerically, text alphabetically, ``false`` before ``true``.
+
+    Raises:
+        UserError: a training label outside ``given``; fewer than two classes.
+    """
+    names = {_label_text(v): v for v in train_labels}
+    if given is not None:
+        unknown = sorted(set(names) - set(given))
+        if unknown:
+            raise UserError(
+                f"task.label_names={list(given)}: {where} holds label {unknown[0]!r}, which is not among them; "
+                "list every class, or null to take the training labels"
+            )
+        return list(given)
+    values = list(names.values())
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    order = sorted(names, key=lambda n: float(names[n]) if numeric else n)
+    if len(order) < 2:
+        raise UserError(
+            f"{where} holds one class only ({order[0]!r}); a classifier needs at least two "
+            "(or set task.problem_type=regression for a numeric score)"
+        )
+    return order
+
+
+def _labels(table, label_field: str, regression: bool, where: str) -> list:
+    values = table[label_field]
+    for row, value in enumerate(values):
+        if _missing(value):
+            raise UserError(f"{where}, row {row + 1}: column {label_field!r} is empty; every example needs a label")
+        if regression:
+            try:
+                number = float(value) if not isinstance(value, bool) else math.nan
+            except (TypeError, ValueError):
+                number = math.nan
+            if not math.isfinite(number):
+                raise UserError(
+                    f"{where}, row {row + 1}: label {value!r} in column {label_field!r} is not a number; "
+                    "task.problem_type=regression needs a numeric score (or use single_label_classification)"
+                )
+    return [float(v) for v in values] if regression else list(values)
+
+
+def _texts(table, text_fields: Sequence[str], where: str) -> Dict[str, List[str]]:
+    out = {}
+    for column in text_fields:
+        values = table[column]
+        for row, value in enumerate(values):
+            if value is None:
+                raise UserError(f"{where}, row {row + 1}: column {column!r} is empty; every example needs its text")
+        out[column] = [str(v) for v in values]
+    return out
+
+
+def load_user_data(task_cfg, data_cfg):
+    """The user's data as a ``DatasetDict`` with the GLUE reader's schema.
+
+    Args:
+        task_cfg: ``task.*``: ``text_fields`` (one column or a pair), ``label_field``, ``label_names``
+            (null: from the training labels, see ``class_order``), ``problem_type``.
+        data_cfg: ``data.*``: ``train_file``/``validation_file`` or ``dataset_name``/``dataset_config_name``/
+            ``dataset_train_split``/``dataset_validation_split``; ``validation_split_percentage`` and
+            ``split_seed`` for a carved validation split.
+
+    Returns:
+        ``DatasetDict`` with splits ``train`` and ``validation``: columns ``text_fields`` (string),
+        ``label`` (``ClassLabel(names=class order)``, or float32 scores) and ``idx`` (int32: the row of the
+        source split, 0-based; a carved validation split keeps the training rows it took).
+
+    Raises:
+        UserError: unknown extension, a missing, empty or unreadable file, a missing column (the columns
+            found are listed), an empty label or text, a non-numeric regression label, a validation label
+            never seen in training, fewer than two classes, or a hub dataset that cannot be loaded.
+    """
+    import datasets
+
+    regression = task_cfg.problem_type == "regression"
+    raw = _load_splits(data_cfg)
+    columns = [*task_cfg.text_fields, task_cfg.label_field]
+    keys = ["task.text_fields"] * len(task_cfg.text_fields) + ["task.label_field"]
+    parsed = {}
+    for split, table in raw.items():
+        where = _where(data_cfg, split)
+        _check_columns(table, columns, keys, where)
+        parsed[split] = (
+            _texts(table, task_cfg.text_fields, where),
+            _labels(table, task_cfg.label_field, regression, where),
+        )
+    if regression:
+        names = None
+        label_feature = datasets.Value("float32")
+    else:
+        names = class_order(parsed["train"][1], task_cfg.label_names, _where(data_cfg, "train"))
+        label_feature = datasets.ClassLabel(names=names)
+    features = datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in task_cfg.text_fields},
+            "label": label_feature,
+            "idx": datasets.Value("int32"),
+        }
+    )
+    splits = {}
+    seen = {_label_text(v) for v in parsed["train"][1]}
+    for split, (texts, labels) in parsed.items():
+        if names is not None:
+            unseen = sorted({_label_text(v) for v in labels} - seen)
+            if unseen:
+                raise UserError(
+                    f"{_where(data_cfg, split)} holds label {unseen[0]!r}, which the training split never holds "
+                    f"(it holds {', '.join(sorted(seen))}); a class needs training examples to be predicted"
+                )
+            index = {n: i for i, n in enumerate(names)}
+            labels = [index[_label_text(v)] for v in labels]
+        splits[split] = datasets.Dataset.from_dict(
+            {**texts, "label": labels, "idx": list(range(len(labels)))}, features=features
+        )
+    if "validation" not in splits:
+        splits = carve_validation(
+            splits["train"], data_cfg.validation_split_percentage, data_cfg.split_seed, regression
+        )
+    return datasets.DatasetDict(splits)
+
+
+def carve_validation(train, percentage: float, seed: int, regression: bool) -> dict:
+    """``{"train": …, "validation": …}``: ``percentage`` % of ``train``'s rows (at least one) held out for
+    validation by ``Dataset.train_test_split`` with ``seed``, stratified by class for classification;
+    both parts keep their rows in ``idx``, sorted by it (the file's order, so ``data.max_train_samples``
+    takes the first rows of the file that were not held out).
+
+    Raises:
+        UserError: too few rows to hold out (or, stratified, a class with a single example).
+    """
+    n_val = max(1, round(len(train) * percentage / 100))
+    if n_val >= len(train):
+        raise UserError(
+            f"data.validation_split_percentage={percentage:g} of {len(train)} training rows leaves none to train "
+            "on; give a smaller percentage or data.validation_file"
+        )
+    try:
+        parts = train.train_test_split(
+            test_size=n_val, seed=seed, stratify_by_column=None if regression else "label", load_from_cache_file=False
+        )
+    except ValueError as e:
+        raise UserError(
+            f"data.validation_split_percentage={percentage:g} holds out {n_val} of {len(train)} training rows, which "
+            f"cannot be stratified by class ({e}); give a larger percentage, data.validation_file, or more examples"
+        ) from None
+    in_file_order = lambda part: part.select(sorted(range(len(part)), key=part["idx"].__getitem__))  # noqa: E731
+    return {"train": in_file_order(parts["train"]), "validation": in_file_order(parts["test"])}
