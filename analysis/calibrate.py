@@ -11,9 +11,11 @@ real decision functions of ``sweep/decide.py`` on the scenario families of ``ana
 Prints, per settings × scenario × σ: P(regret ≤ tolerance), mean regret (points), mean trials and mean
 trials as % of the full grid (every rank × target set × seed), the values rounded to MRPC's 408 validation
 examples (a study's own n_eval), then the same for the degenerate-noise cells (``degenerate_scenarios``:
-seeds that often score the same), and writes both tables to
-``results/calibration/calibration.csv`` (the defaults' rows have ``settings`` = ``default``; other
-rows are labelled with their sweep overrides). Simulated trials take no time, so only the
+seeds that often score the same); then, for a minimised objective in its own unit (``MINIMISED``: the
+validation loss in nats, decreasing with rank), the same families with every step, offset and σ in units
+of its default tolerance (0.01 nats) and its values not rounded (continuous: no noise floor); and writes
+every table to ``results/calibration/calibration.csv`` (the defaults' rows have ``settings`` =
+``default``; other rows are labelled with their sweep overrides; ``unit`` says what σ and regret are in). Simulated trials take no time, so only the
 ``sweep.max_trials`` cap applies. Given a study (``task=…``, ``sweep.name=…`` or ``sweep.storage=…``),
 its pooled seed s.d. becomes one more σ and its observed curve one more scenario (``study``), and the
 settings are the study's own (rows ``as run``; ``sweep.*`` overrides apply on top of them) with its LoRA
@@ -41,6 +43,7 @@ from sweep.cli import compose, make_command, run_cli
 from sweep.config import SweepSettings, targets_key
 from sweep.errors import UserError
 from sweep.faults import atomic_write
+from sweep.metrics import METRICS, POINTS, Metric, metric_of
 from sweep.paths import results_root
 
 #: seed-noise levels simulated, in points
@@ -50,7 +53,21 @@ REPS = 200
 #: the targets at the defaults (issue #8): P(regret ≤ tolerance) at σ, and trials as % of the grid
 TARGETS = {0.5: 0.9, 1.0: 0.8}
 MAX_PCT_OF_GRID = 50.0
-COLUMNS = ("scenario", "sigma", "n_eval", "settings", "p_within_tolerance", "mean_regret", "mean_trials", "pct_of_grid")
+COLUMNS = (
+    "scenario",
+    "sigma",
+    "n_eval",
+    "settings",
+    "p_within_tolerance",
+    "mean_regret",
+    "mean_trials",
+    "pct_of_grid",
+    "unit",
+)
+#: the minimised objective calibrated beside the defaults: its name and the level (metric units) its
+#: curves plateau at; the level does not matter (its values are not rounded), the steps do: one doubling of
+#: a rising curve, each offset and each σ of ``SIGMAS`` is that many of its default tolerances (0.01 nats)
+MINIMISED = ("loss", 2.0)
 
 
 #: one simulated cell: a scenario, σ (points) and the validation examples its values are rounded to
@@ -67,20 +84,39 @@ def calibration_table(
     per_rank: Mapping[str, int],
     reps: int = REPS,
     seed: int = SEED,
+    objective: Optional[str] = None,
 ) -> pd.DataFrame:
-    """One row per (settings label, scenario, σ, n_eval) of ``runs`` with the columns of ``COLUMNS``."""
+    """One row per (settings label, scenario, σ, n_eval) of ``runs`` with the columns of ``COLUMNS``;
+    the scenarios, σ and regret in the unit of ``objective`` (None: points)."""
     rows = []
     for label, settings, cells in runs:
         for scenario, sigma, n_eval in cells:
-            cell = calibrate_cell(settings, scenario, sigma, per_rank, reps, seed, settings.tolerance, n_eval)
-            rows.append({"settings": label, **dataclasses.asdict(cell)})
+            cell = calibrate_cell(
+                settings, scenario, sigma, per_rank, reps, seed, settings.tolerance, n_eval, objective
+            )
+            rows.append({"settings": label, **dataclasses.asdict(cell), "unit": metric_of(objective).unit})
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-def missed_targets(table: pd.DataFrame) -> List[str]:
-    """The targets a settings label's rows miss, as sentences (empty when every target is met)."""
+def families(settings: SweepSettings, per_rank: Mapping[str, int], metric: Metric, top: float) -> List[Scenario]:
+    """The scenario families in the unit of ``metric``: as ``scenarios`` (points, for a points metric),
+    else plateauing at the score ``top`` with one default tolerance (``Metric.tolerance``) per step."""
+    if metric.unit == "points":
+        return scenarios(settings, per_rank)
+    return scenarios(settings, per_rank, top=top, step=metric.tolerance)
+
+
+def sigmas_of(metric: Metric) -> List[float]:
+    """σ of ``SIGMAS`` in the unit of ``metric``: as many of its default tolerances (points: ``SIGMAS``)."""
+    return list(SIGMAS) if metric.unit == "points" else [k * metric.tolerance for k in SIGMAS]
+
+
+def missed_targets(table: pd.DataFrame, metric: Metric = POINTS) -> List[str]:
+    """The targets a settings label's rows miss, as sentences (empty when every target is met); σ of
+    ``TARGETS`` in the unit of ``metric`` (``sigmas_of``)."""
     out = []
-    for sigma, p_min in TARGETS.items():
+    for k, p_min in TARGETS.items():
+        sigma = k if metric.unit == "points" else k * metric.tolerance
         low = table[(table["sigma"] == sigma) & (table["p_within_tolerance"] < p_min)]
         out += [
             f"P(regret ≤ tolerance) {r.p_within_tolerance:.2f} < {p_min} on {r.scenario} at σ={sigma:g}"
@@ -95,14 +131,25 @@ def missed_targets(table: pd.DataFrame) -> List[str]:
     return out
 
 
-def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS) -> pd.DataFrame:
+def frontier(
+    settings: SweepSettings,
+    per_rank: Mapping[str, int],
+    reps: int = REPS,
+    objective: Optional[str] = None,
+    top: float = 80.0,
+) -> pd.DataFrame:
     """Reliability against cost as ``sweep.max_seeds`` grows: per max_seeds and σ of ``TARGETS``, the
-    worst P(regret ≤ tolerance) and the largest mean trials over the scenario families."""
+    worst P(regret ≤ tolerance) and the largest mean trials over the scenario families (of ``objective``,
+    plateauing at the score ``top``: ``families``)."""
     rows = []
     n0 = len(settings.seeds)
+    metric = metric_of(objective)
+    sigmas = [k if metric.unit == "points" else k * metric.tolerance for k in TARGETS]
+    n_eval = N_EVAL if metric.per_example else None
     for max_seeds in sorted({n0, max(n0, settings.max_seeds // 2), settings.max_seeds, 2 * settings.max_seeds}):
         s = dataclasses.replace(settings, max_seeds=max_seeds)
-        t = calibration_table([("", s, grid_of(scenarios(s, per_rank), tuple(TARGETS), N_EVAL))], per_rank, reps)
+        cells = grid_of(families(s, per_rank, metric, top), sigmas, n_eval)
+        t = calibration_table([("", s, cells)], per_rank, reps, objective=objective)
         for sigma, g in t.groupby("sigma"):
             rows.append(
                 {
@@ -116,21 +163,23 @@ def frontier(settings: SweepSettings, per_rank: Mapping[str, int], reps: int = R
     return pd.DataFrame(rows)
 
 
-def _print_table(table: pd.DataFrame, settings: SweepSettings, title: str) -> None:
+def _print_table(table: pd.DataFrame, settings: SweepSettings, title: str, decimals: int = 2) -> None:
+    """The rows of ``table`` under ``title``, σ and mean regret with ``decimals`` decimals."""
     print(
         f"\n{title}; settings: {table['settings'].iloc[0]} (seeds {list(settings.seeds)}, max_seeds "
         f"{settings.max_seeds}, tolerance {settings.tolerance:g}, confidence {settings.confidence:g}, patience "
         f"{settings.patience}, noise_floor {settings.noise_floor:g}; full grid {grid_trials(settings)} trials)"
     )
+    w = max(4, decimals + 2)
     print(
-        f"{'scenario':<12} {'σ':>4} {'n_eval':>6} {'P(regret≤tol)':>13} {'mean regret':>11} {'mean trials':>11} "
+        f"{'scenario':<12} {'σ':>{w}} {'n_eval':>6} {'P(regret≤tol)':>13} {'mean regret':>11} {'mean trials':>11} "
         f"{'% of grid':>9}"
     )
     for r in table.itertuples():
         n_eval = "-" if pd.isna(r.n_eval) else f"{int(r.n_eval)}"
         print(
-            f"{r.scenario:<12} {r.sigma:>4.2f} {n_eval:>6} {r.p_within_tolerance:>13.2f} {r.mean_regret:>11.2f} "
-            f"{r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}"
+            f"{r.scenario:<12} {r.sigma:>{w}.{decimals}f} {n_eval:>6} {r.p_within_tolerance:>13.2f} "
+            f"{r.mean_regret:>11.{decimals}f} {r.mean_trials:>11.1f} {r.pct_of_grid:>9.1f}"
         )
     if (table["pct_of_grid"] > 100).any():  # racing seeds beyond sweep.seeds: the grid is no upper bound
         print(
@@ -148,6 +197,59 @@ def _on_top(base: SweepSettings, tuned: Sequence[str], overrides: Sequence[str])
         return composed
     keys = [a.partition("=")[0].lstrip("+").split(".", 1)[1] for a in tuned]
     return dataclasses.replace(base, **{k: getattr(composed, k) for k in keys})
+
+
+def _section(
+    label: str,
+    settings: SweepSettings,
+    per_rank: Mapping[str, int],
+    reps: int,
+    objective: Optional[str],
+    top: float,
+    observed: Optional[Scenario],
+    extra_sigmas: Sequence[float],
+    n_eval: Optional[int],
+) -> List[pd.DataFrame]:
+    """Print the tables of one settings label for ``objective`` (None: points) and return them: the
+    scenario families (``families``, plateauing at the score ``top``) at ``sigmas_of`` and ``extra_sigmas``,
+    with the ``observed`` curve of a study; for a metric that moves by validation examples, its values
+    rounded to ``n_eval`` examples and the degenerate-noise table; whether the targets are met."""
+    metric = metric_of(objective)
+    points = metric.unit == "points"
+    n_eval = n_eval if metric.per_example else None
+    cells = grid_of(families(settings, per_rank, metric, top), [*sigmas_of(metric), *extra_sigmas], n_eval)
+    if observed is not None:
+        cells += grid_of([observed], extra_sigmas, n_eval)
+    table = calibration_table([(label, settings, cells)], per_rank, reps, objective=objective)
+    if points:
+        _print_table(table, settings, f"scenario families, Gaussian seed noise rounded to 100/{n_eval} points")
+    else:
+        _print_table(
+            table,
+            settings,
+            f"minimised objective: validation {metric.label} in {metric.unit} ({metric.better}); scenario "
+            f"families stepping by the tolerance, Gaussian seed noise σ in {metric.unit} (0.5, 1 and 1.5 × "
+            f"the tolerance), not rounded ({metric.unit} are continuous: no noise floor)",
+            metric.decimals,
+        )
+    tables = [table]
+    if points:
+        degenerate = calibration_table([(label, settings, degenerate_scenarios(settings, per_rank))], per_rank, reps)
+        _print_table(degenerate, settings, "degenerate noise (seeds that often score the same)")
+        tables.append(degenerate)
+    missed = missed_targets(table[table["scenario"] != "study"], metric)
+    if not missed:
+        low, high = ("0.5", "1.0") if points else (f"{0.5 * metric.tolerance:g}", f"{metric.tolerance:g} {metric.unit}")
+        at = f"σ={low} and ≥ {TARGETS[1.0]} at σ={high}"
+        print(
+            f"targets met: P ≥ {TARGETS[0.5]} at {at} on every family, mean trials ≤ {MAX_PCT_OF_GRID:g}% of the grid"
+        )
+    else:
+        print("targets missed: " + "; ".join(missed))
+        print("frontier (worst family per σ as sweep.max_seeds grows):")
+        front = frontier(settings, per_rank, reps, objective, top)
+        print(front.to_string(index=False, float_format=lambda x: f"{x:.{max(2, metric.decimals)}f}"))
+    return tables
 
 
 def main(args: List[str]) -> int:
@@ -190,31 +292,22 @@ def main(args: List[str]) -> int:
                 f"{targets_key(base.start_targets)}: no seed noise to calibrate against"
             )
         print(f"study {study.study_name}: {rel.text()}")
-        extra_sigmas, n_eval = [round(rel.sigma, 2)], rel.n_eval
+        objective = study.user_attrs.get("objective")
+        top = max(observed["as run"].curve.values())  # a minimised study's families plateau where it did
+        extra_sigmas, n_eval = [round(rel.sigma, metric_of(objective).decimals)], rel.n_eval
     else:
+        objective, top = None, 80.0
         per_rank = params_per_rank(cfg)
         labelled = [("default", cfg.sweep)] + ([(" ".join(tuned), compose(overrides)[0].sweep)] if tuned else [])
     out = results_root(cfg) / "calibration" / "calibration.csv"
     tables = []
     for label, settings in labelled:
-        cells = grid_of(scenarios(settings, per_rank), [*SIGMAS, *extra_sigmas], n_eval)
-        if observed.get(label) is not None:
-            cells += grid_of([observed[label]], extra_sigmas, n_eval)
-        table = calibration_table([(label, settings, cells)], per_rank, reps)
-        _print_table(table, settings, f"scenario families, Gaussian seed noise rounded to 100/{n_eval} points")
-        degenerate = calibration_table([(label, settings, degenerate_scenarios(settings, per_rank))], per_rank, reps)
-        _print_table(degenerate, settings, "degenerate noise (seeds that often score the same)")
-        missed = missed_targets(table[table["scenario"] != "study"])
-        if not missed:
-            print(
-                f"targets met: P ≥ {TARGETS[0.5]} at σ=0.5 and ≥ {TARGETS[1.0]} at σ=1.0 on every family, "
-                f"mean trials ≤ {MAX_PCT_OF_GRID:g}% of the grid"
-            )
-        else:
-            print("targets missed: " + "; ".join(missed))
-            print("frontier (worst family per σ as sweep.max_seeds grows):")
-            print(frontier(settings, per_rank, reps).to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-        tables += [table, degenerate]
+        tables += _section(label, settings, per_rank, reps, objective, top, observed.get(label), extra_sigmas, n_eval)
+    if not observed:  # make calibrate: the defaults, then a minimised objective in its own unit
+        name, level = MINIMISED
+        for label, settings in labelled:
+            tuned_min = dataclasses.replace(settings, tolerance=METRICS[name].tolerance)
+            tables += _section(label, tuned_min, per_rank, reps, name, METRICS[name].score(level), None, [], None)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pd.concat(tables, ignore_index=True)
     atomic_write(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.4f"))

@@ -43,6 +43,7 @@ from sweep.config import Config
 from sweep.decide import ConfigResults, noise_floor
 from sweep.decision import Action, ConfigKey, Stage, TrialSpec
 from sweep.errors import UserError
+from sweep.metrics import metric_of
 from sweep.paths import sweep_dir
 
 #: the files of an export, in ``export/``
@@ -81,8 +82,8 @@ def choose_seed(res: ConfigResults, objective: str, seed: Optional[int]) -> tupl
                 f"{', '.join(map(str, res.seeds))} (or export.seed=null for the best)"
             )
         return seed, f"export.seed={seed}"
-    values = _values(res)
-    best = max(res.seeds, key=lambda s: values[s])  # max keeps the first of equal values
+    values, score = _values(res), metric_of(objective).score  # best in the objective's direction
+    best = max(res.seeds, key=lambda s: score(values[s]))  # max keeps the first of equal values
     return best, f"its best seed by {objective} (of {len(res.seeds)})"
 
 
@@ -172,18 +173,21 @@ def lora_config_text(adapter_config: dict, head: List[str], training: Dict[str, 
     )
 
 
-def _points_to_metric(x: Optional[float]) -> Optional[float]:
-    return None if x is None else x / 100.0
-
-
 def recommendation_record(
     rep: SweepReport, chosen: Chosen, record, tcfg: Config, adapter_config: dict, local_base: str
 ) -> dict:
-    """The content of ``recommendation.json``. Metric values are in metric units (accuracy 0.8235), as in
-    the CSVs; the reliability's numbers are in points (100 × metric), as in report.md."""
+    """The content of ``recommendation.json``. Metric values are in metric units (accuracy 0.8235, MSE
+    0.512), as in the CSVs; the reliability's numbers are in the objective's unit (points, 100 × metric,
+    for the GLUE metrics), as in report.md."""
     info, rel = rep.info, rep.reliability
+    m = metric_of(info.objective)
+
+    def spread(x: Optional[float]) -> Optional[float]:  # an s.d. in the objective's unit, in metric units
+        return None if x is None else x / m.scale
+
     stats = results(info)[chosen.config].stats
-    low, high = stats.interval(0.95, noise_floor([o for _, o in info.history], info.settings))
+    ends = stats.interval(0.95, noise_floor([o for _, o in info.history], info.settings))
+    low, high = sorted(m.value(e) for e in ends) if ends[0] is not None else ends
     decision = next((d for d in reversed(info.decisions) if d.action == Action.RECOMMEND), None)
     return {
         "task": info.task,
@@ -209,24 +213,25 @@ def recommendation_record(
         "lora_params": record.lora_params,
         "metric": {
             "name": info.objective,
-            "units": "metric units (accuracy and F1 in [0, 1], correlations in [-1, 1])",
+            "direction": m.direction.value,
+            "units": "metric units (accuracy and F1 in [0, 1], correlations in [-1, 1], MSE in squared label units)",
             "trial_value": record.objective_value,
             "n_seeds": stats.n,
             "by_seed": {str(s): v for s, v in chosen.values.items()},
-            "mean": stats.mean / 100.0,
-            "sd": _points_to_metric(stats.sd),
-            "ci95": [_points_to_metric(low), _points_to_metric(high)],
+            "mean": m.value(stats.mean),
+            "sd": spread(stats.sd),
+            "ci95": [low, high],
             "baseline": info.baseline,
         },
-        "sigma": _points_to_metric(rel.sigma) if rel else None,
-        "sigma_measured": _points_to_metric(rel.measured) if rel else None,
-        "sigma_floor": _points_to_metric(rel.floor) if rel else None,
+        "sigma": spread(rel.sigma) if rel else None,
+        "sigma_measured": spread(rel.measured) if rel else None,
+        "sigma_floor": spread(rel.floor) if rel else None,
         "sigma_dof": rel.dof if rel else None,
         "reliability": None
         if rel is None
         else {
             "text": rel.text(),
-            "units": "points (100 × metric)",
+            "units": m.unit if m.unit != "points" else "points (100 × metric)",
             "sigma": rel.sigma,
             "detectable_gain": rel.detectable_gain,
             "tolerance": rel.tolerance,

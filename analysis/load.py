@@ -16,6 +16,7 @@ from sweep.config import SweepSettings
 from sweep.decide import Outcome, plan
 from sweep.decision import Action, ConfigKey, Decision
 from sweep.errors import UserError
+from sweep.metrics import Metric, metric_of
 from sweep.record import TrialResult, record_fields
 from sweep.study import numbered_results, settings_of, stored_result
 
@@ -30,7 +31,8 @@ class StudyInfo:
     Attributes:
         name: the Optuna study name.
         task, model: the GLUE task and the base model's short name.
-        objective: the metric the sweep maximises; metrics: every GLUE metric of the task.
+        objective: the metric the sweep optimises (``metric``: its direction and unit); metrics: every
+            metric of the task.
         settings: the sweep settings of the study's latest run (mode, seeds, tolerance, confidence, …).
         decisions: every decision stored so far, in the order they were taken.
         recommendation: the stored (r, targets) of a finished sweep, else None.
@@ -39,7 +41,7 @@ class StudyInfo:
         finished: the sweep reached its end and the stored recommendation belongs to the stored
             decisions (a resumed sweep rewrites its decisions but keeps the old ``stop_reason``).
         baseline: the objective of always predicting the majority class (regression: the training
-            mean), in metric units; None when no trial recorded it.
+            mean), in metric units (as measured: an MSE not negated); None when no trial recorded it.
         overrides: the command-line overrides of the sweep's latest run (to print commands that
             continue it).
         params_per_rank: LoRA parameters per unit of rank of each target set (the study's
@@ -63,6 +65,11 @@ class StudyInfo:
     overrides: List[str]
     params_per_rank: Optional[Dict[str, int]] = None
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
+
+    @property
+    def metric(self) -> Metric:
+        """The objective as every view reads it (``sweep.metrics.Metric``): direction, unit, scale, label."""
+        return metric_of(self.objective)
 
 
 def _layout_attr(study, key: str):

@@ -1,8 +1,9 @@
 """The sweep's figures as matplotlib ``Figure`` objects (Agg canvas, no pyplot state), so that tests
 can inspect their axes and a report can save them.
 
-Metric values are drawn in points (100 × metric, as the decisions state them: accuracy 82.35, MCC
-41.2, STS-B Pearson r 85.1); configurations show their mean over complete seeds with ±1 sample s.d. bars. Figures are
+Metric values are drawn in the objective's unit as the decisions state them, with their real signs
+(``sweep.metrics.Metric``: points, 100 × metric, for the GLUE metrics: accuracy 82.35, MCC 41.2, STS-B
+Pearson r 85.1; an MSE as itself, 0.512); the y label names the unit and the direction; configurations show their mean over complete seeds with ±1 sample s.d. bars. Figures are
 6.4 in wide with text of 9 pt or more, saved at 200 dpi: legible at column width and on GitHub.
 """
 
@@ -22,7 +23,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from analysis.load import StudyInfo, decisions_frame
 from sweep.decision import Action
-from sweep.metrics import REGRESSION_METRICS
+from sweep.metrics import METRICS
 
 DPI = 200
 WIDTH = 6.4  # inches
@@ -68,7 +69,6 @@ _GLUE_NAMES = {
     "rte": "RTE",
     "wnli": "WNLI",
 }
-_METRIC_NAMES = {"accuracy": "accuracy", "f1": "F1", "mcc": "MCC", "pearson": "Pearson r", "spearman": "Spearman ρ"}
 
 
 @contextmanager
@@ -85,13 +85,14 @@ def _figure(height: float) -> Figure:
 
 
 def metric_name(info: StudyInfo) -> str:
-    """The objective as written in labels: ``accuracy``, ``F1``, ``MCC``, ``Pearson r``."""
-    return _METRIC_NAMES.get(info.objective, info.objective)
+    """The objective as written in labels: ``accuracy``, ``F1``, ``MCC``, ``Pearson r``, ``MSE``
+    (``Metric.label``; a name this version does not know, as it is)."""
+    return METRICS[info.objective].label if info.objective in METRICS else info.objective
 
 
 def baseline_name(info: StudyInfo) -> str:
     """What the constant baseline predicts: the ``majority class``, or for regression the ``training mean``."""
-    return "training mean" if info.objective in REGRESSION_METRICS else "majority class"
+    return "training mean" if info.metric.problem_type == "regression" else "majority class"
 
 
 def task_name(info: StudyInfo) -> str:
@@ -104,9 +105,11 @@ def _title(info: StudyInfo, what: str) -> str:
 
 
 def _ylabel(info: StudyInfo) -> str:
-    # accuracy and F1 read naturally as percentages; MCC and correlations in [-1, 1] are shown ×100
-    unit = "%" if info.objective in ("accuracy", "f1") else "×100"
-    return f"validation {metric_name(info)} ({unit})"
+    # accuracy and F1 read naturally as percentages; MCC and correlations in [-1, 1] are shown ×100; a
+    # metric of its own unit (MSE, a loss) as itself
+    m = info.metric
+    unit = m.unit if m.unit != "points" else "%" if info.objective in ("accuracy", "f1") else "×100"
+    return f"validation {metric_name(info)} ({unit}, {m.better})"
 
 
 def _colors(targets: pd.Series) -> Dict[str, tuple]:
@@ -165,12 +168,13 @@ def _from_zero(ax, values: pd.Series, unit: str, places: int) -> str:
 
 def _baseline(ax, info: StudyInfo) -> None:
     if info.baseline is not None:
+        m = info.metric
         ax.axhline(
-            100 * info.baseline,
+            m.scale * info.baseline,
             color="tab:gray",
             linestyle="--",
             linewidth=1,
-            label=f"{baseline_name(info)} ({100 * info.baseline:.1f})",
+            label=f"{baseline_name(info)} ({m.scale * info.baseline:.{max(1, m.decimals - 1)}f})",
         )
 
 
@@ -185,18 +189,20 @@ def _tradeoff(
 ) -> None:
     """Mean ± s.d. of each configuration against ``cost``, one series per target set, r labelled
     (``label_r``),
-    the Pareto front of column ``front`` as a staircase, the recommendation starred."""
+    the Pareto front of column ``front`` (better in the objective's direction) as a staircase, the
+    recommendation starred."""
+    scale = info.metric.scale
     done = summary[(summary["n_seeds"] > 0) & summary[cost].notna()]
     if done.empty:
         ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", va="center")
         return
     for i, (targets, g) in enumerate(done.groupby("targets", sort=False)):
         g = g.sort_values(cost)
-        x, y = g[cost].astype(float), 100 * g["objective_mean"]
+        x, y = g[cost].astype(float), scale * g["objective_mean"]
         ax.errorbar(
             x,
             y,
-            yerr=100 * g["objective_sd"].fillna(0),
+            yerr=scale * g["objective_sd"].fillna(0),
             marker="o",
             markersize=5,
             capsize=3,
@@ -222,7 +228,7 @@ def _tradeoff(
         # the best metric reachable at each cost: flat until the next front point
         ax.step(
             f[cost].astype(float),
-            100 * f["objective_mean"],
+            scale * f["objective_mean"],
             where="post",
             color="black",
             linewidth=1,
@@ -236,7 +242,7 @@ def _tradeoff(
         note = "" if info.finished else ", provisional"
         ax.plot(
             [float(row[cost])],
-            [100 * row["objective_mean"]],
+            [scale * row["objective_mean"]],
             linestyle="none",
             marker="*",
             markersize=16,
@@ -317,11 +323,12 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         fig = _figure(5.0)
         ax, flops_ax = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
         colors = _colors(trials["targets"])
+        scale = info.metric.scale
         ok = trials[trials["state"] == "complete"]
         for targets, g in ok.groupby("targets", sort=False):
             ax.plot(
                 g["number"],
-                100 * g["objective"],
+                scale * g["objective"],
                 linestyle="none",
                 marker="o",
                 markersize=5,
@@ -329,13 +336,13 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
                 label=plain(targets),
             )
         first = ok.drop_duplicates(["r", "targets"])
-        for n, r, y in zip(first["number"], first["r"], 100 * first["objective"]):
+        for n, r, y in zip(first["number"], first["r"], scale * first["objective"]):
             ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
         # decisions compare configuration means, not single seeds: draw the mean across each one's trials
         groups = [g for _, g in ok.groupby(["r", "targets"], sort=False)]
         if groups:
             ax.hlines(
-                [100 * g["objective"].mean() for g in groups],
+                [scale * g["objective"].mean() for g in groups],
                 [g["number"].min() - 0.35 for g in groups],
                 [g["number"].max() + 0.35 for g in groups],
                 colors=[colors[g["targets"].iloc[0]] for g in groups],

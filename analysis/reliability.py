@@ -12,8 +12,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from analysis.simulate import NARROW_OFFSET, SEED, Scenario, calibrate_cell
 from sweep.config import SweepSettings, targets_key
-from sweep.decide import Outcome, aggregate, noise_floor, seed_sequence
+from sweep.decide import Outcome, aggregate, noise_floor, objective_of, seed_sequence
 from sweep.decision import ConfigKey
+from sweep.metrics import metric_of
 from sweep.stats import Stats, detectable_gain, seed_noise
 
 #: simulated sweeps behind a report's P(regret ≤ tolerance)
@@ -32,8 +33,9 @@ def observed_scenario(
     """A study's observed means as the true curve (points): each rank of ``sweep.ranks`` on the start
     targets takes the mean of the nearest observed rank (the lower one on a tie); each other observed
     target set takes its mean offset from that curve at the ranks it was tried; target sets never tried
-    get no offset (wider) or ``NARROW_OFFSET`` (narrower), as in ``scenarios``. None when the start
-    targets have no ok trial."""
+    get no offset (wider) or ``NARROW_OFFSET`` (narrower; in units of the objective's default tolerance),
+    as in ``scenarios``. Scores, as the decisions compare them (a minimised objective negated). None when
+    the start targets have no ok trial."""
     means = {c: st.mean for c, st in _stats(outcomes, settings).items()}
     start = targets_key(settings.start_targets)
     seen = sorted(r for r, t in means if t == start)
@@ -43,8 +45,9 @@ def observed_scenario(
     offsets: Dict[str, float] = {}
     for t in dict.fromkeys(targets_key(x) for x in settings.target_sets):
         tried = [means[(r, t)] - curve[r] for r, tt in means if tt == t and r in curve]
+        narrow = NARROW_OFFSET * metric_of(objective_of(outcomes)).tolerance
         offsets[t] = (
-            sum(tried) / len(tried) if tried else NARROW_OFFSET if params_per_rank[t] < params_per_rank[start] else 0.0
+            sum(tried) / len(tried) if tried else narrow if params_per_rank[t] < params_per_rank[start] else 0.0
         )
     offsets[start] = 0.0
     return Scenario("study", "study", curve, offsets)
@@ -55,7 +58,7 @@ class Reliability:
     """How far a sweep's answer can be trusted.
 
     Attributes:
-        sigma: seed s.d. the comparisons use (points): pooled over the study's configurations, raised to
+        sigma: seed s.d. the comparisons use (the objective's unit, ``objective``; points for GLUE metrics): pooled over the study's configurations, raised to
             ``floor`` when the measured one is below it (``sweep.stats.seed_noise``); dof: its degrees of
             freedom.
         seeds: the most seeds a configuration can get (``max_seeds``, or the seeds of a grid).
@@ -73,6 +76,8 @@ class Reliability:
             None when ``sweep.noise_floor`` is 0 or the trials do not say how many examples they evaluated).
         n_eval: validation examples of the trials (100/resolution), None when unknown; the simulation
             rounds its values to that resolution.
+        objective: the objective's name (``sweep.metrics.METRICS``: the unit the sentence names; None:
+            points).
     """
 
     sigma: float
@@ -86,6 +91,7 @@ class Reliability:
     measured: Optional[float] = None
     floor: Optional[float] = None
     n_eval: Optional[int] = None
+    objective: Optional[str] = None
 
     @property
     def floored(self) -> bool:
@@ -99,17 +105,18 @@ class Reliability:
             if self.seeds_key == "sweep.max_seeds"
             else f"with {self.seeds} seeds per configuration ({self.seeds_key})"
         )
+        m = metric_of(self.objective)
         if self.floored:
             examples = (
                 f" = {self.floor * self.n_eval / 100:.3g} validation examples of {self.n_eval}" if self.n_eval else ""
             )
             noise = (
-                f"seed noise σ = {self.sigma:.2f} points, floored (sweep.noise_floor{examples}): the measured "
-                f"{self.measured:.2f} (pooled, {self.dof} d.f.) claims more than the validation set can resolve"
+                f"seed noise σ = {m.fmt(self.sigma)} {m.unit}, floored (sweep.noise_floor{examples}): the measured "
+                f"{m.fmt(self.measured)} (pooled, {self.dof} d.f.) claims more than the validation set can resolve"
             )
         else:
-            noise = f"seed noise σ = {self.sigma:.2f} points (pooled, {self.dof} d.f.)"
-        out = f"{noise}; {where} the smallest gain a comparison can detect is {self.detectable_gain:.2f} points"
+            noise = f"seed noise σ = {m.fmt(self.sigma)} {m.unit} (pooled, {self.dof} d.f.)"
+        out = f"{noise}; {where} the smallest gain a comparison can detect is {m.fmt(self.detectable_gain)} {m.unit}"
         if self.p_within_tolerance is not None:
             p = self.p_within_tolerance
             if 0 < p < 1:
@@ -118,7 +125,8 @@ class Reliability:
                 bound = f"≥ {1 - 3 / self.reps:.3f}" if p == 1 else f"≤ {3 / self.reps:.3f}"
                 spread = f"all {self.reps} simulated sweeps; 95% bound {bound}"
             out += (
-                f"; calibrated P(regret ≤ {self.tolerance:g} point(s)) at this σ on this sweep's observed curve: "
+                f"; calibrated P(regret ≤ {self.tolerance:g} {'point(s)' if m.unit == 'points' else m.unit}) "
+                "at this σ on this sweep's observed curve: "
                 f"{p:.2f} ({spread})"
             )
         return out
@@ -134,6 +142,7 @@ def reliability(
     Without ``params_per_rank`` (LoRA parameters per unit of rank of each target set, stored by the sweep
     as ``target_costs``) no simulation is run."""
     noise = seed_noise(list(_stats(outcomes, settings).values()), noise_floor(outcomes, settings))
+    objective = objective_of(outcomes)
     if noise.sd is None:
         return None
     steps = [o.resolution for o in outcomes if o.resolution is not None]
@@ -143,10 +152,12 @@ def reliability(
     scenario = observed_scenario(outcomes, settings, params_per_rank) if params_per_rank else None
     p = None
     if scenario is not None:
-        cell = calibrate_cell(settings, scenario, noise.sd, params_per_rank, reps, SEED, settings.tolerance, n_eval)
+        cell = calibrate_cell(
+            settings, scenario, noise.sd, params_per_rank, reps, SEED, settings.tolerance, n_eval, objective
+        )
         p = cell.p_within_tolerance
     key = "sweep.max_seeds" if settings.mode == "progressive" else "sweep.seeds"
     floor = noise.floor if noise.floored else None
     return Reliability(
-        noise.sd, noise.dof, seeds, gain, settings.tolerance, p, key, reps, noise.measured, floor, n_eval
+        noise.sd, noise.dof, seeds, gain, settings.tolerance, p, key, reps, noise.measured, floor, n_eval, objective
     )

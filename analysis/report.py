@@ -36,13 +36,31 @@ CAPTIONS = {
 }
 
 
-def _points(value: float) -> str:
-    return "—" if pd.isna(value) else f"{100 * value:.2f}"
+def _shown(value: float, info: StudyInfo) -> str:
+    """A value in metric units as the report writes it: in the objective's unit (points: 100 × metric),
+    with its real sign (an MSE as itself)."""
+    m = info.metric
+    return "—" if pd.isna(value) else m.fmt(m.scale * value)
 
 
-def _mean_sd(row) -> str:
-    sd = "" if pd.isna(row["objective_sd"]) else f" ± {_points(row['objective_sd'])}"
-    return f"{_points(row['objective_mean'])}{sd}"
+def _mean_sd(row, info: StudyInfo) -> str:
+    sd = "" if pd.isna(row["objective_sd"]) else f" ± {_shown(row['objective_sd'], info)}"
+    return f"{_shown(row['objective_mean'], info)}{sd}"
+
+
+def _objective_words(info: StudyInfo) -> str:
+    """What the objective is and how its values are written: ``validation accuracy, maximised (higher is
+    better); values below and in the plots are points (100 × accuracy, …)``, or for a metric of its own
+    unit ``validation MSE, minimised (lower is better); values below and in the plots are squared label
+    units (the MSE itself)``."""
+    m = info.metric
+    unit = (
+        f"points (100 × {info.objective}, i.e. percent for accuracy and F1)"
+        if m.unit == "points"
+        else f"{m.unit} (the {m.label} itself)"
+    )
+    verb = "maximised" if m.sign > 0 else "minimised"
+    return f"validation {metric_name(info)}, {verb} ({m.better}); values below and in the plots are {unit}"
 
 
 def _status_line(trials: pd.DataFrame, info: StudyInfo) -> str:
@@ -87,7 +105,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     ci = (
         ""
         if pd.isna(row["objective_ci95_low"])
-        else f"; 95% CI {_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+        else f"; 95% CI {_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
     )
     pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
@@ -98,29 +116,40 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
         split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
     against = baseline_check(summary, pick, info)
     return (
-        f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row)} points "
+        f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row, info)} {info.metric.unit} "
         f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
     ) + (f"\n\n{against}" if against else "")
 
 
 def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: StudyInfo) -> Optional[str]:
     """One sentence: is the recommended configuration ``pick`` shown to beat the constant baseline (the
-    majority class; for regression the training mean, whose correlations are 0)? It is when the lower end
-    of its 95% t-interval over its seeds (``summary``'s ``objective_ci95_low``) lies above the baseline.
-    Points (100 × metric). None without a recommendation or a stored baseline."""
+    majority class; for regression the training mean, whose correlations are 0 and whose MSE is about the
+    labels' variance)? It is when its 95% t-interval over its seeds (``summary``'s ``objective_ci95_low``
+    and ``_high``) lies wholly on the better side of the baseline: above it for a maximised objective,
+    below it for a minimised one. The gap is the improvement on the baseline in the objective's unit
+    (points: 100 × metric), positive when better. None without a recommendation or a stored baseline."""
     if pick is None or info.baseline is None:
         return None
     row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
     if pd.isna(row["objective_mean"]):
         return None
-    gap = 100 * (row["objective_mean"] - info.baseline)
-    head = f"Against the baseline (always predicting the {baseline_name(info)}, {_points(info.baseline)}): {gap:+.2f} points"
+    m = info.metric
+
+    def gain(value: float) -> float:  # improvement on the baseline, the objective's unit
+        return m.sign * m.scale * (value - info.baseline)
+
+    side = "above it" if m.sign > 0 else f"below it ({m.better})"
+    better = "" if m.sign > 0 else " better"
+    head = (
+        f"Against the baseline (always predicting the {baseline_name(info)}, {_shown(info.baseline, info)}): "
+        f"{m.fmt(gain(row['objective_mean']), True)} {m.unit}{better}"
+    )
     if pd.isna(row["objective_ci95_low"]):
         return f"{head} on {row['n_seeds']} seed(s), too few for an interval: not shown to beat it."
-    low, high = (100 * (row[c] - info.baseline) for c in ("objective_ci95_low", "objective_ci95_high"))
-    interval = f"95% CI {low:+.2f} to {high:+.2f} over its {row['n_seeds']} seeds"
+    low, high = sorted(gain(row[c]) for c in ("objective_ci95_low", "objective_ci95_high"))
+    interval = f"95% CI {m.fmt(low, True)} to {m.fmt(high, True)} over its {row['n_seeds']} seeds"
     if low > 0:
-        return f"{head} ({interval}): above it."
+        return f"{head} ({interval}): {side}."
     return (
         f"{head} ({interval}): not shown to beat it; the configurations tried may have learnt little "
         "beyond the constant answer on this task."
@@ -199,7 +228,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         ci = (
             "—"
             if pd.isna(row["objective_ci95_low"])
-            else f"{_points(row['objective_ci95_low'])}–{_points(row['objective_ci95_high'])}"
+            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
         )
         params = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
         flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
@@ -210,7 +239,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         )
         mark = "**recommended**" if row["recommended"] else ""
         lines.append(
-            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row)} "
+            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
     return lines
@@ -251,29 +280,29 @@ def report_markdown(
     the recommendation and why, its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
     tolerance); None without a noise estimate), every decision, failed and running trials, the summary
     table and the three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next
-    to the recommendation and its section at the end. Metric values are in points (100 × metric)."""
+    to the recommendation and its section at the end. Metric values are in the objective's unit (points,
+    100 × metric, for the GLUE metrics), as measured: a minimised objective is not negated."""
     from analysis.subspace_report import recommendation_note, report_lines
 
     note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
     lines = [
         f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}",
         "",
-        f"- **Objective**: validation {metric_name(info)}, maximised; values below and in the plots are "
-        f"points (100 × {info.objective}, i.e. percent for accuracy and F1); the CSVs hold metric units.",
+        f"- **Objective**: {_objective_words(info)}; the CSVs hold metric units.",
         f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
         f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
         "and of the recommendation.",
         f"- **Tried**: {_tried(summary, info)}.",
     ]
     if info.baseline is not None:
-        lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_points(info.baseline)}.")
+        lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_shown(info.baseline, info)}.")
     s = info.settings
     lines += [
         "",
         "## Recommendation",
         "",
         "Rule: the configuration with the fewest trainable parameters shown to be within "
-        f"sweep.tolerance = {s.tolerance:g} points of the best one tried (the upper {100 * s.confidence:g}% "
+        f"sweep.tolerance = {s.tolerance:g} {info.metric.unit} of the best one tried (the upper {100 * s.confidence:g}% "
         "Student-t bound of its gap to the best is below the tolerance, with the seed-to-seed s.d. pooled "
         "over the configurations evaluated), else the best.",
         "",

@@ -10,6 +10,11 @@ applies as in a real sweep). ``degenerate_scenarios``: where that rounding, or a
 class, leaves the seeds scoring the same.
 The procedure under test is ``sweep.decide.plan`` itself, fed the simulated outcomes until it stops;
 its regret is the best true mean of the search space minus the true mean of its recommendation.
+
+Scenarios are scores (``sweep.metrics.Metric.score``: the objective's unit, higher is better), points by
+default. A minimised objective (a loss in nats) is simulated by naming it (``objective``): its curves are
+given as scores (−loss: a loss that decreases with rank is a rising curve), its outcomes carry its real
+values (``Metric.value``) and its name, and the procedure converts them back, as in a real sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from sweep.config import SweepSettings, targets_key
 from sweep.decide import Outcome, plan
+from sweep.metrics import metric_of
 
 #: offsets of the narrower target sets (q alone, v alone) in every scenario, points
 NARROW_OFFSET = -1.0
@@ -34,7 +40,7 @@ N_EVAL = 408
 
 @dataclass(frozen=True)
 class Scenario:
-    """True mean metric of every configuration, in points.
+    """True mean metric of every configuration, as scores (points by default; see the module docstring).
 
     Attributes:
         name: short name (a row of the calibration table).
@@ -68,12 +74,15 @@ def grid_trials(settings: SweepSettings) -> int:
     return len(search_space(settings)) * len(settings.seeds)
 
 
-def _offsets(settings: SweepSettings, params_per_rank: Mapping[str, int], wider: Sequence[float]) -> Dict[str, float]:
-    """Offsets per target set: narrower sets ``NARROW_OFFSET``; the wider ones, cheapest first, ``wider``."""
+def _offsets(
+    settings: SweepSettings, params_per_rank: Mapping[str, int], wider: Sequence[float], step: float = 1.0
+) -> Dict[str, float]:
+    """Offsets per target set: narrower sets ``NARROW_OFFSET`` × ``step``; the wider ones, cheapest first,
+    ``wider`` (already in the scenario's unit)."""
     start = targets_key(settings.start_targets)
     sets = sorted(dict.fromkeys(targets_key(t) for t in settings.target_sets), key=lambda t: params_per_rank[t])
     more = [t for t in sets if params_per_rank[t] > params_per_rank[start]]
-    out = {t: NARROW_OFFSET for t in sets if params_per_rank[t] < params_per_rank[start]}
+    out = {t: NARROW_OFFSET * step for t in sets if params_per_rank[t] < params_per_rank[start]}
     out.update({t: wider[min(i, len(wider) - 1)] for i, t in enumerate(more)})
     out[start] = 0.0
     return out
@@ -82,8 +91,10 @@ def _offsets(settings: SweepSettings, params_per_rank: Mapping[str, int], wider:
 def scenarios(
     settings: SweepSettings, params_per_rank: Mapping[str, int], top: float = 80.0, step: float = 1.0
 ) -> List[Scenario]:
-    """The scenario families of the calibration, on ``settings.ranks`` (points; one rank doubling of
-    a rising curve gains ``step``, about what one doubling gains on MRPC with MiniLM):
+    """The scenario families of the calibration, on ``settings.ranks`` (scores: points by default; one rank
+    doubling of a rising curve gains ``step``, about what one doubling gains on MRPC with MiniLM; every
+    offset below is in units of ``step``, so a minimised objective's families are these with ``top`` its
+    plateau's score and ``step`` its default tolerance):
 
     - ``flat``: every rank scores ``top``;
     - ``plateau-r<k>``: rising by ``step`` per doubling up to rank k ∈ {2, 4, 8, 32}, flat after;
@@ -98,13 +109,15 @@ def scenarios(
     def plateau(k: float) -> Dict[int, float]:
         return {r: top - step * max(0.0, np.log2(k) - lg[r]) for r in ranks}
 
-    same = _offsets(settings, params_per_rank, [0.0])
+    same = _offsets(settings, params_per_rank, [0.0], step)
     out = [Scenario("flat", "flat", {r: top for r in ranks}, same)]
     out += [Scenario(f"plateau-r{k}", "plateau", plateau(k), same) for k in (2, 4, 8, 32) if k <= ranks[-1]]
     out.append(Scenario("rising", "rising", plateau(ranks[-1]), same))
     out.append(Scenario("peak-r8", "peak", {r: top - step * abs(lg[r] - 3) for r in ranks}, same))
     for name, wider in (("wider+1+2", [1.0, 2.0]), ("wider+0.5", [0.5]), ("wider-1", [-1.0])):
-        out.append(Scenario(name, "wider", plateau(4), _offsets(settings, params_per_rank, wider)))
+        out.append(
+            Scenario(name, "wider", plateau(4), _offsets(settings, params_per_rank, [step * w for w in wider], step))
+        )
     return out
 
 
@@ -151,9 +164,12 @@ def simulate(
     rng: np.random.Generator,
     head_params: int = 0,
     n_eval: Optional[int] = None,
+    objective: Optional[str] = None,
 ) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points, the values
-    rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor).
+    rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor). With an
+    ``objective`` (``sweep.metrics.METRICS``) the scenario, ``sigma`` and the regret are in its unit and the
+    outcomes carry its real values and its name (a loss: the negated score).
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
     decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
@@ -162,6 +178,7 @@ def simulate(
         RuntimeError: the procedure asked for more than ``MAX_SIMULATED_TRIALS`` trials.
     """
     space = search_space(settings)
+    metric = metric_of(objective)
     step = 100.0 / n_eval if n_eval else None
     history: List[Outcome] = []
     while len(history) < MAX_SIMULATED_TRIALS:
@@ -179,11 +196,12 @@ def simulate(
                     spec.targets,
                     spec.seed,
                     "ok",
-                    value / 100.0,
+                    metric.value(value),
                     spec.r * params_per_rank[spec.targets] + head_params,
                     1.0,
                     0.0,
                     step,
+                    objective,
                 )
             )
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
@@ -213,10 +231,15 @@ def calibrate_cell(
     seed: int,
     tolerance: float,
     n_eval: Optional[int] = None,
+    objective: Optional[str] = None,
 ) -> Cell:
-    """``reps`` simulated sweeps of one scenario × σ × ``n_eval``, from ``np.random.default_rng(seed)``."""
+    """``reps`` simulated sweeps of one scenario × σ × ``n_eval`` of ``objective`` (``simulate``), from
+    ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
-    runs = [simulate(settings, scenario, sigma, params_per_rank, rng, n_eval=n_eval) for _ in range(reps)]
+    runs = [
+        simulate(settings, scenario, sigma, params_per_rank, rng, n_eval=n_eval, objective=objective)
+        for _ in range(reps)
+    ]
     regret = np.array([r.regret for r in runs])
     trials = np.array([r.trials for r in runs])
     return Cell(

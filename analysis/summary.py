@@ -21,6 +21,8 @@ import pandas as pd
 from analysis.load import StudyInfo
 from sweep.decide import ConfigResults, aggregate, noise_floor, recommend, seed_sequence
 from sweep.decision import Action, ConfigKey, Decision
+from sweep.metrics import Metric
+from sweep.stats import Stats
 
 #: columns of summary.csv, in order
 COLUMNS = (
@@ -98,12 +100,19 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
         {c: res.train_flops for c, res in scored.items()},
         info.settings,
         noise_floor([o for res in every.values() for o in res.measured], info.settings),
+        info.objective,
     )
 
 
-def _metric_units(points: Optional[float]) -> float:
-    """A value in points (100 × metric) in metric units; NaN for None."""
-    return math.nan if points is None else points / 100.0
+def _metric_units(st: Optional[Stats], floor: Optional[float], m: Metric) -> Tuple[float, float, float, float]:
+    """(mean, sd, 95% interval low, high) of the scores ``st`` (the decisions' statistics, the objective's
+    unit, higher is better) in metric units with their real signs (an MSE, not its negation; the interval's
+    ends in increasing order); NaN for what is missing."""
+    if st is None:
+        return (math.nan,) * 4
+    ends = st.interval(0.95, floor)
+    low, high = sorted(m.value(e) for e in ends) if ends[0] is not None else (math.nan, math.nan)
+    return m.value(st.mean), math.nan if st.sd is None else st.sd / m.scale, low, high
 
 
 def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
@@ -112,26 +121,27 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
 
     Columns: ``r``, ``targets``; ``n_seeds`` (complete trials the decisions count, see ``results``),
     ``n_failed`` (diverged or failed), ``n_running``, ``n_not_counted`` (complete trials of seeds the
-    settings cannot ask for); over the counted seeds, in metric units (accuracy 0.8235, not 82.35
-    points): ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
+    settings cannot ask for); over the counted seeds, in metric units as measured (accuracy 0.8235, not
+    82.35 points; an MSE as itself, whichever way the objective improves): ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
     ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·s/√n, s the sd raised to the sweep's
     noise floor, ``Stats.interval``: seeds that all scored the same get the interval the validation set
     can resolve, not a zero-width one; NaN below two seeds); ``trainable_params``, ``trainable_pct`` (percent of the model's parameters), ``lora_params``;
     ``mean_train_flops`` (training FLOPs) and ``mean_train_seconds`` (training seconds) over complete
     trials of every seed (a cost, as in the decisions); ``pareto_params`` and ``pareto_flops`` (on the
-    front of objective mean vs trainable parameters / vs mean training FLOPs, see ``pareto_mask``; only
-    configurations with a counted complete trial); ``recommended`` (see
+    front of objective mean, better in its direction, vs trainable parameters / vs mean training FLOPs,
+    see ``pareto_mask``; only configurations with a counted complete trial); ``recommended`` (see
     ``recommendation``); ``decision`` (the actions of the stored decisions about this configuration,
     ``; ``-separated) and ``reason`` (their reasons, `` | ``-separated, same order).
     """
     pick, _ = recommendation(trials, info)
     per_cfg = results(info)
     floor = noise_floor([o for _, o in info.history], info.settings)  # intervals claim no finer noise
+    m = info.metric
     rows = []
     for (r, targets), group, ok in _by_config(trials):
         res = per_cfg.get((r, targets))  # None: no finished trial yet
         st = res.stats if res is not None else None
-        mean, sd, low, high = map(_metric_units, (st.mean, st.sd, *st.interval(0.95, floor)) if st else [None] * 4)
+        mean, sd, low, high = _metric_units(st, floor, m)
         about = [d for d in info.decisions if (d.r, d.targets) == (r, targets)]
         rows.append(
             {
@@ -166,6 +176,7 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
             "recommended": "bool",
         }
     )
+    better = [m.sign * v for v in df["objective_mean"]]  # the front is better in the objective's direction
     for column, cost in (("pareto_params", "trainable_params"), ("pareto_flops", "mean_train_flops")):
-        df[column] = pareto_mask(df["objective_mean"].tolist(), df[cost].astype("float64").tolist())
+        df[column] = pareto_mask(better, df[cost].astype("float64").tolist())
     return df[list(COLUMNS)]

@@ -179,9 +179,10 @@ class TaskConfig:
         label_names: class names, index = label id, as in the hub's ``ClassLabel`` (at least two); for
             regression the single output's name. null (the user's data only): the distinct training
             labels, sorted (numbers numerically, text alphabetically, ``false`` before ``true``).
-        metrics: GLUE metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for
-            regression ``pearson``, ``spearman``).
-        objective: the metric a sweep maximises and reports; one of ``metrics``.
+        metrics: metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for regression
+            ``pearson``, ``spearman``, ``mse``); ``sweep.metrics.METRICS`` gives each its direction and unit.
+        objective: the metric a sweep optimises and reports, in its direction (maximised: accuracy, F1, MCC,
+            the correlations; minimised: ``mse``); one of ``metrics``.
     """
 
     name: str = MISSING
@@ -193,13 +194,18 @@ class TaskConfig:
     objective: str = MISSING
 
     def __post_init__(self) -> None:
-        from sweep.metrics import METRICS, REGRESSION_METRICS
+        from sweep.metrics import METRICS, computed
 
         _check_name("task.name", self.name)
         self.problem_type = _choice_text("task.problem_type", self.problem_type, ProblemType)
-        valid = REGRESSION_METRICS if self.regression else sorted(set(METRICS) - set(REGRESSION_METRICS))
+        valid = computed(self.problem_type)
         for m in self.metrics:
-            if m in METRICS and m not in valid:  # a GLUE metric, but of the other problem type
+            if m in METRICS and METRICS[m].compute is None:  # declared ahead of its computation
+                raise ValueError(
+                    f"task.metrics='{m}' is not computed yet (a causal-LM objective, declared in sweep/metrics.py): "
+                    f"valid values are {', '.join(valid)}"
+                )
+            if m in METRICS and m not in valid:  # a metric of the other problem type
                 raise ValueError(
                     f"task.metrics='{m}' is invalid for task.problem_type={self.problem_type}: valid values "
                     f"are {', '.join(valid)}"
@@ -499,9 +505,13 @@ class SweepSettings:
         max_seeds: most seeds a configuration gets in the progressive sweep: while a comparison is
             undecided, one more seed (the next integer after ``seeds``) runs for the side with fewer,
             up to this many (racing); at least ``len(seeds)``.
-        tolerance: points (100 × metric) of validation metric one is willing to give up: a candidate
-            whose upper bound on its gain is below this does not gain, and the recommendation is the
-            cheapest configuration whose gap to the best has an upper bound below this.
+        tolerance: how much of the validation objective one is willing to give up, in the objective's
+            unit (``sweep.metrics.METRICS``: points, 100 × metric, for the GLUE metrics; squared label units
+            for ``mse``; nats for a loss): a candidate whose upper bound on its gain (its improvement, in the
+            objective's direction) is below this does not gain, and the recommendation is the cheapest
+            configuration whose gap to the best has an upper bound below this. null: the objective's
+            documented default (``Metric.tolerance``: 1 point for the GLUE metrics, as before the key could be
+            null; 0.04 for ``mse``), set when the whole config is read (``Config``).
         confidence: one-sided level of the Student-t bounds every comparison uses, in (0.5, 1).
         patience: rank doublings above the best rank (rank stage) and wider target sets in a row
             (targets stage) without a significant gain before a plateau is declared.
@@ -511,6 +521,10 @@ class SweepSettings:
             worth of an accuracy, its resolution; F1 and MCC move by at least about as much per example,
             and Pearson, continuous, takes the same share), so that seeds that all scored the same
             (σ = 0 from few degrees of freedom) do not make every difference significant; 0: no floor.
+            It applies to the objectives that move by about one example (``Metric.per_example``: the GLUE
+            metrics); an objective measured in its own continuous unit (``mse``, a loss in nats) has no
+            per-example resolution, and seeds that agree to the last digit do not happen by rounding, so
+            it gets no floor whatever this value.
             0.29 ≈ 1/√12, the s.d. of an error of rounding to one example, was chosen by calibration
             (docs/validation.md §4): a floor of a whole example races undetectable gains on small
             validation sets to the compute cap.
@@ -529,7 +543,7 @@ class SweepSettings:
     target_sets: List[Any] = MISSING
     seeds: List[int] = MISSING
     max_seeds: int = MISSING
-    tolerance: float = MISSING
+    tolerance: Optional[float] = MISSING
     confidence: float = MISSING
     patience: int = MISSING
     escalate_max_r: int = MISSING
@@ -566,7 +580,7 @@ class SweepSettings:
                 f"sweep.max_seeds={self.max_seeds} is invalid: it must be at least the number of "
                 f"sweep.seeds ({len(self.seeds)})"
             )
-        _check_positive("sweep.tolerance", self.tolerance)
+        _check_positive("sweep.tolerance", self.tolerance, allow_none=True)
         if not 0.5 < self.confidence < 1.0:
             raise ValueError(f"sweep.confidence={self.confidence!r} is invalid: it must be in (0.5, 1), e.g. 0.9")
         _check_positive("sweep.patience", self.patience, integer=True)
@@ -619,6 +633,9 @@ class Config:
         results_dir: where outputs go; null means ``results/`` at the project root (absolute, so runs
             from any working directory land in the same place).
         export: what ``make export`` hands off from a finished sweep (``ExportSettings``).
+
+    ``sweep.tolerance: null`` becomes the objective's documented default here (``Metric.tolerance`` of
+    ``task.objective``), so the saved config, the study's settings and every decision hold the number.
     """
 
     task: TaskConfig = MISSING
@@ -631,8 +648,12 @@ class Config:
     export: ExportSettings = MISSING
 
     def __post_init__(self) -> None:
+        from sweep.metrics import METRICS
+
         if self.results_dir is not None and not str(self.results_dir).strip():
             raise ValueError("results_dir is empty: give a folder, or null for <project>/results")
+        if self.sweep.tolerance is None:
+            self.sweep.tolerance = METRICS[self.task.objective].tolerance
 
 
 def resolved_config(cfg: Config) -> DictConfig:

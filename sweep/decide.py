@@ -10,14 +10,17 @@ The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python
 3. if the plateau rank is low (≤ ``escalate_max_r``), try the target sets of ``sweep.target_sets`` that
    adapt more than the start set, cheapest first, at that rank, each against the best so far, until
    ``patience`` sets in a row bring no significant gain;
-4. recommend the cheapest configuration shown to be within ``tolerance`` points of the best one tried
+4. recommend the cheapest configuration shown to be within ``tolerance`` of the best one tried
    (an equivalence check), else the best.
 Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``, ``max_hours``.
 
-Comparisons (``sweep/stats.py``: metric values in points, 100 × metric, the candidate B against the best
-so far A with one-sided Student-t bounds on the gain, the seed s.d. pooled over every configuration
+Comparisons (``sweep/stats.py``: metric values as scores, in the objective's unit and signed so that
+higher is better, so a *gain* is an improvement in the objective's direction: points, 100 × metric, for
+the GLUE metrics, −MSE for ``mse``, see ``sweep.metrics.Metric.score``; ``tolerance`` is in that unit too;
+the candidate B against the best so far A with one-sided Student-t bounds on the gain, the seed s.d. pooled over every configuration
 evaluated so far, floored at ``sweep.noise_floor`` validation examples' worth of points: ``noise_floor``,
-so seeds that all scored the same do not make every difference significant). B *gains*
+so seeds that all scored the same do not make every difference significant; an objective without a
+per-example step, such as ``mse``, has no floor). B *gains*
 when the lower bound is above 0; B *does not gain* when the upper bound is below ``tolerance``. While
 neither holds the comparison is undecided and one more seed is run (racing, Maron & Moore 1994) for
 whichever side has fewer, up to ``max_seeds`` each; still undecided at the seed limit, B does not gain
@@ -100,12 +103,16 @@ class Outcome:
         status: ``ok``, ``diverged`` (a measurement: the configuration does not train) or ``failed``
             (the trial crashed: no measurement; its seed counts as not yet run, so the trial is asked
             for again, and only the compute cap counts it); only ``ok`` trials have a value.
-        value: the value of the task's objective (``task.objective``, a GLUE metric) on the validation
-            split, in metric units (accuracy in [0, 1], MCC in [-1, 1]).
+        value: the value of the task's objective (``task.objective``) on the validation split, in metric
+            units (accuracy in [0, 1], MCC in [-1, 1], MSE ≥ 0), whichever way it improves.
         trainable_params: adapter + head parameters.
         train_flops: executed training FLOPs. seconds: measured train + eval seconds.
         resolution: points one validation example is worth, 100/n_eval (the step of an accuracy);
-            None when the record does not say how many examples were evaluated (no floor then).
+            None when the record does not say how many examples were evaluated, or the objective has no
+            per-example step (``Metric.per_example``: ``mse``, a loss): no floor then.
+        objective: the name of the objective (``sweep.metrics.METRICS``: its direction and unit); None: a
+            maximised metric in points, as every objective was before minimised ones existed. The
+            statistics convert ``value`` to a score by it (``sweep.stats.stats_of``).
     """
 
     r: int
@@ -117,6 +124,13 @@ class Outcome:
     train_flops: float = 0.0
     seconds: float = 0.0
     resolution: Optional[float] = None
+    objective: Optional[str] = None
+
+
+def objective_of(outcomes: Iterable[Outcome]) -> Optional[str]:
+    """The objective ``outcomes`` measured (one study measures one; a crashed trial's outcome names none);
+    None when none names one."""
+    return next((o.objective for o in outcomes if o.objective is not None), None)
 
 
 @dataclass(frozen=True)
@@ -124,7 +138,8 @@ class ConfigResults:
     """What the decisions know about one configuration (r, targets): see ``aggregate``.
 
     Attributes:
-        stats: the objective over the ok outcomes of the counted seeds (points); None without one.
+        stats: the objective over the ok outcomes of the counted seeds (scores: the objective's unit,
+            higher is better, ``sweep.stats.stats_of``); None without one.
         seeds: those counted ok seeds, in the order of the counted seeds.
         measured: its measured outcomes, one per seed (every seed, counted or not).
     """
@@ -195,6 +210,8 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
     (``seed_sequence(settings)[:n]``), a report ``seed_sequence(settings)``; seeds outside them (a study
     run before with other ``sweep.seeds``) are ``not_counted``. The costs (the most trainable parameters, the
     mean training FLOPs) take every seed: a trial's cost does not depend on whether its metric counts.
+    The values become scores here (``sweep.stats.stats_of`` by the outcomes' ``objective``: its unit,
+    higher is better), the one place the decisions learn which way the objective improves.
 
     Args:
         outcomes: finished trials, in trial order.
@@ -207,7 +224,9 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
     out = {}
     for cfg, by_seed in _measured(outcomes).items():
         ok = [s for s in seeds if s in by_seed and by_seed[s].status == "ok" and by_seed[s].value is not None]
-        out[cfg] = ConfigResults(stats_of([by_seed[s].value for s in ok]), tuple(ok), tuple(by_seed.values()))
+        values = [by_seed[s].value for s in ok]
+        stats = stats_of(values, objective_of(by_seed[s] for s in ok))
+        out[cfg] = ConfigResults(stats, tuple(ok), tuple(by_seed.values()))
     return out
 
 
@@ -226,15 +245,17 @@ def recommend(
     flops: Mapping[ConfigKey, float],
     settings: SweepSettings,
     floor: Optional[float] = None,
+    objective: Optional[str] = None,
 ) -> Tuple[Optional[ConfigKey], Optional[Decision]]:
-    """The cheapest configuration shown to be within ``settings.tolerance`` points of the best.
+    """The cheapest configuration shown to be within ``settings.tolerance`` (the objective's unit) of the best.
 
-    Among ``evaluated`` configurations with stats, the best has the highest mean (fewer trainable
-    parameters on a tie). Going from the fewest trainable parameters up (then fewer FLOPs, then the
+    Among ``evaluated`` configurations with stats (scores: higher is better, whichever way ``objective``
+    improves), the best has the highest mean score (fewer trainable parameters on a tie). Going from the fewest trainable parameters up (then fewer FLOPs, then the
     higher mean), the first configuration whose upper bound on (best − it) is below the tolerance is
-    picked (equivalence: it is at most ``tolerance`` points worse, at ``settings.confidence``); the
+    picked (equivalence: it is at most ``tolerance`` worse, at ``settings.confidence``); the
     best is picked when no cheaper one is shown equivalent; the seed s.d. is floored at ``floor`` points
-    (``noise_floor``). Returns (config, decision), or (None, None) when nothing has an ok trial.
+    (``noise_floor``). The decision names ``objective`` (its sentence's unit and direction). Returns
+    (config, decision), or (None, None) when nothing has an ok trial.
     """
     scored = [c for c in evaluated if stats.get(c) is not None]
     if not scored:
@@ -258,6 +279,7 @@ def recommend(
         stats[pick],
         params.get(pick, 0),
         None if pick == best else cmp,
+        objective=objective,
     )
     return pick, Decision(Action.RECOMMEND, Stage.FINAL, pick[0], pick[1], detail)
 
@@ -311,12 +333,13 @@ def _race(
     cfg: ConfigKey,
     stage: Stage,
     decisions: List[Decision],
+    objective: Optional[str] = None,
 ) -> Steps[Verdict]:
     """Compare ``cfg`` (B) with the best so far ``ref`` (A), asking for one more seed of the side with fewer
     (``cfg`` on a tie; the other side once one has ``max_seeds``) while undecided; each such seed is a
     ``more-seeds`` decision appended to ``decisions``. The seed s.d. is pooled over ``pool`` (every
     configuration evaluated so far) and floored at ``floor`` points. Returns the verdict, with the
-    statistics it was reached on."""
+    statistics it was reached on; the decisions name ``objective``."""
     s = settings
     while True:
         a, b = memo.stats(ref), memo.stats(cfg)
@@ -330,12 +353,16 @@ def _race(
         else:
             end = None if sides else RaceEnd.SEED_LIMIT
         if end is not None:
-            return Verdict(ref, a, b, c, s.confidence, s.tolerance, end, s.max_seeds)
+            return Verdict(ref, a, b, c, s.confidence, s.tolerance, end, s.max_seeds, objective)
         side = sides[0]
         seed = memo.asked[side] + 1
         decisions.append(
             Decision(
-                Action.MORE_SEEDS, stage, side[0], side[1], Undecided(cfg, ref, c, s.confidence, s.tolerance, seed)
+                Action.MORE_SEEDS,
+                stage,
+                side[0],
+                side[1],
+                Undecided(cfg, ref, c, s.confidence, s.tolerance, seed, objective),
             )
         )
         yield from memo.need(side, seed, stage)
@@ -380,6 +407,7 @@ class _Replay:
         self.params = {c: a.trainable_params for c, a in every.items()}
         self.flops = {c: a.train_flops for c, a in every.items()}
         self.floor = noise_floor(self.outcomes, settings)
+        self.objective = objective_of(self.outcomes)
 
     def decide(self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail) -> None:
         self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
@@ -404,7 +432,7 @@ class _Replay:
 
     def finish(self, stop_reason: StopReason) -> Plan:
         stats = {c: self.memo.stats(c) for c in self.evaluated}
-        pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s, self.floor)
+        pick, decision = recommend(self.evaluated, stats, self.params, self.flops, self.s, self.floor, self.objective)
         if decision is not None:
             if stop_reason == StopReason.BUDGET:
                 decision = dataclasses.replace(decision, detail=dataclasses.replace(decision.detail, provisional=True))
@@ -425,9 +453,11 @@ class _Replay:
             self.decide(Action.FAILED, stage, cfg, AllDiverged())
             return ref, False
         if ref is None:
-            self.decide(Action.START, stage, cfg, FirstResult(st))
+            self.decide(Action.START, stage, cfg, FirstResult(st, self.objective))
             return cfg, True
-        verdict = yield from _race(self.memo, self.s, self.floor, self.evaluated, ref, cfg, stage, self.decisions)
+        verdict = yield from _race(
+            self.memo, self.s, self.floor, self.evaluated, ref, cfg, stage, self.decisions, self.objective
+        )
         gained = verdict.end == RaceEnd.GAIN
         action = (Action.CONTINUE if stage == Stage.RANK else Action.WIDEN) if gained else Action.NO_GAIN
         self.decide(action, stage, cfg, verdict)

@@ -1,5 +1,9 @@
 """A decision as data (what the sweep's procedure, ``sweep/decide.py``, decides) and its sentence.
 
+Its statistics are scores (``sweep.metrics.Metric.score``: the objective's unit, higher is better); the
+details that quote them name the objective (``objective``), and the sentence shows real values in its
+unit (an MSE as itself, not negated), with its direction when it is minimised.
+
 Decisions are data, sentences are views: a ``Decision`` holds its ``Action``, ``Stage``, configuration
 and a typed detail (the statistics, the comparison, the settings it quotes; ``DETAILS`` says which per
 action); its sentence is rendered by ``render`` alone and never compared (``Decision.matches`` compares
@@ -25,6 +29,7 @@ from typing import (
 )
 
 from sweep.config import Choice
+from sweep.metrics import Metric, metric_of
 from sweep.stats import Comparison, Stats
 
 #: one configuration of the search space: (r, targets key such as "q,v"); a key, not ``sweep.config.Config``
@@ -108,6 +113,13 @@ class TrialSpec:
         object.__setattr__(self, "stage", Stage(self.stage))
 
 
+#: a detail's ``objective``: the name of the metric its statistics measure (``sweep.metrics.METRICS``; None:
+#: a maximised metric in points, as in decisions stored before objectives had a direction). Not compared:
+#: one study has one objective, and what a decision decided is its scores.
+def _objective():
+    return field(default=None, compare=False)
+
+
 class _Detail:
     """A decision's detail: what its sentence quotes, as data (the classes below, one per kind of decision).
     Settings are copied in (tolerance, patience, …): a stored decision renders alone, whatever settings a
@@ -124,6 +136,7 @@ class FirstResult(_Detail):
     """``start``: the statistics of the first configuration with a result."""
 
     stats: Stats
+    objective: Optional[str] = _objective()
 
     @property
     def numbers(self) -> Dict[str, float]:
@@ -146,6 +159,7 @@ class Undecided(_Detail):
     confidence: float
     tolerance: float
     seed: int
+    objective: Optional[str] = _objective()
 
     @property
     def numbers(self) -> Dict[str, float]:
@@ -165,6 +179,7 @@ class Verdict(_Detail):
     tolerance: float
     end: RaceEnd
     max_seeds: int
+    objective: Optional[str] = _objective()
 
     @property
     def numbers(self) -> Dict[str, float]:
@@ -245,6 +260,7 @@ class Recommendation(_Detail):
     params: int
     comparison: Optional[Comparison] = None
     provisional: bool = False
+    objective: Optional[str] = _objective()
 
     @property
     def numbers(self) -> Dict[str, float]:
@@ -404,16 +420,16 @@ def _typed(hint, value):
     return value
 
 
-def _bounds_text(c: Comparison, confidence: float) -> str:
+def _bounds_text(c: Comparison, confidence: float, m: Metric) -> str:
     if c.se is None:
         return "no seed-noise estimate yet (no configuration has two ok seeds)"
-    sd = f"the seed s.d. {c.sd:.2f} pooled over {c.dof} d.f."
+    sd = f"the seed s.d. {m.fmt(c.sd)} pooled over {c.dof} d.f."
     if c.floor is not None:
         sd = (
-            f"the seed s.d. pooled over {c.dof} d.f. floored at {c.floor:.2f} points (sweep.noise_floor; "
-            f"measured {c.measured_sd:.2f})"
+            f"the seed s.d. pooled over {c.dof} d.f. floored at {m.fmt(c.floor)} {m.unit} (sweep.noise_floor; "
+            f"measured {m.fmt(c.measured_sd)})"
         )
-    return f"{100 * confidence:g}% bounds [{c.low:+.2f}, {c.high:+.2f}] from {sd}, SE {c.se:.2f}"
+    return f"{100 * confidence:g}% bounds [{m.fmt(c.low, True)}, {m.fmt(c.high, True)}] from {sd}, SE {m.fmt(c.se)}"
 
 
 def _numbers(c: Comparison) -> Dict[str, float]:
@@ -426,16 +442,33 @@ def _fmt(cfg: ConfigKey) -> str:
     return f"r={cfg[0]} on {cfg[1]}"
 
 
-def _stats_text(s: Stats) -> str:
-    return f"{s.mean:.2f}" + (f" ± {s.sd:.2f}" if s.sd is not None else "") + f" points (n={s.n})"
+def _stats_text(s: Stats, m: Metric) -> str:
+    """Mean ± s.d. as real values of the objective (a minimised one not negated), its unit and n."""
+    return f"{m.fmt(m.real(s.mean))}" + (f" ± {m.fmt(s.sd)}" if s.sd is not None else "") + f" {m.unit} (n={s.n})"
 
 
-def _race_text(x: Verdict) -> str:
+def _gain_text(gain: float, m: Metric) -> str:
+    """``gain +0.50``: an improvement in the objective's direction; for a minimised objective, what it is
+    in real values (``MSE lower by 0.050: lower is better``)."""
+    text = f"gain {m.fmt(gain, True)}"
+    if m.sign > 0:
+        return text
+    moved = "lower" if gain > 0 else "higher" if gain < 0 else "unchanged"
+    by = f" by {m.fmt(abs(gain))}" if gain else ""
+    return f"{text} ({m.label} {moved}{by}: {m.better})"
+
+
+def _tolerance_text(tolerance: float, m: Metric) -> str:
+    """``sweep.tolerance=1`` (points, as the decisions always said), or with its unit for any other."""
+    return f"sweep.tolerance={tolerance:g}" + ("" if m.unit == "points" else f" {m.unit}")
+
+
+def _race_text(x: Verdict, m: Metric) -> str:
     c = x.comparison
     if x.end == RaceEnd.GAIN:
-        return f"lower bound {c.low:+.2f} > 0"
+        return f"lower bound {m.fmt(c.low, True)} > 0"
     if x.end == RaceEnd.NO_GAIN:
-        return f"upper bound {c.high:+.2f} < sweep.tolerance={x.tolerance:g}"
+        return f"upper bound {m.fmt(c.high, True)} < {_tolerance_text(x.tolerance, m)}"
     return f"undecided at the seed limit (sweep.max_seeds={x.max_seeds}): not a significant gain"
 
 
@@ -455,18 +488,20 @@ def _cap_text(x: CapReached) -> str:
 
 
 def _recommendation_text(x: Recommendation) -> str:
-    tol, c = x.tolerance, x.comparison
+    tol, c, m = x.tolerance, x.comparison, metric_of(x.objective)
     if c is None:
         why = (
-            f"the best configuration ({_stats_text(x.best_stats)}); no cheaper configuration is shown to be "
-            f"within sweep.tolerance={tol:g} points of it"
+            f"the best configuration ({_stats_text(x.best_stats, m)}); no cheaper configuration is shown to be "
+            f"within sweep.tolerance={tol:g} {m.unit} of it"
         )
     else:
+        best, pick = m.fmt(m.real(x.best_stats.mean)), m.fmt(m.real(x.stats.mean))
+        means = f"{best} vs {pick}" if m.sign > 0 else f"{m.label} {best} vs {pick}, {m.better}"
         why = (
-            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} points of the best: "
-            f"{_fmt(x.best)} is ahead by {c.gain:.2f} points ({x.best_stats.mean:.2f} vs {x.stats.mean:.2f}) "
+            f"the cheapest configuration shown to be within sweep.tolerance={tol:g} {m.unit} of the best: "
+            f"{_fmt(x.best)} is ahead by {m.fmt(c.gain)} {m.unit} ({means}) "
             f"with {x.best_params - x.params:,} more trainable parameters, and the upper bound "
-            f"of that gap is {c.high:.2f} < {tol:g} ({_bounds_text(c, x.confidence)})"
+            f"of that gap is {m.fmt(c.high)} < {tol:g} ({_bounds_text(c, x.confidence, m)})"
         )
     return f"provisional, the compute cap stopped the sweep before the procedure ended: {why}" if x.provisional else why
 
@@ -478,19 +513,21 @@ def render(d: Decision) -> str:
     if isinstance(x, Recorded):
         return x.reason
     if isinstance(x, FirstResult):
-        return f"first result: {_stats_text(x.stats)}"
+        return f"first result: {_stats_text(x.stats, metric_of(x.objective))}"
     if isinstance(x, AllDiverged):
         return "every seed diverged: not comparable, counts as no gain"
     if isinstance(x, Undecided):
+        m = metric_of(x.objective)
         return (
-            f"{_fmt(x.cfg)} vs {_fmt(x.ref)} undecided: gain {x.comparison.gain:+.2f}, "
-            f"{_bounds_text(x.comparison, x.confidence)}; neither above 0 nor below "
-            f"sweep.tolerance={x.tolerance:g}: seed {x.seed} of {_fmt(cfg)}"
+            f"{_fmt(x.cfg)} vs {_fmt(x.ref)} undecided: {_gain_text(x.comparison.gain, m)}, "
+            f"{_bounds_text(x.comparison, x.confidence, m)}; neither above 0 nor below "
+            f"{_tolerance_text(x.tolerance, m)}: seed {x.seed} of {_fmt(cfg)}"
         )
     if isinstance(x, Verdict):
+        m = metric_of(x.objective)
         return (
-            f"{_stats_text(x.stats)} vs {_fmt(x.ref)} {_stats_text(x.ref_stats)}: gain {x.comparison.gain:+.2f}, "
-            f"{_bounds_text(x.comparison, x.confidence)}; {_race_text(x)}"
+            f"{_stats_text(x.stats, m)} vs {_fmt(x.ref)} {_stats_text(x.ref_stats, m)}: "
+            f"{_gain_text(x.comparison.gain, m)}, {_bounds_text(x.comparison, x.confidence, m)}; {_race_text(x, m)}"
         )
     if isinstance(x, Plateau):
         unit = "rank doubling(s)" if d.stage == Stage.RANK else "wider target set(s) in a row"

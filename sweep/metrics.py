@@ -1,17 +1,33 @@
-"""GLUE metrics from predictions and gold labels (Wang et al. 2019, GLUE, §3 and Table 1), computed by
-the reference implementations: scikit-learn for classification, scipy for correlations.
+"""Metrics from predictions and gold labels, and the one table (``METRICS``) that says how the sweep reads
+each of them: its direction (maximised or minimised), its display unit and scale, its documented default
+``sweep.tolerance`` and whether ``sweep.noise_floor`` applies to it.
 
-Classification metrics take 1-D integer arrays of equal length N (class ids); the correlations take
+GLUE metrics (Wang et al. 2019, GLUE, §3 and Table 1) are computed by the reference implementations:
+scikit-learn for classification, scipy for correlations; the regression error ``mse`` by scikit-learn.
+Classification metrics take 1-D integer arrays of equal length N (class ids); the regression metrics take
 1-D float arrays (STS-B scores, 0–5). Every metric returns a float in metric units (accuracy and F1 in
-[0, 1], MCC and the correlations in [-1, 1]) and is maximised.
+[0, 1], MCC and the correlations in [-1, 1], MSE in squared label units, ≥ 0).
+
+How the decisions compare values (``Metric.score``): in the objective's display unit (``Metric.unit``:
+points, 100 × metric, for the GLUE metrics; the metric itself for ``mse`` and a loss), signed so that
+higher is better (a minimised objective is negated). That is the one conversion: ``sweep/stats.py`` and
+``sweep/decide.py`` compare scores and never ask which way an objective goes; sentences, reports and plots
+turn scores back into real values (``Metric.real``) and name the unit and the direction.
+
+The causal-LM objectives (``loss``, ``perplexity``, ``token_accuracy``) are declared here (direction,
+unit, default tolerance) without a computation: they need a language model's token log-probabilities,
+which the causal-LM work will add; until then no task may measure them (``TaskConfig`` refuses them).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
+
+from sweep.config import Choice
 
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
@@ -65,11 +81,126 @@ def spearman(preds: Sequence[float], labels: Sequence[float]) -> float:
     return _correlation(spearmanr, preds, labels)
 
 
-METRICS = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+def mse(preds: Sequence[float], labels: Sequence[float]) -> float:
+    """Mean squared error of predicted and gold scores, (1/N)·Σ(pred − label)², in squared label units
+    (``sklearn.metrics.mean_squared_error``); the loss an STS-B regressor is trained on, minimised."""
+    from sklearn.metrics import mean_squared_error
+
+    return float(mean_squared_error(labels, preds))
+
+
+class Direction(Choice):
+    """Which way an objective improves."""
+
+    MAXIMISE = "maximise"
+    MINIMISE = "minimise"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric as the whole sweep reads it (the decisions, their sentences, the reports, the plots).
+
+    Attributes:
+        name: its key in ``task.metrics`` and ``task.objective``.
+        label: as written in sentences and labels (``accuracy``, ``F1``, ``MSE``).
+        direction: ``maximise`` or ``minimise``.
+        scale: display units per metric unit: 100 for points (100 × accuracy), 1 for the metric itself.
+        unit: the display unit, plural (``points``, ``squared label units``, ``nats``).
+        tolerance: the documented default ``sweep.tolerance`` in ``unit`` (what ``sweep.tolerance: null``
+            reads as); ``METRICS`` says why each value.
+        per_example: whether ``sweep.noise_floor`` applies: the metric moves in steps of about one
+            validation example, ``scale``/n_eval (an accuracy: 100/n_eval points; F1 and MCC move by at
+            least about as much per example, and the correlations take the same share by convention).
+            A continuous metric of its own unit (``mse``, a loss) has no such step: no floor.
+        decimals: decimals its display values are written with (about a tenth of ``tolerance``).
+        problem_type: the ``task.problem_type`` whose predictions it is computed from; None: declared only.
+        compute: ``compute(preds, labels) -> float`` in metric units; None: declared only (no task may
+            measure it yet).
+    """
+
+    name: str
+    label: str
+    direction: Direction
+    scale: float
+    unit: str
+    tolerance: float
+    per_example: bool
+    decimals: int = 2
+    problem_type: Optional[str] = None
+    compute: Optional[Callable[[Sequence, Sequence], float]] = None
+
+    @property
+    def sign(self) -> int:
+        """+1 for a maximised metric, −1 for a minimised one."""
+        return 1 if self.direction == Direction.MAXIMISE else -1
+
+    @property
+    def better(self) -> str:
+        """``higher is better`` or ``lower is better``."""
+        return "higher is better" if self.sign > 0 else "lower is better"
+
+    def score(self, value: float) -> float:
+        """A value in metric units as the decisions compare it: sign · scale · value, in ``unit``, higher is
+        better (accuracy 0.8235 -> 82.35 points; MSE 0.512 -> −0.512)."""
+        return self.sign * self.scale * value
+
+    def real(self, score: float) -> float:
+        """A score (or a difference of scores) back in ``unit`` with its real sign (−0.512 -> MSE 0.512)."""
+        return self.sign * score
+
+    def value(self, score: float) -> float:
+        """A score back in metric units (82.35 points -> 0.8235; −0.512 -> 0.512)."""
+        return self.sign * score / self.scale
+
+    def fmt(self, x: float, signed: bool = False) -> str:
+        """``x`` (in ``unit``) written with ``decimals`` decimals, with its sign when ``signed``."""
+        return f"{x:+.{self.decimals}f}" if signed else f"{x:.{self.decimals}f}"
+
+
+_C, _R = "single_label_classification", "regression"
+_MAX, _MIN = Direction.MAXIMISE, Direction.MINIMISE
+
+#: every metric a task may name, and the causal-LM objectives declared ahead of their computation.
+#: Default tolerances: 1 point for the GLUE metrics (the calibrated default, docs/validation.md); 0.04 for
+#: MSE, about what 1 point of Pearson r is worth on STS-B (for calibrated predictions MSE ≈ Var(y)(1 − r²),
+#: dMSE/dr = −2r·Var(y) ≈ −2 · 0.87 · 2.25 ≈ −3.9 at the r ≈ 0.87 LoRA reaches, Var(y) = 2.25 on the
+#: validation split); 0.01 nats for a loss per completion token, a factor e^0.01 ≈ 1.01 on perplexity:
+#: a 1% perplexity change, about the last digit papers report perplexity with (e.g. 12.3), and of the
+#: order of one point of accuracy; 0.1 for perplexity (1% at a perplexity of 10; its tolerance depends
+#: on the level, so prefer ``loss`` as the objective).
+METRICS: Dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("accuracy", "accuracy", _MAX, 100.0, "points", 1.0, True, 2, _C, accuracy),
+        Metric("f1", "F1", _MAX, 100.0, "points", 1.0, True, 2, _C, f1),
+        Metric("mcc", "MCC", _MAX, 100.0, "points", 1.0, True, 2, _C, mcc),
+        Metric("pearson", "Pearson r", _MAX, 100.0, "points", 1.0, True, 2, _R, pearson),
+        Metric("spearman", "Spearman ρ", _MAX, 100.0, "points", 1.0, True, 2, _R, spearman),
+        Metric("mse", "MSE", _MIN, 1.0, "squared label units", 0.04, False, 3, _R, mse),
+        Metric("loss", "loss", _MIN, 1.0, "nats", 0.01, False, 4),
+        Metric("perplexity", "perplexity", _MIN, 1.0, "perplexity", 0.1, False, 3),
+        Metric("token_accuracy", "token accuracy", _MAX, 100.0, "points", 1.0, False, 2),
+    )
+}
+#: how the decisions read an objective a record does not name (a crashed trial's): a maximised metric in
+#: points, as every objective was before minimised ones existed
+POINTS = Metric("objective", "objective", _MAX, 100.0, "points", 1.0, True)
+
+
+def metric_of(name: Optional[str]) -> Metric:
+    """The ``Metric`` named ``name``; ``POINTS`` for None or a name this version does not know."""
+    return METRICS.get(name, POINTS) if name is not None else POINTS
+
+
+def computed(problem_type: str) -> list:
+    """The names of the metrics a task of ``problem_type`` can measure, in ``METRICS`` order."""
+    return [m.name for m in METRICS.values() if m.problem_type == problem_type and m.compute is not None]
+
+
 #: metrics of regression tasks (predicted scores, not class ids)
-REGRESSION_METRICS = ("pearson", "spearman")
+REGRESSION_METRICS = tuple(computed(_R))
 
 
 def compute_metrics(names: Sequence[str], preds: Sequence, labels: Sequence) -> Dict[str, float]:
-    """The named GLUE metrics of one set of predictions, e.g. ``{"accuracy": 0.8, "f1": 0.86}``."""
-    return {name: METRICS[name](preds, labels) for name in names}
+    """The named metrics of one set of predictions, e.g. ``{"accuracy": 0.8, "f1": 0.86}``."""
+    return {name: METRICS[name].compute(preds, labels) for name in names}

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 from sweep.config import targets_key
 from sweep.decide import Outcome, Status
 from sweep.faults import atomic_write
+from sweep.metrics import metric_of
 
 
 def _kept(*, study: bool = False, csv: bool = False, default=None, factory=None):
@@ -101,15 +102,15 @@ class TrialResult:
     # --- what it scored ---
     #: the best epoch (1-based) by the objective; None when no epoch was evaluated
     best_epoch: Optional[int] = _kept(study=True, csv=True)
-    #: the metric the sweep maximises (``task.objective``)
+    #: the metric the sweep optimises (``task.objective``; its direction and unit: ``sweep.metrics.METRICS``)
     objective: Optional[str] = _kept(study=True)
-    #: the objective at the best epoch, metric units (accuracy in [0, 1])
+    #: the objective at the best epoch (best in its direction), metric units (accuracy in [0, 1], MSE ≥ 0)
     objective_value: Optional[float] = _kept(study=True)
     #: every GLUE metric of the task at the best epoch, metric units
     best: Dict[str, Optional[float]] = _kept(study=True, factory=dict)
     #: one record per evaluated epoch: ``epoch`` (1-based), ``train_loss`` (mean, nats), the GLUE metrics
     epochs: List[dict] = _kept(factory=list)
-    #: the GLUE metrics of always predicting the training split's majority class (regression: its mean)
+    #: the metrics of always predicting the training split's majority class (regression: its mean)
     majority_baseline: Dict[str, float] = _kept(study=True, factory=dict)
     #: training examples used
     n_train: Optional[int] = _kept(study=True)
@@ -149,8 +150,11 @@ class TrialResult:
             self.train_tokens_per_s = self.train_tokens / self.train_seconds
 
     def outcome(self) -> Outcome:
-        """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial,
-        seconds = train + eval, resolution = 100/n_eval points (one validation example)."""
+        """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial, the
+        objective's name (its direction and unit), seconds = train + eval, resolution = one validation
+        example's worth, scale/n_eval (100/n_eval points), for an objective with a per-example step
+        (``Metric.per_example``; a record without an objective reads as one in points)."""
+        metric = metric_of(self.objective)
         return Outcome(
             r=int(self.r),
             targets=targets_key(self.targets),
@@ -160,7 +164,8 @@ class TrialResult:
             trainable_params=int(self.trainable_params or 0),
             train_flops=float(self.train_flops or 0),
             seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),
-            resolution=100.0 / self.n_eval if self.n_eval else None,
+            resolution=metric.scale / self.n_eval if self.n_eval and metric.per_example else None,
+            objective=self.objective,
         )
 
     def to_dict(self) -> dict:

@@ -1,5 +1,7 @@
 """The statistics of the decisions: a configuration's objective over seeds, and one configuration against
-another. Pure functions of numbers (points, 100 × metric).
+another. Pure functions of scores: values in the objective's unit, signed so that higher is better
+(``sweep.metrics.Metric.score``: points, 100 × metric, for the GLUE metrics; −MSE for ``mse``), converted
+once, in ``stats_of``; so a gain is an improvement in the objective's direction, whichever it is.
 
 Comparisons (MRPC accuracy has 408 examples, so one example is 0.25 points). Candidate B against the
 best so far A: gain d = mean_B − mean_A, standard error ``SE = s_pooled · sqrt(1/n_A + 1/n_B)`` with
@@ -27,6 +29,8 @@ from typing import (
 )
 
 from scipy.stats import t as student_t
+
+from sweep.metrics import metric_of
 
 
 @dataclass(frozen=True)
@@ -86,11 +90,13 @@ class Comparison:
     measured_sd: Optional[float] = None
 
 
-def stats_of(values: Sequence[float]) -> Optional[Stats]:
-    """Stats of objective values given in metric units (converted to points); None if empty."""
+def stats_of(values: Sequence[float], objective: Optional[str] = None) -> Optional[Stats]:
+    """Stats of values of the metric ``objective`` given in metric units, as scores (``Metric.score``: its
+    unit, higher is better; points for a GLUE metric and for None); None if empty."""
     if not values:
         return None
-    pts = [100.0 * v for v in values]
+    metric = metric_of(objective)
+    pts = [metric.score(v) for v in values]
     mean = sum(pts) / len(pts)
     sd = math.sqrt(sum((x - mean) ** 2 for x in pts) / (len(pts) - 1)) if len(pts) > 1 else None
     return Stats(len(pts), mean, sd)

@@ -28,6 +28,7 @@ from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome, Status
 from sweep.errors import UserError
 from sweep.faults import fault_line
+from sweep.metrics import metric_of
 from sweep.paths import sweep_dir
 from sweep.record import TrialResult, record_fields
 from sweep.redact import mask_text, mask_url, masked_hint
@@ -80,8 +81,11 @@ def open_study(cfg: Config, resolved):
     try:
         if sqlite_path(url):
             sqlite_path(url).parent.mkdir(parents=True, exist_ok=True)
+        # Optuna's direction only labels the trials' values for optuna-dashboard: the decisions read the
+        # objective's direction from sweep.metrics; an existing study keeps the direction it was made with
+        direction = "maximize" if metric_of(cfg.task.objective).sign > 0 else "minimize"
         study = optuna.create_study(
-            storage=storage_for(url, cfg.sweep), study_name=name, direction="maximize", load_if_exists=True
+            storage=storage_for(url, cfg.sweep), study_name=name, direction=direction, load_if_exists=True
         )
     except UserError:
         raise

@@ -33,7 +33,7 @@ from sweep.errors import UserError
 from sweep.family import with_family
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
-from sweep.metrics import compute_metrics
+from sweep.metrics import compute_metrics, metric_of
 from sweep.modeling import (
     apply_lora,
     check_limits,
@@ -282,6 +282,11 @@ def run_trial(
     flops_eval = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=False)
     eval_flops_per_pass = sum(flops_eval(n, width) for n, width in val_batches.shapes())
 
+    score = metric_of(cfg.task.objective).score  # the best epoch is the best in the objective's direction
+
+    def better(value: float, best: float) -> bool:
+        return score(value) > score(best)
+
     # restored last of the set-up: the RNG must continue exactly where the stopped run left it
     ckpt_path = run_dir / CHECKPOINT
     done = load_checkpoint(ckpt_path, model, optimizer, scheduler, config_text, device) or Progress()
@@ -321,7 +326,7 @@ def run_trial(
         done.history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if done.best is None or record[cfg.task.objective] > done.best[cfg.task.objective]:
+        if done.best is None or better(record[cfg.task.objective], done.best[cfg.task.objective]):
             done.best, done.best_state, done.best_preds = record, trainable_state(model), preds
         done.epoch = epoch + 1
         if progress:

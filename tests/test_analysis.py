@@ -471,7 +471,7 @@ def test_metric_vs_params_figure(finished):
     assert ax.get_xlabel() == "LoRA parameters (log scale); every configuration also trains the head's 10,000"
     assert list(ax.get_xticks()) == [2_000, 4_000, 8_000]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2,000", "4,000", "8,000"]
-    assert ax.get_ylabel() == "validation accuracy (%)"
+    assert ax.get_ylabel() == "validation accuracy (%, higher is better)"
     assert all(word in ax.get_title() for word in ("MRPC", "minilm", "accuracy"))
     assert sorted(labels(ax)) == ["Pareto front", "majority class (68.4)", "q,k,v,o", "q,v", "recommended: r=2 q,v"]
     series = {c.get_label(): c.lines[0].get_xydata().tolist() for c in ax.containers}

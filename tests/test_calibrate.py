@@ -163,8 +163,15 @@ def test_reliability_of_equal_seeds_is_floored():
 
 def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     assert main(["--reps=2", f"results_dir={tmp_path}", "sweep.max_seeds=4"]) == 0
-    table = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
-    assert tuple(table.columns) == COLUMNS
+    every = pd.read_csv(tmp_path / "calibration" / "calibration.csv")
+    assert tuple(every.columns) == COLUMNS
+    # then the minimised objective (the loss, nats) on the same families for each settings: σ = 0.5, 1 and
+    # 1.5 × its tolerance of 0.01 nats, never rounded
+    nats = every[every["unit"] == "nats"]
+    assert len(nats) == 2 * 10 * 3 and nats["n_eval"].isna().all()
+    assert sorted(nats["sigma"].unique()) == pytest.approx([0.005, 0.01, 0.015])
+    assert (nats.loc[nats["scenario"] == "flat", "p_within_tolerance"] == 1.0).all()
+    table = every[every["unit"] == "points"]
     assert list(table["settings"].unique()) == ["default", "sweep.max_seeds=4"]
     # 2 settings × (10 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate cells)
     assert len(table) == 2 * (10 * 3 + 22)
@@ -174,7 +181,13 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     flat = table[table["scenario"] == "flat"]
     assert (flat["p_within_tolerance"] == 1.0).all()  # every pick on a flat curve has regret 0
     assert list(table["pct_of_grid"]) == pytest.approx(list(100 * table["mean_trials"] / 70), abs=1e-4)
-    assert "settings: default" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "settings: default" in out
+    assert (
+        "minimised objective: validation loss in nats (lower is better); scenario families stepping by the "
+        "tolerance, Gaussian seed noise σ in nats (0.5, 1 and 1.5 × the tolerance), not rounded" in out
+    )
+    assert "tolerance 0.01, confidence 0.9" in out
 
 
 def test_command_calibrates_against_a_study(tmp_path, capsys):

@@ -19,6 +19,7 @@ from sweep.cli import defaults
 from sweep.config import SweepSettings
 from sweep.decide import Outcome, aggregate, plan, seed_sequence
 from sweep.decision import Action, Decision, Stage, StopReason, TrialSpec
+from sweep.metrics import METRICS, Direction
 from sweep.stats import Stats, pooled_sd, stats_of
 
 HEAD = 148_610  # pooler 384·384+384 and classifier 384·2+2
@@ -42,9 +43,10 @@ def settings(**kw) -> SweepSettings:
     return replace(defaults().sweep, **base)
 
 
-def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0, n_eval=None):
-    """Run the procedure against a scripted metric(r, targets, seed), one trial of ``plan.next`` at a
-    time, on ``n_eval`` validation examples (None: no resolution); returns (trials, final plan)."""
+def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0, n_eval=None, objective=None):
+    """Run the procedure against a scripted metric(r, targets, seed) of ``objective`` (None: maximised, in
+    points), one trial of ``plan.next`` at a time, on ``n_eval`` validation examples (None: no resolution);
+    returns (trials, final plan)."""
     history = []
     for _ in range(200):
         p = plan(s, history, COSTS)
@@ -56,7 +58,7 @@ def drive(s: SweepSettings, metric, *, flops=1e12, seconds=60.0, n_eval=None):
         status = "ok" if value is not None else "diverged"
         params = n.r * COSTS[n.targets] + HEAD
         resolution = 100 / n_eval if n_eval else None
-        history.append(Outcome(n.r, n.targets, n.seed, status, value, params, flops, seconds, resolution))
+        history.append(Outcome(n.r, n.targets, n.seed, status, value, params, flops, seconds, resolution, objective))
     raise AssertionError("the procedure did not stop")
 
 
@@ -253,6 +255,34 @@ def test_decision_table(name, kw, metric, trials, expected, pick, stop):
     assert p.stop_reason == stop
 
 
+#: accuracy, but minimised: the mirror image of a maximised objective in the same unit (points)
+LOWER_IS_BETTER = replace(METRICS["accuracy"], name="lower-is-better", direction=Direction.MINIMISE)
+
+
+@pytest.mark.parametrize("name, kw, metric, trials, expected, pick, stop", CASES, ids=[c[0] for c in CASES])
+def test_a_minimised_objective_takes_the_mirrored_decisions(
+    monkeypatch, name, kw, metric, trials, expected, pick, stop
+):
+    # −v minimised is v maximised: the same trials and, decision by decision, the same data (scores, gains,
+    # bounds); only the objective each decision names differs
+    monkeypatch.setitem(METRICS, LOWER_IS_BETTER.name, LOWER_IS_BETTER)
+
+    def mirrored(r, t, seed):
+        v = metric(r, t, seed)
+        return None if v is None else -v
+
+    ran, p = drive(settings(**kw), metric)
+    ran_min, p_min = drive(settings(**kw), mirrored, objective=LOWER_IS_BETTER.name)
+    assert ran_min == ran == trials
+    assert p_min.decisions == p.decisions
+    assert (p_min.recommendation, p_min.stop_reason) == (pick, stop)
+    named = [d.detail.objective for d in p_min.decisions if hasattr(d.detail, "objective")]
+    assert named and set(named) == {LOWER_IS_BETTER.name}
+    # the sentences show the real values: the first result's mean is −100·v, written as such
+    first = p_min.decisions[0]
+    assert first.reason == p.decisions[0].reason.replace("first result: ", "first result: -")
+
+
 def t90(dof):
     return stats.t.ppf(0.9, dof)
 
@@ -299,10 +329,11 @@ def test_equivalence_bound_of_the_recommendation():
     assert rec.numbers["best_mean"] == pytest.approx(85.2)
 
 
-def history(*runs):
-    """Outcomes of (r, targets, [value of seed 0, seed 1, …]) in that order, with the costs ``drive`` gives."""
+def history(*runs, objective=None):
+    """Outcomes of (r, targets, [value of seed 0, seed 1, …]) in that order, with the costs ``drive`` gives,
+    of ``objective`` (None: maximised, in points)."""
     return [
-        Outcome(r, t, seed, "ok", value, r * COSTS[t] + HEAD, 1e12, 60.0)
+        Outcome(r, t, seed, "ok", value, r * COSTS[t] + HEAD, 1e12, 60.0, objective=objective)
         for r, t, values in runs
         for seed, value in enumerate(values)
     ]
@@ -502,6 +533,98 @@ SENTENCES = [
                 "q,v",
                 "provisional, the compute cap stopped the sweep before the procedure ended: the best configuration "
                 f"(81.33 ± 1.15 points (n=3)); {NO_BETTER}",
+            ),
+        ],
+    ),
+]
+
+# MSE, minimised, in its own unit (squared label units, 3 decimals): the sentences show the real MSE, not its
+# negation, and say which way it goes. Pairs ±0.01 around their means: sd √(2·0.01²) = 0.01414.
+MSE_PAIR = "0.014 squared label units (n=2)"
+SENTENCES += [
+    # r=1 0.61, r=2 0.51: the gain (an improvement) is 0.61 − 0.51 = 0.10; pooled sd 0.01414 (2 d.f.), SE
+    # 0.01414·√(1/2 + 1/2) = 0.01414, t(0.9, 2) = 1.8856: 0.10 ∓ 0.0267 = [+0.073, +0.127], above 0: r=2
+    # continues. The ranks end; no wider set. The best is r=2; r=1's gap has upper bound 0.127 ≥ 0.04.
+    (
+        "minimised-gain",
+        {"ranks": [1, 2], "target_sets": [["q", "v"]], "tolerance": 0.04},
+        history((1, "q,v", [0.60, 0.62]), (2, "q,v", [0.50, 0.52]), objective="mse"),
+        [
+            (Action.START, Stage.RANK, 1, "q,v", f"first result: 0.610 ± {MSE_PAIR}"),
+            (
+                Action.CONTINUE,
+                Stage.RANK,
+                2,
+                "q,v",
+                f"0.510 ± {MSE_PAIR} vs r=1 on q,v 0.610 ± {MSE_PAIR}: gain +0.100 (MSE lower by 0.100: lower is "
+                "better), 90% bounds [+0.073, +0.127] from the seed s.d. 0.014 pooled over 2 d.f., SE 0.014; "
+                "lower bound +0.073 > 0",
+            ),
+            (
+                Action.RANKS_EXHAUSTED,
+                Stage.RANK,
+                2,
+                "q,v",
+                "sweep.ranks ended at r=2 before 2 rank doubling(s) without a significant gain",
+            ),
+            (
+                Action.NO_ESCALATION,
+                Stage.TARGETS,
+                2,
+                "q,v",
+                "sweep.target_sets holds no set that adapts more than the start targets",
+            ),
+            (
+                Action.RECOMMEND,
+                Stage.FINAL,
+                2,
+                "q,v",
+                f"the best configuration (0.510 ± {MSE_PAIR}); no cheaper configuration is shown to be within "
+                "sweep.tolerance=0.04 squared label units of it",
+            ),
+        ],
+    ),
+    # r=1 0.515, 0.525 (0.520 ± 0.00707), r=2 0.500, 0.520 (0.510 ± 0.01414): pooled sd² = (0.00005 + 0.0002)/2,
+    # sd 0.01118, SE 0.01118, gain 0.010 ∓ 1.8856·0.01118 = [-0.011, +0.031]: upper bound < 0.04, no gain.
+    # The best is r=2 (the lower MSE); r=1, 9,216 LoRA parameters cheaper, is within 0.04 of it: picked.
+    (
+        "minimised-equivalent",
+        {"ranks": [1, 2], "target_sets": [["q", "v"]], "tolerance": 0.04},
+        history((1, "q,v", [0.515, 0.525]), (2, "q,v", [0.500, 0.520]), objective="mse"),
+        [
+            (Action.START, Stage.RANK, 1, "q,v", "first result: 0.520 ± 0.007 squared label units (n=2)"),
+            (
+                Action.NO_GAIN,
+                Stage.RANK,
+                2,
+                "q,v",
+                f"0.510 ± {MSE_PAIR} vs r=1 on q,v 0.520 ± 0.007 squared label units (n=2): gain +0.010 (MSE "
+                "lower by 0.010: lower is better), 90% bounds [-0.011, +0.031] from the seed s.d. 0.011 pooled "
+                "over 2 d.f., SE 0.011; upper bound +0.031 < sweep.tolerance=0.04 squared label units",
+            ),
+            (
+                Action.RANKS_EXHAUSTED,
+                Stage.RANK,
+                1,
+                "q,v",
+                "sweep.ranks ended at r=2 before 2 rank doubling(s) without a significant gain",
+            ),
+            (
+                Action.NO_ESCALATION,
+                Stage.TARGETS,
+                1,
+                "q,v",
+                "sweep.target_sets holds no set that adapts more than the start targets",
+            ),
+            (
+                Action.RECOMMEND,
+                Stage.FINAL,
+                1,
+                "q,v",
+                "the cheapest configuration shown to be within sweep.tolerance=0.04 squared label units of the "
+                "best: r=2 on q,v is ahead by 0.010 squared label units (MSE 0.510 vs 0.520, lower is better) "
+                "with 9,216 more trainable parameters, and the upper bound of that gap is 0.031 < 0.04 (90% bounds "
+                "[-0.011, +0.031] from the seed s.d. 0.011 pooled over 2 d.f., SE 0.011)",
             ),
         ],
     ),

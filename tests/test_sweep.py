@@ -233,3 +233,49 @@ def test_a_sweep_in_which_every_trial_diverged_exits_non_zero(glue_dir, tmp_path
         f"no recommendation: no trial succeeded (no successful trial); results in {tmp_path}/mrpc/default"
     )
     assert [t.user_attrs["status"] for t in trials_of(tmp_path)] == ["diverged", "diverged"]
+
+
+def test_a_sweep_minimising_stsb_mse_picks_the_lowest_and_reports_real_values(glue_dir, tmp_path):
+    """STS-B with ``task.objective=mse`` (minimised, squared label units), ``debug=tiny``: r=1 and r=2 on q,v,
+    one seed each, no wider set. Without a noise estimate nothing is significant, so the recommendation is the
+    best configuration: the lower MSE. Each value is recomputed here from the saved predictions and the TSV."""
+    import csv
+
+    import numpy as np
+    import pandas as pd
+
+    objective = ["task=stsb", "task.metrics=[pearson,spearman,mse]", "task.objective=mse"]
+    shape = ["debug=tiny", "sweep.ranks=[1,2]", "sweep.patience=2", "sweep.target_sets=[[q,v]]"]
+    ran = run_main(sweep_main, *shape, *objective, f"data.dir={glue_dir}", f"results_dir={tmp_path}")
+    assert ran.returncode == 0, ran
+    read = dict(sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
+    labels = pd.read_csv(glue_dir / "STS-B" / "dev.tsv", **read)["score"].to_numpy(float)[:32]
+    train_mean = pd.read_csv(glue_dir / "STS-B" / "train.tsv", **read)["score"].to_numpy(float).mean()
+    folder = tmp_path / "stsb" / "default"
+    by_config = {}
+    for run_dir in sorted((folder / "trials").iterdir()):
+        m = json.loads((run_dir / "metrics.json").read_text())
+        preds = np.load(run_dir / "val_predictions.npy")
+        assert m["objective"] == "mse" and m["objective_value"] == pytest.approx(np.mean((preds - labels) ** 2))
+        assert m["majority_baseline"]["mse"] == pytest.approx(np.mean((train_mean - labels) ** 2))
+        by_config[(m["r"], ",".join(m["targets"]))] = (m["objective_value"], m["trainable_params"])
+    assert set(by_config) == {(1, "q,v"), (2, "q,v")}
+    best = min(by_config, key=lambda c: (by_config[c][0], by_config[c][1]))  # lowest MSE, fewer parameters on a tie
+    assert f"recommendation: r={best[0]} on {best[1]}" in ran.stdout
+    summary = pd.read_csv(folder / "summary.csv")
+    for row in summary.itertuples():
+        assert row.objective_mean == pytest.approx(by_config[(row.r, row.targets)][0])  # the MSE itself, not −MSE
+        assert row.recommended == ((row.r, row.targets) == best)
+    report = (folder / "report.md").read_text()
+    assert (
+        "validation MSE, minimised (lower is better); values below and in the plots are squared label units" in report
+    )
+    mse = by_config[best][0]
+    assert f"**r={best[0]} on {best[1]}**: MSE {mse:.3f} squared label units (n=1)" in report
+    baseline = np.mean((train_mean - labels) ** 2)
+    better = baseline - mse  # the improvement on the training mean: lower is better
+    assert (
+        f"Against the baseline (always predicting the training mean, {baseline:.3f}): {better:+.3f} squared label "
+        "units better on 1 seed(s), too few for an interval: not shown to beat it." in report
+    )
+    assert "sweep.tolerance = 0.04 squared label units of the best one tried" in report
