@@ -40,6 +40,7 @@ from analysis.report import SweepReport, load_report
 from analysis.summary import results
 from sweep.cli import compose, make_command, run_cli
 from sweep.config import Config
+from sweep.data import class_names
 from sweep.decide import ConfigResults, noise_floor
 from sweep.decision import Action, ConfigKey, Stage, TrialSpec
 from sweep.errors import UserError
@@ -108,7 +109,7 @@ def chosen_trial(cfg: Config, rep: SweepReport) -> Chosen:
         running = f", {info.running} trial(s) running" if info.running else ""
         raise UserError(
             f"sweep '{info.name}' has not finished{running}, so it has no final recommendation to export; "
-            f"finish it with `{make_command('sweep', [f'task={info.task}', f'sweep={info.settings.mode}', *_kept(info.overrides)])}` "
+            f"finish it with `{make_command('sweep', [f'task={info.task_group}', f'sweep={info.settings.mode}', *_kept(info.overrides)])}` "
             "(re-running resumes), then export"
         )
     if info.recommendation is None:
@@ -197,6 +198,15 @@ def recommendation_record(
             "local_path": local_base,
             "name_or_path": tcfg.model.name_or_path,
         },
+        "label_names": list(record.label_names) or class_names(tcfg),
+        "data": {
+            "digest": record.data_digest,
+            **{
+                k: getattr(tcfg.data, k)
+                for k in ("dir", "train_file", "validation_file", "dataset_name")
+                if getattr(tcfg.data, k)
+            },
+        },
         "r": chosen.config[0],
         "targets": list(record.targets),
         "target_modules": sorted(adapter_config["target_modules"]),
@@ -266,11 +276,14 @@ def _training(tcfg: Config) -> Dict[str, object]:
     }
 
 
-def _offline_adapter(source: Path, dest: Path, tcfg: Config) -> str:
+def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: List[str]) -> str:
     """Copy the adapter folder ``source`` to ``dest`` with the base model's tokenizer, its
     ``adapter_config.json`` naming the local folder of the base weights (``local_model_path``: the
-    package's folder for embedded weights; a hub id stays as it is, served from the local cache).
-    Returns that base."""
+    package's folder for embedded weights; a hub id stays as it is, served from the local cache), and
+    the model config the head was trained in (``config.json``: ``labels`` as ``id2label``/``label2id``,
+    their number, the pad token), whose values the README's reload passes on. Returns that base."""
+    from transformers import AutoConfig
+
     from sweep.modeling import load_tokenizer, local_model_path
 
     shutil.copytree(source, dest)
@@ -279,7 +292,15 @@ def _offline_adapter(source: Path, dest: Path, tcfg: Config) -> str:
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = base
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    load_tokenizer(tcfg.model.name_or_path).save_pretrained(str(dest))
+    tokenizer = load_tokenizer(tcfg.model.name_or_path)
+    tokenizer.save_pretrained(str(dest))
+    # trials of earlier versions saved no config.json: written here for every export, the same as a trial's
+    AutoConfig.from_pretrained(
+        base,
+        id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(str(dest))
     return base
 
 
@@ -319,7 +340,6 @@ def _merge(adapter: Path, dest: Path, tcfg: Config, record, expected: np.ndarray
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from sweep.data import class_names
     from sweep.modeling import load_base_model, load_tokenizer
 
     precision = record.precision or "fp32"
@@ -369,7 +389,7 @@ def export(cfg: Config, *, missing_hint: str = "run `make sweep TASK=<task>` fir
     work = out.with_name(f".export-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     try:
-        base = _offline_adapter(chosen.folder / ADAPTER, work / ADAPTER, tcfg)
+        base = _offline_adapter(chosen.folder / ADAPTER, work / ADAPTER, tcfg, record.label_names or class_names(tcfg))
         adapter_config = json.loads((work / ADAPTER / "adapter_config.json").read_text())
         data = recommendation_record(rep, chosen, record, tcfg, adapter_config, base)
         (work / LORA_CONFIG).write_text(lora_config_text(adapter_config, record.head, _training(tcfg)))

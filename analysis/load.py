@@ -67,6 +67,13 @@ class StudyInfo:
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
 
     @property
+    def task_group(self) -> str:
+        """The ``task=`` group the sweep was run with (``custom`` for the user's data named
+        ``task.name=reviews``): what a printed command must give, since ``task`` is not a group option."""
+        given = [o.split("=", 1)[1] for o in self.overrides if o.split("=", 1)[0] == "task"]
+        return given[-1] if given else self.task
+
+    @property
     def metric(self) -> Metric:
         """The objective as every view reads it (``sweep.metrics.Metric``): direction, unit, scale, label."""
         return metric_of(self.objective)

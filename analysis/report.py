@@ -167,7 +167,8 @@ def _command(info: StudyInfo, **changes) -> str:
     (``sweep.seeds=[0,1,2]``) replacing theirs."""
     keep = [o for o in info.overrides if o.split("=", 1)[0] not in ("task", "sweep", *changes)]
     return make_command(
-        "sweep", [f"task={info.task}", f"sweep={info.settings.mode}", *keep, *(f"{k}={v}" for k, v in changes.items())]
+        "sweep",
+        [f"task={info.task_group}", f"sweep={info.settings.mode}", *keep, *(f"{k}={v}" for k, v in changes.items())],
     )
 
 

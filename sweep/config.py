@@ -129,6 +129,8 @@ def _choice_text(key: str, value: Any, choices: Type[Choice]) -> str:
 #: folder-safe names (``sweep.name``, ``task.name``, ``model.name``): they become path components, so
 #: they must not start with a dot (``.``, ``..``) nor hold a separator
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: ``results/<name>/`` folders that other commands own, so no task may be named so
+RESERVED_TASK_NAMES = {"calibration": "make calibrate tables", "bench": "make bench tables"}
 #: a Hugging Face hub id: ``name`` or ``namespace/name`` (letters, digits, ``-``, ``_``, ``.``)
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 #: accepted ``sweep.storage`` URLs: SQLite at an absolute path (four slashes), or PostgreSQL
@@ -211,7 +213,28 @@ class TaskConfig:
                     f"are {', '.join(valid)}"
                 )
             _check_choice("task.metrics", m, valid)
+        if self.objective in valid and self.objective not in self.metrics:
+            raise ValueError(
+                f"task.objective={self.objective!r} is not among task.metrics={list(self.metrics)}: add it, e.g. "
+                f"task.metrics=[{','.join([*self.metrics, self.objective])}]"
+            )
         _check_choice("task.objective", self.objective, self.metrics)
+        if self.name in RESERVED_TASK_NAMES:
+            raise ValueError(
+                f"task.name={self.name!r} is invalid: results/{self.name}/ holds the {RESERVED_TASK_NAMES[self.name]}; "
+                "name your data otherwise"
+            )
+        if self.label_field in self.text_fields:
+            raise ValueError(
+                f"task.label_field={self.label_field!r} is one of task.text_fields={list(self.text_fields)}: the "
+                "model would read its own label; name the label column and the text column(s) apart"
+            )
+        reserved = sorted({"label", "idx"} & set(self.text_fields) - {self.label_field})
+        if reserved:
+            raise ValueError(
+                f"task.text_fields={list(self.text_fields)} names column {reserved[0]!r}, which ranksweep's data "
+                "holds the class ids (label) and row numbers (idx) in; rename that text column in your file"
+            )
         if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"task.label_names={list(self.label_names)} is invalid: name each class once")
         if self.regression and self.label_names is not None and len(self.label_names) != 1:

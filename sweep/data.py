@@ -311,14 +311,9 @@ def raw_data(source: DataSource):
         from sweep.datafiles import load_user_data
 
         return load_user_data(source, source)
-    if source.label_names is None:
+    if source.task not in GLUE_TSV or source.label_names is None:
         raise UserError(
-            f"task {source.task} reads GLUE data but task.label_names is null; give data.train_file (or "
-            "data.dataset_name) to read your own data, or the task's class names"
-        )
-    if source.task not in GLUE_TSV and source.glue_dir is not None:
-        raise UserError(
-            f"task.name={source.task!r} has no GLUE reader: give data.train_file=<your data file> (or "
+            f"task.name={source.task!r} reads no data: give data.train_file=<your data file> (or "
             f"data.dataset_name=<hub id>) to read your own data; GLUE tasks: {', '.join(GLUE_TSV)}"
         )
     return load_glue(source.task, source.glue_dir, source.text_fields, source.label_names)
@@ -332,12 +327,13 @@ def class_names(cfg) -> List[str]:
     Raises:
         UserError: the data cannot be read (as ``raw_data``); ``f1`` (binary) asked of other than two classes.
     """
-    if cfg.task.label_names is not None:
-        names = list(cfg.task.label_names)
-    elif cfg.task.regression:
-        return [cfg.task.label_field]
+    source = data_source(cfg)
+    if cfg.task.regression:
+        return list(cfg.task.label_names or [cfg.task.label_field])
+    if source.user or cfg.task.label_names is None:  # as read (the order given, spelt as the data's labels)
+        names = list(raw_data(source)["train"].features["label"].names)
     else:
-        names = list(raw_data(data_source(cfg))["train"].features["label"].names)
+        names = list(cfg.task.label_names)
     if len(names) != 2 and "f1" in cfg.task.metrics:
         raise UserError(
             f"task.metrics={list(cfg.task.metrics)} holds f1, the F1 of class 1 of two, but the task has "

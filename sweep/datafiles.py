@@ -15,9 +15,12 @@ in ``idx``.
 from __future__ import annotations
 
 import csv
+import logging
 import math
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from sweep import faults
 from sweep.errors import UserError
@@ -58,18 +61,49 @@ def _read_file(path_text: str, key: str):
         raise UserError(f"{key}={path_text!r}: {path} is empty; it should hold one example per row")
     name, kwargs = builder
     datasets.disable_progress_bars()
-    with faults.at(path, "read"):
+    with faults.at(path, "read"), _quiet_datasets():
         try:
-            return datasets.load_dataset(name, data_files={"train": str(path.resolve())}, split="train", **kwargs)
+            # datasets' cache knows a file by path and modification time: a file changed with its time kept
+            # (cp -p, rsync -a, tar) would be read from the cache as it was; the rows are read anew
+            return datasets.load_dataset(
+                name,
+                data_files={"train": str(path.resolve())},
+                split="train",
+                download_mode="force_redownload",
+                **kwargs,
+            )
         except (OSError, UserError):
             raise
         except Exception as e:  # the builders' parse errors (pandas, pyarrow, json) have no common type
-            cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+            cause = _root_cause(e)
             if "corresponds to no data" in cause:  # datasets' words for a file of no rows (a header alone)
                 raise UserError(
                     f"{key}={path_text!r} holds no examples (only a header?); it should hold one example per row"
                 ) from None
             raise UserError(f"{key}={path_text!r}: {path} could not be read as {name} ({cause})") from None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost exception of ``error``'s chain (datasets wraps the parser's own words
+    in "An error occurred while generating the dataset")."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets' logger silenced for the block: its error lines would precede ranksweep's own one."""
+    import datasets
+
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    logging.getLogger("datasets").setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
 
 
 def _load_splits(data_cfg) -> Dict[str, Any]:
@@ -127,8 +161,9 @@ def _label_text(value) -> str:
     return str(value)
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+def _missing(value, regression: bool) -> bool:
+    blank = value is None or (isinstance(value, str) and not value.strip())
+    return blank or (not regression and isinstance(value, float) and math.isnan(value))
 
 
 def class_order(train_labels: Sequence, given: Optional[Sequence[str]], where: str) -> List[str]:
@@ -140,6 +175,8 @@ def class_order(train_labels: Sequence, given: Optional[Sequence[str]], where: s
     """
     names = {_label_text(v): v for v in train_labels}
     if given is not None:
+        # Hydra reads [true,false] as booleans, written True/False: named as the data's booleans are
+        given = [str(g).lower() if str(g) in ("True", "False") else g for g in given]
         unknown = sorted(set(names) - set(given))
         if unknown:
             raise UserError(
@@ -161,7 +198,7 @@ def class_order(train_labels: Sequence, given: Optional[Sequence[str]], where: s
 def _labels(table, label_field: str, regression: bool, where: str) -> list:
     values = table[label_field]
     for row, value in enumerate(values):
-        if _missing(value):
+        if _missing(value, regression):
             raise UserError(f"{where}, row {row + 1}: column {label_field!r} is empty; every example needs a label")
         if regression:
             try:
@@ -181,7 +218,7 @@ def _texts(table, text_fields: Sequence[str], where: str) -> Dict[str, List[str]
     for column in text_fields:
         values = table[column]
         for row, value in enumerate(values):
-            if value is None:
+            if value is None or not str(value).strip():
                 raise UserError(f"{where}, row {row + 1}: column {column!r} is empty; every example needs its text")
         out[column] = [str(v) for v in values]
     return out
@@ -271,6 +308,15 @@ def carve_validation(train, percentage: float, seed: int, regression: bool) -> d
             f"data.validation_split_percentage={percentage:g} of {len(train)} training rows leaves none to train "
             "on; give a smaller percentage or data.validation_file"
         )
+    if not regression:
+        counts = Counter(train["label"])
+        single = sorted(c for c, n in counts.items() if n < 2)
+        if single:
+            name = train.features["label"].names[single[0]]
+            raise UserError(
+                f"class {name!r} has a single training example, and a validation split stratified by class needs "
+                "two of each: fix its label, or give data.validation_file"
+            )
     try:
         parts = train.train_test_split(
             test_size=n_val, seed=seed, stratify_by_column=None if regression else "label", load_from_cache_file=False

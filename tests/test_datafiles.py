@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 from conftest import run_main
 from fakes import fake_trial
 
 import sweep.data as sweep_data
+from analysis.__main__ import main as analysis_main
 from sweep import driver
 from sweep.cli import compose
 from sweep.data import class_names, data_source, raw_data, task_data, task_digest
@@ -192,6 +194,12 @@ def files(tmp_path) -> dict:
         "header": write_csv(tmp_path / "header.csv", ["text", "label"], []),
         "txt": tmp_path / "data.txt",
         "missing": tmp_path / "missing.jsonl",
+        "blank": write_csv(tmp_path / "blank.csv", ["text", "label"], [("a", "x"), ("  ", "y"), ("c", "x")]),
+        "lonely": write_jsonl(
+            tmp_path / "lonely.jsonl",
+            [{"text": f"t{i}", "label": "xy"[i % 2]} for i in range(20)] + [{"text": "s", "label": "z"}],
+        ),
+        "badquote": tmp_path / "badquote.csv",
         "three": write_jsonl(tmp_path / "three.jsonl", [{"text": f"t{i}", "label": "abc"[i % 3]} for i in range(30)]),
         "scores": write_csv(tmp_path / "scores.csv", ["text", "label"], [("a", "0.5"), ("b", "high")]),
         "one": write_jsonl(tmp_path / "one.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "x"}]),
@@ -199,6 +207,7 @@ def files(tmp_path) -> dict:
     }
     out["empty"].write_text("")
     out["txt"].write_text("text,label\n")
+    out["badquote"].write_text('text,label\n"unterminated,x\nb,y\n')
     return out
 
 
@@ -248,7 +257,37 @@ def files(tmp_path) -> dict:
             ["data.train_file={good}", "task.label_names=[no,maybe]"],
             "task.label_names=['no', 'maybe']: data.train_file='{good}' holds label 'yes', which is not among them",
         ),
-        ([], "task custom reads GLUE data but task.label_names is null; give data.train_file"),
+        ([], "task.name='custom' reads no data: give data.train_file=<your data file>"),
+        (["task.label_names=[a,b]"], "task.name='custom' reads no data: give data.train_file=<your data file>"),
+        (
+            ["data.train_file={good}", "task.text_fields=[label]"],
+            "task.label_field='label' is one of task.text_fields=['label']: the model would read its own label",
+        ),
+        (
+            ["data.train_file={good}", "task.text_fields=[label]", "task.label_field=text"],
+            "task.text_fields=['label'] names column 'label', which ranksweep's data holds the class ids (label) and "
+            "row numbers (idx) in; rename that text column in your file",
+        ),
+        (
+            ["data.train_file={blank}"],
+            "data.train_file='{blank}', row 2: column 'text' is empty; every example needs its text",
+        ),
+        (
+            ["data.train_file={lonely}"],
+            "class 'z' has a single training example, and a validation split stratified by class needs two of each",
+        ),
+        (
+            ["data.train_file={good}", "task.name=calibration"],
+            "task.name='calibration' is invalid: results/calibration/",
+        ),
+        (
+            ["data.train_file={good}", "task.objective=f1"],
+            "task.objective='f1' is not among task.metrics=['accuracy']: add it, e.g. task.metrics=[accuracy,f1]",
+        ),
+        (
+            ["data.train_file={badquote}"],
+            "data.train_file='{badquote}': {badquote} could not be read as csv (ParserError: Error tokenizing data. C error: EOF inside string",
+        ),
         (
             ["data.train_file={three}", "task.metrics=[accuracy,f1]"],
             "task.metrics=['accuracy', 'f1'] holds f1, the F1 of class 1 of two, but the task has 3 classes (a, b, c); "
@@ -295,18 +334,82 @@ def test_a_sweep_on_a_changed_file_is_refused_and_the_same_file_moved_resumes(tm
     monkeypatch.setattr(driver, "run_trial", run_trial_)
     base = custom(f"results_dir={tmp_path / 'results'}", "sweep.ranks=[1,2]", "sweep.target_sets=[[q,v]]")
     quiet = dict(progress=False, log=lambda line: None)
-    driver.run_sweep(*compose([*base, f"data.train_file={path}"]), **quiet)
+    named = [*base, "task.name=reviews", f"data.train_file={path}"]
+    driver.run_sweep(*compose(named), overrides=named, **quiet)
     assert calls == [1, 2]
+    # the commands the report prints run as printed: TASK is the group (custom), task.name an override
+    assert run_main(analysis_main, *named).returncode == 0
+    steps = [
+        line
+        for line in (tmp_path / "results" / "reviews" / "default" / "report.md").read_text().splitlines()
+        if "make sweep" in line
+    ]
+    assert steps and all("TASK=custom" in line and "task.name=reviews" in line for line in steps), steps
     moved = tmp_path / "b" / "t.jsonl"
     moved.parent.mkdir()
     moved.write_bytes(path.read_bytes())
-    p = driver.run_sweep(*compose([*base, f"data.train_file={moved}"]), **quiet)
+    p = driver.run_sweep(*compose([*base, "task.name=reviews", f"data.train_file={moved}"]), **quiet)
     assert calls == [1, 2] and p.next is None  # the same rows elsewhere: the finished sweep, nothing trained
     write_jsonl(path, [{**rows[0], "label": "yes"}, *rows[1:]])  # one label changed
     for cached in (raw_data, sweep_data._digest):  # a new command is a new process: nothing read before is cached
         cached.cache_clear()
-    with pytest.raises(UserError, match=re.escape("sweep 'default' for custom was trained on other data")) as e:
-        driver.run_sweep(*compose([*base, f"data.train_file={path}"]), **quiet)
+    with pytest.raises(UserError, match=re.escape("sweep 'default' for reviews was trained on other data")) as e:
+        driver.run_sweep(*compose(named), **quiet)
     assert "point data.train_file (and data.validation_file) at the data it was run with" in str(e.value)
-    study = optuna.load_study(study_name="ranksweep-custom-default", storage=storage_url(compose(base)[0]))
+    study = optuna.load_study(study_name="ranksweep-reviews-default", storage=storage_url(compose(named)[0]))
     assert len(study.get_trials()) == 2
+
+
+def test_booleans_named_as_the_readme_spells_them(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", [{"text": f"t{i}", "label": i % 3 == 0} for i in range(30)])
+    cfg, _ = compose(custom(f"data.train_file={path}", "task.label_names=[true,false]"))
+    data = raw_data(data_source(cfg))
+    assert class_names(cfg) == data["train"].features["label"].names == ["true", "false"]
+    # the order given: true is class 0
+    rows = {i: y for split in ("train", "validation") for i, y in zip(data[split]["idx"], data[split]["label"])}
+    assert rows == {i: 0 if i % 3 == 0 else 1 for i in range(30)}
+
+
+def test_a_changed_file_is_read_anew_even_with_its_old_modification_time(tmp_path):
+    """datasets' cache knows a file by path and time: cp -p, rsync -a or tar keep the time of other rows."""
+    import os
+
+    rows = [{"text": f"example {i}", "label": ["no", "yes"][i % 2]} for i in range(20)]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    cfg, _ = compose(custom(f"data.train_file={path}"))
+    before = task_digest(cfg)
+    stat = path.stat()
+    write_jsonl(path, [{**rows[0], "label": "yes"}, *rows[1:]])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    for cached in (raw_data, sweep_data._digest):  # a new command is a new process
+        cached.cache_clear()
+    assert task_digest(cfg) != before
+
+
+def test_three_classes_reload_with_their_names_from_the_adapters_config(tmp_path):
+    """The adapter's config.json holds what its head was trained in: three classes, named; a base loaded
+    with it takes the adapter and predicts what the trial predicted."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from sweep.data import Batches, take
+    from sweep.modeling import load_tokenizer, local_model_path
+    from sweep.trial import evaluate
+
+    labels = ["1", "2", "10"]
+    path = write_jsonl(
+        tmp_path / "t.jsonl", [{"text": f"review {i} " * (i % 5 + 1), "stars": int(labels[i % 3])} for i in range(60)]
+    )
+    cfg, resolved = compose(custom(f"data.train_file={path}", "task.label_field=stars", f"results_dir={tmp_path}"))
+    record = run_trial(cfg, resolved, tmp_path / "trial", progress=False)
+    adapter = tmp_path / "trial" / "adapter"
+    config = AutoConfig.from_pretrained(adapter)
+    assert config.id2label == {0: "1", 1: "2", 2: "10"} and config.num_labels == 3
+    base = AutoModelForSequenceClassification.from_pretrained(local_model_path(cfg.model.name_or_path), config=config)
+    model = PeftModel.from_pretrained(base, str(adapter))
+    val = take(task_data(cfg)["validation"], cfg.data.max_eval_samples)
+    batches = Batches(
+        val, cfg.train.eval_batch_size, load_tokenizer(cfg.model.name_or_path).pad_token_id, shuffle=False
+    )
+    preds = evaluate(model, batches, torch.device("cpu"), record.precision)  # as the trial evaluated
+    np.testing.assert_array_equal(preds, np.load(tmp_path / "trial" / "val_predictions.npy"))

@@ -95,6 +95,11 @@ def test_recommendation_json_holds_the_studys_numbers(swept):
     assert rec["reliability"]["sigma"] == pytest.approx(used)
     assert f"σ = {used:.2f} points" in rec["reliability"]["text"]
     assert rec["base_model"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert rec["label_names"] == ["not_equivalent", "equivalent"]  # MRPC's classes, 1 = equivalent
+    trial_record = json.loads((out / "trials" / f"r{r}-q-v-seed{best}" / "metrics.json").read_text())
+    assert rec["data"]["digest"] == trial_record["data_digest"] and rec["data"]["dir"].endswith("glue")
+    exported = json.loads((out / "export" / "adapter" / "config.json").read_text())
+    assert exported["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
     adapter_config = json.loads((out / "export" / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == rec["base_model"]["local_path"]
     assert (rec["merged"]["val_predictions_equal"], rec["merged"]["n_eval"]) == (True, 32)
