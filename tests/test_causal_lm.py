@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FF, KV, LAYERS, D, kill_when, ok, run_main, save_tiny_lm
+from conftest import FF, KV, LAYERS, VOCAB, D, kill_when, ok, run_main, save_tiny_lm
 
 from sweep.__main__ import main as sweep_main
 from sweep.cli import compose
 from sweep.data import Batches, lm_dropped, take, task_data
+from sweep.flops import FlopModel, count_flops
 from sweep.lmdata import IGNORE, conversation, fit, prompt_completion, tokenize_lm
 from sweep.metrics import compute_metrics
 from sweep.modeling import apply_lora, load_base_model, load_tokenizer, parameter_counts
@@ -252,17 +253,26 @@ def test_sft_without_data_is_refused(tmp_path):
     assert "reads your instruction data: give data.train_file" in ran.stderr
 
 
+#: the end-to-end sweep: r ∈ {1, 2} on q,v, then q,k,v,o; one seed; 25% held out; 14 tokens, so that the
+#: records whose completion needs more than 12 (with [CLS] and one token of context) are left out
+SWEEP = [
+    "sweep.ranks=[1,2]",
+    "sweep.target_sets=[[q,k,v,o]]",
+    "data.validation_split_percentage=25",
+    "data.max_length=14",
+]
+
+
 @pytest.fixture(scope="module")
 def lm_sweep(tiny_lm, sft_file, tmp_path_factory):
-    """A progressive causal-LM sweep: r ∈ {1, 2} on q,v, then q,k,v,o; one seed; 25% held out."""
+    """The ``SWEEP`` causal-LM sweep, in process: its folder and what it printed."""
     results = tmp_path_factory.mktemp("lm-sweep")
-    extra = ["sweep.ranks=[1,2]", "sweep.target_sets=[[q,k,v,o]]", "data.validation_split_percentage=25"]
-    ran = run_main(sweep_main, *lm_args(tiny_lm, sft_file, results, *extra))
+    ran = run_main(sweep_main, *lm_args(tiny_lm, sft_file, results, *SWEEP))
     ok(ran)
     return results / "sft" / "default", ran
 
 
-def test_a_causal_lm_sweep_runs_end_to_end_minimising_the_loss_in_nats(lm_sweep):
+def test_a_causal_lm_sweep_runs_end_to_end_minimising_the_loss_in_nats(lm_sweep, tiny_lm, sft_file):
     folder, ran = lm_sweep
     assert "decision [final] recommend" in ran.stdout
     report = (folder / "report.md").read_text()
@@ -275,9 +285,16 @@ def test_a_causal_lm_sweep_runs_end_to_end_minimising_the_loss_in_nats(lm_sweep)
     assert metrics["objective"] == "loss" and metrics["head_params"] == 0
     assert metrics["baseline"] == "base model without the adapter"
     assert set(metrics["majority_baseline"]) == {"loss", "perplexity", "token_accuracy"}
-    assert metrics["dropped_train"] == 0 and metrics["dropped_eval"] == 0
-    assert metrics["n_eval"] == 10  # 25% of 40 records, held out unstratified
     assert metrics["best"]["perplexity"] == pytest.approx(math.exp(metrics["best"]["loss"]))
+    # left out: the records whose completion + EOS, [CLS] and one token of context exceed 14 tokens, by hand
+    tokenizer = load_tokenizer(str(tiny_lm))
+    records = [json.loads(line) for line in sft_file.read_text().splitlines()]
+    too_long = sum(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) + 1 + 2 > 14 for r in records)
+    assert too_long > 0 and metrics["dropped_train"] + metrics["dropped_eval"] == too_long
+    assert metrics["n_eval"] == 10 - metrics["dropped_eval"]  # 25% of 40 records held out (unstratified), less those
+    line = f"left out {metrics['dropped_train']} training and {metrics['dropped_eval']} validation examples"
+    assert line in ran.stdout
+    assert f"- **Left out**: {metrics['dropped_train']} training and {metrics['dropped_eval']} validation" in report
 
 
 def test_a_reloaded_adapter_gives_the_recorded_validation_loss(lm_sweep, tiny_lm, sft_file):
@@ -286,7 +303,7 @@ def test_a_reloaded_adapter_gives_the_recorded_validation_loss(lm_sweep, tiny_lm
     folder, _ = lm_sweep
     trial = next(p.parent for p in (folder / "trials").glob("*/metrics.json"))
     recorded = json.loads((trial / "metrics.json").read_text())
-    cfg = compose(lm_args(tiny_lm, sft_file, folder, "data.validation_split_percentage=25"))[0]
+    cfg = compose(lm_args(tiny_lm, sft_file, folder, *SWEEP))[0]
     model = PeftModel.from_pretrained(load_base_model(cfg.model, None), str(trial / "adapter"))
     val = take(task_data(cfg)["validation"], cfg.data.max_eval_samples)
     batches = Batches(
@@ -297,12 +314,61 @@ def test_a_reloaded_adapter_gives_the_recorded_validation_loss(lm_sweep, tiny_lm
     np.testing.assert_array_equal(preds[:, 2], completion_tokens(val))
     got = compute_metrics(["loss"], preds, completion_tokens(val))["loss"]
     assert got == pytest.approx(recorded["best"]["loss"], rel=1e-6)
-    assert lm_dropped(cfg) == {"dropped_train": 0, "dropped_eval": 0}
+    assert lm_dropped(cfg) == {k: recorded[k] for k in ("dropped_train", "dropped_eval")}
+
+
+def test_the_export_reloads_with_autopeft_and_its_merged_model_gives_the_same_loss(lm_sweep, tiny_lm, sft_file):
+    from peft import AutoPeftModelForCausalLM
+
+    from analysis.export import main as export_main
+
+    folder, _ = lm_sweep
+    ran = run_main(export_main, *lm_args(tiny_lm, sft_file, folder.parent.parent, *SWEEP, "export.merge=true"))
+    ok(ran)
+    export = folder / "export"
+    assert "task_type=TaskType.CAUSAL_LM" in (export / "lora_config.py").read_text()
+    chosen = json.loads((export / "recommendation.json").read_text())
+    cfg = compose(lm_args(tiny_lm, sft_file, folder, *SWEEP))[0]
+    val = take(task_data(cfg)["validation"], cfg.data.max_eval_samples)
+    batches = Batches(
+        val, cfg.train.eval_batch_size, load_tokenizer(cfg.model.name_or_path).pad_token_id, shuffle=False
+    )
+    model = AutoPeftModelForCausalLM.from_pretrained(str(export / "adapter"))
+    trial = json.loads((Path(chosen["trial"]["folder"]) / "metrics.json").read_text())
+    preds = evaluate(model, batches, torch.device("cpu"), trial["precision"])
+    assert compute_metrics(["loss"], preds, completion_tokens(val))["loss"] == pytest.approx(
+        trial["best"]["loss"], rel=1e-6
+    )
+
+
+def test_lm_flops_hold_the_vocabulary_matmul_and_match_direct_counts(tiny_lm):
+    cfg = compose([f"model.name_or_path={tiny_lm}", "task=sft"])[0]
+    torch.manual_seed(0)
+    model = apply_lora(load_base_model(cfg.model, None), replace(cfg.lora, r=2), cfg.model)
+
+    def batch(b, length):
+        ids = torch.randint(1000, 2000, (b, length))
+        mask, labels = torch.ones_like(ids), ids.clone()
+        mask[0, length // 2 :], labels[:, : length // 3] = 0, -100  # padding, and an unscored prompt
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    model.train()
+    train = FlopModel(model, batch(2, 10), train=True)
+    for b, length in [(3, 17), (2, 40)]:
+        x = batch(b, length)
+        assert train(b, length) == count_flops(lambda x=x: model(**x).loss.backward())
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    x = {k: v for k, v in batch(3, 17).items() if k != "labels"}
+    with torch.no_grad():
+        whole = count_flops(lambda: model(**x))
+        backbone = count_flops(lambda: model.base_model.model.model(**x))
+    assert whole - backbone == 2 * 3 * 17 * D * VOCAB  # the LM head: (3·17 tokens) × d × vocabulary, 2 FLOPs each
 
 
 @pytest.mark.slow  # a sweep process killed mid-trial, its resume and an uninterrupted reference
 def test_a_causal_lm_sweep_killed_mid_trial_resumes_to_the_same_results(tiny_lm, sft_file, tmp_path):
-    extra = ["sweep.ranks=[1,2]", "sweep.target_sets=[]", "train.epochs=2", "data.validation_split_percentage=25"]
+    extra = [*SWEEP[:1], "sweep.target_sets=[]", "train.epochs=2", *SWEEP[2:]]
     reference = tmp_path / "reference"
     ok(run_main(sweep_main, *lm_args(tiny_lm, sft_file, reference, *extra)))
     killed = tmp_path / "killed"
