@@ -339,6 +339,14 @@ def load_lm_data(task_cfg, data_cfg):
         else:
             fields = [task_cfg.prompt_field, task_cfg.completion_field]
             _check_columns(table, fields, ["task.prompt_field", "task.completion_field"], where)
+            for column in fields:
+                kinds = {type(v).__name__ for v in table[column] if v is not None and not isinstance(v, str)}
+                if kinds:  # str() of a list of turns would be trained on as if it were text
+                    raise UserError(
+                        f"{where}: column {column!r} holds {', '.join(sorted(kinds))} values, not text; give text "
+                        f"prompts and completions, or conversations in a column task.messages_field="
+                        f"{task_cfg.messages_field!r}"
+                    )
             columns = dict(zip(("prompt", "completion"), _texts(table, fields, where).values()))
             for row, text in enumerate(columns["completion"]):
                 if not text:

@@ -286,8 +286,6 @@ def run_trial(
     # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
     val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
-    if progress and dropped_line(cfg):
-        tqdm.write(dropped_line(cfg))
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
@@ -512,6 +510,8 @@ def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
     run_dir = trial_dir(cfg, resolved)
     m = run_trial(cfg, resolved, run_dir)
+    if dropped_line(cfg):  # a sweep says it once, at its start (sweep/driver.py)
+        print(dropped_line(cfg))
     best = ", ".join(f"{k} {v:.4f}" for k, v in m.best.items() if v is not None)
     print(
         f"{m.task} {m.model} r={m.r} targets={','.join(m.targets)} seed={m.seed}: "

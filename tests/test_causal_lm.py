@@ -230,6 +230,14 @@ def _refusal_cases():
         ("renamed-column", "lm", neither, ["task.prompt_field=question"], r"its columns are question, answer"),
         ("encoder-model", "minilm", pairs, [], r"model 'minilm' is of family bert \(bert\), not a decoder LLM"),
         ("label-field-given", "lm", pairs, ["task.label_field=label"], r"task.label_field='label' is invalid for "),
+        (
+            "conversational-prompt",
+            "lm",
+            [{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "a"}]}]
+            * 8,
+            [],
+            r"column 'prompt' holds list values, not text",
+        ),
     ]
 
 
