@@ -16,9 +16,9 @@ turn scores back into real values (``Metric.real``) and name the unit and the di
 
 The causal-LM metrics (``loss``, ``perplexity``, ``token_accuracy``) are computed over the completion tokens
 of the whole validation split (token-weighted, not a mean of per-example or per-batch means) from per-example
-sums that ``token_scores`` takes from the logits: ``preds`` of shape (N, 2), each example's summed negative
-log-likelihood (nats) and its correctly predicted tokens, and ``labels`` of shape (N,), each example's count
-of scored (completion) tokens.
+sums that ``token_scores`` takes from the logits: ``preds`` of shape (N, 2) or (N, 3) (``sweep.trial.evaluate``
+adds the scored tokens), each example's summed negative log-likelihood (nats) and its correctly predicted
+tokens, and ``labels`` of shape (N,), each example's count of scored (completion) tokens.
 """
 
 from __future__ import annotations
