@@ -11,8 +11,8 @@ and writes, for the trial of the recommended configuration (its best seed by the
 
 - ``adapter/``: the trial's peft adapter with its trained head and the base model's tokenizer; its
   ``adapter_config.json`` names the local folder of the base weights (the embedded MiniLM's folder
-  inside the installed package), so ``AutoPeftModelForSequenceClassification.from_pretrained`` reloads
-  it offline; ``recommendation.json`` keeps the hub id for other machines.
+  inside the installed package), so ``AutoPeftModelForSequenceClassification.from_pretrained`` (a causal-LM
+  task: ``AutoPeftModelForCausalLM``) reloads it offline; ``recommendation.json`` keeps the hub id for other machines.
 - ``recommendation.json``: the configuration (r, target modules, lora_alpha, scaling, learning rate,
   epochs), the objective over seeds (mean, s.d., 95% interval), σ and the sweep's reliability, and
   which study and trial it comes from.
@@ -152,8 +152,9 @@ def _check_trial_folder(chosen: Chosen, merge: bool) -> None:
 
 
 def lora_config_text(adapter_config: dict, head: List[str], training: Dict[str, object]) -> str:
-    """``lora_config.py``: the ``LoraConfig(...)`` of an exported adapter (its ``adapter_config.json``,
-    with ``head`` as ``modules_to_save``) as Python to paste, with the training settings as comments."""
+    """``lora_config.py``: the ``LoraConfig(...)`` of an exported adapter (its ``adapter_config.json``: its
+    ``task_type``, ``SEQ_CLS`` or ``CAUSAL_LM``; ``head`` as ``modules_to_save``) as Python to paste, with
+    the training settings as comments."""
     modules = "".join(f"        {json.dumps(m)},\n" for m in sorted(adapter_config["target_modules"]))
     trained = "".join(f"#   {k} = {v!r}\n" for k, v in training.items())
     return (
@@ -162,7 +163,7 @@ def lora_config_text(adapter_config: dict, head: List[str], training: Dict[str, 
         "from peft import LoraConfig, TaskType\n\n"
         f"# trained with:\n{trained}"
         "config = LoraConfig(\n"
-        "    task_type=TaskType.SEQ_CLS,\n"
+        f"    task_type=TaskType.{adapter_config.get('task_type') or 'SEQ_CLS'},\n"
         f"    r={adapter_config['r']!r},\n"
         f"    lora_alpha={adapter_config['lora_alpha']!r},\n"
         f"    lora_dropout={adapter_config['lora_dropout']!r},\n"
@@ -276,12 +277,13 @@ def _training(tcfg: Config) -> Dict[str, object]:
     }
 
 
-def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: List[str]) -> str:
+def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: Optional[List[str]]) -> str:
     """Copy the adapter folder ``source`` to ``dest`` with the base model's tokenizer, its
     ``adapter_config.json`` naming the local folder of the base weights (``local_model_path``: the
     package's folder for embedded weights; a hub id stays as it is, served from the local cache), and
     the model config the head was trained in (``config.json``: ``labels`` as ``id2label``/``label2id``,
-    their number, the pad token), whose values the README's reload passes on. Returns that base."""
+    their number, the pad token; a causal LM: the pad token alone), whose values the README's reload passes
+    on. Returns that base."""
     from transformers import AutoConfig
 
     from sweep.modeling import gguf_file, load_tokenizer, local_model_path
@@ -298,8 +300,11 @@ def _offline_adapter(source: Path, dest: Path, tcfg: Config, labels: List[str]) 
     AutoConfig.from_pretrained(
         base,
         **({"gguf_file": gguf_file(base)} if gguf_file(base) else {}),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
+        **(
+            {}
+            if labels is None
+            else {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+        ),
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(str(dest))
     return base
@@ -322,11 +327,13 @@ def validation_predictions(model, tcfg: Config, precision: str) -> np.ndarray:
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> int:
-    """How many of two prediction vectors differ: class ids exactly, regression scores beyond 1e-4."""
+    """How many of two prediction arrays' examples differ: class ids exactly, regression scores and a causal
+    LM's per-example NLL sums and token counts (shape (N, 3)) beyond 1e-4."""
     if a.shape != b.shape:
         return max(len(a), len(b))
     if np.issubdtype(b.dtype, np.floating):
-        return int((~np.isclose(a, b, rtol=1e-4, atol=1e-4)).sum())
+        differ = ~np.isclose(a, b, rtol=1e-4, atol=1e-4)
+        return int(differ.reshape(len(b), -1).any(axis=1).sum())
     return int((a != b).sum())
 
 
@@ -339,7 +346,7 @@ def _merge(adapter: Path, dest: Path, tcfg: Config, record, expected: np.ndarray
         UserError: a prediction differs (the adapter alone is still exported).
     """
     from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sweep.modeling import load_base_model, load_tokenizer
 
@@ -349,7 +356,8 @@ def _merge(adapter: Path, dest: Path, tcfg: Config, record, expected: np.ndarray
     merged = model.merge_and_unload()
     merged.save_pretrained(str(dest))
     load_tokenizer(tcfg.model.name_or_path).save_pretrained(str(dest))
-    reloaded = AutoModelForSequenceClassification.from_pretrained(str(dest))
+    auto = AutoModelForCausalLM if tcfg.task.causal_lm else AutoModelForSequenceClassification
+    reloaded = auto.from_pretrained(str(dest))
     checks["merged model"] = validation_predictions(reloaded, tcfg, precision)
     for what, preds in checks.items():
         wrong = _same(preds, expected)

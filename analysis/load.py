@@ -41,7 +41,10 @@ class StudyInfo:
         finished: the sweep reached its end and the stored recommendation belongs to the stored
             decisions (a resumed sweep rewrites its decisions but keeps the old ``stop_reason``).
         baseline: the objective of always predicting the majority class (regression: the training
-            mean), in metric units (as measured: an MSE not negated); None when no trial recorded it.
+            mean; causal LM: of the base model without the adapter), in metric units (as measured: an MSE
+            not negated); None when no trial recorded it.
+        dropped: causal LM: (training, validation) examples left out because their completion cannot fit
+            ``data.max_length``; None for other tasks or when none was left out.
         overrides: the command-line overrides of the sweep's latest run (to print commands that
             continue it).
         params_per_rank: LoRA parameters per unit of rank of each target set (the study's
@@ -63,6 +66,7 @@ class StudyInfo:
     finished: bool
     baseline: Optional[float]
     overrides: List[str]
+    dropped: Optional[Tuple[int, int]] = None
     params_per_rank: Optional[Dict[str, int]] = None
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
 
@@ -178,6 +182,7 @@ def study_info(study, trials=None) -> StudyInfo:
     results = numbered_results(trials)
     baselines = [result.majority_baseline.get(objective) for _, result in results]
     baseline = next((b for b in baselines if b is not None), None)
+    dropped = next(((r.dropped_train, r.dropped_eval) for _, r in results if r.dropped_train is not None), None)
     return StudyInfo(
         name=study.study_name,
         task=attrs["task"],
@@ -191,6 +196,7 @@ def study_info(study, trials=None) -> StudyInfo:
         running=running,
         finished=finished,
         baseline=baseline,
+        dropped=dropped if dropped and any(dropped) else None,
         overrides=list(attrs.get("command_overrides") or []),
         params_per_rank=attrs.get("target_costs"),
         history=[(number, result.outcome()) for number, result in results],

@@ -91,8 +91,18 @@ def metric_name(info: StudyInfo) -> str:
 
 
 def baseline_name(info: StudyInfo) -> str:
-    """What the constant baseline predicts: the ``majority class``, or for regression the ``training mean``."""
-    return "training mean" if info.metric.problem_type == "regression" else "majority class"
+    """What the baseline is: the constant ``majority class``, for regression the ``training mean``; for a
+    causal-LM objective the ``base model`` without the adapter."""
+    kind = info.metric.problem_type
+    return {"regression": "training mean", "causal_lm": "base model"}.get(kind, "majority class")
+
+
+def baseline_words(info: StudyInfo) -> str:
+    """The baseline in a sentence: ``always predicting the majority class`` (or the training mean), or
+    ``the base model without the adapter`` ("does the adapter beat no adapter?")."""
+    if info.metric.problem_type == "causal_lm":
+        return "the base model without the adapter"
+    return f"always predicting the {baseline_name(info)}"
 
 
 def task_name(info: StudyInfo) -> str:

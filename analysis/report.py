@@ -16,7 +16,7 @@ import pandas as pd
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
-from analysis.plots import baseline_name, figures, metric_name, save_figure, task_name
+from analysis.plots import baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
 from analysis.summary import recommendation, summary_frame
 from sweep.cli import make_command
@@ -124,7 +124,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
 def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: StudyInfo) -> Optional[str]:
     """One sentence: is the recommended configuration ``pick`` shown to beat the constant baseline (the
     majority class; for regression the training mean, whose correlations are 0 and whose MSE is about the
-    labels' variance)? It is when its 95% t-interval over its seeds (``summary``'s ``objective_ci95_low``
+    labels' variance; for a causal-LM objective the base model without the adapter)? It is when its 95% t-interval over its seeds (``summary``'s ``objective_ci95_low``
     and ``_high``) lies wholly on the better side of the baseline: above it for a maximised objective,
     below it for a minimised one. The gap is the improvement on the baseline in the objective's unit
     (points: 100 × metric), positive when better. None without a recommendation or a stored baseline."""
@@ -141,7 +141,7 @@ def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: Study
     side = "above it" if m.sign > 0 else f"below it ({m.better})"
     better = "" if m.sign > 0 else " better"
     head = (
-        f"Against the baseline (always predicting the {baseline_name(info)}, {_shown(info.baseline, info)}): "
+        f"Against the baseline ({baseline_words(info)}, {_shown(info.baseline, info)}): "
         f"{m.fmt(gain(row['objective_mean']), True)} {m.unit}{better}"
     )
     if pd.isna(row["objective_ci95_low"]):
@@ -296,7 +296,12 @@ def report_markdown(
         f"- **Tried**: {_tried(summary, info)}.",
     ]
     if info.baseline is not None:
-        lines.append(f"- **Baseline** (always predicting the {baseline_name(info)}): {_shown(info.baseline, info)}.")
+        lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
+    if info.dropped:
+        lines.append(
+            f"- **Left out**: {info.dropped[0]} training and {info.dropped[1]} validation examples whose completion "
+            "cannot fit data.max_length (counted, not trained on nor scored)."
+        )
     s = info.settings
     lines += [
         "",

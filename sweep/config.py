@@ -67,10 +67,12 @@ class SweepMode(Choice):
 
 
 class ProblemType(Choice):
-    """``task.problem_type``: transformers' name for class ids with cross-entropy, or one float output."""
+    """``task.problem_type``: transformers' name for class ids with cross-entropy, or one float output;
+    ``causal_lm``: next-token prediction of completions (supervised fine-tuning of a decoder LLM)."""
 
     single_label_classification = "single_label_classification"
     regression = "regression"
+    causal_lm = "causal_lm"
 
 
 def normalize_targets(value: Any, key: str) -> List[str]:
@@ -168,32 +170,49 @@ def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool 
 
 @dataclass
 class TaskConfig:
-    """A task (``conf/task/<name>.yaml``): a GLUE task, or ``custom``, the user's own data (read when
-    ``data.train_file`` or ``data.dataset_name`` is set, ``sweep/datafiles.py``).
+    """A task (``conf/task/<name>.yaml``): a GLUE task, ``custom``, the user's own data (read when
+    ``data.train_file`` or ``data.dataset_name`` is set, ``sweep/datafiles.py``), or ``sft``, the user's
+    instruction data for a causal-LM objective (``sweep/lmdata.py``).
 
     Attributes:
         name: the results folder (see ``SAFE_NAME``); for GLUE read from TSV or the hub, the GLUE task
             name (``mrpc``, ``cola``, ``rte``, ``stsb``, ``sst2``), which is the ``nyu-mll/glue`` config.
         problem_type: ``single_label_classification`` (class ids, cross-entropy) or ``regression`` (one
-            output, float scores, mean-squared error: STS-B), as transformers names it.
-        text_fields: input columns; with two, the pair is truncated ``longest_first``.
-        label_field: the column holding the label (GLUE: ``label``).
+            output, float scores, mean-squared error: STS-B), as transformers names it; ``causal_lm``:
+            the model's own language-model head predicts the completion tokens (cross-entropy over them).
+        text_fields: input columns; with two, the pair is truncated ``longest_first``. null: none
+            (``causal_lm``, which reads ``prompt_field``/``completion_field`` or ``messages_field``).
+        label_field: the column holding the label (GLUE: ``label``); null: none (``causal_lm``).
         label_names: class names, index = label id, as in the hub's ``ClassLabel`` (at least two); for
             regression the single output's name. null (the user's data only): the distinct training
             labels, sorted (numbers numerically, text alphabetically, ``false`` before ``true``).
         metrics: metrics reported for the task (``accuracy``, ``f1`` of label 1, ``mcc``; for regression
-            ``pearson``, ``spearman``, ``mse``); ``sweep.metrics.METRICS`` gives each its direction and unit.
+            ``pearson``, ``spearman``, ``mse``; for ``causal_lm`` ``loss``, ``perplexity``,
+            ``token_accuracy``); ``sweep.metrics.METRICS`` gives each its direction and unit.
         objective: the metric a sweep optimises and reports, in its direction (maximised: accuracy, F1, MCC,
-            the correlations; minimised: ``mse``); one of ``metrics``.
+            the correlations, token accuracy; minimised: ``mse``, ``loss``, ``perplexity``); one of ``metrics``.
+        prompt_field: ``causal_lm``: the prompt column of prompt-completion records (TRL's
+            "prompt-completion" format); unused by other problem types.
+        completion_field: ``causal_lm``: the completion column, the tokens the loss covers.
+        messages_field: ``causal_lm``: the column of conversational records (TRL's "conversational"
+            format: a list of ``{role, content}`` turns rendered with the tokenizer's chat template, the
+            loss on the ``assistant`` turns); a file that has it is read in this format, else as
+            prompt-completion.
+
+    Every task file gives the three ``causal_lm`` columns (only ``causal_lm`` reads them), so a config saved
+    before they existed reads as its task file's values (``sweep.resume.read_config_text``).
     """
 
     name: str = MISSING
     problem_type: ProblemType = MISSING
-    text_fields: List[str] = MISSING
-    label_field: str = MISSING
+    text_fields: Optional[List[str]] = MISSING
+    label_field: Optional[str] = MISSING
     label_names: Optional[List[str]] = MISSING
     metrics: List[str] = MISSING
     objective: str = MISSING
+    prompt_field: str = MISSING
+    completion_field: str = MISSING
+    messages_field: str = MISSING
 
     def __post_init__(self) -> None:
         from sweep.metrics import METRICS, computed
@@ -202,11 +221,6 @@ class TaskConfig:
         self.problem_type = _choice_text("task.problem_type", self.problem_type, ProblemType)
         valid = computed(self.problem_type)
         for m in self.metrics:
-            if m in METRICS and METRICS[m].compute is None:  # declared ahead of its computation
-                raise ValueError(
-                    f"task.metrics='{m}' is not computed yet (a causal-LM objective, declared in sweep/metrics.py): "
-                    f"valid values are {', '.join(valid)}"
-                )
             if m in METRICS and m not in valid:  # a metric of the other problem type
                 raise ValueError(
                     f"task.metrics='{m}' is invalid for task.problem_type={self.problem_type}: valid values "
@@ -223,6 +237,22 @@ class TaskConfig:
             raise ValueError(
                 f"task.name={self.name!r} is invalid: results/{self.name}/ holds the {RESERVED_TASK_NAMES[self.name]}; "
                 "name your data otherwise"
+            )
+        if self.causal_lm:
+            for key in ("text_fields", "label_field", "label_names"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"task.{key}={getattr(self, key)!r} is invalid for task.problem_type=causal_lm: give null "
+                        "(its columns are task.prompt_field and task.completion_field, or task.messages_field)"
+                    )
+            for key in ("prompt_field", "completion_field", "messages_field"):
+                if not str(getattr(self, key)).strip():
+                    raise ValueError(f"task.{key} is empty: name a column of your data")
+            return
+        if self.text_fields is None or self.label_field is None:
+            raise ValueError(
+                f"task.text_fields={self.text_fields!r}, task.label_field={self.label_field!r}: "
+                f"task.problem_type={self.problem_type} needs both (the input column(s) and the label column)"
             )
         if self.label_field in self.text_fields:
             raise ValueError(
@@ -254,6 +284,11 @@ class TaskConfig:
     def regression(self) -> bool:
         """Whether the task predicts a float score (one output) rather than a class."""
         return self.problem_type == "regression"
+
+    @property
+    def causal_lm(self) -> bool:
+        """Whether the task trains the language-model head's next-token prediction (no class, no head)."""
+        return self.problem_type == "causal_lm"
 
 
 @dataclass

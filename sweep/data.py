@@ -236,9 +236,12 @@ class DataSource:
     task: str
     problem_type: str
     text_fields: tuple
-    label_field: str
+    label_field: Optional[str]
     label_names: Optional[tuple]
     glue_dir: Optional[str] = None
+    prompt_field: Optional[str] = None
+    completion_field: Optional[str] = None
+    messages_field: Optional[str] = None
     train_file: Optional[str] = None
     validation_file: Optional[str] = None
     dataset_name: Optional[str] = None
@@ -252,6 +255,11 @@ class DataSource:
     def user(self) -> bool:
         """Whether this is the user's data (files or a hub dataset) rather than GLUE."""
         return bool(self.train_file or self.dataset_name)
+
+    @property
+    def causal_lm(self) -> bool:
+        """Whether the rows are causal-LM records (prompt-completion or messages), not labelled texts."""
+        return self.problem_type == "causal_lm"
 
     @property
     def carved(self) -> bool:
@@ -278,9 +286,18 @@ def data_source(cfg) -> DataSource:
     common = dict(
         task=task.name,
         problem_type=str(task.problem_type),
-        text_fields=tuple(task.text_fields),
+        text_fields=tuple(task.text_fields or ()),
         label_field=task.label_field,
         label_names=None if task.label_names is None else tuple(task.label_names),
+        **(
+            dict(
+                prompt_field=task.prompt_field,
+                completion_field=task.completion_field,
+                messages_field=task.messages_field,
+            )
+            if task.causal_lm
+            else {}
+        ),
     )
     if not uses_user_data(d):
         return DataSource(**common, glue_dir=glue_dir(cfg))
@@ -301,12 +318,24 @@ def data_source(cfg) -> DataSource:
 @functools.lru_cache(maxsize=4)
 def raw_data(source: DataSource):
     """The splits of ``source`` as read (``load_glue`` or ``sweep.datafiles.load_user_data``), before
-    tokenising: a ``DatasetDict`` with the text columns, ``label`` and ``idx``. Cached per process.
+    tokenising: a ``DatasetDict`` with the text columns, ``label`` and ``idx``; causal-LM records
+    (``sweep.datafiles.load_lm_data``): ``prompt`` and ``completion``, or ``messages``, and ``idx``. Cached
+    per process.
 
     Raises:
-        UserError: as ``load_glue`` and ``load_user_data``; GLUE without label names or of a task
-            without a reader (``task=custom`` without ``data.train_file`` or ``data.dataset_name``).
+        UserError: as ``load_glue``, ``load_user_data`` and ``load_lm_data``; GLUE without label names or of
+            a task without a reader (``task=custom`` without ``data.train_file`` or ``data.dataset_name``); a
+            causal-LM task without the user's data.
     """
+    if source.causal_lm:
+        from sweep.datafiles import load_lm_data
+
+        if not source.user:
+            raise UserError(
+                f"task {source.task} (task.problem_type=causal_lm) reads your instruction data: give "
+                "data.train_file=<your .jsonl/.csv/.parquet file> or data.dataset_name=<hub id>"
+            )
+        return load_lm_data(source, source)
     if source.user:
         from sweep.datafiles import load_user_data
 
@@ -322,11 +351,14 @@ def raw_data(source: DataSource):
 def class_names(cfg) -> List[str]:
     """The model's outputs, index = class id: ``task.label_names`` when given, else the classes read
     from the training data (``sweep.datafiles.class_order``); regression: the one output's name
-    (``task.label_field`` when no name is given).
+    (``task.label_field`` when no name is given); None for a causal-LM task (no classes: the model's own
+    language-model head, ``sweep.modeling.load_base_model``).
 
     Raises:
         UserError: the data cannot be read (as ``raw_data``); ``f1`` (binary) asked of other than two classes.
     """
+    if cfg.task.causal_lm:
+        return None
     source = data_source(cfg)
     if cfg.task.regression:
         return list(cfg.task.label_names or [cfg.task.label_field])
@@ -348,7 +380,9 @@ def tokenized(source: DataSource, tokenizer_path: str, max_length: int):
 
     Adds ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer makes them) and
     ``length`` (tokens per example); pairs are truncated ``longest_first`` to ``max_length`` tokens.
-    No padding here: batches are padded to their own longest example.
+    No padding here: batches are padded to their own longest example. Causal-LM records: see
+    ``sweep.lmdata.tokenize_lm`` (``input_ids``, ``attention_mask``, ``labels``, ``length``, ``idx``;
+    examples whose completion cannot fit are left out).
     """
     import datasets
 
@@ -356,13 +390,17 @@ def tokenized(source: DataSource, tokenizer_path: str, max_length: int):
 
     tokenizer = load_tokenizer(tokenizer_path)
     raw = raw_data(source)
+    datasets.disable_progress_bars()  # a second of work: a bar would only clutter the log
+    if source.causal_lm:
+        from sweep.lmdata import tokenize_lm
+
+        return tokenize_lm(raw, tokenizer, max_length)
 
     def encode(batch):
         enc = tokenizer(*[batch[f] for f in source.text_fields], truncation="longest_first", max_length=max_length)
         enc["length"] = [len(ids) for ids in enc["input_ids"]]
         return enc
 
-    datasets.disable_progress_bars()  # a second of work: a bar would only clutter the log
     return raw.map(encode, batched=True, load_from_cache_file=False)
 
 
@@ -388,11 +426,14 @@ def task_data(cfg):
 def _digest(source: DataSource):
     data = raw_data(source)
     h = hashlib.sha256()
-    if source.user and source.label_names is None and source.problem_type != "regression":
+    if source.user and source.label_names is None and source.problem_type == "single_label_classification":
         # the class order came from the data: the same ids under other names are other data
         h.update(json.dumps(data["train"].features["label"].names).encode())
     for split in ("train", "validation"):
-        for column in (*source.text_fields, "label"):
+        columns = (
+            [c for c in data[split].column_names if c != "idx"] if source.causal_lm else (*source.text_fields, "label")
+        )
+        for column in columns:
             h.update(f"{split}/{column}:".encode())
             h.update(json.dumps(list(data[split][column])).encode())
     return h.hexdigest()[:16]
@@ -412,9 +453,36 @@ def task_digest(cfg) -> str:
     return _digest(data_source(cfg))
 
 
+def lm_dropped(cfg) -> Dict[str, int]:
+    """A causal-LM task's examples left out because their completion cannot fit ``data.max_length``
+    (``sweep.lmdata.tokenize_lm``), in the splits as read: ``{"dropped_train": …, "dropped_eval": …}``
+    (the ``TrialResult`` fields); empty for other tasks."""
+    if not cfg.task.causal_lm:
+        return {}
+    from sweep.lmdata import dropped
+
+    counts = dropped(raw_data(data_source(cfg)), task_data(cfg))
+    return {"dropped_train": counts["train"], "dropped_eval": counts["validation"]}
+
+
+def dropped_line(cfg) -> Optional[str]:
+    """One line naming ``lm_dropped``'s counts when any example was left out; None otherwise."""
+    counts = lm_dropped(cfg)
+    if not any(counts.values()):
+        return None
+    return (
+        f"left out {counts['dropped_train']} training and {counts['dropped_eval']} validation examples whose "
+        f"completion cannot fit data.max_length={cfg.data.max_length} (with the start tokens and one token of context)"
+    )
+
+
 def take(split, n: Optional[int]):
     """The first ``n`` examples of a split (all when ``n`` is None), as ``run_glue.py`` does."""
     return split if n is None or n >= len(split) else split.select(range(n))
+
+
+#: padding of a sequence column other than ``input_ids``: labels are padded with transformers' ignore index
+PADDING = {"labels": -100}
 
 
 class Batches:
@@ -429,16 +497,21 @@ class Batches:
     so its FLOPs per example are higher than the full split's. Evaluation (``shuffle=False``) sorts by length.
 
     Each batch is a dict of LongTensors of shape (batch, longest length in batch) plus ``labels`` (batch,):
-    class ids (int64), or float scores for regression (``regression`` is then True).
+    class ids (int64), or float scores for regression (``regression`` is then True). A causal-LM split
+    (a ``labels`` column of token ids) gives ``labels`` of shape (batch, longest length), padded with
+    −100 (not scored), and ``causal_lm`` is True.
     """
 
     def __init__(
         self, split, batch_size: int, pad_token_id: int, *, shuffle: bool, seed: int = 0, group_by_length: bool = True
     ):
-        self.columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in split.column_names]
+        self.causal_lm = "labels" in split.column_names
+        sequences = ("input_ids", "token_type_ids", "attention_mask", "labels")
+        self.columns = [c for c in sequences if c in split.column_names]
         # one tensor per example, made once: a batch is then a single pad_sequence, not a Python loop
         self.features = {c: [torch.tensor(x) for x in split[c]] for c in self.columns}
-        self.labels = torch.tensor(split["label"])  # int64 class ids, or float32 scores
+        # int64 class ids, or float32 scores; causal LM: the labels are a sequence column
+        self.labels = None if self.causal_lm else torch.tensor(split["label"])
         self.lengths = list(split["length"])
         self.batch_size, self.pad_token_id = batch_size, pad_token_id
         self.shuffle, self.seed, self.group_by_length = shuffle, seed, group_by_length
@@ -446,7 +519,7 @@ class Batches:
     @property
     def regression(self) -> bool:
         """Whether the labels are float scores (STS-B) rather than class ids."""
-        return self.labels.is_floating_point()
+        return self.labels is not None and self.labels.is_floating_point()
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
@@ -479,10 +552,11 @@ class Batches:
                 c: pad_sequence(
                     [self.features[c][i] for i in rows],
                     batch_first=True,
-                    padding_value=self.pad_token_id if c == "input_ids" else 0,
+                    padding_value=PADDING.get(c, 0) if c != "input_ids" else self.pad_token_id,
                 )
                 for c in self.columns
             }
-            batch["labels"] = self.labels[rows]
+            if self.labels is not None:
+                batch["labels"] = self.labels[rows]
             batch["index"] = torch.tensor(rows)
             yield batch

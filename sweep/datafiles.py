@@ -10,6 +10,11 @@ would have no output to predict it. Without a validation file (or hub split), a 
 of ``data.validation_split_percentage`` percent is carved from the training rows, stratified by class
 (``Dataset.train_test_split``), so every trial, resume and reuse sees the same split; its rows are kept
 in ``idx``.
+
+A causal-LM task (``task.problem_type=causal_lm``, ``load_lm_data``) reads records in one of TRL's two
+formats: conversational, a ``task.messages_field`` column of ``{role, content}`` turns, when the training
+data has that column; else prompt-completion, ``task.prompt_field`` and ``task.completion_field``. Its
+validation split, when carved, is not stratified (there is no class).
 """
 
 from __future__ import annotations
@@ -288,14 +293,117 @@ def load_user_data(task_cfg, data_cfg):
         )
     if "validation" not in splits:
         splits = carve_validation(
-            splits["train"], data_cfg.validation_split_percentage, data_cfg.split_seed, regression
+            splits["train"], data_cfg.validation_split_percentage, data_cfg.split_seed, stratify=not regression
         )
     return datasets.DatasetDict(splits)
 
 
-def carve_validation(train, percentage: float, seed: int, regression: bool) -> dict:
+#: the roles of a conversation's turns (the names chat templates use); the loss covers ``assistant`` turns
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _turns(value, row: int, where: str, column: str) -> List[Dict[str, str]]:
+    """One conversational record as ``[{role, content}, …]`` (text), checked: a list of turns with a known
+    role and text content, at least one of them the assistant's."""
+    ok = isinstance(value, list) and value and all(isinstance(t, dict) for t in value)
+    if not ok:
+        raise UserError(
+            f"{where}, row {row + 1}: column {column!r} holds {str(value)[:60]!r}; it should be a list of turns "
+            '[{"role": "user", "content": …}, {"role": "assistant", "content": …}]'
+        )
+    turns = []
+    for t in value:
+        if t.get("role") not in ROLES or not isinstance(t.get("content"), str):
+            raise UserError(
+                f"{where}, row {row + 1}: turn {str(t)[:60]!r} in column {column!r} is invalid; each turn needs "
+                f"a role ({', '.join(ROLES)}) and text content"
+            )
+        turns.append({"role": t["role"], "content": t["content"]})
+    if not any(t["role"] == "assistant" for t in turns):
+        raise UserError(
+            f"{where}, row {row + 1}: column {column!r} holds no assistant turn (roles "
+            f"{', '.join(t['role'] for t in turns)}); the loss covers the assistant's turns, so each record needs one"
+        )
+    return turns
+
+
+def lm_format(columns: Sequence[str], task_cfg, where: str) -> str:
+    """``messages`` when ``columns`` hold ``task.messages_field``, else ``prompt-completion`` when they hold
+    ``task.prompt_field`` and ``task.completion_field``.
+
+    Raises:
+        UserError: neither (the columns found are listed).
+    """
+    if task_cfg.messages_field in columns:
+        return "messages"
+    if task_cfg.prompt_field in columns and task_cfg.completion_field in columns:
+        return "prompt-completion"
+    raise UserError(
+        f"{where} has neither a column task.messages_field={task_cfg.messages_field!r} nor the columns "
+        f"task.prompt_field={task_cfg.prompt_field!r} and task.completion_field={task_cfg.completion_field!r}; "
+        f"its columns are {', '.join(columns)}"
+    )
+
+
+def load_lm_data(task_cfg, data_cfg):
+    """The user's causal-LM records as a ``DatasetDict`` of splits ``train`` and ``validation``.
+
+    Args:
+        task_cfg: ``task.*``: ``messages_field``, ``prompt_field``, ``completion_field``.
+        data_cfg: ``data.*`` as for ``load_user_data``.
+
+    Returns:
+        Conversational data: columns ``messages`` (list of ``{role, content}``, text) and ``idx``;
+        prompt-completion data: ``prompt``, ``completion`` (text) and ``idx`` (int32, the row of the source
+        split; a carved validation split keeps the training rows it took, not stratified). The format is the
+        training split's (``lm_format``); the validation split must have its columns.
+
+    Raises:
+        UserError: as ``load_user_data`` for files; neither format's columns; an empty completion or prompt
+            cell; a conversation that is not a list of turns, has an unknown role or no assistant turn.
+    """
+    import datasets
+
+    raw = _load_splits(data_cfg)
+    kind = lm_format(raw["train"].column_names, task_cfg, _where(data_cfg, "train"))
+    splits = {}
+    for split, table in raw.items():
+        where = _where(data_cfg, split)
+        if kind == "messages":
+            _check_columns(table, [task_cfg.messages_field], ["task.messages_field"], where)
+            rows = table[task_cfg.messages_field]
+            columns = {"messages": [_turns(v, i, where, task_cfg.messages_field) for i, v in enumerate(rows)]}
+        else:
+            fields = [task_cfg.prompt_field, task_cfg.completion_field]
+            _check_columns(table, fields, ["task.prompt_field", "task.completion_field"], where)
+            for column in fields:
+                kinds = {type(v).__name__ for v in table[column] if v is not None and not isinstance(v, str)}
+                if kinds:  # str() of a list of turns would be trained on as if it were text
+                    raise UserError(
+                        f"{where}: column {column!r} holds {', '.join(sorted(kinds))} values, not text; give text "
+                        f"prompts and completions, or conversations in a column task.messages_field="
+                        f"{task_cfg.messages_field!r}"
+                    )
+            columns = dict(zip(("prompt", "completion"), _texts(table, fields, where).values()))
+            for row, text in enumerate(columns["completion"]):
+                if not text:
+                    raise UserError(
+                        f"{where}, row {row + 1}: column {task_cfg.completion_field!r} is empty; every example "
+                        "needs a completion to train on"
+                    )
+        splits[split] = datasets.Dataset.from_dict({**columns, "idx": list(range(len(table)))}).cast_column(
+            "idx", datasets.Value("int32")
+        )
+    if "validation" not in splits:
+        splits = carve_validation(
+            splits["train"], data_cfg.validation_split_percentage, data_cfg.split_seed, stratify=False
+        )
+    return datasets.DatasetDict(splits)
+
+
+def carve_validation(train, percentage: float, seed: int, *, stratify: bool) -> dict:
     """``{"train": …, "validation": …}``: ``percentage`` % of ``train``'s rows (at least one) held out for
-    validation by ``Dataset.train_test_split`` with ``seed``, stratified by class for classification;
+    validation by ``Dataset.train_test_split`` with ``seed``, stratified by class when ``stratify``;
     both parts keep their rows in ``idx``, sorted by it (the file's order, so ``data.max_train_samples``
     takes the first rows of the file that were not held out).
 
@@ -308,7 +416,7 @@ def carve_validation(train, percentage: float, seed: int, regression: bool) -> d
             f"data.validation_split_percentage={percentage:g} of {len(train)} training rows leaves none to train "
             "on; give a smaller percentage or data.validation_file"
         )
-    if not regression:
+    if stratify:
         counts = Counter(train["label"])
         single = sorted(c for c, n in counts.items() if n < 2)
         if single:
@@ -319,7 +427,7 @@ def carve_validation(train, percentage: float, seed: int, regression: bool) -> d
             )
     try:
         parts = train.train_test_split(
-            test_size=n_val, seed=seed, stratify_by_column=None if regression else "label", load_from_cache_file=False
+            test_size=n_val, seed=seed, stratify_by_column="label" if stratify else None, load_from_cache_file=False
         )
     except ValueError as e:
         raise UserError(

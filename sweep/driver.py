@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
-from sweep.data import take, task_data, task_digest
+from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Plan, Status, plan
 from sweep.decision import StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
@@ -79,11 +79,10 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
             beyond the model's limits.
     """
     from sweep.data import class_names
-    from sweep.family import with_family
-    from sweep.modeling import check_limits, load_base_model, load_tokenizer, lora_param_count
+    from sweep.modeling import check_limits, family_applied, load_base_model, load_tokenizer, lora_param_count
 
     base = load_base_model(cfg.model, class_names(cfg))
-    model_cfg = with_family(cfg.model, base.config.model_type)
+    model_cfg = family_applied(base, cfg.model)
     per_rank = {}
     for key, targets in target_sets(cfg).items():
         try:
@@ -99,7 +98,7 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
         r=max(cfg.sweep.ranks),
         r_key="sweep.ranks",
         max_length=cfg.data.max_length,
-        n_texts=len(cfg.task.text_fields),
+        n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
     )
     return per_rank
 
@@ -263,6 +262,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     sets = target_sets(cfg)
     per_rank = params_per_rank(cfg)
     data = task_data(cfg)  # also tokenises once for every trial
+    if dropped_line(cfg):
+        log(dropped_line(cfg))
     check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
     shared = claims.is_shared(storage_url(cfg))
     with nullcontext() if shared else sweep_lock(sqlite_path(storage_url(cfg))):

@@ -74,8 +74,11 @@ class FlopModel:
                     if k in ("input_ids", "token_type_ids", "attention_mask")
                 }
                 if train:
+                    # a language model's labels are a sequence as long as its input (any ids: FLOPs do not
+                    # depend on which are scored); a classifier's, one per example
+                    labels = inputs["input_ids"] if example["labels"].dim() == 2 else example["labels"][:1]
                     counts.append(
-                        count_flops(lambda inputs=inputs: model(**inputs, labels=example["labels"][:1]).loss.backward())
+                        count_flops(lambda inputs=inputs, y=labels: model(**inputs, labels=y).loss.backward())
                     )
                 else:
                     with torch.no_grad():

@@ -14,9 +14,11 @@ higher is better (a minimised objective is negated). That is the one conversion:
 ``sweep/decide.py`` compare scores and never ask which way an objective goes; sentences, reports and plots
 turn scores back into real values (``Metric.real``) and name the unit and the direction.
 
-The causal-LM objectives (``loss``, ``perplexity``, ``token_accuracy``) are declared here (direction,
-unit, default tolerance) without a computation: they need a language model's token log-probabilities,
-which the causal-LM work will add; until then no task may measure them (``TaskConfig`` refuses them).
+The causal-LM metrics (``loss``, ``perplexity``, ``token_accuracy``) are computed over the completion tokens
+of the whole validation split (token-weighted, not a mean of per-example or per-batch means) from per-example
+sums that ``token_scores`` takes from the logits: ``preds`` of shape (N, 2) or (N, 3) (``sweep.trial.evaluate``
+adds the scored tokens), each example's summed negative log-likelihood (nats) and its correctly predicted
+tokens, and ``labels`` of shape (N,), each example's count of scored (completion) tokens.
 """
 
 from __future__ import annotations
@@ -89,6 +91,47 @@ def mse(preds: Sequence[float], labels: Sequence[float]) -> float:
     return float(mean_squared_error(labels, preds))
 
 
+def token_scores(logits, labels):
+    """Per-example sums of next-token prediction over the labelled tokens, as transformers' causal-LM loss
+    counts them: position t predicts ``labels[t + 1]``; a label of −100 is not scored.
+
+    Args:
+        logits: tensor (batch, length, vocab). labels: tensor (batch, length), token ids or −100.
+
+    Returns:
+        (nll, correct, tokens): float64 tensors of shape (batch,): summed −log p(label) in nats (log-softmax
+        in float32 or wider), count of labels that are the argmax, count of scored labels.
+    """
+    import torch
+
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    scored = labels != -100
+    target = labels.clamp(min=0).unsqueeze(-1)
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, target).squeeze(-1)
+    correct = (logits.argmax(-1) == labels) & scored
+    return (
+        (nll * scored).sum(-1).double(),
+        correct.sum(-1).double(),
+        scored.sum(-1).double(),
+    )
+
+
+def loss(preds: Sequence, labels: Sequence[float]) -> float:
+    """Validation loss per completion token, nats: Σ NLL / Σ tokens over the split (``preds[:, 0]`` summed
+    NLL per example, ``labels`` its scored tokens; see ``token_scores``)."""
+    return float(np.asarray(preds, dtype=float)[:, 0].sum() / np.asarray(labels, dtype=float).sum())
+
+
+def perplexity(preds: Sequence, labels: Sequence[float]) -> float:
+    """exp(``loss``): the perplexity of the completion tokens."""
+    return float(np.exp(loss(preds, labels)))
+
+
+def token_accuracy(preds: Sequence, labels: Sequence[float]) -> float:
+    """Fraction of completion tokens whose next-token argmax is right: Σ correct / Σ tokens (``preds[:, 1]``)."""
+    return float(np.asarray(preds, dtype=float)[:, 1].sum() / np.asarray(labels, dtype=float).sum())
+
+
 class Direction(Choice):
     """Which way an objective improves."""
 
@@ -115,7 +158,7 @@ class Metric:
         decimals: decimals its display values are written with (about a tenth of ``tolerance``).
         problem_type: the ``task.problem_type`` whose predictions it is computed from; None: declared only.
         compute: ``compute(preds, labels) -> float`` in metric units; None: declared only (no task may
-            measure it yet).
+            measure it).
     """
 
     name: str
@@ -157,10 +200,10 @@ class Metric:
         return f"{x:+.{self.decimals}f}" if signed else f"{x:.{self.decimals}f}"
 
 
-_C, _R = "single_label_classification", "regression"
+_C, _R, _L = "single_label_classification", "regression", "causal_lm"
 _MAX, _MIN = Direction.MAXIMISE, Direction.MINIMISE
 
-#: every metric a task may name, and the causal-LM objectives declared ahead of their computation.
+#: every metric a task may name.
 #: Default tolerances: 1 point for the GLUE metrics (the calibrated default, docs/validation.md); 0.04 for
 #: MSE, about what 1 point of Pearson r is worth on STS-B (for calibrated predictions MSE ≈ Var(y)(1 − r²),
 #: dMSE/dr = −2r·Var(y) ≈ −2 · 0.87 · 2.25 ≈ −3.9 at the r ≈ 0.87 LoRA reaches, Var(y) = 2.25 on the
@@ -177,9 +220,9 @@ METRICS: Dict[str, Metric] = {
         Metric("pearson", "Pearson r", _MAX, 100.0, "points", 1.0, True, 2, _R, pearson),
         Metric("spearman", "Spearman ρ", _MAX, 100.0, "points", 1.0, True, 2, _R, spearman),
         Metric("mse", "MSE", _MIN, 1.0, "squared label units", 0.04, False, 3, _R, mse),
-        Metric("loss", "loss", _MIN, 1.0, "nats", 0.01, False, 4),
-        Metric("perplexity", "perplexity", _MIN, 1.0, "perplexity", 0.1, False, 3),
-        Metric("token_accuracy", "token accuracy", _MAX, 100.0, "points", 1.0, False, 2),
+        Metric("loss", "loss", _MIN, 1.0, "nats", 0.01, False, 4, _L, loss),
+        Metric("perplexity", "perplexity", _MIN, 1.0, "perplexity", 0.1, False, 3, _L, perplexity),
+        Metric("token_accuracy", "token accuracy", _MAX, 100.0, "points", 1.0, False, 2, _L, token_accuracy),
     )
 }
 #: how the decisions read an objective a record does not name (a crashed trial's): a maximised metric in

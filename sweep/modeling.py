@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import re
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -131,17 +131,33 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
-def load_base_model(model_cfg: ModelConfig, label_names: Sequence[str]) -> nn.Module:
+#: the families of decoder LLMs (``conf/family/``), the models a causal-LM task trains
+DECODER_FAMILIES = ("gpt2", "llama")
+
+
+def load_base_model(model_cfg: ModelConfig, label_names: Optional[Sequence[str]]) -> nn.Module:
     """``AutoModelForSequenceClassification`` with a new head of ``len(label_names)`` outputs (its
     initialisation draws from torch's global RNG: seed before calling). One label name means one
-    output, which transformers trains as regression (mean-squared error).
+    output, which transformers trains as regression (mean-squared error). ``label_names`` None (a
+    causal-LM task): ``AutoModelForCausalLM``, the decoder with its own language-model head, nothing new.
 
     The model's ``pad_token_id`` is the tokenizer's, the id batches are padded with: decoder heads
     (GPT-2, LLaMA) read the last position whose token is not the pad token, so the two must agree.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _quiet_transformers()
+    if label_names is None:
+        pad = load_tokenizer(model_cfg.name_or_path).pad_token_id
+        model = _from_pretrained(AutoModelForCausalLM, model_cfg.name_or_path, pad_token_id=pad)
+        family = family_applied(model, model_cfg).family
+        if family not in DECODER_FAMILIES:
+            raise UserError(
+                f"model '{model_cfg.name}' is of family {family} ({model.config.model_type}), not a decoder LLM: "
+                f"task.problem_type=causal_lm needs a model of family {' or '.join(DECODER_FAMILIES)} (GPT-2; LLaMA, "
+                "Mistral, Qwen2, Qwen3, SmolLM2), e.g. model=smollm2-135m-instruct (embedded, offline)"
+            )
+        return model
     labels = list(label_names)
     return _from_pretrained(
         AutoModelForSequenceClassification,
@@ -187,10 +203,20 @@ def matrix_dims(module: nn.Module) -> Tuple[int, int]:
     return d_in, d_out
 
 
+def has_lm_head(model: nn.Module) -> bool:
+    """Whether ``model`` is a language model with its own output layer (``AutoModelForCausalLM``): it
+    trains no head, and its output layer (``lm_head``, tied to the embeddings) is no LoRA target."""
+    return model.get_output_embeddings() is not None
+
+
 def linear_modules(model: nn.Module, head: Sequence[str]) -> Dict[str, nn.Module]:
-    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` outside the head modules, by full module name."""
+    """Every ``nn.Linear`` and ``Conv1D`` of ``model`` outside the head modules and the language-model
+    output layer (``all-linear`` leaves it out, as peft's does), by full module name."""
     kinds = _adaptable_types()
-    return {n: m for n, m in model.named_modules() if isinstance(m, kinds) and not _in_head(n, head)}
+    output = model.get_output_embeddings()
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, kinds) and not _in_head(n, head) and m is not output
+    }
 
 
 def describe_modules(names: Sequence[str]) -> str:
@@ -206,12 +232,18 @@ def describe_modules(names: Sequence[str]) -> str:
     return ", ".join(out)
 
 
-def _family_applied(model: nn.Module, model_cfg: ModelConfig) -> ModelConfig:
+def family_applied(model: nn.Module, model_cfg: ModelConfig) -> ModelConfig:
     """``model_cfg`` with the role map, head and fused roles of ``model``'s family (``sweep/family.py``);
-    applying it twice changes nothing."""
+    a language model (``has_lm_head``) has no head to train: ``head`` is empty. Applying it twice changes
+    nothing."""
+    import dataclasses
+
     from sweep.family import with_family
 
-    return with_family(model_cfg, model.config.model_type)
+    applied = dataclasses.replace(with_family(model_cfg, model.config.model_type))
+    if has_lm_head(model):
+        applied.head = []  # set, not passed: ModelConfig refuses an empty head a user writes
+    return applied
 
 
 def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelConfig) -> Dict[str, List[str]]:
@@ -227,7 +259,7 @@ def resolve_targets(model: nn.Module, targets: Sequence[str], model_cfg: ModelCo
             linear module names), or names one matrix of a fused projection (GPT-2's ``q`` in
             ``c_attn``: the message names the fused module and the role that adapts it).
     """
-    model_cfg = _family_applied(model, model_cfg)
+    model_cfg = family_applied(model, model_cfg)
     linear = list(linear_modules(model, model_cfg.head))
     resolved = {}
     for t in targets:
@@ -328,13 +360,15 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
     as in Microsoft's loralib) and B is zero, so the wrapped model computes exactly the base model
     until the first step (LoRA, Hu et al. 2021, §4.1). Scaling: alpha/r, or alpha/sqrt(r) for rslora.
     ``Conv1D`` targets (GPT-2) get ``fan_in_fan_out=True``. The adapter records ``portable_base_id``
-    as its base model. ``model_cfg`` has its family applied (``with_family``).
+    as its base model. ``model_cfg`` has its family applied (``family_applied``). A language model
+    (``has_lm_head``) gets peft's ``CAUSAL_LM`` task type and no head: its trainable parameters are
+    the LoRA parameters alone.
 
     Raises:
         UserError: the head names no module, or the targets mix ``Conv1D`` and ``nn.Linear`` modules
             (peft's ``fan_in_fan_out`` is one setting for all of them).
     """
-    model_cfg = _family_applied(model, model_cfg)
+    model_cfg = family_applied(model, model_cfg)
     from peft import LoraConfig, TaskType, get_peft_model
 
     names = target_module_names(model, lora.targets, model_cfg)
@@ -346,13 +380,13 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
             "with nn.Linear ones; adapt one kind per trial"
         )
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType.CAUSAL_LM if has_lm_head(model) else TaskType.SEQ_CLS,
         r=int(lora.r),
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=names,
         use_rslora=lora.scaling == "rslora",
-        modules_to_save=list(model_cfg.head),
+        modules_to_save=list(model_cfg.head) or None,
         fan_in_fan_out=bool(transposed),
     )
     missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]

@@ -110,12 +110,21 @@ class TrialResult:
     best: Dict[str, Optional[float]] = _kept(study=True, factory=dict)
     #: one record per evaluated epoch: ``epoch`` (1-based), ``train_loss`` (mean, nats), the GLUE metrics
     epochs: List[dict] = _kept(factory=list)
-    #: the metrics of always predicting the training split's majority class (regression: its mean)
+    #: the metrics of the constant reference (``baseline``): always predicting the training split's majority
+    #: class (regression: its mean); causal LM: the base model without the adapter on the validation split
     majority_baseline: Dict[str, float] = _kept(study=True, factory=dict)
+    #: what ``majority_baseline`` measures: ``majority class``, ``training mean`` or ``base model without the
+    #: adapter``; None in records made before it was recorded (read by the problem type)
+    baseline: Optional[str] = _kept(study=True)
     #: training examples used
     n_train: Optional[int] = _kept(study=True)
     #: validation examples evaluated
     n_eval: Optional[int] = _kept(study=True)
+    #: causal LM: training examples left out because their completion cannot fit ``data.max_length``
+    #: (``sweep.lmdata``), in the whole training split as read; None for other tasks
+    dropped_train: Optional[int] = _kept(study=True)
+    #: causal LM: validation examples left out likewise, in the whole validation split as read
+    dropped_eval: Optional[int] = _kept(study=True)
     #: epochs trained and evaluated
     epochs_run: Optional[int] = _kept()
     #: non-padding training tokens seen (attention mask sum), over all epochs

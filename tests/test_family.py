@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import GLUE
+from conftest import FF, GLUE, KV, LAYERS, D, tiny_config
 
 from sweep.cli import compose
 from sweep.config import ModelConfig
@@ -28,24 +28,8 @@ from sweep.modeling import (
     target_module_names,
 )
 
-D, FF, LAYERS, KV = 32, 64, 2, 16  # d_model, d_ff, layers; LLaMA's k/v width: 1 key-value head of 16
-VOCAB = 30522  # MiniLM's BERT tokenizer
 FAMILIES = ("bert", "roberta", "deberta-v2", "gpt2", "llama")
 DECODERS = ("gpt2", "llama")
-
-
-def tiny_config(family: str):
-    from transformers import BertConfig, DebertaV2Config, GPT2Config, LlamaConfig, RobertaConfig
-
-    enc = dict(vocab_size=VOCAB, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=FF)
-    return {
-        "bert": lambda: BertConfig(**enc, max_position_embeddings=128),
-        # RoBERTa counts positions from pad_token_id + 1; two token types for BERT's sentence-pair ids
-        "roberta": lambda: RobertaConfig(**enc, max_position_embeddings=130, type_vocab_size=2, pad_token_id=0),
-        "deberta-v2": lambda: DebertaV2Config(**enc, max_position_embeddings=128, pad_token_id=0),
-        "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=D, n_layer=LAYERS, n_head=2, n_inner=FF, n_positions=128),
-        "llama": lambda: LlamaConfig(**enc, num_key_value_heads=1, max_position_embeddings=128),
-    }[family]()
 
 
 # targets per family and the LoRA parameters by hand at r=2: layers × r × Σ(d_in + d_out)

@@ -79,9 +79,9 @@ REGISTRY = {
     "pearson": ("maximise", 100.0, "points", 1.0, True, "regression"),
     "spearman": ("maximise", 100.0, "points", 1.0, True, "regression"),
     "mse": ("minimise", 1.0, "squared label units", 0.04, False, "regression"),
-    "loss": ("minimise", 1.0, "nats", 0.01, False, None),
-    "perplexity": ("minimise", 1.0, "perplexity", 0.1, False, None),
-    "token_accuracy": ("maximise", 100.0, "points", 1.0, False, None),
+    "loss": ("minimise", 1.0, "nats", 0.01, False, "causal_lm"),
+    "perplexity": ("minimise", 1.0, "perplexity", 0.1, False, "causal_lm"),
+    "token_accuracy": ("maximise", 100.0, "points", 1.0, False, "causal_lm"),
 }
 
 
@@ -89,7 +89,7 @@ REGISTRY = {
 def test_every_metric_has_one_direction_unit_and_tolerance(name, expected):
     m = METRICS[name]
     assert (m.direction.value, m.scale, m.unit, m.tolerance, m.per_example, m.problem_type) == expected
-    assert (m.compute is None) == (m.problem_type is None)  # the causal-LM ones are declared, not computed
+    assert m.compute is not None
 
 
 @pytest.mark.parametrize(
@@ -104,12 +104,14 @@ def test_score_is_higher_is_better_in_the_unit_and_real_undoes_the_sign(name, va
     assert metric_of(None) == POINTS and metric_of(None).score(0.8) == pytest.approx(80.0)
 
 
-def test_an_mse_objective_gets_its_default_tolerance_and_a_declared_metric_is_refused():
+def test_an_mse_objective_gets_its_default_tolerance_and_a_metric_of_another_problem_type_is_refused():
     stsb = ["task=stsb", "task.metrics=[pearson,spearman,mse]", "task.objective=mse"]
     assert compose(stsb)[0].sweep.tolerance == 0.04  # sweep.tolerance: null, the objective's default
     assert compose([*stsb, "sweep.tolerance=0.1"])[0].sweep.tolerance == 0.1
     assert compose([])[0].sweep.tolerance == 1.0  # MRPC accuracy: 1 point, as before
-    with pytest.raises(UserError, match=r"task.metrics='loss' is not computed yet .* valid values are pearson, "):
+    with pytest.raises(
+        UserError, match=r"task.metrics='loss' is invalid for task.problem_type=regression: valid values are pearson, "
+    ):
         compose(["task=stsb", "task.metrics=[pearson,loss]"])
     with pytest.raises(UserError, match=r"task.metrics='mse' is invalid for task.problem_type=single_label"):
         compose(["task.metrics=[accuracy,mse]"])

@@ -4,16 +4,12 @@ Sweeps run in-process (``run_main``) except where a separate process is the poin
 suite kills one sweep mid-trial; the kill at several points in a row is marked slow."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import PROJECT, ok, run_main
+from conftest import kill_when, ok, run_main
 
 from sweep.__main__ import main as sweep_main
 
@@ -56,24 +52,6 @@ def finished(tmp: Path, name: str = "default"):
         )
         out.append((t.params["r"], t.user_attrs["targets_key"], t.params["seed"], t.state.name, t.value, epochs))
     return sorted(out, key=repr)
-
-
-def kill_when(cmd_args, condition, log: Path, timeout=600):
-    """Start the sweep in a child process, SIGKILL it as soon as ``condition()`` holds (or let it end).
-    Polls files only (cheap), so the sweep under test keeps the CPU; the child's output goes to ``log``."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sweep", *cmd_args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-        deadline = time.time() + timeout
-        while proc.poll() is None and time.time() < deadline:
-            if condition():
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        proc.wait()
-    return proc.returncode
 
 
 def n_finished(tmp, name="default"):
