@@ -386,6 +386,7 @@ def test_a_changed_file_is_read_anew_even_with_its_old_modification_time(tmp_pat
     assert task_digest(cfg) != before
 
 
+@pytest.mark.slow  # a trial and a reload; the default suite reloads a two-class export (tests/test_export.py)
 def test_three_classes_reload_with_their_names_from_the_adapters_config(tmp_path):
     """The adapter's config.json holds what its head was trained in: three classes, named; a base loaded
     with it takes the adapter and predicts what the trial predicted."""

