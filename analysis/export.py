@@ -45,6 +45,7 @@ from sweep.decide import ConfigResults, noise_floor
 from sweep.decision import Action, ConfigKey, Stage, TrialSpec
 from sweep.errors import UserError
 from sweep.metrics import metric_of
+from sweep.modeling import gguf_file, resolve_model_path
 from sweep.paths import sweep_dir
 
 #: the files of an export, in ``export/``
@@ -225,7 +226,8 @@ def recommendation_record(
         "metric": {
             "name": info.objective,
             "direction": m.direction.value,
-            "units": "metric units (accuracy and F1 in [0, 1], correlations in [-1, 1], MSE in squared label units)",
+            "units": "metric units (accuracy and F1 in [0, 1], correlations in [-1, 1], MSE in squared label units, "
+            "loss in nats, perplexity as exp(loss))",
             "trial_value": record.objective_value,
             "n_seeds": stats.n,
             "by_seed": {str(s): v for s, v in chosen.values.items()},
@@ -385,6 +387,11 @@ def export(cfg: Config, *, missing_hint: str = "run `make sweep TASK=<task>` fir
     from sweep.record import read_result
     from sweep.study import storage_url, study_name
 
+    if cfg.export.merge and gguf_file(resolve_model_path(cfg.model.name_or_path)):
+        raise UserError(
+            f"export.merge=true: model '{cfg.model.name}' is read from a GGUF file, and transformers does not save "
+            "a model loaded from GGUF; export the adapter alone (export.merge=false) and merge where you load it"
+        )
     rep = load_report(storage_url(cfg), study_name(cfg), missing_hint=missing_hint)
     chosen = chosen_trial(cfg, rep)
     _check_trial_folder(chosen, cfg.export.merge)

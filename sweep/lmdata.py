@@ -88,14 +88,18 @@ def assistant_spans(tokenizer, messages: Sequence[Dict[str, str]]) -> Tuple[str,
         if turn["role"] != "assistant":
             continue
         through = _render(tokenizer, messages[: i + 1], False)
-        before = next(
-            (
-                b
-                for b in (_render(tokenizer, messages[:i], True), _render(tokenizer, messages[:i], False))
-                if through.startswith(b)
-            ),
-            None,
-        )
+        if i == 0:  # an opening assistant turn: nothing before it to render (templates refuse an empty list)
+            at = through.find(str(turn["content"])) if str(turn["content"]) else -1
+            before = through[:at] if at >= 0 else None
+        else:
+            before = next(
+                (
+                    b
+                    for b in (_render(tokenizer, messages[:i], True), _render(tokenizer, messages[:i], False))
+                    if through.startswith(b)
+                ),
+                None,
+            )
         if before is None or not text.startswith(through):
             raise UserError(
                 f"the chat template of {tokenizer.name_or_path} renders turn {i + 1} of a conversation "

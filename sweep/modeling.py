@@ -105,7 +105,8 @@ def _from_pretrained(loader, name_or_path: str, **kwargs):
     return from_hub(
         lambda: loader.from_pretrained(path, **kwargs),
         f"model '{path}'",
-        "use model=minilm (embedded, offline) or model.name_or_path=<a local model directory>",
+        "use an embedded model (offline): model=minilm (an encoder) or model=smollm2-135m-instruct (a decoder, "
+        "for task=sft), or model.name_or_path=<a local model directory>",
     )
 
 

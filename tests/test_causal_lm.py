@@ -121,6 +121,9 @@ def test_labels_keep_exactly_the_completion_and_the_assistant_turns(tiny_lm):
     scored = [t for t, x in zip(ids, labels) if x != IGNORE]
     assert decode(scored) == "alpha [SEP] beta gamma [SEP]"  # each assistant turn and its end-of-turn marker
     assert [x for x in labels if x != IGNORE] == scored
+    # a conversation that opens with the assistant's greeting: that turn is scored from its content on
+    ids, labels = conversation(tokenizer, [{"role": "assistant", "content": "hello"}, *messages[1:]])
+    assert decode([t for t, x in zip(ids, labels) if x != IGNORE]) == "hello [SEP] alpha [SEP] beta gamma [SEP]"
 
 
 @pytest.mark.parametrize(
