@@ -192,6 +192,7 @@ def test_trial_folders_of_another_version_analyse_the_same(tiny_sweep, tmp_path)
     assert pd.read_csv(copy / "subspace" / "pairs.csv").equals(pd.read_csv(out / "subspace" / "pairs.csv"))
 
 
+@pytest.mark.slow  # two analyses of a sweep
 def test_files_of_an_earlier_analysis_that_no_longer_hold_are_removed(tiny_sweep, tmp_path):
     """A heatmap of a pair that no longer exists goes at the next analysis; the real ones stay. Once an
     adapter is deleted and no pair is left, the report removes every subspace file (it described adapters

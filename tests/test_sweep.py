@@ -176,6 +176,7 @@ def test_refused_resume_changes_nothing(reference, glue_dir, bad, message):
     assert {name: (folder / name).read_bytes() for name in before} == before
 
 
+@pytest.mark.slow  # a real sweep; the cap itself is in tests/test_decide.py
 def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
     proc = run_main(sweep_main, *args(tmp_path, glue_dir, "sweep.max_trials=1"))
     ok(proc)
@@ -194,6 +195,7 @@ def test_trial_budget_stops_cleanly(glue_dir, tmp_path):
     )
 
 
+@pytest.mark.slow  # a real sweep of diverging trials; divergence of one trial is in tests/test_trial.py
 def test_a_sweep_in_which_every_trial_diverged_exits_non_zero(glue_dir, tmp_path):
     # lr 1e30: the loss is NaN within the first epoch of r=1 and of r=2, as `make trial` would report it
     ran = run_main(
@@ -213,6 +215,7 @@ def test_a_sweep_in_which_every_trial_diverged_exits_non_zero(glue_dir, tmp_path
     assert [t.user_attrs["status"] for t in trials_of(tmp_path)] == ["diverged", "diverged"]
 
 
+@pytest.mark.slow  # a real STS-B sweep; the default suite minimises in tests/test_causal_lm.py and the mirrored decision table
 def test_a_sweep_minimising_stsb_mse_picks_the_lowest_and_reports_real_values(glue_dir, tmp_path):
     """STS-B with ``task.objective=mse`` (minimised, squared label units), ``debug=tiny``: r=1 and r=2 on q,v,
     one seed each, no wider set. Without a noise estimate nothing is significant, so the recommendation is the

@@ -113,6 +113,7 @@ def test_same_seed_same_metrics_other_seed_other_run(tiny, tmp_path):
     assert a.epochs[0]["train_loss"] != c.epochs[0]["train_loss"]
 
 
+@pytest.mark.slow  # the default suite reloads the export as the README does (tests/test_export.py)
 def test_reloaded_adapter_reproduces_the_predictions(tiny):
     from peft import PeftModel
 

@@ -98,6 +98,7 @@ def state_after_stale_check(study) -> TrialState:
     return study.get_trials(deepcopy=False)[0].state
 
 
+@pytest.mark.slow  # a 5 s grace period waited out; claims are tested without waiting in the default suite
 def test_a_trial_without_heartbeat_for_the_grace_period_is_abandoned(postgres):
     grace = 5
     study = load(postgres, "stale", interval=1, grace=grace)
@@ -225,6 +226,7 @@ def test_three_workers_one_killed_equal_one_process(postgres, glue_dir, tmp_path
     assert attrs_many["decisions"] == attrs_one["decisions"]
 
 
+@pytest.mark.slow  # two sweep processes; the default suite refuses one study from two folders in-process
 def test_a_second_process_on_a_sqlite_sweep_is_refused_naming_postgresql(glue_dir, tmp_path):
     a = [*WORKER, f"data.dir={glue_dir}", f"results_dir={tmp_path}"]
     with sweep_lock(tmp_path / "mrpc" / "grid" / "study.db"):
