@@ -387,6 +387,11 @@ class LoraSettings:
             GPT-2: ``qkv``, ``o``, ``up``, ``down``), ``all-linear``, raw module names or regexes over
             module names.
         scaling: ``standard`` (alpha/r) or ``rslora`` (alpha/sqrt(r)).
+        nested: nested-rank training (DyLoRA, Valipour et al. 2023; ``sweep/nested.py``): one adapter of rank
+            ``r`` whose every step trains the first b components, b drawn from ``nested_ranks``, each of
+            which is evaluated by truncation and saved as an adapter of its own.
+        nested_ranks: the ranks a nested trial draws and evaluates, ``r`` among them; None: the powers of two
+            up to ``r`` (``sweep.nested.nested_ranks``).
     """
 
     r: int = MISSING
@@ -394,6 +399,8 @@ class LoraSettings:
     dropout: float = MISSING
     targets: Any = MISSING
     scaling: Scaling = MISSING
+    nested: bool = MISSING
+    nested_ranks: Optional[List[int]] = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("lora.r", self.r, integer=True)
@@ -402,6 +409,10 @@ class LoraSettings:
             raise ValueError(f"lora.dropout={self.dropout!r} is invalid: it must be in [0, 1)")
         self.scaling = _choice_text("lora.scaling", self.scaling, Scaling)
         self.targets = normalize_targets(self.targets, "lora.targets")
+        if self.nested:
+            from sweep.nested import nested_ranks
+
+            self.nested_ranks = nested_ranks(self.r, self.nested_ranks)
 
 
 @dataclass

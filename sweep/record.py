@@ -57,8 +57,13 @@ class TrialResult:
     #: the model's outputs, index = class id (``id2label``; the user's data: its classes in the documented
     #: order, ``sweep.datafiles.class_order``); regression: the one output's name. Empty in older records
     label_names: List[str] = _kept(factory=list)
-    #: LoRA rank r
+    #: LoRA rank r (a nested trial: the largest rank, the one it trained)
     r: Optional[int] = _kept()
+    #: nested-rank training (``lora.nested``, DyLoRA): the trial screened every rank of ``rank_curve`` by truncation
+    nested: bool = _kept(study=True, csv=True, default=False)
+    #: a nested trial's rank curve, ascending: ``r``, ``best_epoch``, ``objective_value`` (metric units),
+    #: ``best`` (every metric at that rank's best epoch) and ``epochs``; None for an ordinary trial
+    rank_curve: Optional[List[dict]] = _kept(study=True)
     #: lora_alpha, the numerator of the scaling
     lora_alpha: Optional[float] = _kept(study=True, csv=True)
     #: lora_dropout

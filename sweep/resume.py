@@ -413,10 +413,15 @@ class Progress:
     status: Status = Status.OK
     #: why the trial stopped early (``diverged``), else None
     reason: Optional[str] = None
+    #: nested-rank training (``lora.nested``): each rank below the trial's own -> its history, best epoch,
+    #: best state and predictions as truncated to that rank (the trial's own rank is this object's fields)
+    ranks: Dict[int, "Progress"] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """The fields as a plain dict (shallow: the tensors and arrays are shared), as checkpoints store it."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields as a plain dict (shallow: the tensors and arrays are shared), as checkpoints store it;
+        ``ranks`` only when a nested trial filled it, so an ordinary trial's checkpoint keeps the layout every
+        earlier version reads."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "ranks" or self.ranks}
 
     @classmethod
     def from_dict(cls, state: dict) -> "Progress":

@@ -47,6 +47,7 @@ from sweep.modeling import (
     set_backbone_dropout,
     trainable_state,
 )
+from sweep.nested import RankTruncation, save_truncated, step_ranks
 from sweep.paths import results_root
 from sweep.record import TrialResult, write_result
 from sweep.redact import config_yaml
@@ -66,8 +67,10 @@ def targets_slug(targets: List[str]) -> str:
 
 
 def trial_name(cfg: Config) -> str:
-    """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep)."""
-    return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}-seed{cfg.train.seed}"
+    """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep); a nested trial
+    ``r64-q-v-nested-seed0``."""
+    nested = "-nested" if cfg.lora.nested else ""
+    return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}{nested}-seed{cfg.train.seed}"
 
 
 def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
@@ -163,13 +166,15 @@ def train_one_epoch(
     *,
     desc: str = "",
     bar: bool = False,
+    on_step: Optional[Callable[[int], None]] = None,
 ) -> EpochStats:
     """One pass over ``batches`` in the order of ``epoch`` (0-based: it seeds the shuffle): forward, backward,
     gradient clipping to ``max_grad_norm`` (None or 0: none), an optimiser and a scheduler step per batch.
 
     The mean loss is read on the host every ``LOSS_CHECK_EVERY`` steps and after the last one; once it is
     NaN/inf the epoch stops there and ``diverged`` is set (no exception). ``bar`` shows a live tqdm bar
-    titled ``desc``.
+    titled ``desc``. ``on_step(i)`` is called before the forward pass of step i (0-based; nested-rank training
+    sets the step's rank there).
 
     Returns:
         ``EpochStats``: mean loss, steps, FLOPs, tokens, seconds and whether the loss diverged.
@@ -184,6 +189,8 @@ def train_one_epoch(
     progress_bar = tqdm(total=len(batches), desc=desc, leave=False, disable=not bar, dynamic_ncols=True)
     for batch in batches.epoch(epoch):
         batch.pop("index")
+        if on_step is not None:
+            on_step(steps)
         n, width = batch["input_ids"].shape
         n_flops += flops(n, width)
         padded += n * width
@@ -274,6 +281,9 @@ def run_trial(
         set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
     model = apply_lora(base, cfg.lora, model_cfg).to(device)
     counts = parameter_counts(model, base_total)
+    # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
+    ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
+    truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
     # data: tokenised once per process (cached), then cut to the requested sizes
     data = task_data(cfg)
     train_split = take(data["train"], cfg.data.max_train_samples)
@@ -307,14 +317,24 @@ def run_trial(
 
     score = metric_of(cfg.task.objective).score  # the best epoch is the best in the objective's direction
 
-    def better(value: float, best: float) -> bool:
-        return score(value) > score(best)
+    def keep(p: Progress, record: dict, preds: np.ndarray) -> None:
+        """Add an evaluated epoch to ``p``, and make it ``p``'s best when it beats the best so far."""
+        p.history.append(record)
+        if p.best is None or score(record[cfg.task.objective]) > score(p.best[cfg.task.objective]):
+            p.best, p.best_state, p.best_preds = record, trainable_state(model), preds
 
     # restored last of the set-up: the RNG must continue exactly where the stopped run left it
     ckpt_path = run_dir / CHECKPOINT
     done = load_checkpoint(ckpt_path, model, optimizer, scheduler, config_text, device) or Progress()
     for epoch in range(done.epoch, cfg.train.epochs):
         desc = f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}"
+        on_step = None
+        if truncation is not None:
+            draws = step_ranks(ranks, cfg.train.seed, epoch, len(train_batches))
+
+            def on_step(i: int, draws=draws) -> None:
+                truncation.set(int(draws[i]))
+
         stats = train_one_epoch(
             model,
             train_batches,
@@ -327,6 +347,7 @@ def run_trial(
             cfg.train.max_grad_norm,
             desc=desc,
             bar=progress and sys.stderr.isatty(),
+            on_step=on_step,
         )
         done.train_flops += stats.flops
         done.train_tokens += stats.tokens
@@ -337,29 +358,37 @@ def run_trial(
             done.reason = f"training loss became {stats.mean_loss} in epoch {epoch + 1} by step {stats.steps}"
             break
 
-        start = time.perf_counter()
-        preds = evaluate(model, val_batches, device, precision)
-        done.eval_seconds += time.perf_counter() - start
-        done.eval_flops += eval_flops_per_pass
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": stats.mean_loss,
-            **compute_metrics(cfg.task.metrics, preds, val_labels),
-        }
-        done.history.append(record)
+        for b in ranks:  # the trial's own rank last: its record is the epoch's
+            if truncation is not None:
+                truncation.set(b)
+            start = time.perf_counter()
+            preds = evaluate(model, val_batches, device, precision)
+            done.eval_seconds += time.perf_counter() - start
+            done.eval_flops += eval_flops_per_pass
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": stats.mean_loss,
+                **compute_metrics(cfg.task.metrics, preds, val_labels),
+            }
+            keep(done if b == cfg.lora.r else done.ranks.setdefault(b, Progress()), record, preds)
         if on_epoch is not None:
             on_epoch(record)
-        if done.best is None or better(record[cfg.task.objective], done.best[cfg.task.objective]):
-            done.best, done.best_state, done.best_preds = record, trainable_state(model), preds
         done.epoch = epoch + 1
         if progress:
             scores = ", ".join(f"{k} {record[k]:.4f}" for k in cfg.task.metrics)
+            if truncation is not None:
+                by_rank = done.ranks | {cfg.lora.r: done}
+                scores += "; by rank " + ", ".join(
+                    f"r={b} {by_rank[b].history[-1][cfg.task.objective]:.4f}" for b in ranks
+                )
             tqdm.write(
                 f"{desc}: train loss {record['train_loss']:.4f}, {scores} ({done.train_seconds:.0f} s training so far)"
             )
         if done.epoch < cfg.train.epochs:
             save_checkpoint(ckpt_path, model, optimizer, scheduler, done, config_text, device)
 
+    if truncation is not None:
+        truncation.remove()  # the whole rank again, and no hooks: the model is the trial's rank-r adapter
     if cfg.task.causal_lm:
         baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
     else:
@@ -376,6 +405,13 @@ def run_trial(
         val_split,
         baseline,
     )
+    for b, p in done.ranks.items():
+        # each truncated rank at its best epoch, as an ordinary peft LoRA adapter of rank b
+        if p.best_state is not None:
+            model.load_state_dict(p.best_state, strict=False)
+            save_truncated(model, b, run_dir / f"adapter-r{b}")
+            base.config.save_pretrained(str(run_dir / f"adapter-r{b}"))
+            np.save(run_dir / f"val_predictions-r{b}.npy", p.best_preds)
     if done.best_state is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(done.best_state, strict=False)
@@ -466,6 +502,8 @@ def _result(
         pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
         label_names=class_names(cfg) or [],
         r=cfg.lora.r,
+        nested=cfg.lora.nested,
+        rank_curve=_rank_curve(cfg, done) if cfg.lora.nested else None,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         scaling=cfg.lora.scaling,
@@ -502,6 +540,26 @@ def _result(
         status=done.status,
         reason=done.reason,
     )
+
+
+def _rank_curve(cfg: Config, done: Progress) -> List[dict]:
+    """A nested trial's rank curve, one entry per rank, ascending: ``r``, ``best_epoch``, ``objective_value``
+    (its objective at its own best epoch, metric units), ``best`` (every metric there) and ``epochs`` (one
+    record per evaluated epoch); the trial's rank r is the last (its record's own fields)."""
+    by_rank = done.ranks | {cfg.lora.r: done}
+    out = []
+    for b in cfg.lora.nested_ranks:
+        best = by_rank[b].best or {}
+        out.append(
+            {
+                "r": b,
+                "best_epoch": best.get("epoch"),
+                "objective_value": best.get(cfg.task.objective),
+                "best": {m: best.get(m) for m in cfg.task.metrics},
+                "epochs": by_rank[b].history,
+            }
+        )
+    return out
 
 
 def trial_dir(cfg: Config, resolved) -> Path:

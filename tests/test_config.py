@@ -53,6 +53,8 @@ lora:
   - q
   - v
   scaling: standard
+  nested: false
+  nested_ranks: null
 train:
   epochs: 3
   lr: 0.002
@@ -267,7 +269,7 @@ REFUSED = [
     (
         ["+lora.foo=1"],
         "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling",
+        "dropout, targets, scaling, nested, nested_ranks",
     ),
     (
         ["train.precison=bf16"],
@@ -302,7 +304,7 @@ REFUSED = [
     (["data.dir="], "data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub"),
     (
         ["lora=null"],
-        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling; set those keys "
+        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling, nested, nested_ranks; set those keys "
         "one by one, e.g. lora.r=8",
     ),
     (
@@ -313,7 +315,7 @@ REFUSED = [
     (
         ["~lora.rr"],
         "unknown config key 'lora.rr' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling",
+        "dropout, targets, scaling, nested, nested_ranks",
     ),
 ]
 

@@ -181,8 +181,8 @@ def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     done = run_module("sweep.trial", *args)
     assert done.returncode == 0, done.stderr
     resumed = json.loads((run_dir / "metrics.json").read_text())
-    assert resumed.epochs == reference.epochs  # bit-identical continuation
-    assert resumed.train_flops == reference.train_flops
+    assert resumed["epochs"] == reference.epochs  # bit-identical continuation
+    assert resumed["train_flops"] == reference.train_flops
 
 
 def test_stsb_trains_a_regressor(tiny):
