@@ -76,6 +76,7 @@ from sweep.decision import (
     RaceEnd,
     RanksExhausted,
     Recommendation,
+    Screened,
     Stage,
     StopReason,
     TrialSpec,
@@ -113,6 +114,12 @@ class Outcome:
         objective: the name of the objective (``sweep.metrics.METRICS``: its direction and unit); None: a
             maximised metric in points, as every objective was before minimised ones existed. The
             statistics convert ``value`` to a score by it (``sweep.stats.stats_of``).
+        nested: a nested-rank trial of the screen (``TrialSpec.nested``; ``r`` is its adapter's rank, the
+            largest of ``sweep.ranks``). Its outcome informs the screen alone: it never enters
+            ``aggregate``, the statistics of a comparison, the noise floor or the recommendation; the
+            compute cap counts it as one trial and its FLOPs.
+        rank_values: a nested trial's objective value at each rank it was evaluated at (rank -> value, in
+            metric units like ``value``); None for an independent trial. Keys are read as ``int``.
     """
 
     r: int
@@ -125,6 +132,12 @@ class Outcome:
     seconds: float = 0.0
     resolution: Optional[float] = None
     objective: Optional[str] = None
+    rank_values: Optional[Mapping[int, float]] = None
+    nested: bool = False
+
+    def __post_init__(self):
+        if self.rank_values is not None:  # JSON gives the ranks back as text
+            object.__setattr__(self, "rank_values", {int(r): float(v) for r, v in self.rank_values.items()})
 
 
 def objective_of(outcomes: Iterable[Outcome]) -> Optional[str]:
@@ -189,15 +202,25 @@ def seed_sequence(settings: SweepSettings) -> List[int]:
     return seeds
 
 
+def screen_seed_sequence(settings: SweepSettings) -> List[int]:
+    """The seeds of the screen's nested trials, a sequence of their own: ``sweep.seeds``, then the next
+    integers after the largest of them, ``sweep.screen_seeds`` in all."""
+    seeds = list(settings.seeds)
+    seeds += range(max(seeds) + 1, max(seeds) + 1 + max(0, settings.screen_seeds - len(seeds)))
+    return seeds[: settings.screen_seeds]
+
+
 def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]]:
-    """The outcomes that are measurements, by configuration (in the order of its first one) and seed.
+    """The outcomes of independent trials that are measurements, by configuration (in the order of its
+    first one) and seed.
 
     A ``failed`` trial (a crash) measured nothing and is left out: it never stands in for a result.
+    A nested trial (the screen's) is left out: its values are not those of an independent trial.
     Of two outcomes of one seed the later one counts (``outcomes`` in trial order).
     """
     by_cfg: Dict[ConfigKey, Dict[int, Outcome]] = {}
     for o in outcomes:
-        if o.status != "failed":
+        if o.status != "failed" and not o.nested:
             by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
     return by_cfg
 
@@ -205,7 +228,7 @@ def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]
 def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
     """Per configuration (r, targets), what the decisions use: the one aggregation of outcomes.
 
-    Only measurements count (crashes are left out, the later outcome of a seed wins), and the
+    Only measurements of independent trials count (nested trials are the screen's, crashes are left out, the later outcome of a seed wins), and the
     objective only of ``seeds``, in that order: the replay passes the seeds it has asked for so far
     (``seed_sequence(settings)[:n]``), a report ``seed_sequence(settings)``; seeds outside them (a study
     run before with other ``sweep.seeds``) are ``not_counted``. The costs (the most trainable parameters, the
@@ -233,8 +256,8 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
 def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
     """The floor on the seed s.d. of every comparison, points: ``sweep.noise_floor`` validation examples'
     worth, at the coarsest ``resolution`` of ``outcomes`` (one study evaluates one validation set, so they
-    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution."""
-    steps = [o.resolution for o in outcomes if o.resolution is not None]
+    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution. Nested trials are left out."""
+    steps = [o.resolution for o in outcomes if o.resolution is not None and not o.nested]
     return settings.noise_floor * max(steps) if steps and settings.noise_floor > 0 else None
 
 
@@ -481,11 +504,53 @@ class _Replay:
                 return ref, True
         return ref, False
 
+    def screen(self, start: str) -> Steps[List[int]]:
+        """The screen stage: the nested trials of ``screen_seed_sequence`` on ``start`` at the largest rank,
+        their screened curve (the mean score by rank, ``stats_of`` as for independent trials), its best
+        rank and knee (the smallest rank within ``screen_margin`` × ``tolerance`` of the best), and the
+        ranks independent trials run at by ``screen_rule``; returns those ranks, empty when no nested
+        trial succeeded (a ``screen`` decision either way)."""
+        s = self.s
+        top = s.ranks[-1]
+        done = {
+            o.seed: o for o in self.outcomes if o.nested and o.status != "failed" and (o.r, o.targets) == (top, start)
+        }
+        seeds = screen_seed_sequence(s)
+        missing = [TrialSpec(top, start, seed, Stage.SCREEN, nested=True) for seed in seeds if seed not in done]
+        if missing:
+            yield missing
+        ok = [done[seed] for seed in seeds if done[seed].status == "ok" and done[seed].rank_values]
+        ranks = [r for r in s.ranks if ok and all(r in o.rank_values for o in ok)]
+        curve = {r: stats_of([o.rank_values[r] for o in ok], self.objective).mean for r in ranks}
+        margin = s.screen_margin * s.tolerance
+        best = max(curve, key=curve.__getitem__) if curve else None  # the lower rank on a tie
+        knee = min(r for r in curve if curve[r] >= curve[best] - margin) if curve else None
+        if not curve:
+            chosen: List[int] = []
+        elif s.screen_rule == "knee":
+            chosen = [knee]
+        elif s.screen_rule == "pair":
+            chosen = sorted({knee, best})
+        else:
+            chosen = [r for r in s.ranks if r >= knee]
+        detail = Screened(
+            tuple(curve.items()), len(ok), best, knee, margin, s.screen_rule, tuple(chosen), self.objective
+        )
+        self.decide(Action.SCREEN, Stage.SCREEN, (top, start), detail)
+        return chosen
+
     def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
-        """The rank stage, then (at a low plateau rank) the targets stage; returns why it stopped."""
+        """The screen (``sweep.screen``), the rank stage, then (at a low plateau rank) the targets stage;
+        returns why it stopped."""
         s = self.s
         start = targets_key(s.start_targets)
-        ref, plateaued = yield from self.climb([(r, start) for r in s.ranks], None, Stage.RANK)
+        ranks = (yield from self.screen(start)) if s.screen else []
+        if ranks and s.screen_rule != "climb":  # the screen's ranks, each against the best so far
+            ref, plateaued = None, True
+            for r in ranks:
+                ref, _ = yield from self.step((r, start), ref, Stage.RANK)
+        else:
+            ref, plateaued = yield from self.climb([(r, start) for r in ranks or s.ranks], None, Stage.RANK)
         if not plateaued:
             self.decide(
                 Action.RANKS_EXHAUSTED,
