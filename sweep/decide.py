@@ -83,7 +83,7 @@ from sweep.decision import (
     Undecided,
     Verdict,
 )
-from sweep.stats import Stats, compare, seed_noise, stats_of
+from sweep.stats import Stats, compare, residual_sd, seed_noise, stats_of, t_quantile
 
 
 class Status(Choice):
@@ -257,7 +257,11 @@ def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optiona
     """The floor on the seed s.d. of every comparison, points: ``sweep.noise_floor`` validation examples'
     worth, at the coarsest ``resolution`` of ``outcomes`` (one study evaluates one validation set, so they
     agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution. Nested trials are left out."""
-    steps = [o.resolution for o in outcomes if o.resolution is not None and not o.nested]
+    return _floor([o for o in outcomes if not o.nested], settings)
+
+
+def _floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
+    steps = [o.resolution for o in outcomes if o.resolution is not None]
     return settings.noise_floor * max(steps) if steps and settings.noise_floor > 0 else None
 
 
@@ -507,9 +511,14 @@ class _Replay:
     def screen(self, start: str) -> Steps[List[int]]:
         """The screen stage: the nested trials of ``screen_seed_sequence`` on ``start`` at the largest rank,
         their screened curve (the mean score by rank, ``stats_of`` as for independent trials), its best
-        rank and knee (the smallest rank within ``screen_margin`` × ``tolerance`` of the best), and the
-        ranks independent trials run at by ``screen_rule``; returns those ranks, empty when no nested
-        trial succeeded (a ``screen`` decision either way)."""
+        rank and knee, and the ranks independent trials run at by ``screen_rule``; returns those ranks,
+        empty when no nested trial succeeded (a ``screen`` decision either way).
+
+        The knee is the smallest rank not shown to be more than ``screen_margin`` × ``tolerance`` below
+        the best: best − mean(r) − t·sd·√(2/n) < margin, sd the screen's own noise at one rank
+        (``residual_sd`` of the n nested trials' scores, a trial's offset removed; floored as a
+        comparison's is), t one-sided at ``confidence``; with one nested trial (no estimate), best −
+        mean(r) ≤ margin."""
         s = self.s
         top = s.ranks[-1]
         done = {
@@ -522,9 +531,14 @@ class _Replay:
         ok = [done[seed] for seed in seeds if done[seed].status == "ok" and done[seed].rank_values]
         ranks = [r for r in s.ranks if ok and all(r in o.rank_values for o in ok)]
         curve = {r: stats_of([o.rank_values[r] for o in ok], self.objective).mean for r in ranks}
+        sd, dof = residual_sd([[stats_of([o.rank_values[r]], self.objective).mean for r in ranks] for o in ok])
+        floor = _floor(ok, s)
+        slack = (
+            t_quantile(s.confidence, dof) * max(sd, floor or 0.0) * math.sqrt(2 / len(ok)) if sd is not None else 0.0
+        )
         margin = s.screen_margin * s.tolerance
         best = max(curve, key=curve.__getitem__) if curve else None  # the lower rank on a tie
-        knee = min(r for r in curve if curve[r] >= curve[best] - margin) if curve else None
+        knee = min(r for r in curve if curve[best] - curve[r] - slack <= margin) if curve else None
         if not curve:
             chosen: List[int] = []
         elif s.screen_rule == "knee":
@@ -534,7 +548,17 @@ class _Replay:
         else:
             chosen = [r for r in s.ranks if r >= knee]
         detail = Screened(
-            tuple(curve.items()), len(ok), best, knee, margin, s.screen_rule, tuple(chosen), self.objective
+            tuple(curve.items()),
+            len(ok),
+            best,
+            knee,
+            margin,
+            s.screen_rule,
+            tuple(chosen),
+            sd,
+            dof,
+            slack,
+            self.objective,
         )
         self.decide(Action.SCREEN, Stage.SCREEN, (top, start), detail)
         return chosen
@@ -560,8 +584,14 @@ class _Replay:
             )
         if ref is None:
             return StopReason.NO_SUCCESS
-        if ref[0] > s.escalate_max_r:
-            self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(True, s.escalate_max_r))
+        # screened, with the best so far above escalate_max_r: the wider sets are tried at the knee (the
+        # lowest screened rank with a result) against it, so that a false gain of the screened best does not
+        # skip them (by calibration: the wider-targets family)
+        rank = ref[0]
+        if rank > s.escalate_max_r and ranks and s.screen_rule != "climb":
+            rank = min(r for r in ranks if self.memo.stats((r, start)))
+        if rank > s.escalate_max_r:
+            self.decide(Action.NO_ESCALATION, Stage.TARGETS, (rank, start), NoEscalation(True, s.escalate_max_r))
             return StopReason.PLATEAU
         wider = sorted(
             dict.fromkeys(
@@ -572,7 +602,6 @@ class _Replay:
         if not wider:
             self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(False, s.escalate_max_r))
             return StopReason.PLATEAU
-        rank = ref[0]
         lora = {t: rank * params_per_rank[t] for t in wider}
         self.decide(Action.ESCALATE, Stage.TARGETS, (rank, start), Escalation(s.escalate_max_r, lora))
         yield from self.climb([(rank, t) for t in wider], ref, Stage.TARGETS)

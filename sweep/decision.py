@@ -285,10 +285,12 @@ class Recommendation(_Detail):
 class Screened(_Detail):
     """``screen``: the screened curve of the start targets (the decision's targets), ``curve`` = (rank, mean
     score over the ``trials`` ok nested trials) in rank order (scores: the objective's unit, higher is
-    better); its ``best`` rank and its ``knee``, the smallest rank within ``margin`` (``screen_margin`` ×
-    ``tolerance``, the objective's unit) of the best; ``ranks``: where independent trials run
-    (``rule``, ``sweep.screen_rule``). No ok nested trial: ``curve`` and ``ranks`` empty, ``best`` and
-    ``knee`` None, and the rank climb runs unscreened."""
+    better); its ``best`` rank and its ``knee``, the smallest rank whose gap to the best, less ``slack``, is
+    within ``margin`` (``screen_margin`` × ``tolerance``, the objective's unit); ``slack`` = t·sd·√(2/n) from
+    the screen's own noise at one rank ``sd`` with ``dof`` degrees of freedom (None and 0 with one nested
+    trial: no slack); ``ranks``: where independent trials run (``rule``, ``sweep.screen_rule``). No ok
+    nested trial: ``curve`` and ``ranks`` empty, ``best`` and ``knee`` None, and the rank climb runs
+    unscreened."""
 
     curve: Tuple[Tuple[int, float], ...]
     trials: int
@@ -297,6 +299,9 @@ class Screened(_Detail):
     margin: float
     rule: str
     ranks: Tuple[int, ...]
+    sd: Optional[float] = None
+    dof: int = 0
+    slack: float = 0.0
     objective: Optional[str] = _objective()
 
     @property
@@ -549,10 +554,19 @@ def _screen_text(x: Screened) -> str:
         return f"no nested trial of the screen succeeded ({x.trials}): the rank climb runs unscreened"
     m = metric_of(x.objective)
     curve = ", ".join(f"r={r} {m.fmt(m.real(v))}" for r, v in x.curve)
+    noise = (
+        "; one nested trial: no noise estimate"
+        if x.sd is None
+        else (
+            f"; gap less {m.fmt(x.slack)} = t·sd·√(2/n), the screen's s.d. at one rank {m.fmt(x.sd)} ({x.dof} d.f., "
+            f"a trial's offset removed) at sweep.confidence"
+        )
+    )
     return (
         f"screened curve ({x.trials} nested trial(s), mean by rank, {m.unit}; never used for the recommendation): "
-        f"{curve}; best r={x.best}, knee r={x.knee} (the smallest rank within {m.fmt(x.margin)} {m.unit} of it, "
-        f"sweep.screen_margin × sweep.tolerance): {_RULES[x.rule]}: r={', r='.join(map(str, x.ranks))}"
+        f"{curve}; best r={x.best}, knee r={x.knee} (the smallest rank not shown more than {m.fmt(x.margin)} "
+        f"{m.unit} below it, sweep.screen_margin × sweep.tolerance{noise}): {_RULES[x.rule]}: "
+        f"r={', r='.join(map(str, x.ranks))}"
     )
 
 
