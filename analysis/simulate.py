@@ -169,7 +169,7 @@ def scenarios(
         out.append(
             Scenario(name, "wider", plateau(4), _offsets(settings, params_per_rank, [step * w for w in wider], step))
         )
-    for k in (16, 32):
+    for k in [k for k in (16, 32) if k <= ranks[-1]]:
         rise = {r: LATE_RISE[min(int(np.log2(r / k)), 2)] if r >= k else 0.0 for r in ranks}
         late = {r: top - step * (LATE_RISE[-1] - rise[r]) for r in ranks}
         out.append(Scenario(f"late-r{k}", "late", late, same))

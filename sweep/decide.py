@@ -13,6 +13,10 @@ The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python
 4. recommend the cheapest configuration shown to be within ``tolerance`` of the best one tried
    (an equivalence check), else the best.
 Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``, ``max_hours``.
+With ``sweep.screen`` (issue #23, off by default) a screen comes first: nested-rank trials on the start
+targets (``TrialSpec.nested``) give a screened curve whose knee and best name the ranks of step 2
+(``sweep.screen_rule``; ``_Replay.screen``); nested outcomes inform the screen alone, never the statistics
+of independent trials or the recommendation (docs/validation.md §6).
 
 Comparisons (``sweep/stats.py``: metric values as scores, in the objective's unit and signed so that
 higher is better, so a *gain* is an improvement in the objective's direction: points, 100 × metric, for
