@@ -7,6 +7,7 @@ real decision functions of ``sweep/decide.py`` on the scenario families of ``ana
     python -m analysis.calibrate sweep.max_seeds=4      # the defaults and these settings side by side
     python -m analysis.calibrate task=mrpc sweep.name=default   # also that study's σ and observed curve
     python -m analysis.calibrate --reps=1000            # more simulated sweeps per cell (default 200)
+    python -m analysis.calibrate sweep.screen_margin=0.5   # the screen's frontier at other settings too
 
 Prints, per settings × scenario × σ: P(regret ≤ tolerance), mean regret (points), mean trials and mean
 trials as % of the full grid (every rank × target set × seed), the values rounded to MRPC's 408 validation
@@ -15,7 +16,9 @@ seeds that often score the same); then, for a minimised objective in its own uni
 validation loss in nats, decreasing with rank), the same families with every step, offset and σ in units
 of its default tolerance (0.01 nats) and its values not rounded (continuous: no noise floor); and writes
 every table to ``results/calibration/calibration.csv`` (the defaults' rows have ``settings`` =
-``default``; other rows are labelled with their sweep overrides; ``unit`` says what σ and regret are in). Simulated trials take no time, so only the
+``default``; then the frontier with and without the nested-rank screen (``screen_frontier``: each settings
+label as given and with ``sweep.screen=true``, per scenario at σ = 0.5, 1 and 2, trials in ordinary-trial
+equivalents, a nested trial counting ``ScreenModel.cost``), its rows labelled ``<label> sweep.screen=true``; other rows are labelled with their sweep overrides; ``unit`` says what σ and regret are in). Simulated trials take no time, so only the
 ``sweep.max_trials`` cap applies. Given a study (``task=…``, ``sweep.name=…`` or ``sweep.storage=…``),
 its pooled seed s.d. becomes one more σ and its observed curve one more scenario (``study``), and the
 settings are the study's own (rows ``as run``; ``sweep.*`` overrides apply on top of them) with its LoRA
@@ -32,6 +35,7 @@ import pandas as pd
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import (
     N_EVAL,
+    SCREEN,
     SEED,
     Scenario,
     calibrate_cell,
@@ -53,6 +57,10 @@ REPS = 200
 #: the targets at the defaults (issue #8): P(regret ≤ tolerance) at σ, and trials as % of the grid
 TARGETS = {0.5: 0.9, 1.0: 0.8}
 MAX_PCT_OF_GRID = 50.0
+#: σ of the screen's frontier (issue #23), points; its cost target: mean trials with the screen at most this
+#: share of those without it, per scenario
+SCREEN_SIGMAS = (0.5, 1.0, 2.0)
+MAX_SCREEN_SHARE = 0.5
 COLUMNS = (
     "scenario",
     "sigma",
@@ -161,6 +169,76 @@ def frontier(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def screen_frontier(
+    settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS, label: str = "default"
+) -> pd.DataFrame:
+    """The frontier with and without the screen (issue #23): per scenario family of ``scenarios`` (the late
+    risers included) and σ of ``SCREEN_SIGMAS``, P(regret ≤ tolerance) and mean trials (ordinary-trial
+    equivalents) of ``settings`` with ``sweep.screen`` off and on, values rounded to MRPC's 408 examples,
+    nested trials answered by ``analysis.simulate.SCREEN``; ``met``: the screened cell reaches ``TARGETS``
+    (σ of it only) at no more than ``MAX_SCREEN_SHARE`` of the unscreened mean trials. Rows of the two
+    settings in ``COLUMNS`` are labelled ``label`` and ``label sweep.screen=true``; the frontier's own columns
+    are ``scenario, family, sigma, p_off, trials_off, p_on, trials_on, met``."""
+    off, on = dataclasses.replace(settings, screen=False), dataclasses.replace(settings, screen=True)
+    scens = scenarios(settings, per_rank)
+    cells = grid_of(scens, SCREEN_SIGMAS, N_EVAL)
+    table = calibration_table([(label, off, cells), (f"{label} sweep.screen=true".strip(), on, cells)], per_rank, reps)
+    half = len(table) // 2
+    a, b = table.iloc[:half].reset_index(drop=True), table.iloc[half:].reset_index(drop=True)
+    family = {sc.name: sc.family for sc in scens}
+    front = pd.DataFrame(
+        {
+            "scenario": a["scenario"],
+            "family": a["scenario"].map(family),
+            "sigma": a["sigma"],
+            "p_off": a["p_within_tolerance"],
+            "trials_off": a["mean_trials"],
+            "p_on": b["p_within_tolerance"],
+            "trials_on": b["mean_trials"],
+        }
+    )
+    p_min = front["sigma"].map(TARGETS).fillna(0.0)
+    front["met"] = (front["p_on"] >= p_min) & (front["trials_on"] <= MAX_SCREEN_SHARE * front["trials_off"])
+    front.attrs["rows"] = table
+    return front
+
+
+def _print_screen(front: pd.DataFrame, settings: SweepSettings) -> None:
+    """The screen's frontier (``screen_frontier``) and whether its targets are met."""
+    print(
+        f"\nthe nested-rank screen (sweep.screen, issue #23): without it and with it (screen_seeds "
+        f"{settings.screen_seeds}, screen_margin {settings.screen_margin:g}, screen_rule {settings.screen_rule}); "
+        f"trials are ordinary-trial equivalents (a nested trial counts {SCREEN.cost:g}); the screen's error model: "
+        f"bias {SCREEN.bias_r1:+.2f} points at r=1, {SCREEN.bias_per_doubling:+.2f} per doubling, noise "
+        f"{SCREEN.noise:g}σ, {SCREEN.shared:.0%} of its variance shared by a trial's ranks"
+    )
+    print(f"{'scenario':<12} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'on/off':>6}  met")
+    for r in front.itertuples():
+        print(
+            f"{r.scenario:<12} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} {r.trials_on:>9.1f} "
+            f"{r.trials_on / r.trials_off:>6.2f}  {'yes' if r.met else 'no' if r.sigma in TARGETS else '-'}"
+        )
+    for sigma, g in front.groupby("sigma"):
+        print(
+            f"σ={sigma:g}: worst P off {g['p_off'].min():.2f}, on {g['p_on'].min():.2f}; mean trials over the "
+            f"scenarios off {g['trials_off'].mean():.1f}, on {g['trials_on'].mean():.1f} "
+            f"({g['trials_on'].mean() / g['trials_off'].mean():.0%})"
+        )
+    missed = front[(front["sigma"].isin(list(TARGETS))) & ~front["met"]]
+    if missed.empty:
+        print(
+            f"screen targets met: P ≥ {TARGETS} at ≤ {MAX_SCREEN_SHARE:.0%} of the trials without it on every scenario"
+        )
+    else:
+        print(
+            f"screen targets missed on {len(missed)} of {front['sigma'].isin(list(TARGETS)).sum()} cells: "
+            + "; ".join(
+                f"{r.scenario} at σ={r.sigma:g} (P {r.p_on:.2f}, {r.trials_on / r.trials_off:.0%} of the trials)"
+                for r in missed.itertuples()
+            )
+        )
 
 
 def _print_table(table: pd.DataFrame, settings: SweepSettings, title: str, decimals: int = 2) -> None:
@@ -303,7 +381,11 @@ def main(args: List[str]) -> int:
     tables = []
     for label, settings in labelled:
         tables += _section(label, settings, per_rank, reps, objective, top, observed.get(label), extra_sigmas, n_eval)
-    if not observed:  # make calibrate: the defaults, then a minimised objective in its own unit
+    if not observed:  # make calibrate: the defaults, the screen's frontier, then a minimised objective
+        for label, settings in labelled:
+            front = screen_frontier(settings, per_rank, reps, label)
+            _print_screen(front, settings)
+            tables.append(front.attrs["rows"])
         name, level = MINIMISED
         for label, settings in labelled:
             tuned_min = dataclasses.replace(settings, tolerance=METRICS[name].tolerance)

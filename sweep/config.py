@@ -66,6 +66,16 @@ class SweepMode(Choice):
     grid = "grid"
 
 
+class ScreenRule(Choice):
+    """``sweep.screen_rule``: where a screened sweep spends independent trials on the start targets: the
+    screen's knee alone, the knee and the screened best (raced against each other), or the rank climb
+    from the knee up."""
+
+    knee = "knee"
+    pair = "pair"
+    climb = "climb"
+
+
 class ProblemType(Choice):
     """``task.problem_type``: transformers' name for class ids with cross-entropy, or one float output;
     ``causal_lm``: next-token prediction of completions (supervised fine-tuning of a decoder LLM)."""
@@ -597,7 +607,20 @@ class SweepSettings:
             0.29 ≈ 1/√12, the s.d. of an error of rounding to one example, was chosen by calibration
             (docs/validation.md §4): a floor of a whole example races undetectable gains on small
             validation sets to the compute cap.
-        max_trials: stop after this many trials (every state counts).
+        screen: run the screening stage first (progressive only; issue #23): ``screen_seeds`` nested-rank
+            trials (DyLoRA, Valipour et al. 2023: one adapter at the largest rank of ``ranks``, trained on
+            random rank truncations, evaluated at every rank of ``ranks``) on ``start_targets`` give a
+            screened rank curve; independent trials then run only at the ranks it names
+            (``screen_rule``), the targets stage as without it, and the recommendation rests on the
+            independent trials alone (nested values never enter their statistics). Off by default: by
+            calibration (docs/validation.md §6) it does not yet reach the reliability targets at half the cost.
+        screen_seeds: nested trials of the screen (their own seeds: ``seeds``, then the next integers).
+        screen_margin: the screen's knee is the smallest rank whose screened mean is within
+            ``screen_margin`` × ``tolerance`` of the screened best; > 0.
+        screen_rule: which ranks get independent trials after the screen (``ScreenRule``): ``knee`` (the
+            knee alone), ``pair`` (the knee, then the screened best against it, raced) or ``climb`` (the
+            rank climb of ``ranks`` from the knee up, with ``patience``).
+        max_trials: stop after this many trials (every state counts; a nested trial counts as one).
         max_train_flops: stop once the trials' training FLOPs add up to this (null: no cap).
         max_hours: stop once the trials' measured seconds add up to this many hours (null: no cap).
     """
@@ -617,6 +640,10 @@ class SweepSettings:
     patience: int = MISSING
     escalate_max_r: int = MISSING
     noise_floor: float = MISSING
+    screen: bool = MISSING
+    screen_seeds: int = MISSING
+    screen_margin: float = MISSING
+    screen_rule: ScreenRule = MISSING
     max_trials: Optional[int] = MISSING
     max_train_flops: Optional[float] = MISSING
     max_hours: Optional[float] = MISSING
@@ -666,6 +693,9 @@ class SweepSettings:
                 f"sweep.noise_floor={self.noise_floor!r} is invalid: it must be a number of validation examples "
                 "≥ 0, e.g. 1 (0: no floor)"
             )
+        _check_positive("sweep.screen_seeds", self.screen_seeds, integer=True)
+        _check_positive("sweep.screen_margin", self.screen_margin)
+        self.screen_rule = _choice_text("sweep.screen_rule", self.screen_rule, ScreenRule)
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)
         _check_positive("sweep.max_hours", self.max_hours, allow_none=True)

@@ -13,6 +13,10 @@ The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python
 4. recommend the cheapest configuration shown to be within ``tolerance`` of the best one tried
    (an equivalence check), else the best.
 Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``, ``max_hours``.
+With ``sweep.screen`` (issue #23, off by default) a screen comes first: nested-rank trials on the start
+targets (``TrialSpec.nested``) give a screened curve whose knee and best name the ranks of step 2
+(``sweep.screen_rule``; ``_Replay.screen``); nested outcomes inform the screen alone, never the statistics
+of independent trials or the recommendation (docs/validation.md §6).
 
 Comparisons (``sweep/stats.py``: metric values as scores, in the objective's unit and signed so that
 higher is better, so a *gain* is an improvement in the objective's direction: points, 100 × metric, for
@@ -76,13 +80,14 @@ from sweep.decision import (
     RaceEnd,
     RanksExhausted,
     Recommendation,
+    Screened,
     Stage,
     StopReason,
     TrialSpec,
     Undecided,
     Verdict,
 )
-from sweep.stats import Stats, compare, seed_noise, stats_of
+from sweep.stats import Stats, compare, residual_sd, seed_noise, stats_of, t_quantile
 
 
 class Status(Choice):
@@ -113,6 +118,12 @@ class Outcome:
         objective: the name of the objective (``sweep.metrics.METRICS``: its direction and unit); None: a
             maximised metric in points, as every objective was before minimised ones existed. The
             statistics convert ``value`` to a score by it (``sweep.stats.stats_of``).
+        nested: a nested-rank trial of the screen (``TrialSpec.nested``; ``r`` is its adapter's rank, the
+            largest of ``sweep.ranks``). Its outcome informs the screen alone: it never enters
+            ``aggregate``, the statistics of a comparison, the noise floor or the recommendation; the
+            compute cap counts it as one trial and its FLOPs.
+        rank_values: a nested trial's objective value at each rank it was evaluated at (rank -> value, in
+            metric units like ``value``); None for an independent trial. Keys are read as ``int``.
     """
 
     r: int
@@ -125,6 +136,12 @@ class Outcome:
     seconds: float = 0.0
     resolution: Optional[float] = None
     objective: Optional[str] = None
+    rank_values: Optional[Mapping[int, float]] = None
+    nested: bool = False
+
+    def __post_init__(self):
+        if self.rank_values is not None:  # JSON gives the ranks back as text
+            object.__setattr__(self, "rank_values", {int(r): float(v) for r, v in self.rank_values.items()})
 
 
 def objective_of(outcomes: Iterable[Outcome]) -> Optional[str]:
@@ -189,15 +206,25 @@ def seed_sequence(settings: SweepSettings) -> List[int]:
     return seeds
 
 
+def screen_seed_sequence(settings: SweepSettings) -> List[int]:
+    """The seeds of the screen's nested trials, a sequence of their own: ``sweep.seeds``, then the next
+    integers after the largest of them, ``sweep.screen_seeds`` in all."""
+    seeds = list(settings.seeds)
+    seeds += range(max(seeds) + 1, max(seeds) + 1 + max(0, settings.screen_seeds - len(seeds)))
+    return seeds[: settings.screen_seeds]
+
+
 def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]]:
-    """The outcomes that are measurements, by configuration (in the order of its first one) and seed.
+    """The outcomes of independent trials that are measurements, by configuration (in the order of its
+    first one) and seed.
 
     A ``failed`` trial (a crash) measured nothing and is left out: it never stands in for a result.
+    A nested trial (the screen's) is left out: its values are not those of an independent trial.
     Of two outcomes of one seed the later one counts (``outcomes`` in trial order).
     """
     by_cfg: Dict[ConfigKey, Dict[int, Outcome]] = {}
     for o in outcomes:
-        if o.status != "failed":
+        if o.status != "failed" and not o.nested:
             by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
     return by_cfg
 
@@ -205,7 +232,7 @@ def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]
 def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
     """Per configuration (r, targets), what the decisions use: the one aggregation of outcomes.
 
-    Only measurements count (crashes are left out, the later outcome of a seed wins), and the
+    Only measurements of independent trials count (nested trials are the screen's, crashes are left out, the later outcome of a seed wins), and the
     objective only of ``seeds``, in that order: the replay passes the seeds it has asked for so far
     (``seed_sequence(settings)[:n]``), a report ``seed_sequence(settings)``; seeds outside them (a study
     run before with other ``sweep.seeds``) are ``not_counted``. The costs (the most trainable parameters, the
@@ -233,7 +260,11 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
 def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
     """The floor on the seed s.d. of every comparison, points: ``sweep.noise_floor`` validation examples'
     worth, at the coarsest ``resolution`` of ``outcomes`` (one study evaluates one validation set, so they
-    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution."""
+    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution. Nested trials are left out."""
+    return _floor([o for o in outcomes if not o.nested], settings)
+
+
+def _floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
     steps = [o.resolution for o in outcomes if o.resolution is not None]
     return settings.noise_floor * max(steps) if steps and settings.noise_floor > 0 else None
 
@@ -481,11 +512,73 @@ class _Replay:
                 return ref, True
         return ref, False
 
+    def screen(self, start: str) -> Steps[List[int]]:
+        """The screen stage: the nested trials of ``screen_seed_sequence`` on ``start`` at the largest rank,
+        their screened curve (the mean score by rank, ``stats_of`` as for independent trials), its best
+        rank and knee, and the ranks independent trials run at by ``screen_rule``; returns those ranks,
+        empty when no nested trial succeeded (a ``screen`` decision either way).
+
+        The knee is the smallest rank not shown to be more than ``screen_margin`` × ``tolerance`` below
+        the best: best − mean(r) − t·sd·√(2/n) < margin, sd the screen's own noise at one rank
+        (``residual_sd`` of the n nested trials' scores, a trial's offset removed; floored as a
+        comparison's is), t one-sided at ``confidence``; with one nested trial (no estimate), best −
+        mean(r) ≤ margin."""
+        s = self.s
+        top = s.ranks[-1]
+        done = {
+            o.seed: o for o in self.outcomes if o.nested and o.status != "failed" and (o.r, o.targets) == (top, start)
+        }
+        seeds = screen_seed_sequence(s)
+        missing = [TrialSpec(top, start, seed, Stage.SCREEN, nested=True) for seed in seeds if seed not in done]
+        if missing:
+            yield missing
+        ok = [done[seed] for seed in seeds if done[seed].status == "ok" and done[seed].rank_values]
+        ranks = [r for r in s.ranks if ok and all(r in o.rank_values for o in ok)]
+        curve = {r: stats_of([o.rank_values[r] for o in ok], self.objective).mean for r in ranks}
+        sd, dof = residual_sd([[stats_of([o.rank_values[r]], self.objective).mean for r in ranks] for o in ok])
+        floor = _floor(ok, s)
+        slack = (
+            t_quantile(s.confidence, dof) * max(sd, floor or 0.0) * math.sqrt(2 / len(ok)) if sd is not None else 0.0
+        )
+        margin = s.screen_margin * s.tolerance
+        best = max(curve, key=curve.__getitem__) if curve else None  # the lower rank on a tie
+        knee = min(r for r in curve if curve[best] - curve[r] - slack <= margin) if curve else None
+        if not curve:
+            chosen: List[int] = []
+        elif s.screen_rule == "knee":
+            chosen = [knee]
+        elif s.screen_rule == "pair":
+            chosen = sorted({knee, best})
+        else:
+            chosen = [r for r in s.ranks if r >= knee]
+        detail = Screened(
+            tuple(curve.items()),
+            len(ok),
+            best,
+            knee,
+            margin,
+            s.screen_rule,
+            tuple(chosen),
+            sd,
+            dof,
+            slack,
+            self.objective,
+        )
+        self.decide(Action.SCREEN, Stage.SCREEN, (top, start), detail)
+        return chosen
+
     def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
-        """The rank stage, then (at a low plateau rank) the targets stage; returns why it stopped."""
+        """The screen (``sweep.screen``), the rank stage, then (at a low plateau rank) the targets stage;
+        returns why it stopped."""
         s = self.s
         start = targets_key(s.start_targets)
-        ref, plateaued = yield from self.climb([(r, start) for r in s.ranks], None, Stage.RANK)
+        ranks = (yield from self.screen(start)) if s.screen else []
+        if ranks and s.screen_rule != "climb":  # the screen's ranks, each against the best so far
+            ref, plateaued = None, True
+            for r in ranks:
+                ref, _ = yield from self.step((r, start), ref, Stage.RANK)
+        else:
+            ref, plateaued = yield from self.climb([(r, start) for r in ranks or s.ranks], None, Stage.RANK)
         if not plateaued:
             self.decide(
                 Action.RANKS_EXHAUSTED,
@@ -495,8 +588,14 @@ class _Replay:
             )
         if ref is None:
             return StopReason.NO_SUCCESS
-        if ref[0] > s.escalate_max_r:
-            self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(True, s.escalate_max_r))
+        # screened, with the best so far above escalate_max_r: the wider sets are tried at the knee (the
+        # lowest screened rank with a result) against it, so that a false gain of the screened best does not
+        # skip them (by calibration: the wider-targets family)
+        rank = ref[0]
+        if rank > s.escalate_max_r and ranks and s.screen_rule != "climb":
+            rank = min(r for r in ranks if self.memo.stats((r, start)))
+        if rank > s.escalate_max_r:
+            self.decide(Action.NO_ESCALATION, Stage.TARGETS, (rank, start), NoEscalation(True, s.escalate_max_r))
             return StopReason.PLATEAU
         wider = sorted(
             dict.fromkeys(
@@ -507,7 +606,6 @@ class _Replay:
         if not wider:
             self.decide(Action.NO_ESCALATION, Stage.TARGETS, ref, NoEscalation(False, s.escalate_max_r))
             return StopReason.PLATEAU
-        rank = ref[0]
         lora = {t: rank * params_per_rank[t] for t in wider}
         self.decide(Action.ESCALATE, Stage.TARGETS, (rank, start), Escalation(s.escalate_max_r, lora))
         yield from self.climb([(rank, t) for t in wider], ref, Stage.TARGETS)

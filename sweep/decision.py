@@ -52,6 +52,7 @@ class Action(Choice):
     BUDGET = "budget"  # the compute cap stopped the sweep
     RECOMMEND = "recommend"  # the answer
     GRID = "grid"  # every grid point is done
+    SCREEN = "screen"  # the nested trials' screened curve names the ranks independent trials run at
 
 
 class Stage(Choice):
@@ -61,6 +62,7 @@ class Stage(Choice):
     TARGETS = "targets"
     GRID = "grid"
     FINAL = "final"
+    SCREEN = "screen"  # nested-rank trials (``TrialSpec.nested``) on the start targets
 
 
 class StopReason(Choice):
@@ -102,12 +104,16 @@ class Cap(Choice):
 @dataclass(frozen=True)
 class TrialSpec:
     """A trial to run next: the configuration, the seed, and the stage that asked for it (a ``Stage``;
-    its text, as a study stores it, is read as one)."""
+    its text, as a study stores it, is read as one). ``nested``: a nested-rank trial (the ``screen``
+    stage; DyLoRA, Valipour et al. 2023): one adapter of rank ``r`` (the largest of ``sweep.ranks``)
+    trained on random rank truncations and evaluated at every rank of ``sweep.ranks``; its seeds are a
+    sequence of their own. A spec stored before the field existed reads as an independent trial."""
 
     r: int
     targets: str
     seed: int
     stage: Stage
+    nested: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "stage", Stage(self.stage))
@@ -276,6 +282,34 @@ class Recommendation(_Detail):
 
 
 @dataclass(frozen=True)
+class Screened(_Detail):
+    """``screen``: the screened curve of the start targets (the decision's targets), ``curve`` = (rank, mean
+    score over the ``trials`` ok nested trials) in rank order (scores: the objective's unit, higher is
+    better); its ``best`` rank and its ``knee``, the smallest rank whose gap to the best, less ``slack``, is
+    within ``margin`` (``screen_margin`` × ``tolerance``, the objective's unit); ``slack`` = t·sd·√(2/n) from
+    the screen's own noise at one rank ``sd`` with ``dof`` degrees of freedom (None and 0 with one nested
+    trial: no slack); ``ranks``: where independent trials run (``rule``, ``sweep.screen_rule``). No ok
+    nested trial: ``curve`` and ``ranks`` empty, ``best`` and ``knee`` None, and the rank climb runs
+    unscreened."""
+
+    curve: Tuple[Tuple[int, float], ...]
+    trials: int
+    best: Optional[int]
+    knee: Optional[int]
+    margin: float
+    rule: str
+    ranks: Tuple[int, ...]
+    sd: Optional[float] = None
+    dof: int = 0
+    slack: float = 0.0
+    objective: Optional[str] = _objective()
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {f"screened[{r}]": v for r, v in self.curve}
+
+
+@dataclass(frozen=True)
 class GridDone(_Detail):
     """``grid``: every one of ``configurations`` configurations has its ``seeds`` seeds."""
 
@@ -308,6 +342,7 @@ Detail = Union[
     CapReached,
     Recommendation,
     GridDone,
+    Screened,
     Recorded,
 ]
 
@@ -327,6 +362,7 @@ DETAILS = {
     Action.BUDGET: CapReached,
     Action.RECOMMEND: Recommendation,
     Action.GRID: GridDone,
+    Action.SCREEN: Screened,
 }
 
 
@@ -506,6 +542,34 @@ def _recommendation_text(x: Recommendation) -> str:
     return f"provisional, the compute cap stopped the sweep before the procedure ended: {why}" if x.provisional else why
 
 
+_RULES = {
+    "knee": "independent trials at the knee alone",
+    "pair": "independent trials at the knee, then the screened best raced against it",
+    "climb": "the rank climb with independent trials from the knee up",
+}
+
+
+def _screen_text(x: Screened) -> str:
+    if not x.curve:
+        return f"no nested trial of the screen succeeded ({x.trials}): the rank climb runs unscreened"
+    m = metric_of(x.objective)
+    curve = ", ".join(f"r={r} {m.fmt(m.real(v))}" for r, v in x.curve)
+    noise = (
+        "; one nested trial: no noise estimate"
+        if x.sd is None
+        else (
+            f"; gap less {m.fmt(x.slack)} = t·sd·√(2/n), the screen's s.d. at one rank {m.fmt(x.sd)} ({x.dof} d.f., "
+            f"a trial's offset removed) at sweep.confidence"
+        )
+    )
+    return (
+        f"screened curve ({x.trials} nested trial(s), mean by rank, {m.unit}; never used for the recommendation): "
+        f"{curve}; best r={x.best}, knee r={x.knee} (the smallest rank not shown more than {m.fmt(x.margin)} "
+        f"{m.unit} below it, sweep.screen_margin × sweep.tolerance{noise}): {_RULES[x.rule]}: "
+        f"r={', r='.join(map(str, x.ranks))}"
+    )
+
+
 def render(d: Decision) -> str:
     """A decision's one sentence, from its data alone: the one place decisions are put into words (a
     ``Recorded`` decision keeps the sentence it was stored with)."""
@@ -553,4 +617,6 @@ def render(d: Decision) -> str:
         return _cap_text(x)
     if isinstance(x, Recommendation):
         return _recommendation_text(x)
+    if isinstance(x, Screened):
+        return _screen_text(x)
     return f"all {x.configurations} configurations × {x.seeds} seed(s) are done"

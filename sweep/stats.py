@@ -120,6 +120,22 @@ def seed_noise(stats: Sequence[Stats], floor: Optional[float] = None) -> Noise:
     return Noise(max(measured, floor or 0.0), dof, measured, floor)
 
 
+def residual_sd(rows: Sequence[Sequence[float]]) -> Tuple[Optional[float], int]:
+    """The s.d. of one cell of ``rows`` (n trials × R ranks, scores) about an additive fit (a mean per rank
+    plus an offset per trial: a nested trial's ranks share one training run), and its degrees of freedom
+    (n − 1)(R − 1): sqrt(Σ e² / dof) with e = x − row mean − column mean + grand mean; (None, 0) when
+    dof is 0 (one trial, or one rank)."""
+    n, k = len(rows), len(rows[0]) if rows else 0
+    dof = (n - 1) * (k - 1) if n and k else 0
+    if dof == 0:
+        return None, 0
+    row = [sum(x) / k for x in rows]
+    col = [sum(x[j] for x in rows) / n for j in range(k)]
+    grand = sum(row) / n
+    ss = sum((rows[i][j] - row[i] - col[j] + grand) ** 2 for i in range(n) for j in range(k))
+    return math.sqrt(ss / dof), dof
+
+
 @lru_cache(maxsize=None)
 def t_quantile(confidence: float, dof: int) -> float:
     """Student-t quantile at ``confidence`` with ``dof`` degrees of freedom (one-sided)."""

@@ -4,6 +4,7 @@ study's observed curve and σ, and the command's table."""
 import math
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from fakes import FINISHED, make_study, small_settings, trial
@@ -12,7 +13,16 @@ from scipy import stats
 
 from analysis.calibrate import COLUMNS, _print_table, main
 from analysis.reliability import observed_scenario, reliability
-from analysis.simulate import Scenario, calibrate_cell, degenerate_scenarios, grid_trials, scenarios, search_space
+from analysis.simulate import (
+    SCREEN,
+    Scenario,
+    calibrate_cell,
+    degenerate_scenarios,
+    grid_trials,
+    scenarios,
+    search_space,
+    simulate,
+)
 from sweep.cli import defaults as default_config
 from sweep.config import SweepSettings
 from sweep.decide import Outcome
@@ -44,7 +54,12 @@ def test_scenario_curves_by_hand():
         "wider+1+2",
         "wider+0.5",
         "wider-1",
+        "late-r16",
+        "late-r32",
     ]
+    # late risers (issue #23): flat to k/2, then 1.1, 2.6 and 3 above it at k, 2k, 4k
+    assert [by_name["late-r16"].curve[r] for r in RANKS] == pytest.approx([77, 77, 77, 77, 78.1, 79.6, 80])
+    assert [by_name["late-r32"].curve[r] for r in RANKS] == pytest.approx([77, 77, 77, 77, 77, 78.1, 79.6])
     assert [by_name["plateau-r4"].curve[r] for r in RANKS] == [78, 79, 80, 80, 80, 80, 80]
     assert [by_name["plateau-r32"].curve[r] for r in RANKS] == [75, 76, 77, 78, 79, 80, 80]
     assert [by_name["rising"].curve[r] for r in RANKS] == [74, 75, 76, 77, 78, 79, 80]
@@ -70,6 +85,30 @@ def test_noise_free_replay(name, trials):
     cell = calibrate_cell(s, scenario, 0.0, COSTS, reps=3, seed=0, tolerance=s.tolerance)
     assert (cell.p_within_tolerance, cell.mean_regret, cell.mean_trials) == (1.0, 0.0, trials)
     assert cell.pct_of_grid == pytest.approx(100 * trials / 70)
+
+
+def test_the_screen_error_model_is_the_measured_bias_line():
+    # nested − independent on MRPC by rank: −3.8, −4.9, −3.1, −4.2, −2.2, −3.3, −2.8 (mean −24.3/7); least
+    # squares in x = log2 r (mean 3, Σ(x − 3)² = 28): slope Σ(x − 3)·y / 28 = 7.1/28
+    slope = 7.1 / 28
+    assert SCREEN.bias_per_doubling == pytest.approx(slope)
+    assert SCREEN.bias(1) == pytest.approx(-24.3 / 7 - 3 * slope) and SCREEN.bias(64) == pytest.approx(
+        -24.3 / 7 + 3 * slope
+    )
+    assert (SCREEN.noise, SCREEN.shared, SCREEN.cost) == (2.0, 0.5, 1.3)
+    assert SCREEN.scaled(0.01).bias(8) == pytest.approx(0.01 * SCREEN.bias(8))
+
+
+def test_noise_free_screened_replay_of_a_plateau_at_r4():
+    # σ = 0: both nested trials read plateau-r4 + the bias line: 73.77, 75.02, 76.28, 76.53, 76.78, 77.04, 77.29
+    # (the same in both: no residual, no slack; 80 − 4.2321 + 2·0.2536 = 76.275 at r=4). Best r=64; knee r=8 (gap 0.76 ≤ 1; r=4's is 1.01). Pair: r=8
+    # and r=64 (80 and 80: no gain); r=8 ≤ 16: q,k,v,o and all-linear at r=8, no gain. Trials: 2 nested × 1.3
+    # + 4 configurations × 2 seeds = 10.6 ordinary-trial equivalents, regret 0
+    s = defaults(screen=True)
+    scenario = next(x for x in scenarios(s, COSTS) if x.name == "plateau-r4")
+    assert [scenario.curve[r] + SCREEN.bias(r) for r in RANKS][2:4] == pytest.approx([76.275, 76.5286], abs=1e-4)
+    run = simulate(s, scenario, 0.0, COSTS, np.random.default_rng(0))
+    assert (run.regret, run.trials, run.pick) == (0.0, pytest.approx(10.6), (8, "q,v"))
 
 
 def test_regret_counts_the_whole_search_space():
@@ -168,13 +207,22 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     # then the minimised objective (the loss, nats) on the same families for each settings: σ = 0.5, 1 and
     # 1.5 × its tolerance of 0.01 nats, never rounded
     nats = every[every["unit"] == "nats"]
-    assert len(nats) == 2 * 10 * 3 and nats["n_eval"].isna().all()
+    assert len(nats) == 2 * 12 * 3 and nats["n_eval"].isna().all()
     assert sorted(nats["sigma"].unique()) == pytest.approx([0.005, 0.01, 0.015])
     assert (nats.loc[nats["scenario"] == "flat", "p_within_tolerance"] == 1.0).all()
-    table = every[every["unit"] == "points"]
+    points = every[every["unit"] == "points"]
+    # each settings' tables (12 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate
+    # cells), then the screen's frontier: each settings without and with the screen, 12 scenarios × σ ∈
+    # {0.5, 1, 2} on 408 examples
+    table, front = points.iloc[: 2 * (12 * 3 + 22)], points.iloc[2 * (12 * 3 + 22) :]
     assert list(table["settings"].unique()) == ["default", "sweep.max_seeds=4"]
-    # 2 settings × (10 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate cells)
-    assert len(table) == 2 * (10 * 3 + 22)
+    assert list(front["settings"].unique()) == [
+        "default",
+        "default sweep.screen=true",
+        "sweep.max_seeds=4",
+        "sweep.max_seeds=4 sweep.screen=true",
+    ]
+    assert len(front) == 4 * 12 * 3 and sorted(front["sigma"].unique()) == [0.5, 1.0, 2.0]
     families = table[table["scenario"].isin([s.name for s in scenarios(defaults(), COSTS)])]
     assert sorted(table["sigma"].unique()) == [0.0, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0]
     assert sorted(families.loc[families["n_eval"] == 408, "sigma"].unique()) == [0.1, 0.25, 0.5, 1.0, 1.5]
@@ -183,6 +231,8 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     assert list(table["pct_of_grid"]) == pytest.approx(list(100 * table["mean_trials"] / 70), abs=1e-4)
     out = capsys.readouterr().out
     assert "settings: default" in out
+    assert "the nested-rank screen (sweep.screen, issue #23): without it and with it" in out
+    assert "trials are ordinary-trial equivalents (a nested trial counts 1.3)" in out
     assert (
         "minimised objective: validation loss in nats (lower is better); scenario families stepping by the "
         "tolerance, Gaussian seed noise σ in nats (0.5, 1 and 1.5 × the tolerance), not rounded" in out

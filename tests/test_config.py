@@ -118,6 +118,10 @@ sweep:
   patience: 2
   escalate_max_r: 16
   noise_floor: 0.29
+  screen: false
+  screen_seeds: 2
+  screen_margin: 1.0
+  screen_rule: pair
   max_trials: 40
   max_train_flops: null
   max_hours: 2.9

@@ -17,7 +17,7 @@ from scipy import stats
 
 from sweep.cli import defaults
 from sweep.config import SweepSettings
-from sweep.decide import Outcome, aggregate, plan, seed_sequence
+from sweep.decide import Outcome, aggregate, noise_floor, plan, seed_sequence
 from sweep.decision import Action, Decision, Stage, StopReason, TrialSpec
 from sweep.metrics import METRICS, Direction
 from sweep.stats import Stats, pooled_sd, stats_of
@@ -668,8 +668,9 @@ def test_actions_and_stages_are_stored_as_their_text():
         "budget",
         "recommend",
         "grid",
+        "screen",
     ]
-    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final"]
+    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen"]
     assert [s.value for s in StopReason] == ["plateau", "no successful trial", "budget", "grid complete"]
     assert f"{Action.MORE_SEEDS} {Stage.RANK}" == "more-seeds rank" and json.dumps([Action.NO_GAIN]) == '["no-gain"]'
     # a stored text reads as the member (a trial's stored spec holds the stage as text)
@@ -927,3 +928,142 @@ def test_equal_seeds_on_a_small_validation_set_race_to_the_seed_limit_not_a_gain
         (3.125 - half, 3.125 + half)
     )
     assert "floored at 0.91 points (sweep.noise_floor; measured 0.00)" in gain.reason
+
+
+# --- the screen (issue #23): nested-rank trials on the start targets, then independent trials where it points
+
+
+def screen_settings(**kw):
+    return settings(**{"screen": True, "screen_seeds": 2, "screen_margin": 1.0, "screen_rule": "pair", **kw})
+
+
+#: a nested trial's accuracy by rank: flat to r=8, +4 points at r=16, +4.5 at r=32 and r=64
+NESTED = {1: 0.70, 2: 0.70, 4: 0.70, 8: 0.71, 16: 0.745, 32: 0.75, 64: 0.75}
+
+
+def nested(seed, values, status="ok"):
+    value = values[64] if status == "ok" else None
+    return Outcome(64, "q,v", seed, status, value, 64 * COSTS["q,v"] + HEAD, 1.3e12, 60.0, None, None, values, True)
+
+
+def test_the_screen_asks_for_nested_trials_at_the_largest_rank_first():
+    p = plan(screen_settings(), [], COSTS)
+    assert p.runnable == [TrialSpec(64, "q,v", 0, Stage.SCREEN, True), TrialSpec(64, "q,v", 1, Stage.SCREEN, True)]
+    # their own seed sequence: sweep.seeds, then the next integers
+    assert [t.seed for t in plan(screen_settings(screen_seeds=3, seeds=[5, 7]), [], COSTS).runnable] == [5, 7, 8]
+
+
+def test_a_screened_knee_at_r16_asks_for_independent_trials_at_r16_then_the_best():
+    # seed 1 is seed 0 + 1 point at every rank: a trial's offset alone, so the screen's residual s.d. is 0
+    # (no slack). Means: 70.5 ×3, 71.5, 75.0, 75.5, 75.5: best r=32 (the lower rank of the tie with r=64);
+    # knee: the smallest rank within 1 point of 75.5: r=16 (gap 0.5; r=8's gap is 4)
+    history = [nested(0, NESTED), nested(1, {r: v + 0.01 for r, v in NESTED.items()})]
+    p = plan(screen_settings(), history, COSTS)
+    assert p.runnable == [TrialSpec(16, "q,v", 0, Stage.RANK), TrialSpec(16, "q,v", 1, Stage.RANK)]
+    (screen,) = p.decisions
+    assert (screen.action, screen.stage, screen.r, screen.targets) == (Action.SCREEN, Stage.SCREEN, 64, "q,v")
+    x = screen.detail
+    assert dict(x.curve) == pytest.approx({1: 70.5, 2: 70.5, 4: 70.5, 8: 71.5, 16: 75.0, 32: 75.5, 64: 75.5})
+    assert (x.best, x.knee, x.ranks, x.trials, x.dof) == (32, 16, (16, 32), 2, 6)
+    assert x.sd == pytest.approx(0, abs=1e-9) and x.slack == pytest.approx(0, abs=1e-9)
+    assert "best r=32, knee r=16" in screen.reason and "r=16, r=32" in screen.reason
+    # the knee's seeds in, r=32 next (it races against r=16 as an ordinary rank step)
+    history += [Outcome(16, "q,v", s, "ok", 0.80 + small(s), 16 * COSTS["q,v"] + HEAD) for s in (0, 1)]
+    p = plan(screen_settings(), history, COSTS)
+    assert p.runnable == [TrialSpec(32, "q,v", 0, Stage.RANK), TrialSpec(32, "q,v", 1, Stage.RANK)]
+    # r=32 equal to r=16: no gain; r=16 > escalate_max_r=8 and so is the knee: no wider targets; the pick is
+    # r=16 on its independent trials (80.0, not a nested value)
+    history += [Outcome(32, "q,v", s, "ok", 0.80 + small(s), 32 * COSTS["q,v"] + HEAD) for s in (0, 1)]
+    p = plan(screen_settings(), history, COSTS)
+    assert actions(p) == [
+        (Action.SCREEN, 64, "q,v"),
+        (Action.START, 16, "q,v"),
+        (Action.NO_GAIN, 32, "q,v"),
+        (Action.NO_ESCALATION, 16, "q,v"),
+        (Action.RECOMMEND, 16, "q,v"),
+    ]
+    assert p.recommendation == (16, "q,v") and p.next is None
+    assert p.decisions[-1].detail.stats == Stats(2, pytest.approx(80.0), pytest.approx(math.sqrt(0.02)))
+    assert p.evaluated == [(16, "q,v"), (32, "q,v")]
+
+
+def test_the_knee_allows_for_the_screens_own_noise():
+    # seed 1 = seed 0 + 1 point, but r=8 + 3 points: a residual the additive fit cannot remove. Its s.d. by
+    # hand (numpy here): 2 trials × 7 ranks, 6 d.f.; slack = t(0.9, 6)·sd·√(2/2)
+    s1 = {r: v + (0.03 if r == 8 else 0.01) for r, v in NESTED.items()}
+    x = np.array([[100 * NESTED[r] for r in RANKS], [100 * s1[r] for r in RANKS]])
+    e = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0) + x.mean()
+    sd = math.sqrt((e**2).sum() / 6)
+    slack = stats.t.ppf(0.9, 6) * sd
+    p = plan(screen_settings(), [nested(0, NESTED), nested(1, s1)], COSTS)
+    detail = p.decisions[0].detail
+    assert (detail.sd, detail.slack) == (pytest.approx(sd), pytest.approx(slack))
+    # means: 70.5 ×3, 72.5, 75.0, 75.5, 75.5; r=8's gap 3.0 less the slack (0.77) is above 1: the knee stays
+    # at 16; with screen_margin 2.5 (gap 3.0 − 0.77 = 2.23 ≤ 2.5) it is r=8, and r=4 (5.0 − 0.77) is not
+    assert 3.0 - slack > 1 and 3.0 - slack <= 2.5 < 5.0 - slack
+    assert detail.knee == 16
+    assert (
+        plan(screen_settings(screen_margin=2.5), [nested(0, NESTED), nested(1, s1)], COSTS).decisions[0].detail.knee
+        == 8
+    )
+
+
+@pytest.mark.parametrize(
+    "rule, ranks",
+    [("knee", [16]), ("pair", [16, 32]), ("climb", [16, 32, 64])],
+)
+def test_screen_rules_name_the_ranks(rule, ranks):
+    history = [nested(0, NESTED), nested(1, {r: v + 0.01 for r, v in NESTED.items()})]
+    assert plan(screen_settings(screen_rule=rule), history, COSTS).decisions[0].detail.ranks == tuple(ranks)
+
+
+def test_nested_outcomes_never_enter_the_statistics():
+    ind = Outcome(64, "q,v", 0, "ok", 0.80, 9, 1e12, 60.0, 100 / 408)
+    nest = Outcome(64, "q,v", 0, "ok", 0.50, 9, 1.3e12, 60.0, 100 / 32, None, {64: 0.50}, True)
+    got = aggregate([ind, nest], [0, 1])
+    assert list(got) == [(64, "q,v")] and got[(64, "q,v")].stats == Stats(1, 80.0, None)
+    assert got[(64, "q,v")].train_flops == 1e12 and aggregate([nest], [0, 1]) == {}
+    # the floor comes from the independent trials' resolution only (408 examples, not the nested 32)
+    assert noise_floor([ind, nest], settings()) == pytest.approx(0.29 * 100 / 408)
+    assert noise_floor([nest], settings()) is None
+    # a nested trial's seed 0 at r=64 does not stand in for the independent r=64 seed 0
+    s = settings(ranks=[64], target_sets=[["q", "v"]])
+    assert plan(s, [nest], COSTS).runnable == [TrialSpec(64, "q,v", 0, Stage.RANK), TrialSpec(64, "q,v", 1, Stage.RANK)]
+
+
+def test_the_compute_cap_counts_nested_trials():
+    history = [nested(0, NESTED), nested(1, NESTED)]
+    p = plan(screen_settings(max_trials=2), history, COSTS)
+    assert p.next is None and p.stop_reason == StopReason.BUDGET and p.recommendation is None
+    p = plan(screen_settings(max_train_flops=2.6e12), history, COSTS)
+    assert p.decisions[-1].detail.train_flops == pytest.approx(2.6e12)
+
+
+def test_a_screen_without_an_ok_nested_trial_runs_the_climb_unscreened():
+    p = plan(screen_settings(), [nested(0, None, "diverged"), nested(1, None, "diverged")], COSTS)
+    assert actions(p) == [(Action.SCREEN, 64, "q,v")] and p.decisions[0].detail.ranks == ()
+    assert "the rank climb runs unscreened" in p.decisions[0].reason
+    assert p.runnable == [TrialSpec(1, "q,v", 0, Stage.RANK), TrialSpec(1, "q,v", 1, Stage.RANK)]
+    # a crashed nested trial is asked for again
+    assert plan(screen_settings(), [nested(0, None, "failed")], COSTS).runnable[0] == TrialSpec(
+        64, "q,v", 0, Stage.SCREEN, True
+    )
+
+
+def test_stored_specs_outcomes_and_decisions_without_the_screen_fields_read_as_before():
+    assert TrialSpec(**{"r": 1, "targets": "q,v", "seed": 0, "stage": "rank"}) == TrialSpec(1, "q,v", 0, Stage.RANK)
+    assert TrialSpec(1, "q,v", 0, "rank").nested is False
+    o = Outcome(1, "q,v", 0, "ok", 0.8)
+    assert (o.nested, o.rank_values) == (False, None)
+    # ranks stored as JSON text read as ints
+    assert Outcome(64, "q,v", 0, "ok", 0.8, rank_values={"1": 0.7, "64": 0.8}, nested=True).rank_values == {
+        1: 0.7,
+        64: 0.8,
+    }
+    # a screen decision is stored and read back as data
+    history = [nested(0, NESTED), nested(1, {r: v + 0.01 for r, v in NESTED.items()})]
+    d = plan(screen_settings(), history, COSTS).decisions[0]
+    assert Decision.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+
+
+RANKS = [1, 2, 4, 8, 16, 32, 64]
