@@ -83,11 +83,13 @@ def load_adapter(trial_dir: Path) -> TrainedAdapter:
 
 def sweep_adapters(sweep_dir: Path) -> List[TrainedAdapter]:
     """Every adapter of a sweep's ``ok`` trials under ``sweep_dir/trials/``, sorted by targets, r, seed;
-    trials still running, failed or diverged (no adapter, or ``status`` other than ``ok``) are skipped."""
+    trials still running, failed or diverged (no adapter, or ``status`` other than ``ok``) are skipped, and
+    so are the screen's nested trials (their adapter was trained for every rank at once, not for its own)."""
     found = []
     for metrics_file in sorted(Path(sweep_dir).glob("trials/*/metrics.json")):
         trial_dir = metrics_file.parent
-        if read_result(metrics_file).status != Status.OK:
+        record = read_result(metrics_file)
+        if record.status != Status.OK or record.nested:
             continue
         if (trial_dir / "adapter" / "adapter_model.safetensors").is_file():
             found.append(load_adapter(trial_dir))

@@ -50,8 +50,10 @@ COLUMNS = (
 
 
 def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, pd.DataFrame]]:
-    """(config, all its trials, its complete trials), configurations in order of their first trial."""
+    """(config, all its trials, its complete trials), configurations in order of their first trial; nested
+    trials (the screen's, ``nested``) are no configuration's: their values are screened, not measured."""
     known = trials.dropna(subset=["r", "targets"]).sort_values("number")
+    known = known[~known["nested"].astype("boolean").fillna(False).astype(bool)]
     for (r, targets), group in known.groupby(["r", "targets"], sort=False):
         yield (int(r), str(targets)), group, group[group["state"] == "complete"]
 

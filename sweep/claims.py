@@ -36,7 +36,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 from sweep.config import SweepSettings
 from sweep.decision import TrialSpec
 
-Key = Tuple[int, str, int]  # (r, targets key, seed)
+Key = Tuple[int, str, int, bool]  # (r, targets key, seed, nested)
 #: tries to open a database server's storage while other workers create Optuna's tables in it
 SCHEMA_ATTEMPTS = 5
 
@@ -85,12 +85,12 @@ def fail_stale_trials(study) -> None:
 
 
 def key_of(spec: TrialSpec) -> Key:
-    return spec.r, spec.targets, spec.seed
+    return spec.r, spec.targets, spec.seed, spec.nested
 
 
 def _trial_key(t) -> Optional[Key]:
     spec = t.user_attrs.get("spec")
-    return (spec["r"], spec["targets"], spec["seed"]) if spec else None
+    return (spec["r"], spec["targets"], spec["seed"], bool(spec.get("nested", False))) if spec else None
 
 
 def _holds(t) -> bool:

@@ -105,9 +105,10 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
 
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
+    nested = {"nested": True, "nested_ranks": list(cfg.sweep.ranks)} if spec.nested else {"nested": False}
     tcfg = dataclasses.replace(
         cfg,
-        lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets)),
+        lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets), **nested),
         train=dataclasses.replace(cfg.train, seed=spec.seed),
     )
     return tcfg, resolved_config(tcfg)
@@ -181,6 +182,7 @@ def _execute(
                 log_file.write_text(traceback.format_exc())
             m = TrialResult(
                 r=spec.r,
+                nested=spec.nested,
                 targets=list(targets),
                 seed=spec.seed,
                 status=Status.FAILED,
@@ -218,7 +220,8 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
 
 def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Config, attempt: int = 1) -> str:
     """The console line of a finished trial (``m`` None: taken over by another worker)."""
-    head = f"trial {number} r={spec.r} {spec.targets} seed={spec.seed}" + (
+    nested = " nested (screen)" if spec.nested else ""
+    head = f"trial {number} r={spec.r} {spec.targets}{nested} seed={spec.seed}" + (
         f" (attempt {attempt})" if attempt > 1 else ""
     )
     if m is None:
@@ -229,8 +232,11 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     reused = f" (reused from {m.reused_from})" if m.reused_from else ""
     if m.status != Status.OK:
         return f"{head}: {m.status} ({m.reason}){reused}"
+    screened = ""
+    if m.rank_curve:
+        screened = " (by rank: " + ", ".join(f"r={c['r']} {c['objective_value']:.4f}" for c in m.rank_curve) + ")"
     return (
-        f"{head}: {cfg.task.objective} {m.objective_value:.4f} | "
+        f"{head}: {cfg.task.objective} {m.objective_value:.4f}{screened} | "
         f"trainable {m.trainable_params:,} | {m.train_flops:.3e} train FLOPs | "
         f"{m.train_seconds + m.eval_seconds:.0f} s{reused}"
     )

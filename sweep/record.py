@@ -180,6 +180,10 @@ class TrialResult:
             seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),
             resolution=metric.scale / self.n_eval if self.n_eval and metric.per_example else None,
             objective=self.objective,
+            rank_values={int(c["r"]): c["objective_value"] for c in self.rank_curve}
+            if self.rank_curve and self.status == Status.OK
+            else None,
+            nested=bool(self.nested),
         )
 
     def to_dict(self) -> dict:

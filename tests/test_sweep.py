@@ -260,3 +260,33 @@ def test_a_sweep_minimising_stsb_mse_picks_the_lowest_and_reports_real_values(gl
         "units better on 1 seed(s), too few for an interval: not shown to beat it." in report
     )
     assert "sweep.tolerance = 0.04 squared label units of the best one tried" in report
+
+
+def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glue_dir, tmp_path):
+    """sweep.screen: the nested trials run first, keyed apart from the independent trial of the same r and seed,
+    their rank curves reach the decisions (the screen's sentence quotes metrics.json's values), and no summary
+    row counts them."""
+    import pandas as pd
+
+    proc = run_main(sweep_main, *args(tmp_path, glue_dir, "sweep.screen=true", "sweep.target_sets=[[q,v]]"))
+    ok(proc)
+    nested = [t for t in trials_of(tmp_path) if t.user_attrs["spec"].get("nested")]
+    assert [(t.params["r"], t.params["seed"], t.user_attrs["stage"]) for t in nested] == [
+        (2, 0, "screen"),
+        (2, 1, "screen"),
+    ]
+    curves = []
+    for t in nested:
+        run_dir = Path(t.user_attrs["run_dir"])
+        assert run_dir.name == f"r2-q-v-nested-seed{t.params['seed']}"
+        curves.append(
+            {c["r"]: c["objective_value"] for c in json.loads((run_dir / "metrics.json").read_text())["rank_curve"]}
+        )
+    screened = {r: 100 * (curves[0][r] + curves[1][r]) / 2 for r in (1, 2)}  # the screened curve, by hand
+    assert f"r=1 {screened[1]:.2f}, r=2 {screened[2]:.2f}" in proc.stdout
+    independent = [t for t in trials_of(tmp_path) if not t.user_attrs["spec"].get("nested")]
+    assert independent and all(t.user_attrs["stage"] != "screen" for t in independent)
+    summary = pd.read_csv(tmp_path / "mrpc" / "default" / "summary.csv")
+    counted = {(r, s) for r, s in zip(summary["r"], summary["n_seeds"])}
+    by_hand = pd.Series([t.params["r"] for t in independent if t.state.name == "COMPLETE"]).value_counts()
+    assert counted == {(r, n) for r, n in by_hand.items()}
