@@ -43,6 +43,14 @@ class Scaling(Choice):
     rslora = "rslora"
 
 
+class NestedDraw(Choice):
+    """``lora.nested_draw``: the rank a nested trial's step trains, drawn uniformly from ``lora.nested_ranks``
+    (``ranks``) or from every rank 1…r (``every``, DyLoRA's own, Valipour et al. 2023 §3)."""
+
+    ranks = "ranks"
+    every = "every"
+
+
 class Precision(Choice):
     """``train.precision``: bf16 autocast where native (auto), or always fp32 or bf16."""
 
@@ -402,6 +410,8 @@ class LoraSettings:
             which is evaluated by truncation and saved as an adapter of its own.
         nested_ranks: the ranks a nested trial draws and evaluates, ``r`` among them; None: the powers of two
             up to ``r`` (``sweep.nested.nested_ranks``).
+        nested_draw: a nested step's rank drawn uniformly from ``nested_ranks`` (``ranks``) or from 1…r
+            (``every``: the leading components train at nearly every step, the last ones at about half).
     """
 
     r: int = MISSING
@@ -411,6 +421,7 @@ class LoraSettings:
     scaling: Scaling = MISSING
     nested: bool = MISSING
     nested_ranks: Optional[List[int]] = MISSING
+    nested_draw: NestedDraw = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("lora.r", self.r, integer=True)
@@ -419,6 +430,7 @@ class LoraSettings:
             raise ValueError(f"lora.dropout={self.dropout!r} is invalid: it must be in [0, 1)")
         self.scaling = _choice_text("lora.scaling", self.scaling, Scaling)
         self.targets = normalize_targets(self.targets, "lora.targets")
+        self.nested_draw = _choice_text("lora.nested_draw", self.nested_draw, NestedDraw)
         if self.nested:
             from sweep.nested import nested_ranks
 

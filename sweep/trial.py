@@ -330,7 +330,8 @@ def run_trial(
         desc = f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}"
         on_step = None
         if truncation is not None:
-            draws = step_ranks(ranks, cfg.train.seed, epoch, len(train_batches))
+            drawn = ranks if cfg.lora.nested_draw == "ranks" else range(1, cfg.lora.r + 1)
+            draws = step_ranks(drawn, cfg.train.seed, epoch, len(train_batches))
 
             def on_step(i: int, draws=draws) -> None:
                 truncation.set(int(draws[i]))

@@ -55,6 +55,7 @@ lora:
   scaling: standard
   nested: false
   nested_ranks: null
+  nested_draw: ranks
 train:
   epochs: 3
   lr: 0.002
@@ -273,7 +274,7 @@ REFUSED = [
     (
         ["+lora.foo=1"],
         "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling, nested, nested_ranks",
+        "dropout, targets, scaling, nested, nested_ranks, nested_draw",
     ),
     (
         ["train.precison=bf16"],
@@ -308,7 +309,7 @@ REFUSED = [
     (["data.dir="], "data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub"),
     (
         ["lora=null"],
-        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling, nested, nested_ranks; set those keys "
+        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling, nested, nested_ranks, nested_draw; set those keys "
         "one by one, e.g. lora.r=8",
     ),
     (
@@ -319,7 +320,7 @@ REFUSED = [
     (
         ["~lora.rr"],
         "unknown config key 'lora.rr' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling, nested, nested_ranks",
+        "dropout, targets, scaling, nested, nested_ranks, nested_draw",
     ),
 ]
 

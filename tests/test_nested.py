@@ -170,3 +170,18 @@ def test_a_killed_nested_trial_resumes_bit_identically(tiny, tmp_path):
             np.load(run_dir / f"val_predictions-r{b}.npy"),
             np.load(tmp_path / "reference" / f"val_predictions-r{b}.npy"),
         )
+
+
+@pytest.mark.parametrize("draw, trained", [("ranks", {1, 2, 4}), ("every", {1, 2, 3, 4})])
+def test_nested_draw_names_the_ranks_the_steps_train(tiny, monkeypatch, draw, trained):
+    from sweep import nested
+
+    seen = []
+    original = nested.RankTruncation.set
+    monkeypatch.setattr(nested.RankTruncation, "set", lambda self, b: (seen.append(b), original(self, b))[1])
+    args = tiny + ["lora.r=4", "lora.nested=true", f"lora.nested_draw={draw}", "data.max_train_samples=320"]
+    cfg, resolved = compose(args)
+    run_trial(cfg, resolved, trial_dir(cfg, resolved), progress=False)
+    steps = 320 // 16
+    expected = step_ranks(sorted(trained), cfg.train.seed, 0, steps).tolist()  # the draws, then the 3 evaluations
+    assert seen == expected + [1, 2, 4, 4] and set(expected) == trained  # then back to r=4 at the end
