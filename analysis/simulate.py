@@ -20,7 +20,7 @@ values (``Metric.value``) and its name, and the procedure converts them back, as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -149,11 +149,22 @@ def degenerate_scenarios(
 
 @dataclass(frozen=True)
 class Run:
-    """One simulated sweep: its regret (points), trials run and the recommended configuration."""
+    """One simulated sweep: its regret (points), trials run and the recommended configuration; with a
+    ``cost`` (``simulate``), the summed training FLOPs and seconds of its trials (else trials × 1 FLOP and 0 s)."""
 
     regret: float
     trials: int
     pick: Tuple[int, str]
+    train_flops: float = 0.0
+    seconds: float = 0.0
+
+
+#: (r, targets key) -> (training FLOPs, seconds) of one trial of that configuration
+Cost = Callable[[int, str], Tuple[float, float]]
+
+
+def _unit_cost(r: int, targets: str) -> Tuple[float, float]:
+    return 1.0, 0.0
 
 
 def simulate(
@@ -165,11 +176,14 @@ def simulate(
     head_params: int = 0,
     n_eval: Optional[int] = None,
     objective: Optional[str] = None,
+    cost: Cost = _unit_cost,
 ) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points, the values
     rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor). With an
     ``objective`` (``sweep.metrics.METRICS``) the scenario, ``sigma`` and the regret are in its unit and the
-    outcomes carry its real values and its name (a loss: the negated score).
+    outcomes carry its real values and its name (a loss: the negated score). ``cost`` gives each trial's
+    training FLOPs and seconds, which the compute caps ``sweep.max_train_flops`` and ``sweep.max_hours`` read
+    (default: 1 FLOP and 0 s, so only ``sweep.max_trials`` binds).
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
     decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
@@ -185,7 +199,8 @@ def simulate(
         p = plan(settings, history, params_per_rank)
         if p.next is None:
             pick = p.recommendation
-            return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick)
+            flops, seconds = sum(o.train_flops for o in history), sum(o.seconds for o in history)
+            return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick, flops, seconds)
         for spec in p.runnable:
             value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
             if step is not None:
@@ -198,8 +213,7 @@ def simulate(
                     "ok",
                     metric.value(value),
                     spec.r * params_per_rank[spec.targets] + head_params,
-                    1.0,
-                    0.0,
+                    *cost(spec.r, spec.targets),
                     step,
                     objective,
                 )
