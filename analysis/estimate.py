@@ -325,7 +325,7 @@ def _time_evaluation(model, batches, flops, device, precision: str) -> float:
     import torch
 
     every = list(batches.epoch())
-    picked = [every[0], every[-1]][:EVAL_PROBE_BATCHES] if len(every) > 1 else every
+    picked = [every[i] for i in sorted({0, len(every) - 1})][:EVAL_PROBE_BATCHES]  # one batch: once
     model.eval()
     total_flops, seconds = 0, 0.0
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
