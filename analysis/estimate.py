@@ -61,10 +61,10 @@ REPS_PER_FAMILY = 20
 QUANTILE = 0.9
 #: timed training steps of the probe (after one untimed step that warms the kernels up), and the seconds
 #: after which it stops early (at least one timed step), so that busy cores do not make it long
-PROBE_STEPS = 3
-PROBE_SECONDS = 3.0
-#: validation batches whose forward pass is timed
-EVAL_PROBE_BATCHES = 2
+PROBE_STEPS = 2
+PROBE_SECONDS = 2.0
+#: validation batches whose forward pass is timed (the longest)
+EVAL_PROBE_BATCHES = 1
 
 
 def assumed_sigma(metric: Metric) -> float:
@@ -321,11 +321,10 @@ def _time_training(model, batches, flops, cfg: Config, device, precision: str, s
 
 
 def _time_evaluation(model, batches, flops, device, precision: str) -> float:
-    """Seconds per evaluation FLOP: the forward passes of the first and the last (longest) validation batch."""
+    """Seconds per evaluation FLOP: the forward passes of the ``EVAL_PROBE_BATCHES`` longest validation batches."""
     import torch
 
-    every = list(batches.epoch())
-    picked = [every[i] for i in sorted({0, len(every) - 1})][:EVAL_PROBE_BATCHES]  # one batch: once
+    picked = list(batches.epoch())[-EVAL_PROBE_BATCHES:]  # sorted by length: the longest
     model.eval()
     total_flops, seconds = 0, 0.0
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
@@ -353,6 +352,7 @@ class Estimate:
     measured: Optional[TrialCounts]
     cost: TrialCost
     done: int = 0
+    took: float = 0.0
 
     @property
     def counts(self) -> TrialCounts:
@@ -390,7 +390,8 @@ class Estimate:
             f"per trial: training FLOPs {c.train_flops[0]:.3g} (r={r0} {t0}) to {c.train_flops[1]:.3g} (r={r1} {t1}), "
             f"evaluation {c.eval_flops[0]:.3g} to {c.eval_flops[1]:.3g}; about {c.seconds(c.lora_params[0]):.0f} to "
             f"{c.seconds(c.lora_params[1]):.0f} s, an estimate from {c.probe_steps} timed training steps "
-            f"({c.probe_seconds:.1f} s on {c.device}, {c.precision}, {c.threads} threads)"
+            f"({c.probe_seconds:.1f} s on {c.device}, {c.precision}, {c.threads} thread(s)); this estimate took "
+            f"{self.took:.1f} s"
         )
         if self.done:
             f = self.forecast()
@@ -412,6 +413,7 @@ def estimate(cfg: Config, per_rank: Mapping[str, int], history: Sequence[Outcome
     from analysis.reliability import reliability
     from sweep.data import take, task_data
 
+    start = time.perf_counter()
     cost = measure_cost(cfg, per_rank)
     objective = cfg.task.objective
     n_eval = len(take(task_data(cfg)["validation"], cfg.data.max_eval_samples))
@@ -419,14 +421,22 @@ def estimate(cfg: Config, per_rank: Mapping[str, int], history: Sequence[Outcome
     assumed = trial_counts(cfg.sweep, per_rank, assumed_sigma(metric_of(objective)), **common)
     rel = reliability(list(history), cfg.sweep, None) if history and cfg.sweep.mode != "grid" else None
     measured = trial_counts(cfg.sweep, per_rank, rel.sigma, measured=True, **common) if rel else None
-    return Estimate(cfg.sweep, objective, assumed, measured, cost, len(history))
+    return Estimate(cfg.sweep, objective, assumed, measured, cost, len(history), time.perf_counter() - start)
 
 
 def forecaster(cfg: Config, log=print):
-    """A ``sweep.driver.ForecastFn`` for ``run_sweep``: prints the estimate's lines, returns its ``Forecast``."""
+    """A ``sweep.driver.ForecastFn`` for ``run_sweep``: prints the estimate's lines, returns its ``Forecast``.
+    An estimate that fails other than on bad input (a ``UserError``, raised) says so in one line and the sweep
+    goes on without it: what it would cost is no reason not to run it."""
 
-    def forecast(per_rank: Mapping[str, int], history: List[Outcome]) -> Forecast:
-        est = estimate(cfg, per_rank, history)
+    def forecast(per_rank: Mapping[str, int], history: List[Outcome]) -> Optional[Forecast]:
+        try:
+            est = estimate(cfg, per_rank, history)
+        except UserError:
+            raise
+        except Exception as e:
+            log(f"expected cost: not estimated ({type(e).__name__}: {str(e).strip().partition(chr(10))[0]})")
+            return None
         for line in est.lines():
             log(line)
         return est.forecast()
