@@ -122,6 +122,8 @@ class TrialCounts:
     Attributes:
         measured: whether ``sigma`` is the study's measured pooled σ (else ``assumed_sigma``).
         exact: a grid: every simulated sweep runs the same trials.
+        capped: the share of the simulated sweeps that a compute cap stopped (``sweep.max_trials``,
+            ``max_train_flops``, ``max_hours``).
     """
 
     sigma: float
@@ -134,6 +136,7 @@ class TrialCounts:
     flops_p90: float
     seconds_mean: float
     seconds_p90: float
+    capped: float = 0.0
 
 
 def trial_counts(
@@ -190,6 +193,7 @@ def trial_counts(
         float(np.quantile(flops, QUANTILE)),
         float(seconds.mean()),
         float(np.quantile(seconds, QUANTILE)),
+        float(np.mean([run.capped for run in runs])),
     )
 
 
@@ -381,15 +385,16 @@ class Estimate:
                     f"{m.fmt(counts.sigma)} {m.unit} ({counts.reps} simulated sweeps of sweep.decide.plan over "
                     "the calibration's scenario families)"
                 )
+            capped = f"; a compute cap ends {100 * counts.capped:.0f}% of the simulated sweeps" if counts.capped else ""
             out.append(
                 f"{trials}; training FLOPs {counts.flops_mean:.3g} (p90 {counts.flops_p90:.3g}); "
-                f"time {duration_text(counts.seconds_mean)} (p90 {duration_text(counts.seconds_p90)})"
+                f"time {duration_text(counts.seconds_mean)} (p90 {duration_text(counts.seconds_p90)}){capped}"
             )
         (r0, t0), (r1, t1) = c.smallest, c.largest
         out.append(
             f"per trial: training FLOPs {c.train_flops[0]:.3g} (r={r0} {t0}) to {c.train_flops[1]:.3g} (r={r1} {t1}), "
-            f"evaluation {c.eval_flops[0]:.3g} to {c.eval_flops[1]:.3g}; about {c.seconds(c.lora_params[0]):.0f} to "
-            f"{c.seconds(c.lora_params[1]):.0f} s, an estimate from {c.probe_steps} timed training steps "
+            f"evaluation {c.eval_flops[0]:.3g} to {c.eval_flops[1]:.3g}; about "
+            f"{duration_text(c.seconds(c.lora_params[0]))} to {duration_text(c.seconds(c.lora_params[1]))}, an estimate from {c.probe_steps} timed training steps "
             f"({c.probe_seconds:.1f} s on {c.device}, {c.precision}, {c.threads} thread(s)); this estimate took "
             f"{self.took:.1f} s"
         )

@@ -26,6 +26,7 @@ import numpy as np
 
 from sweep.config import SweepSettings, targets_key
 from sweep.decide import Outcome, plan
+from sweep.decision import StopReason
 from sweep.metrics import metric_of
 
 #: offsets of the narrower target sets (q alone, v alone) in every scenario, points
@@ -150,13 +151,15 @@ def degenerate_scenarios(
 @dataclass(frozen=True)
 class Run:
     """One simulated sweep: its regret (points), trials run and the recommended configuration; with a
-    ``cost`` (``simulate``), the summed training FLOPs and seconds of its trials (else trials × 1 FLOP and 0 s)."""
+    ``cost`` (``simulate``), the summed training FLOPs and seconds of its trials (else trials × 1 FLOP and 0 s);
+    whether a compute cap stopped it (``capped``)."""
 
     regret: float
     trials: int
     pick: Tuple[int, str]
     train_flops: float = 0.0
     seconds: float = 0.0
+    capped: bool = False
 
 
 #: (r, targets key) -> (training FLOPs, seconds) of one trial of that configuration
@@ -200,7 +203,8 @@ def simulate(
         if p.next is None:
             pick = p.recommendation
             flops, seconds = sum(o.train_flops for o in history), sum(o.seconds for o in history)
-            return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick, flops, seconds)
+            capped = p.stop_reason == StopReason.BUDGET
+            return Run(scenario.best(space) - scenario.mean(*pick), len(history), pick, flops, seconds, capped)
         for spec in p.runnable:
             value = scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()
             if step is not None:

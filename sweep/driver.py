@@ -248,9 +248,9 @@ def time_left(forecast: Forecast, history: Sequence[Outcome]) -> Tuple[float, fl
 
 
 def duration_text(seconds: float) -> str:
-    """``42 s``, ``12.5 min`` or ``2.1 h``."""
+    """``4.2 s``, ``42 s``, ``12.5 min`` or ``2.1 h``."""
     if seconds < 120:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
