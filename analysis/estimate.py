@@ -347,10 +347,9 @@ def _time_evaluation(model, batches, flops, device, precision: str) -> float:
 @dataclass(frozen=True)
 class Estimate:
     """What a sweep expects to spend: its trials at the assumed σ (``assumed``) and, once its study has
-    measured one, at the measured σ (``measured``); one trial's ``cost``; the settings and objective they
-    were computed for; the trials the study has finished (``done``)."""
+    measured one, at the measured σ (``measured``); one trial's ``cost``; the objective (its unit names σ); the
+    trials the study has finished (``done``); the seconds the estimate took (``took``)."""
 
-    settings: SweepSettings
     objective: str
     assumed: TrialCounts
     measured: Optional[TrialCounts]
@@ -391,12 +390,12 @@ class Estimate:
                 f"time {duration_text(counts.seconds_mean)} (p90 {duration_text(counts.seconds_p90)}){capped}"
             )
         (r0, t0), (r1, t1) = c.smallest, c.largest
+        seconds = [duration_text(c.seconds(p)) for p in c.lora_params]
+        probe = f"{c.probe_seconds:.1f} s on {c.device}, {c.precision}, {c.threads} thread(s)"
         out.append(
             f"per trial: training FLOPs {c.train_flops[0]:.3g} (r={r0} {t0}) to {c.train_flops[1]:.3g} (r={r1} {t1}), "
-            f"evaluation {c.eval_flops[0]:.3g} to {c.eval_flops[1]:.3g}; about "
-            f"{duration_text(c.seconds(c.lora_params[0]))} to {duration_text(c.seconds(c.lora_params[1]))}, an estimate from {c.probe_steps} timed training steps "
-            f"({c.probe_seconds:.1f} s on {c.device}, {c.precision}, {c.threads} thread(s)); this estimate took "
-            f"{self.took:.1f} s"
+            f"evaluation {c.eval_flops[0]:.3g} to {c.eval_flops[1]:.3g}; about {seconds[0]} to {seconds[1]}, an "
+            f"estimate from {c.probe_steps} timed training steps ({probe}); this estimate took {self.took:.1f} s"
         )
         if self.done:
             f = self.forecast()
@@ -426,7 +425,7 @@ def estimate(cfg: Config, per_rank: Mapping[str, int], history: Sequence[Outcome
     assumed = trial_counts(cfg.sweep, per_rank, assumed_sigma(metric_of(objective)), **common)
     rel = reliability(list(history), cfg.sweep, None) if history and cfg.sweep.mode != "grid" else None
     measured = trial_counts(cfg.sweep, per_rank, rel.sigma, measured=True, **common) if rel else None
-    return Estimate(cfg.sweep, objective, assumed, measured, cost, len(history), time.perf_counter() - start)
+    return Estimate(objective, assumed, measured, cost, len(history), time.perf_counter() - start)
 
 
 def forecaster(cfg: Config, log=print):
