@@ -26,10 +26,11 @@ nothing written under ``results/``. Three parts, each from the project's own mac
    configurations in between are interpolated linearly in LoRA parameters (exact at both ends).
 3. **Seconds** (``measure_cost``): ``PROBE_STEPS`` real training steps (forward, backward, gradient
    clipping, AdamW step; the trial's device, precision and threads) on the smallest configuration's first
-   batches, timed after one untimed step, give seconds per training FLOP; the forward passes of
-   ``EVAL_PROBE_BATCHES`` validation batches give seconds per evaluation FLOP. A trial's seconds are
-   FLOPs × those rates; a sweep's are summed over each simulated sweep's trials (mean and 90th percentile).
-   An estimate of a few seconds' probe: on a machine whose cores are shared it is as slow as they are.
+   batches, timed after one untimed step (fewer once ``PROBE_SECONDS`` have passed), give seconds per FLOP.
+   A trial's seconds are its training and evaluation FLOPs × that rate (evaluation is about 6% of an MRPC
+   trial's FLOPs, and its seconds were 4–6% of a trial's in the README's measurements); a sweep's are summed
+   over each simulated sweep's trials (mean and 90th percentile). A probe of a few steps: on a machine whose
+   cores are shared it is as slow as they make it, and so are the trials.
 
 The model is loaded once (its copies are adapted); the whole estimate takes about a second for a tiny
 sweep and a few seconds for MRPC with MiniLM on 2 CPU cores.
@@ -62,9 +63,7 @@ QUANTILE = 0.9
 #: timed training steps of the probe (after one untimed step that warms the kernels up), and the seconds
 #: after which it stops early (at least one timed step), so that busy cores do not make it long
 PROBE_STEPS = 2
-PROBE_SECONDS = 2.0
-#: validation batches whose forward pass is timed (the longest)
-EVAL_PROBE_BATCHES = 1
+PROBE_SECONDS = 1.0
 
 
 def assumed_sigma(metric: Metric) -> float:
@@ -82,7 +81,8 @@ class TrialCost:
         lora_params: LoRA parameters of ``smallest`` and ``largest`` (r × ``params_per_rank``).
         train_flops: training FLOPs of a trial of ``smallest`` and of ``largest`` (all epochs).
         eval_flops: evaluation FLOPs of a trial of ``smallest`` and of ``largest`` (one pass per epoch).
-        train_seconds_per_flop, eval_seconds_per_flop: seconds per FLOP measured by the probe.
+        seconds_per_flop: seconds per training FLOP measured by the probe; evaluation FLOPs are charged at
+            the same rate (they are about 6% of an MRPC trial's and forward passes run at least as fast).
         probe_steps: training steps timed; probe_seconds: seconds they took.
         device, precision, threads: what the probe (and the trials) run with.
     """
@@ -92,8 +92,7 @@ class TrialCost:
     lora_params: Tuple[int, int]
     train_flops: Tuple[int, int]
     eval_flops: Tuple[int, int]
-    train_seconds_per_flop: float
-    eval_seconds_per_flop: float
+    seconds_per_flop: float
     probe_steps: int
     probe_seconds: float
     device: str
@@ -110,8 +109,7 @@ class TrialCost:
 
     def seconds(self, lora_params: int) -> float:
         """Estimated train + evaluation seconds of such a trial."""
-        train, evaluation = self.flops(lora_params)
-        return train * self.train_seconds_per_flop + evaluation * self.eval_seconds_per_flop
+        return sum(self.flops(lora_params)) * self.seconds_per_flop
 
 
 @dataclass(frozen=True)
@@ -214,8 +212,8 @@ def _at(cfg: Config, r: int, targets: List[str]) -> Config:
 
 def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PROBE_STEPS) -> TrialCost:
     """Count one trial's FLOPs on the smallest and the largest configuration and time ``probe_steps``
-    training steps and ``EVAL_PROBE_BATCHES`` evaluation passes of the smallest (module docstring, parts 2
-    and 3). Loads the model once; the global RNG is restored afterwards.
+    training steps of the smallest (module docstring, parts 2 and 3). Loads the model once; the global RNG is
+    restored afterwards.
 
     Raises:
         UserError: as a trial's set-up (model, targets, device).
@@ -252,7 +250,6 @@ def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PR
         train_rate, probe_seconds, steps = _time_training(
             model, train_batches, f_train, tcfg, device, precision, probe_steps
         )
-        eval_rate = _time_evaluation(model, val_batches, f_eval, device, precision)
     return TrialCost(
         small,
         large,
@@ -260,7 +257,6 @@ def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PR
         (train_flops[0], train_flops[1]),
         (eval_flops[0], eval_flops[1]),
         train_rate,
-        eval_rate,
         steps,
         probe_seconds,
         str(device),
@@ -291,9 +287,10 @@ def _sync(device) -> None:
 
 
 def _time_training(model, batches, flops, cfg: Config, device, precision: str, steps: int) -> Tuple[float, float, int]:
-    """(seconds per training FLOP, seconds, steps timed) of ``steps`` training steps on ``batches``' first
-    batches (cycled when there are fewer), after one untimed step, stopping early once ``PROBE_SECONDS``
-    have passed: what ``sweep.trial.train_one_epoch`` does per batch."""
+    """(seconds per training FLOP, seconds, steps timed) of up to ``steps`` training steps on ``batches``' first
+    batches (cycled when there are fewer), as ``sweep.trial.train_one_epoch`` runs each batch. The first step,
+    which sets up kernels and buffers, is not timed, unless it alone took over ``PROBE_SECONDS`` (busy cores):
+    then it is the measurement (pessimistic by that set-up). Timing stops once ``PROBE_SECONDS`` have passed."""
     import itertools
 
     import torch
@@ -302,15 +299,11 @@ def _time_training(model, batches, flops, cfg: Config, device, precision: str, s
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     model.train()
     first = list(itertools.islice(batches.epoch(0), steps + 1))
-    timed_flops, start, done = 0, time.perf_counter(), 0
+    timed: List[Tuple[int, float]] = []  # (FLOPs, seconds) of each step
     for i in range(steps + 1):
-        if i > 1 and time.perf_counter() - start > PROBE_SECONDS:
-            break
         batch = {k: v.to(device) for k, v in first[i % len(first)].items() if k != "index"}
-        if i == 1:  # the first step warms up kernels and allocations: not timed
-            _sync(device)
-            start = time.perf_counter()
-        timed_flops += flops(*batch["input_ids"].shape) if i else 0
+        _sync(device)
+        start = time.perf_counter()
         with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
             loss = model(**batch).loss
         loss.backward()
@@ -318,30 +311,13 @@ def _time_training(model, batches, flops, cfg: Config, device, precision: str, s
             torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        done = i
         _sync(device)
-    seconds = time.perf_counter() - start
-    return seconds / timed_flops, seconds, done
-
-
-def _time_evaluation(model, batches, flops, device, precision: str) -> float:
-    """Seconds per evaluation FLOP: the forward passes of the ``EVAL_PROBE_BATCHES`` longest validation batches."""
-    import torch
-
-    picked = list(batches.epoch())[-EVAL_PROBE_BATCHES:]  # sorted by length: the longest
-    model.eval()
-    total_flops, seconds = 0, 0.0
-    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16"):
-        for batch in picked:
-            batch.pop("index")
-            batch.pop("labels")
-            total_flops += flops(*batch["input_ids"].shape)
-            _sync(device)
-            start = time.perf_counter()
-            model(**{k: v.to(device) for k, v in batch.items()})
-            _sync(device)
-            seconds += time.perf_counter() - start
-    return seconds / total_flops
+        timed.append((flops(*batch["input_ids"].shape), time.perf_counter() - start))
+        if sum(t for _, t in timed[1:] or timed) > PROBE_SECONDS:  # the first step alone, or the timed ones
+            break
+    used = timed[1:] or timed
+    seconds = sum(t for _, t in used)
+    return seconds / sum(f for f, _ in used), seconds, len(used)
 
 
 @dataclass(frozen=True)
