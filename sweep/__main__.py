@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from analysis.estimate import forecaster
 from analysis.report import baseline_line, load_report, write_reports
 from sweep.cli import compose, make_command, run_cli
 from sweep.driver import crash_line, recommendation_line, run_sweep
@@ -35,7 +36,7 @@ def main(args: List[str]) -> int:
         UserError: bad input (see ``sweep.driver.run_sweep``).
     """
     cfg, resolved = compose(args)
-    p = run_sweep(cfg, resolved, overrides=args)
+    p = run_sweep(cfg, resolved, overrides=args, forecast=forecaster(cfg))  # says its cost before the first trial
     sdir = sweep_dir(cfg)
     report, written = None, False
     try:

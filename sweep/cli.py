@@ -376,6 +376,7 @@ def check_make_args(raw: str, target: str, args: Sequence[str] = ()) -> None:
         "export": "analysis.export",
         "subspace": "analysis.subspace_report",
         "calibrate": "analysis.calibrate",
+        "plan": "analysis.estimate",
     }
     groups = [a for a in args if a.startswith(("task=", "sweep="))]  # the user's TASK and SWEEP
     python = module.get(target, f"sweep.{target}" if target in ("trial", "worker") else target)

@@ -18,13 +18,14 @@ import dataclasses
 import time
 import traceback
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import dropped_line, take, task_data, task_digest
-from sweep.decide import Plan, Status, plan
+from sweep.decide import Outcome, Plan, Status, plan
 from sweep.decision import StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
 from sweep.faults import at, atomic_write
@@ -218,6 +219,51 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     trial.suggest_int("seed", spec.seed, spec.seed)
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """What a sweep expects to spend, for the time left on its progress lines (``analysis/estimate.py``
+    makes it; the driver only reads it).
+
+    Attributes:
+        trials: trials the whole sweep is expected to run (a simulation's mean; a grid's exact count).
+        seconds_per_trial: one trial's estimated train + evaluation seconds (a measured probe), used until
+            a trial of the study has measured seconds.
+    """
+
+    trials: float
+    seconds_per_trial: float
+
+
+#: ``forecast(per_rank, outcomes)`` of ``run_sweep``: prints what the sweep expects to spend before its
+#: first trial, and returns it for the progress lines
+ForecastFn = Callable[[Mapping[str, int], List[Outcome]], Optional[Forecast]]
+
+
+def time_left(forecast: Forecast, history: Sequence[Outcome]) -> Tuple[float, float]:
+    """(trials still expected, seconds they are expected to take): ``forecast.trials`` less the trials of
+    ``history`` (none below 0), × the mean measured seconds of ``history``'s trials that have any (a
+    crashed trial has none), else ``forecast.seconds_per_trial``."""
+    measured = [o.seconds for o in history if o.seconds > 0]
+    per_trial = sum(measured) / len(measured) if measured else forecast.seconds_per_trial
+    left = max(forecast.trials - len(history), 0.0)
+    return left, left * per_trial
+
+
+def duration_text(seconds: float) -> str:
+    """``4.2 s``, ``42 s``, ``12.5 min`` or ``2.1 h``."""
+    if seconds < 120:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _left_text(forecast: Forecast, history: Sequence[Outcome]) -> str:
+    """`` | ~12.5 min left (~5.5 more trials of ~21.0 expected)``: the end of a trial's progress line."""
+    left, seconds = time_left(forecast, history)
+    if len(history) > forecast.trials:
+        return f" | {len(history)} trials, more than the ~{forecast.trials:.1f} expected"
+    return f" | ~{duration_text(seconds)} left (~{left:.1f} more trials of ~{forecast.trials:.1f} expected)"
+
+
 def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Config, attempt: int = 1) -> str:
     """The console line of a finished trial (``m`` None: taken over by another worker)."""
     nested = " nested (screen)" if spec.nested else ""
@@ -242,9 +288,40 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     )
 
 
-def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: bool = True, log=print) -> Plan:
+def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[str, int]:
+    """Everything about a sweep's input that can be wrong, checked before its study is touched; tokenises
+    the task's data (cached for every trial). Returns ``params_per_rank(cfg)``.
+
+    Raises:
+        UserError: a trial's own key among ``overrides`` (``refuse_trial_keys``), an unwritable SQLite
+            folder, a target set that matches no module, a setting beyond the model's limits, missing data,
+            a trial without a step to learn in.
+    """
+    refuse_trial_keys(overrides)
+    if sqlite_path(storage_url(cfg)):
+        check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
+    per_rank = params_per_rank(cfg)
+    data = task_data(cfg)  # also tokenises once for every trial
+    if dropped_line(cfg):
+        log(dropped_line(cfg))
+    check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
+    return per_rank
+
+
+def run_sweep(
+    cfg: Config,
+    resolved,
+    *,
+    overrides: List[str] = (),
+    progress: bool = True,
+    log=print,
+    forecast: Optional[ForecastFn] = None,
+) -> Plan:
     """Run the sweep of ``cfg`` to its end (or its compute cap), resuming whatever is in its study.
     ``overrides`` (the command line) are stored so that the report can show commands that continue it.
+    ``forecast`` (``ForecastFn``), called once before the first trial with the LoRA parameters per rank and
+    the study's finished trials, prints what the sweep expects to spend; its ``Forecast`` adds the expected
+    time left to every trial's line.
 
     On SQLite this is the only process on the study (``sweep.resume.sweep_lock``: ``study.db.lock``). On
     a database server it is one worker among any number: it claims runnable trials (``sweep/claims.py``),
@@ -260,17 +337,9 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
     """
     from optuna.trial import TrialState
 
-    refuse_trial_keys(overrides)
     sdir = sweep_dir(cfg)
-    # everything that can be wrong with the input is checked before the study is touched
-    if sqlite_path(storage_url(cfg)):
-        check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     sets = target_sets(cfg)
-    per_rank = params_per_rank(cfg)
-    data = task_data(cfg)  # also tokenises once for every trial
-    if dropped_line(cfg):
-        log(dropped_line(cfg))
-    check_training_steps(cfg, len(take(data["train"], cfg.data.max_train_samples)))
+    per_rank = check_sweep(cfg, overrides, log)  # everything that can be wrong, before the study is touched
     shared = claims.is_shared(storage_url(cfg))
     with nullcontext() if shared else sweep_lock(sqlite_path(storage_url(cfg))):
         study = open_study(cfg, resolved)
@@ -282,6 +351,7 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
             f"sweep {study_name(cfg)} ({cfg.sweep.mode}) on {cfg.model.name}: study {mask_url(storage_url(cfg))}"
             + (f", worker {claims.worker_id()}" if shared else "")
         )
+        expected = forecast(per_rank, outcomes(study)) if forecast is not None else None
         blank, crashed = ([], []) if shared else _finish_orphans(study, cfg, progress, log)
         printed = 0
         while True:
@@ -314,7 +384,8 @@ def run_sweep(cfg: Config, resolved, *, overrides: List[str] = (), progress: boo
                 )
             with claims.heartbeat(trial):
                 m = _execute(study, trial, spec, sets[spec.targets], cfg, progress, log)
-            log(_trial_line(trial.number, spec, m, cfg, len(earlier) + 1))
+            left = _left_text(expected, outcomes(study)) if expected is not None else ""
+            log(_trial_line(trial.number, spec, m, cfg, len(earlier) + 1) + left)
             if m is not None and m.status == Status.FAILED:
                 crashed.append(spec)
         for trial in blank:  # only when the plan ended with blank trials left over

@@ -226,6 +226,36 @@ def train_one_epoch(
     )
 
 
+def adapted_model(base, cfg: Config, model_cfg):
+    """``base`` as a trial trains it: the backbone's dropout set (``train.backbone_dropout``), then wrapped
+    with LoRA of ``cfg.lora`` (``sweep.modeling.apply_lora``; ``base`` is changed in place)."""
+    if cfg.train.backbone_dropout is not None:
+        set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
+    return apply_lora(base, cfg.lora, model_cfg)
+
+
+def trial_batches(cfg: Config, data, pad_id: int) -> tuple:
+    """(training split, validation split, their ``Batches``) of a trial: the tokenised ``data`` cut to
+    ``data.max_train_samples`` / ``data.max_eval_samples``, training batches shuffled by ``train.seed``."""
+    train_split = take(data["train"], cfg.data.max_train_samples)
+    val_split = take(data["validation"], cfg.data.max_eval_samples)
+    train_batches = Batches(
+        train_split,
+        cfg.train.batch_size,
+        pad_id,
+        shuffle=True,
+        seed=cfg.train.seed,
+        group_by_length=cfg.train.group_by_length,
+    )
+    return train_split, val_split, train_batches, Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
+
+
+def flop_models(model, train_batches: Batches, device: torch.device) -> tuple:
+    """(training, evaluation) ``FlopModel`` of ``model``, probed on the first training batch's inputs."""
+    probe = {k: v.to(device) for k, v in next(train_batches.epoch(0)).items()}
+    return FlopModel(model, probe, train=True), FlopModel(model, probe, train=False)
+
+
 def run_trial(
     cfg: Config, resolved, run_dir: Path, *, progress: bool = True, on_epoch: Optional[Callable[[dict], None]] = None
 ) -> TrialResult:
@@ -277,27 +307,14 @@ def run_trial(
         max_length=cfg.data.max_length,
         n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
     )
-    if cfg.train.backbone_dropout is not None:
-        set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
-    model = apply_lora(base, cfg.lora, model_cfg).to(device)
+    model = adapted_model(base, cfg, model_cfg).to(device)
     counts = parameter_counts(model, base_total)
     # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
     ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
     truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
     # data: tokenised once per process (cached), then cut to the requested sizes
     data = task_data(cfg)
-    train_split = take(data["train"], cfg.data.max_train_samples)
-    val_split = take(data["validation"], cfg.data.max_eval_samples)
-    pad_id = tokenizer.pad_token_id or 0
-    train_batches = Batches(
-        train_split,
-        cfg.train.batch_size,
-        pad_id,
-        shuffle=True,
-        seed=cfg.train.seed,
-        group_by_length=cfg.train.group_by_length,
-    )
-    val_batches = Batches(val_split, cfg.train.eval_batch_size, pad_id, shuffle=False)
+    train_split, val_split, train_batches, val_batches = trial_batches(cfg, data, tokenizer.pad_token_id or 0)
     # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
     val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
@@ -310,9 +327,7 @@ def run_trial(
     total_steps, warmup = warmup_steps(cfg, len(train_split))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
-    probe = next(train_batches.epoch(0))
-    flops_train = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=True)
-    flops_eval = FlopModel(model, {k: v.to(device) for k, v in probe.items()}, train=False)
+    flops_train, flops_eval = flop_models(model, train_batches, device)
     eval_flops_per_pass = sum(flops_eval(n, width) for n, width in val_batches.shapes())
 
     score = metric_of(cfg.task.objective).score  # the best epoch is the best in the objective's direction

