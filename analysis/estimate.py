@@ -55,8 +55,9 @@ from sweep.decide import Outcome
 from sweep.driver import Forecast, check_sweep, duration_text, target_sets
 from sweep.errors import UserError
 from sweep.metrics import Metric, metric_of
+from sweep.nested import trial_equivalents
 
-#: simulated sweeps per scenario family (10 families at the defaults: 200 sweeps, about 0.5 s on one core)
+#: simulated sweeps per scenario family (12 families at the defaults: 240 sweeps, about 0.6 s on one core)
 REPS_PER_FAMILY = 20
 #: quantile of the trials (and FLOPs, seconds) reported beside the mean
 QUANTILE = 0.9
@@ -324,13 +325,14 @@ def _time_training(model, batches, flops, cfg: Config, device, precision: str, s
 class Estimate:
     """What a sweep expects to spend: its trials at the assumed σ (``assumed``) and, once its study has
     measured one, at the measured σ (``measured``); one trial's ``cost``; the objective (its unit names σ); the
-    trials the study has finished (``done``); the seconds the estimate took (``took``)."""
+    trials the study has finished (``done``, ordinary-trial equivalents: ``sweep.nested.trial_equivalents``); the
+    seconds the estimate took (``took``)."""
 
     objective: str
     assumed: TrialCounts
     measured: Optional[TrialCounts]
     cost: TrialCost
-    done: int = 0
+    done: float = 0.0
     took: float = 0.0
 
     @property
@@ -377,7 +379,7 @@ class Estimate:
             f = self.forecast()
             left = max(f.trials - self.done, 0.0)
             out.append(
-                f"the study has {self.done} finished trials: about {left:.1f} more, "
+                f"the study has {self.done:g} finished trials: about {left:.1f} more, "
                 f"{duration_text(left * f.seconds_per_trial)}"
             )
         return ["expected cost: " + line for line in out]
@@ -401,7 +403,7 @@ def estimate(cfg: Config, per_rank: Mapping[str, int], history: Sequence[Outcome
     assumed = trial_counts(cfg.sweep, per_rank, assumed_sigma(metric_of(objective)), **common)
     rel = reliability(list(history), cfg.sweep, None) if history and cfg.sweep.mode != "grid" else None
     measured = trial_counts(cfg.sweep, per_rank, rel.sigma, measured=True, **common) if rel else None
-    return Estimate(objective, assumed, measured, cost, len(history), time.perf_counter() - start)
+    return Estimate(objective, assumed, measured, cost, trial_equivalents(history), time.perf_counter() - start)
 
 
 def forecaster(cfg: Config, log=print):

@@ -43,6 +43,7 @@ STYLE = {
 }
 #: decisions that change the course of a sweep, marked on the progression plot
 MARKED_ACTIONS = (
+    Action.SCREEN,
     Action.PLATEAU,
     Action.RANKS_EXHAUSTED,
     Action.ESCALATE,
@@ -335,6 +336,19 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
         colors = _colors(trials["targets"])
         scale = info.metric.scale
         ok = trials[trials["state"] == "complete"]
+        nested = ok["nested"].astype("boolean").fillna(False).astype(bool)
+        if nested.any():  # the screen's trials: their value at their largest rank, no configuration's
+            g = ok[nested]
+            ax.plot(
+                g["number"],
+                scale * g["objective"],
+                linestyle="none",
+                marker="x",
+                markersize=6,
+                color="0.4",
+                label="nested (screen), at its largest rank",
+            )
+        ok = ok[~nested]
         for targets, g in ok.groupby("targets", sort=False):
             ax.plot(
                 g["number"],

@@ -81,6 +81,41 @@ def _counts(trials: pd.DataFrame) -> str:
     return ", ".join(f"{int(counts.get(s, 0))} {s}" for s in order if s == "complete" or s in counts.index)
 
 
+def _n_nested(trials: pd.DataFrame) -> int:
+    return int(trials["nested"].astype("boolean").fillna(False).sum())
+
+
+def _screen_lines(info: StudyInfo) -> List[str]:
+    """The screen's section (``sweep.screen``): each nested trial's value by rank and their mean, in the
+    objective's unit, and what they cost; empty without nested trials."""
+    nested = [(n, o) for n, o in info.history if o.nested and o.rank_values]
+    if not nested:
+        return []
+    m = info.metric
+    ranks = sorted({r for _, o in nested for r in o.rank_values})
+    head = " | ".join(f"trial {n} (seed {o.seed})" for n, o in nested)
+    lines = [
+        "",
+        "## Screen: nested-rank trials",
+        "",
+        f"{len(nested)} nested trial(s) on {_md(nested[0][1].targets)} (one adapter at r={nested[0][1].r}, every rank "
+        "evaluated by truncation, `sweep/nested.py`), "
+        f"{sum(o.train_flops for _, o in nested):.3g} training FLOPs in all. Their values inform the screen's "
+        "decision only, never the statistics or the recommendation: on MRPC they ran 1.8–4.8 points below "
+        "independent trials, most at high ranks (docs/validation.md §6).",
+        "",
+        f"| r | {head} | mean |",
+        "|---:|" + "---:|" * (len(nested) + 1),
+    ]
+    for r in ranks:
+        values = [o.rank_values.get(r) for _, o in nested]
+        shown = [_shown(v, info) if v is not None else "—" for v in values]
+        known = [m.score(v) for v in values if v is not None]
+        mean = _shown(m.value(sum(known) / len(known)), info) if known else "—"
+        lines.append(f"| {r} | {' | '.join(shown)} | {mean} |")
+    return lines
+
+
 def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
     sets = [
         f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)
@@ -293,7 +328,8 @@ def report_markdown(
         f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
         f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
         "and of the recommendation.",
-        f"- **Tried**: {_tried(summary, info)}.",
+        f"- **Tried**: {_tried(summary, info)}"
+        + (f"; and {n_nested} nested trial(s) of the screen (below)." if (n_nested := _n_nested(trials)) else "."),
     ]
     if info.baseline is not None:
         lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
@@ -331,6 +367,7 @@ def report_markdown(
         f"- after trial {at}: {_code(d.line())}" if at >= 0 else f"- {_code(d.line())}"
         for at, d in zip(timeline["after_trial"], info.decisions)
     ] or ["- none yet"]
+    lines += _screen_lines(info)
     unfinished = trials[trials["state"] != "complete"]
     if not unfinished.empty:
         lines += ["", "## Trials without a result", ""]

@@ -33,6 +33,7 @@ from sweep.config import SweepSettings, targets_key
 from sweep.decide import Outcome, plan
 from sweep.decision import StopReason
 from sweep.metrics import metric_of
+from sweep.nested import NESTED_TRIAL_COST
 
 #: a late riser's rise above its flat start at r = k, 2k, 4k (and above), in steps (issue #23)
 LATE_RISE = (1.1, 2.6, 3.0)
@@ -67,7 +68,7 @@ class ScreenModel:
     bias_per_doubling: float
     noise: float = 2.0
     shared: float = 0.5
-    cost: float = 1.3
+    cost: float = NESTED_TRIAL_COST
 
     def bias(self, r: int) -> float:
         return self.bias_r1 + self.bias_per_doubling * float(np.log2(r))
@@ -219,7 +220,7 @@ class Run:
 
     regret: float
     trials: float
-    pick: Tuple[int, str]
+    pick: Optional[Tuple[int, str]]
     train_flops: float = 0.0
     seconds: float = 0.0
     capped: bool = False
@@ -275,7 +276,9 @@ def simulate(
             trials = sum(screen.cost if o.nested else 1.0 for o in history)
             flops, seconds = sum(o.train_flops for o in history), sum(o.seconds for o in history)
             capped = p.stop_reason == StopReason.BUDGET
-            return Run(scenario.best(space) - scenario.mean(*pick), trials, pick, flops, seconds, capped)
+            # no recommendation (a cap reached inside the screen): as bad as the worst configuration
+            value = scenario.mean(*pick) if pick else min(scenario.mean(*c) for c in space)
+            return Run(scenario.best(space) - value, trials, pick, flops, seconds, capped)
         for spec in p.runnable:
             ranks: Optional[Dict[int, float]] = None
             if spec.nested:

@@ -435,6 +435,11 @@ class LoraSettings:
             from sweep.nested import nested_ranks
 
             self.nested_ranks = nested_ranks(self.r, self.nested_ranks)
+        elif self.nested_ranks is not None:
+            raise ValueError(
+                f"lora.nested_ranks={list(self.nested_ranks)} is set but lora.nested=false: give lora.nested=true "
+                "for a nested-rank trial, or leave lora.nested_ranks null"
+            )
 
 
 @dataclass

@@ -26,9 +26,10 @@ from sweep import claims
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
-from sweep.decision import StopReason, TrialSpec, stop_text
+from sweep.decision import Action, StopReason, TrialSpec, stop_text
 from sweep.errors import UserError
 from sweep.faults import at, atomic_write
+from sweep.nested import trial_equivalents
 from sweep.paths import check_writable, results_root, sweep_dir
 from sweep.record import TrialResult
 from sweep.redact import config_yaml, mask_overrides, mask_url
@@ -41,12 +42,15 @@ TRIAL_KEYS = {
     "lora.r": lambda v: f"sweep.ranks=[{v}]",
     "lora.targets": lambda v: f"sweep.start_targets={v} (the set whose rank is raised) or sweep.target_sets=[{v}]",
     "train.seed": lambda v: f"sweep.seeds=[{v}]",
+    "lora.nested": lambda v: "sweep.screen=true (nested trials at the largest of sweep.ranks, then independent ones)",
+    "lora.nested_ranks": lambda v: f"sweep.ranks={v} with sweep.screen=true",
 }
 
 
 def refuse_trial_keys(overrides: Sequence[str]) -> None:
-    """Refuse a key of one trial on a sweep's command line: the sweep sets ``lora.r``, ``lora.targets`` and
-    ``train.seed`` for each trial, so the value would be silently ignored.
+    """Refuse a key of one trial on a sweep's command line: the sweep sets ``lora.r``, ``lora.targets``,
+    ``train.seed``, ``lora.nested`` and ``lora.nested_ranks`` for each trial, so the value would be silently
+    ignored (``lora.nested_draw`` is not refused: the screen's nested trials draw by it).
 
     Raises:
         UserError: names the key, its value and the sweep key to give instead.
@@ -183,7 +187,7 @@ def _execute(
                 log_file.write_text(traceback.format_exc())
             m = TrialResult(
                 r=spec.r,
-                nested=spec.nested,
+                nested=spec.nested or None,
                 targets=list(targets),
                 seed=spec.seed,
                 status=Status.FAILED,
@@ -241,11 +245,11 @@ ForecastFn = Callable[[Mapping[str, int], List[Outcome]], Optional[Forecast]]
 
 def time_left(forecast: Forecast, history: Sequence[Outcome]) -> Tuple[float, float]:
     """(trials still expected, seconds they are expected to take): ``forecast.trials`` less the trials of
-    ``history`` (none below 0), × the mean measured seconds of ``history``'s trials that have any (a
+    ``history`` (ordinary-trial equivalents, ``sweep.nested.trial_equivalents``; none below 0), × the mean measured seconds of ``history``'s trials that have any (a
     crashed trial has none), else ``forecast.seconds_per_trial``."""
     measured = [o.seconds for o in history if o.seconds > 0]
     per_trial = sum(measured) / len(measured) if measured else forecast.seconds_per_trial
-    left = max(forecast.trials - len(history), 0.0)
+    left = max(forecast.trials - trial_equivalents(history), 0.0)
     return left, left * per_trial
 
 
@@ -298,6 +302,11 @@ def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[s
             a trial without a step to learn in.
     """
     refuse_trial_keys(overrides)
+    if cfg.sweep.screen and cfg.sweep.mode == "grid":
+        raise UserError(
+            "sweep.screen=true with sweep=grid: a grid trains every configuration, so there is nothing to "
+            "screen; use the progressive sweep (SWEEP=progressive) or sweep.screen=false"
+        )
     if sqlite_path(storage_url(cfg)):
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")
     per_rank = params_per_rank(cfg)
@@ -432,4 +441,9 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
             else ""
         )
         return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
+    if p.stop_reason == StopReason.BUDGET and any(d.action == Action.SCREEN for d in p.decisions):
+        return (
+            f"no recommendation: the compute cap stopped the sweep before an independent trial (the screen's "
+            f"nested trials inform it, never the recommendation); raise it and re-run; results in {sdir}"
+        )
     return f"no recommendation: no trial succeeded ({p.stop_reason}); results in {sdir}"

@@ -59,8 +59,9 @@ class TrialResult:
     label_names: List[str] = _kept(factory=list)
     #: LoRA rank r (a nested trial: the largest rank, the one it trained)
     r: Optional[int] = _kept()
-    #: nested-rank training (``lora.nested``, DyLoRA): the trial screened every rank of ``rank_curve`` by truncation
-    nested: bool = _kept(study=True, csv=True, default=False)
+    #: True for a nested-rank trial (``lora.nested``, DyLoRA: every rank of ``rank_curve`` screened by truncation);
+    #: None (not stored) for an ordinary one
+    nested: Optional[bool] = _kept(study=True, csv=True)
     #: a nested trial's rank curve, ascending: ``r``, ``best_epoch``, ``objective_value`` (metric units),
     #: ``best`` (every metric at that rank's best epoch) and ``epochs``; None for an ordinary trial
     rank_curve: Optional[List[dict]] = _kept(study=True)

@@ -518,7 +518,7 @@ def _result(
         pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
         label_names=class_names(cfg) or [],
         r=cfg.lora.r,
-        nested=cfg.lora.nested,
+        nested=True if cfg.lora.nested else None,
         rank_curve=_rank_curve(cfg, done) if cfg.lora.nested else None,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,

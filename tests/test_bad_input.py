@@ -187,6 +187,31 @@ REFUSED = [
         ["train.seed=3"],
         "train.seed=3 is ignored by a sweep, which sets train.seed for each trial: give sweep.seeds=[3] instead",
     ),
+    (
+        "sweep",
+        ["lora.nested=true"],
+        "lora.nested=true is ignored by a sweep, which sets lora.nested for each trial: give sweep.screen=true "
+        "(nested trials at the largest of sweep.ranks, then independent ones) instead (lora.nested is for make trial)",
+    ),
+    (
+        "sweep",
+        ["sweep=grid", "sweep.screen=true"],
+        "sweep.screen=true with sweep=grid: a grid trains every configuration, so there is nothing to screen; use "
+        "the progressive sweep (SWEEP=progressive) or sweep.screen=false",
+    ),
+    # issue 23: nested ranks that are not the adapter's, or without a nested trial
+    (
+        "trial",
+        ["lora.nested=true", "lora.r=4", "lora.nested_ranks=[]"],
+        "lora.nested_ranks=[] is invalid: positive integers up to lora.r=4, lora.r among them (e.g. [1, 2, 4]), "
+        "or null for the powers of two up to lora.r",
+    ),
+    (
+        "trial",
+        ["lora.nested_ranks=[1,2]"],
+        "lora.nested_ranks=[1, 2] is set but lora.nested=false: give lora.nested=true for a nested-rank trial, or "
+        "leave lora.nested_ranks null",
+    ),
     ("trial", ["lora.r"], "cannot parse 'lora.r': give overrides as key=value, e.g. lora.r=8"),
     ("trial", ["train.lr=inf"], "train.lr=inf is invalid: it must be a positive number"),
     ("sweep", ["sweep.tolerance=nan"], "sweep.tolerance=nan is invalid: it must be a positive number"),

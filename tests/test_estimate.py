@@ -128,6 +128,23 @@ def test_time_left(seconds, expected):
     assert time_left(Forecast(10, 60), history) == expected
 
 
+def test_a_nested_trial_counts_its_cost_in_the_time_left():
+    # two nested trials of the screen (1.3 ordinary trials each) and one independent: 3.6 of 10 done
+    history = [Outcome(64, "q,v", 0, seconds=60, nested=True), Outcome(64, "q,v", 1, seconds=60, nested=True)]
+    history.append(Outcome(1, "q,v", 0, seconds=60))
+    left, seconds = time_left(Forecast(10, 60), history)
+    assert left == pytest.approx(10 - 3.6) and seconds == pytest.approx(6.4 * 60)
+
+
+def test_a_cap_inside_the_screen_counts_as_the_worst_pick():
+    # max_trials=2: the two nested trials use the cap, no independent trial runs, so there is no recommendation;
+    # plateau-r4's worst configuration is r=1 on q or v (78 − 1 = 77), 3 points below its best (80)
+    settings = dataclasses.replace(compose([])[0].sweep, screen=True, max_trials=2)
+    scenario = next(s for s in scenarios(settings, MINILM) if s.name == "plateau-r4")
+    run = simulate(settings, scenario, 1.0, MINILM, np.random.default_rng(0), n_eval=408)
+    assert run.pick is None and run.regret == pytest.approx(3.0) and run.capped and run.trials == pytest.approx(2.6)
+
+
 def _tree(folder):
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(folder.rglob("*"))}
 

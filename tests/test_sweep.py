@@ -284,6 +284,11 @@ def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glu
         )
     screened = {r: 100 * (curves[0][r] + curves[1][r]) / 2 for r in (1, 2)}  # the screened curve, by hand
     assert f"r=1 {screened[1]:.2f}, r=2 {screened[2]:.2f}" in proc.stdout
+    report = (tmp_path / "mrpc" / "default" / "report.md").read_text()
+    assert (
+        "## Screen: nested-rank trials" in report
+        and f"| 2 | {100 * curves[0][2]:.2f} | {100 * curves[1][2]:.2f} | {screened[2]:.2f} |" in report
+    )
     independent = [t for t in trials_of(tmp_path) if not t.user_attrs["spec"].get("nested")]
     assert independent and all(t.user_attrs["stage"] != "screen" for t in independent)
     summary = pd.read_csv(tmp_path / "mrpc" / "default" / "summary.csv")
