@@ -5,14 +5,17 @@ parts is an adapter of its own: every training step draws a rank b and uses only
 components, ΔW_b = B[:, :b] · A[:b, :], scaled as an adapter of rank b (alpha/b, or alpha/√b under
 rsLoRA); after training, each rank b is evaluated by truncation. One trial then gives a whole screened
 rank curve for about the cost of one trial plus one validation pass per rank (the paper: "at least 4 to 7
-times faster than LoRA" for a rank search).
+times faster than LoRA" for a rank search). Measured on MRPC against independent trials (docs/validation.md
+§6) it is a biased screen, not a measurement: with b drawn from 1…r (``lora.nested_draw=every``, DyLoRA's and
+the default) the high ranks come within a point and the low ones fall 3–5 points below; drawn from the
+evaluated ranks alone (``ranks``) the high ranks, trained at one step in seven, fall most.
 
 Here the truncation is a forward hook on peft's own LoRA layers (``LoraLayer.lora_A``): the output of
 A, shape (..., r_max), is multiplied by a mask whose first b entries are 1, and the layer's
 ``scaling`` is set to that of rank b. Masking A's output alone is exact: a masked component contributes
 nothing to the output, and neither its row of A nor its column of B receives a gradient. The executed
 FLOPs stay those of rank r_max (the masked components are computed, then zeroed), and the trial records
-them as such. Ranks are drawn uniformly from the set, per step, from a generator seeded by (seed, epoch),
+them as such. Ranks are drawn uniformly, per step, from a generator seeded by (seed, epoch),
 so that a trial resumed at an epoch boundary draws exactly the ranks the interrupted one would have.
 
 A truncated rank saves as an ordinary peft LoRA adapter of rank b (``save_truncated``): peft's own

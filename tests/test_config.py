@@ -55,7 +55,7 @@ lora:
   scaling: standard
   nested: false
   nested_ranks: null
-  nested_draw: ranks
+  nested_draw: every
 train:
   epochs: 3
   lr: 0.002
