@@ -172,7 +172,13 @@ def test_a_killed_nested_trial_resumes_bit_identically(tiny, tmp_path):
         )
 
 
-@pytest.mark.parametrize("draw, trained", [("ranks", {1, 2, 4}), ("every", {1, 2, 3, 4})])
+@pytest.mark.parametrize(
+    "draw, trained",
+    [
+        pytest.param("ranks", {1, 2, 4}, marks=pytest.mark.slow),
+        ("every", {1, 2, 3, 4}),
+    ],  # the default in the default suite
+)
 def test_nested_draw_names_the_ranks_the_steps_train(tiny, monkeypatch, draw, trained):
     from sweep import nested
 
