@@ -121,7 +121,11 @@ def chosen_trial(cfg: Config, rep: SweepReport) -> Chosen:
     pick = info.recommendation
     res = results(info)[pick]
     seed, how = choose_seed(res, info.objective, cfg.export.seed)
-    number = max(n for n, o in info.history if (o.r, o.targets, o.seed) == (*pick, seed) and o.status == "ok")
+    number = max(
+        n
+        for n, o in info.history
+        if (o.r, o.targets, o.seed) == (*pick, seed) and o.status == "ok" and not o.nested  # the screen's: no pick
+    )
     # the sweep's own rule for a trial's folder, with the settings the study was run with
     study_cfg = dataclasses.replace(cfg, sweep=info.settings)
     try:

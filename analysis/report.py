@@ -236,7 +236,7 @@ def _next_steps(info: StudyInfo) -> List[str]:
     ]
     actions = {d.action for d in info.decisions}
     start = ",".join(s.start_targets)
-    tried = [o.r for _, o in info.history if o.targets == start]
+    tried = [o.r for _, o in info.history if o.targets == start and not o.nested]
     if s.mode == "progressive" and Action.RANKS_EXHAUSTED in actions:
         ranks = "[" + ",".join(map(str, [*s.ranks, 2 * max(s.ranks)])) + "]"
         lines.append(
