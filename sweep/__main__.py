@@ -36,7 +36,8 @@ def main(args: List[str]) -> int:
         UserError: bad input (see ``sweep.driver.run_sweep``).
     """
     cfg, resolved = compose(args)
-    p = run_sweep(cfg, resolved, overrides=args, forecast=forecaster(cfg))  # says its cost before the first trial
+    # says its cost before the first trial (sweep.estimate)
+    p = run_sweep(cfg, resolved, overrides=args, forecast=forecaster(cfg) if cfg.sweep.estimate else None)
     sdir = sweep_dir(cfg)
     report, written = None, False
     try:

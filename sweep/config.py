@@ -637,6 +637,8 @@ class SweepSettings:
         screen_rule: which ranks get independent trials after the screen (``ScreenRule``): ``knee`` (the
             knee alone), ``pair`` (the knee, then the screened best against it, raced) or ``climb`` (the
             rank climb of ``ranks`` from the knee up, with ``patience``).
+        estimate: print the expected cost before the first trial and the time left on each trial line
+            (``analysis/estimate.py``; a few seconds of set-up); ``make plan`` prints it whatever this says.
         max_trials: stop after this many trials (every state counts; a nested trial counts as one).
         max_train_flops: stop once the trials' training FLOPs add up to this (null: no cap).
         max_hours: stop once the trials' measured seconds add up to this many hours (null: no cap).
@@ -661,6 +663,7 @@ class SweepSettings:
     screen_seeds: int = MISSING
     screen_margin: float = MISSING
     screen_rule: ScreenRule = MISSING
+    estimate: bool = MISSING
     max_trials: Optional[int] = MISSING
     max_train_flops: Optional[float] = MISSING
     max_hours: Optional[float] = MISSING

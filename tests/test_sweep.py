@@ -269,8 +269,18 @@ def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glu
     import pandas as pd
 
     proc = run_main(
-        sweep_main, *args(tmp_path, glue_dir, "sweep.screen=true", "sweep.target_sets=[[q,v]]", "train.epochs=1")
+        sweep_main,
+        *args(
+            tmp_path,
+            glue_dir,
+            "sweep.screen=true",
+            "sweep.target_sets=[[q,v]]",
+            "train.epochs=1",
+            "sweep.estimate=true",
+        ),
     )
+    # debug=tiny turns the estimate off; sweep.estimate=true brings it back, before the first trial
+    assert proc.stdout.index("expected cost: trials: mean") < proc.stdout.index("trial 0 r=2 q,v nested (screen)")
     ok(proc)
     nested = [t for t in trials_of(tmp_path) if t.user_attrs["spec"].get("nested")]
     assert [(t.params["r"], t.params["seed"], t.user_attrs["stage"]) for t in nested] == [
