@@ -43,7 +43,7 @@ NESTED_TRIAL_COST = 1.3
 def trial_equivalents(outcomes) -> float:
     """Trials of ``outcomes`` counted in ordinary trials: a nested one (``Outcome.nested``) counts
     ``NESTED_TRIAL_COST``."""
-    return sum(NESTED_TRIAL_COST if getattr(o, "nested", False) else 1.0 for o in outcomes)
+    return sum(NESTED_TRIAL_COST if o.nested else 1.0 for o in outcomes)
 
 
 def nested_ranks(r_max: int, ranks: Sequence[int] | None = None) -> List[int]:

@@ -121,13 +121,14 @@ def hold_lock(database: Path) -> subprocess.Popen:
     return holder
 
 
-def kill_when(cmd_args, condition, log: Path, timeout=600):
-    """Start the sweep in a child process, SIGKILL it as soon as ``condition()`` holds (or let it end).
-    Polls files only (cheap), so the sweep under test keeps the CPU; the child's output goes to ``log``."""
+def kill_when(cmd_args, condition, log: Path, timeout=600, module: str = "sweep"):
+    """Start the sweep (or another ``module``: ``sweep.trial``) in a child process, SIGKILL it as soon as
+    ``condition()`` holds (or let it end). Polls files only (cheap), so the command under test keeps the CPU;
+    the child's output goes to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sweep", *cmd_args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", module, *cmd_args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.time() + timeout
         while proc.poll() is None and time.time() < deadline:

@@ -3,16 +3,11 @@ gradients, the rank draws, and one real nested trial: every rank saved as a peft
 predictions, and a SIGKILLed nested trial that resumes bit-identically."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT, run_module
+from conftest import kill_when, run_module
 
 from sweep.cli import compose
 from sweep.nested import RankTruncation, nested_ranks, step_ranks, truncated_state
@@ -147,18 +142,7 @@ def test_a_killed_nested_trial_resumes_bit_identically(tiny, tmp_path):
     cfg, resolved = compose(args)
     reference = run_trial(cfg, resolved, tmp_path / "reference", progress=False)
     run_dir = trial_dir(cfg, resolved)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep.trial", *args],
-        cwd=PROJECT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args, (run_dir / CHECKPOINT).exists, tmp_path / "killed.log", timeout=300, module="sweep.trial")
     assert (run_dir / CHECKPOINT).exists() and not (run_dir / "metrics.json").exists()
     done = run_module("sweep.trial", *args)
     assert done.returncode == 0, done.stderr

@@ -5,15 +5,11 @@ import copy
 import json
 import math
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import PROJECT, run_module
+from conftest import kill_when, run_module
 from omegaconf import OmegaConf
 
 from sweep.cli import compose
@@ -164,19 +160,7 @@ def test_killed_trial_resumes_from_its_last_epoch(tiny, tmp_path):
     cfg, resolved = compose(args)
     reference = run_trial(cfg, resolved, tmp_path / "reference", progress=False)
     run_dir = trial_dir(cfg, resolved)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep.trial", *args],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (run_dir / CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(args, (run_dir / CHECKPOINT).exists, tmp_path / "killed.log", timeout=300, module="sweep.trial")
     assert (run_dir / CHECKPOINT).exists() and not (run_dir / "metrics.json").exists()
     done = run_module("sweep.trial", *args)
     assert done.returncode == 0, done.stderr
