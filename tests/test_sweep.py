@@ -307,3 +307,40 @@ def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glu
     counted = {(r, s) for r, s in zip(summary["r"], summary["n_seeds"])}
     by_hand = pd.Series([t.params["r"] for t in independent if t.state.name == "COMPLETE"]).value_counts()
     assert counted == {(r, n) for r, n in by_hand.items()}
+
+
+@pytest.mark.slow  # a real trial that collapses; the default suite drives the sweep with collapsed stand-ins (test_collapse.py)
+def test_a_sweep_in_which_every_trial_collapsed_stops_after_the_start_seeds(glue_dir, tmp_path):
+    # train.lr=1: the tiny model predicts one class for every validation pair after its epoch (a collapse, as
+    # MRPC at 8e-3 in issue #22); one seed: the start configuration's seeds are that one trial
+    import numpy as np
+
+    ran = run_main(
+        sweep_main,
+        "debug=tiny",
+        "train.threads=1",
+        "train.lr=1.0",
+        "sweep.ranks=[1,2]",
+        "sweep.target_sets=[[q,v]]",
+        "sweep.max_seeds=2",
+        f"data.dir={glue_dir}",
+        f"results_dir={tmp_path}",
+    )
+    (t,) = trials_of(tmp_path)  # no replacement seed, no second rank
+    run_dir = Path(t.user_attrs["run_dir"])
+    preds = np.load(run_dir / "val_predictions.npy")
+    assert len(set(preds.tolist())) == 1  # one class for all 32 validation pairs: collapsed, by hand
+    assert json.loads((run_dir / "metrics.json").read_text())["collapsed"] is True
+    assert t.user_attrs["collapsed"] is True and t.state.name == "COMPLETE"
+    value, majority = 100 * t.value, 100 * t.user_attrs["majority_baseline"]["accuracy"]
+    kind = "what the majority class scores" if value == majority else f"the majority class scores {majority:.2f}"
+    assert ran.returncode == 1, ran  # no recommendation
+    assert ran.stdout.splitlines()[-1] == (
+        f"no recommendation: every trial so far (1) collapsed to a constant prediction (accuracy {value:.2f} points"
+        f"{', ' if value == majority else '; '}{kind}): nothing trains at this recipe, so no configuration can be "
+        "compared or recommended; stopping: try a lower train.lr (or other train.* settings) under a new "
+        f"sweep.name (this sweep: train.lr=1); results in {tmp_path}/mrpc/default"
+    )
+    summary = (tmp_path / "mrpc" / "default" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("r,targets,n_seeds,n_failed,n_collapsed,collapse_rate,")
+    assert summary[1].startswith('1,"q,v",0,0,1,1.0,')
