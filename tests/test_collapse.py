@@ -1,7 +1,7 @@
 """Collapsed trials: detection on hand-made predictions (sweep/collapse.py), how the decisions treat them
 (sweep/decide.py: left out of the statistics and replaced by the next seed, counted per configuration, a
 configuration with no value left is failed, a sweep whose every trial collapsed stops without a
-recommendation). Every expected number is worked out by
+recommendation), and what summary.csv and report.md say of them. Every expected number is worked out by
 hand in the comments."""
 
 import math
@@ -9,10 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from fakes import MAJORITY as FAKE_MAJORITY
 from fakes import MINILM_COSTS as COSTS
-from fakes import fake_trial
+from fakes import NAME, fake_trial, make_study, small_settings, trial
 from scipy import stats
 
+from analysis.report import load_report, report_markdown
 from sweep import driver
 from sweep.cli import compose, defaults
 from sweep.collapse import is_collapsed
@@ -202,6 +204,48 @@ def test_a_longer_history_never_changes_an_earlier_decision():
     for k in range(len(history) + 1):
         taken = [d for d in plan(settings(), history[:k], COSTS).decisions if d.action != Action.RECOMMEND]
         assert taken == final.decisions[: len(taken)]
+
+
+def test_summary_and_report_name_the_collapsed_trials(tmp_path):
+    # r=1: 80, 82 (81 ± 1.41); r=2: 86, collapsed to the majority class (68.40 in the fakes), 88 in its place
+    # (87 ± 1.41). Pooled s.d. 1.414 (2 d.f.), SE 1.414, gain 6 ∓ t(0.9, 2)·1.414 = [3.33, 8.67]: r=2 gains, the
+    # ranks run out, r=1's gap of 6 has an upper bound ≥ the tolerance 5: r=2 is recommended
+    s = small_settings(ranks=[1, 2], target_sets=[["q", "v"]], max_seeds=3)
+    runs = [
+        trial(1, "q,v", 0, 0.80, "rank"),
+        trial(1, "q,v", 1, 0.82, "rank"),
+        trial(2, "q,v", 0, 0.86, "rank"),
+        trial(2, "q,v", 1, FAKE_MAJORITY, "rank", collapsed=True),
+        trial(2, "q,v", 2, 0.88, "rank"),
+    ]
+    url = make_study(tmp_path, s, runs)
+    rep = load_report(url, NAME)
+    assert rep.info.recommendation == (2, "q,v")
+    got = rep.summary.set_index("r")[["n_seeds", "n_collapsed", "collapse_rate", "objective_mean"]]
+    assert got.loc[1].tolist() == [2, 0, 0.0, pytest.approx(0.81)]
+    assert got.loc[2].tolist() == [2, 1, pytest.approx(1 / 3), pytest.approx(0.87)]  # 1 of 3 measured trials
+    assert rep.trials["collapsed"].tolist() == [None, None, None, True, None]
+    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability)
+    assert "- **Collapsed**: 1 trial(s) predicted the same answer for every validation example, in 1 " in text
+    assert "- trial 3 (r=2 q,v seed 1): collapsed to the majority class (68.40)" in text
+    assert "r=2 on q,v collapsed to a constant prediction in 1 trial(s), 33% of its measured trials" in text
+    assert "| 2 | q,v | 2 / 1 / 0 | 87.00 ± 1.41 |" in text
+
+
+def test_a_trial_that_collapsed_to_another_class_is_told_apart_from_the_majority(tmp_path):
+    # a constant prediction of the minority class scores 100 − 68.40 = 31.60 on the fakes' validation set
+    s = small_settings(ranks=[1], target_sets=[["q", "v"]], max_seeds=3)
+    runs = [
+        trial(1, "q,v", 0, 0.80, "rank"),
+        trial(1, "q,v", 1, 1 - FAKE_MAJORITY, "rank", collapsed=True),
+        trial(1, "q,v", 2, 0.82, "rank"),
+    ]
+    rep = load_report(make_study(tmp_path, s, runs), NAME)
+    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability)
+    assert (
+        "- trial 1 (r=1 q,v seed 1): collapsed to a constant prediction (31.60; the majority class scores 68.40)"
+        in text
+    )
 
 
 def test_the_driver_stops_a_sweep_whose_every_trial_collapsed_in_one_line(tiny, tmp_path, monkeypatch):
