@@ -14,6 +14,7 @@ from fakes import MINILM_COSTS as COSTS
 from fakes import NAME, fake_trial, make_study, small_settings, trial
 from scipy import stats
 
+from analysis.plots import figures
 from analysis.report import load_report, report_markdown
 from sweep import driver
 from sweep.cli import compose, defaults
@@ -230,6 +231,13 @@ def test_summary_and_report_name_the_collapsed_trials(tmp_path):
     assert "- trial 3 (r=2 q,v seed 1): collapsed to the majority class (68.40)" in text
     assert "r=2 on q,v collapsed to a constant prediction in 1 trial(s), 33% of its measured trials" in text
     assert "| 2 | q,v | 2 / 1 / 0 | 87.00 ± 1.41 |" in text
+    # the progression plot marks trial 3 apart and draws r=2's mean (87) over trials 2 and 4 without it
+    ax = figures(rep.trials, rep.summary, rep.info)["progression"].axes[0]
+    marked = next(line for line in ax.lines if line.get_label() == "collapsed (constant prediction, left out)")
+    assert (list(marked.get_xdata()), list(marked.get_ydata())) == ([3], [pytest.approx(68.4)])
+    (means,) = [c for c in ax.collections if c.get_label() == "configuration mean"]
+    segments = [v for seg in means.get_segments() for v in (seg[0][0], seg[1][0], seg[0][1])]
+    assert segments == pytest.approx([-0.35, 1.35, 81.0, 1.65, 4.35, 87.0])
 
 
 def test_a_trial_that_collapsed_to_another_class_is_told_apart_from_the_majority(tmp_path):
