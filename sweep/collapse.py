@@ -35,10 +35,10 @@ def is_collapsed(preds: Optional[np.ndarray], labels: np.ndarray, problem_type: 
 
     Returns:
         Classification: every prediction is the same class. Regression: the predictions' s.d. is at most
-        ``REGRESSION_SD_SHARE`` × the labels' s.d. (labels of s.d. 0: the predictions' s.d. is 0). None for
-        ``causal_lm`` and when ``preds`` is None or empty.
+        ``REGRESSION_SD_SHARE`` × the labels' s.d. None for ``causal_lm``, when ``preds`` is None, and when
+        the labels are all one value (a constant answer cannot be told from a right one there).
     """
-    if problem_type == "causal_lm" or preds is None or len(preds) == 0:
+    if problem_type == "causal_lm" or preds is None or len(np.unique(np.asarray(labels))) < 2:
         return None
     preds = np.asarray(preds)
     if problem_type == "regression":

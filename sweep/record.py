@@ -158,8 +158,8 @@ class TrialResult:
     reason: Optional[str] = _kept(study=True)
     #: an ok trial's best-epoch validation predictions are one constant answer (``sweep.collapse.is_collapsed``:
     #: one class for every example; regression: s.d. ≈ 0): it collapsed, and the decisions leave its value out
-    #: and run the next seed in its place; None for a causal LM, a trial that did not end ok, and records made
-    #: before it was recorded (read as not collapsed)
+    #: and run the next seed in its place; None for a causal LM, validation labels all of one value, a trial
+    #: that did not end ok, and records made before it was recorded (read as not collapsed)
     collapsed: Optional[bool] = _kept(study=True, csv=True)
     #: the folder of another sweep's identical trial this one was read back from, else None
     reused_from: Optional[str] = _kept(study=True)

@@ -39,6 +39,8 @@ STSB = np.array([0.0, 1.2, 2.5, 3.8, 5.0])  # s.d. 1.80 (ddof 0): the regression
         (np.array([0.1, 1.0, 2.6, 3.9, 4.8]), STSB, R, False),  # a trained regressor
         (np.zeros((5, 3)), np.ones(5), L, None),  # a causal LM has no collapse
         (None, np.array([0, 1]), C, None),  # no epoch evaluated
+        (np.array([1, 1, 1]), np.array([1, 1, 1]), C, None),  # one class in the labels: right, or collapsed?
+        (np.array([2.5]), np.array([2.5]), R, None),  # one example: the same
     ],
 )
 def test_collapsed_predictions(preds, labels, problem_type, expected):
