@@ -325,7 +325,8 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
     """The search in the order it ran, from ``trials`` of ``trials_frame``.
 
     Top: each trial's objective (points) by trial number, coloured by target set, the first trial of
-    each configuration labelled with its r; diverged, failed, pruned and running trials marked along
+    each configuration labelled with its r; collapsed trials (a constant prediction) marked apart and left out
+    of the means, as the decisions leave them out; diverged, failed, pruned and running trials marked along
     the bottom edge; each configuration's mean as a bar across its trials; a dotted vertical line after the trial at
     which a course-changing decision was taken (``MARKED_ACTIONS``), named on a top axis. Bottom: the
     cumulative training FLOPs of every trial (failed ones included: they were spent). Returns the
@@ -349,6 +350,19 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
                 label="nested (screen), at its largest rank",
             )
         ok = ok[~nested]
+        collapsed = ok["collapsed"].astype("boolean").fillna(False).astype(bool)
+        if collapsed.any():  # a constant prediction: no value of its configuration (sweep/collapse.py)
+            g = ok[collapsed]
+            ax.plot(
+                g["number"],
+                scale * g["objective"],
+                linestyle="none",
+                marker="v",
+                markersize=6,
+                color="0.4",
+                label="collapsed (constant prediction, left out)",
+            )
+        ok = ok[~collapsed]
         for targets, g in ok.groupby("targets", sort=False):
             ax.plot(
                 g["number"],

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import pandas as pd
 
 from analysis.load import FINISHED_STATES, StudyInfo, decisions_frame, study_info, trials_frame
 from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
-from analysis.plots import baseline_words, figures, metric_name, save_figure, task_name
+from analysis.plots import baseline_name, baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
 from analysis.summary import budget_frame, recommendation, summary_frame
 from sweep.cli import make_command
+from sweep.decide import Outcome
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
@@ -116,6 +117,44 @@ def _screen_lines(info: StudyInfo) -> List[str]:
     return lines
 
 
+def _collapsed(info: StudyInfo) -> List[Tuple[int, Outcome]]:
+    """(trial number, outcome) of every independent trial that collapsed to a constant prediction."""
+    return [(n, o) for n, o in info.history if o.collapsed and not o.nested]
+
+
+def collapse_text(o: Outcome, info: StudyInfo) -> str:
+    """What one collapsed trial scored, against the constant baseline: ``collapsed to the majority class
+    (68.38)``, or ``collapsed to a constant prediction (31.62; the majority class scores 68.38)``."""
+    value = _shown(o.value, info)
+    if info.baseline is None:
+        return f"collapsed to a constant prediction ({value})"
+    if abs(o.value - info.baseline) > 1e-9:
+        return f"collapsed to a constant prediction ({value}; the {baseline_name(info)} scores {_shown(info.baseline, info)})"
+    if info.metric.problem_type == "regression":  # a constant scores what the training mean scores, whichever
+        return f"collapsed to a constant prediction ({value}, what the training mean scores)"
+    return f"collapsed to the {baseline_name(info)} ({value})"
+
+
+def _collapsed_lines(info: StudyInfo) -> List[str]:
+    """The collapsed trials, each named (trial, configuration, seed) with what it scored; empty without one."""
+    collapsed = _collapsed(info)
+    if not collapsed:
+        return []
+    return [
+        "",
+        "## Collapsed trials",
+        "",
+        "Each predicted the same answer for every validation example (`sweep/collapse.py`); the decisions leave "
+        "it out of means, σ, comparisons and the recommendation, and a progressive sweep runs the next seed in its "
+        "place, or stops when every trial so far collapsed (docs/validation.md §7).",
+        "",
+        *[
+            f"- trial {n} ({_md(f'r={o.r} {o.targets} seed {o.seed}')}): {_md(collapse_text(o, info))}"
+            for n, o in collapsed
+        ],
+    ]
+
+
 def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
     sets = [
         f"r ∈ {{{', '.join(str(r) for r in g['r'])}}} on {_md(t)}" for t, g in summary.groupby("targets", sort=False)
@@ -134,6 +173,9 @@ def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
 
 def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo) -> str:
     pick, decision = recommendation(trials, info)
+    collapsed = next((d for d in info.decisions if d.action == Action.COLLAPSED), None)
+    if pick is None and info.stop_reason == StopReason.COLLAPSED and collapsed is not None:
+        return f"No recommendation: {_md(collapsed.reason)}."
     if pick is None:
         return "No recommendation: no trial has completed" + ("." if info.finished else " yet.")
     row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
@@ -150,10 +192,21 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
         split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
     against = baseline_check(summary, pick, info)
+    unstable = (
+        f"\n\nr={pick[0]} on {_md(pick[1])} collapsed to a constant prediction in {row['n_collapsed']} trial(s), "
+        f"{row['collapse_rate']:.0%} of its measured trials: its statistics are of the others; a configuration that "
+        "collapses is unstable at this recipe (see Collapsed trials)."
+        if row["n_collapsed"]
+        else ""
+    )
     return (
-        f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row, info)} {info.metric.unit} "
-        f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
-    ) + (f"\n\n{against}" if against else "")
+        (
+            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row, info)} {info.metric.unit} "
+            f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
+        )
+        + (f"\n\n{against}" if against else "")
+        + unstable
+    )
 
 
 def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: StudyInfo) -> Optional[str]:
@@ -217,9 +270,10 @@ def _next_steps(info: StudyInfo) -> List[str]:
         "`lora.scaling=rslora` (alpha/√r) is the other common choice (it changes what a trial means, so it "
         "needs a new `sweep.name`)."
     )
-    if info.stop_reason == StopReason.NO_SUCCESS:
+    if info.stop_reason in (StopReason.NO_SUCCESS, StopReason.COLLAPSED):
+        what = "No trial succeeded" if info.stop_reason == StopReason.NO_SUCCESS else "Every trial collapsed"
         return [
-            "No trial succeeded, so more seeds or ranks with the same settings would fail the same way: change "
+            f"{what}, so more seeds or ranks with the same settings would fail the same way: change "
             "what a trial is (a lower `train.lr`, other `lora.*` settings) under a new `sweep.name`.",
             "",
             scale,
@@ -257,7 +311,7 @@ def _next_steps(info: StudyInfo) -> List[str]:
 
 def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
     lines = [
-        f"| r | targets | seeds ok / failed | {metric_name(info)} mean ± s.d. | 95% CI of the mean (t, n−1 d.f.) | trainable params "
+        f"| r | targets | seeds ok / collapsed / failed | {metric_name(info)} mean ± s.d. | 95% CI of the mean (t, n−1 d.f.) | trainable params "
         "| train FLOPs | train s | Pareto | |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
@@ -276,7 +330,8 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         )
         mark = "**recommended**" if row["recommended"] else ""
         lines.append(
-            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row, info)} "
+            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} "
+            f"| {_mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
     return lines
@@ -372,7 +427,7 @@ def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]
     and, for a sweep the compute cap stopped, what the cap cut off."""
     if rel is None:
         lines = [
-            "No seed-noise estimate: no configuration has two ok seeds, so no gain could be shown "
+            "No seed-noise estimate: no configuration has two ok seeds (collapsed ones left out), so no gain could be shown "
             "significant and the recommendation rests on single runs."
         ]
     else:
@@ -419,6 +474,15 @@ def report_markdown(
     ]
     if info.baseline is not None:
         lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
+    collapsed = _collapsed(info)
+    if collapsed:
+        configs = dict.fromkeys((o.r, o.targets) for _, o in collapsed)
+        lines.append(
+            f"- **Collapsed**: {len(collapsed)} trial(s) predicted the same answer for every validation example, in "
+            f"{len(configs)} configuration(s) ({_md(', '.join(f'r={r} {t}' for r, t in configs))}; rates in "
+            "summary.csv): measurements that a configuration is unstable at this recipe, not seed noise, so they "
+            "are left out of means, σ and comparisons (listed under Collapsed trials)."
+        )
     if info.dropped:
         lines.append(
             f"- **Left out**: {info.dropped[0]} training and {info.dropped[1]} validation examples whose completion "
@@ -455,6 +519,7 @@ def report_markdown(
         for at, d in zip(timeline["after_trial"], info.decisions)
     ] or ["- none yet"]
     lines += _screen_lines(info)
+    lines += _collapsed_lines(info)
     unfinished = trials[trials["state"] != "complete"]
     if not unfinished.empty:
         lines += ["", "## Trials without a result", ""]

@@ -3,8 +3,9 @@
 A scenario gives the true mean validation metric (points, 100 × metric) of every configuration of the
 search space: a curve over ``sweep.ranks`` on the start targets, plus a constant offset per target
 set (wider sets that help or hurt; the narrower sets q and v alone are 1 point below the curve). A
-simulated trial returns the true mean plus independent Gaussian seed noise of s.d. ``sigma`` points,
-rounded to the validation set's resolution when ``n_eval`` is given (an accuracy over n_eval examples
+simulated trial returns the true mean plus independent Gaussian seed noise of s.d. ``sigma`` points (or
+noise of another ``NoiseModel``: heavy tails, a share of collapsed trials, a spread that changes with the
+rank), rounded to the validation set's resolution when ``n_eval`` is given (an accuracy over n_eval examples
 moves in steps of 100/n_eval points; the outcome carries that resolution, so the procedure's noise floor
 applies as in a real sweep). ``degenerate_scenarios``: where that rounding, or a model that predicts one
 class, leaves the seeds scoring the same.
@@ -219,6 +220,72 @@ def degenerate_scenarios(
 
 
 @dataclass(frozen=True)
+class NoiseModel:
+    """The seed noise of a simulated ordinary trial (issue #22: noise that is not Gaussian). A trial's value
+    is the scenario's mean plus σ(r) · e, with σ(r) = σ × ``low_scale`` at r ≤ ``low_ranks`` and σ ×
+    ``high_scale`` above (``low_ranks`` 0: σ at every rank), e standard normal, or Student-t with ``tails``
+    degrees of freedom scaled to s.d. 1 (× √((ν − 2)/ν)); with probability ``collapse`` the trial instead
+    collapses: its value is ``collapse_value`` (in the scenario's unit), flagged as collapsed as a real
+    trial's record is (``Outcome.collapsed``), or, with ``flagged`` False, an ordinary value (what the
+    decisions saw before collapses were recorded: kept as values).
+
+    The Gaussian (``GAUSSIAN``, the default) draws one standard normal per trial, exactly as the calibration
+    always has, so its tables do not move (common random numbers)."""
+
+    name: str
+    tails: Optional[float] = None
+    collapse: float = 0.0
+    collapse_value: float = 0.0
+    flagged: bool = True
+    low_ranks: int = 0
+    low_scale: float = 1.0
+    high_scale: float = 1.0
+
+    def text(self) -> str:
+        """The model in words (the calibration's legend)."""
+        parts = []
+        if self.tails is not None:
+            parts.append(f"Student-t with {self.tails:g} d.f. scaled to s.d. σ (heavy tails)")
+        if self.low_ranks:
+            parts.append(f"s.d. {self.low_scale:g}σ at r ≤ {self.low_ranks}, {self.high_scale:g}σ above")
+        if self.collapse:
+            kept = (
+                "flagged as a real trial's record is: left out, the next seed in its place"
+                if self.flagged
+                else "not flagged: kept as values, as before collapses were recorded"
+            )
+            parts.append(f"{self.collapse:.0%} of trials collapse to {self.collapse_value:.2f}, {kept}")
+        return "; ".join(parts) or "Gaussian, s.d. σ"
+
+    def sd(self, sigma: float, r: int) -> float:
+        """The seed s.d. at rank ``r`` for the calibration's ``sigma``."""
+        if not self.low_ranks:
+            return sigma
+        return sigma * (self.low_scale if r <= self.low_ranks else self.high_scale)
+
+    def draw(self, rng: np.random.Generator, mean: float, sigma: float, r: int) -> Tuple[float, bool]:
+        """(value, whether it collapsed) of one trial of true mean ``mean`` at rank ``r``."""
+        if self.collapse and rng.random() < self.collapse:
+            return self.collapse_value, True
+        e = rng.standard_normal() if self.tails is None else rng.standard_t(self.tails) * np.sqrt(1 - 2 / self.tails)
+        return mean + self.sd(sigma, r) * e, False
+
+
+#: independent Gaussian seed noise of s.d. σ at every rank: the calibration's own model
+GAUSSIAN = NoiseModel("gaussian")
+#: the noise models beyond the Gaussian that ``make calibrate`` tables (issue #22), each at σ of its targets:
+#: heavy tails (Student-t, 3 d.f.: finite variance, fourth moment infinite); 5% of trials collapsed to MRPC's
+#: majority class (68.38 points, flagged), and the same trials kept as values (the decisions before collapses
+#: were recorded); spread that changes with the rank, 2σ at r ≤ 2 and 0.7σ above (at σ = 1 the issue's case)
+NOISE_MODELS = (
+    NoiseModel("student-t3", tails=3.0),
+    NoiseModel("collapse-5%", collapse=0.05, collapse_value=MAJORITY),
+    NoiseModel("collapse-5%-as-values", collapse=0.05, collapse_value=MAJORITY, flagged=False),
+    NoiseModel("sd-by-rank", low_ranks=2, low_scale=2.0, high_scale=0.7),
+)
+
+
+@dataclass(frozen=True)
 class Run:
     """One simulated sweep: its regret (points), trials run (ordinary-trial equivalents: a nested trial
     counts ``ScreenModel.cost``) and the recommended configuration; with a ``cost`` (``simulate``), the summed
@@ -252,6 +319,7 @@ def simulate(
     objective: Optional[str] = None,
     screen: ScreenModel = SCREEN,
     cost: Cost = _unit_cost,
+    noise: NoiseModel = GAUSSIAN,
 ) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points, the values
     rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor). With an
@@ -260,7 +328,8 @@ def simulate(
     are answered by ``screen`` (in the scenario's unit: ``ScreenModel.scaled``) and count ``screen.cost``
     trials. ``cost`` gives each ordinary trial's training FLOPs and seconds (a nested trial's: ``screen.cost``
     times those of its rank), which the compute caps ``sweep.max_train_flops`` and ``sweep.max_hours`` read
-    (default: 1 FLOP and 0 s, so only ``sweep.max_trials`` binds).
+    (default: 1 FLOP and 0 s, so only ``sweep.max_trials`` binds). ``noise`` draws each ordinary trial's
+    value (``NoiseModel``: Gaussian by default; heavy tails, collapses, a spread by rank).
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
     decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
@@ -288,6 +357,7 @@ def simulate(
             return Run(scenario.best(space) - value, trials, pick, flops, seconds, capped)
         for spec in p.runnable:
             ranks: Optional[Dict[int, float]] = None
+            collapsed = False
             if spec.nested:
                 shared = sigma * screen.noise * np.sqrt(screen.shared) * rng.standard_normal()
                 own = sigma * screen.noise * np.sqrt(1.0 - screen.shared)
@@ -299,7 +369,8 @@ def simulate(
                 }
                 value = ranks[spec.r]
             else:
-                value = metric.value(rounded(scenario.mean(spec.r, spec.targets) + sigma * rng.standard_normal()))
+                drawn, collapsed = noise.draw(rng, scenario.mean(spec.r, spec.targets), sigma, spec.r)
+                value = metric.value(rounded(drawn))
             history.append(
                 Outcome(
                     spec.r,
@@ -313,6 +384,7 @@ def simulate(
                     objective,
                     ranks,
                     spec.nested,
+                    collapsed and noise.flagged,
                 )
             )
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")
@@ -344,12 +416,23 @@ def calibrate_cell(
     n_eval: Optional[int] = None,
     objective: Optional[str] = None,
     screen: ScreenModel = SCREEN,
+    noise: NoiseModel = GAUSSIAN,
 ) -> Cell:
     """``reps`` simulated sweeps of one scenario × σ × ``n_eval`` of ``objective`` (``simulate``, nested
-    trials answered by ``screen``), from ``np.random.default_rng(seed)``."""
+    trials answered by ``screen``, ordinary ones by ``noise``), from ``np.random.default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     runs = [
-        simulate(settings, scenario, sigma, params_per_rank, rng, n_eval=n_eval, objective=objective, screen=screen)
+        simulate(
+            settings,
+            scenario,
+            sigma,
+            params_per_rank,
+            rng,
+            n_eval=n_eval,
+            objective=objective,
+            screen=screen,
+            noise=noise,
+        )
         for _ in range(reps)
     ]
     regret = np.array([r.regret for r in runs])

@@ -5,7 +5,7 @@ The statistics are the decisions' own: ``sweep.decide.aggregate`` over the study
 counting the seeds the sweep's settings can ask for (``seed_sequence``), so a row's mean and n are the
 ones its decisions quote. Every configuration with a trial is listed; complete trials of other seeds
 (a study run before with other ``sweep.seeds``) are counted in ``n_not_counted`` and left out of the
-statistics, as the decisions leave them out; diverged and failed trials are counted per configuration.
+statistics, as the decisions leave them out; diverged, failed and collapsed trials are counted per configuration.
 (The replay counts only the seeds it asked for, a prefix of ``seed_sequence``; every seed it ran was
 asked for, so the two differ only for racing seeds left by a run with other settings that the latest
 settings never ask for.) The recommendation rule is ``sweep.decide.recommend``, never a copy of it.
@@ -31,6 +31,8 @@ COLUMNS = (
     "targets",
     "n_seeds",
     "n_failed",
+    "n_collapsed",
+    "collapse_rate",
     "n_running",
     "n_not_counted",
     "objective_mean",
@@ -123,7 +125,10 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     sweep first tried them.
 
     Columns: ``r``, ``targets``; ``n_seeds`` (complete trials the decisions count, see ``results``),
-    ``n_failed`` (diverged or failed), ``n_running``, ``n_not_counted`` (complete trials of seeds the
+    ``n_failed`` (diverged or failed), ``n_collapsed`` (ok trials of every seed that collapsed to a constant
+    prediction, ``sweep.collapse``: left out of the statistics, each replaced by the next seed) and
+    ``collapse_rate`` (``n_collapsed`` over the configuration's measured trials: ok, collapsed or diverged;
+    NaN without one, ``ConfigResults.collapse_rate``), ``n_running``, ``n_not_counted`` (complete trials of seeds the
     settings cannot ask for); over the counted seeds, in metric units as measured (accuracy 0.8235, not
     82.35 points; an MSE as itself, whichever way the objective improves): ``objective_mean``, ``objective_sd`` (sample sd, ddof=1; NaN for one seed),
     ``objective_ci95_low``/``objective_ci95_high`` (mean ± t₀.₉₇₅,ₙ₋₁·s/√n, s the sd raised to the sweep's
@@ -152,6 +157,8 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
                 "targets": targets,
                 "n_seeds": st.n if st is not None else 0,
                 "n_failed": int(group["state"].isin(("diverged", "failed")).sum()),
+                "n_collapsed": res.collapsed if res is not None else 0,
+                "collapse_rate": res.collapse_rate if res is not None else math.nan,
                 "n_running": int((group["state"] == "running").sum()),
                 "n_not_counted": res.not_counted if res is not None else 0,
                 "objective_mean": mean,
@@ -173,6 +180,7 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
         {
             "r": "int64",
             "n_seeds": "int64",
+            "n_collapsed": "int64",
             "n_not_counted": "int64",
             "trainable_params": "Int64",
             "lora_params": "Int64",

@@ -60,12 +60,12 @@ def main(args: List[str]) -> int:
             f"reliability: {rel.text()}"
             if rel
             else "reliability: no seed-noise estimate (no configuration has two "
-            "ok seeds), so no gain could be shown significant"
+            "ok seeds, collapsed ones left out), so no gain could be shown significant"
         )
         against = baseline_line(report)
         if against:
             print(against)
-    print(recommendation_line(p, sdir))
+    print(recommendation_line(p, sdir, cfg.train.lr))
     # every trial diverged: a failure, as `make trial` says of one; so are reports that were not written
     return 0 if p.recommendation and written else 1
 

@@ -39,6 +39,15 @@ in order (``sweep.seeds``, then the next integers), and a decision only uses the
 asked for when it took it, so replaying a longer history never changes an earlier decision. Per-configuration
 statistics come from ``aggregate``, the one aggregation the reports (``analysis/summary.py``) use too.
 
+Collapsed trials (``Outcome.collapsed``, ``sweep/collapse.py``: one constant prediction for every validation
+example) are measurements that a configuration is unstable, not values (chosen by calibration,
+docs/validation.md §7): they are left out of the statistics, the comparisons and the noise floor, counted per
+configuration (``ConfigResults.collapsed``), and each is replaced by the next seed of the sequence (the
+compute cap counts it); a configuration with no value left up to ``max_seeds`` is ``failed`` like an
+all-diverged one. When every trial asked for so far collapsed, ``sweep.seeds`` of the first configuration
+among them, the sweep stops with a ``collapsed`` decision and no recommendation (``StopReason.COLLAPSED``).
+A grid has no seeds to spare: its collapsed seeds are left out and counted, not replaced.
+
 Each decision is data (``sweep/decision.py``: its action, stage, configuration and typed detail; its
 sentence is rendered there, in one place).
 
@@ -80,6 +89,7 @@ from sweep.decision import (
     Decision,
     Detail,
     Escalation,
+    EveryTrialCollapsed,
     FirstResult,
     GridDone,
     NoEscalation,
@@ -94,6 +104,7 @@ from sweep.decision import (
     Undecided,
     Verdict,
 )
+from sweep.metrics import metric_of
 from sweep.stats import Stats, compare, residual_sd, seed_noise, stats_of, t_quantile
 
 
@@ -131,6 +142,13 @@ class Outcome:
             compute cap counts it as one trial and its FLOPs.
         rank_values: a nested trial's objective value at each rank it was evaluated at (rank -> value, in
             metric units like ``value``); None for an independent trial. Keys are read as ``int``.
+        collapsed: an ok trial whose validation predictions are one constant answer (``sweep.collapse``): a
+            measurement that the configuration is unstable, not a value. It never enters ``aggregate``'s
+            statistics, the comparisons, the noise floor or the recommendation; it is counted
+            (``ConfigResults.collapsed``) and the procedure asks for the next seed in its place
+            (``_Memo.counted``; the compute cap counts it). False in records made before it was recorded.
+        baseline: the objective of the task's constant baseline (the majority class; regression: the training
+            mean), metric units like ``value``; None when not recorded. Decisions only quote it.
     """
 
     r: int
@@ -145,6 +163,8 @@ class Outcome:
     objective: Optional[str] = None
     rank_values: Optional[Mapping[int, float]] = None
     nested: bool = False
+    collapsed: bool = False
+    baseline: Optional[float] = None
 
     def __post_init__(self):
         if self.rank_values is not None:  # JSON gives the ranks back as text
@@ -174,8 +194,18 @@ class ConfigResults:
 
     @property
     def not_counted(self) -> int:
-        """Ok outcomes of seeds outside the counted ones (left out of ``stats``)."""
-        return sum(o.status == "ok" and o.value is not None for o in self.measured) - len(self.seeds)
+        """Ok outcomes with a value (not collapsed) of seeds outside the counted ones (left out of ``stats``)."""
+        return sum(map(_valued, self.measured)) - len(self.seeds)
+
+    @property
+    def collapsed(self) -> int:
+        """Its measured outcomes (every seed) that collapsed to a constant prediction (left out of ``stats``)."""
+        return sum(o.collapsed for o in self.measured)
+
+    @property
+    def collapse_rate(self) -> float:
+        """``collapsed`` as a share of its measured outcomes (every seed: ok, collapsed or diverged)."""
+        return self.collapsed / len(self.measured)
 
     @property
     def trainable_params(self) -> int:
@@ -236,11 +266,16 @@ def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]
     return by_cfg
 
 
+def _valued(o: Outcome) -> bool:
+    """Whether ``o`` is a value of the objective: an ok trial with a value that did not collapse."""
+    return o.status == "ok" and o.value is not None and not o.collapsed
+
+
 def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
     """Per configuration (r, targets), what the decisions use: the one aggregation of outcomes.
 
     Only measurements of independent trials count (nested trials are the screen's, crashes are left out, the later outcome of a seed wins), and the
-    objective only of ``seeds``, in that order: the replay passes the seeds it has asked for so far
+    objective only of ``seeds`` that did not collapse (``Outcome.collapsed``: counted in ``ConfigResults.collapsed``), in that order: the replay passes the seeds it has asked for so far
     (``seed_sequence(settings)[:n]``), a report ``seed_sequence(settings)``; seeds outside them (a study
     run before with other ``sweep.seeds``) are ``not_counted``. The costs (the most trainable parameters, the
     mean training FLOPs) take every seed: a trial's cost does not depend on whether its metric counts.
@@ -257,7 +292,7 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
     """
     out = {}
     for cfg, by_seed in _measured(outcomes).items():
-        ok = [s for s in seeds if s in by_seed and by_seed[s].status == "ok" and by_seed[s].value is not None]
+        ok = [s for s in seeds if s in by_seed and _valued(by_seed[s])]
         values = [by_seed[s].value for s in ok]
         stats = stats_of(values, objective_of(by_seed[s] for s in ok))
         out[cfg] = ConfigResults(stats, tuple(ok), tuple(by_seed.values()))
@@ -267,8 +302,9 @@ def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigK
 def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
     """The floor on the seed s.d. of every comparison, points: ``sweep.noise_floor`` validation examples'
     worth, at the coarsest ``resolution`` of ``outcomes`` (one study evaluates one validation set, so they
-    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution. Nested trials are left out."""
-    return _floor([o for o in outcomes if not o.nested], settings)
+    agree); None when ``sweep.noise_floor`` is 0 or no outcome has a resolution. Nested and collapsed trials
+    are left out."""
+    return _floor([o for o in outcomes if not o.nested and not o.collapsed], settings)
 
 
 def _floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
@@ -330,10 +366,24 @@ T = TypeVar("T")
 Steps = Generator[List[TrialSpec], None, T]
 
 
+def _taken(by_seed: Mapping[int, Outcome], seeds: Sequence[int], n: int) -> int:
+    """How many seeds of ``seeds`` the first ``n`` take when each collapsed one (``Outcome.collapsed`` in
+    ``by_seed``) is replaced by the next seed: the shortest prefix with ``n`` seeds that did not collapse (a
+    seed not run yet counts as one), or all of ``seeds``."""
+    taken = kept = 0
+    for s in seeds:
+        if kept == n:
+            break
+        taken += 1
+        kept += not (s in by_seed and by_seed[s].collapsed)
+    return taken
+
+
 class _Memo:
-    """The seeds of each configuration the procedure has asked for so far (``asked``) and the statistics of
-    exactly those (``aggregate``, memoised: a replay reads them often). Only asked-for seeds inform a
-    decision, so replaying a longer history never changes an earlier one."""
+    """The seeds of each configuration the procedure has asked for so far (``asked``: how many, each
+    collapsed seed replaced by the next one, ``counted``) and the statistics of exactly those (``aggregate``,
+    memoised: a replay reads them often). Only asked-for seeds inform a decision, so replaying a longer
+    history never changes an earlier one."""
 
     def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome]):
         self.seeds = list(seeds)
@@ -341,19 +391,29 @@ class _Memo:
         self.asked: Dict[ConfigKey, int] = {}
         self._stats: Dict[Tuple[ConfigKey, int], Optional[Stats]] = {}
 
+    def counted(self, cfg: ConfigKey) -> int:
+        """Seeds of the sequence that the ``asked`` seeds of ``cfg`` take, each collapsed seed replaced by the
+        next one (``_taken``)."""
+        return _taken(self.by_cfg.get(cfg, {}), self.seeds, self.asked.get(cfg, 0))
+
     def stats(self, cfg: ConfigKey) -> Optional[Stats]:
-        """``aggregate`` stats of ``cfg`` over the seeds asked for so far."""
-        key = (cfg, self.asked.get(cfg, 0))
+        """``aggregate`` stats of ``cfg`` over the seeds asked for so far (``counted``)."""
+        key = (cfg, self.counted(cfg))
         if key not in self._stats:
             counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg)
             self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
-    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
-        """Ask for the first ``n`` seeds of ``cfg`` (never fewer than before); returns those not run yet."""
-        self.asked[cfg] = max(self.asked.get(cfg, 0), n)
+    def missing(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        """The first ``n`` seeds of the sequence of ``cfg`` not run yet (asks for nothing)."""
         done = self.by_cfg.get(cfg, {})
         return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
+
+    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        """Ask for the first ``n`` seeds of ``cfg`` (never fewer than before), each collapsed one replaced by the
+        next seed; returns those not run yet."""
+        self.asked[cfg] = max(self.asked.get(cfg, 0), n)
+        return self.missing(cfg, self.counted(cfg), stage)
 
     def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
         """``ask``, yielding the seeds not run yet."""
@@ -383,7 +443,7 @@ def _race(
         a, b = memo.stats(ref), memo.stats(cfg)
         c = compare(a, b, seed_noise([st for st in map(memo.stats, pool) if st], floor), s.confidence)
         # the sides that may get another seed, fewer asked first (cfg on a tie: the sort is stable)
-        sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.asked[x] < len(memo.seeds)]
+        sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.counted(x) < len(memo.seeds)]
         if c.low is not None and c.low > 0:
             end = RaceEnd.GAIN
         elif c.high is not None and c.high < s.tolerance:
@@ -425,6 +485,14 @@ def _cap_reached(
     return CapReached(cap, limit, n, flops, seconds, tuple(needed), settling)
 
 
+class _Stopped(Exception):
+    """The procedure stops at once, from within any stage, for ``reason`` (its decision is taken)."""
+
+    def __init__(self, reason: StopReason):
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _to_end(steps: Steps[StopReason]) -> Iterator[Union[List[TrialSpec], StopReason]]:
     """The trials ``steps`` needs, then why it stopped as its last item."""
     stop = yield from steps
@@ -451,8 +519,12 @@ class _Replay:
         self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
 
     def plan(self, steps: Steps[StopReason]) -> Plan:
-        """Run ``steps`` (a stage generator) up to the first trials it needs, or to its end."""
-        first = next(_to_end(steps))
+        """Run ``steps`` (a stage generator) up to the first trials it needs, or to its end (or its stop,
+        ``_Stopped``)."""
+        try:
+            first = next(_to_end(steps))
+        except _Stopped as stop:
+            return self.finish(stop.reason)
         return self.finish(first) if isinstance(first, StopReason) else self.pending(first)
 
     def pending(self, specs: List[TrialSpec]) -> Plan:
@@ -478,17 +550,48 @@ class _Replay:
         return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
 
     def evaluate(self, cfg: ConfigKey, stage: Stage) -> Steps[Optional[Stats]]:
-        """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations."""
-        yield from self.memo.need(cfg, len(self.s.seeds), stage)
+        """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations; once the
+        ``sweep.seeds`` are run, stop the sweep (``_Stopped``) if every trial asked for so far collapsed
+        (``collapsed``), else replace each collapsed seed by the next one."""
+        n = len(self.s.seeds)
+        first = self.memo.missing(cfg, n, stage)
+        if first:
+            yield first
+        self.stop_if_every_trial_collapsed(cfg, n, stage)
+        yield from self.memo.need(cfg, n, stage)
         if cfg not in self.evaluated:
             self.evaluated.append(cfg)
         return self.memo.stats(cfg)
+
+    def stop_if_every_trial_collapsed(self, cfg: ConfigKey, n: int, stage: Stage) -> None:
+        """Stop the sweep (a ``collapsed`` decision about ``cfg``, then ``_Stopped``) when every trial asked for
+        so far, the first ``n`` seeds of ``cfg`` among them, collapsed to a constant prediction: nothing trains
+        at this recipe, and more seeds or configurations would collapse as well (issue #22: MRPC at
+        ``train.lr=8e-3``)."""
+        asked = [(c, self.memo.counted(c)) for c in self.evaluated] + [(cfg, n)]
+        seen = [self.memo.by_cfg.get(c, {}).get(seed) for c, k in asked for seed in self.memo.seeds[:k]]
+        if not all(o is not None and o.collapsed for o in seen):
+            return
+        metric = metric_of(self.objective)
+        baseline = next((o.baseline for o in seen if o.baseline is not None), None)
+        detail = EveryTrialCollapsed(
+            len(seen),
+            tuple(sorted({metric.score(o.value) for o in seen if o.value is not None})),
+            None if baseline is None else metric.score(baseline),
+            self.objective,
+        )
+        self.decide(Action.COLLAPSED, stage, cfg, detail)
+        raise _Stopped(StopReason.COLLAPSED)
 
     def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: Stage) -> Steps[Tuple[Optional[ConfigKey], bool]]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
         st = yield from self.evaluate(cfg, stage)
         if st is None:
-            self.decide(Action.FAILED, stage, cfg, AllDiverged())
+            done = self.memo.by_cfg.get(cfg, {})
+            seen = [done[seed] for seed in self.memo.seeds[: self.memo.counted(cfg)] if seed in done]
+            collapsed = sum(o.collapsed for o in seen)
+            detail = AllDiverged(collapsed, len(seen) - collapsed, self.s.max_seeds) if collapsed else AllDiverged()
+            self.decide(Action.FAILED, stage, cfg, detail)
             return ref, False
         if ref is None:
             self.decide(Action.START, stage, cfg, FirstResult(st, self.objective))

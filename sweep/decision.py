@@ -56,6 +56,7 @@ class Action(Choice):
     AT_BUDGET = "at-budget"  # a budget of LoRA parameters: the rank each target set gets for it
     GAIN = "gain"  # at an equal budget, a target set gains on the start targets
     BUDGET_PICK = "budget-pick"  # the recommendation rule among the target sets of one budget
+    COLLAPSED = "collapsed"  # every trial so far collapsed to a constant prediction: the sweep stops
 
 
 class Stage(Choice):
@@ -77,6 +78,7 @@ class StopReason(Choice):
     BUDGET = "budget"
     GRID_COMPLETE = "grid complete"
     BUDGETS_COMPARED = "budgets compared"
+    COLLAPSED = "every trial collapsed"
 
 
 def stop_text(stop_reason: Optional[str], decisions: Sequence["Decision"]) -> Optional[str]:
@@ -156,7 +158,36 @@ class FirstResult(_Detail):
 
 @dataclass(frozen=True)
 class AllDiverged(_Detail):
-    """``failed``: every seed of the configuration diverged."""
+    """``failed``: no seed of the configuration has a value: every seed diverged, or (``collapsed`` > 0) each
+    collapsed to a constant prediction (``sweep.collapse``; a collapsed seed is replaced by the next one, up
+    to ``max_seeds`` seeds in all) or diverged (``diverged``). A decision stored before collapses were
+    counted reads as every seed diverged."""
+
+    collapsed: int = 0
+    diverged: int = 0
+    max_seeds: int = 0
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"collapsed": self.collapsed, "diverged": self.diverged} if self.collapsed else {}
+
+
+@dataclass(frozen=True)
+class EveryTrialCollapsed(_Detail):
+    """``collapsed``: every trial the procedure has asked for so far (``trials`` of them, at least the
+    ``sweep.seeds`` of its first configuration) collapsed to a constant prediction (``sweep.collapse``), so
+    nothing trains at this recipe and the sweep stops without a recommendation. ``values``: their distinct
+    scores, ascending; ``baseline``: the score of the task's constant baseline (the majority class; for
+    regression the training mean), None when the trials did not record it."""
+
+    trials: int
+    values: Tuple[float, ...]
+    baseline: Optional[float] = None
+    objective: Optional[str] = _objective()
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"trials": self.trials, **({"baseline": self.baseline} if self.baseline is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -382,6 +413,7 @@ Detail = Union[
     Screened,
     AtBudget,
     BudgetPick,
+    EveryTrialCollapsed,
     Recorded,
 ]
 
@@ -405,6 +437,7 @@ DETAILS = {
     Action.AT_BUDGET: AtBudget,
     Action.GAIN: Verdict,
     Action.BUDGET_PICK: BudgetPick,
+    Action.COLLAPSED: EveryTrialCollapsed,
 }
 
 
@@ -612,6 +645,27 @@ def _screen_text(x: Screened) -> str:
     )
 
 
+#: what the constant baseline of a task of each problem type predicts (``sweep.trial.majority_baseline``)
+_CONSTANT = {"single_label_classification": "the majority class", "regression": "the training mean"}
+
+
+def _collapsed_text(x: EveryTrialCollapsed) -> str:
+    m = metric_of(x.objective)
+    shown = " and ".join(m.fmt(m.real(v)) for v in x.values)
+    kind = _CONSTANT.get(m.problem_type, "the constant baseline")
+    if x.baseline is None:
+        baseline = ""
+    elif all(abs(v - x.baseline) < 1e-9 for v in x.values):
+        baseline = f", what {kind} scores"
+    else:
+        baseline = f"; {kind} scores {m.fmt(m.real(x.baseline))}"
+    return (
+        f"every trial so far ({x.trials}) collapsed to a constant prediction ({m.label} {shown} {m.unit}{baseline}): "
+        "nothing trains at this recipe, so no configuration can be compared or recommended; stopping: try a lower "
+        "train.lr (or other train.* settings) under a new sweep.name"
+    )
+
+
 def render(d: Decision) -> str:
     """A decision's one sentence, from its data alone: the one place decisions are put into words (a
     ``Recorded`` decision keeps the sentence it was stored with)."""
@@ -621,7 +675,15 @@ def render(d: Decision) -> str:
     if isinstance(x, FirstResult):
         return f"first result: {_stats_text(x.stats, metric_of(x.objective))}"
     if isinstance(x, AllDiverged):
-        return "every seed diverged: not comparable, counts as no gain"
+        if not x.collapsed:
+            return "every seed diverged: not comparable, counts as no gain"
+        diverged = f", {x.diverged} diverged" if x.diverged else ""
+        return (
+            f"no seed has a value: {x.collapsed} collapsed to a constant prediction (each replaced by the next "
+            f"seed, up to sweep.max_seeds={x.max_seeds}){diverged}: not comparable, counts as no gain"
+        )
+    if isinstance(x, EveryTrialCollapsed):
+        return _collapsed_text(x)
     if isinstance(x, Undecided):
         m = metric_of(x.objective)
         return (

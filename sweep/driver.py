@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sweep import claims
 from sweep.budget import budget_ranks, budget_targets
+from sweep.collapse import NOTE as COLLAPSED
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
@@ -300,7 +301,7 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     reused = f" (reused from {m.reused_from})" if m.reused_from else ""
     if m.status != Status.OK:
         return f"{head}: {m.status} ({m.reason}){reused}"
-    screened = ""
+    screened = f" ({COLLAPSED}; left out of the statistics)" if m.collapsed else ""
     if m.rank_curve:
         screened = " (by rank: " + ", ".join(f"r={c['r']} {c['objective_value']:.4f}" for c in m.rank_curve) + ")"
     return (
@@ -449,9 +450,10 @@ def crash_line(cfg: Config, p: Plan) -> str:
     )
 
 
-def recommendation_line(p: Plan, sdir: Path) -> str:
+def recommendation_line(p: Plan, sdir: Path, lr: Optional[float] = None) -> str:
     """The last line of a finished sweep: the recommendation (or why there is none; provisional when the
-    compute cap cut the procedure short) and where the results are."""
+    compute cap cut the procedure short; every trial collapsed, at the learning rate ``lr``) and where the
+    results are."""
     if p.recommendation:
         r, t = p.recommendation
         provisional = (
@@ -460,6 +462,10 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
             else ""
         )
         return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
+    collapsed = next((d for d in p.decisions if d.action == Action.COLLAPSED), None)
+    if p.stop_reason == StopReason.COLLAPSED and collapsed is not None:
+        at = f" (this sweep: train.lr={lr:g})" if lr is not None else ""
+        return f"no recommendation: {collapsed.reason}{at}; results in {sdir}"
     if p.stop_reason == StopReason.BUDGET and any(d.action == Action.SCREEN for d in p.decisions):
         return (
             f"no recommendation: the compute cap stopped the sweep before an independent trial (the screen's "

@@ -156,6 +156,11 @@ class TrialResult:
     status: Status = _kept(study=True, default=Status.OK)
     #: why a trial diverged or failed, else None
     reason: Optional[str] = _kept(study=True)
+    #: an ok trial's best-epoch validation predictions are one constant answer (``sweep.collapse.is_collapsed``:
+    #: one class for every example; regression: s.d. ≈ 0): it collapsed, and the decisions leave its value out
+    #: and run the next seed in its place; None for a causal LM, validation labels all of one value, a trial
+    #: that did not end ok, and records made before it was recorded (read as not collapsed)
+    collapsed: Optional[bool] = _kept(study=True, csv=True)
     #: the folder of another sweep's identical trial this one was read back from, else None
     reused_from: Optional[str] = _kept(study=True)
 
@@ -168,7 +173,8 @@ class TrialResult:
         """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial, the
         objective's name (its direction and unit), seconds = train + eval, resolution = one validation
         example's worth, scale/n_eval (100/n_eval points), for an objective with a per-example step
-        (``Metric.per_example``; a record without an objective reads as one in points)."""
+        (``Metric.per_example``; a record without an objective reads as one in points); ``collapsed`` only
+        for an ok trial; ``baseline`` the constant baseline's objective (``majority_baseline``)."""
         metric = metric_of(self.objective)
         return Outcome(
             r=int(self.r),
@@ -185,6 +191,8 @@ class TrialResult:
             if self.rank_curve and self.status == Status.OK
             else None,
             nested=bool(self.nested),
+            collapsed=bool(self.collapsed) and self.status == Status.OK,
+            baseline=self.majority_baseline.get(self.objective) if self.objective else None,
         )
 
     def to_dict(self) -> dict:

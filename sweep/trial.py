@@ -28,6 +28,8 @@ import torch
 from omegaconf import OmegaConf
 
 from sweep.cli import compose, run_cli
+from sweep.collapse import NOTE as COLLAPSED
+from sweep.collapse import is_collapsed
 from sweep.config import Config
 from sweep.data import Batches, class_names, data_source, dropped_line, lm_dropped, take, task_data, task_digest
 from sweep.decide import Status
@@ -409,6 +411,8 @@ def run_trial(
         baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
     else:
         baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
+    # one constant answer for every validation example: the trial collapsed (a measurement, not a value)
+    collapsed = is_collapsed(done.best_preds, val_labels, cfg.task.problem_type) if done.status == Status.OK else None
     result = _result(
         cfg,
         model_cfg,
@@ -420,6 +424,7 @@ def run_trial(
         len(train_split),
         val_split,
         baseline,
+        collapsed,
     )
     for b, p in done.ranks.items():
         # each truncated rank at its best epoch, as an ordinary peft LoRA adapter of rank b
@@ -500,9 +505,10 @@ def _result(
     n_train: int,
     val_split,
     baseline: Dict[str, float],
+    collapsed: Optional[bool] = None,
 ) -> TrialResult:
     """The trial's record from its configuration, its parameter counts, the validation split it was
-    evaluated on and what it did (``done``)."""
+    evaluated on, what it did (``done``) and whether it collapsed (``sweep.collapse.is_collapsed``)."""
     best = done.best or {}
     epochs_run = len(done.history)
     return TrialResult(
@@ -555,6 +561,7 @@ def _result(
         versions=library_versions(),
         status=done.status,
         reason=done.reason,
+        collapsed=collapsed,
     )
 
 
@@ -594,7 +601,9 @@ def main(args: List[str]) -> int:
     best = ", ".join(f"{k} {v:.4f}" for k, v in m.best.items() if v is not None)
     print(
         f"{m.task} {m.model} r={m.r} targets={','.join(m.targets)} seed={m.seed}: "
-        f"status {m.status}{' (' + m.reason + ')' if m.reason else ''}; "
+        f"status {m.status}{' (' + m.reason + ')' if m.reason else ''}"
+        + (f" ({COLLAPSED})" if m.collapsed else "")
+        + "; "
         + (f"best epoch {m.best_epoch}: {best}; " if m.best_epoch is not None else "no epoch evaluated; ")
         + f"trainable {m.trainable_params:,} (LoRA {m.lora_params:,}); "
         f"train {m.train_flops:.3e} FLOPs in {m.train_seconds:.1f} s; eval {m.eval_seconds:.1f} s"

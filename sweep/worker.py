@@ -34,7 +34,7 @@ def main(args: List[str]) -> int:
     if p.next is not None:
         print(crash_line(cfg, p), file=sys.stderr)
         return 1
-    print(recommendation_line(p, sweep_dir(cfg)))
+    print(recommendation_line(p, sweep_dir(cfg), cfg.train.lr))
     return 0 if p.recommendation else 1  # every trial diverged
 
 

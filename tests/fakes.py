@@ -55,11 +55,12 @@ def small_settings(**kw) -> SweepSettings:
     return replace(defaults().sweep, **{**base, **kw})
 
 
-def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COSTS, n_eval=None):
+def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COSTS, n_eval=None, collapsed=None):
     """A frozen trial in the store's layout (``sweep/study.py``). ``outcome``: the accuracy of an ok trial,
     ``diverged``, ``failed``, ``running``, ``orphan`` (FAIL with no configuration stored) or
     ``abandoned`` (FAIL with a configuration and no status: its worker died); ``costs``: LoRA parameters
-    per unit of rank of each target set; ``n_eval``: validation examples evaluated (None: not recorded)."""
+    per unit of rank of each target set; ``n_eval``: validation examples evaluated (None: not recorded);
+    ``collapsed``: the record's flag (an ok trial that predicted one class: ``sweep.collapse``)."""
     dists = {"r": IntDistribution(r, r, log=True), "seed": IntDistribution(seed, seed)}
     params = {"r": r, "seed": seed}
     if outcome == "orphan":
@@ -98,6 +99,7 @@ def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COST
         peak_mem_mb=900.0,
         majority_baseline={"accuracy": MAJORITY, "f1": 0.812},
         n_eval=n_eval,
+        collapsed=collapsed,
     )
     attrs.update(result_attrs(result))
     if ok:
@@ -151,10 +153,11 @@ FINISHED = [
 ]
 
 
-def fake_trial(crash_on_call: int):
+def fake_trial(crash_on_call: int, collapsed: bool = False):
     """A stand-in for ``sweep.trial.run_trial``: raises OSError on call ``crash_on_call`` (1-based), else
     writes and returns the record of an ok trial whose accuracy is 0.8 at r=1 and 0.9 at r=2, on the data
-    its config reads (its digest). Returns
+    its config reads (its digest); ``collapsed``: every trial collapsed to the majority class instead
+    (accuracy ``MAJORITY``, which its record gives as the constant baseline). Returns
     (the stand-in, the list of the ranks it was called with)."""
     calls = []
 
@@ -164,7 +167,7 @@ def fake_trial(crash_on_call: int):
             raise OSError(27, "File too large")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))  # as run_trial saves it
-        acc = {1: 0.8, 2: 0.9}[cfg.lora.r]
+        acc = MAJORITY if collapsed else {1: 0.8, 2: 0.9}[cfg.lora.r]
         m = TrialResult(
             r=cfg.lora.r,
             targets=list(cfg.lora.targets),
@@ -180,6 +183,8 @@ def fake_trial(crash_on_call: int):
             train_flops=1e12,
             train_seconds=1.0,
             eval_seconds=0.1,
+            majority_baseline={"accuracy": MAJORITY},
+            collapsed=collapsed,
         )
         write_result(run_dir / "metrics.json", m)
         return m

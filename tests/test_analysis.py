@@ -219,7 +219,7 @@ def test_report_md_finished(finished):
     assert "- after trial 7: `[targets] plateau r=2 q,v:" in report
     for name in ("metric_vs_params", "metric_vs_compute", "progression"):
         assert f"](plots/{name}.png)" in report
-    assert "| 2 | q,v | 2 / 0 | 85.00 ± 1.41 | 72.29–97.71 | 14,000 |" in report
+    assert "| 2 | q,v | 2 / 0 / 0 | 85.00 ± 1.41 | 72.29–97.71 | 14,000 |" in report
 
 
 def test_cap_stopped_sweep_is_provisional_and_says_what_was_cut_off(tmp_path):

@@ -528,7 +528,7 @@ def test_user_text_in_reports_is_escaped_and_commands_run(tmp_path):
     cells = lambda line: len(re.findall(r"(?<!\\)\|", line))  # noqa: E731 - unescaped pipes = cell borders
     header, rule, row = [line for line in report.splitlines() if line.startswith("|")][:3]
     assert cells(header) == cells(rule) == cells(row) == 11
-    assert row.startswith(r"| 1 | .\*(query\|value)\$ | 2 / 0 |")
+    assert row.startswith(r"| 1 | .\*(query\|value)\$ | 2 / 0 / 0 |")
     assert r"# LoRA rank sweep: MRPC on my\_\$model" in report
     # the "more seeds" command, as printed (a code span: backticks inside get a longer fence), gives
     # python the run's overrides with the seed limit of racing doubled, sweep.max_seeds 2 -> 4

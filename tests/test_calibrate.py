@@ -11,10 +11,15 @@ from fakes import FINISHED, make_study, small_settings, trial
 from fakes import MINILM_COSTS as COSTS
 from scipy import stats
 
+import analysis.simulate as simulate_module
 from analysis.calibrate import COLUMNS, _print_table, main
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import (
+    GAUSSIAN,
+    MAJORITY,
+    NOISE_MODELS,
     SCREEN,
+    NoiseModel,
     Scenario,
     calibrate_cell,
     degenerate_scenarios,
@@ -212,7 +217,7 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     assert len(nats) == 2 * 12 * 3 and nats["n_eval"].isna().all()
     assert sorted(nats["sigma"].unique()) == pytest.approx([0.005, 0.01, 0.015])
     assert (nats.loc[nats["scenario"] == "flat", "p_within_tolerance"] == 1.0).all()
-    points = every[every["unit"] == "points"]
+    points = every[(every["unit"] == "points") & (every["noise"] == "gaussian")]
     # each settings' tables (12 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate
     # cells), then the screen's frontier: each settings without and with the screen, 12 scenarios × σ ∈
     # {0.5, 1, 2} on 408 examples
@@ -240,6 +245,22 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
         "tolerance, Gaussian seed noise σ in nats (0.5, 1 and 1.5 × the tolerance), not rounded" in out
     )
     assert "tolerance 0.01, confidence 0.9" in out
+    # last, each settings under the four noise models beyond the Gaussian: 12 scenarios × σ ∈ {0.5, 1}, half the
+    # sweeps per cell (1 of --reps=2), rounded to 408 examples
+    noisy = every[every["noise"] != "gaussian"]
+    assert list(noisy.index) == list(range(len(every) - len(noisy), len(every)))  # appended: earlier rows stay put
+    assert list(dict.fromkeys(noisy["noise"])) == [
+        "student-t3",
+        "collapse-5%",
+        "collapse-5%-as-values",
+        "sd-by-rank",
+    ]
+    assert len(noisy) == 2 * 4 * 12 * 2 and sorted(noisy["sigma"].unique()) == [0.5, 1.0]
+    assert (noisy["n_eval"] == 408).all() and (noisy["unit"] == "points").all()
+    assert list(dict.fromkeys(noisy["settings"])) == ["default", "sweep.max_seeds=4"]
+    assert "seed noise beyond the Gaussian (issue #22, docs/validation.md §7), settings default: 1 simulated" in out
+    assert "  sd-by-rank: s.d. 2σ at r ≤ 2, 0.7σ above" in out
+    assert "\ncollapse-5%: targets " in out and "\nsd-by-rank: targets " in out
 
 
 def test_command_calibrates_against_a_study(tmp_path, capsys):
@@ -342,3 +363,70 @@ def test_a_budget_sweep_is_refused_in_one_line(tmp_path):
         assert (
             "a budget sweep (sweep=budget) compares target sets at equal budgets, which is no rank curve" in ran.stderr
         )
+
+
+def test_the_gaussian_model_draws_what_the_calibration_always_drew():
+    # one standard normal per trial, in order: the tables of the Gaussian model do not move
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    drawn = [GAUSSIAN.draw(a, 80.0, 0.5, r) for r in (1, 2, 64)]
+    assert drawn == [(80.0 + 0.5 * b.standard_normal(), False) for _ in range(3)]
+
+
+def test_noise_models_draw_their_spread():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    t3, collapse, values, by_rank = NOISE_MODELS
+    # Student-t with 3 d.f. scaled by √(1/3) to s.d. 1: its upper quartile is t.ppf(0.75, 3)/√3 = 0.4416 (the
+    # s.d. of a sample of t3 does not settle: its fourth moment is infinite); quantile s.e. ≈ 0.008
+    heavy = np.array([t3.draw(rng, 0.0, 1.0, 4)[0] for _ in range(n)])
+    assert np.quantile(heavy, 0.75) == pytest.approx(stats.t.ppf(0.75, 3) / math.sqrt(3), abs=0.03)
+    # by rank at σ = 0.5: s.d. 1.0 at r ≤ 2, 0.35 above (sample s.d. within 3%: its s.e. is 0.5%)
+    for r, sd in ((1, 1.0), (2, 1.0), (4, 0.35), (64, 0.35)):
+        assert np.std([by_rank.draw(rng, 0.0, 0.5, r)[0] for _ in range(n)]) == pytest.approx(sd, rel=0.03)
+    # 5% collapses, at MRPC's majority class: 1,000 of 20,000 expected, binomial s.d. √(20,000·0.05·0.95) = 30.8
+    drawn = [collapse.draw(rng, 80.0, 1.0, 4) for _ in range(n)]
+    hits = [v for v, c in drawn if c]
+    assert abs(len(hits) - 1000) < 4 * 30.8 and set(hits) == {MAJORITY}
+    assert (values.collapse, values.flagged, collapse.flagged) == (0.05, False, True)
+
+
+def test_the_simulation_flags_its_share_of_collapsed_trials(monkeypatch):
+    # the outcomes the procedure sees: about 5% flagged collapsed, each at the majority class (within 4
+    # binomial s.d. of the share over every trial of 20 simulated sweeps)
+    seen, real = [], simulate_module.plan
+
+    def spy(settings, history, per_rank):
+        seen.append(list(history))
+        return real(settings, history, per_rank)
+
+    monkeypatch.setattr(simulate_module, "plan", spy)
+    rng = np.random.default_rng(0)
+    flat = scenarios(defaults(), COSTS)[0]
+    collapse = NOISE_MODELS[1]
+    finals = []
+    for _ in range(20):
+        seen.clear()
+        simulate(defaults(), flat, 1.0, COSTS, rng, n_eval=408, noise=collapse)
+        finals += seen[-1]
+    flagged = [o for o in finals if o.collapsed]
+    n = len(finals)
+    assert abs(len(flagged) - 0.05 * n) < 4 * math.sqrt(n * 0.05 * 0.95)
+    assert [o.value for o in flagged] == pytest.approx([MAJORITY / 100] * len(flagged))
+
+
+@pytest.mark.parametrize(
+    "flagged, trials, picked, regret",
+    [
+        # flagged: the start configuration's two seeds collapsed, the sweep stops without a recommendation,
+        # which the simulation scores as the worst configuration (q or v alone, 1 point below the flat curve)
+        (True, 2, False, 1.0),
+        # kept as values, every seed scores 68.38: the majority-class case by hand (test above), 5 × 2 trials,
+        # and on a flat curve every pick on q,v or wider is as good
+        (False, 10, True, 0.0),
+    ],
+)
+def test_a_sweep_whose_every_trial_collapses(flagged, trials, picked, regret):
+    always = NoiseModel("always", collapse=1.0, collapse_value=MAJORITY, flagged=flagged)
+    flat = scenarios(defaults(), COSTS)[0]
+    run = simulate(defaults(), flat, 1.0, COSTS, np.random.default_rng(0), n_eval=408, noise=always)
+    assert (run.trials, run.pick is not None, run.regret) == (trials, picked, regret)

@@ -734,6 +734,7 @@ def test_actions_and_stages_are_stored_as_their_text():
         "at-budget",
         "gain",
         "budget-pick",
+        "collapsed",
     ]
     assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "equal-budget"]
     assert [s.value for s in StopReason] == [
@@ -742,6 +743,7 @@ def test_actions_and_stages_are_stored_as_their_text():
         "budget",
         "grid complete",
         "budgets compared",
+        "every trial collapsed",
     ]
     assert f"{Action.MORE_SEEDS} {Stage.RANK}" == "more-seeds rank" and json.dumps([Action.NO_GAIN]) == '["no-gain"]'
     # a stored text reads as the member (a trial's stored spec holds the stage as text)

@@ -129,6 +129,24 @@ def test_empty_values_are_not_stored():
             TrialResult(r=1, targets=["q", "k", "v", "o"], seed=3, status=Status.FAILED, reason="x"),
             Outcome(1, "q,k,v,o", 3, Status.FAILED, None, 0, 0.0, 0.0),
         ),
+        # a collapsed trial keeps its value (the decisions leave it out) and quotes its task's constant baseline
+        (
+            TrialResult(
+                r=1,
+                targets=["q", "v"],
+                seed=0,
+                objective="accuracy",
+                objective_value=0.6838,
+                majority_baseline={"accuracy": 0.6838, "f1": 0.8122},
+                collapsed=True,
+            ),
+            Outcome(1, "q,v", 0, Status.OK, 0.6838, objective="accuracy", collapsed=True, baseline=0.6838),
+        ),
+        # only an ok trial counts as collapsed; a record made before the flag reads as not collapsed
+        (
+            TrialResult(r=1, targets=["q", "v"], seed=0, status=Status.DIVERGED, collapsed=True),
+            Outcome(1, "q,v", 0, Status.DIVERGED, None),
+        ),
     ],
 )
 def test_outcome_is_what_the_decisions_see(record, expected):
@@ -153,6 +171,7 @@ def test_the_csv_and_study_fields():
         "peak_mem_mb",
         "best_epoch",
         "train_tokens_per_s",
+        "collapsed",
     ]
     assert set(record_fields("csv")) - {"best_epoch"} < set(record_fields("study"))
     assert {"status", "reason", "reused_from", "objective_value", "best", "majority_baseline"} < set(

@@ -309,34 +309,37 @@ def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glu
     assert counted == {(r, n) for r, n in by_hand.items()}
 
 
-def test_a_budget_sweep_reports_the_sets_at_their_ranks_as_their_trials_recorded(tiny_bert, glue_dir, tmp_path):
-    """sweep=budget on the tiny BERT (2 layers, d_model 32, d_ff 64: q,v cost 2·2·(32+32) = 256 LoRA parameters a
-    rank, q,k,v,o 512, up,down 2·2·(32+64) = 384) at the budget of r=2 on q,v, 512: q,k,v,o gets r=1 (512), up,down
-    r=1 (384: 1.33 ranks round down); one trial each, whose records the report's table must show."""
+def test_a_budget_sweep_reports_the_sets_at_their_ranks_as_their_trials_recorded(glue_dir, tmp_path):
+    """sweep=budget on MiniLM (6 layers, d_model 384, d_ff 1536: q,v cost 6·2·(384+384) = 9,216 LoRA parameters a
+    rank, q,k,v 13,824, q,k,v,o 18,432) at the budget of r=2 on q,v, 18,432: q,k,v gets r=1 (13,824: 1.33 ranks
+    round down), q,k,v,o r=1 (18,432); one trial each, whose records the report's table must show (the MLP sets
+    collapse in 4 steps: the attention sets do not). train.lr=1e-2: at the default rate debug=tiny's 4 steps leave every trial collapsed
+    (tests/test_collapse.py), and the random tiny BERT collapses at any rate."""
     proc = run_main(
         sweep_main,
         "debug=tiny",
         "sweep=budget",
-        f"model.name_or_path={tiny_bert}",
+        "train.lr=1e-2",
         f"data.dir={glue_dir}",
         f"results_dir={tmp_path}",
         "sweep.budgets=[{r:2,targets:[q,v]}]",
-        "sweep.target_sets=[[q,k,v,o],[up,down]]",
+        "sweep.target_sets=[[q,k,v,o],[q,k,v]]",
     )
     ok(proc)
     # the at-budget decision, cheapest per rank first after the start targets
-    assert "q,v r=2 (512, 1.00×) | up,down r=1 (384, 0.75×) | q,k,v,o r=1 (512, 1.00×)" in proc.stdout
+    assert "q,v r=2 (18,432, 1.00×) | q,k,v r=1 (13,824, 0.75×) | q,k,v,o r=1 (18,432, 1.00×)" in proc.stdout
     trials = trials_of(tmp_path, "budget")
     assert sorted((t.params["r"], t.user_attrs["targets_key"], t.user_attrs["stage"]) for t in trials) == [
+        (1, "q,k,v", "equal-budget"),
         (1, "q,k,v,o", "equal-budget"),
-        (1, "up,down", "equal-budget"),
         (2, "q,v", "equal-budget"),
     ]
     records = {
         t.user_attrs["targets_key"]: json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
         for t in trials
     }
-    assert {t: m["lora_params"] for t, m in records.items()} == {"q,v": 512, "q,k,v,o": 512, "up,down": 384}
+    assert {t: m["lora_params"] for t, m in records.items()} == {"q,v": 18432, "q,k,v,o": 18432, "q,k,v": 13824}
+    assert not any(m["collapsed"] for m in records.values())
     start = records["q,v"]["objective_value"]
     report = (tmp_path / "mrpc" / "budget" / "report.md").read_text()
     assert "## Target sets at an equal budget (LoRA Table 5)" in report
@@ -344,8 +347,45 @@ def test_a_budget_sweep_reports_the_sets_at_their_ranks_as_their_trials_recorded
         gain = "—" if targets == "q,v" else f"{100 * m['objective_value'] - 100 * start:+.2f}"
         race = "—" if targets == "q,v" else "no-gain"  # one seed: no noise estimate, nothing is significant
         row = (
-            f"| 512 (r=2 on q,v) | {targets} | {m['r']} | {m['lora_params']:,} ({m['lora_params'] / 512:.2f}×) "
+            f"| 18,432 (r=2 on q,v) | {targets} | {m['r']} | {m['lora_params']:,} ({m['lora_params'] / 18432:.2f}×) "
             f"| {m['trainable_params']:,} | {100 * m['objective_value']:.2f} (n=1) | — | {gain} | {race} |"
         )
         assert row in report, row
-    assert "At 512 LoRA parameters (r=2 on q,v): " in report
+    assert "At 18,432 LoRA parameters (r=2 on q,v): " in report
+
+
+@pytest.mark.slow  # a real trial that collapses; the default suite drives the sweep with collapsed stand-ins (test_collapse.py)
+def test_a_sweep_in_which_every_trial_collapsed_stops_after_the_start_seeds(glue_dir, tmp_path):
+    # train.lr=1: the tiny model predicts one class for every validation pair after its epoch (a collapse, as
+    # MRPC at 8e-3 in issue #22); one seed: the start configuration's seeds are that one trial
+    import numpy as np
+
+    ran = run_main(
+        sweep_main,
+        "debug=tiny",
+        "train.threads=1",
+        "train.lr=1.0",
+        "sweep.ranks=[1,2]",
+        "sweep.target_sets=[[q,v]]",
+        "sweep.max_seeds=2",
+        f"data.dir={glue_dir}",
+        f"results_dir={tmp_path}",
+    )
+    (t,) = trials_of(tmp_path)  # no replacement seed, no second rank
+    run_dir = Path(t.user_attrs["run_dir"])
+    preds = np.load(run_dir / "val_predictions.npy")
+    assert len(set(preds.tolist())) == 1  # one class for all 32 validation pairs: collapsed, by hand
+    assert json.loads((run_dir / "metrics.json").read_text())["collapsed"] is True
+    assert t.user_attrs["collapsed"] is True and t.state.name == "COMPLETE"
+    value, majority = 100 * t.value, 100 * t.user_attrs["majority_baseline"]["accuracy"]
+    kind = "what the majority class scores" if value == majority else f"the majority class scores {majority:.2f}"
+    assert ran.returncode == 1, ran  # no recommendation
+    assert ran.stdout.splitlines()[-1] == (
+        f"no recommendation: every trial so far (1) collapsed to a constant prediction (accuracy {value:.2f} points"
+        f"{', ' if value == majority else '; '}{kind}): nothing trains at this recipe, so no configuration can be "
+        "compared or recommended; stopping: try a lower train.lr (or other train.* settings) under a new "
+        f"sweep.name (this sweep: train.lr=1); results in {tmp_path}/mrpc/default"
+    )
+    summary = (tmp_path / "mrpc" / "default" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("r,targets,n_seeds,n_failed,n_collapsed,collapse_rate,")
+    assert summary[1].startswith('1,"q,v",0,0,1,1.0,')
