@@ -79,6 +79,8 @@ from sweep.decision import (
     Plateau,
     RaceEnd,
     RanksExhausted,
+    RateChosen,
+    RateVerdict,
     Recommendation,
     Screened,
     Stage,
@@ -124,6 +126,9 @@ class Outcome:
             compute cap counts it as one trial and its FLOPs.
         rank_values: a nested trial's objective value at each rank it was evaluated at (rank -> value, in
             metric units like ``value``); None for an independent trial. Keys are read as ``int``.
+        lr: the AdamW peak learning rate the trial trained at (``train.lr``); None: not recorded (a trial
+            stored before the field existed). The decisions read it only when ``sweep.lrs`` holds a bracket
+            of rates (the learning-rate stage): then a configuration is (r, targets) at one rate.
     """
 
     r: int
@@ -138,6 +143,7 @@ class Outcome:
     objective: Optional[str] = None
     rank_values: Optional[Mapping[int, float]] = None
     nested: bool = False
+    lr: Optional[float] = None
 
     def __post_init__(self):
         if self.rank_values is not None:  # JSON gives the ranks back as text
@@ -187,7 +193,8 @@ class Plan:
     """What to do now: ``runnable``, every trial the procedure needs before its next decision (they
     may run in any order or at once), and ``next`` = ``runnable[0]`` (None when the sweep is over);
     every decision so far; the recommended configuration (when the sweep is over or stopped) and why
-    it stopped."""
+    it stopped; ``lr``, the learning rate of the configurations in ``evaluated`` and of the recommendation
+    when ``sweep.lrs`` holds a bracket (the learning-rate stage's choice), else None (``train.lr``)."""
 
     next: Optional[TrialSpec]
     decisions: List[Decision]
@@ -195,6 +202,7 @@ class Plan:
     stop_reason: Optional[StopReason] = None
     evaluated: List[ConfigKey] = field(default_factory=list)
     runnable: List[TrialSpec] = field(default_factory=list)
+    lr: Optional[float] = None
 
 
 def seed_sequence(settings: SweepSettings) -> List[int]:
@@ -214,9 +222,10 @@ def screen_seed_sequence(settings: SweepSettings) -> List[int]:
     return seeds[: settings.screen_seeds]
 
 
-def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]]:
+def _measured(outcomes: Iterable[Outcome], rated: bool = False) -> Dict[tuple, Dict[int, Outcome]]:
     """The outcomes of independent trials that are measurements, by configuration (in the order of its
-    first one) and seed.
+    first one) and seed; the configuration is (r, targets), or (r, targets, lr) when ``rated`` (a sweep with
+    a bracket of learning rates, ``sweep.lrs``: the same (r, targets) at two rates is two configurations).
 
     A ``failed`` trial (a crash) measured nothing and is left out: it never stands in for a result.
     A nested trial (the screen's) is left out: its values are not those of an independent trial.
@@ -225,8 +234,15 @@ def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]
     by_cfg: Dict[ConfigKey, Dict[int, Outcome]] = {}
     for o in outcomes:
         if o.status != "failed" and not o.nested:
-            by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
+            by_cfg.setdefault((o.r, o.targets, o.lr) if rated else (o.r, o.targets), {})[o.seed] = o
     return by_cfg
+
+
+def at_rate(outcomes: Iterable[Outcome], lr: Optional[float]) -> List[Outcome]:
+    """The outcomes of trials trained at ``lr`` (``Outcome.lr``); all of them when ``lr`` is None (a sweep
+    without a bracket of rates). What the reports aggregate for a sweep whose recommendation is at
+    ``Plan.lr``: ``aggregate`` keys configurations by (r, targets), one rate at a time."""
+    return [o for o in outcomes if lr is None or o.lr == lr]
 
 
 def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
@@ -323,40 +339,77 @@ T = TypeVar("T")
 Steps = Generator[List[TrialSpec], None, T]
 
 
+#: a configuration at one learning rate, (r, targets, lr): the memo's key (lr None without a bracket of rates)
+RatedKey = Tuple[int, str, Optional[float]]
+
+
 class _Memo:
     """The seeds of each configuration the procedure has asked for so far (``asked``) and the statistics of
     exactly those (``aggregate``, memoised: a replay reads them often). Only asked-for seeds inform a
-    decision, so replaying a longer history never changes an earlier one."""
+    decision, so replaying a longer history never changes an earlier one. Keys are (r, targets, lr): with
+    ``rated`` (a bracket of rates) a configuration at each rate is its own, else every lr is None."""
 
-    def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome]):
+    def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome], rated: bool = False):
         self.seeds = list(seeds)
-        self.by_cfg = _measured(outcomes)
-        self.asked: Dict[ConfigKey, int] = {}
-        self._stats: Dict[Tuple[ConfigKey, int], Optional[Stats]] = {}
+        by_cfg = _measured(outcomes, rated)
+        self.by_cfg: Dict[RatedKey, Dict[int, Outcome]] = {
+            (k + (None,) if not rated else k): v for k, v in by_cfg.items()
+        }
+        self.asked: Dict[RatedKey, int] = {}
+        self._stats: Dict[Tuple[RatedKey, int], Optional[Stats]] = {}
 
-    def stats(self, cfg: ConfigKey) -> Optional[Stats]:
+    def stats(self, cfg: RatedKey) -> Optional[Stats]:
         """``aggregate`` stats of ``cfg`` over the seeds asked for so far."""
         key = (cfg, self.asked.get(cfg, 0))
         if key not in self._stats:
-            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg)
+            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg[:2])
             self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
-    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+    def n_asked(self, cfg: RatedKey) -> int:
+        return self.asked.get(cfg, 0)
+
+    def rate(self, cfg: RatedKey) -> Optional[float]:
+        return cfg[2]
+
+    def ask(self, cfg: RatedKey, n: int, stage: Stage) -> List[TrialSpec]:
         """Ask for the first ``n`` seeds of ``cfg`` (never fewer than before); returns those not run yet."""
         self.asked[cfg] = max(self.asked.get(cfg, 0), n)
         done = self.by_cfg.get(cfg, {})
-        return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
+        return [TrialSpec(cfg[0], cfg[1], s, stage, lr=cfg[2]) for s in self.seeds[:n] if s not in done]
 
-    def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
+    def need(self, cfg: RatedKey, n: int, stage: Stage) -> Steps[None]:
         """``ask``, yielding the seeds not run yet."""
         missing = self.ask(cfg, n, stage)
         if missing:
             yield missing
 
 
+class _AtRate:
+    """The memo seen at one learning rate ``lr``: its configurations are (r, targets), as the rank and targets
+    stages name them (``lr`` None: the sweep has no bracket of rates)."""
+
+    def __init__(self, memo: _Memo, lr: Optional[float]):
+        self.memo, self.lr, self.seeds = memo, lr, memo.seeds
+
+    def stats(self, cfg: ConfigKey) -> Optional[Stats]:
+        return self.memo.stats((*cfg, self.lr))
+
+    def n_asked(self, cfg: ConfigKey) -> int:
+        return self.memo.n_asked((*cfg, self.lr))
+
+    def rate(self, cfg: ConfigKey) -> Optional[float]:
+        return self.lr
+
+    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        return self.memo.ask((*cfg, self.lr), n, stage)
+
+    def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
+        return self.memo.need((*cfg, self.lr), n, stage)
+
+
 def _race(
-    memo: _Memo,
+    memo: Union[_Memo, _AtRate],
     settings: SweepSettings,
     floor: Optional[float],
     pool: Sequence[ConfigKey],
@@ -376,7 +429,7 @@ def _race(
         a, b = memo.stats(ref), memo.stats(cfg)
         c = compare(a, b, seed_noise([st for st in map(memo.stats, pool) if st], floor), s.confidence)
         # the sides that may get another seed, fewer asked first (cfg on a tie: the sort is stable)
-        sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.asked[x] < len(memo.seeds)]
+        sides = [x for x in sorted((cfg, ref), key=memo.n_asked) if memo.n_asked(x) < len(memo.seeds)]
         if c.low is not None and c.low > 0:
             end = RaceEnd.GAIN
         elif c.high is not None and c.high < s.tolerance:
@@ -384,16 +437,17 @@ def _race(
         else:
             end = None if sides else RaceEnd.SEED_LIMIT
         if end is not None:
-            return Verdict(ref, a, b, c, s.confidence, s.tolerance, end, s.max_seeds, objective)
+            return Verdict(ref[:2], a, b, c, s.confidence, s.tolerance, end, s.max_seeds, objective)
         side = sides[0]
-        seed = memo.asked[side] + 1
+        seed = memo.n_asked(side) + 1
         decisions.append(
             Decision(
                 Action.MORE_SEEDS,
                 stage,
                 side[0],
                 side[1],
-                Undecided(cfg, ref, c, s.confidence, s.tolerance, seed, objective),
+                Undecided(cfg[:2], ref[:2], c, s.confidence, s.tolerance, seed, objective),
+                lr=memo.rate(side),
             )
         )
         yield from memo.need(side, seed, stage)
@@ -431,7 +485,11 @@ class _Replay:
     def __init__(self, settings: SweepSettings, outcomes: Sequence[Outcome]):
         self.s = settings
         self.outcomes = list(outcomes)
-        self.memo = _Memo(seed_sequence(settings), self.outcomes)
+        #: the bracket of learning rates (``sweep.lrs`` with two or more), None without one
+        self.rates = list(settings.lrs) if settings.lrs is not None and len(settings.lrs) > 1 else None
+        self.rated = _Memo(seed_sequence(settings), self.outcomes, rated=self.rates is not None)
+        self.lr: Optional[float] = None  # the rate the rank and targets stages run at (None: no bracket)
+        self.memo = _AtRate(self.rated, None)
         self.decisions: List[Decision] = []
         self.evaluated: List[ConfigKey] = []
         every = aggregate(self.outcomes, self.memo.seeds)
@@ -440,8 +498,15 @@ class _Replay:
         self.floor = noise_floor(self.outcomes, settings)
         self.objective = objective_of(self.outcomes)
 
-    def decide(self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail) -> None:
-        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
+    def decide(
+        self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail, lr=None
+    ) -> None:
+        """Append a decision about ``cfg`` at the stages' rate (or at ``lr``, the learning-rate stage's)."""
+        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail, lr=lr if lr is not None else self.lr))
+
+    def at(self, lr: Optional[float]) -> None:
+        """Run the rank and targets stages at ``lr`` from now on (a new pass: nothing evaluated yet)."""
+        self.lr, self.memo, self.evaluated = lr, _AtRate(self.rated, lr), []
 
     def plan(self, steps: Steps[StopReason]) -> Plan:
         """Run ``steps`` (a stage generator) up to the first trials it needs, or to its end."""
@@ -457,7 +522,7 @@ class _Replay:
         if cap is None:
             if self.s.max_trials is not None:
                 specs = specs[: self.s.max_trials - len(self.outcomes)]
-            return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
+            return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs, lr=self.lr)
         self.decide(Action.BUDGET, Stage.FINAL, (None, None), cap)
         return self.finish(StopReason.BUDGET)
 
@@ -467,8 +532,8 @@ class _Replay:
         if decision is not None:
             if stop_reason == StopReason.BUDGET:
                 decision = dataclasses.replace(decision, detail=dataclasses.replace(decision.detail, provisional=True))
-            self.decisions.append(decision)
-        return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
+            self.decisions.append(decision if self.lr is None else dataclasses.replace(decision, lr=self.lr))
+        return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated), lr=self.lr)
 
     def evaluate(self, cfg: ConfigKey, stage: Stage) -> Steps[Optional[Stats]]:
         """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations."""
@@ -567,7 +632,63 @@ class _Replay:
         self.decide(Action.SCREEN, Stage.SCREEN, (top, start), detail)
         return chosen
 
+    def rate_race(self, cfg: ConfigKey, rates: Sequence[float], recheck: bool) -> Steps[Optional[float]]:
+        """The learning-rate stage at ``cfg``: each rate of ``rates`` in order against the best rate so far
+        (the first with a result is the incumbent), raced as any comparison is (``_race``, the seed s.d.
+        pooled over every configuration evaluated so far at any rate), a ``rate`` decision each; a rate
+        replaces the incumbent only on a significant gain. ``recheck``: at the pick, after the stages
+        (``rates`` then start with the stages' rate). Returns the winning rate (a ``rate-chosen``
+        decision), None when no rate has an ok trial."""
+        ref: Optional[RatedKey] = None
+        pool = [(*c, self.lr) for c in self.evaluated]
+        for lr in rates:
+            key = (*cfg, lr)
+            yield from self.rated.need(key, len(self.s.seeds), Stage.LR)
+            pool.append(key)
+            if self.rated.stats(key) is None:
+                self.decide(Action.FAILED, Stage.LR, cfg, AllDiverged(), lr=lr)
+                continue
+            if ref is None:
+                ref = key
+                continue
+            verdict = yield from _race(
+                self.rated, self.s, self.floor, pool, ref, key, Stage.LR, self.decisions, self.objective
+            )
+            self.decide(Action.RATE, Stage.LR, cfg, RateVerdict(ref[2], verdict, recheck), lr=lr)
+            if verdict.end == RaceEnd.GAIN:
+                ref = key
+        if ref is None:
+            return None
+        self.decide(Action.RATE_CHOSEN, Stage.LR, cfg, RateChosen(tuple(rates), recheck, self.lr), lr=ref[2])
+        return ref[2]
+
     def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
+        """The learning-rate stage (``sweep.lrs``), the rank and targets stages at its rate (``stages``), and
+        the rate re-checked at their pick: when another rate of the bracket is significantly better there,
+        the stages are redone at that rate (once); returns why it stopped."""
+        if self.rates is None:
+            return (yield from self.stages(params_per_rank))
+        first = (self.s.ranks[0], targets_key(self.s.start_targets))
+        lr = yield from self.rate_race(first, self.rates, recheck=False)
+        if lr is None:
+            return StopReason.NO_SUCCESS
+        self.at(lr)
+        stop = yield from self.stages(params_per_rank)
+        pick = self.pick()
+        if pick is None:
+            return stop
+        better = yield from self.rate_race(pick, [lr] + [x for x in self.rates if x != lr], recheck=True)
+        if better is None or better == lr:
+            return stop
+        self.at(better)
+        return (yield from self.stages(params_per_rank))
+
+    def pick(self) -> Optional[ConfigKey]:
+        """The configuration ``recommend`` would pick now (no decision taken)."""
+        stats = {c: self.memo.stats(c) for c in self.evaluated}
+        return recommend(self.evaluated, stats, self.params, self.flops, self.s, self.floor, self.objective)[0]
+
+    def stages(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
         """The screen (``sweep.screen``), the rank stage, then (at a low plateau rank) the targets stage;
         returns why it stopped."""
         s = self.s

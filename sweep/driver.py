@@ -111,17 +111,20 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
     nested = {"nested": True, "nested_ranks": list(cfg.sweep.ranks)} if spec.nested else {"nested": False}
+    lr = {"lr": spec.lr} if spec.lr is not None else {}
     tcfg = dataclasses.replace(
         cfg,
         lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets), **nested),
-        train=dataclasses.replace(cfg.train, seed=spec.seed),
+        train=dataclasses.replace(cfg.train, seed=spec.seed, **lr),
     )
     return tcfg, resolved_config(tcfg)
 
 
 def _run_dir(cfg: Config, tcfg: Config) -> Path:
-    """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration."""
-    return sweep_dir(cfg) / "trials" / trial_name(tcfg)
+    """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration
+    (``…-lr0.001`` for a trial of the learning-rate stage at a rate other than the sweep's ``train.lr``)."""
+    rate = f"-lr{tcfg.train.lr:g}" if tcfg.train.lr != cfg.train.lr else ""
+    return sweep_dir(cfg) / "trials" / (trial_name(tcfg) + rate)
 
 
 def run_dir_of(cfg: Config, spec: TrialSpec) -> Path:
@@ -210,6 +213,7 @@ def _attrs(cfg: Config, spec: TrialSpec, targets: List[str]) -> dict:
         "targets": list(targets),
         "targets_key": spec.targets,
         "stage": spec.stage,
+        "lr": tcfg.train.lr,
         "run_dir": str(_run_dir(cfg, tcfg)),
     }
 

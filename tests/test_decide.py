@@ -669,8 +669,10 @@ def test_actions_and_stages_are_stored_as_their_text():
         "recommend",
         "grid",
         "screen",
+        "rate",
+        "rate-chosen",
     ]
-    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen"]
+    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "lr"]
     assert [s.value for s in StopReason] == ["plateau", "no successful trial", "budget", "grid complete"]
     assert f"{Action.MORE_SEEDS} {Stage.RANK}" == "more-seeds rank" and json.dumps([Action.NO_GAIN]) == '["no-gain"]'
     # a stored text reads as the member (a trial's stored spec holds the stage as text)
