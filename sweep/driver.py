@@ -444,7 +444,11 @@ def recommendation_line(p: Plan, sdir: Path) -> str:
             if p.stop_reason == StopReason.BUDGET
             else ""
         )
-        return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
+        rate = f" at lr={p.lr:g}" if p.lr is not None else ""
+        return (
+            f"recommendation: r={r} on {t}{rate} ({stop_text(p.stop_reason, p.decisions)}{provisional}); "
+            f"results in {sdir}"
+        )
     if p.stop_reason == StopReason.BUDGET and any(d.action == Action.SCREEN for d in p.decisions):
         return (
             f"no recommendation: the compute cap stopped the sweep before an independent trial (the screen's "
