@@ -192,3 +192,40 @@ def test_a_trial_of_the_bracket_trains_at_its_rate_in_its_own_folder(tmp_path):
     assert run_dir_of(cfg, at_1e3).name == "r1-q-v-seed0-lr0.001"
     assert run_dir_of(cfg, at_2e3).name == "r1-q-v-seed0"  # the recipe's rate: the folder it always had
     assert key_of(at_1e3) != key_of(at_2e3)
+
+
+def test_the_rate_table_reads_trial_folders(tmp_path):
+    """Four trials in two sweeps' folders (one trial reused by both: counted once), one collapsed to the
+    majority class (0.6838): the means by hand."""
+    from analysis.rates import markdown, rate_frame, rate_tables
+    from sweep.record import TrialResult
+
+    def write(sweep, r, seed, lr, value, *, config_only=False):
+        folder = tmp_path / sweep / "trials" / f"r{r}-q-v-seed{seed}-lr{lr:g}"
+        folder.mkdir(parents=True)
+        rec = TrialResult(
+            r=r,
+            targets=["q", "v"],
+            seed=seed,
+            scaling="standard",
+            lr=None if config_only else lr,
+            objective="accuracy",
+            objective_value=value,
+            majority_baseline={"accuracy": 0.6838},
+        )
+        (folder / "metrics.json").write_text(json.dumps(rec.to_dict()))
+        (folder / "config.yaml").write_text(f"train:\n  lr: {lr}\n")
+
+    write("a", 1, 0, 1e-3, 0.75)
+    write("a", 1, 1, 1e-3, 0.76, config_only=True)  # an older record: the rate from its config.yaml
+    write("b", 1, 0, 1e-3, 0.75)  # the same trial, reused by sweep b
+    write("b", 1, 0, 8e-3, 0.6838)
+    write("b", 8, 0, 8e-3, 0.79)
+    frame = rate_frame(tmp_path)
+    assert len(frame) == 4 and frame["collapsed"].tolist().count(True) == 1
+    (table,) = rate_tables(frame).values()
+    assert table.loc[1e-3, 1][0] == pytest.approx(75.5) and table.loc[1e-3, 8] is None
+    assert markdown(rate_tables(frame))[-2:] == [
+        "| 0.001 | **75.50** (75.00, 76.00) | — |",
+        "| 0.008 | 68.38 (68.38†) | **79.00** (79.00) |",
+    ]
