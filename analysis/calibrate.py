@@ -397,6 +397,13 @@ def _section(
     return tables
 
 
+#: why ``make calibrate`` refuses a budget sweep
+BUDGET_REFUSED = (
+    "make calibrate simulates the rank procedure on rank curves; a budget sweep (sweep=budget) compares target "
+    "sets at equal budgets, which is no rank curve: calibrate a progressive sweep (or none: make calibrate)"
+)
+
+
 def main(args: List[str]) -> int:
     reps = REPS
     for a in [a for a in args if a.startswith("--reps")]:
@@ -407,6 +414,8 @@ def main(args: List[str]) -> int:
     overrides = [a for a in args if not a.startswith("--reps")]
     tuned = [a for a in overrides if a.startswith("sweep") and not a.startswith(("sweep.name=", "sweep.storage="))]
     cfg, _ = compose([a for a in overrides if a not in tuned])
+    if "budget" in (cfg.sweep.mode, compose(overrides)[0].sweep.mode):
+        raise UserError(BUDGET_REFUSED)
     from sweep.driver import params_per_rank
     from sweep.study import load_study, outcomes, settings_of, storage_url, study_name
 
@@ -417,6 +426,8 @@ def main(args: List[str]) -> int:
         made_by = make_command("sweep", [a for a in overrides if a not in tuned])  # the user's folder and name
         study = load_study(storage_url(cfg), study_name(cfg), f"run `{made_by}` first")
         base = settings_of(study)
+        if base.mode == "budget":
+            raise UserError(f"study '{study.study_name}': {BUDGET_REFUSED}")
         per_rank = study.user_attrs.get("target_costs") or params_per_rank(cfg)
         labelled = [("as run", base)] + ([(" ".join(tuned), _on_top(base, tuned, overrides))] if tuned else [])
         for _, settings in labelled[1:]:

@@ -2,6 +2,7 @@
 
     python -m analysis.estimate task=mrpc                # make plan TASK=mrpc: print the estimate, run nothing
     python -m analysis.estimate task=mrpc sweep=grid     # make plan TASK=mrpc SWEEP=grid
+    python -m analysis.estimate task=mrpc sweep=budget   # make plan TASK=mrpc SWEEP=budget
     python -m analysis.estimate debug=tiny               # a tiny sweep's estimate, in seconds on the CPU
 
 ``python -m sweep`` (``make sweep``) prints the same lines before its first trial, and each trial's line then
@@ -15,7 +16,8 @@ nothing written under ``results/``. Three parts, each from the project's own mac
    s.d. (``assumed_sigma``: 1 point for a points metric, else the objective's default tolerance, the middle
    σ of ``analysis.calibrate.sigmas_of``) and, once the study has a pooled measured σ
    (``analysis.reliability``), at that σ too. Values are rounded to the validation set's examples, as a real
-   accuracy is. A grid's count does not depend on the values: it is exact. The compute caps
+   accuracy is (a budget sweep's families are drawn on the ranks its budgets give, ``sweep.budget``). A
+   grid's count does not depend on the values: it is exact. The compute caps
    (``sweep.max_trials``, ``max_train_flops``, ``max_hours``) apply inside ``plan``, each simulated trial
    costing the FLOPs and seconds of parts 2 and 3.
 2. **FLOPs per trial** (``measure_cost``): executed FLOPs (``sweep/flops.py``: ``FlopModel`` on the real
@@ -49,6 +51,7 @@ import numpy as np
 
 from analysis.calibrate import families
 from analysis.simulate import SEED, Scenario, simulate
+from sweep.budget import budget_ranks
 from sweep.cli import compose, run_cli
 from sweep.config import Config, SweepSettings
 from sweep.decide import Outcome
@@ -160,6 +163,9 @@ def trial_counts(
     """
     metric = metric_of(objective)
     grid = settings.mode == "grid"
+    if settings.mode == "budget":  # simulated on the ranks its budgets give, where the families' curves are drawn
+        ranks = sorted({r for b in budget_ranks(settings, per_rank) for r in b.ranks.values()})
+        settings = dataclasses.replace(settings, ranks=ranks)
     if grid:  # the values do not change which trials a grid runs
         scens = [Scenario("grid", "grid", {r: 80.0 for r in settings.ranks}, {})]
     else:

@@ -66,10 +66,11 @@ class Reliability:
             side at ``sweep.confidence`` (``sweep.stats.detectable_gain``).
         tolerance: ``sweep.tolerance`` (points).
         p_within_tolerance: calibrated P(regret ≤ tolerance) of the procedure on the study's observed
-            curve at ``sigma`` (``reps`` simulated sweeps); None without ``params_per_rank``. ``make
-            calibrate`` gives it on every scenario family.
-        seeds_key: where ``seeds`` comes from: ``sweep.max_seeds`` (progressive: the seed limit a race may
-            reach, not what any configuration ran) or ``sweep.seeds`` (grid).
+            curve at ``sigma`` (``reps`` simulated sweeps); None without ``params_per_rank``, and for a budget
+            sweep (its sets at equal budgets are not a rank curve). ``make calibrate`` gives it on every
+            scenario family.
+        seeds_key: where ``seeds`` comes from: ``sweep.max_seeds`` (progressive, budget: the seed limit a race
+            may reach, not what any configuration ran) or ``sweep.seeds`` (grid).
         reps: the simulated sweeps behind ``p_within_tolerance``; its Monte-Carlo standard error is
             √(p(1 − p)/reps).
         measured: the pooled seed s.d. as measured (points); floor: the floor applied to it (points;
@@ -147,16 +148,17 @@ def reliability(
         return None
     steps = [o.resolution for o in outcomes if o.resolution is not None]
     n_eval = round(100 / max(steps)) if steps else None
-    seeds = settings.max_seeds if settings.mode == "progressive" else len(settings.seeds)
+    seeds = settings.max_seeds if settings.mode != "grid" else len(settings.seeds)
     gain = detectable_gain(noise.sd, noise.dof, seeds, settings.confidence)
-    scenario = observed_scenario(outcomes, settings, params_per_rank) if params_per_rank else None
+    curve = params_per_rank and settings.mode != "budget"  # a budget sweep's sets are no rank curve
+    scenario = observed_scenario(outcomes, settings, params_per_rank) if curve else None
     p = None
     if scenario is not None:
         cell = calibrate_cell(
             settings, scenario, noise.sd, params_per_rank, reps, SEED, settings.tolerance, n_eval, objective
         )
         p = cell.p_within_tolerance
-    key = "sweep.max_seeds" if settings.mode == "progressive" else "sweep.seeds"
+    key = "sweep.max_seeds" if settings.mode != "grid" else "sweep.seeds"
     floor = noise.floor if noise.floored else None
     return Reliability(
         noise.sd, noise.dof, seeds, gain, settings.tolerance, p, key, reps, noise.measured, floor, n_eval, objective

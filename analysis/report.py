@@ -18,7 +18,7 @@ from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.plots import baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
-from analysis.summary import recommendation, summary_frame
+from analysis.summary import budget_frame, recommendation, summary_frame
 from sweep.cli import make_command
 from sweep.decide import at_rate
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
@@ -124,7 +124,7 @@ def _tried(summary: pd.DataFrame, info: StudyInfo) -> str:
     most = int(summary["n_seeds"].max()) if len(summary) else 0
     raced = (
         f", up to {most} where a comparison was raced (sweep.max_seeds={info.settings.max_seeds})"
-        if info.settings.mode == "progressive" and most > len(info.settings.seeds)
+        if info.settings.mode != "grid" and most > len(info.settings.seeds)
         else ""
     )
     return (
@@ -248,8 +248,9 @@ def _next_steps(info: StudyInfo) -> List[str]:
         lines.append(
             f"- Look further before calling a plateau: {_code(_command(info, **{'sweep.patience': s.patience + 1}))}"
         )
+    more_of = "budgets: add `sweep.budgets=[…]`" if s.mode == "budget" else "ranks: add `sweep.ranks=[…]`"
     lines += [
-        "- More ranks or a higher cap: add `sweep.ranks=[…]`, `sweep.max_hours=…` or `sweep.max_trials=…` the same way.",
+        f"- More {more_of}, or a higher cap: `sweep.max_hours=…` or `sweep.max_trials=…`, the same way.",
         scale,
     ]
     return lines
@@ -279,6 +280,91 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
             f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_failed']} | {_mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
+    return lines
+
+
+def _gain_text(row, info: StudyInfo) -> str:
+    """``+1.23 [+0.10, +2.36]``: a ``budget_frame`` row's gain over the start targets with its bounds."""
+    m = info.metric
+    if pd.isna(row["gain"]):
+        return "—"
+    bounds = "" if pd.isna(row["gain_low"]) else f" [{m.fmt(row['gain_low'], True)}, {m.fmt(row['gain_high'], True)}]"
+    return f"{m.fmt(row['gain'], True)}{bounds}"
+
+
+def _winner_text(rows: pd.DataFrame, info: StudyInfo) -> str:
+    """Which set of one budget (``budget_frame`` rows, the start targets first) has the best mean, and whether
+    it is significantly ahead of the start targets (its lower bound above 0; the start targets: ahead of the
+    sets whose upper bound is below 0)."""
+    m, confidence = info.metric, info.settings.confidence
+    scored = rows[rows["objective_mean"].notna()]
+    head = rows.iloc[0]
+    given = f" ({head['given']})" if head["given"] else ""
+    where = f"At {head['budget']:,} LoRA parameters{given}"
+    if scored.empty:
+        return f"{where}: no set has a result yet."
+    best = scored.loc[(m.sign * scored["objective_mean"]).idxmax()]
+    mean = f"{_shown(best['objective_mean'], info)} {m.unit}"
+    start = f"{_md(head['targets'])} (r={head['r']})"
+    if best["targets"] == head["targets"]:
+        others = rows.iloc[1:]
+        behind = [f"{_md(t)}" for t, h in zip(others["targets"], others["gain_high"]) if h < 0]
+        rest = [f"{_md(t)}" for t, h in zip(others["targets"], others["gain_high"]) if not h < 0]
+        said = [f"significantly ahead of {', '.join(behind)}"] if behind else []
+        said += [f"not shown to be ahead of {', '.join(rest)}"] if rest else []
+        return f"{where}: the start targets {start} have the best mean, {mean}; {'; '.join(said) or 'no other set'}."
+    gain = f"{m.fmt(best['gain'], True)} {m.unit} over {start}" if not pd.isna(best["gain"]) else f"vs {start}"
+    if not pd.isna(best["gain_low"]) and best["gain_low"] > 0:
+        verdict = f"significantly better than {start} (lower bound {m.fmt(best['gain_low'], True)} > 0)"
+    elif pd.isna(best["gain_low"]):
+        verdict = f"not shown to be better than {start} (no seed-noise estimate: no configuration has two ok seeds)"
+    else:
+        verdict = f"not significantly better than {start} (lower bound {m.fmt(best['gain_low'], True)} ≤ 0)"
+    bounds = f" at sweep.confidence={confidence:g}"
+    return f"{where}: {_md(best['targets'])} (r={best['r']}) has the best mean, {mean}, {gain}: {verdict}{bounds}."
+
+
+def _budget_lines(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
+    """A budget sweep's section (LoRA Table 5): the table of ``budget_frame`` and, per budget, which set wins."""
+    table = budget_frame(summary, info)
+    if table.empty:
+        return []
+    m, s = info.metric, info.settings
+    start = _md(",".join(s.start_targets))
+    lines = [
+        "",
+        "## Target sets at an equal budget (LoRA Table 5)",
+        "",
+        "Each target set at the rank whose LoRA (adapter) parameters are nearest the budget (`sweep.budgets`; an "
+        "exact half rounds down); the head is trained alike in every set, so trainable = LoRA + head. Gain: the "
+        f"set's mean minus that of the start targets ({start}) at the same budget, {m.unit} ({m.better}), with "
+        f"its one-sided {100 * s.confidence:g}% Student-t bounds (sweep.confidence; the seed s.d. pooled over every "
+        "configuration, as the decisions pool it); race: what the sweep's race against the start targets decided.",
+        "",
+        f"| budget (LoRA params) | target set | r | LoRA params | trainable params | {metric_name(info)} mean ± s.d. (n) "
+        f"| 95% CI | gain over {start} [bounds] | race | |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for _, row in table.iterrows():
+        given = f" ({row['given']})" if row["given"] else ""
+        ci = (
+            "—"
+            if pd.isna(row["objective_ci95_low"])
+            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+        )
+        trainable = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
+        mean = "—" if pd.isna(row["objective_mean"]) else f"{_mean_sd(row, info)} (n={row['n_seeds']})"
+        ratio = row["lora_params"] / row["budget"]
+        lines.append(
+            f"| {row['budget']:,}{given} | {_md(row['targets'])} | {row['r']} | {row['lora_params']:,} ({ratio:.2f}×) "
+            f"| {trainable} | {mean} | {ci} | {_gain_text(row, info)} | {row['race'] or '—'} "
+            f"| {'**budget pick**' if row['budget_pick'] else ''} |"
+        )
+    lines += ["", *(_winner_text(rows, info) for _, rows in table.groupby("budget", sort=False))]
+    lines += [
+        "",
+        "Budget pick: the recommendation rule (below) among the sets of one budget.",
+    ]
     return lines
 
 
@@ -386,6 +472,7 @@ def report_markdown(
             "cannot fit data.max_length (counted, not trained on nor scored)."
         )
     s = info.settings
+    lines += _budget_lines(summary, info) if s.mode == "budget" else []
     lines += [
         "",
         "## Recommendation",

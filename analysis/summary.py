@@ -19,10 +19,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import pandas as pd
 
 from analysis.load import StudyInfo
+from sweep.budget import budget_ranks
 from sweep.decide import ConfigResults, aggregate, at_rate, noise_floor, recommend, seed_sequence
-from sweep.decision import Action, ConfigKey, Decision
+from sweep.decision import Action, ConfigKey, Decision, Stage
 from sweep.metrics import Metric
-from sweep.stats import Stats
+from sweep.stats import Stats, compare, seed_noise
 
 #: columns of summary.csv, in order
 COLUMNS = (
@@ -185,3 +186,99 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     for column, cost in (("pareto_params", "trainable_params"), ("pareto_flops", "mean_train_flops")):
         df[column] = pareto_mask(better, df[cost].astype("float64").tolist())
     return df[list(COLUMNS)]
+
+
+#: columns of ``budget_frame``, in order
+BUDGET_COLUMNS = (
+    "budget",
+    "given",
+    "targets",
+    "r",
+    "lora_params",
+    "trainable_params",
+    "n_seeds",
+    "objective_mean",
+    "objective_sd",
+    "objective_ci95_low",
+    "objective_ci95_high",
+    "gain",
+    "gain_low",
+    "gain_high",
+    "race",
+    "budget_pick",
+)
+
+
+def budget_frame(summary: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
+    """A budget sweep's table (LoRA, Hu et al. 2021, Table 5): one row per budget × target set, the budgets in
+    the order of ``sweep.budgets``, the start targets first in each (``sweep.budget.budget_ranks``).
+
+    Columns: ``budget`` (LoRA parameters), ``given`` (the configuration it was given as, ``r=8 on q,v``; empty
+    for a count), ``targets``, ``r``, ``lora_params`` (r·Σ(d+k)); from ``summary`` (``summary_frame``: metric
+    units, the decisions' statistics) ``trainable_params`` (LoRA + head), ``n_seeds``, ``objective_mean``,
+    ``objective_sd``, ``objective_ci95_low``/``_high``; ``gain`` (the set's mean score minus the start
+    targets' at that budget: the objective's unit, positive when better) and ``gain_low``/``gain_high`` (its
+    one-sided ``sweep.confidence`` Student-t bounds, ``sweep.stats.compare``, the seed s.d. pooled over every
+    configuration of the sweep and floored as the decisions' is; NaN for the start targets and without a
+    noise estimate); ``race`` (what the sweep's race at that budget decided about the set: ``gain``,
+    ``no-gain``, ``failed``; empty for the start targets or before the race); ``budget_pick`` (the
+    recommendation rule, ``sweep.decide.recommend``, among the sets of that budget). Empty without the
+    study's ``target_costs``.
+    """
+    if info.params_per_rank is None:
+        return pd.DataFrame(columns=list(BUDGET_COLUMNS))
+    s = info.settings
+    per_cfg = {c: res for c, res in results(info).items() if res.stats is not None}
+    floor = noise_floor([o for _, o in info.history], s)
+    noise = seed_noise([res.stats for res in per_cfg.values()], floor)
+    rows = []
+    for b in budget_ranks(s, info.params_per_rank):
+        start, configs = b.configs()[0], b.configs()
+        stats = {c: per_cfg[c].stats if c in per_cfg else None for c in configs}
+        pick, _ = recommend(
+            configs,
+            stats,
+            {c: per_cfg[c].trainable_params for c in per_cfg},
+            {c: per_cfg[c].train_flops for c in per_cfg},
+            s,
+            floor,
+            info.objective,
+        )
+        for r, t in configs:
+            row = summary[(summary["r"] == r) & (summary["targets"] == t)]
+            known = row.iloc[0] if len(row) else None
+            a, st = stats[start], stats[(r, t)]
+            cmp = compare(a, st, noise, s.confidence) if (r, t) != start and a is not None and st is not None else None
+            race = [
+                d.action
+                for d in info.decisions
+                if d.stage == Stage.EQUAL_BUDGET
+                and (d.r, d.targets) == (r, t)
+                and d.action in (Action.GAIN, Action.NO_GAIN, Action.FAILED)
+            ]
+            rows.append(
+                {
+                    "budget": b.params,
+                    "given": f"r={b.given[0]} on {b.given[1]}" if b.given else "",
+                    "targets": t,
+                    "r": r,
+                    "lora_params": b.lora_params[t],
+                    **{
+                        k: known[k] if known is not None else math.nan
+                        for k in (
+                            "trainable_params",
+                            "n_seeds",
+                            "objective_mean",
+                            "objective_sd",
+                            "objective_ci95_low",
+                            "objective_ci95_high",
+                        )
+                    },
+                    "gain": cmp.gain if cmp else math.nan,
+                    "gain_low": cmp.low if cmp and cmp.low is not None else math.nan,
+                    "gain_high": cmp.high if cmp and cmp.high is not None else math.nan,
+                    "race": str(race[-1]) if race and (r, t) != start else "",
+                    "budget_pick": (r, t) == pick,
+                }
+            )
+    return pd.DataFrame(rows, columns=list(BUDGET_COLUMNS)).astype({"trainable_params": "Int64", "n_seeds": "Int64"})

@@ -68,10 +68,11 @@ class Device(Choice):
 
 
 class SweepMode(Choice):
-    """``sweep.mode``: the progressive procedure or the full grid."""
+    """``sweep.mode``: the progressive procedure, the full grid, or target sets at an equal budget."""
 
     progressive = "progressive"
     grid = "grid"
+    budget = "budget"
 
 
 class ScreenRule(Choice):
@@ -184,6 +185,34 @@ def _check_positive(key: str, value, *, allow_none: bool = False, integer: bool 
     if not ok:
         kind = "a positive integer" if integer else "a positive number"
         raise ValueError(f"{key}={value!r} is invalid: it must be {kind}" + (" or null" if allow_none else ""))
+
+
+#: the form of an entry of ``sweep.budgets``, for messages
+BUDGET_FORMS = "LoRA parameters (a positive integer, e.g. 73728) or a configuration {r: 8, targets: [q,v]}"
+
+
+def _budget_entry(value: Any, start_targets: List[str]):
+    """An entry of ``sweep.budgets`` as the schema holds it: an ``int`` (LoRA parameters), or ``{"r": int,
+    "targets": [...]}`` (targets normalised, ``start_targets`` when left out). Raises ``ValueError`` naming
+    ``sweep.budgets``, the bad entry and the valid forms."""
+    if hasattr(value, "items"):
+        entry = dict(value.items())
+        unknown = sorted(set(entry) - {"r", "targets"})
+        if unknown:
+            raise ValueError(
+                f"sweep.budgets holds {entry!r} with unknown key(s) {', '.join(map(str, unknown))}: a configuration "
+                "budget takes r and targets, e.g. {r: 8, targets: [q,v]}"
+            )
+        r = entry.get("r")
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(
+                f"sweep.budgets holds {entry!r}: its r must be a positive integer, e.g. {{r: 8, targets: [q,v]}}"
+            )
+        targets = entry.get("targets", start_targets)
+        return {"r": r, "targets": normalize_targets(targets, "sweep.budgets targets")}
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"sweep.budgets holds {value!r}: give {BUDGET_FORMS}")
+    return int(value)
 
 
 @dataclass
@@ -578,8 +607,10 @@ class SweepSettings:
 
     Attributes:
         mode: ``progressive`` (the procedure of the LoRA paper, §7.2: raise r on the start targets while
-            validation gains are significant, then widen the targets at a low rank) or ``grid`` (every
-            rank × target set × seed, as the baseline).
+            validation gains are significant, then widen the targets at a low rank), ``grid`` (every
+            rank × target set × seed, as the baseline) or ``budget`` (each target set at the rank that
+            spends a budget of LoRA parameters, compared with the start targets: the LoRA paper's Table 5;
+            ``budgets``).
         name: the sweep's name; results go to ``results/<task>/<name>/`` (a folder name: see ``SAFE_NAME``).
         storage: Optuna storage URL, ``sqlite:////abs/path/study.db`` or ``postgresql[+driver]://…``;
             null means SQLite at ``results/<task>/<name>/study.db`` (one process at a time). A database
@@ -596,6 +627,15 @@ class SweepSettings:
             with every rank (grid), ordered by trainable parameters when tried. A set equal as a set to an
             earlier one (``[v,q]`` after ``[q,v]``, the progressive sweep's ``start_targets`` first) is
             the same configuration: it takes the earlier spelling and is tried once.
+        budgets: the budgets of ``mode=budget`` (checked, unused by the other modes), each a number of LoRA
+            (adapter) parameters that every target set (``start_targets`` and ``target_sets``) is to spend:
+            a positive integer (LoRA parameters, e.g. ``73728``), or those of a configuration, ``{r: 8,
+            targets: [q, v]}`` (``r`` a positive integer; ``targets`` as ``lora.targets``, left out:
+            ``start_targets``; no other keys). Each set gets the rank r ≥ 1 whose r·Σ(d+k) is nearest the
+            budget (an exact half rounds down: the budget is not exceeded; ``sweep.budget.rank_for``). The
+            head's parameters are the same for every set and not part of a budget. A budget below every
+            set's r=1 cost, or one at which a set would round to r=0 (its r=1 costs at least twice the
+            budget), is refused before any training (``sweep.budget.budget_ranks``).
         seeds: training seeds every configuration gets (the grid's seeds); the seed-to-seed spread is
             the noise a comparison must see through.
         max_seeds: most seeds a configuration gets in the progressive sweep: while a comparison is
@@ -660,6 +700,7 @@ class SweepSettings:
     ranks: List[int] = MISSING
     start_targets: Any = MISSING
     target_sets: List[Any] = MISSING
+    budgets: List[Any] = MISSING
     seeds: List[int] = MISSING
     max_seeds: int = MISSING
     tolerance: Optional[float] = MISSING
@@ -695,8 +736,14 @@ class SweepSettings:
         self.start_targets = normalize_targets(self.start_targets, "sweep.start_targets")
         self.target_sets = same_sets_spelt_once(
             [normalize_targets(t, "sweep.target_sets") for t in self.target_sets],
-            [self.start_targets] if self.mode == "progressive" else [],
+            [] if self.mode == "grid" else [self.start_targets],
         )
+        self.budgets = [_budget_entry(b, self.start_targets) for b in self.budgets]
+        if self.mode == "budget" and not self.budgets:
+            raise ValueError(
+                "sweep.budgets is empty: a budget sweep compares target sets at each budget; give at least one, "
+                "e.g. [{r: 8, targets: [q,v]}] (the LoRA parameters of r=8 on q,v) or [73728]"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"sweep.seeds={list(self.seeds)} is invalid: give distinct non-negative seeds, e.g. [0,1]")
         _check_positive("sweep.max_seeds", self.max_seeds, integer=True)

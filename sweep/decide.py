@@ -12,6 +12,10 @@ The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python
    ``patience`` sets in a row bring no significant gain;
 4. recommend the cheapest configuration shown to be within ``tolerance`` of the best one tried
    (an equivalence check), else the best.
+With ``sweep.mode=budget`` (LoRA Table 5, ``sweep/budget.py``) the stages are instead: each target set at the
+rank that spends each budget of ``sweep.budgets``, every one with ``sweep.seeds``; at each budget every set
+raced against the start targets (``_race``); then the rule of step 4 among the sets of each budget, and over
+every configuration for the sweep's recommendation.
 Before any trial the compute cap is checked: ``max_trials``, ``max_train_flops``, ``max_hours``.
 With ``sweep.screen`` (issue #23, off by default) a screen comes first: nested-rank trials on the start
 targets (``TrialSpec.nested``) give a screened curve whose knee and best name the ranks of step 2
@@ -63,10 +67,13 @@ from typing import (
     Union,
 )
 
+from sweep.budget import budget_ranks
 from sweep.config import Choice, SweepSettings, targets_key
 from sweep.decision import (
     Action,
     AllDiverged,
+    AtBudget,
+    BudgetPick,
     Cap,
     CapReached,
     ConfigKey,
@@ -207,9 +214,9 @@ class Plan:
 
 def seed_sequence(settings: SweepSettings) -> List[int]:
     """The seeds a configuration may get, in order: ``sweep.seeds``, then the next integers after the
-    largest of them up to ``sweep.max_seeds`` seeds in all (progressive); ``sweep.seeds`` (grid)."""
+    largest of them up to ``sweep.max_seeds`` seeds in all (progressive, budget: racing); ``sweep.seeds`` (grid)."""
     seeds = list(settings.seeds)
-    if settings.mode == "progressive":
+    if settings.mode != "grid":
         seeds += range(max(seeds) + 1, max(seeds) + 1 + settings.max_seeds - len(seeds))
     return seeds
 
@@ -744,6 +751,50 @@ class _Replay:
         self.decide(Action.GRID, Stage.GRID, (None, None), GridDone(len(grid), len(self.s.seeds)))
         return StopReason.GRID_COMPLETE
 
+    def budget(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
+        """Target sets at an equal budget: every set at each budget's rank with ``sweep.seeds`` at once; at each
+        budget every other set raced against the start targets (``gain`` or ``no-gain``); once every race is
+        done, the recommendation rule among each budget's sets (``budget-pick``). Returns once all are done."""
+        budgets = budget_ranks(self.s, params_per_rank)
+        for b in budgets:
+            self.decide(
+                Action.AT_BUDGET, Stage.EQUAL_BUDGET, (None, None), AtBudget(b.params, b.ranks, b.lora_params, b.given)
+            )
+        configs = list(dict.fromkeys(c for b in budgets for c in b.configs()))
+        missing = [spec for cfg in configs for spec in self.memo.ask(cfg, len(self.s.seeds), Stage.EQUAL_BUDGET)]
+        self.evaluated.extend(configs)
+        if missing:
+            yield missing
+        for b in budgets:
+            start, *others = b.configs()
+            if self.memo.stats(start) is None:
+                self.decide(Action.FAILED, Stage.EQUAL_BUDGET, start, AllDiverged())
+                continue
+            for cfg in others:
+                if self.memo.stats(cfg) is None:
+                    self.decide(Action.FAILED, Stage.EQUAL_BUDGET, cfg, AllDiverged())
+                    continue
+                verdict = yield from _race(
+                    self.memo,
+                    self.s,
+                    self.floor,
+                    self.evaluated,
+                    start,
+                    cfg,
+                    Stage.EQUAL_BUDGET,
+                    self.decisions,
+                    self.objective,
+                )
+                self.decide(
+                    Action.GAIN if verdict.end == RaceEnd.GAIN else Action.NO_GAIN, Stage.EQUAL_BUDGET, cfg, verdict
+                )
+        for b in budgets:  # after every race, so that each budget's rule sees the final statistics
+            stats = {c: self.memo.stats(c) for c in b.configs()}
+            pick, decision = recommend(b.configs(), stats, self.params, self.flops, self.s, self.floor, self.objective)
+            if decision is not None:
+                self.decide(Action.BUDGET_PICK, Stage.EQUAL_BUDGET, pick, BudgetPick(b.params, decision.detail))
+        return StopReason.BUDGETS_COMPARED
+
 
 def plan_progressive(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
     """Replay the progressive procedure over ``outcomes`` and say what comes next.
@@ -771,6 +822,15 @@ def plan_grid(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_r
     return replay.plan(replay.grid(params_per_rank))
 
 
+def plan_budget(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
+    """Target sets at an equal budget (``sweep.mode=budget``, ``_Replay.budget``): ``params_per_rank`` must hold
+    every set the budgets are given on too (``sweep.budget.budget_ranks``); the recommendation uses the same
+    rule as the progressive procedure, over every configuration of every budget."""
+    replay = _Replay(settings, outcomes)
+    return replay.plan(replay.budget(params_per_rank))
+
+
 def plan(settings: SweepSettings, outcomes: Sequence[Outcome], params_per_rank: Mapping[str, int]) -> Plan:
-    """``plan_progressive`` or ``plan_grid`` according to ``settings.mode``."""
-    return (plan_grid if settings.mode == "grid" else plan_progressive)(settings, outcomes, params_per_rank)
+    """``plan_progressive``, ``plan_grid`` or ``plan_budget`` according to ``settings.mode``."""
+    by_mode = {"grid": plan_grid, "budget": plan_budget}
+    return by_mode.get(settings.mode, plan_progressive)(settings, outcomes, params_per_rank)

@@ -55,6 +55,9 @@ class Action(Choice):
     SCREEN = "screen"  # the nested trials' screened curve names the ranks independent trials run at
     RATE = "rate"  # a learning rate of the bracket against the best rate so far (sweep.lrs)
     RATE_CHOSEN = "rate-chosen"  # the rate the rank and targets stages run at
+    AT_BUDGET = "at-budget"  # a budget of LoRA parameters: the rank each target set gets for it
+    GAIN = "gain"  # at an equal budget, a target set gains on the start targets
+    BUDGET_PICK = "budget-pick"  # the recommendation rule among the target sets of one budget
 
 
 class Stage(Choice):
@@ -66,6 +69,7 @@ class Stage(Choice):
     FINAL = "final"
     SCREEN = "screen"  # nested-rank trials (``TrialSpec.nested``) on the start targets
     LR = "lr"  # the learning-rate stage: the rates of ``sweep.lrs`` raced at one configuration
+    EQUAL_BUDGET = "equal-budget"  # target sets at an equal budget of LoRA parameters (``sweep.mode=budget``)
 
 
 class StopReason(Choice):
@@ -75,6 +79,7 @@ class StopReason(Choice):
     NO_SUCCESS = "no successful trial"
     BUDGET = "budget"
     GRID_COMPLETE = "grid complete"
+    BUDGETS_COMPARED = "budgets compared"
 
 
 def stop_text(stop_reason: Optional[str], decisions: Sequence["Decision"]) -> Optional[str]:
@@ -181,7 +186,8 @@ class Undecided(_Detail):
 @dataclass(frozen=True)
 class Verdict(_Detail):
     """``continue``, ``widen``, ``no-gain``: the decision's configuration (``stats``) against the best so far
-    ``ref`` (``ref_stats``) once the race ended (``end``; ``max_seeds`` is the seed limit)."""
+    ``ref`` (``ref_stats``) once the race ended (``end``; ``max_seeds`` is the seed limit); ``gain``,
+    ``no-gain`` at an equal budget: against the start targets at that budget."""
 
     ref: ConfigKey
     ref_stats: Stats
@@ -354,6 +360,37 @@ class GridDone(_Detail):
 
 
 @dataclass(frozen=True)
+class AtBudget(_Detail):
+    """``at-budget``: a budget of ``params`` LoRA parameters (those of the configuration ``given``, or None when
+    given as a count; the head's parameters, the same for every set, are not part of it) and the rank each
+    target set gets for it (``ranks``: targets key -> r, the start targets first; ``sweep.budget.rank_for``),
+    with its LoRA parameters at that rank (``lora_params``)."""
+
+    params: int
+    ranks: Dict[str, int]
+    lora_params: Dict[str, int]
+    given: Optional[ConfigKey] = None
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"budget": self.params, **{f"lora_params[{t}]": n for t, n in self.lora_params.items()}}
+
+
+@dataclass(frozen=True)
+class BudgetPick(_Detail):
+    """``budget-pick``: the recommendation rule (``sweep.decide.recommend``) among the target sets at the budget
+    of ``params`` LoRA parameters, once every comparison is done; ``recommendation``: its detail (the pick is the
+    decision's configuration)."""
+
+    params: int
+    recommendation: Recommendation
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return {"budget": self.params, **self.recommendation.numbers}
+
+
+@dataclass(frozen=True)
 class Recorded:
     """A decision read from a study stored before decisions kept their detail: its stored sentence and
     numbers are all there is."""
@@ -377,6 +414,8 @@ Detail = Union[
     Screened,
     RateVerdict,
     RateChosen,
+    AtBudget,
+    BudgetPick,
     Recorded,
 ]
 
@@ -399,6 +438,9 @@ DETAILS = {
     Action.SCREEN: Screened,
     Action.RATE: RateVerdict,
     Action.RATE_CHOSEN: RateChosen,
+    Action.AT_BUDGET: AtBudget,
+    Action.GAIN: Verdict,
+    Action.BUDGET_PICK: BudgetPick,
 }
 
 
@@ -680,4 +722,15 @@ def render(d: Decision) -> str:
             f"re-checked at the pick {_fmt(cfg)}: lr={d.lr:g} is significantly better than lr={x.previous:g}, the "
             f"rate the stages ran at: the rank and targets stages are redone at lr={d.lr:g}"
         )
+    if isinstance(x, AtBudget):
+        given = f"those of {_fmt(x.given)}" if x.given is not None else "given as a count"
+        sets = " | ".join(
+            f"{t} r={r} ({x.lora_params[t]:,}, {x.lora_params[t] / x.params:.2f}×)" for t, r in x.ranks.items()
+        )
+        return (
+            f"a budget of {x.params:,} LoRA parameters ({given}; the head's are the same for every set): each "
+            f"target set at the rank nearest it: {sets}"
+        )
+    if isinstance(x, BudgetPick):
+        return f"at the budget of {x.params:,} LoRA parameters, {_recommendation_text(x.recommendation)}"
     return f"all {x.configurations} configurations × {x.seeds} seed(s) are done"

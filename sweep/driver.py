@@ -2,6 +2,7 @@
 
     python -m sweep task=mrpc                 # the progressive procedure (make sweep TASK=mrpc)
     python -m sweep task=mrpc sweep=grid      # every rank × target set × seed (make sweep SWEEP=grid)
+    python -m sweep task=mrpc sweep=budget    # target sets at equal budgets (make sweep SWEEP=budget)
     python -m sweep debug=tiny                # a tiny sweep in a minute, on the CPU
 
 Re-running the same command resumes: finished trials are read from the study, a trial that was
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from sweep import claims
+from sweep.budget import budget_ranks, budget_targets
 from sweep.config import Config, resolved_config, targets_key
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
@@ -67,44 +69,60 @@ def refuse_trial_keys(overrides: Sequence[str]) -> None:
 
 def target_sets(cfg: Config) -> Dict[str, List[str]]:
     """Every target set the sweep may use, by ``targets_key``: a grid's ``sweep.target_sets``; the
-    progressive procedure's ``sweep.start_targets`` too (a grid leaves them unused)."""
-    start = [cfg.sweep.start_targets] if cfg.sweep.mode == "progressive" else []
+    progressive procedure's and a budget sweep's ``sweep.start_targets`` too (a grid leaves them unused)."""
+    start = [cfg.sweep.start_targets] if cfg.sweep.mode != "grid" else []
     sets = start + list(cfg.sweep.target_sets)
     return {targets_key(t): list(t) for t in sets}
 
 
 def params_per_rank(cfg: Config) -> Dict[str, int]:
     """LoRA parameters per unit of rank of each target set, Σ(d+k) over its matrices (stored in the study
-    as ``target_costs``), from the base model's module shapes. Also checks, before any training, that
-    every target set resolves and that the ranks and ``data.max_length`` are within the model's limits
-    (``check_limits``).
+    as ``target_costs``), from the base model's module shapes; a budget sweep's also of the sets its budgets
+    are given on (``sweep.budget.budget_targets``). Also checks, before any training, that every target set
+    resolves, that a budget sweep's budgets give every set a rank (``sweep.budget.budget_ranks``), and that
+    the ranks and ``data.max_length`` are within the model's limits (``check_limits``).
 
     Raises:
-        UserError: a target set matches no module (lists the model's linear modules), a setting
-            beyond the model's limits.
+        UserError: a target set matches no module (lists the model's linear modules), a budget no set can
+            spend, a setting beyond the model's limits.
     """
     from sweep.data import class_names
     from sweep.modeling import check_limits, family_applied, load_base_model, load_tokenizer, lora_param_count
 
     base = load_base_model(cfg.model, class_names(cfg))
     model_cfg = family_applied(base, cfg.model)
+    sets = target_sets(cfg)
     per_rank = {}
-    for key, targets in target_sets(cfg).items():
+    for key, targets in sets.items():
         try:
             per_rank[key] = lora_param_count(base, targets, model_cfg, 1)
         except UserError as e:  # name the sweep key that holds the set: the user may never have typed it
             where = "sweep.start_targets" if targets == list(cfg.sweep.start_targets) else "sweep.target_sets"
             raise UserError(f"{where} holds [{key}]: {e}") from None
-    check_limits(
-        base,
-        load_tokenizer(cfg.model.name_or_path),
-        model_cfg,
-        target_sets=list(target_sets(cfg).values()),
-        r=max(cfg.sweep.ranks),
-        r_key="sweep.ranks",
-        max_length=cfg.data.max_length,
-        n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
-    )
+    limits = [(list(sets.values()), max(cfg.sweep.ranks), "sweep.ranks")]
+    if cfg.sweep.mode == "budget":
+        for targets in budget_targets(cfg.sweep):
+            if targets_key(targets) not in per_rank:
+                try:
+                    per_rank[targets_key(targets)] = lora_param_count(base, targets, model_cfg, 1)
+                except UserError as e:
+                    raise UserError(f"sweep.budgets holds targets [{targets_key(targets)}]: {e}") from None
+        budgets = budget_ranks(cfg.sweep, per_rank)
+        limits = [
+            ([sets[t]], max(b.ranks[t] for b in budgets), f"sweep.budgets (the rank of {t})") for t in budgets[0].ranks
+        ]
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    for checked, r, key in limits:
+        check_limits(
+            base,
+            tokenizer,
+            model_cfg,
+            target_sets=checked,
+            r=r,
+            r_key=key,
+            max_length=cfg.data.max_length,
+            n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
+        )
     return per_rank
 
 
@@ -306,9 +324,10 @@ def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[s
             a trial without a step to learn in.
     """
     refuse_trial_keys(overrides)
-    if cfg.sweep.screen and cfg.sweep.mode == "grid":
+    if cfg.sweep.screen and cfg.sweep.mode != "progressive":
+        trains = {"grid": "a grid trains every configuration", "budget": "a budget sweep trains each set at its budget"}
         raise UserError(
-            "sweep.screen=true with sweep=grid: a grid trains every configuration, so there is nothing to "
+            f"sweep.screen=true with sweep={cfg.sweep.mode}: {trains[cfg.sweep.mode]}, so there is nothing to "
             "screen; use the progressive sweep (SWEEP=progressive) or sweep.screen=false"
         )
     if sqlite_path(storage_url(cfg)):

@@ -24,12 +24,13 @@ MAJORITY = 0.684  # majority-class accuracy
 T975 = {1: 12.706204736, 2: 4.302652730}  # t quantile 0.975 by degrees of freedom
 T90 = {2: 1.885618083, 3: 1.637744354}  # t quantile 0.9 by degrees of freedom
 # LoRA parameters per unit of rank (Σ(d+k) per target set) for MiniLM (6 layers, d_model 384, d_ff 1536):
-# q and v are 384×384 → 768 each
+# q and v are 384×384 → 768 each; up is 384→1536 and down 1536→384 → 1920 each
 MINILM_COSTS = {
     "q": 6 * 768,
     "v": 6 * 768,
     "q,v": 6 * 2 * 768,
     "q,k,v,o": 6 * 4 * 768,
+    "up,down": 6 * 2 * (384 + 1536),
     "all-linear": 6 * (4 * 768 + 2 * (384 + 1536)),
 }
 

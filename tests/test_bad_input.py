@@ -199,6 +199,46 @@ REFUSED = [
         "sweep.screen=true with sweep=grid: a grid trains every configuration, so there is nothing to screen; use "
         "the progressive sweep (SWEEP=progressive) or sweep.screen=false",
     ),
+    # issue 22: budgets no target set can spend, before any training (MiniLM: q,v costs 9,216 LoRA parameters a
+    # rank, q,k,v,o 18,432: at a budget of 9,216 it would round to r=0.5 → 0, an exact half rounding down)
+    (
+        "sweep",
+        ["sweep=budget", "sweep.budgets=[4000]"],
+        "sweep.budgets holds 4000, below the r=1 cost of every target set (the cheapest, q,v, costs 9,216): give a "
+        "budget of at least 9,216 LoRA parameters",
+    ),
+    (
+        "sweep",
+        ["sweep=budget", "sweep.budgets=[{r:1,targets:[q,v]}]"],
+        "sweep.budgets holds {r: 1, targets: [q,v]} = 9,216 LoRA parameters: target set q,k,v,o costs 18,432 LoRA "
+        "parameters at r=1, at least twice the budget, so it cannot get r ≥ 1; give a budget of at least 9,217, or "
+        "leave q,k,v,o out of sweep.target_sets",
+    ),
+    (
+        "sweep",
+        ["sweep=budget", "sweep.budgets=[{r:8,targets:[q,zz]}]"],
+        "sweep.budgets holds targets [q,zz]: lora target 'zz' matches no linear module of model 'minilm'; roles: q, k, "
+        "v, o, up, down, all-linear",
+    ),
+    (
+        "sweep",
+        ["sweep=budget", "sweep.budgets=[{rank:8}]"],
+        "sweep.budgets holds {'rank': 8} with unknown key(s) rank: a configuration budget takes r and targets, e.g. "
+        "{r: 8, targets: [q,v]}",
+    ),
+    (
+        "sweep",
+        ["sweep=budget", "sweep.budgets=[-5]"],
+        "sweep.budgets holds -5: give LoRA parameters (a positive integer, e.g. 73728) or a configuration {r: 8, "
+        "targets: [q,v]}",
+    ),
+    ("sweep", ["sweep=budget", "sweep.budgets=[]"], "sweep.budgets is empty: a budget sweep compares target sets"),
+    (
+        "sweep",
+        ["sweep=budget", "sweep.screen=true"],
+        "sweep.screen=true with sweep=budget: a budget sweep trains each set at its budget, so there is nothing to "
+        "screen",
+    ),
     # issue 23: nested ranks that are not the adapter's, or without a nested trial
     (
         "trial",

@@ -324,3 +324,21 @@ def test_against_a_missing_sweep_the_hint_names_its_folder_and_name(tmp_path):
         f"ranksweep: error: no sweep study at {tmp_path}/rte/mine/study.db; run "
         f"`make sweep TASK=rte ARGS='sweep.name=mine results_dir={tmp_path}'` first (or point sweep.storage at one)\n"
     )
+
+
+def test_a_budget_sweep_is_refused_in_one_line(tmp_path):
+    """A budget sweep compares target sets at equal budgets: no rank curve for the simulation to draw on."""
+    from conftest import run_main
+
+    s = small_settings(mode="budget", budgets=[{"r": 2, "targets": ["q", "v"]}], target_sets=[["q", "k", "v", "o"]])
+    make_study(
+        tmp_path,
+        s,
+        [trial(r, t, seed, 0.8, "equal-budget") for r, t in ((2, "q,v"), (1, "q,k,v,o")) for seed in (0, 1)],
+    )
+    for args in (["sweep=budget"], ["task=mrpc", "sweep.name=default", f"results_dir={tmp_path}"]):
+        ran = run_main(main, *args)
+        assert ran.returncode == 2 and len(ran.stderr.splitlines()) == 1, ran
+        assert (
+            "a budget sweep (sweep=budget) compares target sets at equal budgets, which is no rank curve" in ran.stderr
+        )

@@ -18,7 +18,8 @@ from sweep.resume import fingerprint
 #: ``OmegaConf.to_yaml`` of the resolved default config, as the code before issue 13 saved it
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
 #: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``; issue 20's
-#: ``task.label_field`` and the user-data ``data.*`` keys default to what GLUE reads, so older studies resume)
+#: ``task.label_field`` and the user-data ``data.*`` keys default to what GLUE reads, so older studies resume;
+#: issue 22's ``sweep.budgets`` is a ``sweep.*`` key, resumable, read by ``sweep=budget`` only)
 DEFAULT_YAML = """\
 task:
   name: mrpc
@@ -110,6 +111,11 @@ sweep:
     - v
     - o
   - - all-linear
+  budgets:
+  - r: 8
+    targets:
+    - q
+    - v
   seeds:
   - 0
   - 1
@@ -286,7 +292,7 @@ REFUSED = [
     ),
     (["train.precision=fp16"], "train.precision='fp16' is invalid: valid values are auto, fp32, bf16"),
     (["train.device=tpu"], "train.device='tpu' is invalid: valid values are auto, cpu, cuda"),
-    (["sweep.mode=random"], "sweep.mode='random' is invalid: valid values are progressive, grid"),
+    (["sweep.mode=random"], "sweep.mode='random' is invalid: valid values are progressive, grid, budget"),
     (
         ["task.problem_type=ranking"],
         "task.problem_type='ranking' is invalid: valid values are single_label_classification, regression, causal_lm",

@@ -628,6 +628,68 @@ SENTENCES += [
             ),
         ],
     ),
+    # sets at the budget of r=8 on q,v (73,728 LoRA parameters: q,k,v,o r=4, up,down r=3 at 69,120, all-linear r=2
+    # at 82,944, by hand in tests/test_budget.py), each a pair ±0.1 around 80, 82, 79, 80.2: every comparison
+    # against q,v pools the 4 pairs (4 d.f., SE 0.14, ±0.22): +2 gains, −1 and +0.2 have upper bounds < 1. The
+    # rule within the budget: up,down (the fewest parameters) trails by 3: not within 1; q,k,v,o ties q,v on
+    # parameters and leads: the best itself, picked there and overall
+    (
+        "equal-budget",
+        {
+            "mode": "budget",
+            "budgets": [{"r": 8, "targets": ["q", "v"]}],
+            "target_sets": [["q", "k", "v", "o"], ["up", "down"], "all-linear"],
+        },
+        history(
+            (8, "q,v", [0.801, 0.799]),
+            (4, "q,k,v,o", [0.821, 0.819]),
+            (3, "up,down", [0.791, 0.789]),
+            (2, "all-linear", [0.803, 0.801]),
+        ),
+        [
+            (
+                Action.AT_BUDGET,
+                Stage.EQUAL_BUDGET,
+                None,
+                None,
+                "a budget of 73,728 LoRA parameters (those of r=8 on q,v; the head's are the same for every set): "
+                "each target set at the rank nearest it: q,v r=8 (73,728, 1.00×) | q,k,v,o r=4 (73,728, 1.00×) | "
+                "up,down r=3 (69,120, 0.94×) | all-linear r=2 (82,944, 1.12×)",
+            ),
+            (
+                Action.GAIN,
+                Stage.EQUAL_BUDGET,
+                4,
+                "q,k,v,o",
+                f"82.00 ± {PAIR} vs r=8 on q,v 80.00 ± {PAIR}: gain +2.00, 90% bounds [+1.78, +2.22] {POOLED} 4 d.f., "
+                "SE 0.14; lower bound +1.78 > 0",
+            ),
+            (
+                Action.NO_GAIN,
+                Stage.EQUAL_BUDGET,
+                3,
+                "up,down",
+                f"79.00 ± {PAIR} vs r=8 on q,v 80.00 ± {PAIR}: gain -1.00, 90% bounds [-1.22, -0.78] {POOLED} 4 d.f., "
+                "SE 0.14; upper bound -0.78 < sweep.tolerance=1",
+            ),
+            (
+                Action.NO_GAIN,
+                Stage.EQUAL_BUDGET,
+                2,
+                "all-linear",
+                f"80.20 ± {PAIR} vs r=8 on q,v 80.00 ± {PAIR}: gain +0.20, 90% bounds [-0.02, +0.42] {POOLED} 4 d.f., "
+                "SE 0.14; upper bound +0.42 < sweep.tolerance=1",
+            ),
+            (
+                Action.BUDGET_PICK,
+                Stage.EQUAL_BUDGET,
+                4,
+                "q,k,v,o",
+                f"at the budget of 73,728 LoRA parameters, the best configuration (82.00 ± {PAIR}); {NO_BETTER}",
+            ),
+            (Action.RECOMMEND, Stage.FINAL, 4, "q,k,v,o", f"the best configuration (82.00 ± {PAIR}); {NO_BETTER}"),
+        ],
+    ),
 ]
 
 
@@ -671,9 +733,18 @@ def test_actions_and_stages_are_stored_as_their_text():
         "screen",
         "rate",
         "rate-chosen",
+        "at-budget",
+        "gain",
+        "budget-pick",
     ]
-    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "lr"]
-    assert [s.value for s in StopReason] == ["plateau", "no successful trial", "budget", "grid complete"]
+    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "lr", "equal-budget"]
+    assert [s.value for s in StopReason] == [
+        "plateau",
+        "no successful trial",
+        "budget",
+        "grid complete",
+        "budgets compared",
+    ]
     assert f"{Action.MORE_SEEDS} {Stage.RANK}" == "more-seeds rank" and json.dumps([Action.NO_GAIN]) == '["no-gain"]'
     # a stored text reads as the member (a trial's stored spec holds the stage as text)
     assert Action("no-gain") is Action.NO_GAIN and TrialSpec(1, "q,v", 0, "rank").stage is Stage.RANK
@@ -773,9 +844,74 @@ def test_grid_runs_every_configuration_once_cheapest_targets_first():
     assert p.decisions[-1].action == Action.RECOMMEND and p.stop_reason == StopReason.GRID_COMPLETE
 
 
+BUDGETS = dict(
+    mode="budget",
+    budgets=[{"r": 8, "targets": ["q", "v"]}, {"r": 64, "targets": ["q", "v"]}],
+    target_sets=[["q", "k", "v", "o"], ["up", "down"], "all-linear"],
+)
+
+
+def test_a_budget_sweep_asks_for_every_set_at_its_rank_at_once():
+    p = plan(settings(**BUDGETS, seeds=[0]), [], COSTS)
+    # the ranks of tests/test_budget.py: r=8 on q,v, then r=64 on q,v, each start targets first
+    assert [(x.r, x.targets, x.seed, x.stage) for x in p.runnable] == [
+        (r, t, 0, Stage.EQUAL_BUDGET)
+        for r, t in [(8, "q,v"), (4, "q,k,v,o"), (3, "up,down"), (2, "all-linear")]
+        + [(64, "q,v"), (32, "q,k,v,o"), (26, "up,down"), (14, "all-linear")]
+    ]
+    assert [(d.action, d.detail.params, d.detail.given) for d in p.decisions] == [
+        (Action.AT_BUDGET, 73_728, (8, "q,v")),
+        (Action.AT_BUDGET, 589_824, (64, "q,v")),
+    ]
+
+
+def test_an_undecided_set_is_raced_against_the_start_targets():
+    """all-linear +0.5 over q,v with ±1 point seeds, the others ±0.1 and far behind: the first look is undecided,
+    so all-linear gets seed 2, then q,v (the side with fewer); at 3 seeds each the lower bound clears 0."""
+    kw = dict(BUDGETS, budgets=[{"r": 8, "targets": ["q", "v"]}], max_seeds=3)
+    means = {"q,v": 0.80, "q,k,v,o": 0.78, "up,down": 0.78, "all-linear": 0.805}
+
+    def metric(r, t, seed):
+        return means[t] + (big(seed) if t == "all-linear" else small(seed))
+
+    ran, p = drive(settings(**kw), metric)
+    assert ran[8:] == [(2, "all-linear", 2), (8, "q,v", 2)]
+    seeds = {t: [100 * metric(0, t, s) for s in range(3)] for t in means}
+    looks = []
+    for n_start, n_al in ((2, 2), (2, 3), (3, 3)):  # (seeds of q,v, of all-linear) at each look
+        pairs = [seeds["q,k,v,o"][:2], seeds["up,down"][:2], seeds["q,v"][:n_start], seeds["all-linear"][:n_al]]
+        dof = sum(len(x) - 1 for x in pairs)
+        sd = math.sqrt(sum((len(x) - 1) * np.var(x, ddof=1) for x in pairs) / dof)
+        se = sd * math.sqrt(1 / n_start + 1 / n_al)
+        gain = np.mean(seeds["all-linear"][:n_al]) - np.mean(seeds["q,v"][:n_start])
+        looks += [gain, gain - t90(dof) * se, gain + t90(dof) * se]
+    raced = [d for d in p.decisions if d.action in (Action.MORE_SEEDS, Action.GAIN, Action.NO_GAIN)]
+    raced = [d for d in raced if d.action == Action.MORE_SEEDS or d.targets == "all-linear"]
+    assert [(d.action, d.r, d.targets) for d in raced] == [
+        (Action.MORE_SEEDS, 2, "all-linear"),
+        (Action.MORE_SEEDS, 8, "q,v"),
+        (Action.GAIN, 2, "all-linear"),
+    ]
+    assert [d.numbers[k] for d in raced for k in ("gain", "low", "high")] == pytest.approx(looks)
+    assert looks[-2] > 0 and all(low <= 0 < 1 <= high for low, high in zip(looks[1:6:3], looks[2:6:3]))
+    assert p.stop_reason == StopReason.BUDGETS_COMPARED
+
+
+def test_start_targets_that_diverged_leave_nothing_to_compare_at_that_budget():
+    kw = dict(BUDGETS, budgets=[{"r": 8, "targets": ["q", "v"]}])
+    _, p = drive(settings(**kw), lambda r, t, s: None if t == "q,v" else 0.8 + 0.01 * r + small(s))
+    assert actions(p) == [
+        (Action.AT_BUDGET, None, None),
+        (Action.FAILED, 8, "q,v"),
+        (Action.BUDGET_PICK, 4, "q,k,v,o"),  # the best (82.0); none cheaper within 1 point of it
+        (Action.RECOMMEND, 4, "q,k,v,o"),
+    ]
+
+
 def test_seed_sequence():
     assert seed_sequence(settings(seeds=[3, 5], max_seeds=5)) == [3, 5, 6, 7, 8]
     assert seed_sequence(settings(mode="grid", seeds=[0, 1], max_seeds=5)) == [0, 1]
+    assert seed_sequence(settings(**BUDGETS, seeds=[0, 1], max_seeds=3)) == [0, 1, 2]  # races, as progressive
 
 
 def test_pooled_sd_by_hand():

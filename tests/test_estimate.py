@@ -22,6 +22,7 @@ MINILM = {
     "v": 6 * 768,
     "q,v": 6 * 2 * 768,
     "q,k,v,o": 6 * 4 * 768,
+    "up,down": 6 * 2 * 1920,
     "all-linear": 6 * (4 * 768 + 2 * 1920),
 }
 
@@ -80,6 +81,15 @@ def test_the_compute_caps_bind_in_the_estimate(overrides, most):
     settings = compose(overrides)[0].sweep
     counts = trial_counts(settings, MINILM, 1.0, n_eval=408, reps_per_family=3, cost=cost(2e13))
     assert counts.trials_p90 == most and counts.trials_mean <= most and counts.capped == 1.0
+
+
+def test_a_budget_sweep_is_simulated_on_the_ranks_its_budgets_give():
+    # conf/sweep/budget.yaml: 4 sets × 2 budgets (ranks 8, 4, 3, 2 and 64, 32, 26, 14: curves drawn there) × 2
+    # seeds; without racing (max_seeds 2) exactly 16 in every simulated sweep, with racing more, at most 8 seeds each
+    exact = trial_counts(compose(["sweep=budget", "sweep.max_seeds=2"])[0].sweep, MINILM, 1.0, reps_per_family=2)
+    assert exact.trials_mean == exact.trials_p90 == 16
+    raced = trial_counts(compose(["sweep=budget"])[0].sweep, MINILM, 1.0, n_eval=408, reps_per_family=2)
+    assert 16 < raced.trials_mean <= raced.trials_p90 <= 4 * 2 * 8
 
 
 def test_a_minimised_objective_is_simulated_in_its_unit():

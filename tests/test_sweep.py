@@ -342,3 +342,45 @@ def test_a_sweep_with_a_bracket_of_rates_races_them_and_reports_the_rate(glue_di
     )
     assert f"| r=1 on q,v | 0.001 | 1 | {values[(1, 1e-3)]:.2f} |" in report
     assert f"| r=1 on q,v | 0.005 | 1 | {values[(1, 5e-3)]:.2f} |" in report
+
+
+def test_a_budget_sweep_reports_the_sets_at_their_ranks_as_their_trials_recorded(tiny_bert, glue_dir, tmp_path):
+    """sweep=budget on the tiny BERT (2 layers, d_model 32, d_ff 64: q,v cost 2·2·(32+32) = 256 LoRA parameters a
+    rank, q,k,v,o 512, up,down 2·2·(32+64) = 384) at the budget of r=2 on q,v, 512: q,k,v,o gets r=1 (512), up,down
+    r=1 (384: 1.33 ranks round down); one trial each, whose records the report's table must show."""
+    proc = run_main(
+        sweep_main,
+        "debug=tiny",
+        "sweep=budget",
+        f"model.name_or_path={tiny_bert}",
+        f"data.dir={glue_dir}",
+        f"results_dir={tmp_path}",
+        "sweep.budgets=[{r:2,targets:[q,v]}]",
+        "sweep.target_sets=[[q,k,v,o],[up,down]]",
+    )
+    ok(proc)
+    # the at-budget decision, cheapest per rank first after the start targets
+    assert "q,v r=2 (512, 1.00×) | up,down r=1 (384, 0.75×) | q,k,v,o r=1 (512, 1.00×)" in proc.stdout
+    trials = trials_of(tmp_path, "budget")
+    assert sorted((t.params["r"], t.user_attrs["targets_key"], t.user_attrs["stage"]) for t in trials) == [
+        (1, "q,k,v,o", "equal-budget"),
+        (1, "up,down", "equal-budget"),
+        (2, "q,v", "equal-budget"),
+    ]
+    records = {
+        t.user_attrs["targets_key"]: json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        for t in trials
+    }
+    assert {t: m["lora_params"] for t, m in records.items()} == {"q,v": 512, "q,k,v,o": 512, "up,down": 384}
+    start = records["q,v"]["objective_value"]
+    report = (tmp_path / "mrpc" / "budget" / "report.md").read_text()
+    assert "## Target sets at an equal budget (LoRA Table 5)" in report
+    for targets, m in records.items():
+        gain = "—" if targets == "q,v" else f"{100 * m['objective_value'] - 100 * start:+.2f}"
+        race = "—" if targets == "q,v" else "no-gain"  # one seed: no noise estimate, nothing is significant
+        row = (
+            f"| 512 (r=2 on q,v) | {targets} | {m['r']} | {m['lora_params']:,} ({m['lora_params'] / 512:.2f}×) "
+            f"| {m['trainable_params']:,} | {100 * m['objective_value']:.2f} (n=1) | — | {gain} | {race} |"
+        )
+        assert row in report, row
+    assert "At 512 LoRA parameters (r=2 on q,v): " in report
