@@ -337,7 +337,7 @@ def test_a_sweep_with_a_bracket_of_rates_races_them_and_reports_the_rate(glue_di
     report = (tmp_path / "mrpc" / "default" / "report.md").read_text()
     assert "- **Learning rate**: 0.005, chosen by the learning-rate stage from sweep.lrs = [0.005, 0.001]" in report
     assert (
-        "- Re-check: re-checked at the pick r=1 on q,v: no rate of sweep.lrs=[0.005, 0.001] is significantly better"
+        "- Re-check: re-checked at the pick r=1 on q,v: no rate of sweep.lrs=\\[0.005, 0.001\\] is significantly better"
         in report
     )
     assert f"| r=1 on q,v | 0.001 | 1 | {values[(1, 1e-3)]:.2f} |" in report
