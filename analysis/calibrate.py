@@ -39,6 +39,7 @@ import pandas as pd
 
 from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import (
+    BRACKET,
     GAUSSIAN,
     N_EVAL,
     NOISE_MODELS,
@@ -49,6 +50,7 @@ from analysis.simulate import (
     calibrate_cell,
     degenerate_scenarios,
     grid_trials,
+    rate_scenarios,
     scenarios,
 )
 from sweep.cli import compose, make_command, run_cli
@@ -218,6 +220,71 @@ def screen_frontier(
     front["met"] = (front["p_on"] >= p_min) & (front["trials_on"] <= MAX_SCREEN_SHARE * front["trials_off"])
     front.attrs["rows"] = table
     return front
+
+
+#: σ of the learning-rate stage's frontier (issue #22), points
+RATE_SIGMAS = (0.5, 1.0, 2.0)
+
+
+def rate_frontier(
+    settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS, label: str = "default"
+) -> pd.DataFrame:
+    """The frontier with and without the learning-rate stage (issue #22): per family of ``rate_scenarios``
+    and σ of ``RATE_SIGMAS``, P(regret ≤ tolerance) and mean trials of ``settings`` without a bracket
+    (every trial at the recipe's rate) and with ``sweep.lrs`` = ``BRACKET``, the regret taken against the
+    best configuration at any rate of the bracket, values rounded to MRPC's 408 examples; ``met``: the
+    cell with the stage reaches ``TARGETS`` (σ of it only). Rows in ``COLUMNS`` are labelled ``label`` and
+    ``label sweep.lrs=[…]``; the frontier's own columns are ``scenario, sigma, p_off, trials_off, p_on,
+    trials_on, met``."""
+    off = dataclasses.replace(settings, lrs=None, screen=False)
+    on = dataclasses.replace(settings, lrs=list(BRACKET), screen=False)
+    cells = grid_of(rate_scenarios(settings, per_rank), RATE_SIGMAS, N_EVAL)
+    rates = f"sweep.lrs=[{','.join(f'{x:g}' for x in BRACKET)}]"
+    table = calibration_table(
+        [(f"{label} rates off".strip(), off, cells), (f"{label} {rates}".strip(), on, cells)], per_rank, reps
+    )
+    half = len(table) // 2
+    a, b = table.iloc[:half].reset_index(drop=True), table.iloc[half:].reset_index(drop=True)
+    front = pd.DataFrame(
+        {
+            "scenario": a["scenario"],
+            "sigma": a["sigma"],
+            "p_off": a["p_within_tolerance"],
+            "trials_off": a["mean_trials"],
+            "p_on": b["p_within_tolerance"],
+            "trials_on": b["mean_trials"],
+        }
+    )
+    front["met"] = front["p_on"] >= front["sigma"].map(TARGETS).fillna(0.0)
+    front.attrs["rows"] = table
+    return front
+
+
+def _print_rates(front: pd.DataFrame) -> None:
+    """The learning-rate stage's frontier (``rate_frontier``) and where its targets are missed."""
+    print(
+        f"\nthe learning-rate stage (sweep.lrs, issue #22): every trial at 2e-3 (off) and the bracket "
+        f"[{', '.join(f'{x:g}' for x in BRACKET)}] raced at the start configuration, re-checked at the pick (on); "
+        "regret against the best configuration at any rate of the bracket"
+    )
+    print(f"{'scenario':<16} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'on/off':>6}  met")
+    for r in front.itertuples():
+        print(
+            f"{r.scenario:<16} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} {r.trials_on:>9.1f} "
+            f"{r.trials_on / r.trials_off:>6.2f}  {'yes' if r.met else 'no' if r.sigma in TARGETS else '-'}"
+        )
+    for sigma, g in front.groupby("sigma"):
+        print(
+            f"σ={sigma:g}: worst P off {g['p_off'].min():.2f}, on {g['p_on'].min():.2f}; mean trials off "
+            f"{g['trials_off'].mean():.1f}, on {g['trials_on'].mean():.1f} (+{g['trials_on'].mean() - g['trials_off'].mean():.1f})"
+        )
+    missed = front[(front["sigma"].isin(list(TARGETS))) & ~front["met"]]
+    print(
+        "learning-rate stage: targets met on every family"
+        if missed.empty
+        else "learning-rate stage: targets missed: "
+        + "; ".join(f"{r.scenario} at σ={r.sigma:g} (P {r.p_on:.2f})" for r in missed.itertuples())
+    )
 
 
 def _print_screen(front: pd.DataFrame, settings: SweepSettings) -> None:
@@ -479,6 +546,9 @@ def main(args: List[str]) -> int:
             front = screen_frontier(settings, per_rank, reps, label)
             _print_screen(front, settings)
             tables.append(front.attrs["rows"])
+            rates = rate_frontier(settings, per_rank, reps, label)
+            _print_rates(rates)
+            tables.append(rates.attrs["rows"])
         name, level = MINIMISED
         for label, settings in labelled:
             tuned_min = dataclasses.replace(settings, tolerance=METRICS[name].tolerance)

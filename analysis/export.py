@@ -124,12 +124,15 @@ def chosen_trial(cfg: Config, rep: SweepReport) -> Chosen:
     number = max(
         n
         for n, o in info.history
-        if (o.r, o.targets, o.seed) == (*pick, seed) and o.status == "ok" and not o.nested  # the screen's: no pick
+        if (o.r, o.targets, o.seed) == (*pick, seed)
+        and o.status == "ok"
+        and not o.nested  # the screen's: no pick
+        and (info.lr is None or o.lr == info.lr)  # a bracket of rates: the trial at the sweep's rate
     )
     # the sweep's own rule for a trial's folder, with the settings the study was run with
     study_cfg = dataclasses.replace(cfg, sweep=info.settings)
     try:
-        folder = run_dir_of(study_cfg, TrialSpec(pick[0], pick[1], seed, Stage.FINAL))
+        folder = run_dir_of(study_cfg, TrialSpec(pick[0], pick[1], seed, Stage.FINAL, lr=info.lr))
     except KeyError:  # the study's latest run dropped the recommended target set from its settings
         raise UserError(
             f"the recommended targets {pick[1]} are not among the target sets of sweep '{info.name}''s latest run; "

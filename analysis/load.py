@@ -51,6 +51,11 @@ class StudyInfo:
             ``target_costs``, as ``sweep.decide.plan`` takes it); None for a study that lacks it.
         history: (trial number, decision input) of every finished trial with a configuration, in
             trial-number order (``sweep.study.numbered_results``): what the decisions saw.
+
+    ``lr``: the learning rate the sweep's configurations are compared at when its settings hold a bracket of
+    rates (``sweep.lrs``): that of its recommendation, else of the last rate it chose; None without a bracket
+    (every trial at ``train.lr``). The summary, the recommendation and the reliability take the trials at
+    that rate; the report's learning-rate section shows the others.
     """
 
     name: str
@@ -69,6 +74,13 @@ class StudyInfo:
     dropped: Optional[Tuple[int, int]] = None
     params_per_rank: Optional[Dict[str, int]] = None
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
+
+    @property
+    def lr(self) -> Optional[float]:
+        if not self.settings.lrs or len(self.settings.lrs) < 2:
+            return None
+        chosen = [d.lr for d in self.decisions if d.action in (Action.RECOMMEND, Action.RATE_CHOSEN)]
+        return chosen[-1] if chosen else None
 
     @property
     def task_group(self) -> str:

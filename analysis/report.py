@@ -20,7 +20,7 @@ from analysis.plots import baseline_name, baseline_words, figures, metric_name, 
 from analysis.reliability import Reliability, reliability
 from analysis.summary import budget_frame, recommendation, summary_frame
 from sweep.cli import make_command
-from sweep.decide import Outcome
+from sweep.decide import Outcome, at_rate
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
@@ -446,6 +446,51 @@ def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]
     return lines
 
 
+def _rate_line(trials: pd.DataFrame, info: StudyInfo) -> str:
+    """The learning rate(s) the trials trained at, for the report's head."""
+    rates = sorted(trials["lr"].dropna().unique()) if "lr" in trials else []
+    if info.lr is None:
+        shown = ", ".join(f"{x:g}" for x in rates) or "not recorded"
+        return f"- **Learning rate**: {shown} (train.lr; no bracket of rates, sweep.lrs)."
+    bracket = ", ".join(f"{x:g}" for x in info.settings.lrs)
+    return (
+        f"- **Learning rate**: {info.lr:g}, chosen by the learning-rate stage from sweep.lrs = [{bracket}]; the "
+        "configurations, the recommendation and the reliability below are those at this rate (the other rates: "
+        "Learning rate, below)."
+    )
+
+
+def _rate_lines(trials: pd.DataFrame, info: StudyInfo) -> List[str]:
+    """The learning-rate stage's section (``sweep.lrs``): every rate's result where the stage raced them, the
+    rate chosen and whether it was re-checked at the pick; none without a bracket."""
+    if info.lr is None:
+        return []
+    m = info.metric
+    lines = ["", "## Learning rate", ""]
+    chosen = [d for d in info.decisions if d.action == Action.RATE_CHOSEN]
+    first = next((d for d in chosen if not d.detail.recheck), None)
+    recheck = next((d for d in chosen if d.detail.recheck), None)
+    if first is not None:
+        lines.append(f"- Start: {_md(first.reason)}.")
+    if recheck is None:
+        lines.append(
+            "- **Not re-checked at the pick**: the sweep stopped (or is still running) before the re-check; "
+            "re-run the same command to finish it."
+        )
+    else:
+        lines.append(f"- Re-check: {_md(recheck.reason)}.")
+    raced = dict.fromkeys((d.r, d.targets) for d in info.decisions if d.stage == "lr" and d.r is not None)
+    done = trials[(trials["state"] == "complete") & trials["lr"].notna()]
+    lines += ["", f"| configuration | lr | seeds | {m.label} mean ± s.d. |", "|---|---:|---:|---:|"]
+    for r, targets in raced:
+        at = done[(done["r"] == r) & (done["targets"] == targets)]
+        for lr, group in at.groupby("lr"):
+            values = [m.scale * v for v in group["objective"]]
+            sd = f" ± {pd.Series(values).std():.2f}" if len(values) > 1 else ""
+            lines.append(f"| r={r} on {_md(targets)} | {lr:g} | {len(values)} | {sum(values) / len(values):.2f}{sd} |")
+    return lines
+
+
 def report_markdown(
     trials: pd.DataFrame,
     summary: pd.DataFrame,
@@ -472,6 +517,7 @@ def report_markdown(
         f"- **Tried**: {_tried(summary, info)}"
         + (f"; and {n_nested} nested trial(s) of the screen (below)." if (n_nested := _n_nested(trials)) else "."),
     ]
+    lines.append(_rate_line(trials, info))
     if info.baseline is not None:
         lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
     collapsed = _collapsed(info)
@@ -520,6 +566,7 @@ def report_markdown(
     ] or ["- none yet"]
     lines += _screen_lines(info)
     lines += _collapsed_lines(info)
+    lines += _rate_lines(trials, info)
     unfinished = trials[trials["state"] != "complete"]
     if not unfinished.empty:
         lines += ["", "## Trials without a result", ""]
@@ -575,7 +622,7 @@ def load_report(
             "wait for the first trial to finish, then run the report again"
         )
     info = study_info(study, snapshot)
-    rel = reliability([o for _, o in info.history], info.settings, info.params_per_rank)
+    rel = reliability(at_rate([o for _, o in info.history], info.lr), info.settings, info.params_per_rank)
     return SweepReport(trials, info, summary_frame(trials, info), rel)
 
 

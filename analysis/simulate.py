@@ -57,6 +57,13 @@ MRPC_INDEPENDENT = {1: 75.49, 2: 77.45, 4: 76.80, 8: 78.51, 16: 76.96, 32: 78.19
 #: the issue's earlier probe of another nested implementation (every rank after 3 epochs), for the sensitivity
 #: of the frontier to the error model (docs/validation.md §6)
 MRPC_NESTED_PROBE = {1: 71.7, 2: 72.6, 4: 73.7, 8: 74.3, 16: 74.8, 32: 74.9, 64: 75.6}
+#: measured on MRPC (docs/validation.md §9; MiniLM, Wq,Wv, default recipe, standard scaling, 2 seeds): each
+#: rate's mean accuracy minus 2e-3's at r = 1, 8 and 64, points (placeholder until the measurement lands)
+MRPC_RATES = {
+    1: {2e-3: 0.0, 1e-3: -0.6, 4e-3: -1.0},
+    8: {2e-3: 0.0, 1e-3: -1.0, 4e-3: -1.0},
+    64: {2e-3: 0.0, 1e-3: -0.5, 4e-3: -1.0},
+}
 
 
 @dataclass(frozen=True)
@@ -113,19 +120,26 @@ class Scenario:
         curve: rank -> true mean on the start targets.
         offsets: targets key -> points added to the curve for that target set (start targets: 0;
             missing sets: ``NARROW_OFFSET`` if they adapt less than the start targets, else 0).
+        rates: learning rate -> rank -> points added at that rate (every target set alike); None: the rate
+            does not matter. A trial without a rate of its own (``TrialSpec.lr`` None: no bracket) trains
+            at ``lr``, the recipe's ``train.lr``.
+        lr: the recipe's rate, one of ``rates``.
     """
 
     name: str
     family: str
     curve: Mapping[int, float]
     offsets: Mapping[str, float]
+    rates: Optional[Mapping[float, Mapping[int, float]]] = None
+    lr: float = 2e-3
 
-    def mean(self, r: int, targets: str) -> float:
-        return self.curve[r] + self.offsets.get(targets, 0.0)
+    def mean(self, r: int, targets: str, lr: Optional[float] = None) -> float:
+        rate = self.rates[self.lr if lr is None else lr][r] if self.rates else 0.0
+        return self.curve[r] + self.offsets.get(targets, 0.0) + rate
 
     def best(self, configs: Sequence[Tuple[int, str]]) -> float:
-        """The best true mean over ``configs`` (the search space)."""
-        return max(self.mean(r, t) for r, t in configs)
+        """The best true mean over ``configs`` (the search space) at every rate of ``rates``."""
+        return max(self.mean(r, t, lr) for r, t in configs for lr in (self.rates or [None]))
 
 
 def search_space(settings: SweepSettings) -> List[Tuple[int, str]]:
@@ -190,6 +204,50 @@ def scenarios(
         rise = {r: LATE_RISE[min(int(np.log2(r / k)), 2)] if r >= k else 0.0 for r in ranks}
         late = {r: top - step * (LATE_RISE[-1] - rise[r]) for r in ranks}
         out.append(Scenario(f"late-r{k}", "late", late, same))
+    return out
+
+
+#: the bracket of learning rates the learning-rate stage is calibrated with (``sweep.lrs``, incumbent first)
+BRACKET = (2e-3, 1e-3, 4e-3)
+
+
+def rate_scenarios(
+    settings: SweepSettings, params_per_rank: Mapping[str, int], top: float = 80.0, step: float = 1.0
+) -> List[Scenario]:
+    """The learning-rate families (issue #22), on ``plateau-r8``'s curve (and ``rising``'s for the moving
+    rate), the rates of ``BRACKET``, the recipe's rate 2e-3 (every offset in units of ``step``):
+
+    - ``lr-same``: the recipe's rate is the best at every rank (1e-3 one step below, 4e-3 1.5 below): the
+      stage can only cost trials;
+    - ``lr-off``: 1e-3 is two steps better than the recipe's rate at every rank (4e-3 two below): the recipe
+      is off, whatever the rank;
+    - ``lr-moves``, ``lr-moves-rising``: the best rate moves with the rank: at r ≤ 2 4e-3 is 1.5 steps
+      better than 2e-3 and 1e-3 1.5 worse, the other way round from r = 32 on, linear in log2 r between
+      (a higher rate for a low rank under alpha/r);
+    - ``lr-mrpc``: measured on MRPC (``MRPC_RATES``, docs/validation.md §9), each rate's offset to 2e-3 at
+      r = 1, 8 and 64, linear in log2 r between them.
+    """
+    ranks = list(settings.ranks)
+    same = _offsets(settings, params_per_rank, [0.0], step)
+    base = {s.name: s for s in scenarios(settings, params_per_rank, top, step)}
+    flat = lambda offset: {r: step * offset for r in ranks}  # noqa: E731
+
+    def moving(sign: float) -> Dict[int, float]:
+        t = {r: min(1.0, max(0.0, (np.log2(r) - 1.0) / 4.0)) for r in ranks}  # 0 at r ≤ 2, 1 at r ≥ 32
+        return {r: sign * step * 1.5 * (1.0 - 2.0 * t[r]) for r in ranks}
+
+    def measured(lr: float) -> Dict[int, float]:
+        xs = sorted(MRPC_RATES)
+        return {r: step * float(np.interp(np.log2(r), np.log2(xs), [MRPC_RATES[x][lr] for x in xs])) for r in ranks}
+
+    families = {
+        "lr-same": {2e-3: flat(0.0), 1e-3: flat(-1.0), 4e-3: flat(-1.5)},
+        "lr-off": {2e-3: flat(0.0), 1e-3: flat(2.0), 4e-3: flat(-2.0)},
+        "lr-moves": {2e-3: flat(0.0), 1e-3: moving(-1.0), 4e-3: moving(1.0)},
+        "lr-mrpc": {lr: measured(lr) for lr in BRACKET},
+    }
+    out = [Scenario(name, "lr", base["plateau-r8"].curve, same, rates) for name, rates in families.items()]
+    out.append(Scenario("lr-moves-rising", "lr", base["rising"].curve, same, families["lr-moves"]))
     return out
 
 
@@ -353,7 +411,7 @@ def simulate(
             flops, seconds = sum(o.train_flops for o in history), sum(o.seconds for o in history)
             capped = p.stop_reason == StopReason.BUDGET
             # no recommendation (a cap reached inside the screen): as bad as the worst configuration
-            value = scenario.mean(*pick) if pick else min(scenario.mean(*c) for c in space)
+            value = scenario.mean(*pick, p.lr) if pick else min(scenario.mean(*c) for c in space)
             return Run(scenario.best(space) - value, trials, pick, flops, seconds, capped)
         for spec in p.runnable:
             ranks: Optional[Dict[int, float]] = None
@@ -369,7 +427,7 @@ def simulate(
                 }
                 value = ranks[spec.r]
             else:
-                drawn, collapsed = noise.draw(rng, scenario.mean(spec.r, spec.targets), sigma, spec.r)
+                drawn, collapsed = noise.draw(rng, scenario.mean(spec.r, spec.targets, spec.lr), sigma, spec.r)
                 value = metric.value(rounded(drawn))
             history.append(
                 Outcome(
@@ -385,6 +443,7 @@ def simulate(
                     ranks,
                     spec.nested,
                     collapsed and noise.flagged,
+                    lr=spec.lr if spec.lr is not None else scenario.lr,
                 )
             )
     raise RuntimeError(f"the procedure asked for more than {MAX_SIMULATED_TRIALS} trials on {scenario.name}")

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis.load import StudyInfo
 from sweep.budget import budget_ranks
-from sweep.decide import ConfigResults, aggregate, noise_floor, recommend, seed_sequence
+from sweep.decide import ConfigResults, aggregate, at_rate, noise_floor, recommend, seed_sequence
 from sweep.decision import Action, ConfigKey, Decision, Stage
 from sweep.metrics import Metric
 from sweep.stats import Stats, compare, seed_noise
@@ -63,8 +63,9 @@ def _by_config(trials: pd.DataFrame) -> Iterator[Tuple[ConfigKey, pd.DataFrame, 
 
 def results(info: StudyInfo) -> Dict[ConfigKey, ConfigResults]:
     """``sweep.decide.aggregate`` of the study's finished trials (``info.history``) over the seeds its
-    settings can ask for: per configuration with a finished trial, the statistics its decisions use."""
-    return aggregate([o for _, o in info.history], seed_sequence(info.settings))
+    settings can ask for: per configuration with a finished trial, the statistics its decisions use; with a
+    bracket of learning rates, of the trials at the sweep's rate (``StudyInfo.lr``) only."""
+    return aggregate(at_rate([o for _, o in info.history], info.lr), seed_sequence(info.settings))
 
 
 def pareto_mask(metric: Sequence[float], cost: Sequence[float]) -> List[bool]:
@@ -143,6 +144,8 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     """
     pick, _ = recommendation(trials, info)
     per_cfg = results(info)
+    if info.lr is not None:  # a bracket of rates: the configurations at the sweep's rate (the report shows the rest)
+        trials = trials[trials["lr"] == info.lr]
     floor = noise_floor([o for _, o in info.history], info.settings)  # intervals claim no finer noise
     m = info.metric
     rows = []
@@ -150,7 +153,7 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
         res = per_cfg.get((r, targets))  # None: no finished trial yet
         st = res.stats if res is not None else None
         mean, sd, low, high = _metric_units(st, floor, m)
-        about = [d for d in info.decisions if (d.r, d.targets) == (r, targets)]
+        about = [d for d in info.decisions if (d.r, d.targets) == (r, targets) and d.lr == info.lr]
         rows.append(
             {
                 "r": r,

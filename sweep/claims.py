@@ -36,7 +36,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 from sweep.config import SweepSettings
 from sweep.decision import TrialSpec
 
-Key = Tuple[int, str, int, bool]  # (r, targets key, seed, nested)
+Key = Tuple[int, str, int, bool, Optional[float]]  # (r, targets key, seed, nested, lr: None = train.lr)
 #: tries to open a database server's storage while other workers create Optuna's tables in it
 SCHEMA_ATTEMPTS = 5
 
@@ -85,12 +85,12 @@ def fail_stale_trials(study) -> None:
 
 
 def key_of(spec: TrialSpec) -> Key:
-    return spec.r, spec.targets, spec.seed, spec.nested
+    return spec.r, spec.targets, spec.seed, spec.nested, spec.lr
 
 
 def _trial_key(t) -> Optional[Key]:
     spec = t.user_attrs.get("spec")
-    return (spec["r"], spec["targets"], spec["seed"], bool(spec.get("nested", False))) if spec else None
+    return (spec["r"], spec["targets"], spec["seed"], bool(spec.get("nested", False)), spec.get("lr")) if spec else None
 
 
 def _holds(t) -> bool:

@@ -677,6 +677,14 @@ class SweepSettings:
         screen_rule: which ranks get independent trials after the screen (``ScreenRule``): ``knee`` (the
             knee alone), ``pair`` (the knee, then the screened best against it, raced) or ``climb`` (the
             rank climb of ``ranks`` from the knee up, with ``patience``).
+        lrs: a bracket of AdamW peak learning rates (the learning-rate stage, progressive only; issue #22):
+            the rates are raced at the start configuration (the lowest rank on ``start_targets``) in the
+            order given, the first with a result the incumbent and a later one replacing it only on a
+            significant gain; the rank and targets stages run at the winner; the winner is re-checked at
+            their pick against the other rates, and when one is significantly better there the stages are
+            redone at it (once). Trials at a rate other than ``train.lr`` keep their own folders
+            (``…-lr0.001``). null or one rate (which must be ``train.lr``): no stage, every trial at
+            ``train.lr``. Off by default: by calibration and the MRPC measurement (docs/validation.md §9).
         estimate: print the expected cost before the first trial and the time left on each trial line
             (``analysis/estimate.py``; a few seconds of set-up); ``make plan`` prints it whatever this says.
         max_trials: stop after this many trials (every state counts; a nested trial counts as one).
@@ -704,6 +712,7 @@ class SweepSettings:
     screen_seeds: int = MISSING
     screen_margin: float = MISSING
     screen_rule: ScreenRule = MISSING
+    lrs: Optional[List[float]] = MISSING
     estimate: bool = MISSING
     max_trials: Optional[int] = MISSING
     max_train_flops: Optional[float] = MISSING
@@ -763,6 +772,24 @@ class SweepSettings:
         _check_positive("sweep.screen_seeds", self.screen_seeds, integer=True)
         _check_positive("sweep.screen_margin", self.screen_margin)
         self.screen_rule = _choice_text("sweep.screen_rule", self.screen_rule, ScreenRule)
+        if self.lrs is not None:
+            for lr in self.lrs:
+                _check_positive("sweep.lrs", lr)
+            if not self.lrs or len(set(self.lrs)) != len(self.lrs):
+                raise ValueError(
+                    f"sweep.lrs={list(self.lrs)} is invalid: give distinct learning rates, the incumbent first, "
+                    "e.g. [2e-3,1e-3,4e-3], or null for none"
+                )
+            if len(self.lrs) > 1 and self.mode != "progressive":
+                raise ValueError(
+                    f"sweep.lrs={list(self.lrs)} with sweep.mode={self.mode}: the learning-rate stage is the "
+                    "progressive procedure's; a grid trains at train.lr (run one grid per rate with sweep.name)"
+                )
+            if len(self.lrs) > 1 and self.screen:
+                raise ValueError(
+                    f"sweep.lrs={list(self.lrs)} with sweep.screen=true: the two stages are not calibrated "
+                    "together; give one of them"
+                )
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)
         _check_positive("sweep.max_hours", self.max_hours, allow_none=True)
@@ -820,6 +847,11 @@ class Config:
             raise ValueError("results_dir is empty: give a folder, or null for <project>/results")
         if self.sweep.tolerance is None:
             self.sweep.tolerance = METRICS[self.task.objective].tolerance
+        if self.sweep.lrs is not None and len(self.sweep.lrs) == 1 and self.sweep.lrs[0] != self.train.lr:
+            raise ValueError(
+                f"sweep.lrs={list(self.sweep.lrs)} holds one rate other than train.lr={self.train.lr:g}: give "
+                f"train.lr={self.sweep.lrs[0]:g} for one rate, or two or more rates for the learning-rate stage"
+            )
 
 
 def resolved_config(cfg: Config) -> DictConfig:

@@ -96,6 +96,8 @@ from sweep.decision import (
     Plateau,
     RaceEnd,
     RanksExhausted,
+    RateChosen,
+    RateVerdict,
     Recommendation,
     Screened,
     Stage,
@@ -149,6 +151,9 @@ class Outcome:
             (``_Memo.counted``; the compute cap counts it). False in records made before it was recorded.
         baseline: the objective of the task's constant baseline (the majority class; regression: the training
             mean), metric units like ``value``; None when not recorded. Decisions only quote it.
+        lr: the AdamW peak learning rate the trial trained at (``train.lr``); None: not recorded (a trial
+            stored before the field existed). The decisions read it only when ``sweep.lrs`` holds a bracket
+            of rates (the learning-rate stage): then a configuration is (r, targets) at one rate.
     """
 
     r: int
@@ -165,6 +170,7 @@ class Outcome:
     nested: bool = False
     collapsed: bool = False
     baseline: Optional[float] = None
+    lr: Optional[float] = None
 
     def __post_init__(self):
         if self.rank_values is not None:  # JSON gives the ranks back as text
@@ -224,7 +230,8 @@ class Plan:
     """What to do now: ``runnable``, every trial the procedure needs before its next decision (they
     may run in any order or at once), and ``next`` = ``runnable[0]`` (None when the sweep is over);
     every decision so far; the recommended configuration (when the sweep is over or stopped) and why
-    it stopped."""
+    it stopped; ``lr``, the learning rate of the configurations in ``evaluated`` and of the recommendation
+    when ``sweep.lrs`` holds a bracket (the learning-rate stage's choice), else None (``train.lr``)."""
 
     next: Optional[TrialSpec]
     decisions: List[Decision]
@@ -232,6 +239,7 @@ class Plan:
     stop_reason: Optional[StopReason] = None
     evaluated: List[ConfigKey] = field(default_factory=list)
     runnable: List[TrialSpec] = field(default_factory=list)
+    lr: Optional[float] = None
 
 
 def seed_sequence(settings: SweepSettings) -> List[int]:
@@ -251,9 +259,10 @@ def screen_seed_sequence(settings: SweepSettings) -> List[int]:
     return seeds[: settings.screen_seeds]
 
 
-def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]]:
+def _measured(outcomes: Iterable[Outcome], rated: bool = False) -> Dict[tuple, Dict[int, Outcome]]:
     """The outcomes of independent trials that are measurements, by configuration (in the order of its
-    first one) and seed.
+    first one) and seed; the configuration is (r, targets), or (r, targets, lr) when ``rated`` (a sweep with
+    a bracket of learning rates, ``sweep.lrs``: the same (r, targets) at two rates is two configurations).
 
     A ``failed`` trial (a crash) measured nothing and is left out: it never stands in for a result.
     A nested trial (the screen's) is left out: its values are not those of an independent trial.
@@ -262,13 +271,20 @@ def _measured(outcomes: Iterable[Outcome]) -> Dict[ConfigKey, Dict[int, Outcome]
     by_cfg: Dict[ConfigKey, Dict[int, Outcome]] = {}
     for o in outcomes:
         if o.status != "failed" and not o.nested:
-            by_cfg.setdefault((o.r, o.targets), {})[o.seed] = o
+            by_cfg.setdefault((o.r, o.targets, o.lr) if rated else (o.r, o.targets), {})[o.seed] = o
     return by_cfg
 
 
 def _valued(o: Outcome) -> bool:
     """Whether ``o`` is a value of the objective: an ok trial with a value that did not collapse."""
     return o.status == "ok" and o.value is not None and not o.collapsed
+
+
+def at_rate(outcomes: Iterable[Outcome], lr: Optional[float]) -> List[Outcome]:
+    """The outcomes of trials trained at ``lr`` (``Outcome.lr``); all of them when ``lr`` is None (a sweep
+    without a bracket of rates). What the reports aggregate for a sweep whose recommendation is at
+    ``Plan.lr``: ``aggregate`` keys configurations by (r, targets), one rate at a time."""
+    return [o for o in outcomes if lr is None or o.lr == lr]
 
 
 def aggregate(outcomes: Iterable[Outcome], seeds: Sequence[int]) -> Dict[ConfigKey, ConfigResults]:
@@ -365,6 +381,9 @@ T = TypeVar("T")
 #: such yield), returns its result once it has them
 Steps = Generator[List[TrialSpec], None, T]
 
+#: a configuration at one learning rate, (r, targets, lr): the memo's key (lr None without a bracket of rates)
+RatedKey = Tuple[int, str, Optional[float]]
+
 
 def _taken(by_seed: Mapping[int, Outcome], seeds: Sequence[int], n: int) -> int:
     """How many seeds of ``seeds`` the first ``n`` take when each collapsed one (``Outcome.collapsed`` in
@@ -383,47 +402,85 @@ class _Memo:
     """The seeds of each configuration the procedure has asked for so far (``asked``: how many, each
     collapsed seed replaced by the next one, ``counted``) and the statistics of exactly those (``aggregate``,
     memoised: a replay reads them often). Only asked-for seeds inform a decision, so replaying a longer
-    history never changes an earlier one."""
+    history never changes an earlier one. Keys are (r, targets, lr) (``RatedKey``): with ``rated`` (a bracket
+    of learning rates) a configuration at each rate is its own, else every lr is None."""
 
-    def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome]):
+    def __init__(self, seeds: Sequence[int], outcomes: Sequence[Outcome], rated: bool = False):
         self.seeds = list(seeds)
-        self.by_cfg = _measured(outcomes)
-        self.asked: Dict[ConfigKey, int] = {}
-        self._stats: Dict[Tuple[ConfigKey, int], Optional[Stats]] = {}
+        by_cfg = _measured(outcomes, rated)
+        self.by_cfg: Dict[RatedKey, Dict[int, Outcome]] = {(k if rated else (*k, None)): v for k, v in by_cfg.items()}
+        self.asked: Dict[RatedKey, int] = {}
+        self._stats: Dict[Tuple[RatedKey, int], Optional[Stats]] = {}
 
-    def counted(self, cfg: ConfigKey) -> int:
+    def counted(self, cfg: RatedKey) -> int:
         """Seeds of the sequence that the ``asked`` seeds of ``cfg`` take, each collapsed seed replaced by the
         next one (``_taken``)."""
         return _taken(self.by_cfg.get(cfg, {}), self.seeds, self.asked.get(cfg, 0))
 
-    def stats(self, cfg: ConfigKey) -> Optional[Stats]:
+    def stats(self, cfg: RatedKey) -> Optional[Stats]:
         """``aggregate`` stats of ``cfg`` over the seeds asked for so far (``counted``)."""
         key = (cfg, self.counted(cfg))
         if key not in self._stats:
-            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg)
+            counted = aggregate(self.by_cfg.get(cfg, {}).values(), self.seeds[: key[1]]).get(cfg[:2])
             self._stats[key] = counted.stats if counted is not None else None
         return self._stats[key]
 
-    def missing(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+    def n_asked(self, cfg: RatedKey) -> int:
+        return self.asked.get(cfg, 0)
+
+    def rate(self, cfg: RatedKey) -> Optional[float]:
+        return cfg[2]
+
+    def missing(self, cfg: RatedKey, n: int, stage: Stage) -> List[TrialSpec]:
         """The first ``n`` seeds of the sequence of ``cfg`` not run yet (asks for nothing)."""
         done = self.by_cfg.get(cfg, {})
-        return [TrialSpec(cfg[0], cfg[1], s, stage) for s in self.seeds[:n] if s not in done]
+        return [TrialSpec(cfg[0], cfg[1], s, stage, lr=cfg[2]) for s in self.seeds[:n] if s not in done]
 
-    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+    def ask(self, cfg: RatedKey, n: int, stage: Stage) -> List[TrialSpec]:
         """Ask for the first ``n`` seeds of ``cfg`` (never fewer than before), each collapsed one replaced by the
         next seed; returns those not run yet."""
         self.asked[cfg] = max(self.asked.get(cfg, 0), n)
         return self.missing(cfg, self.counted(cfg), stage)
 
-    def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
+    def need(self, cfg: RatedKey, n: int, stage: Stage) -> Steps[None]:
         """``ask``, yielding the seeds not run yet."""
         missing = self.ask(cfg, n, stage)
         if missing:
             yield missing
 
 
+class _AtRate:
+    """The memo seen at one learning rate ``lr``: its configurations are (r, targets), as the rank and targets
+    stages name them (``lr`` None: the sweep has no bracket of rates)."""
+
+    def __init__(self, memo: _Memo, lr: Optional[float]):
+        self.memo, self.lr, self.seeds = memo, lr, memo.seeds
+        self.by_cfg = {k[:2]: v for k, v in memo.by_cfg.items() if k[2] == lr}
+
+    def counted(self, cfg: ConfigKey) -> int:
+        return self.memo.counted((*cfg, self.lr))
+
+    def stats(self, cfg: ConfigKey) -> Optional[Stats]:
+        return self.memo.stats((*cfg, self.lr))
+
+    def n_asked(self, cfg: ConfigKey) -> int:
+        return self.memo.n_asked((*cfg, self.lr))
+
+    def rate(self, cfg: ConfigKey) -> Optional[float]:
+        return self.lr
+
+    def missing(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        return self.memo.missing((*cfg, self.lr), n, stage)
+
+    def ask(self, cfg: ConfigKey, n: int, stage: Stage) -> List[TrialSpec]:
+        return self.memo.ask((*cfg, self.lr), n, stage)
+
+    def need(self, cfg: ConfigKey, n: int, stage: Stage) -> Steps[None]:
+        return self.memo.need((*cfg, self.lr), n, stage)
+
+
 def _race(
-    memo: _Memo,
+    memo: Union[_Memo, _AtRate],
     settings: SweepSettings,
     floor: Optional[float],
     pool: Sequence[ConfigKey],
@@ -443,7 +500,7 @@ def _race(
         a, b = memo.stats(ref), memo.stats(cfg)
         c = compare(a, b, seed_noise([st for st in map(memo.stats, pool) if st], floor), s.confidence)
         # the sides that may get another seed, fewer asked first (cfg on a tie: the sort is stable)
-        sides = [x for x in sorted((cfg, ref), key=memo.asked.__getitem__) if memo.counted(x) < len(memo.seeds)]
+        sides = [x for x in sorted((cfg, ref), key=memo.n_asked) if memo.counted(x) < len(memo.seeds)]
         if c.low is not None and c.low > 0:
             end = RaceEnd.GAIN
         elif c.high is not None and c.high < s.tolerance:
@@ -451,16 +508,17 @@ def _race(
         else:
             end = None if sides else RaceEnd.SEED_LIMIT
         if end is not None:
-            return Verdict(ref, a, b, c, s.confidence, s.tolerance, end, s.max_seeds, objective)
+            return Verdict(ref[:2], a, b, c, s.confidence, s.tolerance, end, s.max_seeds, objective)
         side = sides[0]
-        seed = memo.asked[side] + 1
+        seed = memo.n_asked(side) + 1
         decisions.append(
             Decision(
                 Action.MORE_SEEDS,
                 stage,
                 side[0],
                 side[1],
-                Undecided(cfg, ref, c, s.confidence, s.tolerance, seed, objective),
+                Undecided(cfg[:2], ref[:2], c, s.confidence, s.tolerance, seed, objective),
+                lr=memo.rate(side),
             )
         )
         yield from memo.need(side, seed, stage)
@@ -506,7 +564,11 @@ class _Replay:
     def __init__(self, settings: SweepSettings, outcomes: Sequence[Outcome]):
         self.s = settings
         self.outcomes = list(outcomes)
-        self.memo = _Memo(seed_sequence(settings), self.outcomes)
+        #: the bracket of learning rates (``sweep.lrs`` with two or more), None without one
+        self.rates = list(settings.lrs) if settings.lrs is not None and len(settings.lrs) > 1 else None
+        self.rated = _Memo(seed_sequence(settings), self.outcomes, rated=self.rates is not None)
+        self.lr: Optional[float] = None  # the rate the rank and targets stages run at (None: no bracket)
+        self.memo = _AtRate(self.rated, None)
         self.decisions: List[Decision] = []
         self.evaluated: List[ConfigKey] = []
         every = aggregate(self.outcomes, self.memo.seeds)
@@ -515,8 +577,15 @@ class _Replay:
         self.floor = noise_floor(self.outcomes, settings)
         self.objective = objective_of(self.outcomes)
 
-    def decide(self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail) -> None:
-        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail))
+    def decide(
+        self, action: Action, stage: Stage, cfg: Tuple[Optional[int], Optional[str]], detail: Detail, lr=None
+    ) -> None:
+        """Append a decision about ``cfg`` at the stages' rate (or at ``lr``, the learning-rate stage's)."""
+        self.decisions.append(Decision(action, stage, cfg[0], cfg[1], detail, lr=lr if lr is not None else self.lr))
+
+    def at(self, lr: Optional[float]) -> None:
+        """Run the rank and targets stages at ``lr`` from now on (a new pass: nothing evaluated yet)."""
+        self.lr, self.memo, self.evaluated = lr, _AtRate(self.rated, lr), []
 
     def plan(self, steps: Steps[StopReason]) -> Plan:
         """Run ``steps`` (a stage generator) up to the first trials it needs, or to its end (or its stop,
@@ -536,7 +605,7 @@ class _Replay:
         if cap is None:
             if self.s.max_trials is not None:
                 specs = specs[: self.s.max_trials - len(self.outcomes)]
-            return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs)
+            return Plan(specs[0], self.decisions, evaluated=list(self.evaluated), runnable=specs, lr=self.lr)
         self.decide(Action.BUDGET, Stage.FINAL, (None, None), cap)
         return self.finish(StopReason.BUDGET)
 
@@ -546,8 +615,8 @@ class _Replay:
         if decision is not None:
             if stop_reason == StopReason.BUDGET:
                 decision = dataclasses.replace(decision, detail=dataclasses.replace(decision.detail, provisional=True))
-            self.decisions.append(decision)
-        return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated))
+            self.decisions.append(decision if self.lr is None else dataclasses.replace(decision, lr=self.lr))
+        return Plan(None, self.decisions, pick, stop_reason, list(self.evaluated), lr=self.lr)
 
     def evaluate(self, cfg: ConfigKey, stage: Stage) -> Steps[Optional[Stats]]:
         """Ask for the starting seeds of ``cfg`` and add it to the evaluated configurations; once the
@@ -677,7 +746,63 @@ class _Replay:
         self.decide(Action.SCREEN, Stage.SCREEN, (top, start), detail)
         return chosen
 
+    def rate_race(self, cfg: ConfigKey, rates: Sequence[float], recheck: bool) -> Steps[Optional[float]]:
+        """The learning-rate stage at ``cfg``: each rate of ``rates`` in order against the best rate so far
+        (the first with a result is the incumbent), raced as any comparison is (``_race``, the seed s.d.
+        pooled over every configuration evaluated so far at any rate), a ``rate`` decision each; a rate
+        replaces the incumbent only on a significant gain. ``recheck``: at the pick, after the stages
+        (``rates`` then start with the stages' rate). Returns the winning rate (a ``rate-chosen``
+        decision), None when no rate has an ok trial."""
+        ref: Optional[RatedKey] = None
+        pool = [(*c, self.lr) for c in self.evaluated]
+        for lr in rates:
+            key = (*cfg, lr)
+            yield from self.rated.need(key, len(self.s.seeds), Stage.LR)
+            pool.append(key)
+            if self.rated.stats(key) is None:
+                self.decide(Action.FAILED, Stage.LR, cfg, AllDiverged(), lr=lr)
+                continue
+            if ref is None:
+                ref = key
+                continue
+            verdict = yield from _race(
+                self.rated, self.s, self.floor, pool, ref, key, Stage.LR, self.decisions, self.objective
+            )
+            self.decide(Action.RATE, Stage.LR, cfg, RateVerdict(ref[2], verdict, recheck), lr=lr)
+            if verdict.end == RaceEnd.GAIN:
+                ref = key
+        if ref is None:
+            return None
+        self.decide(Action.RATE_CHOSEN, Stage.LR, cfg, RateChosen(tuple(rates), recheck, self.lr), lr=ref[2])
+        return ref[2]
+
     def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
+        """The learning-rate stage (``sweep.lrs``), the rank and targets stages at its rate (``stages``), and
+        the rate re-checked at their pick: when another rate of the bracket is significantly better there,
+        the stages are redone at that rate (once); returns why it stopped."""
+        if self.rates is None:
+            return (yield from self.stages(params_per_rank))
+        first = (self.s.ranks[0], targets_key(self.s.start_targets))
+        lr = yield from self.rate_race(first, self.rates, recheck=False)
+        if lr is None:
+            return StopReason.NO_SUCCESS
+        self.at(lr)
+        stop = yield from self.stages(params_per_rank)
+        pick = self.pick()
+        if pick is None:
+            return stop
+        better = yield from self.rate_race(pick, [lr] + [x for x in self.rates if x != lr], recheck=True)
+        if better is None or better == lr:
+            return stop
+        self.at(better)
+        return (yield from self.stages(params_per_rank))
+
+    def pick(self) -> Optional[ConfigKey]:
+        """The configuration ``recommend`` would pick now (no decision taken)."""
+        stats = {c: self.memo.stats(c) for c in self.evaluated}
+        return recommend(self.evaluated, stats, self.params, self.flops, self.s, self.floor, self.objective)[0]
+
+    def stages(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
         """The screen (``sweep.screen``), the rank stage, then (at a low plateau rank) the targets stage;
         returns why it stopped."""
         s = self.s

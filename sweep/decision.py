@@ -53,6 +53,8 @@ class Action(Choice):
     RECOMMEND = "recommend"  # the answer
     GRID = "grid"  # every grid point is done
     SCREEN = "screen"  # the nested trials' screened curve names the ranks independent trials run at
+    RATE = "rate"  # a learning rate of the bracket against the best rate so far (sweep.lrs)
+    RATE_CHOSEN = "rate-chosen"  # the rate the rank and targets stages run at
     AT_BUDGET = "at-budget"  # a budget of LoRA parameters: the rank each target set gets for it
     GAIN = "gain"  # at an equal budget, a target set gains on the start targets
     BUDGET_PICK = "budget-pick"  # the recommendation rule among the target sets of one budget
@@ -67,6 +69,7 @@ class Stage(Choice):
     GRID = "grid"
     FINAL = "final"
     SCREEN = "screen"  # nested-rank trials (``TrialSpec.nested``) on the start targets
+    LR = "lr"  # the learning-rate stage: the rates of ``sweep.lrs`` raced at one configuration
     EQUAL_BUDGET = "equal-budget"  # target sets at an equal budget of LoRA parameters (``sweep.mode=budget``)
 
 
@@ -114,13 +117,16 @@ class TrialSpec:
     its text, as a study stores it, is read as one). ``nested``: a nested-rank trial (the ``screen``
     stage; DyLoRA, Valipour et al. 2023): one adapter of rank ``r`` (the largest of ``sweep.ranks``)
     trained on random rank truncations and evaluated at every rank of ``sweep.ranks``; its seeds are a
-    sequence of their own. A spec stored before the field existed reads as an independent trial."""
+    sequence of their own. A spec stored before the field existed reads as an independent trial.
+    ``lr``: the trial's AdamW peak learning rate (``train.lr``) when the sweep has a bracket of rates
+    (``sweep.lrs``); None: the sweep's ``train.lr``."""
 
     r: int
     targets: str
     seed: int
     stage: Stage
     nested: bool = False
+    lr: Optional[float] = None
 
     def __post_init__(self):
         object.__setattr__(self, "stage", Stage(self.stage))
@@ -347,6 +353,32 @@ class Screened(_Detail):
 
 
 @dataclass(frozen=True)
+class RateVerdict(_Detail):
+    """``rate``: at the decision's configuration, its learning rate (the decision's ``lr``) against the best
+    rate so far ``ref_lr`` once their race ended (``verdict``: the rate at ``ref_lr`` is the reference A);
+    ``recheck``: at the stages' pick, after them, rather than at the start configuration."""
+
+    ref_lr: float
+    verdict: Verdict
+    recheck: bool = False
+
+    @property
+    def numbers(self) -> Dict[str, float]:
+        return self.verdict.numbers
+
+
+@dataclass(frozen=True)
+class RateChosen(_Detail):
+    """``rate-chosen``: the bracket ``rates`` (``sweep.lrs``, in the order raced) at the decision's
+    configuration chose the decision's ``lr``; ``recheck``: the re-check at the pick, where ``previous`` is
+    the rate the stages ran at (the stages are redone at ``lr`` when it differs)."""
+
+    rates: Tuple[float, ...]
+    recheck: bool = False
+    previous: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class GridDone(_Detail):
     """``grid``: every one of ``configurations`` configurations has its ``seeds`` seeds."""
 
@@ -411,6 +443,8 @@ Detail = Union[
     Recommendation,
     GridDone,
     Screened,
+    RateVerdict,
+    RateChosen,
     AtBudget,
     BudgetPick,
     EveryTrialCollapsed,
@@ -434,6 +468,8 @@ DETAILS = {
     Action.RECOMMEND: Recommendation,
     Action.GRID: GridDone,
     Action.SCREEN: Screened,
+    Action.RATE: RateVerdict,
+    Action.RATE_CHOSEN: RateChosen,
     Action.AT_BUDGET: AtBudget,
     Action.GAIN: Verdict,
     Action.BUDGET_PICK: BudgetPick,
@@ -445,13 +481,16 @@ DETAILS = {
 class Decision:
     """One decision: its ``action``, the ``stage`` that took it, the configuration it is about (``r``,
     ``targets``; None for the whole sweep) and its ``detail`` (``DETAILS``). Its one-sentence ``reason``
-    and the ``numbers`` behind it are read from the detail. Two decisions are equal when their data are."""
+    and the ``numbers`` behind it are read from the detail. Two decisions are equal when their data are.
+    ``lr``: the learning rate of the configuration when the sweep has a bracket of rates (``sweep.lrs``),
+    else None."""
 
     action: Action
     stage: Stage
     r: Optional[int]
     targets: Optional[str]
     detail: Detail
+    lr: Optional[float] = None
 
     @property
     def reason(self) -> str:
@@ -466,6 +505,7 @@ class Decision:
     def line(self) -> str:
         """The decision as one log line."""
         where = f" r={self.r} {self.targets}" if self.r is not None else ""
+        where += f" lr={self.lr:g}" if self.lr is not None else ""
         return f"[{self.stage}] {self.action}{where}: {self.reason}"
 
     def matches(self, stored: Decision) -> bool:
@@ -488,6 +528,7 @@ class Decision:
             "targets": self.targets,
             "reason": self.reason,
             "numbers": self.numbers,
+            **({"lr": self.lr} if self.lr is not None else {}),
         }
         return stored if isinstance(self.detail, Recorded) else {**stored, "detail": asdict(self.detail)}
 
@@ -505,7 +546,7 @@ class Decision:
             detail = _typed(DETAILS[action], d["detail"])
         else:
             detail = Recorded(d.get("reason") or "", dict(d.get("numbers") or {}))
-        return cls(action, Stage(d["stage"]), d.get("r"), d.get("targets"), detail)
+        return cls(action, Stage(d["stage"]), d.get("r"), d.get("targets"), detail, d.get("lr"))
 
 
 def _typed(hint, value):
@@ -723,6 +764,26 @@ def render(d: Decision) -> str:
         return _recommendation_text(x)
     if isinstance(x, Screened):
         return _screen_text(x)
+    if isinstance(x, RateVerdict):
+        v, m = x.verdict, metric_of(x.verdict.objective)
+        where = "re-check at the pick " if x.recheck else ""
+        return (
+            f"{where}{_fmt(cfg)}: lr={d.lr:g} {_stats_text(v.stats, m)} vs lr={x.ref_lr:g} {_stats_text(v.ref_stats, m)}: "
+            f"{_gain_text(v.comparison.gain, m)}, {_bounds_text(v.comparison, v.confidence, m)}; {_race_text(v, m)}"
+        )
+    if isinstance(x, RateChosen):
+        rates = f"sweep.lrs=[{', '.join(f'{r:g}' for r in x.rates)}]"
+        if not x.recheck:
+            return (
+                f"the rank and targets stages run at lr={d.lr:g}: the best rate of {rates} at {_fmt(cfg)} (a rate "
+                "replaces the one before it only on a significant gain)"
+            )
+        if x.previous == d.lr:
+            return f"re-checked at the pick {_fmt(cfg)}: no rate of {rates} is significantly better than lr={d.lr:g}"
+        return (
+            f"re-checked at the pick {_fmt(cfg)}: lr={d.lr:g} is significantly better than lr={x.previous:g}, the "
+            f"rate the stages ran at: the rank and targets stages are redone at lr={d.lr:g}"
+        )
     if isinstance(x, AtBudget):
         given = f"those of {_fmt(x.given)}" if x.given is not None else "given as a count"
         sets = " | ".join(

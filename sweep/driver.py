@@ -130,17 +130,20 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
     """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
     nested = {"nested": True, "nested_ranks": list(cfg.sweep.ranks)} if spec.nested else {"nested": False}
+    lr = {"lr": spec.lr} if spec.lr is not None else {}
     tcfg = dataclasses.replace(
         cfg,
         lora=dataclasses.replace(cfg.lora, r=spec.r, targets=list(targets), **nested),
-        train=dataclasses.replace(cfg.train, seed=spec.seed),
+        train=dataclasses.replace(cfg.train, seed=spec.seed, **lr),
     )
     return tcfg, resolved_config(tcfg)
 
 
 def _run_dir(cfg: Config, tcfg: Config) -> Path:
-    """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration."""
-    return sweep_dir(cfg) / "trials" / trial_name(tcfg)
+    """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration
+    (``…-lr0.001`` for a trial of the learning-rate stage at a rate other than the sweep's ``train.lr``)."""
+    rate = f"-lr{tcfg.train.lr:g}" if tcfg.train.lr != cfg.train.lr else ""
+    return sweep_dir(cfg) / "trials" / (trial_name(tcfg) + rate)
 
 
 def run_dir_of(cfg: Config, spec: TrialSpec) -> Path:
@@ -229,6 +232,7 @@ def _attrs(cfg: Config, spec: TrialSpec, targets: List[str]) -> dict:
         "targets": list(targets),
         "targets_key": spec.targets,
         "stage": spec.stage,
+        "lr": tcfg.train.lr,
         "run_dir": str(_run_dir(cfg, tcfg)),
     }
 
@@ -461,7 +465,11 @@ def recommendation_line(p: Plan, sdir: Path, lr: Optional[float] = None) -> str:
             if p.stop_reason == StopReason.BUDGET
             else ""
         )
-        return f"recommendation: r={r} on {t} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
+        rate = f" at lr={p.lr:g}" if p.lr is not None else ""
+        return (
+            f"recommendation: r={r} on {t}{rate} ({stop_text(p.stop_reason, p.decisions)}{provisional}); "
+            f"results in {sdir}"
+        )
     collapsed = next((d for d in p.decisions if d.action == Action.COLLAPSED), None)
     if p.stop_reason == StopReason.COLLAPSED and collapsed is not None:
         at = f" (this sweep: train.lr={lr:g})" if lr is not None else ""

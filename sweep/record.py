@@ -77,6 +77,9 @@ class TrialResult:
     targets: List[str] = _kept(factory=list)
     #: training seed (``train.seed``)
     seed: Optional[int] = _kept()
+    #: the AdamW peak learning rate it trained at (``train.lr``); a sweep with a bracket of rates
+    #: (``sweep.lrs``) compares configurations at each rate by it; None in records written before it existed
+    lr: Optional[float] = _kept(study=True, csv=True)
     #: what it was trained and evaluated on: SHA-256 (16 hex digits) of the task's train and validation
     #: rows as read, texts and labels (``sweep.data.task_digest``); None in records made before it existed
     data_digest: Optional[str] = _kept(study=True)
@@ -193,6 +196,7 @@ class TrialResult:
             nested=bool(self.nested),
             collapsed=bool(self.collapsed) and self.status == Status.OK,
             baseline=self.majority_baseline.get(self.objective) if self.objective else None,
+            lr=float(self.lr) if self.lr is not None else None,
         )
 
     def to_dict(self) -> dict:

@@ -129,6 +129,7 @@ sweep:
   screen_seeds: 2
   screen_margin: 1.0
   screen_rule: pair
+  lrs: null
   estimate: true
   max_trials: 40
   max_train_flops: null

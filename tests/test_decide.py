@@ -731,12 +731,14 @@ def test_actions_and_stages_are_stored_as_their_text():
         "recommend",
         "grid",
         "screen",
+        "rate",
+        "rate-chosen",
         "at-budget",
         "gain",
         "budget-pick",
         "collapsed",
     ]
-    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "equal-budget"]
+    assert [s.value for s in Stage] == ["rank", "targets", "grid", "final", "screen", "lr", "equal-budget"]
     assert [s.value for s in StopReason] == [
         "plateau",
         "no successful trial",

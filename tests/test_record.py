@@ -159,6 +159,7 @@ def test_the_csv_and_study_fields():
         "nested",
         "lora_alpha",
         "scaling",
+        "lr",
         "lora_params",
         "head_params",
         "trainable_params",

@@ -309,12 +309,47 @@ def test_a_screened_sweep_runs_nested_trials_and_decides_on_independent_ones(glu
     assert counted == {(r, n) for r, n in by_hand.items()}
 
 
+def test_a_sweep_with_a_bracket_of_rates_races_them_and_reports_the_rate(glue_dir, tmp_path):
+    """sweep.lrs=[5e-3,1e-3] on one seed (no noise estimate: nothing is significant): by hand, r=1 at 5e-3 (the
+    incumbent) and at 1e-3 (no gain: 5e-3 stays), r=2 at 5e-3 (no gain: the ranks run out), the re-check at the
+    pick r=1 needs no new trial and confirms 5e-3; three trials, the one at 1e-3 in its own folder, trained at
+    its rate; summary.csv holds the configurations at 5e-3 only, the report's rate table both rates."""
+    import pandas as pd
+
+    proc = run_main(
+        sweep_main, *args(tmp_path, glue_dir, "sweep.lrs=[5e-3,1e-3]", "sweep.target_sets=[[q,v]]", "train.epochs=1")
+    )
+    ok(proc)
+    got = [(t.params["r"], t.user_attrs["spec"]["lr"], Path(t.user_attrs["run_dir"]).name) for t in trials_of(tmp_path)]
+    assert got == [(1, 5e-3, "r1-q-v-seed0"), (1, 1e-3, "r1-q-v-seed0-lr0.001"), (2, 5e-3, "r2-q-v-seed0")]
+    values = {}
+    for t in trials_of(tmp_path):
+        record = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert record["lr"] == t.user_attrs["spec"]["lr"] == json.loads(json.dumps(t.user_attrs["lr"]))
+        values[(t.params["r"], record["lr"])] = 100 * record["objective_value"]
+    assert proc.stdout.splitlines()[-1].startswith("recommendation: r=1 on q,v at lr=0.005 (")
+    summary = pd.read_csv(tmp_path / "mrpc" / "default" / "summary.csv")
+    assert list(zip(summary["r"], summary["n_seeds"])) == [(1, 1), (2, 1)]
+    assert summary["objective_mean"].round(6).tolist() == [
+        round(values[(1, 5e-3)] / 100, 6),
+        round(values[(2, 5e-3)] / 100, 6),
+    ]
+    report = (tmp_path / "mrpc" / "default" / "report.md").read_text()
+    assert "- **Learning rate**: 0.005, chosen by the learning-rate stage from sweep.lrs = [0.005, 0.001]" in report
+    assert (
+        "- Re-check: re-checked at the pick r=1 on q,v: no rate of sweep.lrs=\\[0.005, 0.001\\] is significantly better"
+        in report
+    )
+    assert f"| r=1 on q,v | 0.001 | 1 | {values[(1, 1e-3)]:.2f} |" in report
+    assert f"| r=1 on q,v | 0.005 | 1 | {values[(1, 5e-3)]:.2f} |" in report
+
+
 def test_a_budget_sweep_reports_the_sets_at_their_ranks_as_their_trials_recorded(glue_dir, tmp_path):
     """sweep=budget on MiniLM (6 layers, d_model 384, d_ff 1536: q,v cost 6·2·(384+384) = 9,216 LoRA parameters a
     rank, q,k,v 13,824, q,k,v,o 18,432) at the budget of r=2 on q,v, 18,432: q,k,v gets r=1 (13,824: 1.33 ranks
     round down), q,k,v,o r=1 (18,432); one trial each, whose records the report's table must show (the MLP sets
-    collapse in 4 steps: the attention sets do not). train.lr=1e-2: at the default rate debug=tiny's 4 steps leave every trial collapsed
-    (tests/test_collapse.py), and the random tiny BERT collapses at any rate."""
+    collapse in 4 steps: the attention sets do not). train.lr=1e-2: at the default rate debug=tiny's 4 steps leave
+    every trial collapsed (tests/test_collapse.py), and the random tiny BERT collapses at any rate."""
     proc = run_main(
         sweep_main,
         "debug=tiny",
