@@ -246,7 +246,10 @@ def rate_scenarios(
         "lr-moves": {2e-3: flat(0.0), 1e-3: moving(-1.0), 4e-3: moving(1.0)},
         "lr-mrpc": {lr: measured(lr) for lr in BRACKET},
     }
-    out = [Scenario(name, "lr", base["plateau-r8"].curve, same, rates) for name, rates in families.items()]
+    # plateau-r8 when the ranks reach 8 (a shorter rank axis: its highest plateau, else the rising curve)
+    plateaus = [s for s in base.values() if s.family == "plateau"]
+    curve = (base.get("plateau-r8") or (plateaus[-1] if plateaus else base["rising"])).curve
+    out = [Scenario(name, "lr", curve, same, rates) for name, rates in families.items()]
     out.append(Scenario("lr-moves-rising", "lr", base["rising"].curve, same, families["lr-moves"]))
     return out
 

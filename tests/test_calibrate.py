@@ -221,7 +221,18 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     # each settings' tables (12 scenarios × σ ∈ {0.5, 1.0, 1.5} on MRPC's 408 examples + the 22 degenerate
     # cells), then the screen's frontier: each settings without and with the screen, 12 scenarios × σ ∈
     # {0.5, 1, 2} on 408 examples
-    table, front = points.iloc[: 2 * (12 * 3 + 22)], points.iloc[2 * (12 * 3 + 22) :]
+    table, after = points.iloc[: 2 * (12 * 3 + 22)], points.iloc[2 * (12 * 3 + 22) :]
+    # after each settings' screen frontier, its learning-rate frontier: without the stage and with the bracket,
+    # the 5 rate families × σ ∈ {0.5, 1, 2}
+    rates = after[after["scenario"].str.startswith("lr-")]
+    front = after[~after["scenario"].str.startswith("lr-")]
+    assert list(rates["settings"].unique()) == [
+        "default rates off",
+        "default sweep.lrs=[0.002,0.001,0.004]",
+        "sweep.max_seeds=4 rates off",
+        "sweep.max_seeds=4 sweep.lrs=[0.002,0.001,0.004]",
+    ]
+    assert len(rates) == 4 * 5 * 3 and sorted(rates["sigma"].unique()) == [0.5, 1.0, 2.0]
     assert list(table["settings"].unique()) == ["default", "sweep.max_seeds=4"]
     assert list(front["settings"].unique()) == [
         "default",
