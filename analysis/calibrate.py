@@ -188,6 +188,38 @@ def frontier(
     return pd.DataFrame(rows)
 
 
+def _off_on(table: pd.DataFrame) -> pd.DataFrame:
+    """A calibration table of two settings over the same cells (off first, then on) as one row per cell:
+    ``scenario, sigma, p_off, trials_off, p_on, trials_on``; the table is kept in ``attrs["rows"]``."""
+    half = len(table) // 2
+    a, b = table.iloc[:half].reset_index(drop=True), table.iloc[half:].reset_index(drop=True)
+    front = pd.DataFrame(
+        {
+            "scenario": a["scenario"],
+            "sigma": a["sigma"],
+            "p_off": a["p_within_tolerance"],
+            "trials_off": a["mean_trials"],
+            "p_on": b["p_within_tolerance"],
+            "trials_on": b["mean_trials"],
+        }
+    )
+    front.attrs["rows"] = table
+    return front
+
+
+def _print_off_on(front: pd.DataFrame, width: int) -> None:
+    """The rows of an off/on frontier (``_off_on``) with its ``met`` column, scenario names ``width`` wide."""
+    print(
+        f"{'scenario':<{width}} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'on/off':>6}  met"
+    )
+    for r in front.itertuples():
+        print(
+            f"{r.scenario:<{width}} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} "
+            f"{r.trials_on:>9.1f} {r.trials_on / r.trials_off:>6.2f}  "
+            f"{'yes' if r.met else 'no' if r.sigma in TARGETS else '-'}"
+        )
+
+
 def screen_frontier(
     settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS, label: str = "default"
 ) -> pd.DataFrame:
@@ -202,23 +234,10 @@ def screen_frontier(
     scens = scenarios(settings, per_rank)
     cells = grid_of(scens, SCREEN_SIGMAS, N_EVAL)
     table = calibration_table([(label, off, cells), (f"{label} sweep.screen=true".strip(), on, cells)], per_rank, reps)
-    half = len(table) // 2
-    a, b = table.iloc[:half].reset_index(drop=True), table.iloc[half:].reset_index(drop=True)
-    family = {sc.name: sc.family for sc in scens}
-    front = pd.DataFrame(
-        {
-            "scenario": a["scenario"],
-            "family": a["scenario"].map(family),
-            "sigma": a["sigma"],
-            "p_off": a["p_within_tolerance"],
-            "trials_off": a["mean_trials"],
-            "p_on": b["p_within_tolerance"],
-            "trials_on": b["mean_trials"],
-        }
-    )
+    front = _off_on(table)
+    front.insert(1, "family", front["scenario"].map({sc.name: sc.family for sc in scens}))
     p_min = front["sigma"].map(TARGETS).fillna(0.0)
     front["met"] = (front["p_on"] >= p_min) & (front["trials_on"] <= MAX_SCREEN_SHARE * front["trials_off"])
-    front.attrs["rows"] = table
     return front
 
 
@@ -243,20 +262,8 @@ def rate_frontier(
     table = calibration_table(
         [(f"{label} rates off".strip(), off, cells), (f"{label} {rates}".strip(), on, cells)], per_rank, reps
     )
-    half = len(table) // 2
-    a, b = table.iloc[:half].reset_index(drop=True), table.iloc[half:].reset_index(drop=True)
-    front = pd.DataFrame(
-        {
-            "scenario": a["scenario"],
-            "sigma": a["sigma"],
-            "p_off": a["p_within_tolerance"],
-            "trials_off": a["mean_trials"],
-            "p_on": b["p_within_tolerance"],
-            "trials_on": b["mean_trials"],
-        }
-    )
+    front = _off_on(table)
     front["met"] = front["p_on"] >= front["sigma"].map(TARGETS).fillna(0.0)
-    front.attrs["rows"] = table
     return front
 
 
@@ -267,12 +274,7 @@ def _print_rates(front: pd.DataFrame) -> None:
         f"[{', '.join(f'{x:g}' for x in BRACKET)}] raced at the start configuration, re-checked at the pick (on); "
         "regret against the best configuration at any rate of the bracket"
     )
-    print(f"{'scenario':<16} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'on/off':>6}  met")
-    for r in front.itertuples():
-        print(
-            f"{r.scenario:<16} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} {r.trials_on:>9.1f} "
-            f"{r.trials_on / r.trials_off:>6.2f}  {'yes' if r.met else 'no' if r.sigma in TARGETS else '-'}"
-        )
+    _print_off_on(front, 16)
     for sigma, g in front.groupby("sigma"):
         print(
             f"σ={sigma:g}: worst P off {g['p_off'].min():.2f}, on {g['p_on'].min():.2f}; mean trials off "
@@ -296,12 +298,7 @@ def _print_screen(front: pd.DataFrame, settings: SweepSettings) -> None:
         f"bias {SCREEN.bias_r1:+.2f} points at r=1, {SCREEN.bias_per_doubling:+.2f} per doubling, noise "
         f"{SCREEN.noise:g}σ, {SCREEN.shared:.0%} of its variance shared by a trial's ranks"
     )
-    print(f"{'scenario':<12} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'on/off':>6}  met")
-    for r in front.itertuples():
-        print(
-            f"{r.scenario:<12} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} {r.trials_on:>9.1f} "
-            f"{r.trials_on / r.trials_off:>6.2f}  {'yes' if r.met else 'no' if r.sigma in TARGETS else '-'}"
-        )
+    _print_off_on(front, 12)
     for sigma, g in front.groupby("sigma"):
         print(
             f"σ={sigma:g}: worst P off {g['p_off'].min():.2f}, on {g['p_on'].min():.2f}; mean trials over the "
