@@ -4,9 +4,9 @@ folder, read from its ``metrics.json``, grouped by scaling, target set, rate and
     python -m analysis.rates results/lr-rank/mrpc        # markdown tables, one per scaling and target set
 
 Each cell is the mean of the trials' objective over their seeds in the objective's unit (points, 100 ×
-accuracy, for MRPC) with the seeds' values after it; a value equal to the majority-class baseline the trial
-recorded (``majority_baseline``: a model that predicts one class) is marked ``†`` (a collapsed seed, Mosbach
-et al. 2021). In each rank's column the best rate's mean is in bold. Trials of every sweep under the folder
+accuracy, for MRPC) with the seeds' values after it; a collapsed seed (one constant prediction, Mosbach et al.
+2021: the record's ``collapsed``; a record made before it existed: a value equal to its majority-class
+baseline) is marked ``†``. In each rank's column the best rate's mean is in bold. Trials of every sweep under the folder
 count once each (a trial reused by another sweep is one folder); nested trials (the screen's) are left out.
 """
 
@@ -49,7 +49,9 @@ def rate_frame(folder: Path) -> pd.DataFrame:
                 "r": int(rec.r),
                 "seed": int(rec.seed),
                 "value": m.scale * rec.objective_value,
-                "collapsed": baseline is not None and abs(rec.objective_value - baseline) < 1e-9,
+                "collapsed": bool(rec.collapsed)
+                if rec.collapsed is not None
+                else baseline is not None and abs(rec.objective_value - baseline) < 1e-9,
                 "run_dir": str(path.parent),
             }
         )

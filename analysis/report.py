@@ -481,13 +481,21 @@ def _rate_lines(trials: pd.DataFrame, info: StudyInfo) -> List[str]:
         lines.append(f"- Re-check: {_md(recheck.reason)}.")
     raced = dict.fromkeys((d.r, d.targets) for d in info.decisions if d.stage == "lr" and d.r is not None)
     done = trials[(trials["state"] == "complete") & trials["lr"].notna()]
-    lines += ["", f"| configuration | lr | seeds | {m.label} mean ± s.d. |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        f"| configuration | lr | seeds | {m.label} mean ± s.d. (collapsed seeds left out) |",
+        "|---|---:|---:|---:|",
+    ]
     for r, targets in raced:
         at = done[(done["r"] == r) & (done["targets"] == targets)]
         for lr, group in at.groupby("lr"):
-            values = [m.scale * v for v in group["objective"]]
+            gone = group["collapsed"].astype("boolean").fillna(False).astype(bool) if "collapsed" in group else None
+            kept = group[~gone] if gone is not None else group
+            values = [m.scale * v for v in kept["objective"]]
+            seeds = f"{len(values)}" + (f" (+{int(gone.sum())} collapsed)" if gone is not None and gone.any() else "")
             sd = f" ± {pd.Series(values).std():.2f}" if len(values) > 1 else ""
-            lines.append(f"| r={r} on {_md(targets)} | {lr:g} | {len(values)} | {sum(values) / len(values):.2f}{sd} |")
+            mean = f"{sum(values) / len(values):.2f}{sd}" if values else "— (collapsed)"
+            lines.append(f"| r={r} on {_md(targets)} | {lr:g} | {seeds} | {mean} |")
     return lines
 
 
@@ -525,7 +533,7 @@ def report_markdown(
         configs = dict.fromkeys((o.r, o.targets) for _, o in collapsed)
         lines.append(
             f"- **Collapsed**: {len(collapsed)} trial(s) predicted the same answer for every validation example, in "
-            f"{len(configs)} configuration(s) ({_md(', '.join(f'r={r} {t}' for r, t in configs))}; rates in "
+            f"{len(configs)} configuration(s) ({_md(', '.join(f'r={r} {t}' for r, t in configs))}; collapse rates in "
             "summary.csv): measurements that a configuration is unstable at this recipe, not seed noise, so they "
             "are left out of means, σ and comparisons (listed under Collapsed trials)."
         )

@@ -783,7 +783,8 @@ class SweepSettings:
             if len(self.lrs) > 1 and self.mode != "progressive":
                 raise ValueError(
                     f"sweep.lrs={list(self.lrs)} with sweep.mode={self.mode}: the learning-rate stage is the "
-                    "progressive procedure's; a grid trains at train.lr (run one grid per rate with sweep.name)"
+                    f"progressive procedure's; a {self.mode} sweep trains at train.lr (run one per rate, each with "
+                    "its own sweep.name)"
                 )
             if len(self.lrs) > 1 and self.screen:
                 raise ValueError(

@@ -551,6 +551,15 @@ class _Stopped(Exception):
         self.reason = reason
 
 
+def _no_value(memo: Union[_Memo, _AtRate], cfg: tuple, max_seeds: int) -> AllDiverged:
+    """The detail of a configuration with no value among the seeds asked for: how many collapsed and how many
+    diverged (every seed diverged when none collapsed)."""
+    done = memo.by_cfg.get(cfg, {})
+    seen = [done[seed] for seed in memo.seeds[: memo.counted(cfg)] if seed in done]
+    collapsed = sum(o.collapsed for o in seen)
+    return AllDiverged(collapsed, len(seen) - collapsed, max_seeds) if collapsed else AllDiverged()
+
+
 def _to_end(steps: Steps[StopReason]) -> Iterator[Union[List[TrialSpec], StopReason]]:
     """The trials ``steps`` needs, then why it stopped as its last item."""
     stop = yield from steps
@@ -656,11 +665,7 @@ class _Replay:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
         st = yield from self.evaluate(cfg, stage)
         if st is None:
-            done = self.memo.by_cfg.get(cfg, {})
-            seen = [done[seed] for seed in self.memo.seeds[: self.memo.counted(cfg)] if seed in done]
-            collapsed = sum(o.collapsed for o in seen)
-            detail = AllDiverged(collapsed, len(seen) - collapsed, self.s.max_seeds) if collapsed else AllDiverged()
-            self.decide(Action.FAILED, stage, cfg, detail)
+            self.decide(Action.FAILED, stage, cfg, _no_value(self.memo, cfg, self.s.max_seeds))
             return ref, False
         if ref is None:
             self.decide(Action.START, stage, cfg, FirstResult(st, self.objective))
@@ -760,7 +765,7 @@ class _Replay:
             yield from self.rated.need(key, len(self.s.seeds), Stage.LR)
             pool.append(key)
             if self.rated.stats(key) is None:
-                self.decide(Action.FAILED, Stage.LR, cfg, AllDiverged(), lr=lr)
+                self.decide(Action.FAILED, Stage.LR, cfg, _no_value(self.rated, key, self.s.max_seeds), lr=lr)
                 continue
             if ref is None:
                 ref = key
@@ -773,7 +778,7 @@ class _Replay:
                 ref = key
         if ref is None:
             return None
-        self.decide(Action.RATE_CHOSEN, Stage.LR, cfg, RateChosen(tuple(rates), recheck, self.lr), lr=ref[2])
+        self.decide(Action.RATE_CHOSEN, Stage.LR, cfg, RateChosen(tuple(self.rates), recheck, self.lr), lr=ref[2])
         return ref[2]
 
     def progressive(self, params_per_rank: Mapping[str, int]) -> Steps[StopReason]:
@@ -875,11 +880,11 @@ class _Replay:
         for b in budgets:
             start, *others = b.configs()
             if self.memo.stats(start) is None:
-                self.decide(Action.FAILED, Stage.EQUAL_BUDGET, start, AllDiverged())
+                self.decide(Action.FAILED, Stage.EQUAL_BUDGET, start, _no_value(self.memo, start, self.s.max_seeds))
                 continue
             for cfg in others:
                 if self.memo.stats(cfg) is None:
-                    self.decide(Action.FAILED, Stage.EQUAL_BUDGET, cfg, AllDiverged())
+                    self.decide(Action.FAILED, Stage.EQUAL_BUDGET, cfg, _no_value(self.memo, cfg, self.s.max_seeds))
                     continue
                 verdict = yield from _race(
                     self.memo,

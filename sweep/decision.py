@@ -702,8 +702,8 @@ def _collapsed_text(x: EveryTrialCollapsed) -> str:
         baseline = f"; {kind} scores {m.fmt(m.real(x.baseline))}"
     return (
         f"every trial so far ({x.trials}) collapsed to a constant prediction ({m.label} {shown} {m.unit}{baseline}): "
-        "nothing trains at this recipe, so no configuration can be compared or recommended; stopping: try a lower "
-        "train.lr (or other train.* settings) under a new sweep.name"
+        "nothing trains at this recipe, so no configuration can be compared or recommended; stopping: try another "
+        "train.lr (sweep.lrs races a bracket of them) or other train.* settings under a new sweep.name"
     )
 
 

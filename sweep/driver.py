@@ -294,7 +294,8 @@ def _left_text(forecast: Forecast, history: Sequence[Outcome]) -> str:
 def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Config, attempt: int = 1) -> str:
     """The console line of a finished trial (``m`` None: taken over by another worker)."""
     nested = " nested (screen)" if spec.nested else ""
-    head = f"trial {number} r={spec.r} {spec.targets}{nested} seed={spec.seed}" + (
+    rate = f" lr={spec.lr:g}" if spec.lr is not None else ""
+    head = f"trial {number} r={spec.r} {spec.targets}{nested}{rate} seed={spec.seed}" + (
         f" (attempt {attempt})" if attempt > 1 else ""
     )
     if m is None:

@@ -97,6 +97,7 @@ def open_study(cfg: Config, resolved):
             f"cannot open sweep.storage {mask_url(url)}: {type(e).__name__}: {why}{masked_hint(url)}"
         ) from None
     check_fingerprint(study, cfg, new)
+    _check_rates(study, cfg)
     # this run's decisions replace the stored ones; until it ends there is no final answer
     study.set_user_attr("stop_reason", None)
     study.set_user_attr("recommendation", None)
@@ -106,6 +107,25 @@ def open_study(cfg: Config, resolved):
     study.set_user_attr("objective", cfg.task.objective)
     study.set_user_attr("metrics", list(cfg.task.metrics))
     return study
+
+
+def _check_rates(study, cfg: Config) -> None:
+    """Refuse to resume a study holding trials at learning rates other than ``train.lr`` (it ran with a
+    bracket, ``sweep.lrs``) without a bracket: its decisions would pool those rates into one configuration.
+
+    Raises:
+        UserError: names the rates and the bracket to give again, or a new ``sweep.name``.
+    """
+    if cfg.sweep.lrs is not None and len(cfg.sweep.lrs) > 1:
+        return
+    other = sorted({o.lr for o in outcomes(study) if o.lr is not None and o.lr != cfg.train.lr})
+    if other:
+        stored = (study.user_attrs.get("settings") or {}).get("lrs")
+        bracket = f"sweep.lrs=[{','.join(f'{x:g}' for x in stored)}]" if stored else "its bracket (sweep.lrs)"
+        raise UserError(
+            f"sweep '{cfg.sweep.name}' holds trials at lr={', '.join(f'{x:g}' for x in other)} besides "
+            f"train.lr={cfg.train.lr:g} (it ran with a bracket of rates): give {bracket} again, or a new sweep.name"
+        )
 
 
 def load_study(url: str, name: str | None = None, missing_hint: str = "run `make sweep TASK=<task>` first"):

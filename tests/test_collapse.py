@@ -150,7 +150,7 @@ def test_every_trial_collapsed_stops_after_the_start_seeds():
     assert d.reason == (
         "every trial so far (2) collapsed to a constant prediction (accuracy 68.38 points, what the majority class "
         "scores): nothing trains at this recipe, so no configuration can be compared or recommended; stopping: try "
-        "a lower train.lr (or other train.* settings) under a new sweep.name"
+        "another train.lr (sweep.lrs races a bracket of them) or other train.* settings under a new sweep.name"
     )
     assert Decision.from_dict(d.to_dict()) == d
 
@@ -277,6 +277,6 @@ def test_the_driver_stops_a_sweep_whose_every_trial_collapsed_in_one_line(tiny, 
     assert driver.recommendation_line(p, sdir, cfg.train.lr) == (
         "no recommendation: every trial so far (2) collapsed to a constant prediction (accuracy 68.40 points, what "
         "the majority class scores): nothing trains at this recipe, so no configuration can be compared or "
-        "recommended; stopping: try a lower train.lr (or other train.* settings) under a new sweep.name (this "
+        "recommended; stopping: try another train.lr (sweep.lrs races a bracket of them) or other train.* settings under a new sweep.name (this "
         f"sweep: train.lr=0.008); results in {sdir}"
     )

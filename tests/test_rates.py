@@ -246,3 +246,27 @@ def test_the_simulated_stage_finds_the_better_rate_that_the_recipe_misses():
     with_stage = simulate(replace(base, lrs=list(BRACKET)), off, 0.01, COSTS, np.random.default_rng(0))
     assert without.regret == pytest.approx(2.0, abs=0.05) and with_stage.regret == pytest.approx(0.0, abs=0.05)
     assert with_stage.trials > without.trials  # the stage costs its trials
+
+
+def test_a_bracketed_study_resumed_without_its_bracket_is_refused(tmp_path):
+    """A study whose trials ran at 1e-3 and 2e-3 (a bracket) and is resumed with one rate: its decisions would
+    pool the two rates into one configuration, so it is refused in one line naming the stored bracket."""
+    import optuna
+    from fakes import trial as frozen
+
+    from sweep.study import _check_rates
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+    study.set_user_attr("settings", {"lrs": [2e-3, 1e-3]})
+    for lr, seed in ((2e-3, 0), (1e-3, 0)):
+        t = frozen(1, "q,v", seed, 0.8, "lr")
+        t.user_attrs["lr"] = lr
+        study.add_trial(t)
+    cfg, _ = compose([])
+    with pytest.raises(UserError) as e:
+        _check_rates(study, cfg)
+    assert str(e.value) == (
+        "sweep 'default' holds trials at lr=0.001 besides train.lr=0.002 (it ran with a bracket of rates): give "
+        "sweep.lrs=[0.002,0.001] again, or a new sweep.name"
+    )
+    _check_rates(study, compose(["sweep.lrs=[2e-3,1e-3]"])[0])  # with the bracket: resumed

@@ -418,8 +418,8 @@ def test_a_sweep_in_which_every_trial_collapsed_stops_after_the_start_seeds(glue
     assert ran.stdout.splitlines()[-1] == (
         f"no recommendation: every trial so far (1) collapsed to a constant prediction (accuracy {value:.2f} points"
         f"{', ' if value == majority else '; '}{kind}): nothing trains at this recipe, so no configuration can be "
-        "compared or recommended; stopping: try a lower train.lr (or other train.* settings) under a new "
-        f"sweep.name (this sweep: train.lr=1); results in {tmp_path}/mrpc/default"
+        "compared or recommended; stopping: try another train.lr (sweep.lrs races a bracket of them) or other "
+        f"train.* settings under a new sweep.name (this sweep: train.lr=1); results in {tmp_path}/mrpc/default"
     )
     summary = (tmp_path / "mrpc" / "default" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("r,targets,n_seeds,n_failed,n_collapsed,collapse_rate,")
