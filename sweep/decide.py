@@ -650,6 +650,10 @@ class _Replay:
         seen = [self.memo.by_cfg.get(c, {}).get(seed) for c, k in asked for seed in self.memo.seeds[:k]]
         if not all(o is not None and o.collapsed for o in seen):
             return
+        self.stop_collapsed(cfg, seen, stage)
+
+    def stop_collapsed(self, cfg: ConfigKey, seen: Sequence[Outcome], stage: Stage, lr=None) -> None:
+        """The ``collapsed`` decision about ``cfg`` (every trial of ``seen`` collapsed), then ``_Stopped``."""
         metric = metric_of(self.objective)
         baseline = next((o.baseline for o in seen if o.baseline is not None), None)
         detail = EveryTrialCollapsed(
@@ -658,7 +662,7 @@ class _Replay:
             None if baseline is None else metric.score(baseline),
             self.objective,
         )
-        self.decide(Action.COLLAPSED, stage, cfg, detail)
+        self.decide(Action.COLLAPSED, stage, cfg, detail, lr=lr)
         raise _Stopped(StopReason.COLLAPSED)
 
     def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: Stage) -> Steps[Tuple[Optional[ConfigKey], bool]]:
@@ -760,9 +764,19 @@ class _Replay:
         decision), None when no rate has an ok trial."""
         ref: Optional[RatedKey] = None
         pool = [(*c, self.lr) for c in self.evaluated]
+        n = len(self.s.seeds)
         for lr in rates:
             key = (*cfg, lr)
-            yield from self.rated.need(key, len(self.s.seeds), Stage.LR)
+            first = self.rated.missing(key, n, Stage.LR)
+            if first:
+                yield first
+            done = self.rated.by_cfg.get(key, {})
+            if all(s in done and done[s].collapsed for s in self.rated.seeds[:n]):
+                # a rate whose first seeds all collapsed does not train: no replacement seeds for it
+                self.rated.asked[key] = max(self.rated.asked.get(key, 0), n)
+                self.decide(Action.FAILED, Stage.LR, cfg, _no_value(self.rated, key, self.s.max_seeds), lr=lr)
+                continue
+            yield from self.rated.need(key, n, Stage.LR)
             pool.append(key)
             if self.rated.stats(key) is None:
                 self.decide(Action.FAILED, Stage.LR, cfg, _no_value(self.rated, key, self.s.max_seeds), lr=lr)
@@ -789,7 +803,10 @@ class _Replay:
             return (yield from self.stages(params_per_rank))
         first = (self.s.ranks[0], targets_key(self.s.start_targets))
         lr = yield from self.rate_race(first, self.rates, recheck=False)
-        if lr is None:
+        if lr is None:  # no rate has a value: if every trial collapsed, the collapsed stop names it
+            seen = [o for x in self.rates for o in self.rated.by_cfg.get((*first, x), {}).values()]
+            if seen and all(o.collapsed for o in seen):
+                self.stop_collapsed(first, seen, Stage.LR)
             return StopReason.NO_SUCCESS
         self.at(lr)
         stop = yield from self.stages(params_per_rank)

@@ -270,3 +270,23 @@ def test_a_bracketed_study_resumed_without_its_bracket_is_refused(tmp_path):
         "sweep.lrs=[0.002,0.001] again, or a new sweep.name"
     )
     _check_rates(study, compose(["sweep.lrs=[2e-3,1e-3]"])[0])  # with the bracket: resumed
+
+
+def test_a_bracket_whose_every_rate_collapses_stops_with_the_collapsed_line():
+    """Every trial collapses to 68.38: by hand, the first two seeds at 2e-3 and at 1e-3 (4 trials), no
+    replacement seeds for a rate whose first seeds all collapsed, then the collapsed stop: no recommendation."""
+    history = []
+    for _ in range(20):
+        p = plan(settings(lrs=[2e-3, 1e-3]), history, COSTS)
+        if p.next is None:
+            break
+        n = p.next
+        history.append(Outcome(n.r, n.targets, n.seed, "ok", 0.6838, 9216, 1e12, 60.0, collapsed=True, lr=n.lr))
+    assert [(o.seed, o.lr) for o in history] == [(0, 2e-3), (1, 2e-3), (0, 1e-3), (1, 1e-3)]
+    assert p.recommendation is None and p.stop_reason == "every trial collapsed"
+    assert [(d.action, d.lr) for d in p.decisions] == [
+        (Action.FAILED, 2e-3),
+        (Action.FAILED, 1e-3),
+        (Action.COLLAPSED, None),
+    ]
+    assert p.decisions[-1].reason.startswith("every trial so far (4) collapsed to a constant prediction")
