@@ -103,7 +103,8 @@ def budget_ranks(settings: SweepSettings, params_per_rank: Mapping[str, int]) ->
                 f"{params_per_rank[cheapest]:,}): give a budget of at least {params_per_rank[cheapest]:,} LoRA parameters"
             )
         ranks = {t: rank_for(params, params_per_rank[t]) for t in sets}
-        for t, r in ranks.items():
+        # the binding set first: the dearest of those that cannot get r ≥ 1 names the budget every set needs
+        for t, r in sorted(ranks.items(), key=lambda item: -params_per_rank[item[0]]):
             if r == 0:
                 instead = (
                     "start with another set (sweep.start_targets)"

@@ -210,9 +210,10 @@ REFUSED = [
     (
         "sweep",
         ["sweep=budget", "sweep.budgets=[{r:1,targets:[q,v]}]"],
-        "sweep.budgets holds {r: 1, targets: [q,v]} = 9,216 LoRA parameters: target set q,k,v,o costs 18,432 LoRA "
-        "parameters at r=1, at least twice the budget, so it cannot get r ≥ 1; give a budget of at least 9,217, or "
-        "leave q,k,v,o out of sweep.target_sets",
+        # the binding set, the dearest one that cannot get r ≥ 1 (all-linear, 41,472 at r=1): 41,472 // 2 + 1
+        "sweep.budgets holds {r: 1, targets: [q,v]} = 9,216 LoRA parameters: target set all-linear costs 41,472 LoRA "
+        "parameters at r=1, at least twice the budget, so it cannot get r ≥ 1; give a budget of at least 20,737, or "
+        "leave all-linear out of sweep.target_sets",
     ),
     (
         "sweep",
