@@ -5,7 +5,6 @@ recommendation), and what summary.csv and report.md say of them. Every expected 
 hand in the comments."""
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,11 +12,12 @@ from fakes import MAJORITY as FAKE_MAJORITY
 from fakes import MINILM_COSTS as COSTS
 from fakes import NAME, fake_trial, make_study, small_settings, trial
 from scipy import stats
+from test_decide import settings as decide_settings
 
 from analysis.plots import figures
 from analysis.report import load_report, report_markdown
 from sweep import driver
-from sweep.cli import compose, defaults
+from sweep.cli import compose
 from sweep.collapse import is_collapsed
 from sweep.decide import Outcome, aggregate, noise_floor, plan
 from sweep.decision import Action, Decision, StopReason
@@ -48,20 +48,8 @@ def test_collapsed_predictions(preds, labels, problem_type, expected):
 
 
 def settings(**kw):
-    base = dict(
-        ranks=[1, 2],
-        start_targets=["q", "v"],
-        target_sets=[["q", "v"]],
-        seeds=[0, 1],
-        max_seeds=4,
-        tolerance=1.0,
-        confidence=0.9,
-        patience=2,
-        escalate_max_r=8,
-        max_trials=None,
-        max_hours=None,
-    )
-    return replace(defaults().sweep, **{**base, **kw})
+    """test_decide's settings on a short rank axis, q,v alone, up to 4 seeds."""
+    return decide_settings(**{"ranks": [1, 2], "target_sets": [["q", "v"]], "max_seeds": 4, **kw})
 
 
 MAJORITY = 0.6838  # MRPC's majority class: 279 of 408 validation pairs
