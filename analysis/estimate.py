@@ -230,7 +230,7 @@ def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PR
     from sweep.data import class_names, task_data
     from sweep.modeling import family_applied, load_base_model, load_tokenizer
     from sweep.runtime import resolve_device, resolve_precision
-    from sweep.trial import adapted_model, flop_models, trial_batches
+    from sweep.trial import adapted_model, flop_models, trial_batches, warmup_steps
 
     device = resolve_device(cfg)
     precision = resolve_precision(cfg, device)
@@ -247,8 +247,9 @@ def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PR
         train_flops, eval_flops = [], []
         for r, key in (large, small):  # the smallest last: its model is the one timed
             tcfg = _at(cfg, r, sets[key])
-            _, _, train_batches, val_batches = trial_batches(tcfg, data, pad_id)
-            model = adapted_model(copy.deepcopy(base), tcfg, model_cfg).to(device)
+            train_split, _, train_batches, val_batches = trial_batches(tcfg, data, pad_id)
+            steps = warmup_steps(tcfg, len(train_split))[0]
+            model = adapted_model(copy.deepcopy(base), tcfg, model_cfg, steps).to(device)
             with _one_thread():
                 f_train, f_eval = flop_models(model, train_batches, device)
             epochs = range(cfg.train.epochs)

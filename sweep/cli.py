@@ -32,7 +32,7 @@ from sweep.paths import CONF_DIR
 from sweep.redact import command_overrides, mask_url
 
 #: config groups selectable with ``group=option`` (the folders of conf/ a user picks from)
-GROUPS = ("task", "model", "sweep", "debug")
+GROUPS = ("task", "model", "method", "sweep", "debug")
 
 
 def _schema_type(key: str) -> Any:
@@ -286,7 +286,25 @@ def compose(overrides: Sequence[str] = ()) -> Tuple[Config, DictConfig]:
         raise UserError(_invalid_value_message(key, getattr(e, "value", "?"), str(e).splitlines()[0])) from None
     except ValueError as e:
         raise UserError(str(e)) from None
+    _check_rank_given(typed, {o.partition("=")[0].lstrip("+~") for o in overrides})
     return typed, resolved_config(typed)  # type: ignore[return-value]
+
+
+def _check_rank_given(cfg: Config, given) -> None:
+    """Refuse a rank given on the command line (``lora.r``, ``sweep.ranks``) to a method that has none.
+
+    Raises:
+        UserError: names the key, the method and the methods a rank applies to.
+    """
+    from sweep.config import RANKED_METHODS
+
+    rank_keys = sorted(k for k in given if k in ("lora.r", "sweep.ranks"))
+    if rank_keys and not cfg.method.ranked:
+        own = " (VeRA's shared rank is method.vera_r)" if cfg.method.name == "vera" else ""
+        raise UserError(
+            f"{rank_keys[0]} is a rank, and method={cfg.method.name} has none{own}: a rank applies to "
+            f"method={', '.join(RANKED_METHODS)}; leave {rank_keys[0]} out"
+        )
 
 
 def model_name(name_or_path: str) -> str:

@@ -51,6 +51,38 @@ class NestedDraw(Choice):
     every = "every"
 
 
+class Method(Choice):
+    """``method``: how a trial adapts the frozen model. LoRA and its kin train low-rank updates of the
+    target matrices (``lora.*``); the references train the whole model (``full``), the classification head
+    alone (``head``, the rank-0 reference) or the biases and the head (``bitfit``); the other peft methods
+    train their own small parameter sets (``method.*`` settings, ``conf/method/``)."""
+
+    lora = "lora"
+    dora = "dora"
+    adalora = "adalora"
+    vera = "vera"
+    fourierft = "fourierft"
+    ia3 = "ia3"
+    prefix = "prefix"
+    bitfit = "bitfit"
+    head = "head"
+    full = "full"
+
+
+#: methods whose trials are adapters of rank ``lora.r`` (a sweep can vary it): LoRA, DoRA (Liu et al. 2024,
+#: weight-decomposed LoRA), AdaLoRA (Zhang et al. 2023: ``lora.r`` is its target average rank)
+RANKED_METHODS = ("lora", "dora", "adalora")
+
+#: each method's own settings (``MethodSettings`` fields), which other methods leave null
+METHOD_KEYS = {
+    "adalora": ("init_r", "tinit", "tfinal"),
+    "vera": ("vera_r",),
+    "fourierft": ("n_frequency", "fourier_scaling"),
+    "ia3": ("ia3_targets",),
+    "prefix": ("prefix_length",),
+}
+
+
 class Precision(Choice):
     """``train.precision``: bf16 autocast where native (auto), or always fp32 or bf16."""
 
@@ -472,6 +504,81 @@ class LoraSettings:
 
 
 @dataclass
+class MethodSettings:
+    """The adaptation method of a trial (``method=<name>``, one file per method in ``conf/method/``, which
+    also sets the ``train.lr`` the method needs) and its own settings; a setting of another method is null.
+
+    Attributes:
+        name: the method (``Method``). ``lora``, ``dora`` and ``adalora`` use ``lora.r``, ``lora.alpha``,
+            ``lora.dropout``, ``lora.targets`` and ``lora.scaling``; ``vera`` and ``fourierft`` use ``lora.targets``
+            (and VeRA ``lora.dropout``); ``ia3`` its own targets; ``prefix``, ``bitfit``, ``head`` and ``full`` none.
+        init_r: AdaLoRA's initial rank of every matrix before its budget is pruned to ``lora.r`` on average
+            (Zhang et al. 2023, §3.3: b(0) = 1.5 × the target budget); null: ⌈1.5·``lora.r``⌉.
+        tinit: AdaLoRA's warm-up fraction of the training steps before the budget is pruned (t_i, §3.3).
+        tfinal: AdaLoRA's final fraction of the steps trained at the final budget (t_f, §3.3).
+        vera_r: VeRA's rank of the shared frozen random matrices (Kopiczko et al. 2024, §3; 256 in its GLUE runs).
+        n_frequency: FourierFT's number of trained spectral coefficients per matrix (Gao et al. 2024, §3; 1000
+            in its GLUE base-model runs).
+        fourier_scaling: FourierFT's scaling of the inverse-DFT update (α in §3; 150 in peft and the paper's base runs).
+        ia3_targets: the roles IA³ rescales (Liu et al. 2022, §3.3: keys, values and the MLP's inner
+            activations, i.e. the input of ``down``); roles of the model's family, as ``lora.targets``.
+        prefix_length: prefix tuning's number of virtual tokens prepended to every layer's keys and values
+            (Li & Liang 2021, §4).
+
+    Raises:
+        ValueError: a setting of another method is set, this method's setting is missing, or a number is
+            not positive (the message names the key and what is valid).
+    """
+
+    name: Method = MISSING
+    init_r: Optional[int] = None
+    tinit: Optional[float] = None
+    tfinal: Optional[float] = None
+    vera_r: Optional[int] = None
+    n_frequency: Optional[int] = None
+    fourier_scaling: Optional[float] = None
+    ia3_targets: Any = None
+    prefix_length: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.name = _choice_text("method", self.name, Method)
+        own = METHOD_KEYS.get(self.name, ())
+        for method, keys in METHOD_KEYS.items():
+            for key in keys:
+                value = getattr(self, key)
+                if method != self.name and value is not None:
+                    owner = f"method={method}"
+                    raise ValueError(
+                        f"method.{key}={value!r} is a setting of {owner}, not of method={self.name}: "
+                        f"leave it out, or give {owner}"
+                    )
+        for key in own:
+            if key not in ("init_r",) and getattr(self, key) is None:
+                raise ValueError(f"method.{key} is null: method={self.name} needs it (conf/method/{self.name}.yaml)")
+        _check_positive("method.init_r", self.init_r, allow_none=True, integer=True)
+        _check_positive("method.vera_r", self.vera_r, allow_none=True, integer=True)
+        _check_positive("method.n_frequency", self.n_frequency, allow_none=True, integer=True)
+        _check_positive("method.fourier_scaling", self.fourier_scaling, allow_none=True)
+        _check_positive("method.prefix_length", self.prefix_length, allow_none=True, integer=True)
+        for key in ("tinit", "tfinal"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"method.{key}={value!r} is invalid: it must be a fraction of the steps in [0, 1)")
+        if self.tinit is not None and self.tinit + self.tfinal >= 1.0:
+            raise ValueError(
+                f"method.tinit={self.tinit:g} + method.tfinal={self.tfinal:g} ≥ 1 leaves AdaLoRA no steps to "
+                "prune its budget in: give fractions that sum below 1"
+            )
+        if self.ia3_targets is not None:
+            self.ia3_targets = normalize_targets(self.ia3_targets, "method.ia3_targets")
+
+    @property
+    def ranked(self) -> bool:
+        """Whether the method trains adapters of rank ``lora.r`` (``RANKED_METHODS``)."""
+        return self.name in RANKED_METHODS
+
+
+@dataclass
 class TrainSettings:
     """Fine-tuning of one trial (AdamW, linear warm-up then linear decay to 0).
 
@@ -835,6 +942,7 @@ class Config:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
     lora: LoraSettings = MISSING
+    method: MethodSettings = MISSING
     train: TrainSettings = MISSING
     data: DataSettings = MISSING
     sweep: SweepSettings = MISSING
@@ -848,6 +956,16 @@ class Config:
             raise ValueError("results_dir is empty: give a folder, or null for <project>/results")
         if self.sweep.tolerance is None:
             self.sweep.tolerance = METRICS[self.task.objective].tolerance
+        if self.lora.nested and self.method.name != Method.lora:
+            raise ValueError(
+                f"lora.nested=true trains nested LoRA ranks (DyLoRA), not method={self.method.name}: give method=lora "
+                "or lora.nested=false"
+            )
+        if self.method.name == Method.adalora and self.lora.scaling == Scaling.rslora:
+            raise ValueError(
+                "lora.scaling=rslora is not available with method=adalora (peft's AdaLoRA scales by alpha/r): "
+                "give lora.scaling=standard"
+            )
         if self.sweep.lrs is not None and len(self.sweep.lrs) == 1 and self.sweep.lrs[0] != self.train.lr:
             raise ValueError(
                 f"sweep.lrs={list(self.sweep.lrs)} holds one rate other than train.lr={self.train.lr:g}: give "

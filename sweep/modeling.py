@@ -355,7 +355,7 @@ def check_limits(
             )
 
 
-def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> nn.Module:
+def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig, *, use_dora: bool = False) -> nn.Module:
     """Wrap ``model`` with peft LoRA on the resolved targets; the head is trained in full and saved
     with the adapter (``modules_to_save``). A is drawn at random (kaiming-uniform, peft's default,
     as in Microsoft's loralib) and B is zero, so the wrapped model computes exactly the base model
@@ -363,7 +363,8 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
     ``Conv1D`` targets (GPT-2) get ``fan_in_fan_out=True``. The adapter records ``portable_base_id``
     as its base model. ``model_cfg`` has its family applied (``family_applied``). A language model
     (``has_lm_head``) gets peft's ``CAUSAL_LM`` task type and no head: its trainable parameters are
-    the LoRA parameters alone.
+    the LoRA parameters alone. ``use_dora``: DoRA (Liu et al. 2024), LoRA's update as the direction and a
+    trained magnitude per output of every adapted matrix (peft ``use_dora=True``).
 
     Raises:
         UserError: the head names no module, or the targets mix ``Conv1D`` and ``nn.Linear`` modules
@@ -389,6 +390,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig) -> 
         use_rslora=lora.scaling == "rslora",
         modules_to_save=list(model_cfg.head) or None,
         fan_in_fan_out=bool(transposed),
+        use_dora=use_dora,
     )
     missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]
     if missing:
@@ -413,24 +415,34 @@ def set_backbone_dropout(model: nn.Module, p: float, head: Sequence[str]) -> int
     return changed
 
 
-def parameter_counts(peft_model: nn.Module, base_total: int) -> Dict[str, int]:
-    """Parameter counts of a peft LoRA model.
+def parameter_counts(model: nn.Module, head: Sequence[str] = ()) -> Dict[str, int]:
+    """Parameter counts of a trial's model (a peft model, or the base model with some parameters trainable).
 
     Returns:
-        ``lora_params`` (entries of every A and B), ``head_params`` (the trained head copies),
-        ``trainable_params`` (their sum, all with requires_grad) and ``total_params`` (the base model's
-        ``base_total`` plus the LoRA parameters; peft's extra copy of the head is not counted twice).
+        ``head_params`` (the trained head: peft's trained copies, ``modules_to_save``, or the head modules'
+        own parameters), ``lora_params`` (the method's other trained parameters: LoRA's every A and B entry,
+        Σ r·(d_in + d_out); DoRA adds a magnitude per output; BitFit the biases; full fine-tuning every
+        weight outside the head), ``trainable_params`` (their sum, every parameter with requires_grad) and
+        ``total_params`` (every parameter of the model: the base model's plus what the method adds, peft's
+        trained copy of the head counted once). ``head``: the head modules (``model.head``) of a model that
+        peft does not wrap.
     """
-    lora = head = trainable = 0
-    for name, p in peft_model.named_parameters():
+    trainable = head_params = copies = every = 0
+    for name, p in model.named_parameters():
+        every += p.numel()
+        copy = ".modules_to_save." in name
+        copies += p.numel() if copy else 0
         if not p.requires_grad:
             continue
         trainable += p.numel()
-        if "lora_A" in name or "lora_B" in name:
-            lora += p.numel()
-        elif "modules_to_save" in name:
-            head += p.numel()
-    return {"lora_params": lora, "head_params": head, "trainable_params": trainable, "total_params": base_total + lora}
+        if copy or (not hasattr(model, "peft_config") and _in_head(name, head)):
+            head_params += p.numel()
+    return {
+        "lora_params": trainable - head_params,
+        "head_params": head_params,
+        "trainable_params": trainable,
+        "total_params": every - copies,
+    }
 
 
 def trainable_state(peft_model: nn.Module) -> Dict[str, torch.Tensor]:

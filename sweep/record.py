@@ -57,7 +57,11 @@ class TrialResult:
     #: the model's outputs, index = class id (``id2label``; the user's data: its classes in the documented
     #: order, ``sweep.datafiles.class_order``); regression: the one output's name. Empty in older records
     label_names: List[str] = _kept(factory=list)
-    #: LoRA rank r (a nested trial: the largest rank, the one it trained)
+    #: the adaptation method (``method.name``: lora, dora, adalora, vera, fourierft, ia3, prefix, bitfit, head,
+    #: full); None in records written before methods existed (LoRA)
+    method: Optional[str] = _kept(study=True, csv=True)
+    #: LoRA rank r (a nested trial: the largest rank, the one it trained; AdaLoRA: its target average rank);
+    #: None for a method without a rank
     r: Optional[int] = _kept()
     #: True for a nested-rank trial (``lora.nested``, DyLoRA: every rank of ``rank_curve`` screened by truncation);
     #: None (not stored) for an ordinary one
@@ -87,13 +91,15 @@ class TrialResult:
     #: validation split was held out of it (``data.validation_split_percentage``); None otherwise
     validation_rows: Optional[List[int]] = _kept()
     # --- what it costs ---
-    #: LoRA parameters, Σ r·(d_in + d_out) over the adapted matrices (every entry of every A and B)
+    #: the method's trained parameters outside the head: LoRA's Σ r·(d_in + d_out) over the adapted matrices
+    #: (every entry of every A and B); DoRA adds a magnitude per output; BitFit: the biases; full: every weight
     lora_params: Optional[int] = _kept(study=True, csv=True)
     #: the trained classification head's parameters
     head_params: Optional[int] = _kept(study=True, csv=True)
     #: lora_params + head_params
     trainable_params: Optional[int] = _kept(study=True, csv=True)
-    #: every parameter of the model: the base model's (its classification head included) + lora_params
+    #: every parameter of the model: the base model's (its classification head included) + what the method
+    #: adds (LoRA: lora_params; BitFit, head and full add nothing)
     total_params: Optional[int] = _kept(study=True, csv=True)
     #: 100 · trainable_params / total_params, percent
     trainable_pct: Optional[float] = _kept(study=True, csv=True)

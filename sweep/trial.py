@@ -30,15 +30,15 @@ from omegaconf import OmegaConf
 from sweep.cli import compose, run_cli
 from sweep.collapse import NOTE as COLLAPSED
 from sweep.collapse import is_collapsed
-from sweep.config import Config
+from sweep.config import Config, Method
 from sweep.data import Batches, class_names, data_source, dropped_line, lm_dropped, take, task_data, task_digest
 from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
+from sweep.methods import after_step, apply_method, describe_method, method_targets, save_trained
 from sweep.metrics import compute_metrics, metric_of, token_scores
 from sweep.modeling import (
-    apply_lora,
     check_limits,
     family_applied,
     load_base_model,
@@ -70,9 +70,21 @@ def targets_slug(targets: List[str]) -> str:
 
 def trial_name(cfg: Config) -> str:
     """``r8-q-v-seed0``: a trial's configuration as a folder name (unique within a sweep); a nested trial
-    ``r64-q-v-nested-seed0``."""
+    ``r64-q-v-nested-seed0``; another method than LoRA is named first, with what it adapts: ``dora-r8-q-v-seed0``,
+    ``vera-q-v-seed0``, ``ia3-k-v-down-seed0``, ``full-seed0``."""
     nested = "-nested" if cfg.lora.nested else ""
-    return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}{nested}-seed{cfg.train.seed}"
+    method = cfg.method.name
+    if method == Method.lora:
+        return f"r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}{nested}-seed{cfg.train.seed}"
+    if cfg.method.ranked:
+        what = f"-r{cfg.lora.r}-{targets_slug(cfg.lora.targets)}"
+    elif method in (Method.vera, Method.fourierft):
+        what = f"-{targets_slug(cfg.lora.targets)}"
+    elif method == Method.ia3:
+        what = f"-{targets_slug(cfg.method.ia3_targets)}"
+    else:
+        what = ""
+    return f"{method}{what}-seed{cfg.train.seed}"
 
 
 def evaluate(model, batches: Batches, device: torch.device, precision: str) -> np.ndarray:
@@ -169,6 +181,7 @@ def train_one_epoch(
     desc: str = "",
     bar: bool = False,
     on_step: Optional[Callable[[int], None]] = None,
+    after_step: Optional[Callable[[int, int], None]] = None,
 ) -> EpochStats:
     """One pass over ``batches`` in the order of ``epoch`` (0-based: it seeds the shuffle): forward, backward,
     gradient clipping to ``max_grad_norm`` (None or 0: none), an optimiser and a scheduler step per batch.
@@ -176,7 +189,8 @@ def train_one_epoch(
     The mean loss is read on the host every ``LOSS_CHECK_EVERY`` steps and after the last one; once it is
     NaN/inf the epoch stops there and ``diverged`` is set (no exception). ``bar`` shows a live tqdm bar
     titled ``desc``. ``on_step(i)`` is called before the forward pass of step i (0-based; nested-rank training
-    sets the step's rank there).
+    sets the step's rank there). ``after_step(epoch, i)`` is called after step i's optimiser and scheduler steps,
+    before the gradients are cleared (AdaLoRA prunes its budget there, ``sweep.methods.after_step``).
 
     Returns:
         ``EpochStats``: mean loss, steps, FLOPs, tokens, seconds and whether the loss diverged.
@@ -204,6 +218,8 @@ def train_one_epoch(
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step(epoch, steps)
         optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         steps += 1
@@ -228,12 +244,13 @@ def train_one_epoch(
     )
 
 
-def adapted_model(base, cfg: Config, model_cfg):
-    """``base`` as a trial trains it: the backbone's dropout set (``train.backbone_dropout``), then wrapped
-    with LoRA of ``cfg.lora`` (``sweep.modeling.apply_lora``; ``base`` is changed in place)."""
+def adapted_model(base, cfg: Config, model_cfg, total_steps: int):
+    """``base`` as a trial trains it: the backbone's dropout set (``train.backbone_dropout``), then adapted
+    by ``cfg.method`` (LoRA of ``cfg.lora`` by default; ``sweep.methods.apply_method``; ``base`` is changed in
+    place). ``total_steps``: the trial's optimiser steps (AdaLoRA schedules its budget in steps)."""
     if cfg.train.backbone_dropout is not None:
         set_backbone_dropout(base, cfg.train.backbone_dropout, model_cfg.head)
-    return apply_lora(base, cfg.lora, model_cfg)
+    return apply_method(base, cfg, model_cfg, total_steps)
 
 
 def trial_batches(cfg: Config, data, pad_id: int) -> tuple:
@@ -297,26 +314,26 @@ def run_trial(
     labels = class_names(cfg)  # the user's data: read from its training labels; None: a causal LM
     base = load_base_model(cfg.model, labels)
     model_cfg = family_applied(base, cfg.model)  # role map and head of the checkpoint's family (a causal LM: none)
-    base_total = sum(p.numel() for p in base.parameters())
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     check_limits(
         base,
         tokenizer,
         model_cfg,
-        target_sets=[cfg.lora.targets],
+        target_sets=[cfg.lora.targets] if cfg.method.ranked else [],  # r ≤ min(d, k): a rank's limit
         r=cfg.lora.r,
         r_key="lora.r",
         max_length=cfg.data.max_length,
         n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
     )
-    model = adapted_model(base, cfg, model_cfg).to(device)
-    counts = parameter_counts(model, base_total)
-    # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
-    ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
-    truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
     # data: tokenised once per process (cached), then cut to the requested sizes
     data = task_data(cfg)
     train_split, val_split, train_batches, val_batches = trial_batches(cfg, data, tokenizer.pad_token_id or 0)
+    total_steps, warmup = warmup_steps(cfg, len(train_split))
+    model = adapted_model(base, cfg, model_cfg, total_steps).to(device)
+    counts = parameter_counts(model, model_cfg.head)
+    # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
+    ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
+    truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
     # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
     val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
@@ -326,7 +343,6 @@ def run_trial(
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    total_steps, warmup = warmup_steps(cfg, len(train_split))
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
     flops_train, flops_eval = flop_models(model, train_batches, device)
@@ -343,6 +359,7 @@ def run_trial(
     # restored last of the set-up: the RNG must continue exactly where the stopped run left it
     ckpt_path = run_dir / CHECKPOINT
     done = load_checkpoint(ckpt_path, model, optimizer, scheduler, config_text, device) or Progress()
+    method_step = after_step(model, cfg, len(train_batches))  # AdaLoRA's budget update; None for the others
     for epoch in range(done.epoch, cfg.train.epochs):
         desc = f"{trial_name(cfg)} epoch {epoch + 1}/{cfg.train.epochs}"
         on_step = None
@@ -366,6 +383,7 @@ def run_trial(
             desc=desc,
             bar=progress and sys.stderr.isatty(),
             on_step=on_step,
+            after_step=method_step,
         )
         done.train_flops += stats.flops
         done.train_tokens += stats.tokens
@@ -417,7 +435,7 @@ def run_trial(
         cfg,
         model_cfg,
         counts,
-        _scaling_factor(model),
+        _scaling_factor(model) if cfg.method.ranked else None,
         done,
         device,
         precision,
@@ -434,12 +452,9 @@ def run_trial(
             base.config.save_pretrained(str(run_dir / f"adapter-r{b}"))
             np.save(run_dir / f"val_predictions-r{b}.npy", p.best_preds)
     if done.best_state is not None:
-        # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
+        # the saved adapter (or model) is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(done.best_state, strict=False)
-        # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
-        model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
-        # peft saves no model config: the base's, beside it, names the classes (id2label, label2id)
-        base.config.save_pretrained(str(run_dir / "adapter"))
+        save_trained(model, base, run_dir)
         np.save(run_dir / "val_predictions.npy", done.best_preds)
     write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
@@ -523,15 +538,16 @@ def _result(
         head=list(model_cfg.head),
         pad_token_id=load_tokenizer(cfg.model.name_or_path).pad_token_id,
         label_names=class_names(cfg) or [],
-        r=cfg.lora.r,
+        method=cfg.method.name,
+        r=cfg.lora.r if cfg.method.ranked else None,
         nested=True if cfg.lora.nested else None,
         rank_curve=_rank_curve(cfg, done) if cfg.lora.nested else None,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        scaling=cfg.lora.scaling,
+        lora_alpha=cfg.lora.alpha if cfg.method.ranked else None,
+        lora_dropout=cfg.lora.dropout if cfg.method.ranked else None,
+        scaling=cfg.lora.scaling if cfg.method.ranked else None,
         lr=cfg.train.lr,
         scaling_factor=scaling_factor,
-        targets=list(cfg.lora.targets),
+        targets=list(method_targets(cfg)),
         seed=cfg.train.seed,
         data_digest=task_digest(cfg),
         validation_rows=list(map(int, val_split["idx"])) if data_source(cfg).carved else None,
@@ -601,12 +617,12 @@ def main(args: List[str]) -> int:
         print(dropped_line(cfg))
     best = ", ".join(f"{k} {v:.4f}" for k, v in m.best.items() if v is not None)
     print(
-        f"{m.task} {m.model} r={m.r} targets={','.join(m.targets)} seed={m.seed}: "
+        f"{m.task} {m.model} {describe_method(m)} seed={m.seed}: "
         f"status {m.status}{' (' + m.reason + ')' if m.reason else ''}"
         + (f" ({COLLAPSED})" if m.collapsed else "")
         + "; "
         + (f"best epoch {m.best_epoch}: {best}; " if m.best_epoch is not None else "no epoch evaluated; ")
-        + f"trainable {m.trainable_params:,} (LoRA {m.lora_params:,}); "
+        + f"trainable {m.trainable_params:,} ({'LoRA' if m.method in (None, 'lora') else m.method} {m.lora_params:,}); "
         f"train {m.train_flops:.3e} FLOPs in {m.train_seconds:.1f} s; eval {m.eval_seconds:.1f} s"
     )
     print(f"results: {run_dir}")

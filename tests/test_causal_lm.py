@@ -188,7 +188,7 @@ def test_trainable_parameters_are_the_lora_parameters_alone(tmp_path, family, ta
     base = load_base_model(cfg.model, None)
     total = sum(p.numel() for p in base.parameters())
     model = apply_lora(base, replace(cfg.lora, r=2, targets=targets), cfg.model)
-    counts = parameter_counts(model, total)
+    counts = parameter_counts(model)
     assert counts == {
         "lora_params": expected,
         "head_params": 0,

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import MISSING, OmegaConf
 
 from sweep.cli import compose, defaults
-from sweep.config import Choice, Config, FamilyConfig, TaskConfig, resolved_config
+from sweep.config import METHOD_KEYS, Choice, Config, FamilyConfig, TaskConfig, resolved_config
 from sweep.errors import UserError
 from sweep.paths import CONF_DIR
 from sweep.resume import fingerprint
@@ -57,6 +57,16 @@ lora:
   nested: false
   nested_ranks: null
   nested_draw: every
+method:
+  name: lora
+  init_r: null
+  tinit: null
+  tfinal: null
+  vera_r: null
+  n_frequency: null
+  fourier_scaling: null
+  ia3_targets: null
+  prefix_length: null
 train:
   epochs: 3
   lr: 0.002
@@ -172,6 +182,9 @@ def given_by_yaml():
     for group in ("task", "model", "sweep"):
         for path in (CONF_DIR / group).glob("*.yaml"):
             keys |= set(yaml_keys(OmegaConf.to_container(OmegaConf.load(path)), f"{group}."))
+    for path in (CONF_DIR / "method").glob("*.yaml"):  # global files (they set train.lr too) or method.*
+        glob = path.read_text().startswith("# @package _global_")
+        keys |= set(yaml_keys(OmegaConf.to_container(OmegaConf.load(path)), "" if glob else "method."))
     keys |= set(yaml_keys(OmegaConf.to_container(OmegaConf.load(CONF_DIR / "debug" / "tiny.yaml"))))
     return keys
 
@@ -182,13 +195,15 @@ def has_default(f: dataclasses.Field) -> bool:
 
 def test_every_key_a_yaml_file_gives_has_no_python_default():
     """One definition of each default: a key some YAML file gives is MISSING in the schema; the only
-    keys with a Python default are those no group file is required to give (a model's optional keys)."""
+    keys with a Python default are those no group file is required to give (a model's optional keys, a
+    method's own settings: null, unused, for every other method)."""
     given = given_by_yaml()
     schema = dict(dataclass_fields(Config))
     assert given <= set(schema), given - set(schema)  # no YAML key the schema lacks
     with_default = sorted(key for key, f in schema.items() if has_default(f))
-    assert [k for k in with_default if k in given] == ["model.hub_id"]  # minilm's own value, not a default
-    assert with_default == ["model.family", "model.fused", "model.head", "model.hub_id", "model.roles"]
+    own = sorted(f"method.{k}" for keys in METHOD_KEYS.values() for k in keys)
+    assert [k for k in with_default if k in given] == sorted(["model.hub_id", *own])  # their files' own values
+    assert with_default == sorted(["model.family", "model.fused", "model.head", "model.hub_id", "model.roles", *own])
 
 
 def test_every_key_of_every_group_file_is_given():
@@ -277,7 +292,7 @@ def test_choice_names_are_their_values():
 REFUSED = [
     (
         ["foo=1"],
-        "unknown config key 'foo'; valid top-level keys: data, debug, export, lora, model, results_dir, sweep, task, train",
+        "unknown config key 'foo'; valid top-level keys: data, debug, export, lora, method, model, results_dir, sweep, task, train",
     ),
     (
         ["+lora.foo=1"],

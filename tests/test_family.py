@@ -104,7 +104,7 @@ def test_family_modules_and_lora_parameters_by_hand(tiny_models, family):
         peft_model = apply_lora(
             load_base_model(cfg.model, ["a", "b"]), replace(cfg.lora, r=2, targets=targets), model_cfg
         )
-        assert parameter_counts(peft_model, 0)["lora_params"] == expected
+        assert parameter_counts(peft_model)["lora_params"] == expected
 
 
 def test_gpt2_q_alone_is_refused_naming_the_fused_module(tiny_models):

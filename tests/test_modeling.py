@@ -46,7 +46,7 @@ def test_the_family_comes_from_the_checkpoint(base):
 def test_lora_parameter_count_by_hand(cfg, base, r, targets, expected):
     model = apply_lora(copy.deepcopy(base), replace(cfg.lora, r=r, targets=targets), cfg.model)
     base_total = sum(p.numel() for p in base.parameters())
-    counts = parameter_counts(model, base_total)
+    counts = parameter_counts(model)
     assert counts["lora_params"] == expected
     assert counts["head_params"] == HEAD
     assert counts["trainable_params"] == expected + HEAD
@@ -129,9 +129,7 @@ def test_family_is_applied_where_targets_are_resolved(base):
     raw = cfg.model
     assert not raw.roles and raw.head is None
     assert lora_param_count(base, ["q", "v"], raw, 8) == 6 * 2 * 8 * 768
-    counts = parameter_counts(
-        apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw), sum(p.numel() for p in base.parameters())
-    )
+    counts = parameter_counts(apply_lora(copy.deepcopy(base), replace(cfg.lora, r=8), raw))
     assert (counts["lora_params"], counts["head_params"]) == (6 * 2 * 8 * 768, HEAD)
 
 
@@ -166,7 +164,7 @@ def test_the_embedded_decoder_loads_offline_from_its_gguf_package(monkeypatch):
     assert sum(p.numel() for p in base.parameters()) == vocab * d + layers * per_layer + d + head == 134_516_160
     assert with_family(cfg.model, base.config.model_type).family == "llama"
     model = apply_lora(base, cfg.lora, with_family(cfg.model, base.config.model_type))
-    assert parameter_counts(model, 134_516_160)["lora_params"] == layers * 2 * ((d + d) + (d + kv))
+    assert parameter_counts(model)["lora_params"] == layers * 2 * ((d + d) + (d + kv))
     from sweep.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model.name_or_path)

@@ -156,6 +156,7 @@ def test_outcome_is_what_the_decisions_see(record, expected):
 def test_the_csv_and_study_fields():
     """What trials.csv shows after the configuration columns (a field marked csv is one more column)."""
     assert record_fields("csv") == [
+        "method",
         "nested",
         "lora_alpha",
         "scaling",
