@@ -321,11 +321,16 @@ def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[s
     the task's data (cached for every trial). Returns ``params_per_rank(cfg)``.
 
     Raises:
-        UserError: a trial's own key among ``overrides`` (``refuse_trial_keys``), an unwritable SQLite
+        UserError: a method without a rank, a trial's own key among ``overrides`` (``refuse_trial_keys``), an unwritable SQLite
             folder, a target set that matches no module, a setting beyond the model's limits, missing data,
             a trial without a step to learn in.
     """
     refuse_trial_keys(overrides)
+    if not cfg.method.ranked:
+        raise UserError(
+            f"method={cfg.method.name} has no rank to sweep (ranked: method=lora, dora, adalora); compare it with the "
+            f"LoRA recommendation by `make compare TASK={cfg.task.name}`"
+        )
     if cfg.sweep.screen and cfg.sweep.mode != "progressive":
         trains = {"grid": "a grid trains every configuration", "budget": "a budget sweep trains each set at its budget"}
         raise UserError(
