@@ -14,13 +14,13 @@ GLUE_DIR ?= $(if $(wildcard ../shared/data/glue/MRPC),$(abspath ../shared/data/g
 export GLUE_DIR
 
 # ARGS as typed, before make expands its `$`, and the target: sweep/cli.py refuses a `$` that make ate
-trial sweep plan worker report export subspace calibrate bench: export RANKSWEEP_MAKE_ARGS := $(value ARGS)
-trial sweep plan worker report export subspace calibrate bench: export RANKSWEEP_MAKE_TARGET = $@
+trial sweep plan worker report export subspace calibrate bench compare: export RANKSWEEP_MAKE_ARGS := $(value ARGS)
+trial sweep plan worker report export subspace calibrate bench compare: export RANKSWEEP_MAKE_TARGET = $@
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install lint format test test-slow trial sweep plan worker report export subspace calibrate bench clean
+.PHONY: help install lint format test test-slow trial sweep plan worker report export subspace calibrate bench compare clean
 .DEFAULT_GOAL := help
 
 help: ## list the targets
@@ -59,6 +59,9 @@ sweep: install ## the rank sweep, resumable by re-running: make sweep TASK=mrpc 
 
 plan: install ## what a sweep will cost (trials, FLOPs, time), estimated; runs nothing: make plan TASK=mrpc [SWEEP=grid] [ARGS=...]
 	@$(BIN)/python -m analysis.estimate task=$(TASK) sweep=$(SWEEP) $(ARGS)
+
+compare: install ## every method × seed beside the rank sweep (LoRA Table 2), resumable: make compare TASK=mrpc [ARGS=...]
+	@$(BIN)/python -m sweep.compare task=$(TASK) $(ARGS)
 
 worker: install ## one more worker on a PostgreSQL sweep: make worker TASK=mrpc [SWEEP=grid] ARGS='sweep.storage=postgresql://…'
 	@$(BIN)/python -m sweep.worker task=$(TASK) sweep=$(SWEEP) $(ARGS)

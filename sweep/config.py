@@ -904,6 +904,45 @@ class SweepSettings:
 
 
 @dataclass
+class CompareSettings:
+    """What ``make compare`` (``python -m sweep.compare``) trains: every method of ``methods`` × every seed of
+    ``seeds`` at each method's own learning rate (``conf/method/<name>.yaml``) times each factor of ``lr_scale``,
+    into ``results/<task>/compare/<name>/`` (re-running reuses finished trials and resumes an interrupted one).
+    A sweep never reads these keys.
+
+    Attributes:
+        name: the comparison's folder under ``results/<task>/compare/``.
+        methods: the methods compared (``Method`` names, each once).
+        seeds: training seeds of every method (three by default: a mean, a s.d. and a 95% interval).
+        lr_scale: factors of each method's own rate; ``[1]`` trains at that rate, ``[0.3, 1, 3]`` brackets it
+            (how conf/method/'s rates were chosen: docs/validation.md).
+
+    Raises:
+        ValueError: an empty or repeated list, an unknown method, a negative seed, a factor that is not positive.
+    """
+
+    name: str = MISSING
+    methods: List[str] = MISSING
+    seeds: List[int] = MISSING
+    lr_scale: List[float] = MISSING
+
+    def __post_init__(self) -> None:
+        _check_name("compare.name", self.name)
+        for key, values in (
+            ("compare.methods", self.methods),
+            ("compare.seeds", self.seeds),
+            ("compare.lr_scale", self.lr_scale),
+        ):
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{key}={list(values)} is invalid: give a non-empty list without repeats")
+        self.methods = [_choice_text("compare.methods", m, Method) for m in self.methods]
+        if any(s < 0 for s in self.seeds):
+            raise ValueError(f"compare.seeds={list(self.seeds)} is invalid: seeds are non-negative integers")
+        for f in self.lr_scale:
+            _check_positive("compare.lr_scale", f)
+
+
+@dataclass
 class ExportSettings:
     """What ``python -m analysis.export`` (``make export``) hands off from a finished sweep: the trial of
     the recommended configuration, into ``results/<task>/<sweep.name>/export/``. A sweep never reads
@@ -934,6 +973,7 @@ class Config:
         results_dir: where outputs go; null means ``results/`` at the project root (absolute, so runs
             from any working directory land in the same place).
         export: what ``make export`` hands off from a finished sweep (``ExportSettings``).
+        compare: what ``make compare`` trains (``CompareSettings``).
 
     ``sweep.tolerance: null`` becomes the objective's documented default here (``Metric.tolerance`` of
     ``task.objective``), so the saved config, the study's settings and every decision hold the number.
@@ -948,6 +988,7 @@ class Config:
     sweep: SweepSettings = MISSING
     results_dir: Optional[str] = MISSING
     export: ExportSettings = MISSING
+    compare: CompareSettings = MISSING
 
     def __post_init__(self) -> None:
         from sweep.metrics import METRICS

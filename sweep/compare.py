@@ -1,0 +1,140 @@
+"""``make compare TASK=mrpc``: where the chosen rank stands. Every method of ``compare.methods`` (full
+fine-tuning, head only, BitFit, LoRA and the other peft methods: ``conf/method/``) × every seed of
+``compare.seeds``, each at its own learning rate times each factor of ``compare.lr_scale``, trained like a
+sweep's trials into ``results/<task>/compare/<compare.name>/trials/``, then tabulated
+(``analysis/methods.py``: methods.csv, the report laid out like LoRA's Table 2, the plots).
+
+    python -m sweep.compare task=mrpc                                   # 9 methods × 3 seeds, MRPC, MiniLM
+    python -m sweep.compare task=mrpc 'compare.methods=[head,full]' 'compare.lr_scale=[0.3,1,3]' 'compare.seeds=[0,1]'
+    python -m sweep.compare debug=tiny 'compare.methods=[head,lora]'   # seconds, on the CPU
+
+Re-running the same command reuses every finished trial (its folder holds ``metrics.json`` written for the
+same resolved config) and resumes an interrupted one from its last epoch, as a sweep does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from sweep.cli import compose, run_cli
+from sweep.config import Config
+from sweep.errors import UserError
+from sweep.paths import results_root
+from sweep.record import TrialResult, read_result
+from sweep.redact import config_yaml
+
+#: keys a comparison sets for each of its trials: on its command line they would be silently overridden
+OWN_KEYS = {
+    "method": "compare.methods=[…]",
+    "train.seed": "compare.seeds=[…]",
+    "train.lr": "compare.lr_scale=[…] (a factor of each method's own rate, conf/method/)",
+}
+
+
+def compare_dir(cfg: Config) -> Path:
+    """``results/<task>/compare/<compare.name>/`` (absolute): a comparison's trials and tables."""
+    return results_root(cfg) / cfg.task.name / "compare" / cfg.compare.name
+
+
+@dataclass
+class PlannedTrial:
+    """One trial of a comparison: its config (composed with ``method=…``, ``train.seed=…`` and the scaled
+    ``train.lr``), the resolved config saved with it, its folder and the factor of its method's rate."""
+
+    cfg: Config
+    resolved: object
+    run_dir: Path
+    lr_scale: float
+
+
+def _rate_text(lr: float) -> str:
+    return f"{lr:g}"
+
+
+def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
+    """Every trial of the comparison ``cfg.compare``, methods in its order, then rate factors, then seeds.
+
+    Raises:
+        UserError: a key the comparison sets per trial (``OWN_KEYS``) among ``overrides``, or a method's bad
+            settings (``sweep.cli.compose``: e.g. ``lora.r`` given to a method without a rank).
+    """
+    from sweep.trial import trial_name
+
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if key in OWN_KEYS:
+            raise UserError(f"{text} is set by make compare for each trial: give {OWN_KEYS[key]} instead")
+    out = []
+    for method in cfg.compare.methods:
+        own = compose([*overrides, f"method={method}"])[0].train.lr
+        for scale in cfg.compare.lr_scale:
+            lr = own * scale
+            for seed in cfg.compare.seeds:
+                tcfg, resolved = compose([*overrides, f"method={method}", f"train.seed={seed}", f"train.lr={lr!r}"])
+                name = f"{trial_name(tcfg)}-lr{_rate_text(lr)}"
+                out.append(PlannedTrial(tcfg, resolved, compare_dir(cfg) / "trials" / name, scale))
+    return out
+
+
+def finished(trial: PlannedTrial) -> Optional[TrialResult]:
+    """The trial's record when its folder holds one written for this very config, else None.
+
+    Raises:
+        UserError: the folder holds a finished trial of other settings (another comparison of the same
+            ``compare.name``): its results must not be mixed with these.
+    """
+    metrics, saved = trial.run_dir / "metrics.json", trial.run_dir / "config.yaml"
+    if not metrics.exists():
+        return None
+    if not saved.exists() or saved.read_text() != config_yaml(trial.resolved):
+        raise UserError(
+            f"{trial.run_dir} holds a finished trial made with other settings than this comparison's; re-run with "
+            f"the settings it was made with, or give compare.name=<new name>"
+        )
+    return read_result(metrics)
+
+
+def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialResult]:
+    """Train every trial of the comparison that has not finished (reusing the others), one after another.
+
+    Returns:
+        The records of every trial, in ``planned_trials`` order (a crashed trial: status ``failed``).
+    """
+    from sweep.decide import Status
+    from sweep.trial import run_trial
+
+    plan = planned_trials(cfg, overrides)
+    done = {id(t): finished(t) for t in plan}
+    todo = [t for t in plan if done[id(t)] is None]
+    log(
+        f"compare '{cfg.compare.name}' for {cfg.task.name} on {cfg.model.name}: {len(cfg.compare.methods)} methods × "
+        f"{len(cfg.compare.lr_scale)} rate(s) × {len(cfg.compare.seeds)} seeds = {len(plan)} trials; "
+        f"{len(plan) - len(todo)} finished (reused), {len(todo)} to train, into {compare_dir(cfg)}"
+    )
+    records = []
+    for i, t in enumerate(plan, 1):
+        m = done[id(t)]
+        if m is None:
+            try:
+                m = run_trial(t.cfg, t.resolved, t.run_dir)
+            except UserError:
+                raise
+            except Exception as e:  # one crashed trial costs its row, not the comparison
+                m = TrialResult(method=t.cfg.method.name, seed=t.cfg.train.seed, lr=t.cfg.train.lr)
+                m.status, m.reason = Status.FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            value = f"{m.objective} {m.objective_value:.4f}" if m.objective_value is not None else m.status
+            log(f"[{i}/{len(plan)}] {t.run_dir.name}: {value} | trainable {m.trainable_params or 0:,}")
+        records.append(m)
+    return records
+
+
+def main(args: List[str]) -> int:
+    cfg, _ = compose(args)
+    records = run_compare(cfg, args)
+    return 0 if all(m.status == "ok" for m in records) else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)
