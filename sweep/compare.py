@@ -23,7 +23,6 @@ from sweep.config import Config
 from sweep.errors import UserError
 from sweep.paths import results_root
 from sweep.record import TrialResult, read_result
-from sweep.redact import config_yaml
 
 #: keys a comparison sets for each of its trials: on its command line they would be silently overridden
 OWN_KEYS = {
@@ -85,10 +84,15 @@ def finished(trial: PlannedTrial) -> Optional[TrialResult]:
         UserError: the folder holds a finished trial of other settings (another comparison of the same
             ``compare.name``): its results must not be mixed with these.
     """
+    from sweep.resume import same_trial
+
     metrics, saved = trial.run_dir / "metrics.json", trial.run_dir / "config.yaml"
     if not metrics.exists():
         return None
-    if not saved.exists() or saved.read_text() != config_yaml(trial.resolved):
+    # the sweep's identity of a trial: keys newer than it read as their defaults (an upgrade reuses it), and
+    # keys that do not change a result (compare.*, train.threads, the data folder, …) are left out
+    same = saved.exists() and same_trial(saved, trial.resolved)
+    if not same:
         raise UserError(
             f"{trial.run_dir} holds a finished trial made with other settings than this comparison's; re-run with "
             f"the settings it was made with, or give compare.name=<new name>"
