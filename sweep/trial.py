@@ -529,6 +529,7 @@ def _result(
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         scaling=cfg.lora.scaling,
+        lora_init=cfg.lora.init,
         lr=cfg.train.lr,
         scaling_factor=scaling_factor,
         targets=list(cfg.lora.targets),
