@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
+from sweep.inits import CONVERTED_INITS, INITIAL_ADAPTER, initialize_eva, save_adapter, save_initial
 from sweep.metrics import compute_metrics, metric_of, token_scores
 from sweep.modeling import (
     apply_lora,
@@ -280,7 +282,7 @@ def run_trial(
         loss becomes NaN/inf; the trial then ends without raising).
 
     Raises:
-        UserError: bad data directory, model or targets (before any training).
+        UserError: bad data directory, model, targets or ``lora.init`` (before any training).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -308,9 +310,9 @@ def run_trial(
         r_key="lora.r",
         max_length=cfg.data.max_length,
         n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
+        init=cfg.lora.init,
     )
     model = adapted_model(base, cfg, model_cfg).to(device)
-    counts = parameter_counts(model, base_total)
     # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
     ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
     truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
@@ -320,9 +322,20 @@ def run_trial(
     # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
     val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
+    if cfg.lora.init == "eva":
+        initialize_eva(model, train_batches)  # A from the data, the ranks redistributed: before the optimizer
+    counts = parameter_counts(model, base_total)
+    if cfg.task.causal_lm:  # before any step: the model as initialised computes the base model
+        baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
+    else:
+        baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
+    # PiSSA and OLoRA train on W_res: the adapter is saved converted against its initial state, kept until then
+    initial = run_dir / INITIAL_ADAPTER if cfg.lora.init in CONVERTED_INITS else None
+    if initial is not None:
+        save_initial(model, initial)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -407,10 +420,6 @@ def run_trial(
 
     if truncation is not None:
         truncation.remove()  # the whole rank again, and no hooks: the model is the trial's rank-r adapter
-    if cfg.task.causal_lm:
-        baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
-    else:
-        baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
     # one constant answer for every validation example: the trial collapsed (a measurement, not a value)
     collapsed = is_collapsed(done.best_preds, val_labels, cfg.task.problem_type) if done.status == Status.OK else None
     result = _result(
@@ -436,11 +445,12 @@ def run_trial(
     if done.best_state is not None:
         # the saved adapter is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(done.best_state, strict=False)
-        # no embedding layer is ever adapted: saying so spares peft a hub lookup of the base model's config
-        model.save_pretrained(str(run_dir / "adapter"), save_embedding_layers=False)
+        save_adapter(model, run_dir / "adapter", initial)
         # peft saves no model config: the base's, beside it, names the classes (id2label, label2id)
         base.config.save_pretrained(str(run_dir / "adapter"))
         np.save(run_dir / "val_predictions.npy", done.best_preds)
+    if initial is not None:
+        shutil.rmtree(initial)  # the converted adapter holds A₀ and B₀ (sweep/inits.py)
     write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
     return result
@@ -479,11 +489,12 @@ def majority_baseline(cfg: Config, train_labels: np.ndarray, val_labels: np.ndar
 
 
 def base_model_baseline(cfg: Config, model, val_batches: Batches, val_labels: np.ndarray, device, precision: str):
-    """The causal-LM metrics of the base model without the adapter (peft's ``disable_adapter``) on the
-    validation batches: the reference a causal-LM adapter must beat ("does the adapter beat no adapter?").
-    Its pass is not counted in ``eval_flops`` (it measures no configuration)."""
-    with model.disable_adapter():
-        preds = evaluate(model, val_batches, device, precision)
+    """The causal-LM metrics of the base model on the validation batches: the reference a causal-LM adapter must
+    beat ("does the adapter beat no adapter?"). ``model`` is the peft model as initialised, before any step:
+    with B = 0 it computes the base model exactly, and PiSSA's or OLoRA's W_res + s·B₀·A₀ is W up to rounding
+    (``sweep/inits.py``; their ``disable_adapter`` would compute W_res). Its pass is not counted in
+    ``eval_flops`` (it measures no configuration)."""
+    preds = evaluate(model, val_batches, device, precision)
     return compute_metrics(cfg.task.metrics, preds, val_labels)
 
 
