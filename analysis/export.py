@@ -13,8 +13,8 @@ and writes, for the trial of the recommended configuration (its best seed by the
   ``adapter_config.json`` names the local folder of the base weights (the embedded MiniLM's folder
   inside the installed package), so ``AutoPeftModelForSequenceClassification.from_pretrained`` (a causal-LM
   task: ``AutoPeftModelForCausalLM``) reloads it offline; ``recommendation.json`` keeps the hub id for other machines.
-- ``recommendation.json``: the configuration (r, target modules, lora_alpha, scaling, learning rate,
-  epochs), the objective over seeds (mean, s.d., 95% interval), σ and the sweep's reliability, and
+- ``recommendation.json``: the configuration (r, target modules, lora_alpha, scaling, ``lora.init``, learning
+  rate, epochs), the objective over seeds (mean, s.d., 95% interval), σ and the sweep's reliability, and
   which study and trial it comes from.
 - ``lora_config.py``: the ``LoraConfig(...)`` that trains this configuration again, to paste.
 - ``merged/`` (``export.merge=true``): the base model with the update folded in, a plain transformers
@@ -224,6 +224,7 @@ def recommendation_record(
         "lora_dropout": record.lora_dropout,
         "scaling": record.scaling,
         "scaling_factor": record.scaling_factor,
+        "lora_init": tcfg.lora.init,
         "learning_rate": tcfg.train.lr,
         "epochs": tcfg.train.epochs,
         "best_epoch": record.best_epoch,

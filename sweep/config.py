@@ -43,6 +43,22 @@ class Scaling(Choice):
     rslora = "rslora"
 
 
+class Init(Choice):
+    """``lora.init``: how the adapter starts (``sweep/inits.py``): A kaiming-uniform and B zero (kaiming, peft's
+    default), A Gaussian and B zero (gaussian, LoRA §4.1), the principal singular components of W (pissa), W's
+    QR factors (olora), or the principal components of each matrix's inputs with ranks redistributed (eva)."""
+
+    kaiming = "kaiming"
+    gaussian = "gaussian"
+    pissa = "pissa"
+    olora = "olora"
+    eva = "eva"
+
+
+#: the inits a nested trial can truncate: B = 0, the base weights untouched and rank r in every matrix
+NESTED_INITS = ("kaiming", "gaussian")
+
+
 class NestedDraw(Choice):
     """``lora.nested_draw``: the rank a nested trial's step trains, drawn uniformly from ``lora.nested_ranks``
     (``ranks``) or from every rank 1…r (``every``, DyLoRA's own, Valipour et al. 2023 §3)."""
@@ -452,11 +468,20 @@ class ModelConfig:
             )
 
 
+_BASE_KEEPS_REST = "subtracts all r components from the base weights, so a truncated rank b would not compute W + ΔW_b"
+#: why a nested trial, which evaluates the first b components of its adapter by truncation, cannot take an init
+NESTED_REFUSAL = {
+    "pissa": f"PiSSA {_BASE_KEEPS_REST}",
+    "olora": f"OLoRA {_BASE_KEEPS_REST}",
+    "eva": "EVA redistributes the rank between matrices, and the truncation needs rank r in every one",
+}
+
+
 @dataclass
 class LoraSettings:
-    """LoRA on the target matrices: ΔW = B·A with B (d×r) = 0 and A (r×k) random at the start
-    (LoRA, Hu et al. 2021, §4.1); the update is scaled by ``alpha/r`` (standard) or ``alpha/sqrt(r)``
-    (rsLoRA, Kalajdzievski 2023).
+    """LoRA on the target matrices: ΔW = B·A with B (d×r) = 0 and A (r×k) random at the start by default
+    (LoRA, Hu et al. 2021, §4.1; ``init`` for others); the update is scaled by ``alpha/r`` (standard) or
+    ``alpha/sqrt(r)`` (rsLoRA, Kalajdzievski 2023).
 
     Attributes:
         r: rank r of every adapted matrix, a positive integer.
@@ -473,6 +498,14 @@ class LoraSettings:
             up to ``r`` (``sweep.nested.nested_ranks``).
         nested_draw: a nested step's rank drawn uniformly from ``nested_ranks`` (``ranks``) or from 1…r
             (``every``: the leading components train at nearly every step, the last ones at about half).
+        init: the adapter's initialisation, peft's ``init_lora_weights`` (``sweep/inits.py``): ``kaiming``
+            (A kaiming-uniform, B = 0: Microsoft's loralib and peft's default), ``gaussian`` (A ~ N(0, 1/r²),
+            B = 0: LoRA, Hu et al. 2021, §4.1), ``pissa`` (B·A the top-r singular part of W, the base keeps the
+            rest: PiSSA, Meng et al. 2024), ``olora`` (B·A from W's QR factors, the base keeps the rest: OLoRA,
+            Büyükakyüz 2024) or ``eva`` (A the top principal components of each matrix's inputs on the
+            training batches, B = 0, the ranks redistributed between matrices by explained variance at the
+            same total: EVA, Paischer et al. 2024). Nested trials take ``kaiming`` or ``gaussian``; ``eva``
+            takes ``scaling=standard``.
     """
 
     r: int = MISSING
@@ -483,6 +516,7 @@ class LoraSettings:
     nested: bool = MISSING
     nested_ranks: Optional[List[int]] = MISSING
     nested_draw: NestedDraw = MISSING
+    init: Init = MISSING
 
     def __post_init__(self) -> None:
         _check_positive("lora.r", self.r, integer=True)
@@ -492,6 +526,18 @@ class LoraSettings:
         self.scaling = _choice_text("lora.scaling", self.scaling, Scaling)
         self.targets = normalize_targets(self.targets, "lora.targets")
         self.nested_draw = _choice_text("lora.nested_draw", self.nested_draw, NestedDraw)
+        self.init = _choice_text("lora.init", self.init, Init)
+        if self.nested and self.init not in NESTED_INITS:
+            raise ValueError(
+                f"lora.init={self.init} with lora.nested=true: {NESTED_REFUSAL[self.init]}; a nested trial takes "
+                f"lora.init={' or '.join(NESTED_INITS)}"
+            )
+        if self.init == "eva" and self.scaling == "rslora":
+            raise ValueError(
+                "lora.init=eva with lora.scaling=rslora: EVA gives each matrix its own rank r_i, and rsLoRA's factor "
+                "alpha/sqrt(r) would then differ between matrices (a trial records one); give lora.scaling=standard "
+                "(EVA keeps alpha/r for every matrix)"
+            )
         if self.nested:
             from sweep.nested import nested_ranks
 
@@ -1001,6 +1047,11 @@ class Config:
             raise ValueError(
                 f"lora.nested=true trains nested LoRA ranks (DyLoRA), not method={self.method.name}: give method=lora "
                 "or lora.nested=false"
+            )
+        if self.lora.init != "kaiming" and self.method.name not in (Method.lora, Method.dora):
+            raise ValueError(
+                f"lora.init={self.lora.init} initialises LoRA's A and B, and method={self.method.name} has none: give "
+                "method=lora or dora, or leave lora.init at kaiming"
             )
         if self.method.name == Method.adalora and self.lora.scaling == Scaling.rslora:
             raise ValueError(

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from sweep import claims
 from sweep.budget import budget_ranks, budget_targets
 from sweep.collapse import NOTE as COLLAPSED
-from sweep.config import Config, resolved_config, targets_key
+from sweep.config import NESTED_INITS, NESTED_REFUSAL, Config, resolved_config, targets_key
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
 from sweep.decision import Action, StopReason, TrialSpec, stop_text
@@ -123,6 +123,7 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
             r_key=key,
             max_length=cfg.data.max_length,
             n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
+            init=cfg.lora.init,
         )
     return per_rank
 
@@ -321,9 +322,10 @@ def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[s
     the task's data (cached for every trial). Returns ``params_per_rank(cfg)``.
 
     Raises:
-        UserError: a method without a rank, a trial's own key among ``overrides`` (``refuse_trial_keys``), an unwritable SQLite
-            folder, a target set that matches no module, a setting beyond the model's limits, missing data,
-            a trial without a step to learn in.
+        UserError: a method without a rank, a trial's own key among ``overrides`` (``refuse_trial_keys``), a
+            screen with an init that nested trials cannot take, an unwritable SQLite folder, a target set that
+            matches no module, a setting beyond the model's limits (``lora.init`` among them), missing data, a
+            trial without a step to learn in.
     """
     refuse_trial_keys(overrides)
     if not cfg.method.ranked:
@@ -336,6 +338,11 @@ def check_sweep(cfg: Config, overrides: Sequence[str] = (), log=print) -> Dict[s
         raise UserError(
             f"sweep.screen=true with sweep={cfg.sweep.mode}: {trains[cfg.sweep.mode]}, so there is nothing to "
             "screen; use the progressive sweep (SWEEP=progressive) or sweep.screen=false"
+        )
+    if cfg.sweep.screen and cfg.lora.init not in NESTED_INITS:
+        raise UserError(
+            f"sweep.screen=true with lora.init={cfg.lora.init}: the screen's trials are nested, and "
+            f"{NESTED_REFUSAL[cfg.lora.init]}; give sweep.screen=false, or lora.init={' or '.join(NESTED_INITS)}"
         )
     if sqlite_path(storage_url(cfg)):
         check_writable(sqlite_path(storage_url(cfg)).parent, "sweep.storage")

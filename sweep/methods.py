@@ -199,13 +199,15 @@ def after_step(model: nn.Module, cfg: Config, steps_per_epoch: int):
     return update
 
 
-def save_trained(model: nn.Module, base: nn.Module, run_dir: Path) -> Path:
-    """Save a trial's trained model where ``load_trained`` finds it: a peft adapter in ``adapter/`` (no
-    embedding layer is adapted: saying so spares peft a hub lookup), a whole model in ``model/``; the base
-    model's config beside it (``id2label``, ``label2id``). Returns the folder."""
+def save_trained(model: nn.Module, base: nn.Module, run_dir: Path, initial: Optional[Path] = None) -> Path:
+    """Save a trial's trained model where ``load_trained`` finds it: a peft adapter in ``adapter/``
+    (``sweep.inits.save_adapter``: PiSSA's and OLoRA's converted against their ``initial`` state), a whole
+    model in ``model/``; the base model's config beside it (``id2label``, ``label2id``). Returns the folder."""
+    from sweep.inits import save_adapter
+
     if hasattr(model, "peft_config"):
         folder = run_dir / ADAPTER_DIR
-        model.save_pretrained(str(folder), save_embedding_layers=False)
+        save_adapter(model, folder, initial)
     else:
         folder = run_dir / MODEL_DIR
         model.save_pretrained(str(folder))

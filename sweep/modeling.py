@@ -12,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -316,6 +317,7 @@ def check_limits(
     r_key: str,
     max_length: int,
     n_texts: int,
+    init: str,
 ) -> None:
     """Refuse settings the model cannot apply, before any work (a setting is applied or refused,
     never silently ignored).
@@ -325,11 +327,14 @@ def check_limits(
     and returns the full text) and at most the model's position embeddings (and the tokenizer's
     ``model_max_length``). The rank ``r`` (the largest one a run will use, named ``r_key``) must be at
     most min(d, k) of every matrix it adapts: rank(B·A) ≤ min(d, k) (LoRA, Hu et al. 2021, §4.1), so
-    a larger r adds parameters, not rank.
+    a larger r adds parameters, not rank. The matrices must take the initialisation ``init`` (``lora.init``:
+    ``sweep.inits.check_init``).
 
     Raises:
         UserError: the key, the bad value and the valid range.
     """
+    from sweep.inits import check_init
+
     lowest = tokenizer.num_special_tokens_to_add(pair=n_texts == 2) + n_texts
     limits = [
         v
@@ -353,13 +358,20 @@ def check_limits(
                 f"{r_key} holds r={r}, above the rank min(d, k)={limit} of the matrices that "
                 f"{','.join(targets)} adapts in model '{model_cfg.name}'; give r ≤ {limit}"
             )
+        check_init(init, {n: mods[n] for n in names}, r, r_key, model_cfg.name)
+
+
+#: ``lora.init`` -> peft's ``init_lora_weights`` (``sweep/inits.py`` describes each)
+INIT_LORA_WEIGHTS = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "eva": "eva"}
 
 
 def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig, *, use_dora: bool = False) -> nn.Module:
     """Wrap ``model`` with peft LoRA on the resolved targets; the head is trained in full and saved
-    with the adapter (``modules_to_save``). A is drawn at random (kaiming-uniform, peft's default,
-    as in Microsoft's loralib) and B is zero, so the wrapped model computes exactly the base model
-    until the first step (LoRA, Hu et al. 2021, §4.1). Scaling: alpha/r, or alpha/sqrt(r) for rslora.
+    with the adapter (``modules_to_save``). By default (``lora.init=kaiming``) A is drawn at random
+    (kaiming-uniform, peft's default, as in Microsoft's loralib) and B is zero, so the wrapped model
+    computes exactly the base model until the first step (LoRA, Hu et al. 2021, §4.1); ``lora.init``
+    picks peft's ``init_lora_weights`` (``INIT_LORA_WEIGHTS``; ``eva`` leaves A for
+    ``sweep.inits.initialize_eva`` to set from data). Scaling: alpha/r, or alpha/sqrt(r) for rslora.
     ``Conv1D`` targets (GPT-2) get ``fan_in_fan_out=True``. The adapter records ``portable_base_id``
     as its base model. ``model_cfg`` has its family applied (``family_applied``). A language model
     (``has_lm_head``) gets peft's ``CAUSAL_LM`` task type and no head: its trainable parameters are
@@ -371,7 +383,7 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig, *, 
             (peft's ``fan_in_fan_out`` is one setting for all of them).
     """
     model_cfg = family_applied(model, model_cfg)
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import EvaConfig, LoraConfig, TaskType, get_peft_model
 
     names = target_module_names(model, lora.targets, model_cfg)
     mods = dict(model.named_modules())
@@ -391,6 +403,8 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig, *, 
         modules_to_save=list(model_cfg.head) or None,
         fan_in_fan_out=bool(transposed),
         use_dora=use_dora,
+        init_lora_weights=INIT_LORA_WEIGHTS[lora.init],
+        eva_config=EvaConfig() if lora.init == "eva" else None,
     )
     missing = [h for h in model_cfg.head if not any(_in_head(n, [h]) for n, _ in model.named_modules())]
     if missing:
@@ -398,7 +412,10 @@ def apply_lora(model: nn.Module, lora: LoraSettings, model_cfg: ModelConfig, *, 
             f"model.head {missing} names no module of model '{model_cfg.name}'; "
             f"top-level modules: {', '.join(n for n, _ in model.named_children())}"
         )
-    peft_model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft suggests creating EVA's layers on the meta device; ours must exist: the model moves to its device first
+        warnings.filterwarnings("ignore", message="lora with eva initialization", category=UserWarning)
+        peft_model = get_peft_model(model, config)
     # peft records the folder the weights were loaded from (inside .venv for the embedded model)
     peft_model.peft_config["default"].base_model_name_or_path = portable_base_id(model_cfg)
     return peft_model

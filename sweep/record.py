@@ -75,6 +75,9 @@ class TrialResult:
     lora_dropout: Optional[float] = _kept()
     #: ``standard`` (alpha/r, LoRA §4.1) or ``rslora`` (alpha/sqrt(r), Kalajdzievski 2023)
     scaling: Optional[str] = _kept(study=True, csv=True)
+    #: the adapter's initialisation (``lora.init``: ``kaiming``, ``gaussian``, ``pissa``, ``olora``, ``eva``;
+    #: ``sweep/inits.py``); None in records written before it existed (they started as ``kaiming``)
+    lora_init: Optional[str] = _kept(study=True, csv=True)
     #: the factor ΔW = B·A is multiplied by, as peft's layers hold it
     scaling_factor: Optional[float] = _kept()
     #: the target list (``lora.targets``)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from sweep.decide import Status
 from sweep.errors import UserError
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
+from sweep.inits import CONVERTED_INITS, INITIAL_ADAPTER, initialize_eva, save_initial
 from sweep.methods import after_step, apply_method, describe_method, method_targets, save_trained
 from sweep.metrics import compute_metrics, metric_of, token_scores
 from sweep.modeling import (
@@ -297,7 +299,7 @@ def run_trial(
         loss becomes NaN/inf; the trial then ends without raising).
 
     Raises:
-        UserError: bad data directory, model or targets (before any training).
+        UserError: bad data directory, model, targets or ``lora.init`` (before any training).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -324,22 +326,33 @@ def run_trial(
         r_key="lora.r",
         max_length=cfg.data.max_length,
         n_texts=len(cfg.task.text_fields or [None]),  # a causal-LM record: one sequence
+        init=cfg.lora.init,
     )
     # data: tokenised once per process (cached), then cut to the requested sizes
     data = task_data(cfg)
     train_split, val_split, train_batches, val_batches = trial_batches(cfg, data, tokenizer.pad_token_id or 0)
     total_steps, warmup = warmup_steps(cfg, len(train_split))
     model = adapted_model(base, cfg, model_cfg, total_steps).to(device)
-    counts = parameter_counts(model, model_cfg.head)
     # nested-rank training (DyLoRA): every rank of the set trained and evaluated by truncation; else one rank
     ranks = cfg.lora.nested_ranks if cfg.lora.nested else [cfg.lora.r]
     truncation = RankTruncation(model, cfg.lora.r, cfg.lora.scaling == "rslora") if cfg.lora.nested else None
     # what the metrics compare predictions with: class ids or scores; a causal LM's completion tokens per example
     val_labels = completion_tokens(val_split) if cfg.task.causal_lm else np.asarray(val_split["label"])
     check_training_steps(cfg, len(train_split))
+    if cfg.lora.init == "eva":
+        initialize_eva(model, train_batches)  # A from the data, the ranks redistributed: before the optimizer
+    counts = parameter_counts(model, model_cfg.head)
+    if cfg.task.causal_lm:  # before any step: the model as initialised computes the base model
+        baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
+    else:
+        baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
     # only now, with data, model and targets known to be valid, does the trial leave a trace on disk
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / "config.yaml", lambda tmp: tmp.write_text(config_text))
+    # PiSSA and OLoRA train on W_res: the adapter is saved converted against its initial state, kept until then
+    initial = run_dir / INITIAL_ADAPTER if cfg.lora.init in CONVERTED_INITS else None
+    if initial is not None:
+        save_initial(model, initial)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -425,10 +438,6 @@ def run_trial(
 
     if truncation is not None:
         truncation.remove()  # the whole rank again, and no hooks: the model is the trial's rank-r adapter
-    if cfg.task.causal_lm:
-        baseline = base_model_baseline(cfg, model, val_batches, val_labels, device, precision)
-    else:
-        baseline = majority_baseline(cfg, np.asarray(data["train"]["label"]), val_labels)
     # one constant answer for every validation example: the trial collapsed (a measurement, not a value)
     collapsed = is_collapsed(done.best_preds, val_labels, cfg.task.problem_type) if done.status == Status.OK else None
     result = _result(
@@ -454,8 +463,10 @@ def run_trial(
     if done.best_state is not None:
         # the saved adapter (or model) is the best epoch's, so that reloading it reproduces the reported metrics
         model.load_state_dict(done.best_state, strict=False)
-        save_trained(model, base, run_dir)
+        save_trained(model, base, run_dir, initial)
         np.save(run_dir / "val_predictions.npy", done.best_preds)
+    if initial is not None:
+        shutil.rmtree(initial)  # the converted adapter holds A₀ and B₀ (sweep/inits.py)
     write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
     return result
@@ -494,10 +505,16 @@ def majority_baseline(cfg: Config, train_labels: np.ndarray, val_labels: np.ndar
 
 
 def base_model_baseline(cfg: Config, model, val_batches: Batches, val_labels: np.ndarray, device, precision: str):
-    """The causal-LM metrics of the base model without the adapter (peft's ``disable_adapter``) on the
-    validation batches: the reference a causal-LM adapter must beat ("does the adapter beat no adapter?").
-    Its pass is not counted in ``eval_flops`` (it measures no configuration)."""
-    with model.disable_adapter():
+    """The causal-LM metrics of the base model on the validation batches: the reference a causal-LM adapter must
+    beat ("does the adapter beat no adapter?"). ``model`` is the trial's model as initialised, before any step,
+    with its peft adapter switched off (``disable_adapter``: prefix tuning and FourierFT do not start at the base
+    model); PiSSA's and OLoRA's stays on: their W_res + s·B₀·A₀ is W up to rounding (``sweep/inits.py``), their
+    ``disable_adapter`` would compute W_res. A whole-model method (full, BitFit) is the base model until its
+    first step. Its pass is not counted in ``eval_flops`` (it measures no configuration)."""
+    import contextlib
+
+    switch_off = hasattr(model, "disable_adapter") and cfg.lora.init not in CONVERTED_INITS
+    with model.disable_adapter() if switch_off else contextlib.nullcontext():
         preds = evaluate(model, val_batches, device, precision)
     return compute_metrics(cfg.task.metrics, preds, val_labels)
 
@@ -545,6 +562,7 @@ def _result(
         lora_alpha=cfg.lora.alpha if cfg.method.ranked else None,
         lora_dropout=cfg.lora.dropout if cfg.method.ranked else None,
         scaling=cfg.lora.scaling if cfg.method.ranked else None,
+        lora_init=cfg.lora.init if cfg.method.ranked else None,
         lr=cfg.train.lr,
         scaling_factor=scaling_factor,
         targets=list(method_targets(cfg)),

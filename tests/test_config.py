@@ -57,6 +57,7 @@ lora:
   nested: false
   nested_ranks: null
   nested_draw: every
+  init: kaiming
 method:
   name: lora
   init_r: null
@@ -297,7 +298,7 @@ REFUSED = [
     (
         ["+lora.foo=1"],
         "unknown config key 'lora.foo' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling, nested, nested_ranks, nested_draw",
+        "dropout, targets, scaling, nested, nested_ranks, nested_draw, init",
     ),
     (
         ["train.precison=bf16"],
@@ -323,6 +324,23 @@ REFUSED = [
         "converted to Float; sweep.max_hours takes a number or null, e.g. sweep.max_hours=2.9",
     ),
     (["lora.alpha=0"], "lora.alpha=0.0 is invalid: it must be a positive number"),
+    (["lora.init=lora_ga"], "lora.init='lora_ga' is invalid: valid values are kaiming, gaussian, pissa, olora, eva"),
+    (
+        ["lora.init=olora", "lora.nested=true"],
+        "lora.init=olora with lora.nested=true: OLoRA subtracts all r components from the base weights, so a "
+        "truncated rank b would not compute W + ΔW_b; a nested trial takes lora.init=kaiming or gaussian",
+    ),
+    (
+        ["lora.init=eva", "lora.nested=true"],
+        "lora.init=eva with lora.nested=true: EVA redistributes the rank between matrices, and the truncation "
+        "needs rank r in every one; a nested trial takes lora.init=kaiming or gaussian",
+    ),
+    (
+        ["lora.init=eva", "lora.scaling=rslora"],
+        "lora.init=eva with lora.scaling=rslora: EVA gives each matrix its own rank r_i, and rsLoRA's factor "
+        "alpha/sqrt(r) would then differ between matrices (a trial records one); give lora.scaling=standard (EVA "
+        "keeps alpha/r for every matrix)",
+    ),
     (
         ["~lora.r"],
         "cannot delete 'lora.r' with '~': every key needs a value; set one instead, e.g. lora.r=<value> "
@@ -332,7 +350,7 @@ REFUSED = [
     (["data.dir="], "data.dir is empty: give a local GLUE folder, or null for $GLUE_DIR, then the hub"),
     (
         ["lora=null"],
-        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling, nested, nested_ranks, nested_draw; set those keys "
+        "invalid value for 'lora': it is a section holding r, alpha, dropout, targets, scaling, nested, nested_ranks, nested_draw, init; set those keys "
         "one by one, e.g. lora.r=8",
     ),
     (
@@ -343,7 +361,7 @@ REFUSED = [
     (
         ["~lora.rr"],
         "unknown config key 'lora.rr' (did you mean 'lora.r'?); valid keys under 'lora': r, alpha, "
-        "dropout, targets, scaling, nested, nested_ranks, nested_draw",
+        "dropout, targets, scaling, nested, nested_ranks, nested_draw, init",
     ),
 ]
 

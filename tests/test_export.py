@@ -83,6 +83,7 @@ def test_recommendation_json_holds_the_studys_numbers(swept):
         f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(6) for m in ("query", "value")
     )
     assert (rec["lora_alpha"], rec["scaling"], rec["scaling_factor"]) == (16.0, "standard", 16.0 / r)
+    assert rec["lora_init"] == "kaiming"
     assert (rec["learning_rate"], rec["epochs"]) == (0.01, 1)  # train.lr as given above
     m = rec["metric"]
     assert (m["name"], m["n_seeds"], m["trial_value"]) == ("accuracy", len(values), values[best])

@@ -160,6 +160,7 @@ def test_the_csv_and_study_fields():
         "nested",
         "lora_alpha",
         "scaling",
+        "lora_init",
         "lr",
         "lora_params",
         "head_params",

@@ -145,12 +145,17 @@ def test_a_sweep_written_before_a_key_existed_resumes_at_its_default(glue_dir, t
     cfg, rslora = compose([*args, "lora.scaling=rslora"])
     with pytest.raises(UserError, match=r"was run with lora.scaling='standard' \(the default: the key is newer"):
         driver.run_sweep(cfg, rslora, progress=False, log=lambda line: None)
+    # lora.init came after 0.1.0 (its fingerprint and config.yaml files never held it): kaiming, its default
+    cfg, pissa = compose([*args, "lora.init=pissa"])
+    with pytest.raises(UserError, match=r"was run with lora.init='kaiming' \(the default: the key is newer"):
+        driver.run_sweep(cfg, pissa, progress=False, log=lambda line: None)
 
     cfg, resolved = compose(args)
     p = driver.run_sweep(cfg, resolved, progress=False, log=lambda line: None)
     assert calls == [] and (p.next, p.recommendation, p.stop_reason) == (None, (1, "q,v"), "plateau")
     study = optuna.load_study(study_name="ranksweep-mrpc-before", storage=storage_url(cfg))
     assert study.user_attrs["fingerprint"]["lora.scaling"] == "'standard'"  # stored explicitly from now on
+    assert study.user_attrs["fingerprint"]["lora.init"] == "'kaiming'"
 
     # the same trials by a new sweep are trained again: 0.1.0's records hold no digest of their data, so
     # nothing shows they read the rows this run reads (by hand: r=1, r=2, then q,k,v,o at r=1)

@@ -44,6 +44,7 @@ def test_metrics_json_holds_what_was_promised(tiny):
         "r",
         "lora_alpha",
         "scaling",
+        "lora_init",
         "targets",
         "seed",
         "lora_params",
@@ -64,6 +65,7 @@ def test_metrics_json_holds_what_was_promised(tiny):
     assert m.status == "ok" and m.reason is None
     assert m.data_digest == task_digest(cfg) and len(m.data_digest) == 16  # the rows it read (test_resume)
     assert m.scaling == "standard" and m.scaling_factor == 16 / 8 == 2.0  # lora_alpha / r (LoRA §4.1)
+    assert m.lora_init == "kaiming" and not (run_dir / "init-adapter").exists()  # nothing to convert
     assert m.lora_params == 6 * 2 * 8 * 768 and m.trainable_params == m.lora_params + m.head_params
     assert set(m.best) == {"accuracy", "f1"} and len(m.epochs) == 1
     assert set(m.versions) >= {"torch", "transformers", "peft"}
