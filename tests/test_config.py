@@ -149,6 +149,24 @@ results_dir: null
 export:
   seed: null
   merge: false
+compare:
+  name: default
+  methods:
+  - head
+  - bitfit
+  - lora
+  - dora
+  - adalora
+  - vera
+  - fourierft
+  - ia3
+  - full
+  seeds:
+  - 0
+  - 1
+  - 2
+  lr_scale:
+  - 1.0
 """
 
 
@@ -293,7 +311,7 @@ def test_choice_names_are_their_values():
 REFUSED = [
     (
         ["foo=1"],
-        "unknown config key 'foo'; valid top-level keys: data, debug, export, lora, method, model, results_dir, sweep, task, train",
+        "unknown config key 'foo'; valid top-level keys: compare, data, debug, export, lora, method, model, results_dir, sweep, task, train",
     ),
     (
         ["+lora.foo=1"],
