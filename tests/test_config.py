@@ -19,7 +19,8 @@ from sweep.resume import fingerprint
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
 #: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``; issue 20's
 #: ``task.label_field`` and the user-data ``data.*`` keys default to what GLUE reads, so older studies resume;
-#: issue 22's ``sweep.budgets`` is a ``sweep.*`` key, resumable, read by ``sweep=budget`` only)
+#: issue 22's ``sweep.budgets`` is a ``sweep.*`` key, resumable, read by ``sweep=budget`` only; issue 21's
+#: ``compare`` section is read by ``make compare`` only: ``RESUMABLE_KEYS``)
 DEFAULT_YAML = """\
 task:
   name: mrpc
@@ -148,6 +149,24 @@ results_dir: null
 export:
   seed: null
   merge: false
+compare:
+  name: default
+  methods:
+  - head
+  - bitfit
+  - lora
+  - dora
+  - adalora
+  - vera
+  - fourierft
+  - ia3
+  - full
+  seeds:
+  - 0
+  - 1
+  - 2
+  lr_scale:
+  - 1.0
 """
 
 
@@ -292,7 +311,7 @@ def test_choice_names_are_their_values():
 REFUSED = [
     (
         ["foo=1"],
-        "unknown config key 'foo'; valid top-level keys: data, debug, export, lora, method, model, results_dir, sweep, task, train",
+        "unknown config key 'foo'; valid top-level keys: compare, data, debug, export, lora, method, model, results_dir, sweep, task, train",
     ),
     (
         ["+lora.foo=1"],
