@@ -37,19 +37,21 @@ CAPTIONS = {
 }
 
 
-def _shown(value: float, info: StudyInfo) -> str:
+def shown(value: float, info: StudyInfo) -> str:
     """A value in metric units as the report writes it: in the objective's unit (points: 100 × metric),
-    with its real sign (an MSE as itself)."""
+    with its real sign (an MSE as itself); ``—`` for NaN. ``info``: anything with the objective's ``metric``
+    (a ``StudyInfo``, or a comparison's ``analysis.methods.ComparisonInfo``), as below."""
     m = info.metric
     return "—" if pd.isna(value) else m.fmt(m.scale * value)
 
 
-def _mean_sd(row, info: StudyInfo) -> str:
-    sd = "" if pd.isna(row["objective_sd"]) else f" ± {_shown(row['objective_sd'], info)}"
-    return f"{_shown(row['objective_mean'], info)}{sd}"
+def mean_sd(row, info: StudyInfo) -> str:
+    """``82.35 ± 1.20``: a row's ``objective_mean`` ± ``objective_sd`` (metric units) as ``shown``; no ± without an s.d."""
+    sd = "" if pd.isna(row["objective_sd"]) else f" ± {shown(row['objective_sd'], info)}"
+    return f"{shown(row['objective_mean'], info)}{sd}"
 
 
-def _objective_words(info: StudyInfo) -> str:
+def objective_words(info: StudyInfo) -> str:
     """What the objective is and how its values are written: ``validation accuracy, maximised (higher is
     better); values below and in the plots are points (100 × accuracy, …)``, or for a metric of its own
     unit ``validation MSE, minimised (lower is better); values below and in the plots are squared label
@@ -110,9 +112,9 @@ def _screen_lines(info: StudyInfo) -> List[str]:
     ]
     for r in ranks:
         values = [o.rank_values.get(r) for _, o in nested]
-        shown = [_shown(v, info) if v is not None else "—" for v in values]
+        shown = [shown(v, info) if v is not None else "—" for v in values]
         known = [m.score(v) for v in values if v is not None]
-        mean = _shown(m.value(sum(known) / len(known)), info) if known else "—"
+        mean = shown(m.value(sum(known) / len(known)), info) if known else "—"
         lines.append(f"| {r} | {' | '.join(shown)} | {mean} |")
     return lines
 
@@ -125,11 +127,11 @@ def _collapsed(info: StudyInfo) -> List[Tuple[int, Outcome]]:
 def collapse_text(o: Outcome, info: StudyInfo) -> str:
     """What one collapsed trial scored, against the constant baseline: ``collapsed to the majority class
     (68.38)``, or ``collapsed to a constant prediction (31.62; the majority class scores 68.38)``."""
-    value = _shown(o.value, info)
+    value = shown(o.value, info)
     if info.baseline is None:
         return f"collapsed to a constant prediction ({value})"
     if abs(o.value - info.baseline) > 1e-9:
-        return f"collapsed to a constant prediction ({value}; the {baseline_name(info)} scores {_shown(info.baseline, info)})"
+        return f"collapsed to a constant prediction ({value}; the {baseline_name(info)} scores {shown(info.baseline, info)})"
     if info.metric.problem_type == "regression":  # a constant scores what the training mean scores, whichever
         return f"collapsed to a constant prediction ({value}, what the training mean scores)"
     return f"collapsed to the {baseline_name(info)} ({value})"
@@ -182,7 +184,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     ci = (
         ""
         if pd.isna(row["objective_ci95_low"])
-        else f"; 95% CI {_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+        else f"; 95% CI {shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
     )
     pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
@@ -201,7 +203,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     )
     return (
         (
-            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row, info)} {info.metric.unit} "
+            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {mean_sd(row, info)} {info.metric.unit} "
             f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
         )
         + (f"\n\n{against}" if against else "")
@@ -229,7 +231,7 @@ def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: Study
     side = "above it" if m.sign > 0 else f"below it ({m.better})"
     better = "" if m.sign > 0 else " better"
     head = (
-        f"Against the baseline ({baseline_words(info)}, {_shown(info.baseline, info)}): "
+        f"Against the baseline ({baseline_words(info)}, {shown(info.baseline, info)}): "
         f"{m.fmt(gain(row['objective_mean']), True)} {m.unit}{better}"
     )
     if pd.isna(row["objective_ci95_low"]):
@@ -319,7 +321,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         ci = (
             "—"
             if pd.isna(row["objective_ci95_low"])
-            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+            else f"{shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
         )
         params = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
         flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
@@ -331,7 +333,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         mark = "**recommended**" if row["recommended"] else ""
         lines.append(
             f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} "
-            f"| {_mean_sd(row, info)} "
+            f"| {mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
     return lines
@@ -358,7 +360,7 @@ def _winner_text(rows: pd.DataFrame, info: StudyInfo) -> str:
     if scored.empty:
         return f"{where}: no set has a result yet."
     best = scored.loc[(m.sign * scored["objective_mean"]).idxmax()]
-    mean = f"{_shown(best['objective_mean'], info)} {m.unit}"
+    mean = f"{shown(best['objective_mean'], info)} {m.unit}"
     start = f"{_md(head['targets'])} (r={head['r']})"
     if best["targets"] == head["targets"]:
         others = rows.iloc[1:]
@@ -404,10 +406,10 @@ def _budget_lines(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         ci = (
             "—"
             if pd.isna(row["objective_ci95_low"])
-            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+            else f"{shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
         )
         trainable = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
-        mean = "—" if pd.isna(row["objective_mean"]) else f"{_mean_sd(row, info)} (n={row['n_seeds']})"
+        mean = "—" if pd.isna(row["objective_mean"]) else f"{mean_sd(row, info)} (n={row['n_seeds']})"
         ratio = row["lora_params"] / row["budget"]
         lines.append(
             f"| {row['budget']:,}{given} | {_md(row['targets'])} | {row['r']} | {row['lora_params']:,} ({ratio:.2f}×) "
@@ -518,7 +520,7 @@ def report_markdown(
     lines = [
         f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}",
         "",
-        f"- **Objective**: {_objective_words(info)}; the CSVs hold metric units.",
+        f"- **Objective**: {objective_words(info)}; the CSVs hold metric units.",
         f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
         f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
         "and of the recommendation.",
@@ -527,7 +529,7 @@ def report_markdown(
     ]
     lines.append(_rate_line(trials, info))
     if info.baseline is not None:
-        lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
+        lines.append(f"- **Baseline** ({baseline_words(info)}): {shown(info.baseline, info)}.")
     collapsed = _collapsed(info)
     if collapsed:
         configs = dict.fromkeys((o.r, o.targets) for _, o in collapsed)

@@ -160,8 +160,15 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
 
 
 def main(args: List[str]) -> int:
+    from analysis.methods import write_methods  # the entry point joins the two packages (README: Layout)
+
     cfg, _ = compose(args)
     records = run_compare(cfg, args)
+    out = compare_dir(cfg)
+    files = write_methods(cfg, args)
+    print(
+        f"report: {out / 'report.md'} (with {', '.join(str(f.relative_to(out)) for f in files if f.name != 'report.md')})"
+    )
     return 0 if all(m.status == "ok" for m in records) else 1
 
 
