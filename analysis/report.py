@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -18,15 +18,17 @@ from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.plots import baseline_name, baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
-from analysis.summary import budget_frame, recommendation, summary_frame
+from analysis.summary import budget_frame, recommendation, results, summary_frame
 from sweep.cli import make_command
-from sweep.decide import Outcome, at_rate
+from sweep.decide import Outcome, at_rate, noise_floor
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
+from sweep.stats import welch
 from sweep.study import load_study
 
 if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package
+    from analysis.methods import Reference
     from analysis.subspace_report import SubspaceAnalysis
 
 #: what each plot shows, as its alt text in report.md
@@ -501,15 +503,71 @@ def _rate_lines(trials: pd.DataFrame, info: StudyInfo) -> List[str]:
     return lines
 
 
+def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Reference) -> Optional[str]:
+    """One sentence: where the recommended configuration ``pick`` stands against a reference method of a
+    comparison (``analysis.methods.Reference``: full fine-tuning or head only at its best rate), e.g. ``r=8 on
+    Wq,Wv is 1.20 points below full fine-tuning, 95% interval [-0.40, 2.80], with 0.976% of its trainable
+    parameters (…)``. The difference of the two means in the objective's unit with its real sign, its interval
+    Welch's t interval (``sweep.stats.welch``: each side its own seed s.d., floored at the sweep's noise floor as
+    its intervals are), both as the words say (``below``: the reference minus the pick); the share is the pick's
+    trainable parameters over the reference's. None without the pick's statistics."""
+    from analysis.methods import matrices
+
+    mine = results(info).get(pick)
+    if mine is None or mine.stats is None:
+        return None
+    m = info.metric
+    config = f"r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
+    where = f"`compare/{ref.folder.name}/`"
+    if ref.stats is None:
+        return f"{ref.label} ({where}): every seed collapsed ({ref.n_collapsed}); nothing to compare {config} with."
+    d = welch(ref.stats, mine.stats, 0.95, noise_floor([o for _, o in info.history], info.settings))
+    gap = m.real(d.gain)  # pick − reference, the objective's real sign
+    flip = -1 if gap < 0 else 1
+    words = f"{m.fmt(flip * gap)} {m.unit} {'below' if gap < 0 else 'above'} {ref.label}"
+    if m.sign < 0:
+        words += f" ({m.better})"
+    if d.low is None:
+        interval = "no interval (a side has fewer than two counted seeds)"
+    else:
+        low, high = sorted(flip * m.real(e) for e in (d.low, d.high))
+        interval = f"95% interval [{m.fmt(low)}, {m.fmt(high)}]"
+    row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
+    share = 100 * row["trainable_params"] / ref.trainable_params
+    theirs = m.fmt(m.real(ref.stats.mean)) + (f" ± {m.fmt(ref.stats.sd)}" if ref.stats.sd is not None else "")
+    collapsed = f", {ref.n_collapsed} collapsed left out" if ref.n_collapsed else ""
+    return (
+        f"{config} is {words}, {interval}, with {share:.3g}% of its trainable parameters ({ref.label}: {theirs} over "
+        f"{ref.stats.n} seed(s){collapsed} at lr {ref.lr:g}, {where})."
+    )
+
+
+def _gap_lines(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo, refs: Sequence[Reference]) -> List[str]:
+    """The recommendation against the comparisons' full fine-tuning and head only (``gap_text``); none without."""
+    pick = recommendation(trials, info)[0]
+    texts = [t for t in (gap_text(pick, summary, info, ref) for ref in refs) if t] if pick is not None else []
+    if not texts:
+        return []
+    return [
+        "Against the references trained by `make compare` on the same model and rows (the difference of the means "
+        "with Welch's t interval, each side its own seed s.d.):",
+        "",
+        *(f"- {t}" for t in texts),
+        "",
+    ]
+
+
 def report_markdown(
     trials: pd.DataFrame,
     summary: pd.DataFrame,
     info: StudyInfo,
     rel: Optional[Reliability] = None,
     subspace: Optional[SubspaceAnalysis] = None,
+    references: Sequence[Reference] = (),
 ) -> str:
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
-    the recommendation and why, its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
+    the recommendation and why, where it stands against the ``references`` of comparisons (``make compare``'s
+    full fine-tuning and head only, ``gap_text``), its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
     tolerance); None without a noise estimate), every decision, failed and running trials, the summary
     table and the three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next
     to the recommendation and its section at the end. Metric values are in the objective's unit (points,
@@ -558,6 +616,7 @@ def report_markdown(
         _recommendation_text(trials, summary, info),
         "",
         *([note, ""] if note else []),
+        *_gap_lines(trials, summary, info, references),
         "## Reliability",
         "",
         *_reliability_lines(info, rel),
@@ -646,7 +705,9 @@ def write_reports(
 ) -> List[Path]:
     """Write ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
     ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
-    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
+    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` (with the
+    recommendation against the full fine-tuning and head-only trials of the comparisons beside it,
+    ``out_dir/../compare/*/``: ``analysis.methods.references``) into
     ``out_dir`` (created if needed), for the study ``study_name`` at ``storage_url`` (``load_report``;
     ``report``: one already loaded). Each file is written whole or not at all (``sweep.faults.atomic_write``):
     a full disk leaves the previous report as it was.
@@ -657,6 +718,7 @@ def write_reports(
     Raises:
         UserError: as ``load_report``.
     """
+    from analysis.methods import references
     from analysis.subspace_report import write_subspace
 
     rep = report or load_report(storage_url, study_name, missing_hint=missing_hint)
@@ -669,6 +731,7 @@ def write_reports(
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
     subspace = write_subspace(out_dir, rep.info)
     paths += subspace.files if subspace else []
-    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace)
+    refs = references(out_dir.parent, rep.info.model, rep.info.objective, rep.info.data_digest)
+    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace, refs)
     paths.append(atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text)))
     return paths
