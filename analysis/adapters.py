@@ -22,7 +22,8 @@ from sweep.record import read_result
 from sweep.resume import read_config
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")
-_ROLE_NAMES = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo"}
+#: how tables and plots name the attention matrices of the roles q, k, v, o (LoRA §4.2's Wq, Wk, Wv, Wo)
+ROLE_NAMES = {"q": "Wq", "k": "Wk", "v": "Wv", "o": "Wo"}
 
 
 @dataclass(frozen=True)
@@ -131,5 +132,5 @@ def module_label(name: str, roles: Dict[str, str]) -> tuple:
     two parts."""
     layer = re.search(r"\.(\d+)\.", name)
     role = next((r for r, pattern in roles.items() if re.fullmatch(pattern, name)), None)
-    matrix = _ROLE_NAMES.get(role, role) if role else ".".join(name.split(".")[-2:])
+    matrix = ROLE_NAMES.get(role, role) if role else ".".join(name.split(".")[-2:])
     return (int(layer.group(1)) if layer else -1, matrix)

@@ -51,6 +51,8 @@ class StudyInfo:
             ``target_costs``, as ``sweep.decide.plan`` takes it); None for a study that lacks it.
         history: (trial number, decision input) of every finished trial with a configuration, in
             trial-number order (``sweep.study.numbered_results``): what the decisions saw.
+        data_digest: what the trials read (``TrialResult.data_digest``: SHA-256 of the train and validation
+            rows), that of the first finished trial that recorded one; None when none did.
 
     ``lr``: the learning rate the sweep's configurations are compared at when its settings hold a bracket of
     rates (``sweep.lrs``): that of its recommendation, else of the last rate it chose; None without a bracket
@@ -74,6 +76,7 @@ class StudyInfo:
     dropped: Optional[Tuple[int, int]] = None
     params_per_rank: Optional[Dict[str, int]] = None
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
+    data_digest: Optional[str] = None
 
     @property
     def lr(self) -> Optional[float]:
@@ -195,6 +198,7 @@ def study_info(study, trials=None) -> StudyInfo:
     baselines = [result.majority_baseline.get(objective) for _, result in results]
     baseline = next((b for b in baselines if b is not None), None)
     dropped = next(((r.dropped_train, r.dropped_eval) for _, r in results if r.dropped_train is not None), None)
+    digest = next((r.data_digest for _, r in results if r.data_digest), None)
     return StudyInfo(
         name=study.study_name,
         task=attrs["task"],
@@ -212,6 +216,7 @@ def study_info(study, trials=None) -> StudyInfo:
         overrides=list(attrs.get("command_overrides") or []),
         params_per_rank=attrs.get("target_costs"),
         history=[(number, result.outcome()) for number, result in results],
+        data_digest=digest,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -18,15 +18,17 @@ from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.plots import baseline_name, baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
-from analysis.summary import budget_frame, recommendation, summary_frame
+from analysis.summary import budget_frame, recommendation, results, summary_frame
 from sweep.cli import make_command
-from sweep.decide import Outcome, at_rate
+from sweep.decide import Outcome, at_rate, noise_floor
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
+from sweep.stats import welch
 from sweep.study import load_study
 
 if TYPE_CHECKING:  # imported where used: `python -m analysis.subspace_report` must not find it loaded by the package
+    from analysis.methods import Reference
     from analysis.subspace_report import SubspaceAnalysis
 
 #: what each plot shows, as its alt text in report.md
@@ -37,19 +39,21 @@ CAPTIONS = {
 }
 
 
-def _shown(value: float, info: StudyInfo) -> str:
+def shown(value: float, info: StudyInfo) -> str:
     """A value in metric units as the report writes it: in the objective's unit (points: 100 × metric),
-    with its real sign (an MSE as itself)."""
+    with its real sign (an MSE as itself); ``—`` for NaN. ``info``: anything with the objective's ``metric``
+    (a ``StudyInfo``, or a comparison's ``analysis.methods.ComparisonInfo``), as below."""
     m = info.metric
     return "—" if pd.isna(value) else m.fmt(m.scale * value)
 
 
-def _mean_sd(row, info: StudyInfo) -> str:
-    sd = "" if pd.isna(row["objective_sd"]) else f" ± {_shown(row['objective_sd'], info)}"
-    return f"{_shown(row['objective_mean'], info)}{sd}"
+def mean_sd(row, info: StudyInfo) -> str:
+    """``82.35 ± 1.20``: a row's ``objective_mean`` ± ``objective_sd`` (metric units) as ``shown``; no ± without an s.d."""
+    sd = "" if pd.isna(row["objective_sd"]) else f" ± {shown(row['objective_sd'], info)}"
+    return f"{shown(row['objective_mean'], info)}{sd}"
 
 
-def _objective_words(info: StudyInfo) -> str:
+def objective_words(info: StudyInfo) -> str:
     """What the objective is and how its values are written: ``validation accuracy, maximised (higher is
     better); values below and in the plots are points (100 × accuracy, …)``, or for a metric of its own
     unit ``validation MSE, minimised (lower is better); values below and in the plots are squared label
@@ -110,9 +114,9 @@ def _screen_lines(info: StudyInfo) -> List[str]:
     ]
     for r in ranks:
         values = [o.rank_values.get(r) for _, o in nested]
-        shown = [_shown(v, info) if v is not None else "—" for v in values]
+        shown = [shown(v, info) if v is not None else "—" for v in values]
         known = [m.score(v) for v in values if v is not None]
-        mean = _shown(m.value(sum(known) / len(known)), info) if known else "—"
+        mean = shown(m.value(sum(known) / len(known)), info) if known else "—"
         lines.append(f"| {r} | {' | '.join(shown)} | {mean} |")
     return lines
 
@@ -125,11 +129,11 @@ def _collapsed(info: StudyInfo) -> List[Tuple[int, Outcome]]:
 def collapse_text(o: Outcome, info: StudyInfo) -> str:
     """What one collapsed trial scored, against the constant baseline: ``collapsed to the majority class
     (68.38)``, or ``collapsed to a constant prediction (31.62; the majority class scores 68.38)``."""
-    value = _shown(o.value, info)
+    value = shown(o.value, info)
     if info.baseline is None:
         return f"collapsed to a constant prediction ({value})"
     if abs(o.value - info.baseline) > 1e-9:
-        return f"collapsed to a constant prediction ({value}; the {baseline_name(info)} scores {_shown(info.baseline, info)})"
+        return f"collapsed to a constant prediction ({value}; the {baseline_name(info)} scores {shown(info.baseline, info)})"
     if info.metric.problem_type == "regression":  # a constant scores what the training mean scores, whichever
         return f"collapsed to a constant prediction ({value}, what the training mean scores)"
     return f"collapsed to the {baseline_name(info)} ({value})"
@@ -182,7 +186,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     ci = (
         ""
         if pd.isna(row["objective_ci95_low"])
-        else f"; 95% CI {_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+        else f"; 95% CI {shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
     )
     pct = "" if pd.isna(row["trainable_pct"]) else f" ({row['trainable_pct']:.2f}% of the model)"
     params = "unknown" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
@@ -201,7 +205,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     )
     return (
         (
-            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {_mean_sd(row, info)} {info.metric.unit} "
+            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {mean_sd(row, info)} {info.metric.unit} "
             f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
         )
         + (f"\n\n{against}" if against else "")
@@ -229,7 +233,7 @@ def baseline_check(summary: pd.DataFrame, pick: Optional[ConfigKey], info: Study
     side = "above it" if m.sign > 0 else f"below it ({m.better})"
     better = "" if m.sign > 0 else " better"
     head = (
-        f"Against the baseline ({baseline_words(info)}, {_shown(info.baseline, info)}): "
+        f"Against the baseline ({baseline_words(info)}, {shown(info.baseline, info)}): "
         f"{m.fmt(gain(row['objective_mean']), True)} {m.unit}{better}"
     )
     if pd.isna(row["objective_ci95_low"]):
@@ -319,7 +323,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         ci = (
             "—"
             if pd.isna(row["objective_ci95_low"])
-            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+            else f"{shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
         )
         params = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
         flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
@@ -331,7 +335,7 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         mark = "**recommended**" if row["recommended"] else ""
         lines.append(
             f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} "
-            f"| {_mean_sd(row, info)} "
+            f"| {mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
     return lines
@@ -358,7 +362,7 @@ def _winner_text(rows: pd.DataFrame, info: StudyInfo) -> str:
     if scored.empty:
         return f"{where}: no set has a result yet."
     best = scored.loc[(m.sign * scored["objective_mean"]).idxmax()]
-    mean = f"{_shown(best['objective_mean'], info)} {m.unit}"
+    mean = f"{shown(best['objective_mean'], info)} {m.unit}"
     start = f"{_md(head['targets'])} (r={head['r']})"
     if best["targets"] == head["targets"]:
         others = rows.iloc[1:]
@@ -404,10 +408,10 @@ def _budget_lines(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
         ci = (
             "—"
             if pd.isna(row["objective_ci95_low"])
-            else f"{_shown(row['objective_ci95_low'], info)}–{_shown(row['objective_ci95_high'], info)}"
+            else f"{shown(row['objective_ci95_low'], info)}–{shown(row['objective_ci95_high'], info)}"
         )
         trainable = "—" if pd.isna(row["trainable_params"]) else f"{int(row['trainable_params']):,}"
-        mean = "—" if pd.isna(row["objective_mean"]) else f"{_mean_sd(row, info)} (n={row['n_seeds']})"
+        mean = "—" if pd.isna(row["objective_mean"]) else f"{mean_sd(row, info)} (n={row['n_seeds']})"
         ratio = row["lora_params"] / row["budget"]
         lines.append(
             f"| {row['budget']:,}{given} | {_md(row['targets'])} | {row['r']} | {row['lora_params']:,} ({ratio:.2f}×) "
@@ -499,15 +503,71 @@ def _rate_lines(trials: pd.DataFrame, info: StudyInfo) -> List[str]:
     return lines
 
 
+def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Reference) -> Optional[str]:
+    """One sentence: where the recommended configuration ``pick`` stands against a reference method of a
+    comparison (``analysis.methods.Reference``: full fine-tuning or head only at its best rate), e.g. ``r=8 on
+    Wq,Wv is 1.20 points below full fine-tuning, 95% interval [-0.40, 2.80], with 0.976% of its trainable
+    parameters (…)``. The difference of the two means in the objective's unit with its real sign, its interval
+    Welch's t interval (``sweep.stats.welch``: each side its own seed s.d., floored at the sweep's noise floor as
+    its intervals are), both as the words say (``below``: the reference minus the pick); the share is the pick's
+    trainable parameters over the reference's. None without the pick's statistics."""
+    from analysis.methods import matrices
+
+    mine = results(info).get(pick)
+    if mine is None or mine.stats is None:
+        return None
+    m = info.metric
+    config = f"r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
+    where = f"`compare/{ref.folder.name}/`"
+    if ref.stats is None:
+        return f"{ref.label} ({where}): every seed collapsed ({ref.n_collapsed}); nothing to compare {config} with."
+    d = welch(ref.stats, mine.stats, 0.95, noise_floor([o for _, o in info.history], info.settings))
+    gap = m.real(d.gain)  # pick − reference, the objective's real sign
+    flip = -1 if gap < 0 else 1
+    words = f"{m.fmt(flip * gap)} {m.unit} {'below' if gap < 0 else 'above'} {ref.label}"
+    if m.sign < 0:
+        words += f" ({m.better})"
+    if d.low is None:
+        interval = "no interval (a side has fewer than two counted seeds)"
+    else:
+        low, high = sorted(flip * m.real(e) for e in (d.low, d.high))
+        interval = f"95% interval [{m.fmt(low)}, {m.fmt(high)}]"
+    row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
+    share = 100 * row["trainable_params"] / ref.trainable_params
+    theirs = m.fmt(m.real(ref.stats.mean)) + (f" ± {m.fmt(ref.stats.sd)}" if ref.stats.sd is not None else "")
+    collapsed = f", {ref.n_collapsed} collapsed left out" if ref.n_collapsed else ""
+    return (
+        f"{config} is {words}, {interval}, with {share:.3g}% of its trainable parameters ({ref.label}: {theirs} over "
+        f"{ref.stats.n} seed(s){collapsed} at lr {ref.lr:g}, {where})."
+    )
+
+
+def _gap_lines(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo, refs: Sequence[Reference]) -> List[str]:
+    """The recommendation against the comparisons' full fine-tuning and head only (``gap_text``); none without."""
+    pick = recommendation(trials, info)[0]
+    texts = [t for t in (gap_text(pick, summary, info, ref) for ref in refs) if t] if pick is not None else []
+    if not texts:
+        return []
+    return [
+        "Against the references trained by `make compare` on the same model and rows (the difference of the means "
+        "with Welch's t interval, each side its own seed s.d.):",
+        "",
+        *(f"- {t}" for t in texts),
+        "",
+    ]
+
+
 def report_markdown(
     trials: pd.DataFrame,
     summary: pd.DataFrame,
     info: StudyInfo,
     rel: Optional[Reliability] = None,
     subspace: Optional[SubspaceAnalysis] = None,
+    references: Sequence[Reference] = (),
 ) -> str:
     """The text of ``report.md``: task, model, objective, mode, trial counts by state, what was tried,
-    the recommendation and why, its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
+    the recommendation and why, where it stands against the ``references`` of comparisons (``make compare``'s
+    full fine-tuning and head only, ``gap_text``), its reliability (``rel``: σ, detectable gain, calibrated P(regret ≤
     tolerance); None without a noise estimate), every decision, failed and running trials, the summary
     table and the three plots linked as ``plots/<name>.png``; with a ``subspace`` analysis, its sentence next
     to the recommendation and its section at the end. Metric values are in the objective's unit (points,
@@ -518,7 +578,7 @@ def report_markdown(
     lines = [
         f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}",
         "",
-        f"- **Objective**: {_objective_words(info)}; the CSVs hold metric units.",
+        f"- **Objective**: {objective_words(info)}; the CSVs hold metric units.",
         f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
         f"- **Trials**: {len(trials)} ({_counts(trials)}); diverged and failed trials are left out of means "
         "and of the recommendation.",
@@ -527,7 +587,7 @@ def report_markdown(
     ]
     lines.append(_rate_line(trials, info))
     if info.baseline is not None:
-        lines.append(f"- **Baseline** ({baseline_words(info)}): {_shown(info.baseline, info)}.")
+        lines.append(f"- **Baseline** ({baseline_words(info)}): {shown(info.baseline, info)}.")
     collapsed = _collapsed(info)
     if collapsed:
         configs = dict.fromkeys((o.r, o.targets) for _, o in collapsed)
@@ -556,6 +616,7 @@ def report_markdown(
         _recommendation_text(trials, summary, info),
         "",
         *([note, ""] if note else []),
+        *_gap_lines(trials, summary, info, references),
         "## Reliability",
         "",
         *_reliability_lines(info, rel),
@@ -644,7 +705,9 @@ def write_reports(
 ) -> List[Path]:
     """Write ``trials.csv``, ``summary.csv``, ``plots/metric_vs_params.png``, ``plots/metric_vs_compute.png``,
     ``plots/progression.png``, the subspace analysis of the adapters saved under ``out_dir/trials/`` when
-    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` into
+    two of them can be compared (``analysis.subspace_report.write_subspace``) and ``report.md`` (with the
+    recommendation against the full fine-tuning and head-only trials of the comparisons beside it,
+    ``out_dir/../compare/*/``: ``analysis.methods.references``) into
     ``out_dir`` (created if needed), for the study ``study_name`` at ``storage_url`` (``load_report``;
     ``report``: one already loaded). Each file is written whole or not at all (``sweep.faults.atomic_write``):
     a full disk leaves the previous report as it was.
@@ -655,6 +718,7 @@ def write_reports(
     Raises:
         UserError: as ``load_report``.
     """
+    from analysis.methods import references
     from analysis.subspace_report import write_subspace
 
     rep = report or load_report(storage_url, study_name, missing_hint=missing_hint)
@@ -667,6 +731,7 @@ def write_reports(
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
     subspace = write_subspace(out_dir, rep.info)
     paths += subspace.files if subspace else []
-    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace)
+    refs = references(out_dir.parent, rep.info.model, rep.info.objective, rep.info.data_digest)
+    text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace, refs)
     paths.append(atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text)))
     return paths

@@ -110,7 +110,7 @@ def recommendation(trials: pd.DataFrame, info: StudyInfo) -> Tuple[Optional[Conf
     )
 
 
-def _metric_units(st: Optional[Stats], floor: Optional[float], m: Metric) -> Tuple[float, float, float, float]:
+def metric_units(st: Optional[Stats], floor: Optional[float], m: Metric) -> Tuple[float, float, float, float]:
     """(mean, sd, 95% interval low, high) of the scores ``st`` (the decisions' statistics, the objective's
     unit, higher is better) in metric units with their real signs (an MSE, not its negation; the interval's
     ends in increasing order); NaN for what is missing."""
@@ -152,7 +152,7 @@ def summary_frame(trials: pd.DataFrame, info: StudyInfo) -> pd.DataFrame:
     for (r, targets), group, ok in _by_config(trials):
         res = per_cfg.get((r, targets))  # None: no finished trial yet
         st = res.stats if res is not None else None
-        mean, sd, low, high = _metric_units(st, floor, m)
+        mean, sd, low, high = metric_units(st, floor, m)
         about = [d for d in info.decisions if (d.r, d.targets) == (r, targets) and d.lr == info.lr]
         rows.append(
             {

@@ -8,8 +8,9 @@ sweep's trials into ``results/<task>/compare/<compare.name>/trials/``, then tabu
     python -m sweep.compare task=mrpc 'compare.methods=[head,full]' 'compare.lr_scale=[0.3,1,3]' 'compare.seeds=[0,1]'
     python -m sweep.compare debug=tiny 'compare.methods=[head,lora]'   # seconds, on the CPU
 
-Re-running the same command reuses every finished trial (its folder holds ``metrics.json`` written for the
-same resolved config) and resumes an interrupted one from its last epoch, as a sweep does.
+Re-running the same command reuses every finished trial (its folder holds ``metrics.json`` of the same trial:
+its settings but ``compare.*``, on the same data) and resumes an interrupted one from its last epoch, as a sweep
+does; so a comparison widened by a method, a seed or a rate factor trains only what is new.
 """
 
 from __future__ import annotations
@@ -52,6 +53,24 @@ def _rate_text(lr: float) -> str:
     return f"{lr:g}"
 
 
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Raise ``UserError`` (one line) when ``overrides`` set a key the comparison sets per trial (``OWN_KEYS``)."""
+    for text in overrides:
+        key = text.partition("=")[0].lstrip("+~")
+        if key in OWN_KEYS:
+            raise UserError(f"{text} is set by make compare for each trial: give {OWN_KEYS[key]} instead")
+
+
+def own_rate(overrides: Sequence[str], method: str) -> float:
+    """``method``'s own learning rate: ``train.lr`` of ``conf/method/<method>.yaml`` (LoRA: config.yaml's),
+    composed with ``overrides``; a trial of the comparison trains at it times a factor of ``compare.lr_scale``.
+
+    Raises:
+        UserError: as ``sweep.cli.compose``.
+    """
+    return compose([*overrides, f"method={method}"])[0].train.lr
+
+
 def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
     """Every trial of the comparison ``cfg.compare``, methods in its order, then rate factors, then seeds.
 
@@ -61,13 +80,10 @@ def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
     """
     from sweep.trial import trial_name
 
-    for text in overrides:
-        key = text.partition("=")[0].lstrip("+~")
-        if key in OWN_KEYS:
-            raise UserError(f"{text} is set by make compare for each trial: give {OWN_KEYS[key]} instead")
+    check_overrides(overrides)
     out = []
     for method in cfg.compare.methods:
-        own = compose([*overrides, f"method={method}"])[0].train.lr
+        own = own_rate(overrides, method)
         for scale in cfg.compare.lr_scale:
             lr = own * scale
             for seed in cfg.compare.seeds:
@@ -78,26 +94,35 @@ def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
 
 
 def finished(trial: PlannedTrial) -> Optional[TrialResult]:
-    """The trial's record when its folder holds one written for this very config, else None.
+    """The trial's record when its folder holds one of this very trial, else None: the same
+    ``sweep.resume.trial_identity`` (the ``compare.*`` keys are not part of it, so a comparison widened by a
+    method or a rate factor reuses what it trained) on the same data (``data_digest``; ``sweep.data.task_digest``).
 
     Raises:
-        UserError: the folder holds a finished trial of other settings (another comparison of the same
-            ``compare.name``): its results must not be mixed with these.
+        UserError: the folder holds a finished trial of other settings or data (another comparison of the same
+            ``compare.name``), naming the first key that differs: its results must not be mixed with these.
     """
-    from sweep.resume import same_trial
+    from sweep.data import task_digest
+    from sweep.resume import read_config, trial_identity
 
     metrics, saved = trial.run_dir / "metrics.json", trial.run_dir / "config.yaml"
     if not metrics.exists():
         return None
-    # the sweep's identity of a trial: keys newer than it read as their defaults (an upgrade reuses it), and
-    # keys that do not change a result (compare.*, train.threads, the data folder, …) are left out
-    same = saved.exists() and same_trial(saved, trial.resolved)
-    if not same:
+    result = read_result(metrics)
+    if not saved.exists():
+        why = "its config.yaml is missing"
+    else:
+        there, here = trial_identity(read_config(saved)), trial_identity(trial.resolved)
+        keys = sorted(k for k in here if there.get(k) != here[k])
+        why = f"{keys[0]}: {there.get(keys[0], 'unset')} there, {here[keys[0]]} here" if keys else None
+    if why is None and result.data_digest not in (None, task_digest(trial.cfg)):
+        why = f"it read other data: digest {result.data_digest} there, {task_digest(trial.cfg)} here"
+    if why is not None:
         raise UserError(
-            f"{trial.run_dir} holds a finished trial made with other settings than this comparison's; re-run with "
-            f"the settings it was made with, or give compare.name=<new name>"
+            f"{trial.run_dir} holds a finished trial made with other settings than this comparison's ({why}); re-run "
+            "with the settings it was made with, or give compare.name=<new name>"
         )
-    return read_result(metrics)
+    return result
 
 
 def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialResult]:
@@ -135,8 +160,15 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
 
 
 def main(args: List[str]) -> int:
+    from analysis.methods import write_methods  # the entry point joins the two packages (README: Layout)
+
     cfg, _ = compose(args)
     records = run_compare(cfg, args)
+    out = compare_dir(cfg)
+    files = write_methods(cfg, args)
+    print(
+        f"report: {out / 'report.md'} (with {', '.join(str(f.relative_to(out)) for f in files if f.name != 'report.md')})"
+    )
     return 0 if all(m.status == "ok" for m in records) else 1
 
 

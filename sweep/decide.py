@@ -324,7 +324,14 @@ def noise_floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optiona
 
 
 def _floor(outcomes: Iterable[Outcome], settings: SweepSettings) -> Optional[float]:
-    steps = [o.resolution for o in outcomes if o.resolution is not None]
+    return floor_at([o.resolution for o in outcomes], settings)
+
+
+def floor_at(resolutions: Iterable[Optional[float]], settings: SweepSettings) -> Optional[float]:
+    """``sweep.noise_floor`` validation examples' worth of the objective's unit at the coarsest of
+    ``resolutions`` (``TrialResult.resolution``; None: none known), points; None when the floor is 0 or no
+    resolution is known. The floor of trials that are not a study's (``analysis/methods.py``)."""
+    steps = [r for r in resolutions if r is not None]
     return settings.noise_floor * max(steps) if steps and settings.noise_floor > 0 else None
 
 

@@ -181,13 +181,18 @@ class TrialResult:
         if self.train_tokens_per_s is None and self.train_tokens and self.train_seconds:
             self.train_tokens_per_s = self.train_tokens / self.train_seconds
 
+    @property
+    def resolution(self) -> Optional[float]:
+        """One validation example's worth of the objective, in its unit: scale/n_eval (100/n_eval points) for
+        an objective with a per-example step (``Metric.per_example``); None otherwise or without ``n_eval``."""
+        metric = metric_of(self.objective)
+        return metric.scale / self.n_eval if self.n_eval and metric.per_example else None
+
     def outcome(self) -> Outcome:
         """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial, the
         objective's name (its direction and unit), seconds = train + eval, resolution = one validation
-        example's worth, scale/n_eval (100/n_eval points), for an objective with a per-example step
-        (``Metric.per_example``; a record without an objective reads as one in points); ``collapsed`` only
-        for an ok trial; ``baseline`` the constant baseline's objective (``majority_baseline``)."""
-        metric = metric_of(self.objective)
+        example's worth (``resolution``; a record without an objective reads as one in points); ``collapsed``
+        only for an ok trial; ``baseline`` the constant baseline's objective (``majority_baseline``)."""
         return Outcome(
             r=int(self.r),
             targets=targets_key(self.targets),
@@ -197,7 +202,7 @@ class TrialResult:
             trainable_params=int(self.trainable_params or 0),
             train_flops=float(self.train_flops or 0),
             seconds=float(self.train_seconds or 0) + float(self.eval_seconds or 0),
-            resolution=metric.scale / self.n_eval if self.n_eval and metric.per_example else None,
+            resolution=self.resolution,
             objective=self.objective,
             rank_values={int(c["r"]): c["objective_value"] for c in self.rank_curve}
             if self.rank_curve and self.status == Status.OK

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # annotations only: this module stays light for analysis/, wh
 
 #: settings that do not change what a finished trial means, so a resume may change them
 #: (the sweep group decides what to run next; device, threads and eval batch size only change speed;
-#: export only reads a finished sweep; compare.* only says which trials make compare trains)
+#: export only reads a finished sweep; compare lists what a comparison trains, not what one trial is)
 RESUMABLE_KEYS = (
     "sweep.",
     "export.",

@@ -136,6 +136,37 @@ def residual_sd(rows: Sequence[Sequence[float]]) -> Tuple[Optional[float], int]:
     return math.sqrt(ss / dof), dof
 
 
+@dataclass(frozen=True)
+class Difference:
+    """B against A, two-sided, in the scores' unit: ``gain`` = mean_B − mean_A and its ``level`` Welch t
+    interval ``low``–``high`` with ``dof`` Welch–Satterthwaite degrees of freedom (all three None when a side
+    has fewer than two seeds)."""
+
+    gain: float
+    low: Optional[float] = None
+    high: Optional[float] = None
+    dof: Optional[float] = None
+
+
+def welch(a: Stats, b: Stats, level: float = 0.95, floor: Optional[float] = None) -> Difference:
+    """mean_B − mean_A with Welch's t interval (Welch 1947, Biometrika 34: 28–35; what
+    ``scipy.stats.ttest_ind(…, equal_var=False).confidence_interval(level)`` gives): each side keeps its own
+    s.d., raised to ``floor`` points (as ``Stats.interval``: seeds that all scored the same claim no
+    certainty), v_i = s_i²/n_i, SE = √(v_A + v_B), dof = SE⁴ / (v_A²/(n_A − 1) + v_B²/(n_B − 1)), bounds
+    gain ∓ t((1 + level)/2, dof)·SE. For two configurations trained apart, with seed noise that need not be
+    equal (full fine-tuning against an adapter), unlike ``compare``'s pooled s.d. A zero SE (no floor, every
+    seed equal on both sides) gives (gain, gain); fewer than two seeds on a side gives no interval."""
+    gain = b.mean - a.mean
+    if a.sd is None or b.sd is None:
+        return Difference(gain)
+    va, vb = (max(st.sd, floor or 0.0) ** 2 / st.n for st in (a, b))
+    if va + vb == 0:
+        return Difference(gain, gain, gain, None)
+    dof = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = t_quantile((1 + level) / 2, dof) * math.sqrt(va + vb)
+    return Difference(gain, gain - half, gain + half, dof)
+
+
 @lru_cache(maxsize=None)
 def t_quantile(confidence: float, dof: int) -> float:
     """Student-t quantile at ``confidence`` with ``dof`` degrees of freedom (one-sided)."""

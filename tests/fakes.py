@@ -55,12 +55,15 @@ def small_settings(**kw) -> SweepSettings:
     return replace(defaults().sweep, **{**base, **kw})
 
 
-def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COSTS, n_eval=None, collapsed=None):
+def trial(
+    r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COSTS, n_eval=None, collapsed=None, digest=None
+):
     """A frozen trial in the store's layout (``sweep/study.py``). ``outcome``: the accuracy of an ok trial,
     ``diverged``, ``failed``, ``running``, ``orphan`` (FAIL with no configuration stored) or
     ``abandoned`` (FAIL with a configuration and no status: its worker died); ``costs``: LoRA parameters
     per unit of rank of each target set; ``n_eval``: validation examples evaluated (None: not recorded);
-    ``collapsed``: the record's flag (an ok trial that predicted one class: ``sweep.collapse``)."""
+    ``collapsed``: the record's flag (an ok trial that predicted one class: ``sweep.collapse``); ``digest``: the
+    record's ``data_digest`` (None: not recorded)."""
     dists = {"r": IntDistribution(r, r, log=True), "seed": IntDistribution(seed, seed)}
     params = {"r": r, "seed": seed}
     if outcome == "orphan":
@@ -100,6 +103,7 @@ def trial(r, targets, seed, outcome, stage, flops=1e11, seconds=10.0, costs=COST
         majority_baseline={"accuracy": MAJORITY, "f1": 0.812},
         n_eval=n_eval,
         collapsed=collapsed,
+        data_digest=digest,
     )
     attrs.update(result_attrs(result))
     if ok:

@@ -19,7 +19,8 @@ from sweep.resume import fingerprint
 #: (``results/<task>/<sweep.name>/config.yaml``); study fingerprints and trial reuse compare this text
 #: (the ``export`` section, added by issue 19, is read by ``make export`` only: ``RESUMABLE_KEYS``; issue 20's
 #: ``task.label_field`` and the user-data ``data.*`` keys default to what GLUE reads, so older studies resume;
-#: issue 22's ``sweep.budgets`` is a ``sweep.*`` key, resumable, read by ``sweep=budget`` only)
+#: issue 22's ``sweep.budgets`` is a ``sweep.*`` key, resumable, read by ``sweep=budget`` only; issue 21's
+#: ``compare`` section is read by ``make compare`` only: ``RESUMABLE_KEYS``)
 DEFAULT_YAML = """\
 task:
   name: mrpc
