@@ -114,10 +114,10 @@ def _screen_lines(info: StudyInfo) -> List[str]:
     ]
     for r in ranks:
         values = [o.rank_values.get(r) for _, o in nested]
-        shown = [shown(v, info) if v is not None else "—" for v in values]
+        cells = [shown(v, info) if v is not None else "—" for v in values]
         known = [m.score(v) for v in values if v is not None]
         mean = shown(m.value(sum(known) / len(known)), info) if known else "—"
-        lines.append(f"| {r} | {' | '.join(shown)} | {mean} |")
+        lines.append(f"| {r} | {' | '.join(cells)} | {mean} |")
     return lines
 
 
@@ -454,8 +454,8 @@ def _rate_line(trials: pd.DataFrame, info: StudyInfo) -> str:
     """The learning rate(s) the trials trained at, for the report's head."""
     rates = sorted(trials["lr"].dropna().unique()) if "lr" in trials else []
     if info.lr is None:
-        shown = ", ".join(f"{x:g}" for x in rates) or "not recorded"
-        return f"- **Learning rate**: {shown} (train.lr; no bracket of rates, sweep.lrs)."
+        used = ", ".join(f"{x:g}" for x in rates) or "not recorded"
+        return f"- **Learning rate**: {used} (train.lr; no bracket of rates, sweep.lrs)."
     bracket = ", ".join(f"{x:g}" for x in info.settings.lrs)
     return (
         f"- **Learning rate**: {info.lr:g}, chosen by the learning-rate stage from sweep.lrs = [{bracket}]; the "
