@@ -28,8 +28,8 @@ from omegaconf import OmegaConf
 
 from analysis.adapters import ROLE_NAMES
 from analysis.summary import metric_units, recommendation
-from sweep.cli import compose, run_cli
-from sweep.compare import check_overrides, compare_dir, own_rate
+from sweep.cli import run_cli
+from sweep.compare import check_overrides, compare_dir, comparison_config, own_rate
 from sweep.config import Config, Method, targets_key
 from sweep.decide import floor_at
 from sweep.errors import UserError
@@ -102,6 +102,7 @@ TRIAL_COLUMNS = (
     "model",
     "task",
     "data_digest",
+    "recipe",
     "baseline",
 )
 
@@ -110,7 +111,8 @@ TRIAL_COLUMNS = (
 class ComparisonInfo:
     """A comparison as its report and plots name it: ``task`` (``task.name``), ``model`` (its short name),
     ``objective`` (``metric``: direction, unit, scale), ``baseline`` (the constant answer's objective, metric
-    units; None when no trial recorded it) and ``data_digest`` (the rows its trials read). The sweep's plot
+    units; None when no trial recorded it), ``data_digest`` (the rows its trials read) and ``recipe`` (their
+    training recipe, ``recipe_of``). The sweep's plot
     and report helpers read it as they read a ``StudyInfo`` (the same attribute names)."""
 
     task: str
@@ -118,10 +120,43 @@ class ComparisonInfo:
     objective: str
     baseline: Optional[float]
     data_digest: Optional[str]
+    recipe: Optional[str] = None
 
     @property
     def metric(self) -> Metric:
         return metric_of(self.objective)
+
+
+#: the training recipe two results must share to be compared (beside model, objective and rows): what every
+#: method trains with; the rate, the seed and the method's own settings are what a comparison varies
+RECIPE_KEYS = (
+    "train.epochs",
+    "train.batch_size",
+    "train.warmup_ratio",
+    "train.weight_decay",
+    "train.max_grad_norm",
+    "train.backbone_dropout",
+    "train.group_by_length",
+    "train.precision",
+    "data.max_length",
+    "data.max_train_samples",
+    "data.max_eval_samples",
+)
+
+
+def recipe_of(config_file: Path) -> Optional[str]:
+    """The training recipe (``RECIPE_KEYS``, ``key=value; …``) of the resolved ``config_file`` (a trial's or a
+    sweep's ``config.yaml``, read as this version reads it: newer keys at their defaults); None without one."""
+    from sweep.resume import read_config
+
+    if not Path(config_file).is_file():
+        return None
+    flat = OmegaConf.to_container(read_config(config_file))
+    values = []
+    for key in RECIPE_KEYS:
+        group, name = key.split(".")
+        values.append(f"{key}={(flat.get(group) or {}).get(name)!r}")
+    return "; ".join(values)
 
 
 def matrices(targets: Sequence[str]) -> str:
@@ -154,7 +189,7 @@ def trial_frame(folder: Path) -> pd.DataFrame:
     ``status``, ``collapsed`` (True only for an ok trial that collapsed), ``objective``, ``value`` (its objective,
     metric units; ok trials only), ``resolution`` (one validation example's worth, the objective's unit),
     ``trainable_params``, ``trainable_pct``, ``lora_params``, ``train_flops``, ``train_seconds``, ``peak_mem_mb``,
-    ``model``, ``task``, ``data_digest``, ``baseline`` (the constant answer's objective, metric units); ``label``
+    ``model``, ``task``, ``data_digest``, ``recipe`` (``recipe_of`` its ``config.yaml``), ``baseline`` (the constant answer's objective, metric units); ``label``
     (``method_label``, with the method's settings from the trial's ``config.yaml``).
     """
     rows = []
@@ -187,6 +222,7 @@ def trial_frame(folder: Path) -> pd.DataFrame:
                 "model": rec.model,
                 "task": rec.task,
                 "data_digest": rec.data_digest,
+                "recipe": recipe_of(saved),
                 "baseline": (rec.majority_baseline or {}).get(rec.objective),
             }
         )
@@ -293,14 +329,18 @@ class Reference:
     trainable_params: int
 
 
-def references(task_dir: Path, model: str, objective: str, digest: Optional[str]) -> List[Reference]:
-    """Full fine-tuning and head only in every comparison under ``task_dir`` (``results/<task>/compare/*/``)
-    trained on the same model (``model``, short name), for the same ``objective`` and on the same rows (their
-    records' ``data_digest`` equals ``digest``), each at the rate of its best mean: comparisons in folder-name
-    order, full fine-tuning first. Empty when ``digest`` is None (what a sweep read is unknown)."""
+def references(
+    task_dir: Path, model: str, objective: str, digest: Optional[str], recipe: Optional[str]
+) -> List[Reference]:
+    """Full fine-tuning and head only in the comparisons under ``task_dir`` (``results/<task>/compare/*/``)
+    trained on the same model (``model``, short name), for the same ``objective``, on the same rows (their
+    records' ``data_digest`` equals ``digest``) with the same training recipe (``recipe_of``: epochs, batch,
+    lengths, …; None, a folder without ``config.yaml``, matches only None), each at the rate of its best mean; of
+    several comparisons holding one, the one with the most counted seeds (then the first by folder name). Full
+    fine-tuning first. Empty when ``digest`` is None (what a sweep read is unknown)."""
     if digest is None:
         return []
-    out = []
+    best: Dict[str, Reference] = {}
     for folder in sorted(p for p in Path(task_dir).glob("compare/*") if p.is_dir()):
         trials = trial_frame(folder)
         same = trials[
@@ -308,16 +348,19 @@ def references(task_dir: Path, model: str, objective: str, digest: Optional[str]
             & (trials["model"] == model)
             & (trials["objective"] == objective)
             & (trials["data_digest"] == digest)
+            & (trials["recipe"].fillna("") == (recipe or ""))
         ]
         table = methods_frame(same, {}, order=[str(m) for m in REFERENCE_METHODS])
         for row in table[table["chosen"]].itertuples():
             group = same[(same["label"] == row.label) & (same["lr"] == row.lr)]
-            out.append(
-                Reference(
-                    folder, row.method, row.label, row.lr, seed_stats(group), row.n_collapsed, row.trainable_params
-                )
+            ref = Reference(
+                folder, row.method, row.label, row.lr, seed_stats(group), row.n_collapsed, row.trainable_params
             )
-    return out
+            n = ref.stats.n if ref.stats is not None else 0
+            held = best.get(row.method)
+            if held is None or n > (held.stats.n if held.stats is not None else 0):
+                best[row.method] = ref
+    return [best[str(m)] for m in REFERENCE_METHODS if str(m) in best]
 
 
 @dataclass(frozen=True)
@@ -351,6 +394,8 @@ def sweep_beside(cfg: Config, info: ComparisonInfo) -> Optional[SweepBeside]:
         return SweepBeside(folder, None, None, note)
     if rep.info.data_digest is None or rep.info.data_digest != info.data_digest:
         return SweepBeside(folder, None, None, "its trials read other rows (data digest) than the comparison's")
+    if recipe_of(folder / "config.yaml") != info.recipe:
+        return SweepBeside(folder, None, None, "it trained with another recipe (epochs, batch, lengths: RECIPE_KEYS)")
     pick, _ = recommendation(rep.trials, rep.info)
     if pick is None:
         return SweepBeside(folder, rep.summary, None, "it recommends no configuration yet")
@@ -392,7 +437,8 @@ def comparison_info(trials: pd.DataFrame, folder: Path) -> ComparisonInfo:
     """
     if trials.empty:
         raise UserError(f"{folder} holds no finished trial (trials/*/metrics.json): run make compare first")
-    for key, what in (("task", "task"), ("model", "model"), ("objective", "objective"), ("data_digest", "data set")):
+    checked = (("task", "task"), ("model", "model"), ("objective", "objective"), ("data_digest", "data set"))
+    for key, what in (*checked, ("recipe", "training recipe")):
         seen = sorted(map(str, trials[key].dropna().unique()))
         if len(seen) > 1:
             raise UserError(
@@ -407,6 +453,7 @@ def comparison_info(trials: pd.DataFrame, folder: Path) -> ComparisonInfo:
         str(first["objective"]),
         float(baseline.iloc[0]) if len(baseline) else None,
         first["data_digest"],
+        first["recipe"],
     )
 
 
@@ -443,7 +490,7 @@ def write_methods(cfg: Config, overrides: Sequence[str]) -> List[Path]:
 
 
 def main(args: List[str]) -> int:
-    cfg, _ = compose(args)
+    cfg = comparison_config(args)
     out = compare_dir(cfg)
     files = write_methods(cfg, args)
     print(f"reports in {out}: {', '.join(str(f.relative_to(out)) for f in files)}")

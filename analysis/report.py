@@ -718,7 +718,7 @@ def write_reports(
     Raises:
         UserError: as ``load_report``.
     """
-    from analysis.methods import references
+    from analysis.methods import recipe_of, references
     from analysis.subspace_report import write_subspace
 
     rep = report or load_report(storage_url, study_name, missing_hint=missing_hint)
@@ -731,7 +731,9 @@ def write_reports(
         paths.append(save_figure(fig, out_dir / "plots" / f"{name}.png"))
     subspace = write_subspace(out_dir, rep.info)
     paths += subspace.files if subspace else []
-    refs = references(out_dir.parent, rep.info.model, rep.info.objective, rep.info.data_digest)
+    refs = references(
+        out_dir.parent, rep.info.model, rep.info.objective, rep.info.data_digest, recipe_of(out_dir / "config.yaml")
+    )
     text = report_markdown(rep.trials, rep.summary, rep.info, rep.reliability, subspace, refs)
     paths.append(atomic_write(out_dir / "report.md", lambda tmp: tmp.write_text(text)))
     return paths

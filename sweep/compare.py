@@ -61,6 +61,59 @@ def check_overrides(overrides: Sequence[str]) -> None:
             raise UserError(f"{text} is set by make compare for each trial: give {OWN_KEYS[key]} instead")
 
 
+def uses_key(method: str, key: str) -> bool:
+    """Whether a trial of ``method`` reads the setting ``key`` (a dotted key given on the command line): the
+    ``lora.*`` keys are the ranked methods' (``lora.init`` LoRA's and DoRA's), VeRA and FourierFT read
+    ``lora.targets`` (VeRA ``lora.dropout`` too), a ``method.*`` setting is its own method's
+    (``sweep.config.METHOD_KEYS``); every other key is every method's."""
+    from sweep.config import METHOD_KEYS, RANKED_METHODS
+
+    group, _, name = key.partition(".")
+    if group == "method":
+        return name in METHOD_KEYS.get(method, ())
+    if group != "lora":
+        return True
+    if name == "init":
+        return method in ("lora", "dora")
+    if method in RANKED_METHODS:
+        return True
+    return (method in ("vera", "fourierft") and name == "targets") or (method == "vera" and name == "dropout")
+
+
+def method_overrides(overrides: Sequence[str], method: str) -> List[str]:
+    """``overrides`` as a trial of ``method`` takes them: the settings it does not read left out (``uses_key``),
+    so that ``lora.r=4`` sets the rank of the ranked methods and leaves head only's trial (and its identity) as
+    it is; then ``method=<method>``."""
+    kept = [o for o in overrides if uses_key(method, o.partition("=")[0].lstrip("+~"))]
+    return [*kept, f"method={method}"]
+
+
+def left_out_lines(cfg: Config, overrides: Sequence[str]) -> List[str]:
+    """One line per given setting that some compared methods do not read, naming them (nothing is ignored
+    silently)."""
+    lines = []
+    for o in overrides:
+        key = o.partition("=")[0].lstrip("+~")
+        unused = [m for m in cfg.compare.methods if not uses_key(m, key)]
+        if unused:
+            lines.append(
+                f"compare: {o} applies to {', '.join(m for m in cfg.compare.methods if m not in unused) or 'no method compared'}; "
+                f"{', '.join(unused)} do not read it"
+            )
+    return lines
+
+
+def comparison_config(overrides: Sequence[str]) -> Config:
+    """The comparison's own config (task, model, ``compare.*``, ``results_dir``): ``overrides`` composed without
+    the ``method.*`` settings, which only their own method's trials read (``method_overrides``).
+
+    Raises:
+        UserError: as ``sweep.cli.compose``; a key the comparison sets per trial (``OWN_KEYS``).
+    """
+    check_overrides(overrides)
+    return compose([o for o in overrides if o.partition("=")[0].lstrip("+~").partition(".")[0] != "method"])[0]
+
+
 def own_rate(overrides: Sequence[str], method: str) -> float:
     """``method``'s own learning rate: ``train.lr`` of ``conf/method/<method>.yaml`` (LoRA: config.yaml's),
     composed with ``overrides``; a trial of the comparison trains at it times a factor of ``compare.lr_scale``.
@@ -68,7 +121,7 @@ def own_rate(overrides: Sequence[str], method: str) -> float:
     Raises:
         UserError: as ``sweep.cli.compose``.
     """
-    return compose([*overrides, f"method={method}"])[0].train.lr
+    return compose(method_overrides(overrides, method))[0].train.lr
 
 
 def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
@@ -87,7 +140,9 @@ def planned_trials(cfg: Config, overrides: Sequence[str]) -> List[PlannedTrial]:
         for scale in cfg.compare.lr_scale:
             lr = own * scale
             for seed in cfg.compare.seeds:
-                tcfg, resolved = compose([*overrides, f"method={method}", f"train.seed={seed}", f"train.lr={lr!r}"])
+                tcfg, resolved = compose(
+                    [*method_overrides(overrides, method), f"train.seed={seed}", f"train.lr={lr!r}"]
+                )
                 name = f"{trial_name(tcfg)}-lr{_rate_text(lr)}"
                 out.append(PlannedTrial(tcfg, resolved, compare_dir(cfg) / "trials" / name, scale))
     return out
@@ -135,6 +190,8 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
     from sweep.trial import run_trial
 
     plan = planned_trials(cfg, overrides)
+    for line in left_out_lines(cfg, overrides):
+        log(line)
     done = {id(t): finished(t) for t in plan}
     todo = [t for t in plan if done[id(t)] is None]
     log(
@@ -154,6 +211,7 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
                 m = TrialResult(method=t.cfg.method.name, seed=t.cfg.train.seed, lr=t.cfg.train.lr)
                 m.status, m.reason = Status.FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             value = f"{m.objective} {m.objective_value:.4f}" if m.objective_value is not None else m.status
+            value += " (collapsed: one answer for every example)" if m.collapsed else ""
             log(f"[{i}/{len(plan)}] {t.run_dir.name}: {value} | trainable {m.trainable_params or 0:,}")
         records.append(m)
     return records
@@ -162,7 +220,7 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
 def main(args: List[str]) -> int:
     from analysis.methods import write_methods  # the entry point joins the two packages (README: Layout)
 
-    cfg, _ = compose(args)
+    cfg = comparison_config(args)
     records = run_compare(cfg, args)
     out = compare_dir(cfg)
     files = write_methods(cfg, args)

@@ -1053,6 +1053,11 @@ class Config:
                 f"lora.init={self.lora.init} initialises LoRA's A and B, and method={self.method.name} has none: give "
                 "method=lora or dora, or leave lora.init at kaiming"
             )
+        if self.method.name == Method.adalora and self.method.init_r is not None and self.method.init_r < self.lora.r:
+            raise ValueError(
+                f"method.init_r={self.method.init_r} is below lora.r={self.lora.r}: AdaLoRA prunes its initial rank down to "
+                f"the target, so give method.init_r ≥ {self.lora.r} (or null: ⌈1.5·lora.r⌉)"
+            )
         if self.method.name == Method.adalora and self.lora.scaling == Scaling.rslora:
             raise ValueError(
                 "lora.scaling=rslora is not available with method=adalora (peft's AdaLoRA scales by alpha/r): "

@@ -117,6 +117,13 @@ def peft_config(model: nn.Module, cfg: Config, model_cfg, total_steps: int):
             fan_in_fan_out=transposed,
         )
     if name == Method.fourierft:
+        mods = dict(model.named_modules())
+        smallest = min(mods[n].weight.numel() for n in names)
+        if cfg.method.n_frequency > smallest:
+            raise UserError(
+                f"method.n_frequency={cfg.method.n_frequency} is more spectral coefficients than the smallest matrix "
+                f"lora.targets adapts has entries ({smallest:,}); give method.n_frequency ≤ {smallest:,}"
+            )
         return peft.FourierFTConfig(
             task_type=task_type,
             n_frequency=cfg.method.n_frequency,

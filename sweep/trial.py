@@ -469,6 +469,8 @@ def run_trial(
         shutil.rmtree(initial)  # the converted adapter holds A₀ and B₀ (sweep/inits.py)
     write_result(run_dir / "metrics.json", result)
     ckpt_path.unlink(missing_ok=True)
+    for stale in run_dir.glob(f".{CHECKPOINT}.*.tmp"):  # a write killed mid-way (sweep.faults.atomic_write)
+        stale.unlink(missing_ok=True)
     return result
 
 

@@ -18,11 +18,13 @@ import pytest
 from conftest import run_main
 from fakes import FINISHED, HEAD, NAME, make_study, trial
 from fakes import small_settings as settings
+from omegaconf import OmegaConf
 from scipy.stats import t as student_t
 from scipy.stats import ttest_ind
 
 from analysis.methods import main as methods_main
 from analysis.report import write_reports
+from sweep.cli import compose
 from sweep.compare import main as compare_main
 from sweep.record import TrialResult, write_result
 from sweep.stats import stats_of, welch
@@ -250,6 +252,14 @@ def test_the_sweep_report_states_the_gap_to_full_fine_tuning_and_head_only(tmp_p
     _reference(refs, "head", 2, 0.684, lr=1e-2, params=HEAD, collapsed=True)
     _reference(tmp_path / "mrpc" / "compare" / "other", "head", 0, 0.99, lr=1e-2, params=HEAD, digest="xyz")
     _reference(tmp_path / "mrpc" / "compare" / "other", "full", 0, 0.99, lr=5e-5, params=HEAD, model="bert")
+    # the same model, rows and objective, more seeds (the one kept, were it comparable), but another training
+    # recipe (its config.yaml: 2 epochs; the sweep's none)
+    long_config = OmegaConf.to_yaml(compose(["train.epochs=2"])[1])
+    for seed in range(4):
+        _reference(tmp_path / "mrpc" / "compare" / "long", "full", seed, 0.99, lr=5e-5, params=HEAD)
+        (tmp_path / "mrpc" / "compare" / "long" / "trials" / f"full-seed{seed}-lr5e-05" / "config.yaml").write_text(
+            long_config
+        )
     text = write_reports(url, NAME, tmp_path / "mrpc" / "default")[-1].read_text()
     pick, full, head = [84.0, 86.0], [87.0, 88.0, 86.5], [70.0, 74.0]
     below = ttest_ind(full, pick, equal_var=False).confidence_interval(0.95)  # full − pick: how far below
@@ -264,4 +274,23 @@ def test_the_sweep_report_states_the_gap_to_full_fine_tuning_and_head_only(tmp_p
         "of its trainable parameters (head only: 72.00 ± 2.83 over 2 seed(s), 1 collapsed left out at lr 0.01, "
         "`compare/default/`)." in text
     )
-    assert text.count("points above head only") == 1 and "compare/other/" not in text
+    assert text.count("points above head only") == 1 and "compare/other/" not in text and "compare/long/" not in text
+
+
+def test_a_setting_applies_to_the_methods_that_read_it(tmp_path):
+    """``lora.r=4`` and ``method.vera_r=16`` beside head only: the rank is LoRA's, the shared rank VeRA's, and head
+    only's trial is the one a comparison without them plans (the same identity, reused); each is said in one line."""
+    from sweep.compare import comparison_config, left_out_lines, planned_trials
+
+    base = ["debug=tiny", f"results_dir={tmp_path}", "compare.seeds=[0]", "compare.methods=[head,lora,vera]"]
+    args = [*base, "lora.r=4", "method.vera_r=16"]
+    cfg = comparison_config(args)
+    plan = {t.cfg.method.name: t for t in planned_trials(cfg, args)}
+    plain = {t.cfg.method.name: t for t in planned_trials(comparison_config(base), base)}
+    assert plan["lora"].cfg.lora.r == 4 and plan["lora"].run_dir.name == "r4-q-v-seed0-lr0.002"
+    assert plan["vera"].cfg.method.vera_r == 16
+    assert plan["head"].run_dir == plain["head"].run_dir and plan["head"].resolved == plain["head"].resolved
+    assert left_out_lines(cfg, args) == [
+        "compare: lora.r=4 applies to lora; head, vera do not read it",
+        "compare: method.vera_r=16 applies to vera; head, lora do not read it",
+    ]

@@ -83,6 +83,13 @@ def test_prefix_tuning_counts_its_virtual_tokens(tiny_lm):
     assert counts["head_params"] == 0
 
 
+def test_fourierft_refuses_more_coefficients_than_a_matrix_has(bert, tiny_bert):
+    with pytest.raises(
+        UserError, match=rf"^method.n_frequency=2000 is more spectral coefficients than .* \({D * D:,}\)"
+    ):
+        _adapted(bert, tiny_bert, ["method=fourierft", "method.n_frequency=2000"])
+
+
 def test_prefix_tuning_refuses_an_encoder_in_one_line(bert, tiny_bert):
     with pytest.raises(UserError, match=r"^method=prefix on a classification task needs a model whose forward takes"):
         _adapted(bert, tiny_bert, ["method=prefix"])
@@ -138,6 +145,11 @@ def test_a_trained_method_reloads_to_its_validation_predictions(tiny, tiny_bert,
         (
             ["method=adalora", "method.tinit=0.5", "method.tfinal=0.5"],
             "method.tinit=0.5 + method.tfinal=0.5 ≥ 1 leaves AdaLoRA no steps to prune its budget in: give fractions that sum below 1",
+        ),
+        (
+            ["method=adalora", "method.init_r=4"],
+            "method.init_r=4 is below lora.r=8: AdaLoRA prunes its initial rank down to the target, so give "
+            "method.init_r ≥ 8 (or null: ⌈1.5·lora.r⌉)",
         ),
         (
             ["method=full", "lora.nested=true"],
