@@ -13,7 +13,7 @@ and writes, for the trial of the recommended configuration (its best seed by the
   ``adapter_config.json`` names the local folder of the base weights (the embedded MiniLM's folder
   inside the installed package), so ``AutoPeftModelForSequenceClassification.from_pretrained`` (a causal-LM
   task: ``AutoPeftModelForCausalLM``) reloads it offline; ``recommendation.json`` keeps the hub id for other machines.
-- ``recommendation.json``: the configuration (r, target modules, lora_alpha, scaling, ``lora.init``, learning
+- ``recommendation.json``: the configuration (``method``, r, target modules, lora_alpha, scaling, ``lora.init``, learning
   rate, epochs), the objective over seeds (mean, s.d., 95% interval), σ and the sweep's reliability, and
   which study and trial it comes from.
 - ``lora_config.py``: the ``LoraConfig(...)`` that trains this configuration again, to paste.
@@ -159,25 +159,50 @@ def _check_trial_folder(chosen: Chosen, merge: bool) -> None:
         )
 
 
-def lora_config_text(adapter_config: dict, head: List[str], training: Dict[str, object]) -> str:
-    """``lora_config.py``: the ``LoraConfig(...)`` of an exported adapter (its ``adapter_config.json``: its
-    ``task_type``, ``SEQ_CLS`` or ``CAUSAL_LM``; ``head`` as ``modules_to_save``) as Python to paste, with
-    the training settings as comments."""
+def lora_config_text(tcfg: Config, adapter_config: dict, head: List[str], training: Dict[str, object]) -> str:
+    """``lora_config.py``: the ``LoraConfig(...)`` that trains the exported configuration again, as Python to
+    paste, with the training settings as comments. The trial's resolved config ``tcfg`` gives what it trained
+    (r, lora_alpha, lora_dropout, rsLoRA, DoRA, the init as peft's ``init_lora_weights``); the exported
+    ``adapter_config.json`` the resolved modules (``target_modules``, ``fan_in_fan_out``, ``task_type``:
+    ``SEQ_CLS`` or ``CAUSAL_LM``); ``head`` becomes ``modules_to_save``. A PiSSA/OLoRA adapter is saved
+    converted (rank 2r, lora_alpha doubled), so its ``adapter_config.json`` differs from this config: a comment
+    says so."""
+    from sweep.inits import CONVERTED_INITS
+    from sweep.modeling import INIT_LORA_WEIGHTS
+
+    lora, init = tcfg.lora, tcfg.lora.init
+    weights = INIT_LORA_WEIGHTS[init]
+    weights_text = json.dumps(weights) if isinstance(weights, str) else repr(weights)  # "pissa", as the file's strings
     modules = "".join(f"        {json.dumps(m)},\n" for m in sorted(adapter_config["target_modules"]))
     trained = "".join(f"#   {k} = {v!r}\n" for k, v in training.items())
+    notes = ""
+    if init in CONVERTED_INITS:
+        notes += (
+            f"# adapter/ is saved converted ({init}: the base weights kept W - s·B0·A0 while training): its\n"
+            f"# adapter_config.json says r={2 * lora.r}, lora_alpha={2 * lora.alpha:g}, an ordinary LoRA adapter that\n"
+            "# PeftModel.from_pretrained reloads onto the original base model; this config trains it again.\n"
+        )
+    if init == "eva":
+        notes += (
+            "# EVA: before training, call peft's initialize_lora_eva_weights(model, dataloader) on the training\n"
+            "# batches (A from the principal components of each matrix's inputs, the ranks redistributed).\n"
+        )
     return (
         '"""The LoRA configuration of the exported adapter (ranksweep, make export): paste it, or\n'
         '`from lora_config import config`. The adapter next to this file was trained with it."""\n\n'
-        "from peft import LoraConfig, TaskType\n\n"
-        f"# trained with:\n{trained}"
+        f"from peft import {'EvaConfig, ' if init == 'eva' else ''}LoraConfig, TaskType\n\n"
+        f"# trained with:\n{trained}{notes}"
         "config = LoraConfig(\n"
         f"    task_type=TaskType.{adapter_config.get('task_type') or 'SEQ_CLS'},\n"
-        f"    r={adapter_config['r']!r},\n"
-        f"    lora_alpha={adapter_config['lora_alpha']!r},\n"
-        f"    lora_dropout={adapter_config['lora_dropout']!r},\n"
+        f"    r={lora.r!r},\n"
+        f"    lora_alpha={lora.alpha!r},\n"
+        f"    lora_dropout={lora.dropout!r},\n"
         f"    target_modules=[\n{modules}    ],\n"
-        f"    use_rslora={bool(adapter_config.get('use_rslora'))!r},\n"
-        f"    fan_in_fan_out={bool(adapter_config.get('fan_in_fan_out'))!r},\n"
+        f"    use_rslora={lora.scaling == 'rslora'!r},\n"
+        f"    use_dora={tcfg.method.name == 'dora'!r},\n"
+        f"    init_lora_weights={weights_text},\n"
+        + ("    eva_config=EvaConfig(),\n" if init == "eva" else "")
+        + f"    fan_in_fan_out={bool(adapter_config.get('fan_in_fan_out'))!r},\n"
         f"    modules_to_save={json.dumps(list(head))},\n"
         ")\n"
     )
@@ -224,7 +249,8 @@ def recommendation_record(
         "lora_dropout": record.lora_dropout,
         "scaling": record.scaling,
         "scaling_factor": record.scaling_factor,
-        "lora_init": tcfg.lora.init,
+        "method": str(tcfg.method.name),
+        "lora_init": str(tcfg.lora.init),
         "learning_rate": tcfg.train.lr,
         "epochs": tcfg.train.epochs,
         "best_epoch": record.best_epoch,
@@ -416,7 +442,7 @@ def export(cfg: Config, *, missing_hint: str = "run `make sweep TASK=<task>` fir
         base = _offline_adapter(chosen.folder / ADAPTER, work / ADAPTER, tcfg, record.label_names or class_names(tcfg))
         adapter_config = json.loads((work / ADAPTER / "adapter_config.json").read_text())
         data = recommendation_record(rep, chosen, record, tcfg, adapter_config, base)
-        (work / LORA_CONFIG).write_text(lora_config_text(adapter_config, record.head, _training(tcfg)))
+        (work / LORA_CONFIG).write_text(lora_config_text(tcfg, adapter_config, record.head, _training(tcfg)))
         if cfg.export.merge:
             expected = np.load(chosen.folder / "val_predictions.npy")
             data["merged"] = _merge(work / ADAPTER, work / MERGED, tcfg, record, expected)

@@ -53,6 +53,9 @@ class StudyInfo:
             trial-number order (``sweep.study.numbered_results``): what the decisions saw.
         data_digest: what the trials read (``TrialResult.data_digest``: SHA-256 of the train and validation
             rows), that of the first finished trial that recorded one; None when none did.
+        method, lora_init: the trials' ``method.name`` and ``lora.init`` (``TrialResult.method``, ``lora_init``),
+            those of the first finished trial that recorded them; ``lora`` and ``kaiming`` (their defaults) for
+            trials written before they existed.
 
     ``lr``: the learning rate the sweep's configurations are compared at when its settings hold a bracket of
     rates (``sweep.lrs``): that of its recommendation, else of the last rate it chose; None without a bracket
@@ -77,6 +80,8 @@ class StudyInfo:
     params_per_rank: Optional[Dict[str, int]] = None
     history: List[Tuple[int, Outcome]] = field(default_factory=list)
     data_digest: Optional[str] = None
+    method: str = "lora"
+    lora_init: str = "kaiming"
 
     @property
     def lr(self) -> Optional[float]:
@@ -84,6 +89,13 @@ class StudyInfo:
             return None
         chosen = [d.lr for d in self.decisions if d.action in (Action.RECOMMEND, Action.RATE_CHOSEN)]
         return chosen[-1] if chosen else None
+
+    @property
+    def method_name(self) -> str:
+        """The method as the report names it (``analysis.methods.METHOD_NAMES``: LoRA, DoRA, AdaLoRA)."""
+        from analysis.methods import METHOD_NAMES
+
+        return METHOD_NAMES.get(self.method, self.method)
 
     @property
     def task_group(self) -> str:
@@ -199,6 +211,8 @@ def study_info(study, trials=None) -> StudyInfo:
     baseline = next((b for b in baselines if b is not None), None)
     dropped = next(((r.dropped_train, r.dropped_eval) for _, r in results if r.dropped_train is not None), None)
     digest = next((r.data_digest for _, r in results if r.data_digest), None)
+    method = next((r.method for _, r in results if r.method), "lora")
+    lora_init = next((r.lora_init for _, r in results if r.lora_init), "kaiming")
     return StudyInfo(
         name=study.study_name,
         task=attrs["task"],
@@ -217,6 +231,8 @@ def study_info(study, trials=None) -> StudyInfo:
         params_per_rank=attrs.get("target_costs"),
         history=[(number, result.outcome()) for number, result in results],
         data_digest=digest,
+        method=str(method),
+        lora_init=str(lora_init),
     )
 
 

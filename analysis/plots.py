@@ -289,7 +289,7 @@ def metric_vs_params(summary: pd.DataFrame, info: StudyInfo) -> Figure:
         ax = fig.add_subplot()
         _tradeoff(ax, summary, info, "lora_params", "pareto_params", _colors(summary["targets"]))
         _value_ticks(ax, summary.loc[summary["n_seeds"] > 0, "lora_params"])
-        ax.set_xlabel(f"LoRA parameters (log scale){_head_words(summary)}")
+        ax.set_xlabel(f"{info.method_name} parameters (log scale){_head_words(summary)}")
         ax.set_ylabel(_ylabel(info))
         ax.set_title(_title(info, "metric vs parameters"))
         _legend(ax, title="target matrices (bars: ±1 s.d.)", loc="best")

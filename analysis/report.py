@@ -24,6 +24,7 @@ from sweep.decide import Outcome, at_rate, noise_floor
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
+from sweep.inits import INIT_WORDS
 from sweep.stats import welch
 from sweep.study import load_study
 
@@ -194,7 +195,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     why = f" Why: {_md(decision.reason)}." if decision is not None else ""
     split = ""
     if not pd.isna(row["lora_params"]) and not pd.isna(row["trainable_params"]):
-        split = f": LoRA {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
+        split = f": {info.method_name} {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
     against = baseline_check(summary, pick, info)
     unstable = (
         f"\n\nr={pick[0]} on {_md(pick[1])} collapsed to a constant prediction in {row['n_collapsed']} trial(s), "
@@ -517,7 +518,8 @@ def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Refer
     if mine is None or mine.stats is None:
         return None
     m = info.metric
-    config = f"r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
+    method = "" if info.method == "lora" else f"{info.method_name} "  # LoRA's sweep: as before
+    config = f"{method}r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
     where = f"`compare/{ref.folder.name}/`"
     if ref.stats is None:
         return f"{ref.label} ({where}): every seed collapsed ({ref.n_collapsed}); nothing to compare {config} with."
@@ -576,7 +578,7 @@ def report_markdown(
 
     note = recommendation_note(subspace, recommendation(trials, info)[0]) if subspace else ""
     lines = [
-        f"# LoRA rank sweep: {task_name(info)} on {_md(info.model)}",
+        f"# {info.method_name} rank sweep: {task_name(info)} on {_md(info.model)}",
         "",
         f"- **Objective**: {objective_words(info)}; the CSVs hold metric units.",
         f"- **Sweep**: {info.settings.mode}, study {_code(info.name)}; {_status_line(trials, info)}.",
@@ -586,6 +588,8 @@ def report_markdown(
         + (f"; and {n_nested} nested trial(s) of the screen (below)." if (n_nested := _n_nested(trials)) else "."),
     ]
     lines.append(_rate_line(trials, info))
+    if info.lora_init != "kaiming":
+        lines.append(f"- **LoRA init**: {info.lora_init} ({INIT_WORDS[info.lora_init]}).")
     if info.baseline is not None:
         lines.append(f"- **Baseline** ({baseline_words(info)}): {shown(info.baseline, info)}.")
     collapsed = _collapsed(info)

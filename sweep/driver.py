@@ -296,7 +296,9 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     """The console line of a finished trial (``m`` None: taken over by another worker)."""
     nested = " nested (screen)" if spec.nested else ""
     rate = f" lr={spec.lr:g}" if spec.lr is not None else ""
-    head = f"trial {number} r={spec.r} {spec.targets}{nested}{rate} seed={spec.seed}" + (
+    method = "" if cfg.method.name == "lora" else f"{cfg.method.name} "
+    init = "" if cfg.lora.init == "kaiming" else f" init={cfg.lora.init}"
+    head = f"trial {number} {method}r={spec.r} {spec.targets}{init}{nested}{rate} seed={spec.seed}" + (
         f" (attempt {attempt})" if attempt > 1 else ""
     )
     if m is None:

@@ -40,6 +40,13 @@ from sweep.modeling import describe_modules, matrix_dims
 INITIAL_ADAPTER = "init-adapter"
 #: the inits that change the base weights (W_res = W − s·B₀·A₀): their adapter is saved converted
 CONVERTED_INITS = ("pissa", "olora")
+#: each init other than peft's default (kaiming) in a few words, for reports and exports
+INIT_WORDS = {
+    "gaussian": "A ~ N(0, 1/r²), B = 0: LoRA §4.1",
+    "pissa": "B·A starts as W's top-r singular part and the base keeps the rest: PiSSA; adapters saved converted, rank 2r",
+    "olora": "B·A starts from W's QR factors and the base keeps the rest: OLoRA; adapters saved converted, rank 2r",
+    "eva": "A from the principal components of each matrix's inputs on the training batches, ranks redistributed: EVA",
+}
 #: EVA's passes over the training batches before its SVD must have converged (peft's loop has no end of its own)
 EVA_MAX_PASSES = 10
 

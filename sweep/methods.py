@@ -258,11 +258,24 @@ def method_targets(cfg: Config) -> List[str]:
 
 def describe_method(record) -> str:
     """A trial's configuration in words from its record: ``r=8 targets=q,v`` (LoRA), ``dora r=8 targets=q,v``,
-    ``vera targets=q,v``, ``full``."""
+    ``r=8 targets=q,v init=pissa`` (a ``lora.init`` other than kaiming), ``vera targets=q,v``, ``full``."""
     method = getattr(record, "method", None) or Method.lora
     parts = [] if method == Method.lora else [str(method)]
     if record.r is not None:
         parts.append(f"r={record.r}")
     if record.targets:
         parts.append(f"targets={','.join(record.targets)}")
+    init = getattr(record, "lora_init", None)
+    if init not in (None, "kaiming"):
+        parts.append(f"init={init}")
     return " ".join(parts)
+
+
+def describe_params(record) -> str:
+    """Where a trial's trainable parameters are, from its record: ``LoRA 13,824 + head 1,538``, ``dora …``,
+    ``head 148,610`` (``method=head``: its method trains nothing outside the head)."""
+    method = getattr(record, "method", None) or Method.lora
+    parts = [] if method == Method.head else [f"{'LoRA' if method == Method.lora else method} {record.lora_params:,}"]
+    if record.head_params is not None:
+        parts.append(f"head {record.head_params:,}")
+    return " + ".join(parts)

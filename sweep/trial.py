@@ -38,7 +38,7 @@ from sweep.errors import UserError
 from sweep.faults import atomic_write
 from sweep.flops import FlopModel
 from sweep.inits import CONVERTED_INITS, INITIAL_ADAPTER, initialize_eva, save_initial
-from sweep.methods import after_step, apply_method, describe_method, method_targets, save_trained
+from sweep.methods import after_step, apply_method, describe_method, describe_params, method_targets, save_trained
 from sweep.metrics import compute_metrics, metric_of, token_scores
 from sweep.modeling import (
     check_limits,
@@ -642,7 +642,7 @@ def main(args: List[str]) -> int:
         + (f" ({COLLAPSED})" if m.collapsed else "")
         + "; "
         + (f"best epoch {m.best_epoch}: {best}; " if m.best_epoch is not None else "no epoch evaluated; ")
-        + f"trainable {m.trainable_params:,} ({'LoRA' if m.method in (None, 'lora') else m.method} {m.lora_params:,}); "
+        + f"trainable {m.trainable_params:,} ({describe_params(m)}); "
         f"train {m.train_flops:.3e} FLOPs in {m.train_seconds:.1f} s; eval {m.eval_seconds:.1f} s"
     )
     print(f"results: {run_dir}")

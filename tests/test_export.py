@@ -23,15 +23,9 @@ from sweep.errors import UserError
 RANKS, SEEDS = (2, 4), (0, 1)
 
 
-@pytest.fixture(scope="module")
-def swept(glue_dir, tmp_path_factory):
-    """A finished tiny grid sweep (q,v at r=2 and 4, seeds 0 and 1) exported with the merged model: its
-    overrides, its folder and its study."""
-    from sweep.cli import compose
-    from sweep.driver import run_sweep
-
-    tmp = tmp_path_factory.mktemp("export")
-    args = [
+def grid_args(glue_dir, tmp, ranks, seeds, *extra):
+    """The overrides of a tiny grid sweep on q,v at ``ranks`` × ``seeds`` into ``tmp``, with ``extra``."""
+    return [
         "debug=tiny",
         "train.threads=1",
         # at the default 2e-3 the tiny trials' 4 steps predict one class for every pair (collapsed: no value,
@@ -40,11 +34,35 @@ def swept(glue_dir, tmp_path_factory):
         f"data.dir={glue_dir}",
         f"results_dir={tmp}",
         "sweep=grid",
-        f"sweep.ranks=[{','.join(map(str, RANKS))}]",
+        f"sweep.ranks=[{','.join(map(str, ranks))}]",
         "sweep.target_sets=[[q,v]]",
-        f"sweep.seeds=[{','.join(map(str, SEEDS))}]",
-        "sweep.max_seeds=2",
+        f"sweep.seeds=[{','.join(map(str, seeds))}]",
+        f"sweep.max_seeds={len(seeds)}",
+        *extra,
     ]
+
+
+def run_grid(args, out) -> list:
+    """Run the sweep of ``args`` and write its reports into ``out``: its console lines."""
+    from analysis.report import write_reports
+    from sweep.cli import compose
+    from sweep.driver import run_sweep
+
+    lines: list = []
+    run_sweep(*compose(args), progress=False, log=lines.append)
+    write_reports(f"sqlite:///{out / 'study.db'}", None, out)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def swept(glue_dir, tmp_path_factory):
+    """A finished tiny grid sweep (q,v at r=2 and 4, seeds 0 and 1) exported with the merged model: its
+    overrides, its folder and its study."""
+    from sweep.cli import compose
+    from sweep.driver import run_sweep
+
+    tmp = tmp_path_factory.mktemp("export")
+    args = grid_args(glue_dir, tmp, RANKS, SEEDS)
     run_sweep(*compose(args), progress=False, log=lambda *_: None)
     out = tmp / "mrpc" / "grid"
     assert main([*args, "export.merge=true"]) == 0
@@ -120,6 +138,92 @@ def test_lora_config_is_the_adapters(swept):
     for key in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "fan_in_fan_out", "task_type"):
         assert getattr(pasted, key) == getattr(saved, key), key
     assert set(pasted.modules_to_save) <= set(saved.modules_to_save)
+
+
+#: MiniLM-L6 (6 layers, hidden 384): the head trained beside the adapter, the pooler (384·384 + 384) and the
+#: classifier (384·2 + 2); DoRA's parameters per rank on q,v (12 matrices of 384 × 384: r·(384 + 384) each) and
+#: its magnitudes (one per output of each matrix)
+HEAD, DORA_PER_RANK, DORA_MAGNITUDES = 384 * 384 + 384 + 384 * 2 + 2, 12 * (384 + 384), 12 * 384
+
+
+@pytest.fixture(scope="module", params=["method=dora", "lora.init=pissa"])
+def variant(request, glue_dir, tmp_path_factory):
+    """A finished tiny grid sweep (q,v at r=1 and 2, seed 0) of DoRA or of LoRA initialised by PiSSA, with its
+    reports, exported: the override, the sweep's console lines, its folder and its recommendation.json."""
+    tmp = tmp_path_factory.mktemp("variant")
+    args = grid_args(glue_dir, tmp, (1, 2), (0,), request.param)
+    out = tmp / "mrpc" / "grid"
+    lines = run_grid(args, out)
+    assert main(args) == 0
+    return request.param, lines, out, json.loads((out / "export" / "recommendation.json").read_text())
+
+
+def test_a_variant_exports_the_config_it_trained(variant):
+    """lora_config.py is the trial's LoraConfig: DoRA's use_dora; PiSSA's own r and alpha (its saved adapter,
+    converted, holds rank 2r and alpha doubled) and its init."""
+    from peft import LoraConfig
+
+    override, _, out, rec = variant
+    text = (out / "export" / "lora_config.py").read_text()
+    scope: dict = {}
+    exec(text, scope)
+    pasted, saved = scope["config"], LoraConfig.from_pretrained(str(out / "export" / "adapter"))
+    dora, r = override == "method=dora", rec["r"]
+    assert (rec["method"], rec["lora_init"]) == (("dora", "kaiming") if dora else ("lora", "pissa"))
+    assert (pasted.r, pasted.lora_alpha, pasted.use_dora) == (r, 16.0, dora)
+    assert pasted.init_lora_weights == (True if dora else "pissa")
+    assert pasted.target_modules == saved.target_modules and pasted.task_type == saved.task_type
+    if dora:
+        assert (saved.r, saved.use_dora) == (r, True) and "converted" not in text
+    else:
+        assert (saved.r, saved.lora_alpha) == (2 * r, 32.0)
+        assert f"adapter_config.json says r={2 * r}, lora_alpha=32" in text
+
+
+def test_a_variant_names_its_method_and_init(variant):
+    """The sweep's trial lines and report.md say DoRA, or the PiSSA init, where a LoRA sweep says neither."""
+    override, lines, out, rec = variant
+    report = (out / "report.md").read_text()
+    if override == "method=dora":
+        assert any(line.startswith("trial 0 dora r=1 q,v seed=0: ") for line in lines), lines
+        assert report.startswith("# DoRA rank sweep: ")
+        dora = DORA_PER_RANK * rec["r"] + DORA_MAGNITUDES
+        assert f"{dora + HEAD:,} trainable parameters: DoRA {dora:,} + head {HEAD:,}" in report
+        assert "LoRA init" not in report
+    else:
+        assert any(line.startswith("trial 0 r=1 q,v init=pissa seed=0: ") for line in lines), lines
+        assert report.startswith("# LoRA rank sweep: ")
+        assert "\n- **LoRA init**: pissa (B·A starts as W's top-r singular part" in report
+
+
+@pytest.mark.parametrize(
+    "overrides, weights, converted",
+    [
+        ([], True, False),  # kaiming, peft's default
+        (["lora.init=gaussian"], "gaussian", False),
+        (["lora.init=olora", "lora.r=4", "lora.alpha=8"], "olora", True),
+        (["lora.init=eva", "method=dora"], "eva", False),
+    ],
+)
+def test_lora_config_text_names_the_init(overrides, weights, converted):
+    """Each ``lora.init`` as peft's ``init_lora_weights``; EVA with its EvaConfig and the call it needs before
+    training; a converted adapter's r and alpha (2r, 2·alpha) named in a comment."""
+    from peft import EvaConfig
+
+    from analysis.export import lora_config_text
+    from sweep.cli import compose
+
+    tcfg, _ = compose(["debug=tiny", *overrides])
+    adapter = {"target_modules": ["query", "value"], "task_type": "SEQ_CLS", "fan_in_fan_out": False}
+    text = lora_config_text(tcfg, adapter, ["classifier"], {})
+    scope: dict = {}
+    exec(text, scope)
+    config = scope["config"]
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (tcfg.lora.r, tcfg.lora.alpha, tcfg.lora.dropout)
+    assert config.init_lora_weights == weights and config.use_dora == ("method=dora" in overrides)
+    assert isinstance(config.eva_config, EvaConfig) == (weights == "eva")
+    assert ("initialize_lora_eva_weights(model, dataloader)" in text) == (weights == "eva")
+    assert ("adapter_config.json says r=8, lora_alpha=16, " in text) == converted
 
 
 def readme_recipe() -> str:

@@ -3,6 +3,7 @@ parameters against counts by hand from the module shapes (and peft's own count),
 result reloads to its validation predictions, and the one-line refusals of bad method settings."""
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from conftest import FF, KV, LAYERS, VOCAB, D
 
 from sweep.cli import compose
 from sweep.errors import UserError
-from sweep.methods import apply_method, load_trained
+from sweep.methods import apply_method, describe_method, describe_params, load_trained
 from sweep.modeling import family_applied, load_base_model, parameter_counts
 from sweep.trial import evaluate, run_trial, trial_dir
 
@@ -161,3 +162,18 @@ def test_bad_method_settings_are_refused_in_one_line(overrides, message):
     with pytest.raises(UserError) as e:
         compose(overrides)
     assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "fields, method_words, params_words",
+    [
+        ({}, "r=8 targets=q,v", "LoRA 13,824 + head 1,538"),  # a record written before methods existed
+        ({"method": "lora", "lora_init": "kaiming"}, "r=8 targets=q,v", "LoRA 13,824 + head 1,538"),
+        ({"method": "dora", "lora_init": "pissa"}, "dora r=8 targets=q,v init=pissa", "dora 13,824 + head 1,538"),
+        ({"method": "head", "r": None, "targets": [], "lora_params": 0}, "head", "head 1,538"),
+    ],
+)
+def test_a_trials_words_name_its_method_and_init(fields, method_words, params_words):
+    """``make trial``'s line: the method and init when not LoRA's defaults; head only trains the head alone."""
+    record = SimpleNamespace(**{"r": 8, "targets": ["q", "v"], "lora_params": 13824, "head_params": 1538, **fields})
+    assert (describe_method(record), describe_params(record)) == (method_words, params_words)
