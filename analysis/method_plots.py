@@ -15,7 +15,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.plots import _baseline, _figure, _from_zero, _legend, _style, _title, _value_ticks, _ylabel, plain
+from analysis.plots import _baseline, _figure, _from_zero, _legend, _style, _title, _ylabel, plain
 
 if TYPE_CHECKING:
     from analysis.methods import ComparisonInfo, SweepBeside
@@ -122,6 +122,33 @@ def _methods(ax, methods: pd.DataFrame, info: ComparisonInfo, cost: str) -> None
         ax.text(0.5, 0.5, "no method has a counted seed", transform=ax.transAxes, ha="center", va="center")
 
 
+def _log_ticks(ax, values: pd.Series) -> None:
+    """Log x axis with a labelled tick per decade (100,000 · 1,000,000 · …), unlabelled minor ticks and limits a
+    little beyond the plotted values: methods lie a few percent apart in parameters and decades apart from full
+    fine-tuning, so ticks at every value (the sweep's ``_value_ticks``) would write over each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    values = values.dropna().astype(float)
+    values = values[values > 0]
+    ax.set_xscale("log")
+    if len(values):
+        ax.set_xlim(values.min() / 1.6, values.max() * 1.6)
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _points_range(ax, info: ComparisonInfo) -> None:
+    """Keep the y axis of a metric in points (scale 100) within what it can take: [−100, 100] for a correlation
+    (MCC, Pearson, Spearman), [0, 100] for accuracy, F1 and token accuracy, so that a wide interval of two seeds runs off
+    the axis instead of stretching it past what the metric can reach."""
+    if info.metric.scale != 100:
+        return
+    low, high = ax.get_ylim()
+    floor = -100.0 if info.objective in ("mcc", "pearson", "spearman") else 0.0  # correlations can be negative
+    ax.set_ylim(max(low, floor), min(high, 100.0))
+
+
 def methods_vs_params(methods: pd.DataFrame, info: ComparisonInfo, beside: Optional[SweepBeside] = None) -> Figure:
     """The objective of each method (``methods_frame`` rows marked ``chosen``) against its trainable parameters
     (log scale, a tick at every value as the sweep's plot has: full fine-tuning trains ~100× more than the
@@ -137,7 +164,8 @@ def methods_vs_params(methods: pd.DataFrame, info: ComparisonInfo, beside: Optio
         drawn = methods.loc[methods["chosen"] & methods["objective_mean"].notna(), "trainable_params"]
         if beside is not None and beside.summary is not None:
             drawn = pd.concat([drawn, beside.summary.loc[beside.summary["n_seeds"] > 0, "trainable_params"]])
-        _value_ticks(ax, drawn)
+        _log_ticks(ax, drawn)
+        _points_range(ax, info)
         ax.set_xlabel("trainable parameters (log scale; the classification head included)")
         ax.set_ylabel(_ylabel(info))
         ax.set_title(_title(info, "methods vs trainable parameters"))
@@ -159,6 +187,7 @@ def methods_vs_flops(methods: pd.DataFrame, info: ComparisonInfo, beside: Option
         if beside is not None and beside.summary is not None:
             costs = pd.concat([costs, beside.summary["mean_train_flops"]])
         span = _from_zero(ax, costs, "", 2)
+        _points_range(ax, info)
         ax.set_xlabel("training FLOPs per trial" + (f"\n({span})" if span else ""))
         ax.set_ylabel(_ylabel(info))
         ax.set_title(_title(info, "methods vs training FLOPs"))
