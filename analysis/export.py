@@ -187,6 +187,26 @@ def lora_config_text(tcfg: Config, adapter_config: dict, head: List[str], traini
             "# EVA: before training, call peft's initialize_lora_eva_weights(model, dataloader) on the training\n"
             "# batches (A from the principal components of each matrix's inputs, the ranks redistributed).\n"
         )
+    if tcfg.method.name == "adalora":  # its own config class: the budget schedule is part of what it trained
+        schedule = "".join(
+            f"    {k}={adapter_config.get(k)!r},\n"
+            for k in ("init_r", "target_r", "tinit", "tfinal", "deltaT", "total_step")
+        )
+        return (
+            '"""The AdaLoRA configuration of the exported adapter (ranksweep, make export): paste it, or\n'
+            '`from lora_config import config`. The adapter next to this file was trained with it."""\n\n'
+            "from peft import AdaLoraConfig, TaskType\n\n"
+            f"# trained with:\n{trained}"
+            "config = AdaLoraConfig(\n"
+            f"    task_type=TaskType.{adapter_config.get('task_type') or 'SEQ_CLS'},\n"
+            f"{schedule}"
+            f"    lora_alpha={lora.alpha!r},\n"
+            f"    lora_dropout={lora.dropout!r},\n"
+            f"    target_modules=[\n{modules}    ],\n"
+            f"    fan_in_fan_out={bool(adapter_config.get('fan_in_fan_out'))!r},\n"
+            f"    modules_to_save={json.dumps(list(head))},\n"
+            ")\n"
+        )
     return (
         '"""The LoRA configuration of the exported adapter (ranksweep, make export): paste it, or\n'
         '`from lora_config import config`. The adapter next to this file was trained with it."""\n\n'

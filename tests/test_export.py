@@ -337,3 +337,22 @@ def test_export_keys_leave_a_sweep_as_it_is():
 
     plain, named = compose([])[1], compose(["export.seed=3", "export.merge=true"])[1]
     assert fingerprint(plain) == fingerprint(named) and trial_identity(plain) == trial_identity(named)
+
+
+def test_lora_config_text_of_adalora_is_its_own_config_class():
+    """An AdaLoRA sweep's lora_config.py is an ``AdaLoraConfig`` with the budget schedule its adapter was
+    trained with (from its adapter_config.json), not a ``LoraConfig``."""
+    from peft import AdaLoraConfig
+
+    from analysis.export import lora_config_text
+    from sweep.cli import compose
+
+    tcfg, _ = compose(["debug=tiny", "method=adalora", "lora.r=4"])
+    schedule = {"init_r": 6, "target_r": 4, "tinit": 1, "tfinal": 2, "deltaT": 1, "total_step": 12}
+    adapter = {"target_modules": ["query", "value"], "task_type": "SEQ_CLS", "fan_in_fan_out": False, **schedule}
+    scope: dict = {}
+    exec(lora_config_text(tcfg, adapter, ["classifier"], {}), scope)
+    config = scope["config"]
+    assert isinstance(config, AdaLoraConfig)
+    assert {k: getattr(config, k) for k in schedule} == schedule
+    assert (config.lora_alpha, sorted(config.target_modules)) == (tcfg.lora.alpha, ["query", "value"])
