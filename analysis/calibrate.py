@@ -41,6 +41,8 @@ from analysis.reliability import observed_scenario, reliability
 from analysis.simulate import (
     BRACKET,
     GAUSSIAN,
+    HEAD_COST,
+    HEAD_GAPS,
     N_EVAL,
     NOISE_MODELS,
     SCREEN,
@@ -50,8 +52,10 @@ from analysis.simulate import (
     calibrate_cell,
     degenerate_scenarios,
     grid_trials,
+    head_scenarios,
     rate_scenarios,
     scenarios,
+    simulate,
 )
 from sweep.cli import compose, make_command, run_cli
 from sweep.config import SweepSettings, targets_key
@@ -85,6 +89,7 @@ COLUMNS = (
     "pct_of_grid",
     "unit",
     "noise",
+    "p_head",  # the head arm's rows only (head_frontier): P(the recommendation is head only)
 )
 #: the minimised objective calibrated beside the defaults: its name and the level (metric units) its
 #: curves plateau at; the level does not matter (its values are not rounded), the steps do: one doubling of
@@ -265,6 +270,104 @@ def rate_frontier(
     front = _off_on(table)
     front["met"] = front["p_on"] >= front["sigma"].map(TARGETS).fillna(0.0)
     return front
+
+
+#: σ and scenario families of the head arm's frontier (issue #21)
+HEAD_SIGMAS = (0.5, 1.0)
+HEAD_FAMILIES = ("flat", "plateau-r8", "rising", "wider+1+2")
+#: the head arm's frontier runs 1/this of ``--reps`` sweeps per cell (100 by default), so that it adds about a minute
+HEAD_REPS_SHARE = 2
+
+
+def head_frontier(
+    settings: SweepSettings, per_rank: Mapping[str, int], reps: int = REPS, label: str = "default"
+) -> pd.DataFrame:
+    """Head only as rank 0 of the progressive sweep ("is any adapter needed?", issue #21): per family of
+    ``HEAD_FAMILIES`` with head only ``HEAD_GAPS`` points below r=1 (``analysis.simulate.head_scenarios``) and
+    σ of ``HEAD_SIGMAS``, ``reps`` simulated sweeps of ``settings`` without the arm (off) and with 0 put
+    first in ``sweep.ranks`` (on), values rounded to MRPC's 408 examples, the adapters' seed noise the same draws
+    off and on (head only draws apart: common random numbers): P(regret ≤ tolerance), the mean
+    cost in LoRA-trial equivalents (a head-only trial counts ``HEAD_COST``) and, on, P(the recommendation
+    is head only). Head only has no trainable parameters of its own here (the head is every
+    configuration's), so the rule picks it whenever it is shown within the tolerance of the best. The
+    frontier's columns: ``scenario, gap, sigma, p_off, trials_off, p_on, trials_on, p_head``; its rows in
+    ``COLUMNS`` (plus ``p_head``), labelled ``label`` and ``label sweep.ranks=[0,…]``, in ``attrs["rows"]``."""
+    import numpy as np
+
+    off = dataclasses.replace(settings, screen=False, lrs=None)
+    on = dataclasses.replace(off, ranks=[0, *[r for r in settings.ranks if r > 0]])
+    base = [sc for sc in scenarios(off, per_rank) if sc.name in HEAD_FAMILIES]
+    tolerance = settings.tolerance if settings.tolerance is not None else POINTS.tolerance
+
+    def cost(r: int, targets: str) -> Tuple[float, float]:
+        return 1.0, HEAD_COST if r == 0 else 1.0  # (FLOPs: unused; "seconds": LoRA-trial equivalents)
+
+    rows, front = [], []
+    for sc in head_scenarios(base):
+        for sigma in HEAD_SIGMAS:
+            cells = {}
+            for name, s in (("off", off), ("on", on)):
+                rng, head_rng = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)
+                runs = [
+                    simulate(s, sc, sigma, per_rank, rng, n_eval=N_EVAL, cost=cost, head_rng=head_rng)
+                    for _ in range(reps)
+                ]
+                p = float(np.mean([r.regret <= tolerance + 1e-9 for r in runs]))
+                trials = float(np.mean([r.seconds for r in runs]))
+                p_head = float(np.mean([r.pick is not None and r.pick[0] == 0 for r in runs]))
+                cells[name] = (p, trials, p_head)
+                rows.append(
+                    {
+                        "scenario": sc.name,
+                        "sigma": sigma,
+                        "n_eval": N_EVAL,
+                        "settings": label if name == "off" else f"{label} sweep.ranks=[0,…]",
+                        "p_within_tolerance": p,
+                        "mean_regret": float(np.mean([r.regret for r in runs])),
+                        "mean_trials": trials,
+                        "pct_of_grid": float(100 * trials / grid_trials(s)),
+                        "unit": "points",
+                        "noise": GAUSSIAN.name,
+                        "p_head": p_head,
+                    }
+                )
+            family, _, gap = sc.name.partition("/head-")
+            front.append(
+                {
+                    "scenario": family,
+                    "gap": float(gap),
+                    "sigma": sigma,
+                    "p_off": cells["off"][0],
+                    "trials_off": cells["off"][1],
+                    "p_on": cells["on"][0],
+                    "trials_on": cells["on"][1],
+                    "p_head": cells["on"][2],
+                }
+            )
+    out = pd.DataFrame(front)
+    out.attrs["rows"] = pd.DataFrame(rows)
+    return out
+
+
+def _print_head(front: pd.DataFrame) -> None:
+    """The head arm's frontier (``head_frontier``), then its cost and what it buys, per gap."""
+    print(
+        "\nhead only as rank 0 (sweep.ranks=[0,1,2,…], issue #21: is any adapter needed?): without it (off) and with "
+        f"it (on: trained first with sweep.seeds, beside the climb, a candidate of the recommendation); head only {', '.join(f'{g:g}' for g in HEAD_GAPS)} points below r=1; trials in LoRA-trial "
+        f"equivalents (a head-only trial counts {HEAD_COST:g}); P head: the recommendation is head only"
+    )
+    print(f"{'scenario':<11} {'gap':>4} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'P head':>7}")
+    for r in front.itertuples():
+        print(
+            f"{r.scenario:<11} {r.gap:>4g} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} "
+            f"{r.trials_on:>9.1f} {r.p_head:>7.2f}"
+        )
+    for gap, g in front.groupby("gap"):
+        print(
+            f"head {gap:g} below r=1: P on − off {(g['p_on'] - g['p_off']).min():+.2f} to "
+            f"{(g['p_on'] - g['p_off']).max():+.2f}; trials +{(g['trials_on'] - g['trials_off']).mean():.1f} "
+            f"(mean); head only recommended in {g['p_head'].min():.0%}–{g['p_head'].max():.0%} of sweeps"
+        )
 
 
 def _print_rates(front: pd.DataFrame) -> None:
@@ -546,6 +649,10 @@ def main(args: List[str]) -> int:
             rates = rate_frontier(settings, per_rank, reps, label)
             _print_rates(rates)
             tables.append(rates.attrs["rows"])
+            if settings.mode == "progressive" and settings.ranks[0] != 0:
+                head = head_frontier(settings, per_rank, max(1, reps // HEAD_REPS_SHARE), label)
+                _print_head(head)
+                tables.append(head.attrs["rows"])
         name, level = MINIMISED
         for label, settings in labelled:
             tuned_min = dataclasses.replace(settings, tolerance=METRICS[name].tolerance)

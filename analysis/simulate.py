@@ -143,9 +143,11 @@ class Scenario:
 
 
 def search_space(settings: SweepSettings) -> List[Tuple[int, str]]:
-    """Every (r, targets key) of the grid: ``sweep.ranks`` × (start targets and ``sweep.target_sets``)."""
-    sets = dict.fromkeys([targets_key(settings.start_targets)] + [targets_key(t) for t in settings.target_sets])
-    return [(r, t) for t in sets for r in settings.ranks]
+    """Every (r, targets key) of the grid: ``sweep.ranks`` × (start targets and ``sweep.target_sets``); a rank
+    of 0 (head only: no adapter, so no target set) once, on the start targets."""
+    start = targets_key(settings.start_targets)
+    sets = dict.fromkeys([start] + [targets_key(t) for t in settings.target_sets])
+    return [(r, t) for t in sets for r in settings.ranks if r > 0 or t == start]
 
 
 def grid_trials(settings: SweepSettings) -> int:
@@ -204,6 +206,28 @@ def scenarios(
         rise = {r: LATE_RISE[min(int(np.log2(r / k)), 2)] if r >= k else 0.0 for r in ranks}
         late = {r: top - step * (LATE_RISE[-1] - rise[r]) for r in ranks}
         out.append(Scenario(f"late-r{k}", "late", late, same))
+    return out
+
+
+#: head only's distance below r=1 on the start targets in the head-arm scenarios (``head_scenarios``), points:
+#: as good as r=1, at the tolerance, and MRPC's with MiniLM (head only 70.3 against r=1's 75.5
+#: and 79–81 at the plateau: docs/validation.md §11)
+HEAD_GAPS = (0.0, 1.0, 9.0)
+#: a head-only trial's cost in LoRA-trial equivalents (training seconds on MRPC with MiniLM: 96 s against
+#: r=8's 323 s, docs/validation.md §11: the frozen body still runs forward, but no backward through it)
+HEAD_COST = 0.3
+
+
+def head_scenarios(base: Sequence[Scenario], gaps: Sequence[float] = HEAD_GAPS, step: float = 1.0) -> List[Scenario]:
+    """``base`` with head only (r=0) added ``gap`` × ``step`` below the lowest rank of each curve, per gap of
+    ``gaps``: ``<name>/head-<gap>``. With ``sweep.ranks`` starting at 0 the sweep trains it first; without,
+    its value is never asked for (the regret is against the best adapter, which head only never beats here)."""
+    out = []
+    for sc in base:
+        low = sc.curve[min(sc.curve)]
+        for gap in gaps:
+            curve = {0: low - gap * step, **sc.curve}
+            out.append(replace(sc, name=f"{sc.name}/head-{gap:g}", curve=curve))
     return out
 
 
@@ -381,6 +405,7 @@ def simulate(
     screen: ScreenModel = SCREEN,
     cost: Cost = _unit_cost,
     noise: NoiseModel = GAUSSIAN,
+    head_rng: Optional[np.random.Generator] = None,
 ) -> Run:
     """Run the procedure of ``settings`` once against ``scenario`` with seed noise ``sigma`` points, the values
     rounded to 100/``n_eval`` points (None: not rounded, and no resolution for the noise floor). With an
@@ -390,7 +415,9 @@ def simulate(
     trials. ``cost`` gives each ordinary trial's training FLOPs and seconds (a nested trial's: ``screen.cost``
     times those of its rank), which the compute caps ``sweep.max_train_flops`` and ``sweep.max_hours`` read
     (default: 1 FLOP and 0 s, so only ``sweep.max_trials`` binds). ``noise`` draws each ordinary trial's
-    value (``NoiseModel``: Gaussian by default; heavy tails, collapses, a spread by rank).
+    value (``NoiseModel``: Gaussian by default; heavy tails, collapses, a spread by rank). Head-only trials
+    (r=0) draw from ``head_rng`` when given (the adapters' draws then match a sweep without head only's:
+    common random numbers), else from ``rng``.
 
     Every trial of ``plan.runnable`` is run at once (the procedure needs all of them before its next
     decision, so the order does not matter); trainable parameters are r·params_per_rank[t] + ``head_params``.
@@ -430,7 +457,8 @@ def simulate(
                 }
                 value = ranks[spec.r]
             else:
-                drawn, collapsed = noise.draw(rng, scenario.mean(spec.r, spec.targets, spec.lr), sigma, spec.r)
+                own = head_rng if spec.r == 0 and head_rng is not None else rng
+                drawn, collapsed = noise.draw(own, scenario.mean(spec.r, spec.targets, spec.lr), sigma, spec.r)
                 value = metric.value(rounded(drawn))
             history.append(
                 Outcome(

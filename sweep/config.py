@@ -882,7 +882,7 @@ class SweepSettings:
         _check_storage(self.storage)
         if not self.ranks:
             raise ValueError("sweep.ranks is empty: give increasing ranks, e.g. [1,2,4,8,16]")
-        for r in self.ranks:
+        for r in self.ranks[1:] if self.ranks[0] == 0 else self.ranks:  # 0 first: head only (sweep/decide.py)
             _check_positive("sweep.ranks", r, integer=True)
         if list(self.ranks) != sorted(set(self.ranks)):
             raise ValueError(f"sweep.ranks={list(self.ranks)} is invalid: ranks must be distinct and increasing")

@@ -4,6 +4,10 @@ exactly the decisions the interrupted one took.
 
 The procedure (LoRA, Hu et al. 2021, §7.2 and Table 6; calibrated with ``python -m analysis.calibrate``):
 1. start at the lowest rank of ``sweep.ranks`` on ``sweep.start_targets``;
+   With 0 first in ``sweep.ranks`` head only (no adapter: the rank-0 reference, "is any adapter needed?")
+   is trained first with ``seeds``, beside the climb: it neither starts the climb (by calibration: counted as
+   its first rank, its patience step stops a rising curve early) nor enters the seed s.d. its comparisons
+   pool, so the climb is what it would be without it; it is a candidate of step 4;
 2. raise r while it gains: each rank is compared with the best configuration so far; after ``patience``
    rank doublings above the best rank without a significant gain, the rank has plateaued (or the
    ranks run out);
@@ -672,6 +676,11 @@ class _Replay:
         self.decide(Action.COLLAPSED, stage, cfg, detail, lr=lr)
         raise _Stopped(StopReason.COLLAPSED)
 
+    def adapters(self) -> List[ConfigKey]:
+        """The configurations evaluated so far but head only (r=0): the climb's comparisons pool their seed s.d.
+        over these, so that head only beside the climb leaves it as it would be without it."""
+        return [c for c in self.evaluated if c[0] != 0]
+
     def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: Stage) -> Steps[Tuple[Optional[ConfigKey], bool]]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
         st = yield from self.evaluate(cfg, stage)
@@ -682,7 +691,7 @@ class _Replay:
             self.decide(Action.START, stage, cfg, FirstResult(st, self.objective))
             return cfg, True
         verdict = yield from _race(
-            self.memo, self.s, self.floor, self.evaluated, ref, cfg, stage, self.decisions, self.objective
+            self.memo, self.s, self.floor, self.adapters(), ref, cfg, stage, self.decisions, self.objective
         )
         gained = verdict.end == RaceEnd.GAIN
         action = (Action.CONTINUE if stage == Stage.RANK else Action.WIDEN) if gained else Action.NO_GAIN
@@ -836,13 +845,16 @@ class _Replay:
         returns why it stopped."""
         s = self.s
         start = targets_key(s.start_targets)
+        if s.ranks[0] == 0:  # head only first, beside the climb (which it does not start): a candidate of the rule
+            yield from self.step((0, start), None, Stage.RANK)
         ranks = (yield from self.screen(start)) if s.screen else []
         if ranks and s.screen_rule != "climb":  # the screen's ranks, each against the best so far
             ref, plateaued = None, True
             for r in ranks:
                 ref, _ = yield from self.step((r, start), ref, Stage.RANK)
         else:
-            ref, plateaued = yield from self.climb([(r, start) for r in ranks or s.ranks], None, Stage.RANK)
+            adapters = [r for r in ranks or s.ranks if r > 0]
+            ref, plateaued = yield from self.climb([(r, start) for r in adapters], None, Stage.RANK)
         if not plateaued:
             self.decide(
                 Action.RANKS_EXHAUSTED,

@@ -504,7 +504,7 @@ class Decision:
 
     def line(self) -> str:
         """The decision as one log line."""
-        where = f" r={self.r} {self.targets}" if self.r is not None else ""
+        where = "" if self.r is None else " head only (r=0)" if self.r == 0 else f" r={self.r} {self.targets}"
         where += f" lr={self.lr:g}" if self.lr is not None else ""
         return f"[{self.stage}] {self.action}{where}: {self.reason}"
 
@@ -591,7 +591,7 @@ def _numbers(c: Comparison) -> Dict[str, float]:
 
 
 def _fmt(cfg: ConfigKey) -> str:
-    return f"r={cfg[0]} on {cfg[1]}"
+    return "head only (r=0)" if cfg[0] == 0 else f"r={cfg[0]} on {cfg[1]}"
 
 
 def _stats_text(s: Stats, m: Metric) -> str:

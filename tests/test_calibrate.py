@@ -225,7 +225,20 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     # after each settings' screen frontier, its learning-rate frontier: without the stage and with the bracket,
     # the 5 rate families × σ ∈ {0.5, 1, 2}
     rates = after[after["scenario"].str.startswith("lr-")]
-    front = after[~after["scenario"].str.startswith("lr-")]
+    # after the rates, the head arm (issue #21): without it and with 0 first in sweep.ranks, 4 families × head
+    # 0, 1 and 9 points below r=1 × σ ∈ {0.5, 1}
+    head = after[after["scenario"].str.contains("/head-")]
+    assert list(head["settings"].unique()) == [
+        "default",
+        "default sweep.ranks=[0,…]",
+        "sweep.max_seeds=4",
+        "sweep.max_seeds=4 sweep.ranks=[0,…]",
+    ]
+    assert len(head) == 4 * 4 * 3 * 2 and sorted(head["sigma"].unique()) == [0.5, 1.0]
+    assert sorted({n.partition("/")[2] for n in head["scenario"]}) == ["head-0", "head-1", "head-9"]
+    assert head["p_head"].notna().all() and (head.loc[head["settings"] == "default", "p_head"] == 0).all()
+    assert every.loc[~every["scenario"].str.contains("/head-"), "p_head"].isna().all()
+    front = after[~after["scenario"].str.startswith("lr-") & ~after["scenario"].str.contains("/head-")]
     assert list(rates["settings"].unique()) == [
         "default rates off",
         "default sweep.lrs=[0.002,0.001,0.004]",
@@ -272,6 +285,7 @@ def test_command_writes_the_table_for_defaults_and_overrides(tmp_path, capsys):
     assert "seed noise beyond the Gaussian (issue #22, docs/validation.md §7), settings default: 1 simulated" in out
     assert "  sd-by-rank: s.d. 2σ at r ≤ 2, 0.7σ above" in out
     assert "\ncollapse-5%: targets " in out and "\nsd-by-rank: targets " in out
+    assert "head only as rank 0 (sweep.ranks=[0,1,2,…], issue #21: is any adapter needed?)" in out
 
 
 def test_command_calibrates_against_a_study(tmp_path, capsys):
@@ -441,3 +455,29 @@ def test_a_sweep_whose_every_trial_collapses(flagged, trials, picked, regret):
     flat = scenarios(defaults(), COSTS)[0]
     run = simulate(defaults(), flat, 1.0, COSTS, np.random.default_rng(0), n_eval=408, noise=always)
     assert (run.trials, run.pick is not None, run.regret) == (trials, picked, regret)
+
+
+def test_head_only_is_one_configuration_of_the_search_space():
+    # r=0 has no target matrices: once, on the start targets; 6 ranks × 5 sets + 1 = 31 configurations
+    s = defaults(ranks=[0, 1, 2, 4, 8, 16, 32])
+    assert search_space(s)[0] == (0, "q,v") and len(search_space(s)) == 31 and grid_trials(s) == 62
+
+
+@pytest.mark.parametrize(
+    "gap, sigma, picked",
+    [
+        # every adapter scores what head only scores, seeds within 0.1 point: every configuration is shown within
+        # the tolerance of the best, so the rule picks the fewest trainable parameters (head only) every time
+        (0.0, 0.1, 1.0),
+        # head only 9 points below: never within the tolerance, never picked
+        (9.0, 0.5, 0.0),
+    ],
+)
+def test_head_arm_picks_head_only_exactly_when_no_adapter_is_needed(gap, sigma, picked):
+    on = defaults(ranks=[0, *RANKS])
+    flat = [sc for sc in simulate_module.head_scenarios(scenarios(defaults(), COSTS), [gap]) if sc.family == "flat"]
+    assert flat[0].curve[0] == 80.0 - gap and flat[0].name == f"flat/head-{gap:g}"
+    rng, head_rng = np.random.default_rng(0), np.random.default_rng(1)
+    runs = [simulate(on, flat[0], sigma, COSTS, rng, n_eval=408, head_rng=head_rng) for _ in range(10)]
+    assert np.mean([r.pick[0] == 0 for r in runs]) == picked
+    assert all(r.regret <= 1.0 for r in runs)  # flat: every pick has regret 0; head only too when gap is 0

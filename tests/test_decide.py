@@ -1207,3 +1207,33 @@ def test_stored_specs_outcomes_and_decisions_without_the_screen_fields_read_as_b
 
 
 RANKS = [1, 2, 4, 8, 16, 32, 64]
+
+
+# head only as rank 0 (sweep.ranks=[0,…], issue #21): trained first with the seeds, beside the climb
+
+
+def test_head_only_first_leaves_the_climb_as_it_was():
+    # head only 9 points below r=1 (MRPC: 70 against 79): the same trials as without it after its two seeds,
+    # the same decisions after its start, the same recommendation; computed by running the sweep without it
+    def metric(r, t, s):
+        return (0.70 if r == 0 else RISE[r] if t == "q,v" else {"q,k,v,o": 0.85, "all-linear": 0.852}[t]) + small(s)
+
+    off_trials, off = drive(settings(ranks=[1, 2, 4, 8, 16]), metric)
+    on_trials, on = drive(settings(ranks=[0, 1, 2, 4, 8, 16]), metric)
+    assert on_trials == [(0, "q,v", 0), (0, "q,v", 1)] + off_trials
+    assert actions(on) == [(Action.START, 0, "q,v")] + actions(off)
+    assert on.recommendation == off.recommendation == (4, "q,k,v,o")
+    assert on.decisions[0].line().startswith("[rank] start head only (r=0): first result: 70.00 ± 0.14 points (n=2)")
+
+
+def test_head_only_recommended_when_no_adapter_gains():
+    # every adapter scores what head only scores (80 ± 0.1): the climb plateaus at r=1 (r=2, r=4 gain 0), the
+    # wider sets at r=1 gain 0; every configuration is within the tolerance of the best (gap ≤ 0 + t·0.14·1 <
+    # 1 point), so the rule picks the fewest trainable parameters: head only, the head's 148,610
+    trials, p = drive(settings(ranks=[0, 1, 2, 4, 8]), lambda r, t, s: 0.80 + small(s))
+    assert trials[:4] == [(0, "q,v", 0), (0, "q,v", 1), (1, "q,v", 0), (1, "q,v", 1)]
+    assert (Action.PLATEAU, 1, "q,v") in actions(p)
+    assert p.recommendation == (0, "q,v")
+    final = p.decisions[-1]
+    assert (final.action, final.r) == (Action.RECOMMEND, 0)
+    assert final.line().startswith("[final] recommend head only (r=0): ")
