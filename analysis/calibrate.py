@@ -356,7 +356,9 @@ def _print_head(front: pd.DataFrame) -> None:
         f"it (on: trained first with sweep.seeds, beside the climb, a candidate of the recommendation); head only {', '.join(f'{g:g}' for g in HEAD_GAPS)} points below r=1; trials in LoRA-trial "
         f"equivalents (a head-only trial counts {HEAD_COST:g}); P head: the recommendation is head only"
     )
-    print(f"{'scenario':<11} {'gap':>4} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'P head':>7}")
+    print(
+        f"{'scenario':<11} {'gap':>4} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'P head':>7}"
+    )
     for r in front.itertuples():
         print(
             f"{r.scenario:<11} {r.gap:>4g} {r.sigma:>4.1f} {r.p_off:>6.2f} {r.trials_off:>10.1f} {r.p_on:>6.2f} "
