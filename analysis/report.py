@@ -511,7 +511,7 @@ def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Refer
     parameters (…)``. The difference of the two means in the objective's unit with its real sign, its interval
     Welch's t interval (``sweep.stats.welch``: each side its own seed s.d., floored at the sweep's noise floor as
     its intervals are), both as the words say (``below``: the reference minus the pick); the share is the pick's
-    trainable parameters over the reference's. None without the pick's statistics."""
+    trainable parameters over the reference's (a percentage below 1, a multiple above). None without the pick's statistics."""
     from analysis.methods import matrices
 
     mine = results(info).get(pick)
@@ -535,11 +535,12 @@ def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Refer
         low, high = sorted(flip * m.real(e) for e in (d.low, d.high))
         interval = f"95% interval [{m.fmt(low)}, {m.fmt(high)}]"
     row = summary[(summary["r"] == pick[0]) & (summary["targets"] == pick[1])].iloc[0]
-    share = 100 * row["trainable_params"] / ref.trainable_params
+    ratio = row["trainable_params"] / ref.trainable_params
+    share = f"{100 * ratio:.3g}% of" if ratio < 1 else f"{ratio:.3g}×"  # above the reference's: as a multiple
     theirs = m.fmt(m.real(ref.stats.mean)) + (f" ± {m.fmt(ref.stats.sd)}" if ref.stats.sd is not None else "")
     collapsed = f", {ref.n_collapsed} collapsed left out" if ref.n_collapsed else ""
     return (
-        f"{config} is {words}, {interval}, with {share:.3g}% of its trainable parameters ({ref.label}: {theirs} over "
+        f"{config} is {words}, {interval}, with {share} its trainable parameters ({ref.label}: {theirs} over "
         f"{ref.stats.n} seed(s){collapsed} at lr {ref.lr:g}, {where})."
     )
 

@@ -270,8 +270,8 @@ def test_the_sweep_report_states_the_gap_to_full_fine_tuning_and_head_only(tmp_p
         f"{pd.Series(full).std():.2f} over 3 seed(s) at lr 5e-05, `compare/default/`)." in text
     )
     assert (
-        f"- r=2 on Wq,Wv is 13.00 points above head only, 95% interval [{above.low:.2f}, {above.high:.2f}], with 140% "
-        "of its trainable parameters (head only: 72.00 ± 2.83 over 2 seed(s), 1 collapsed left out at lr 0.01, "
+        f"- r=2 on Wq,Wv is 13.00 points above head only, 95% interval [{above.low:.2f}, {above.high:.2f}], with 1.4× "
+        "its trainable parameters (head only: 72.00 ± 2.83 over 2 seed(s), 1 collapsed left out at lr 0.01, "
         "`compare/default/`)." in text
     )
     assert text.count("points above head only") == 1 and "compare/other/" not in text and "compare/long/" not in text
