@@ -701,7 +701,11 @@ class _Replay:
             misses = 0 if gained else misses + 1
             if ref is None:
                 continue
-            past = math.log2(cfg[0] / ref[0]) if stage == Stage.RANK else misses
+            past = (
+                math.log2(cfg[0] / ref[0])
+                if stage == Stage.RANK and ref[0]
+                else (misses if stage != Stage.RANK else (math.log2(cfg[0]) + 1 if cfg[0] else 0))
+            )
             if not gained and past >= self.s.patience:
                 self.decide(Action.PLATEAU, stage, ref, Plateau(past, self.s.patience))
                 return ref, True
