@@ -12,13 +12,13 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from sweep.config import SweepSettings
+from sweep.config import HEAD_ONLY, SweepSettings
 from sweep.decide import Outcome, plan
 from sweep.decision import Action, ConfigKey, Decision
 from sweep.errors import UserError
 from sweep.metrics import Metric, metric_of
 from sweep.record import TrialResult, record_fields
-from sweep.study import numbered_results, settings_of, stored_result
+from sweep.study import numbered_results, settings_of, stored_result, trial_rank
 
 #: trial states that hold a result (an objective or a failure); the others are still to come
 FINISHED_STATES = ("complete", "diverged", "failed", "pruned")
@@ -170,7 +170,7 @@ def trials_frame(study, trials=None) -> pd.DataFrame:
                 "state": _state(t),
                 "status": a.get("status", default_status),
                 "stage": a.get("stage"),
-                "r": t.params.get("r"),
+                "r": trial_rank(t),
                 "targets": a.get("targets_key"),
                 "seed": t.params.get("seed"),
                 **{k: values[k] for k in shown},
@@ -211,7 +211,7 @@ def study_info(study, trials=None) -> StudyInfo:
     baseline = next((b for b in baselines if b is not None), None)
     dropped = next(((r.dropped_train, r.dropped_eval) for _, r in results if r.dropped_train is not None), None)
     digest = next((r.data_digest for _, r in results if r.data_digest), None)
-    method = next((r.method for _, r in results if r.method), "lora")
+    method = next((r.method for _, r in results if r.method and r.rank != HEAD_ONLY), "lora")  # the swept method
     lora_init = next((r.lora_init for _, r in results if r.lora_init), "kaiming")
     return StudyInfo(
         name=study.study_name,

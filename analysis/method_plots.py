@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.plots import _baseline, _figure, _from_zero, _legend, _style, _title, _ylabel, plain
+from sweep.config import HEAD_ONLY
 
 if TYPE_CHECKING:
     from analysis.methods import ComparisonInfo, SweepBeside
@@ -78,7 +79,12 @@ def _sweep_curve(ax, beside: Optional[SweepBeside], cost: str, scale: float) -> 
             markerfacecolor="gold",
             markeredgecolor="black",
             zorder=4,
-            label=f"the sweep's recommendation: r={beside.row['r']} on {plain(matrices(beside.row['targets'].split(',')))}",
+            label="the sweep's recommendation: "
+            + (
+                "head only"
+                if beside.row["r"] == HEAD_ONLY
+                else f"r={beside.row['r']} on {plain(matrices(beside.row['targets'].split(',')))}"
+            ),
         )
 
 

@@ -30,7 +30,7 @@ from analysis.adapters import ROLE_NAMES
 from analysis.summary import metric_units, recommendation
 from sweep.cli import run_cli
 from sweep.compare import check_overrides, compare_dir, comparison_config, own_rate
-from sweep.config import Config, Method, targets_key
+from sweep.config import HEAD_ONLY, Config, Method, targets_key
 from sweep.decide import floor_at
 from sweep.errors import UserError
 from sweep.faults import atomic_write
@@ -408,6 +408,11 @@ def sweep_beside(cfg: Config, info: ComparisonInfo) -> Optional[SweepBeside]:
     ]
     method = next(iter(trials["method"].dropna()), None) or Method.lora
     targets = pick[1].split(",")
+    what = (
+        "head only"
+        if pick[0] == HEAD_ONLY
+        else f"{METHOD_NAMES.get(method, method)} r={pick[0]} on {matrices(targets)}"
+    )
     summary_keys = ("n_seeds", "n_collapsed", "n_failed", "objective_mean", "objective_sd", "objective_ci95_low")
     summary_keys += ("objective_ci95_high", "trainable_params", "trainable_pct", "lora_params")
     return SweepBeside(
@@ -415,7 +420,7 @@ def sweep_beside(cfg: Config, info: ComparisonInfo) -> Optional[SweepBeside]:
         rep.summary,
         {
             "method": str(method),
-            "label": f"{METHOD_NAMES.get(method, method)} r={pick[0]} on {matrices(targets)} (the sweep's recommendation)",
+            "label": f"{what} (the sweep's recommendation)",
             "r": pick[0],
             "targets": pick[1],
             "lr": rep.info.lr if rep.info.lr is not None else trials["lr"].max(),

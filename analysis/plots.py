@@ -22,6 +22,7 @@ from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLoc
 from matplotlib.transforms import blended_transform_factory
 
 from analysis.load import StudyInfo, decisions_frame
+from sweep.config import HEAD_ONLY
 from sweep.decision import Action
 from sweep.metrics import METRICS
 
@@ -147,13 +148,13 @@ def plain(text) -> str:
 def _value_ticks(ax, values: pd.Series) -> None:
     """Log x axis whose ticks are the plotted values themselves, written in full (9,216), with limits a third of a tick beyond the extremes: every point's x can be read off, even a single
     one. A value within 15% of the tick before it shares that tick (the labels would overlap)."""
-    ax.set_xscale("log")
     ticks = []
     for v in sorted(set(values.dropna().astype(float))):
         if v > 0 and (not ticks or v > 1.15 * ticks[-1]):
             ticks.append(v)
-    if not ticks:
+    if not ticks:  # nothing to place (head only, rank 0, has no LoRA parameters): a log axis would have no range
         return
+    ax.set_xscale("log")
     ax.set_xlim(ticks[0] / 1.4, ticks[-1] * 1.4)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
@@ -207,6 +208,8 @@ def _tradeoff(
     if done.empty:
         ax.text(0.5, 0.5, "no complete trial yet", transform=ax.transAxes, ha="center", va="center")
         return
+    _head_only(ax, done[done["r"] == HEAD_ONLY], info)
+    done = done[done["r"] != HEAD_ONLY]
     for i, (targets, g) in enumerate(done.groupby("targets", sort=False)):
         g = g.sort_values(cost)
         x, y = g[cost].astype(float), scale * g["objective_mean"]
@@ -263,6 +266,24 @@ def _tradeoff(
             label=f"recommended: r={row['r']} {plain(row['targets'])}{note}",
         )
     _baseline(ax, info)
+
+
+def _head_only(ax, head: pd.DataFrame, info: StudyInfo) -> None:
+    """Head only (rank 0: no adapter, no LoRA parameters, which a log axis cannot place) as a dashed horizontal
+    reference line at its mean, the recommendation's words in its label when it is the one recommended."""
+    if head.empty:
+        return
+    row = head.iloc[0]
+    m = info.metric
+    value = m.scale * row["objective_mean"]
+    pick = ", recommended" + ("" if info.finished else ", provisional") if row["recommended"] else ""
+    ax.axhline(
+        value,
+        color="tab:purple",
+        linestyle="--",
+        linewidth=1.2,
+        label=f"head only{pick} ({value:.{max(1, m.decimals - 1)}f})",
+    )
 
 
 def _head_words(summary: pd.DataFrame) -> str:
@@ -375,7 +396,8 @@ def progression(trials: pd.DataFrame, info: StudyInfo) -> Figure:
             )
         first = ok.drop_duplicates(["r", "targets"])
         for n, r, y in zip(first["number"], first["r"], scale * first["objective"]):
-            ax.annotate(f"r={r}", (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
+            label = "head only" if r == HEAD_ONLY else f"r={r}"
+            ax.annotate(label, (n, y), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=9)
         # decisions compare configuration means, not single seeds: draw the mean across each one's trials
         groups = [g for _, g in ok.groupby(["r", "targets"], sort=False)]
         if groups:

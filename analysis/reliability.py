@@ -34,14 +34,18 @@ def observed_scenario(
     targets takes the mean of the nearest observed rank (the lower one on a tie); each other observed
     target set takes its mean offset from that curve at the ranks it was tried; target sets never tried
     get no offset (wider) or ``NARROW_OFFSET`` (narrower; in units of the objective's default tolerance),
-    as in ``scenarios``. Scores, as the decisions compare them (a minimised objective negated). None when
-    the start targets have no ok trial."""
+    as in ``scenarios``; head only (a rank of 0) its own mean, or the lowest rank's before it has one. Scores,
+    as the decisions compare them (a minimised objective negated). None when the start targets have no ok
+    adapter trial."""
     means = {c: st.mean for c, st in _stats(outcomes, settings).items()}
     start = targets_key(settings.start_targets)
-    seen = sorted(r for r, t in means if t == start)
+    seen = sorted(r for r, t in means if t == start and r > 0)
     if not seen:
         return None
-    curve = {r: means[(min(seen, key=lambda x: (abs(math.log2(x / r)), x)), start)] for r in settings.ranks}
+    ranks = [r for r in settings.ranks if r > 0]
+    curve = {r: means[(min(seen, key=lambda x: (abs(math.log2(x / r)), x)), start)] for r in ranks}
+    if settings.ranks[0] == 0:  # head only (r=0): its own mean, else (not yet observed) the lowest rank's
+        curve = {0: means.get((0, start), curve[ranks[0]]), **curve}
     offsets: Dict[str, float] = {}
     for t in dict.fromkeys(targets_key(x) for x in settings.target_sets):
         tried = [means[(r, t)] - curve[r] for r, tt in means if tt == t and r in curve]

@@ -18,8 +18,9 @@ from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.plots import baseline_name, baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
-from analysis.summary import budget_frame, recommendation, results, summary_frame
+from analysis.summary import HEAD_ONLY_LABEL, budget_frame, config_label, recommendation, results, summary_frame
 from sweep.cli import make_command
+from sweep.config import HEAD_ONLY
 from sweep.decide import Outcome, at_rate, noise_floor
 from sweep.decision import Action, ConfigKey, StopReason, stop_text
 from sweep.errors import UserError
@@ -198,7 +199,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
         split = f": {info.method_name} {int(row['lora_params']):,} + head {int(row['trainable_params'] - row['lora_params']):,}"
     against = baseline_check(summary, pick, info)
     unstable = (
-        f"\n\nr={pick[0]} on {_md(pick[1])} collapsed to a constant prediction in {row['n_collapsed']} trial(s), "
+        f"\n\n{_md(config_label(*pick))} collapsed to a constant prediction in {row['n_collapsed']} trial(s), "
         f"{row['collapse_rate']:.0%} of its measured trials: its statistics are of the others; a configuration that "
         "collapses is unstable at this recipe (see Collapsed trials)."
         if row["n_collapsed"]
@@ -206,7 +207,7 @@ def _recommendation_text(trials: pd.DataFrame, summary: pd.DataFrame, info: Stud
     )
     return (
         (
-            f"{head}**r={pick[0]} on {_md(pick[1])}**: {metric_name(info)} {mean_sd(row, info)} {info.metric.unit} "
+            f"{head}**{_md(config_label(*pick))}**: {metric_name(info)} {mean_sd(row, info)} {info.metric.unit} "
             f"(n={row['n_seeds']}{ci}), {params} trainable parameters{split}{pct}.{why}"
         )
         + (f"\n\n{against}" if against else "")
@@ -334,8 +335,10 @@ def _table(summary: pd.DataFrame, info: StudyInfo) -> List[str]:
             or "—"
         )
         mark = "**recommended**" if row["recommended"] else ""
+        head_only = row["r"] == HEAD_ONLY  # no adapter, no target matrices
+        rank, targets = (HEAD_ONLY_LABEL, "—") if head_only else (row["r"], _md(row["targets"]))
         lines.append(
-            f"| {row['r']} | {_md(row['targets'])} | {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} "
+            f"| {rank} | {targets} | {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} "
             f"| {mean_sd(row, info)} "
             f"| {ci} | {params} | {flops} | {seconds} | {front} | {mark} |"
         )
@@ -519,7 +522,7 @@ def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Refer
         return None
     m = info.metric
     method = "" if info.method == "lora" else f"{info.method_name} "  # LoRA's sweep: as before
-    config = f"{method}r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
+    config = HEAD_ONLY_LABEL if pick[0] == HEAD_ONLY else f"{method}r={pick[0]} on {_md(matrices(pick[1].split(',')))}"
     where = f"`compare/{ref.folder.name}/`"
     if ref.stats is None:
         return f"{ref.label} ({where}): every seed collapsed ({ref.n_collapsed}); nothing to compare {config} with."

@@ -33,7 +33,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from sweep.config import SweepSettings
+from sweep.config import HEAD_ONLY, SweepSettings
 from sweep.decision import TrialSpec
 
 Key = Tuple[int, str, int, bool, Optional[float]]  # (r, targets key, seed, nested, lr: None = train.lr)
@@ -120,9 +120,10 @@ def claim(study, spec: TrialSpec, user_attrs: dict):
     study.add_trial(
         optuna.trial.create_trial(
             state=TrialState.RUNNING,
-            params={"r": spec.r, "seed": spec.seed},
+            # head only (r=0) has no param r: sweep.study.trial_rank
+            params={**({"r": spec.r} if spec.r != HEAD_ONLY else {}), "seed": spec.seed},
             distributions={
-                "r": IntDistribution(spec.r, spec.r, log=True),
+                **({"r": IntDistribution(spec.r, spec.r, log=True)} if spec.r != HEAD_ONLY else {}),
                 "seed": IntDistribution(spec.seed, spec.seed),
             },
             user_attrs={**user_attrs, "claim": token},

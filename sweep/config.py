@@ -89,6 +89,9 @@ class Method(Choice):
 #: weight-decomposed LoRA), AdaLoRA (Zhang et al. 2023: ``lora.r`` is its target average rank)
 RANKED_METHODS = ("lora", "dora", "adalora")
 
+#: ``sweep.ranks``' optional first rank: head only (``method=head``), the rank-0 reference
+HEAD_ONLY = 0
+
 #: each method's own settings (``MethodSettings`` fields), which other methods leave null
 METHOD_KEYS = {
     "adalora": ("init_r", "tinit", "tfinal"),
@@ -774,7 +777,10 @@ class SweepSettings:
             as often. Unused with SQLite.
         grace_period: seconds without a heartbeat after which a running trial counts as stopped (its
             worker died) and another worker takes it over from its last epoch checkpoint.
-        ranks: ranks to try, increasing (the grid's r axis).
+        ranks: ranks to try, increasing (the grid's r axis). 0 first: head only (the rank-0 reference: is any
+            adapter needed?), classification only: ``method=head`` at its own ``train.lr``
+            (``conf/method/head.yaml``), compared with r=1 like any rank; progressive only, without
+            ``screen`` or a bracket of ``lrs`` (``HEAD_ONLY``).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
             with every rank (grid), ordered by trainable parameters when tried. A set equal as a set to an
@@ -882,7 +888,11 @@ class SweepSettings:
         _check_storage(self.storage)
         if not self.ranks:
             raise ValueError("sweep.ranks is empty: give increasing ranks, e.g. [1,2,4,8,16]")
-        for r in self.ranks[1:] if self.ranks[0] == 0 else self.ranks:  # 0 first: head only (sweep/decide.py)
+        for r in self.ranks[1:] if self.ranks[0] == HEAD_ONLY else self.ranks:
+            if r == HEAD_ONLY:
+                raise ValueError(
+                    f"sweep.ranks={list(self.ranks)} is invalid: 0 (head only) may only come first, e.g. [0,1,2,4]"
+                )
             _check_positive("sweep.ranks", r, integer=True)
         if list(self.ranks) != sorted(set(self.ranks)):
             raise ValueError(f"sweep.ranks={list(self.ranks)} is invalid: ranks must be distinct and increasing")
@@ -944,9 +954,32 @@ class SweepSettings:
                     f"sweep.lrs={list(self.lrs)} with sweep.screen=true: the two stages are not calibrated "
                     "together; give one of them"
                 )
+        if self.ranks[0] == HEAD_ONLY:
+            self._check_head_only()
         _check_positive("sweep.max_trials", self.max_trials, allow_none=True, integer=True)
         _check_positive("sweep.max_train_flops", self.max_train_flops, allow_none=True)
         _check_positive("sweep.max_hours", self.max_hours, allow_none=True)
+
+    def _check_head_only(self) -> None:
+        """Refuse rank 0 (head only) where it has no place: the rank-0 reference is the progressive climb's first
+        step, trained at head only's own rate, so a grid or budget sweep, a screen (nested LoRA trials) and a
+        bracket of rates (raced at the start configuration) do not take it."""
+        ranks = f"sweep.ranks={list(self.ranks)}"
+        if self.mode != "progressive":
+            raise ValueError(
+                f"{ranks} with sweep.mode={self.mode}: rank 0 (head only) is the progressive climb's first step; "
+                f"give ranks from 1, or sweep=progressive"
+            )
+        if self.screen:
+            raise ValueError(
+                f"{ranks} with sweep.screen=true: the screen's nested trials have no rank 0 (head only); give "
+                "sweep.screen=false, or ranks from 1"
+            )
+        if self.lrs is not None and len(self.lrs) > 1:
+            raise ValueError(
+                f"{ranks} with sweep.lrs={list(self.lrs)}: head only trains at its own rate "
+                "(conf/method/head.yaml), not in a bracket; give one rate (or null), or ranks from 1"
+            )
 
 
 @dataclass
@@ -1062,6 +1095,12 @@ class Config:
             raise ValueError(
                 "lora.scaling=rslora is not available with method=adalora (peft's AdaLoRA scales by alpha/r): "
                 "give lora.scaling=standard"
+            )
+        if self.sweep.ranks[0] == HEAD_ONLY and self.task.causal_lm:
+            raise ValueError(
+                f"sweep.ranks={list(self.sweep.ranks)} with task.problem_type=causal_lm: rank 0 (head only) trains a "
+                "classification head, and a causal LM has none (its rank-0 reference is the untrained model, the "
+                "report's baseline); give ranks from 1"
             )
         if self.sweep.lrs is not None and len(self.sweep.lrs) == 1 and self.sweep.lrs[0] != self.train.lr:
             raise ValueError(

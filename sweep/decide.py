@@ -862,8 +862,8 @@ class _Replay:
                 (ref[0] if ref else None, start),
                 RanksExhausted(s.ranks[-1], s.patience),
             )
-        if ref is None:
-            return StopReason.NO_SUCCESS
+        if ref is None:  # no adapter has a value; head only's, if it has one, is the recommendation
+            return StopReason.PLATEAU if self.memo.stats((0, start)) else StopReason.NO_SUCCESS
         # screened, with the best so far above escalate_max_r: the wider sets are tried at the knee (the
         # lowest screened rank with a result) against it, so that a false gain of the screened best does not
         # skip them (by calibration: the wider-targets family)

@@ -16,6 +16,7 @@ server the same loop is one worker among many (``python -m sweep.worker``, see `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import traceback
 from contextlib import nullcontext
@@ -26,7 +27,17 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 from sweep import claims
 from sweep.budget import budget_ranks, budget_targets
 from sweep.collapse import NOTE as COLLAPSED
-from sweep.config import NESTED_INITS, NESTED_REFUSAL, Config, resolved_config, targets_key
+from sweep.config import (
+    HEAD_ONLY,
+    NESTED_INITS,
+    NESTED_REFUSAL,
+    Config,
+    Init,
+    Method,
+    MethodSettings,
+    resolved_config,
+    targets_key,
+)
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
 from sweep.decision import Action, StopReason, TrialSpec, stop_text
@@ -128,8 +139,27 @@ def params_per_rank(cfg: Config) -> Dict[str, int]:
     return per_rank
 
 
+@functools.lru_cache(maxsize=None)
+def head_rate() -> float:
+    """Head only's own learning rate: ``train.lr`` of ``conf/method/head.yaml`` (``sweep.compare.own_rate``),
+    which its rank-0 trials train at, not the sweep's LoRA rate."""
+    from sweep.compare import own_rate
+
+    return own_rate((), Method.head)
+
+
 def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
-    """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``)."""
+    """The typed and resolved config of one trial of the sweep (``targets``: the list behind ``spec.targets``).
+    Rank 0 (``HEAD_ONLY``) is a trial of ``method=head`` at its own rate (``head_rate``); it reads no ``lora.*``
+    key, which keep the sweep's values, but ``lora.init`` (kaiming: another one needs LoRA's A and B)."""
+    if spec.r == HEAD_ONLY:
+        tcfg = dataclasses.replace(
+            cfg,
+            method=MethodSettings(name=Method.head),
+            lora=dataclasses.replace(cfg.lora, init=Init.kaiming),
+            train=dataclasses.replace(cfg.train, seed=spec.seed, lr=head_rate()),
+        )
+        return tcfg, resolved_config(tcfg)
     nested = {"nested": True, "nested_ranks": list(cfg.sweep.ranks)} if spec.nested else {"nested": False}
     lr = {"lr": spec.lr} if spec.lr is not None else {}
     tcfg = dataclasses.replace(
@@ -142,8 +172,9 @@ def trial_config(cfg: Config, spec: TrialSpec, targets: List[str]):
 
 def _run_dir(cfg: Config, tcfg: Config) -> Path:
     """``results/<task>/<sweep.name>/trials/r8-q-v-seed0``: a sweep trial's folder, keyed by its configuration
-    (``…-lr0.001`` for a trial of the learning-rate stage at a rate other than the sweep's ``train.lr``)."""
-    rate = f"-lr{tcfg.train.lr:g}" if tcfg.train.lr != cfg.train.lr else ""
+    (``…-lr0.001`` for a trial of the learning-rate stage at a rate other than the sweep's ``train.lr``; head
+    only's ``head-seed0``, at its method's own rate)."""
+    rate = f"-lr{tcfg.train.lr:g}" if tcfg.train.lr != cfg.train.lr and tcfg.method == cfg.method else ""
     return sweep_dir(cfg) / "trials" / (trial_name(tcfg) + rate)
 
 
@@ -243,7 +274,8 @@ def _start(trial, spec: TrialSpec, targets: List[str], cfg: Config) -> None:
     whose process dies at any point can be completed or adopted on resume, never left ambiguous."""
     for key, value in _attrs(cfg, spec, targets).items():
         trial.set_user_attr(key, value)
-    trial.suggest_int("r", spec.r, spec.r, log=True)
+    if spec.r != HEAD_ONLY:  # head only has no param r: sweep.study.trial_rank
+        trial.suggest_int("r", spec.r, spec.r, log=True)
     trial.suggest_int("seed", spec.seed, spec.seed)
 
 
@@ -298,9 +330,8 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     rate = f" lr={spec.lr:g}" if spec.lr is not None else ""
     method = "" if cfg.method.name == "lora" else f"{cfg.method.name} "
     init = "" if cfg.lora.init == "kaiming" else f" init={cfg.lora.init}"
-    head = f"trial {number} {method}r={spec.r} {spec.targets}{init}{nested}{rate} seed={spec.seed}" + (
-        f" (attempt {attempt})" if attempt > 1 else ""
-    )
+    what = "head only (r=0)" if spec.r == 0 else f"{method}r={spec.r} {spec.targets}{init}{nested}"
+    head = f"trial {number} {what}{rate} seed={spec.seed}" + (f" (attempt {attempt})" if attempt > 1 else "")
     if m is None:
         return (
             f"{head}: abandoned (no heartbeat for sweep.grace_period={cfg.sweep.grace_period} s, "
@@ -481,10 +512,8 @@ def recommendation_line(p: Plan, sdir: Path, lr: Optional[float] = None) -> str:
             else ""
         )
         rate = f" at lr={p.lr:g}" if p.lr is not None else ""
-        return (
-            f"recommendation: r={r} on {t}{rate} ({stop_text(p.stop_reason, p.decisions)}{provisional}); "
-            f"results in {sdir}"
-        )
+        what = "head only (r=0): no adapter" if r == 0 else f"r={r} on {t}"
+        return f"recommendation: {what}{rate} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
     collapsed = next((d for d in p.decisions if d.action == Action.COLLAPSED), None)
     if p.stop_reason == StopReason.COLLAPSED and collapsed is not None:
         at = f" (this sweep: train.lr={lr:g})" if lr is not None else ""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sweep.config import targets_key
+from sweep.config import HEAD_ONLY, Method, targets_key
 from sweep.decide import Outcome, Status
 from sweep.faults import atomic_write
 from sweep.metrics import metric_of
@@ -188,13 +188,23 @@ class TrialResult:
         metric = metric_of(self.objective)
         return metric.scale / self.n_eval if self.n_eval and metric.per_example else None
 
+    @property
+    def rank(self) -> int:
+        """The rank the decisions see: ``r``; head only's 0 (its record's ``r`` is None, a method without a
+        rank: the rank-0 reference of a sweep whose ``sweep.ranks`` start at 0).
+
+        Raises:
+            TypeError: no rank of another method without one.
+        """
+        return HEAD_ONLY if self.r is None and self.method == Method.head else int(self.r)
+
     def outcome(self) -> Outcome:
         """The trial as the decisions see it (``sweep.decide.Outcome``): the value only of an ok trial, the
         objective's name (its direction and unit), seconds = train + eval, resolution = one validation
         example's worth (``resolution``; a record without an objective reads as one in points); ``collapsed``
         only for an ok trial; ``baseline`` the constant baseline's objective (``majority_baseline``)."""
         return Outcome(
-            r=int(self.r),
+            r=self.rank,
             targets=targets_key(self.targets),
             seed=int(self.seed),
             status=self.status,

@@ -5,8 +5,8 @@ This module is the one store of trial records: ``tell_result`` writes a ``sweep.
 an Optuna trial and ``stored_result`` / ``result_of`` read it back; nothing else maps a record's fields to
 or from a trial (``sweep/claims.py`` only adds a ``reason`` to a claim it steps back from).
 
-Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values); user attributes
-``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the record's fields
+Layout of one trial: params ``r`` and ``seed`` (Optuna params, fixed values; head only, rank 0, has no ``r``:
+``trial_rank``); user attributes ``spec``, ``targets`` (list), ``targets_key``, ``stage``, ``run_dir`` and, once finished, the record's fields
 marked ``study`` (``sweep.record.record_fields("study")``: costs, metrics, ``status``, ``reason``,
 ``reused_from``…). State COMPLETE (value = objective) for ``ok`` trials, FAIL for ``diverged`` and
 ``failed`` ones; FAIL without a ``status`` is an abandoned trial (its worker died, or stepped back from
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from sweep.claims import storage_for
-from sweep.config import Config, SweepSettings
+from sweep.config import HEAD_ONLY, Config, SweepSettings
 from sweep.decide import Outcome, Status
 from sweep.errors import UserError
 from sweep.faults import fault_line
@@ -118,7 +118,8 @@ def _check_rates(study, cfg: Config) -> None:
     """
     if cfg.sweep.lrs is not None and len(cfg.sweep.lrs) > 1:
         return
-    other = sorted({o.lr for o in outcomes(study) if o.lr is not None and o.lr != cfg.train.lr})
+    # head only (r=0) trains at its own rate, whatever the sweep's
+    other = sorted({o.lr for o in outcomes(study) if o.lr is not None and o.lr != cfg.train.lr and o.r != HEAD_ONLY})
     if other:
         stored = (study.user_attrs.get("settings") or {}).get("lrs")
         bracket = f"sweep.lrs=[{','.join(f'{x:g}' for x in stored)}]" if stored else "its bracket (sweep.lrs)"
@@ -188,6 +189,16 @@ def tell_result(study, trial, result: TrialResult) -> None:
         study.tell(trial, state=TrialState.FAIL)
 
 
+def trial_rank(trial) -> Optional[int]:
+    """A trial's rank: its param ``r``; head only's 0 (``sweep.ranks`` starting at 0) from its ``spec``, as it
+    has no param ``r``: the others' log-scaled ``IntDistribution`` cannot hold 0, and Optuna refuses a log and
+    a linear distribution under one name in a study. None: neither stored (yet)."""
+    if "r" in trial.params:
+        return int(trial.params["r"])
+    spec = trial.user_attrs.get("spec")
+    return HEAD_ONLY if spec and spec.get("r") == HEAD_ONLY else None
+
+
 def stored_result(trial) -> TrialResult:
     """What a frozen trial in any state holds of its record: its params ``r`` and ``seed``, its target
     list and the record fields it stored (``result_attrs``); the value of a COMPLETE trial is its
@@ -196,7 +207,8 @@ def stored_result(trial) -> TrialResult:
 
     a = trial.user_attrs
     data = {k: a[k] for k in record_fields("study") if k in a}
-    data.update({k: int(trial.params[k]) for k in ("r", "seed") if k in trial.params})
+    data.update({k: int(trial.params[k]) for k in ("seed",) if k in trial.params})
+    data["r"] = trial_rank(trial)
     if "targets" in a or "targets_key" in a:
         data["targets"] = list(a.get("targets") or a["targets_key"].split(","))
     # an ok trial's value is the study's; a FAIL trial has none, whatever it stored
@@ -211,7 +223,7 @@ def result_of(trial) -> Optional[TrialResult]:
     from optuna.trial import TrialState
 
     a = trial.user_attrs
-    if trial.state not in (TrialState.COMPLETE, TrialState.FAIL) or "targets_key" not in a or "r" not in trial.params:
+    if trial.state not in (TrialState.COMPLETE, TrialState.FAIL) or "targets_key" not in a or trial_rank(trial) is None:
         return None
     if trial.state == TrialState.FAIL and "status" not in a:
         return None

@@ -1237,3 +1237,11 @@ def test_head_only_recommended_when_no_adapter_gains():
     final = p.decisions[-1]
     assert (final.action, final.r) == (Action.RECOMMEND, 0)
     assert final.line().startswith("[final] recommend head only (r=0): ")
+
+
+def test_head_only_recommended_when_every_adapter_diverges():
+    # every adapter trial diverges (no value): the climb has no configuration, head only (80 ± 0.1) is the one
+    # with a value; the sweep stops with ranks exhausted (stored as a plateau), not "no successful trial"
+    trials, p = drive(settings(ranks=[0, 1, 2], max_seeds=2), lambda r, t, s: 0.80 + small(s) if r == 0 else None)
+    assert trials == pairs([(0, "q,v"), (1, "q,v"), (2, "q,v")])
+    assert p.recommendation == (0, "q,v") and p.stop_reason == StopReason.PLATEAU
