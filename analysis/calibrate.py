@@ -352,9 +352,13 @@ def head_frontier(
 def _print_head(front: pd.DataFrame) -> None:
     """The head arm's frontier (``head_frontier``), then its cost and what it buys, per gap."""
     print(
-        "\nhead only as rank 0 (sweep.ranks=[0,1,2,…], issue #21: is any adapter needed?): without it (off) and with "
-        f"it (on: trained first with sweep.seeds, beside the climb, a candidate of the recommendation); head only {', '.join(f'{g:g}' for g in HEAD_GAPS)} points below r=1; trials in LoRA-trial "
-        f"equivalents (a head-only trial counts {HEAD_COST:g}); P head: the recommendation is head only"
+        "\nhead only as rank 0 (sweep.ranks=[0,1,2,…], issue #21: is any adapter needed?)\n"
+        "  off: the sweep as it is; on: head only trained first with sweep.seeds, beside the climb (which it leaves\n"
+        "  as it is), a candidate of the recommendation (the fewest trainable parameters)\n"
+        f"  gap: head only's true mean below r=1 on the start targets, points ({', '.join(f'{g:g}' for g in HEAD_GAPS)};"
+        " 9 is MRPC's)\n"
+        "  P: P(regret ≤ tolerance) against the best configuration; trials: mean LoRA-trial equivalents (a head-only\n"
+        f"  trial counts {HEAD_COST:g}); P head: share of sweeps that recommend head only"
     )
     print(
         f"{'scenario':<11} {'gap':>4} {'σ':>4} {'P off':>6} {'trials off':>10} {'P on':>6} {'trials on':>9} {'P head':>7}"
@@ -365,10 +369,11 @@ def _print_head(front: pd.DataFrame) -> None:
             f"{r.trials_on:>9.1f} {r.p_head:>7.2f}"
         )
     for gap, g in front.groupby("gap"):
+        share = 100 * (g["trials_on"] / g["trials_off"] - 1)
         print(
-            f"head {gap:g} below r=1: P on − off {(g['p_on'] - g['p_off']).min():+.2f} to "
-            f"{(g['p_on'] - g['p_off']).max():+.2f}; trials +{(g['trials_on'] - g['trials_off']).mean():.1f} "
-            f"(mean); head only recommended in {g['p_head'].min():.0%}–{g['p_head'].max():.0%} of sweeps"
+            f"head only {gap:g} points below r=1: P on − off {(g['p_on'] - g['p_off']).min():+.2f} to "
+            f"{(g['p_on'] - g['p_off']).max():+.2f}; trials +{share.min():.0f}% to +{share.max():.0f}%; head only "
+            f"recommended in up to {g['p_head'].max():.0%} of sweeps (cell by cell above)"
         )
 
 

@@ -237,7 +237,7 @@ def measure_cost(cfg: Config, per_rank: Mapping[str, int], probe_steps: int = PR
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     sets = target_sets(cfg)
-    small, large = extremes(per_rank, cfg.sweep.ranks)
+    small, large = extremes(per_rank, [r for r in cfg.sweep.ranks if r > 0])  # head only (r=0): as 0 LoRA params
     data = task_data(cfg)
     pad_id = load_tokenizer(cfg.model.name_or_path).pad_token_id or 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -100,8 +100,8 @@ def chosen_trial(cfg: Config, rep: SweepReport) -> Chosen:
     folder under ``cfg``'s results folder.
 
     Raises:
-        UserError: the sweep has not finished, recommends nothing, or ``export.seed`` is not one of the
-            recommended configuration's seeds.
+        UserError: the sweep has not finished, recommends nothing or head only (r=0: no adapter), or
+            ``export.seed`` is not one of the recommended configuration's seeds.
     """
     from sweep.driver import run_dir_of
 
@@ -119,6 +119,11 @@ def chosen_trial(cfg: Config, rep: SweepReport) -> Chosen:
             "nothing to export: see its report.md"
         )
     pick = info.recommendation
+    if pick[0] == 0:
+        raise UserError(
+            f"sweep '{info.name}' recommends head only (r=0): no adapter is needed, so there is none to export; the "
+            f"trained head (the whole model) is in its trials/head-seed<N>/model/ (see report.md)"
+        )
     res = results(info)[pick]
     seed, how = choose_seed(res, info.objective, cfg.export.seed)
     number = max(

@@ -41,7 +41,9 @@ def _sweep_curve(ax, beside: Optional[SweepBeside], cost: str, scale: float) -> 
         return
     from analysis.methods import matrices
 
-    done = beside.summary[(beside.summary["n_seeds"] > 0) & beside.summary[cost].notna()]
+    done = beside.summary[
+        (beside.summary["n_seeds"] > 0) & beside.summary[cost].notna() & (beside.summary["r"] > 0)
+    ]  # head only (r=0): no rank
     for i, (targets, g) in enumerate(done.groupby("targets", sort=False)):
         g = g.sort_values(cost)
         y, yerr = _interval(g, scale)

@@ -456,10 +456,13 @@ def _reliability_lines(info: StudyInfo, rel: Optional[Reliability]) -> List[str]
 
 def _rate_line(trials: pd.DataFrame, info: StudyInfo) -> str:
     """The learning rate(s) the trials trained at, for the report's head."""
-    rates = sorted(trials["lr"].dropna().unique()) if "lr" in trials else []
+    head = trials["r"] == 0 if "r" in trials else pd.Series(False, index=trials.index)
+    rates = sorted(trials.loc[~head, "lr"].dropna().unique()) if "lr" in trials else []
+    own = sorted(trials.loc[head, "lr"].dropna().unique()) if "lr" in trials else []
+    beside = f"; head only (r=0) at its own {', '.join(f'{x:g}' for x in own)} (conf/method/head.yaml)" if own else ""
     if info.lr is None:
         used = ", ".join(f"{x:g}" for x in rates) or "not recorded"
-        return f"- **Learning rate**: {used} (train.lr; no bracket of rates, sweep.lrs)."
+        return f"- **Learning rate**: {used} (train.lr; no bracket of rates, sweep.lrs){beside}."
     bracket = ", ".join(f"{x:g}" for x in info.settings.lrs)
     return (
         f"- **Learning rate**: {info.lr:g}, chosen by the learning-rate stage from sweep.lrs = [{bracket}]; the "
@@ -549,8 +552,10 @@ def gap_text(pick: ConfigKey, summary: pd.DataFrame, info: StudyInfo, ref: Refer
 
 
 def _gap_lines(trials: pd.DataFrame, summary: pd.DataFrame, info: StudyInfo, refs: Sequence[Reference]) -> List[str]:
-    """The recommendation against the comparisons' full fine-tuning and head only (``gap_text``); none without."""
+    """The recommendation against the comparisons' full fine-tuning and head only (``gap_text``; a pick of head
+    only, r=0, against full fine-tuning alone); none without."""
     pick = recommendation(trials, info)[0]
+    refs = [ref for ref in refs if not (pick is not None and pick[0] == 0 and ref.method == "head")]
     texts = [t for t in (gap_text(pick, summary, info, ref) for ref in refs) if t] if pick is not None else []
     if not texts:
         return []

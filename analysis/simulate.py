@@ -186,8 +186,11 @@ def scenarios(
     - ``late-r16``, ``late-r32``: late risers (issue #23): flat up to k/2, then 1.1 above that at r=k, 2.6 at
       2k and 3 from 4k on (``LATE_RISE``; late-r32 is still rising at r=64, 2.6 up), flat for more than
       ``patience`` doublings from the lowest rank.
+
+    With 0 first in ``settings.ranks`` (head only), every family has head only ``HEAD_GAPS[-1]`` steps below its
+    lowest rank (MRPC's 9 points: far below, as on every task measured).
     """
-    ranks = list(settings.ranks)
+    ranks = [r for r in settings.ranks if r > 0]
     lg = {r: np.log2(r) for r in ranks}
 
     def plateau(k: float) -> Dict[int, float]:
@@ -206,6 +209,8 @@ def scenarios(
         rise = {r: LATE_RISE[min(int(np.log2(r / k)), 2)] if r >= k else 0.0 for r in ranks}
         late = {r: top - step * (LATE_RISE[-1] - rise[r]) for r in ranks}
         out.append(Scenario(f"late-r{k}", "late", late, same))
+    if settings.ranks[0] == 0:  # head only first: MRPC's gap below the lowest rank (head_scenarios varies it)
+        out = [replace(sc, curve={0: sc.curve[ranks[0]] - HEAD_GAPS[-1] * step, **sc.curve}) for sc in out]
     return out
 
 

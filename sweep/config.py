@@ -778,9 +778,10 @@ class SweepSettings:
         grace_period: seconds without a heartbeat after which a running trial counts as stopped (its
             worker died) and another worker takes it over from its last epoch checkpoint.
         ranks: ranks to try, increasing (the grid's r axis). 0 first: head only (the rank-0 reference: is any
-            adapter needed?), classification only: ``method=head`` at its own ``train.lr``
-            (``conf/method/head.yaml``), compared with r=1 like any rank; progressive only, without
-            ``screen`` or a bracket of ``lrs`` (``HEAD_ONLY``).
+            adapter needed?), for a task with a head (classification, regression; not a causal LM):
+            ``method=head`` at its own ``train.lr`` (``conf/method/head.yaml``), trained first with ``seeds``
+            beside the climb and a candidate of the recommendation (``sweep/decide.py``); progressive only,
+            with at least one adapter rank, without ``screen`` or a bracket of ``lrs`` (``HEAD_ONLY``).
         start_targets: the target set on which r is raised.
         target_sets: target sets tried at a low rank once r has plateaued (progressive) or crossed
             with every rank (grid), ordered by trainable parameters when tried. A set equal as a set to an
@@ -965,6 +966,11 @@ class SweepSettings:
         step, trained at head only's own rate, so a grid or budget sweep, a screen (nested LoRA trials) and a
         bracket of rates (raced at the start configuration) do not take it."""
         ranks = f"sweep.ranks={list(self.ranks)}"
+        if len(self.ranks) == 1:
+            raise ValueError(
+                f"{ranks} holds no adapter rank: head only (0) is a reference beside the rank climb; give 0 then "
+                "ranks from 1, e.g. [0,1,2,4,8]"
+            )
         if self.mode != "progressive":
             raise ValueError(
                 f"{ranks} with sweep.mode={self.mode}: rank 0 (head only) is the progressive climb's first step; "

@@ -656,8 +656,11 @@ class _Replay:
         """Stop the sweep (a ``collapsed`` decision about ``cfg``, then ``_Stopped``) when every trial asked for
         so far, the first ``n`` seeds of ``cfg`` among them, collapsed to a constant prediction: nothing trains
         at this recipe, and more seeds or configurations would collapse as well (issue #22: MRPC at
-        ``train.lr=8e-3``)."""
-        asked = [(c, self.memo.counted(c)) for c in self.evaluated] + [(cfg, n)]
+        ``train.lr=8e-3``). Head only (r=0) is neither stopped on nor counted: the climb stops as it would
+        without it, and the recommendation is then head only when it has a value."""
+        if cfg[0] == 0:  # head only, beside the climb: its collapse stops nothing
+            return
+        asked = [(c, self.memo.counted(c)) for c in self.adapters()] + [(cfg, n)]
         seen = [self.memo.by_cfg.get(c, {}).get(seed) for c, k in asked for seed in self.memo.seeds[:k]]
         if not all(o is not None and o.collapsed for o in seen):
             return
@@ -672,6 +675,7 @@ class _Replay:
             tuple(sorted({metric.score(o.value) for o in seen if o.value is not None})),
             None if baseline is None else metric.score(baseline),
             self.objective,
+            head_only=cfg[0] != 0 and self.memo.stats((0, targets_key(self.s.start_targets))) is not None,
         )
         self.decide(Action.COLLAPSED, stage, cfg, detail, lr=lr)
         raise _Stopped(StopReason.COLLAPSED)

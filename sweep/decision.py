@@ -190,6 +190,7 @@ class EveryTrialCollapsed(_Detail):
     values: Tuple[float, ...]
     baseline: Optional[float] = None
     objective: Optional[str] = _objective()
+    head_only: bool = False  # head only (r=0) beside the climb has a value: it is the recommendation
 
     @property
     def numbers(self) -> Dict[str, float]:
@@ -700,6 +701,12 @@ def _collapsed_text(x: EveryTrialCollapsed) -> str:
         baseline = f", what {kind} scores"
     else:
         baseline = f"; {kind} scores {m.fmt(m.real(x.baseline))}"
+    if x.head_only:
+        return (
+            f"every adapter trial so far ({x.trials}) collapsed to a constant prediction ({m.label} {shown} {m.unit}"
+            f"{baseline}): no adapter trains at this recipe, so head only (r=0) is the one configuration to recommend; "
+            "stopping: try another train.lr or other train.* settings under a new sweep.name"
+        )
     return (
         f"every trial so far ({x.trials}) collapsed to a constant prediction ({m.label} {shown} {m.unit}{baseline}): "
         "nothing trains at this recipe, so no configuration can be compared or recommended; stopping: try another "

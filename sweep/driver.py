@@ -513,7 +513,9 @@ def recommendation_line(p: Plan, sdir: Path, lr: Optional[float] = None) -> str:
         )
         rate = f" at lr={p.lr:g}" if p.lr is not None else ""
         what = "head only (r=0): no adapter" if r == 0 else f"r={r} on {t}"
-        return f"recommendation: {what}{rate} ({stop_text(p.stop_reason, p.decisions)}{provisional}); results in {sdir}"
+        why = stop_text(p.stop_reason, p.decisions)
+        why = "every adapter trial collapsed" if r == 0 and p.stop_reason == StopReason.COLLAPSED else why
+        return f"recommendation: {what}{rate} ({why}{provisional}); results in {sdir}"
     collapsed = next((d for d in p.decisions if d.action == Action.COLLAPSED), None)
     if p.stop_reason == StopReason.COLLAPSED and collapsed is not None:
         at = f" (this sweep: train.lr={lr:g})" if lr is not None else ""

@@ -481,3 +481,12 @@ def test_head_arm_picks_head_only_exactly_when_no_adapter_is_needed(gap, sigma, 
     runs = [simulate(on, flat[0], sigma, COSTS, rng, n_eval=408, head_rng=head_rng) for _ in range(10)]
     assert np.mean([r.pick[0] == 0 for r in runs]) == picked
     assert all(r.regret <= 1.0 for r in runs)  # flat: every pick has regret 0; head only too when gap is 0
+
+
+def test_families_with_head_only_put_it_mrpcs_gap_below_the_lowest_rank():
+    # a sweep of sweep.ranks=[0,…] (make plan, calibrate against its study): every family has head only 9 points
+    # (MRPC's gap) below its r=1, the rest of the curve as without it
+    on, off = scenarios(defaults(ranks=[0, *RANKS]), COSTS), scenarios(defaults(), COSTS)
+    assert [s.name for s in on] == [s.name for s in off]
+    for a, b in zip(on, off):
+        assert a.curve == {0: b.curve[1] - 9.0, **b.curve}

@@ -1245,3 +1245,42 @@ def test_head_only_recommended_when_every_adapter_diverges():
     trials, p = drive(settings(ranks=[0, 1, 2], max_seeds=2), lambda r, t, s: 0.80 + small(s) if r == 0 else None)
     assert trials == pairs([(0, "q,v"), (1, "q,v"), (2, "q,v")])
     assert p.recommendation == (0, "q,v") and p.stop_reason == StopReason.PLATEAU
+
+
+def test_adapters_that_all_collapse_stop_the_climb_as_without_head_only():
+    # every adapter trial collapses (the majority answer, flagged): the climb stops after r=1's two seeds, as it
+    # does without head only; head only (80 ± 0.1) is then the recommendation, the one configuration with a value
+    def run(ranks):
+        history = []
+        for _ in range(50):
+            p = plan(settings(ranks=ranks, max_seeds=2), history, COSTS)
+            if p.next is None:
+                return [(o.r, o.seed) for o in history], p
+            n = p.next
+            value = 80.0 + 100 * small(n.seed) if n.r == 0 else 68.38
+            history.append(
+                Outcome(
+                    n.r,
+                    n.targets,
+                    n.seed,
+                    "ok",
+                    value / 100,
+                    n.r * COSTS[n.targets] + HEAD,
+                    1e12,
+                    60.0,
+                    collapsed=n.r > 0,
+                )
+            )
+        raise AssertionError("the procedure did not stop")
+
+    off, p_off = run([1, 2, 4])
+    on, p_on = run([0, 1, 2, 4])
+    assert off == [(1, 0), (1, 1)] and on == [(0, 0), (0, 1)] + off
+    assert p_off.stop_reason == p_on.stop_reason == StopReason.COLLAPSED
+    assert p_off.recommendation is None and p_on.recommendation == (0, "q,v")
+    said = [d.line() for d in p_on.decisions if d.action == Action.COLLAPSED]
+    assert said == [
+        "[rank] collapsed r=1 q,v: every adapter trial so far (2) collapsed to a constant prediction (objective 68.38 "
+        "points): no adapter trains at this recipe, so head only (r=0) is the one configuration to recommend; "
+        "stopping: try another train.lr or other train.* settings under a new sweep.name"
+    ]

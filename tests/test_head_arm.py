@@ -36,7 +36,14 @@ def test_a_tiny_sweep_from_rank_0_trains_head_only_reports_and_reuses_it(tiny):
     trials = sorted(study.get_trials(), key=lambda t: t.number)
     head = trials[0]
     assert head.user_attrs["spec"]["r"] == 0 and "r" not in head.params and trial_rank(head) == 0
-    assert [trial_rank(t) for t in trials[1:3]] == [1, 2]  # log-scaled r beside head only's none, one study
+    # log-scaled r beside head only's none, one study; debug=tiny's r=1 collapses (as every adapter at its rate),
+    # so the climb stops there as it would without head only, and head only, the one value, is recommended
+    assert [trial_rank(t) for t in trials[1:]] == [1]
+    assert (
+        first.stdout.strip()
+        .splitlines()[-1]
+        .startswith("recommendation: head only (r=0): no adapter (every adapter trial collapsed); results in ")
+    )
     assert head.user_attrs["lr"] == _head_rate() != cfg.train.lr
     run_dir = Path(head.user_attrs["run_dir"])
     assert run_dir == Path(cfg.results_dir) / "mrpc" / "default" / "trials" / "head-seed0"
@@ -61,12 +68,19 @@ def test_a_tiny_sweep_from_rank_0_trains_head_only_reports_and_reuses_it(tiny):
     assert summary[1].startswith('0,"q,v",1,')  # the first configuration, one seed counted
     again = run_main(sweep_main, *args)
     assert again.returncode == 0, again
-    assert "trial " not in again.stdout  # every trial read back, none trained
+    assert "\ntrial " not in again.stdout and "trial 0" not in again.stdout  # every trial read back, none trained
+    assert "every adapter trial so far (1) collapsed" in again.stdout
+    # nothing to export: one line that says why, not a missing adapter file
+    from analysis.export import main as export_main
+
+    with pytest.raises(UserError, match=r"recommends head only \(r=0\): no adapter is needed, so there is none"):
+        export_main(args)
     assert len(optuna.load_study(study_name=study_name(cfg), storage=storage_url(cfg)).get_trials()) == len(trials)
 
 
 REFUSALS = [
     ("sweep.ranks=[1,0,2]", "0 (head only) may only come first"),
+    ("sweep.ranks=[0]", "holds no adapter rank"),
     ("sweep.ranks=[0,1,2] sweep=grid", "with sweep.mode=grid"),
     ("sweep.ranks=[0,1,2] sweep.screen=true", "with sweep.screen=true"),
     ("sweep.ranks=[0,1,2] sweep.lrs=[2e-3,1e-3]", "head only trains at its own rate"),
