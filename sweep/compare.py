@@ -180,6 +180,23 @@ def finished(trial: PlannedTrial) -> Optional[TrialResult]:
     return result
 
 
+def expected_seconds(cfg: Config, todo: Sequence[PlannedTrial]) -> Optional[float]:
+    """Seconds the trials ``todo`` are expected to take: per trial, the mean train + evaluation seconds of the
+    finished trials of its method under the comparison's ``trials/`` (any rate or seed; else of every method
+    there); None before any trial there has finished. On the machine as it was when they ran."""
+    seen: dict = {}
+    for path in sorted((compare_dir(cfg) / "trials").glob("*/metrics.json")):
+        r = read_result(path)
+        if r.train_seconds:
+            seen.setdefault(r.method, []).append(float(r.train_seconds) + float(r.eval_seconds or 0.0))
+    every = [x for xs in seen.values() for x in xs]
+    if not every:
+        return None
+    mean = {m: sum(xs) / len(xs) for m, xs in seen.items()}
+    overall = sum(every) / len(every)
+    return sum(mean.get(str(t.cfg.method.name), overall) for t in todo)
+
+
 def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialResult]:
     """Train every trial of the comparison that has not finished (reusing the others), one after another.
 
@@ -199,6 +216,17 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
         f"{len(cfg.compare.lr_scale)} rate(s) × {len(cfg.compare.seeds)} seeds = {len(plan)} trials; "
         f"{len(plan) - len(todo)} finished (reused), {len(todo)} to train, into {compare_dir(cfg)}"
     )
+    if todo:
+        from sweep.driver import duration_text
+
+        seconds = expected_seconds(cfg, todo)
+        log(
+            f"compare: expected time about {duration_text(seconds)} (each trial as the finished trials of its method "
+            "took here)"
+            if seconds is not None
+            else "compare: expected time not known until a first trial has finished (full fine-tuning is the "
+            "dearest, head only the cheapest)"
+        )
     records = []
     for i, t in enumerate(plan, 1):
         m = done[id(t)]

@@ -294,3 +294,30 @@ def test_a_setting_applies_to_the_methods_that_read_it(tmp_path):
         "compare: lora.r=4 applies to lora; head, vera do not read it",
         "compare: method.vera_r=16 applies to vera; head, lora do not read it",
     ]
+
+
+def test_the_expected_time_is_each_trials_methods_mean_of_what_finished(tmp_path):
+    from types import SimpleNamespace
+
+    from sweep.compare import compare_dir, expected_seconds
+
+    cfg, _ = compose(["debug=tiny", f"results_dir={tmp_path}"])
+    folder = compare_dir(cfg)
+    assert expected_seconds(cfg, []) is None  # nothing finished yet: not known
+    for method, seed, train, evaluation in (
+        ("head", 0, 100.0, 10.0),
+        ("head", 1, 120.0, 10.0),
+        ("lora", 0, 300.0, 20.0),
+    ):
+        run_dir = folder / "trials" / f"{method}-seed{seed}"
+        run_dir.mkdir(parents=True)
+        write_result(
+            run_dir / "metrics.json",
+            TrialResult(method=method, seed=seed, train_seconds=train, eval_seconds=evaluation),
+        )
+
+    def todo(*methods):
+        return [SimpleNamespace(cfg=SimpleNamespace(method=SimpleNamespace(name=m))) for m in methods]
+
+    # head: (110 + 130) / 2 = 120; lora: 320; full has none: the mean of every finished trial, (110 + 130 + 320) / 3
+    assert expected_seconds(cfg, todo("head", "lora", "full")) == pytest.approx(120 + 320 + 560 / 3)
