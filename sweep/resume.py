@@ -70,10 +70,16 @@ RESUMABLE_KEYS = (
 )
 
 
+def _settled(value):
+    """A float to 12 significant digits, so that one rate written two ways (``3 × 0.003`` is
+    0.009000000000000001, ``9e-3`` is 0.009) is one setting; anything else as it is."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value
+
+
 def fingerprint(resolved) -> Dict[str, str]:
     """Flattened ``key -> repr(value)`` of every setting that gives a finished trial its meaning (model,
     task, LoRA scaling and alpha, training and data settings) in the resolved config ``resolved``; the keys
-    of ``RESUMABLE_KEYS`` are left out."""
+    of ``RESUMABLE_KEYS`` are left out, floats are compared to 12 significant digits (``_settled``)."""
     flat: Dict[str, str] = {}
 
     def walk(node, prefix: str) -> None:
@@ -82,7 +88,7 @@ def fingerprint(resolved) -> Dict[str, str]:
             if isinstance(v, dict):
                 walk(v, key + ".")
             elif not any(key == r or (r.endswith(".") and key.startswith(r)) for r in RESUMABLE_KEYS):
-                flat[key] = repr(v)
+                flat[key] = repr(_settled(v))
 
     walk(OmegaConf.to_container(resolved, resolve=True), "")
     return flat

@@ -211,3 +211,13 @@ def test_data_identity_decides_reuse_and_resume(glue_dir, tmp_path, monkeypatch)
         driver.run_sweep(*compose([*base, f"data.dir={flipped}"]), **quiet)
     p = driver.run_sweep(*compose([*base, f"data.dir={same}"]), **quiet)  # moved files resume
     assert calls == [1, 2, 1, 2] and p.next is None
+
+
+def test_one_rate_written_two_ways_is_one_trial():
+    # a comparison's rate is the method's own times a factor: 0.003 × 3 is 0.009000000000000001 in floats, the rate
+    # a config file writes as 9e-3 is 0.009; the same setting, so the same trial (and 0.0091 another one)
+    from sweep.cli import compose
+    from sweep.resume import trial_identity
+
+    ids = [trial_identity(compose(["debug=tiny", f"train.lr={lr!r}"])[1]) for lr in (0.003 * 3, 9e-3, 0.0091)]
+    assert 0.003 * 3 != 9e-3 and ids[0] == ids[1] != ids[2]
