@@ -259,7 +259,8 @@ def methods_frame(
     ``order`` (``compare.methods``), then any other in order of appearance; rates ascending.
 
     Columns (``COLUMNS``): ``method``, ``label``, ``r``, ``targets``, ``lr``; ``lr_scale`` (lr over the method's own
-    rate ``own_rates[method]``, ``sweep.compare.own_rate``; NaN when not given); ``chosen`` (each configuration's
+    rate ``own_rates[method]``, ``sweep.compare.own_rate``, to 3 significant digits: 0.333 for a rate bracketed
+    under an earlier default; NaN when not given); ``chosen`` (each configuration's
     rate with the best mean, in the objective's direction; the lower rate on a tie, and without any mean the rate
     whose factor is nearest 1); ``n_seeds`` (ok trials that did not collapse), ``n_collapsed``, ``n_failed``
     (diverged); over the ``n_seeds`` seeds, in metric units as summary.csv: ``objective_mean``, ``objective_sd``
@@ -286,7 +287,7 @@ def methods_frame(
                     "r": group["r"].iloc[0],
                     "targets": group["targets"].iloc[0],
                     "lr": lr,
-                    "lr_scale": float(f"{lr / own_rates[method]:.6g}") if method in own_rates else math.nan,
+                    "lr_scale": float(f"{lr / own_rates[method]:.3g}") if method in own_rates else math.nan,
                     "n_seeds": st.n if st is not None else 0,
                     "n_collapsed": int(group["collapsed"].sum()),
                     "n_failed": int((group["status"] != "ok").sum()),

@@ -42,10 +42,11 @@ def _table_row(row, info: ComparisonInfo, mark: str = "") -> str:
     flops = "—" if pd.isna(row["mean_train_flops"]) else f"{row['mean_train_flops']:.2e}"
     seconds = "—" if pd.isna(row["mean_train_seconds"]) else f"{row['mean_train_seconds']:.1f}"
     memory = "—" if pd.isna(row["peak_mem_mb"]) else f"{row['peak_mem_mb']:,.0f}"
+    rate = "—" if pd.isna(row["lr"]) else f"{row['lr']:g}"  # a sweep whose trials did not record it
     label = _md(row["label"])
     return (
         f"| {f'{mark}{label}{mark}'} | {params} | {pct} | {mean} | {ci} "
-        f"| {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} | {row['lr']:g} | {flops} | {seconds} | {memory} |"
+        f"| {row['n_seeds']} / {row['n_collapsed']} / {row['n_failed']} | {rate} | {flops} | {seconds} | {memory} |"
     )
 
 
