@@ -72,7 +72,9 @@ def objective_words(info: StudyInfo) -> str:
 
 def _status_line(trials: pd.DataFrame, info: StudyInfo) -> str:
     if info.finished:
-        return f"finished ({stop_text(info.stop_reason, info.decisions)})"
+        why = stop_text(info.stop_reason, info.decisions)
+        head = info.stop_reason == StopReason.COLLAPSED and (info.recommendation or (None,))[0] == 0
+        return f"finished ({'every adapter trial collapsed; head only (r=0) did not' if head else why})"
     if info.running:
         return (
             f"not finished: {info.running} trial(s) marked running (training now, or left by an "
@@ -278,6 +280,7 @@ def _next_steps(info: StudyInfo) -> List[str]:
     )
     if info.stop_reason in (StopReason.NO_SUCCESS, StopReason.COLLAPSED):
         what = "No trial succeeded" if info.stop_reason == StopReason.NO_SUCCESS else "Every trial collapsed"
+        what = "Every adapter trial collapsed" if (info.recommendation or (None,))[0] == 0 else what  # head only's not
         return [
             f"{what}, so more seeds or ranks with the same settings would fail the same way: change "
             "what a trial is (a lower `train.lr`, other `lora.*` settings) under a new `sweep.name`.",

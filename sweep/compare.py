@@ -180,13 +180,17 @@ def finished(trial: PlannedTrial) -> Optional[TrialResult]:
     return result
 
 
+def _finished_records(cfg: Config) -> List[TrialResult]:
+    """The records (``metrics.json``) under the comparison's ``trials/``."""
+    return [read_result(p) for p in sorted((compare_dir(cfg) / "trials").glob("*/metrics.json"))]
+
+
 def expected_seconds(cfg: Config, todo: Sequence[PlannedTrial]) -> Optional[float]:
     """Seconds the trials ``todo`` are expected to take: per trial, the mean train + evaluation seconds of the
     finished trials of its method under the comparison's ``trials/`` (any rate or seed; else of every method
     there); None before any trial there has finished. On the machine as it was when they ran."""
     seen: dict = {}
-    for path in sorted((compare_dir(cfg) / "trials").glob("*/metrics.json")):
-        r = read_result(path)
+    for r in _finished_records(cfg):
         if r.train_seconds:
             seen.setdefault(r.method, []).append(float(r.train_seconds) + float(r.eval_seconds or 0.0))
     every = [x for xs in seen.values() for x in xs]
@@ -220,9 +224,12 @@ def run_compare(cfg: Config, overrides: Sequence[str], log=print) -> List[TrialR
         from sweep.driver import duration_text
 
         seconds = expected_seconds(cfg, todo)
+        timed = {r.method for r in _finished_records(cfg)}
+        unknown = sorted({str(t.cfg.method.name) for t in todo} - timed)
+        guess = f"; {', '.join(unknown)}: no finished trial yet, priced at the others' mean" if unknown else ""
         log(
             f"compare: expected time about {duration_text(seconds)} (each trial as the finished trials of its method "
-            "took here)"
+            f"took here{guess})"
             if seconds is not None
             else "compare: expected time not known until a first trial has finished (full fine-tuning is the "
             "dearest, head only the cheapest)"

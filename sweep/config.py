@@ -892,7 +892,7 @@ class SweepSettings:
         for r in self.ranks[1:] if self.ranks[0] == HEAD_ONLY else self.ranks:
             if r == HEAD_ONLY:
                 raise ValueError(
-                    f"sweep.ranks={list(self.ranks)} is invalid: 0 (head only) may only come first, e.g. [0,1,2,4]"
+                    f"sweep.ranks={list(self.ranks)} is invalid: 0 (head only) may come once, first, e.g. [0,1,2,4]"
                 )
             _check_positive("sweep.ranks", r, integer=True)
         if list(self.ranks) != sorted(set(self.ranks)):

@@ -70,6 +70,7 @@ def test_a_tiny_sweep_from_rank_0_trains_head_only_reports_and_reuses_it(tiny):
     assert again.returncode == 0, again
     assert "\ntrial " not in again.stdout and "trial 0" not in again.stdout  # every trial read back, none trained
     assert "every adapter trial so far (1) collapsed" in again.stdout
+    assert "finished (every adapter trial collapsed; head only (r=0) did not)" in report
     # nothing to export: one line that says why, not a missing adapter file
     from analysis.export import main as export_main
 
@@ -79,8 +80,9 @@ def test_a_tiny_sweep_from_rank_0_trains_head_only_reports_and_reuses_it(tiny):
 
 
 REFUSALS = [
-    ("sweep.ranks=[1,0,2]", "0 (head only) may only come first"),
+    ("sweep.ranks=[1,0,2]", "0 (head only) may come once, first"),
     ("sweep.ranks=[0]", "holds no adapter rank"),
+    ("sweep.ranks=[0,0,1]", "0 (head only) may come once, first"),
     ("sweep.ranks=[0,1,2] sweep=grid", "with sweep.mode=grid"),
     ("sweep.ranks=[0,1,2] sweep.screen=true", "with sweep.screen=true"),
     ("sweep.ranks=[0,1,2] sweep.lrs=[2e-3,1e-3]", "head only trains at its own rate"),
