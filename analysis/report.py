@@ -18,11 +18,11 @@ from analysis.markdown import code as _code
 from analysis.markdown import escape as _md
 from analysis.plots import baseline_name, baseline_words, figures, metric_name, save_figure, task_name
 from analysis.reliability import Reliability, reliability
-from analysis.summary import HEAD_ONLY_LABEL, budget_frame, config_label, recommendation, results, summary_frame
+from analysis.summary import budget_frame, recommendation, results, summary_frame
 from sweep.cli import make_command
 from sweep.config import HEAD_ONLY
 from sweep.decide import Outcome, at_rate, noise_floor
-from sweep.decision import Action, ConfigKey, StopReason, stop_text
+from sweep.decision import HEAD_ONLY_LABEL, Action, ConfigKey, StopReason, config_label, stop_text
 from sweep.errors import UserError
 from sweep.faults import atomic_write
 from sweep.inits import INIT_WORDS

@@ -20,21 +20,10 @@ import pandas as pd
 
 from analysis.load import StudyInfo
 from sweep.budget import budget_ranks
-from sweep.config import HEAD_ONLY
 from sweep.decide import ConfigResults, aggregate, at_rate, noise_floor, recommend, seed_sequence
 from sweep.decision import Action, ConfigKey, Decision, Stage
 from sweep.metrics import Metric
 from sweep.stats import Stats, compare, seed_noise
-
-#: the rank-0 configuration (``sweep.ranks`` starting at 0) as the reports and plots name it: no adapter, so no
-#: target matrices
-HEAD_ONLY_LABEL = "head only (r=0)"
-
-
-def config_label(r: int, targets: str) -> str:
-    """A configuration in words: ``r=8 on q,v``; rank 0 ``head only (r=0)`` (``HEAD_ONLY_LABEL``)."""
-    return HEAD_ONLY_LABEL if r == HEAD_ONLY else f"r={r} on {targets}"
-
 
 #: columns of summary.csv, in order
 COLUMNS = (

@@ -81,7 +81,7 @@ from typing import (
 )
 
 from sweep.budget import budget_ranks
-from sweep.config import Choice, SweepSettings, targets_key
+from sweep.config import HEAD_ONLY, Choice, SweepSettings, targets_key
 from sweep.decision import (
     Action,
     AllDiverged,
@@ -658,7 +658,7 @@ class _Replay:
         at this recipe, and more seeds or configurations would collapse as well (issue #22: MRPC at
         ``train.lr=8e-3``). Head only (r=0) is neither stopped on nor counted: the climb stops as it would
         without it, and the recommendation is then head only when it has a value."""
-        if cfg[0] == 0:  # head only, beside the climb: its collapse stops nothing
+        if cfg[0] == HEAD_ONLY:  # head only, beside the climb: its collapse stops nothing
             return
         asked = [(c, self.memo.counted(c)) for c in self.adapters()] + [(cfg, n)]
         seen = [self.memo.by_cfg.get(c, {}).get(seed) for c, k in asked for seed in self.memo.seeds[:k]]
@@ -675,7 +675,8 @@ class _Replay:
             tuple(sorted({metric.score(o.value) for o in seen if o.value is not None})),
             None if baseline is None else metric.score(baseline),
             self.objective,
-            head_only=cfg[0] != 0 and self.memo.stats((0, targets_key(self.s.start_targets))) is not None,
+            head_only=cfg[0] != HEAD_ONLY
+            and self.memo.stats((HEAD_ONLY, targets_key(self.s.start_targets))) is not None,
         )
         self.decide(Action.COLLAPSED, stage, cfg, detail, lr=lr)
         raise _Stopped(StopReason.COLLAPSED)
@@ -683,7 +684,7 @@ class _Replay:
     def adapters(self) -> List[ConfigKey]:
         """The configurations evaluated so far but head only (r=0): the climb's comparisons pool their seed s.d.
         over these, so that head only beside the climb leaves it as it would be without it."""
-        return [c for c in self.evaluated if c[0] != 0]
+        return [c for c in self.evaluated if c[0] != HEAD_ONLY]
 
     def step(self, cfg: ConfigKey, ref: Optional[ConfigKey], stage: Stage) -> Steps[Tuple[Optional[ConfigKey], bool]]:
         """Evaluate ``cfg`` against ``ref``; returns (new ref, whether cfg gained)."""
@@ -849,15 +850,17 @@ class _Replay:
         returns why it stopped."""
         s = self.s
         start = targets_key(s.start_targets)
-        if s.ranks[0] == 0:  # head only first, beside the climb (which it does not start): a candidate of the rule
-            yield from self.step((0, start), None, Stage.RANK)
+        if (
+            s.ranks[0] == HEAD_ONLY
+        ):  # head only first, beside the climb (which it does not start): a candidate of the rule
+            yield from self.step((HEAD_ONLY, start), None, Stage.RANK)
         ranks = (yield from self.screen(start)) if s.screen else []
         if ranks and s.screen_rule != "climb":  # the screen's ranks, each against the best so far
             ref, plateaued = None, True
             for r in ranks:
                 ref, _ = yield from self.step((r, start), ref, Stage.RANK)
         else:
-            adapters = [r for r in ranks or s.ranks if r > 0]
+            adapters = [r for r in ranks or s.ranks if r != HEAD_ONLY]
             ref, plateaued = yield from self.climb([(r, start) for r in adapters], None, Stage.RANK)
         if not plateaued:
             self.decide(
@@ -867,7 +870,7 @@ class _Replay:
                 RanksExhausted(s.ranks[-1], s.patience),
             )
         if ref is None:  # no adapter has a value; head only's, if it has one, is the recommendation
-            return StopReason.PLATEAU if self.memo.stats((0, start)) else StopReason.NO_SUCCESS
+            return StopReason.PLATEAU if self.memo.stats((HEAD_ONLY, start)) else StopReason.NO_SUCCESS
         # screened, with the best so far above escalate_max_r: the wider sets are tried at the knee (the
         # lowest screened rank with a result) against it, so that a false gain of the screened best does not
         # skip them (by calibration: the wider-targets family)

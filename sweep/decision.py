@@ -28,7 +28,7 @@ from typing import (
     get_type_hints,
 )
 
-from sweep.config import Choice
+from sweep.config import HEAD_ONLY, Choice
 from sweep.metrics import Metric, metric_of
 from sweep.stats import Comparison, Stats
 
@@ -505,7 +505,9 @@ class Decision:
 
     def line(self) -> str:
         """The decision as one log line."""
-        where = "" if self.r is None else " head only (r=0)" if self.r == 0 else f" r={self.r} {self.targets}"
+        where = (
+            "" if self.r is None else f" {HEAD_ONLY_LABEL}" if self.r == HEAD_ONLY else f" r={self.r} {self.targets}"
+        )
         where += f" lr={self.lr:g}" if self.lr is not None else ""
         return f"[{self.stage}] {self.action}{where}: {self.reason}"
 
@@ -591,8 +593,18 @@ def _numbers(c: Comparison) -> Dict[str, float]:
     return {"gain": c.gain, **extra, **floor}
 
 
+#: the rank-0 configuration (``sweep.ranks`` starting at 0) as every sentence, report and plot names it: no
+#: adapter, so no target matrices
+HEAD_ONLY_LABEL = "head only (r=0)"
+
+
+def config_label(r: int, targets: str) -> str:
+    """A configuration in words: ``r=8 on q,v``; rank 0 ``head only (r=0)`` (``HEAD_ONLY_LABEL``)."""
+    return HEAD_ONLY_LABEL if r == HEAD_ONLY else f"r={r} on {targets}"
+
+
 def _fmt(cfg: ConfigKey) -> str:
-    return "head only (r=0)" if cfg[0] == 0 else f"r={cfg[0]} on {cfg[1]}"
+    return config_label(*cfg)
 
 
 def _stats_text(s: Stats, m: Metric) -> str:

@@ -40,7 +40,7 @@ from sweep.config import (
 )
 from sweep.data import dropped_line, take, task_data, task_digest
 from sweep.decide import Outcome, Plan, Status, plan
-from sweep.decision import Action, StopReason, TrialSpec, stop_text
+from sweep.decision import HEAD_ONLY_LABEL, Action, StopReason, TrialSpec, config_label, stop_text
 from sweep.errors import UserError
 from sweep.faults import at, atomic_write
 from sweep.nested import trial_equivalents
@@ -330,7 +330,7 @@ def _trial_line(number: int, spec: TrialSpec, m: Optional[TrialResult], cfg: Con
     rate = f" lr={spec.lr:g}" if spec.lr is not None else ""
     method = "" if cfg.method.name == "lora" else f"{cfg.method.name} "
     init = "" if cfg.lora.init == "kaiming" else f" init={cfg.lora.init}"
-    what = "head only (r=0)" if spec.r == 0 else f"{method}r={spec.r} {spec.targets}{init}{nested}"
+    what = HEAD_ONLY_LABEL if spec.r == HEAD_ONLY else f"{method}r={spec.r} {spec.targets}{init}{nested}"
     head = f"trial {number} {what}{rate} seed={spec.seed}" + (f" (attempt {attempt})" if attempt > 1 else "")
     if m is None:
         return (
@@ -512,9 +512,9 @@ def recommendation_line(p: Plan, sdir: Path, lr: Optional[float] = None) -> str:
             else ""
         )
         rate = f" at lr={p.lr:g}" if p.lr is not None else ""
-        what = "head only (r=0): no adapter" if r == 0 else f"r={r} on {t}"
+        what = f"{HEAD_ONLY_LABEL}: no adapter" if r == HEAD_ONLY else config_label(r, t)
         why = stop_text(p.stop_reason, p.decisions)
-        why = "every adapter trial collapsed" if r == 0 and p.stop_reason == StopReason.COLLAPSED else why
+        why = "every adapter trial collapsed" if r == HEAD_ONLY and p.stop_reason == StopReason.COLLAPSED else why
         return f"recommendation: {what}{rate} ({why}{provisional}); results in {sdir}"
     collapsed = next((d for d in p.decisions if d.action == Action.COLLAPSED), None)
     if p.stop_reason == StopReason.COLLAPSED and collapsed is not None:
